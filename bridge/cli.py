@@ -1,0 +1,52 @@
+"""The ``stylebridge`` command: one sub-command per front end, each registered by its own module.
+
+Each module exposes ``register(subparsers)`` which adds its sub-parser and sets ``func`` (a
+callable taking the parsed arguments and returning an exit code). This file only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+COMMAND_MODULES = (
+    "bridge.commands.stylize",     # stylize: files in, PNG/PSD out
+    "bridge.daemon.command",       # serve, status
+    "bridge.hotfolder.command",    # watch
+    "bridge.gimp_install",         # gimp-install
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stylebridge", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"stylebridge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("bridge"):
+                continue  # a front end not built in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("stylebridge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

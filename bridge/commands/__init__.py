@@ -1,0 +1,1 @@
+"""CLI sub-commands that are not part of a bigger front end."""

