@@ -1,0 +1,80 @@
+"""Gatys losses as small modules, with jcjohnson/neural-style's normalisations.
+
+Content: mean squared error of features. Style: mean squared error of Gram matrices normalised by the
+number of feature elements (C*H*W), per layer. TV: half the sum of squared neighbour differences (the
+gradient neural-style's TVLoss applies). ``normalize_gradients`` divides each loss's gradient by its L1
+norm on the way back, as neural-style's ``-normalize_gradients``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _NormalizeGrad(torch.autograd.Function):
+    """Identity forward; backward divides the gradient by its L1 norm (neural-style)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad / (grad.abs().sum() + 1e-8)
+
+
+def normalize_grad(x: torch.Tensor) -> torch.Tensor:
+    return _NormalizeGrad.apply(x)
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W -> C x C Gram matrix divided by C*H*W (batch summed; the engine uses N=1)."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n * c, h * w) if n == 1 else features.permute(1, 0, 2, 3).reshape(c, n * h * w)
+    return (flat @ flat.t()) / float(c * h * w * n)
+
+
+class ContentLoss(nn.Module):
+    def __init__(self, target: torch.Tensor, weight: float, normalize: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("target", target.detach())
+        self.weight = weight
+        self.normalize = normalize
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            features = normalize_grad(features)
+        return self.weight * F.mse_loss(features, self.target)
+
+
+class StyleLoss(nn.Module):
+    """Gram-matrix loss against a target Gram (possibly a weighted mix of several styles' Grams)."""
+
+    def __init__(self, target_gram: torch.Tensor, weight: float, normalize: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("target", target_gram.detach())
+        self.weight = weight
+        self.normalize = normalize
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            features = normalize_grad(features)
+        return self.weight * F.mse_loss(gram_matrix(features), self.target)
+
+
+class TVLoss(nn.Module):
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        dx = image[..., :, 1:] - image[..., :, :-1]
+        dy = image[..., 1:, :] - image[..., :-1, :]
+        return self.weight * 0.5 * (dx.pow(2).sum() + dy.pow(2).sum())
+
+
+def style_distance(features: dict[str, torch.Tensor], target_grams: dict[str, torch.Tensor]) -> float:
+    """Unweighted sum over layers of the Gram MSE: one common yardstick for comparing images' style."""
+    return float(sum(F.mse_loss(gram_matrix(features[k]), target_grams[k]) for k in target_grams))
