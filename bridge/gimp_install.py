@@ -1,0 +1,106 @@
+"""``stylebridge gimp-install``: copy the GIMP 3 plug-in into a GIMP 3 profile (or remove it).
+
+GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
+to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py`` and its
+stdlib-only protocol client ``sb_client.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+PLUGIN_NAME = "stylebridge"
+PLUGIN_FILES = ("stylebridge.py", "sb_client.py")
+
+
+def plugin_source() -> Path:
+    """The folder holding the plug-in's files (a source checkout, or installed next to the package)."""
+    here = Path(__file__).resolve().parent
+    candidates = [
+        Path(os.environ["STYLEBRIDGE_GIMP_PLUGIN_DIR"]) if os.environ.get("STYLEBRIDGE_GIMP_PLUGIN_DIR") else None,
+        here.parent / "gimp_plugin" / PLUGIN_NAME,                 # source checkout / editable install
+        here / "gimp_plugin" / PLUGIN_NAME,                        # shipped as package data
+        Path(sys.prefix) / "share" / "stylebridge" / "gimp_plugin" / PLUGIN_NAME,   # data-files
+    ]
+    for c in candidates:
+        if c is not None and all((c / f).is_file() for f in PLUGIN_FILES):
+            return c
+    raise FileNotFoundError("the GIMP plug-in files (gimp_plugin/stylebridge/stylebridge.py) were not found "
+                            "next to the stylebridge package; set STYLEBRIDGE_GIMP_PLUGIN_DIR")
+
+
+def default_profile(env: dict | None = None) -> Path:
+    """GIMP 3's profile folder, as GIMP itself finds it."""
+    env = os.environ if env is None else env
+    if env.get("GIMP3_DIRECTORY"):
+        return Path(env["GIMP3_DIRECTORY"]).expanduser()
+    if sys.platform == "win32" and env.get("APPDATA"):
+        return Path(env["APPDATA"]) / "GIMP" / "3.0"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "GIMP" / "3.0"
+    base = Path(env["XDG_CONFIG_HOME"]).expanduser() if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "GIMP" / "3.0"
+
+
+def install(profile: Path) -> Path:
+    src = plugin_source()
+    dest = profile / "plug-ins" / PLUGIN_NAME
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PLUGIN_FILES:
+        tmp = dest / f".{name}.tmp"
+        shutil.copyfile(src / name, tmp)
+        mode = 0o755 if name == f"{PLUGIN_NAME}.py" else 0o644
+        os.chmod(tmp, mode)
+        os.replace(tmp, dest / name)       # a fresh mtime makes GIMP query the plug-in again
+    stale = dest / "__pycache__"
+    if stale.is_dir():
+        shutil.rmtree(stale, ignore_errors=True)
+    return dest
+
+
+def uninstall(profile: Path) -> Path | None:
+    dest = profile / "plug-ins" / PLUGIN_NAME
+    if not dest.exists():
+        return None
+    shutil.rmtree(dest)
+    return dest
+
+
+def run(args: argparse.Namespace) -> int:
+    profile = Path(args.profile).expanduser() if args.profile else default_profile()
+    try:
+        if args.uninstall:
+            removed = uninstall(profile)
+            if removed is None:
+                print(f"stylebridge: no GIMP plug-in installed in {profile}")
+            else:
+                print(f"stylebridge: removed the GIMP plug-in from {removed}")
+            return 0
+        dest = install(profile)
+    except (OSError, FileNotFoundError) as exc:
+        print(f"stylebridge gimp-install: {exc}", file=sys.stderr)
+        return 1
+    main = dest / f"{PLUGIN_NAME}.py"
+    print(f"stylebridge: GIMP 3 plug-in installed in {dest}")
+    print(f"  {main}")
+    print("  Restart GIMP 3, then use Filters > Artistic > Stylebridge... (start the engine with: stylebridge serve)")
+    if not main.stat().st_mode & stat.S_IXUSR:
+        print("  error: the plug-in file is not executable; GIMP would ignore it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "gimp-install", help="install the GIMP 3 plug-in into a GIMP 3 profile",
+        description="Copy the Stylebridge plug-in into PROFILE/plug-ins/stylebridge (default profile: "
+                    "$GIMP3_DIRECTORY, else $XDG_CONFIG_HOME/GIMP/3.0, else ~/.config/GIMP/3.0) and print where.")
+    parser.add_argument("--profile", metavar="DIR", help="GIMP 3 profile folder (default: the user's own, see above)")
+    parser.add_argument("--uninstall", action="store_true", help="remove the plug-in instead")
+    parser.set_defaults(func=run)
+    return parser

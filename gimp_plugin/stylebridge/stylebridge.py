@@ -1,0 +1,639 @@
+#!/usr/bin/env python3
+"""Stylebridge for GIMP 3: stylise the current layer into masked layers (Filters > Artistic > Stylebridge...).
+
+The style transfer itself runs in the stylebridge daemon (``stylebridge serve``); this plug-in sends
+it the layer (pixels, alpha, offsets) and the selection as a mask, follows the job with GIMP's progress
+bar, and inserts the returned layer stack above the layer in one undo group. Standard library + gi only:
+it runs under GIMP's own Python. The protocol lives in sb_client.py (docs/protocol.md).
+
+Non-interactive use (batch, other plug-ins)::
+
+    proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
+    cfg = proc.create_config()
+    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
+    cfg.set_property("image", image); cfg.set_core_object_array("drawables", [layer])
+    cfg.set_property("styles", "starry_night,the_scream")     # library names, and/or
+    cfg.set_property("style-files", "/path/a.jpg;/path/b.png")
+    cfg.set_property("preset", "draft")                       # draft | normal | best
+    result = proc.run(cfg)
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sb_client  # noqa: E402
+
+PROC_NAME = "python-fu-stylebridge"
+PARASITE_NAME = "stylebridge-settings"
+PLUGIN_VERSION = 1
+POLL_S = 0.3
+
+PRESETS = (("draft", "Draft (fast)"), ("normal", "Normal"), ("best", "Best (slow)"))
+MASK_MODES = (
+    ("auto", "From the selection if there is one, else reveal all"),
+    ("selection", "From the selection (feathering kept)"),
+    ("reveal-all", "Reveal all"),
+    ("hide-all", "Hide all"),
+)
+
+# daemon blend-mode names (bridge.settings.BLEND_MODES + pass_through) -> GIMP layer modes
+LAYER_MODES = {
+    "normal": Gimp.LayerMode.NORMAL,
+    "pass_through": Gimp.LayerMode.PASS_THROUGH,
+    "multiply": Gimp.LayerMode.MULTIPLY,
+    "screen": Gimp.LayerMode.SCREEN,
+    "overlay": Gimp.LayerMode.OVERLAY,
+    "soft_light": Gimp.LayerMode.SOFTLIGHT,
+    "hard_light": Gimp.LayerMode.HARDLIGHT,
+    "linear_light": Gimp.LayerMode.LINEAR_LIGHT,
+    "color": Gimp.LayerMode.HSL_COLOR,          # Photoshop's "Color": hue + saturation, keeps luminosity
+    "luminosity": Gimp.LayerMode.LUMINANCE,
+    "darken": Gimp.LayerMode.DARKEN_ONLY,
+    "lighten": Gimp.LayerMode.LIGHTEN_ONLY,
+    "difference": Gimp.LayerMode.DIFFERENCE,
+    "hue": Gimp.LayerMode.HSV_HUE,
+    "saturation": Gimp.LayerMode.HSV_SATURATION,
+    "dissolve": Gimp.LayerMode.DISSOLVE,
+    "color_dodge": Gimp.LayerMode.DODGE,
+    "color_burn": Gimp.LayerMode.BURN,
+    "linear_burn": Gimp.LayerMode.LINEAR_BURN,
+    "vivid_light": Gimp.LayerMode.VIVID_LIGHT,
+    "pin_light": Gimp.LayerMode.PIN_LIGHT,
+    "hard_mix": Gimp.LayerMode.HARD_MIX,
+    "exclusion": Gimp.LayerMode.EXCLUSION,
+    "subtract": Gimp.LayerMode.SUBTRACT,
+    "divide": Gimp.LayerMode.DIVIDE,
+}
+
+
+class UserError(Exception):
+    """A problem with the arguments: reported as a CALLING_ERROR."""
+
+
+# ------------------------------------------------------------------------------------------------
+# options
+# ------------------------------------------------------------------------------------------------
+
+def split_list(text, sep):
+    return [s.strip() for s in (text or "").split(sep) if s.strip()]
+
+
+def read_options(config):
+    opts = {
+        "styles": split_list(config.get_property("styles"), ","),
+        "style_files": split_list(config.get_property("style-files"), ";"),
+        "preset": config.get_property("preset") or "normal",
+        "preserve_colors": bool(config.get_property("preserve-colors")),
+        "style_strength": float(config.get_property("style-strength")),
+        "mask_mode": config.get_property("mask-mode") or "auto",
+        "daemon_url": (config.get_property("daemon-url") or "").strip() or sb_client.DEFAULT_URL,
+        "token": (config.get_property("token") or "").strip() or os.environ.get("STYLEBRIDGE_TOKEN") or None,
+        "extra_settings": {},
+    }
+    extra = (config.get_property("extra-settings") or "").strip()
+    if extra:
+        try:
+            value = json.loads(extra)
+        except ValueError as exc:
+            raise UserError(f"extra-settings is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise UserError("extra-settings must be a JSON object, e.g. {\"size\": 384}")
+        opts["extra_settings"] = value
+    if not opts["styles"] and not opts["style_files"]:
+        raise UserError("Stylebridge: choose at least one style (library style or style image file).")
+    for path in opts["style_files"]:
+        if not os.path.isfile(path):
+            raise UserError(f"Stylebridge: style image not found: {path}")
+    return opts
+
+
+def engine_settings(opts):
+    settings = {"preset": opts["preset"], "original_colors": opts["preserve_colors"],
+                "style_strength": opts["style_strength"]}
+    settings.update(opts["extra_settings"])
+    return settings
+
+
+def run_name(opts):
+    names = list(opts["styles"]) + [os.path.splitext(os.path.basename(p))[0] for p in opts["style_files"]]
+    return "Stylebridge: " + ", ".join(names)
+
+
+# ------------------------------------------------------------------------------------------------
+# pixels
+# ------------------------------------------------------------------------------------------------
+
+def is_high_precision(image):
+    return image.get_precision() not in (Gimp.Precision.U8_LINEAR, Gimp.Precision.U8_NON_LINEAR)
+
+
+def channel_format(image):
+    # The format GIMP keeps selections and masks in for 8-bit perceptual images is "Y' u8", else linear.
+    # Reading the selection and writing the masks in the same format keeps them bit-identical.
+    return "Y' u8" if image.get_precision() == Gimp.Precision.U8_NON_LINEAR else "Y u8"
+
+
+def layer_png(image, layer):
+    w, h = layer.get_width(), layer.get_height()
+    alpha = layer.has_alpha()
+    deep = is_high_precision(image)
+    fmt = ("R'G'B'A" if alpha else "R'G'B'") + (" u16" if deep else " u8")
+    buf = layer.get_buffer()
+    data = buf.get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
+    if deep:
+        data = sb_client.swap16(data)
+    return sb_client.png_encode(w, h, data, 4 if alpha else 3, 16 if deep else 8, level=1)
+
+
+def selection_mask_png(image, layer):
+    """The selection under the layer (layer-sized, outside the image = unselected) as a gray PNG."""
+    _, ox, oy = layer.get_offsets()
+    w, h = layer.get_width(), layer.get_height()
+    sel = image.get_selection().get_buffer()
+    data = sel.get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, channel_format(image), Gegl.AbyssPolicy.NONE)
+    return sb_client.png_encode(w, h, data, 1, 8, level=6)
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+def start_watchdog(client, job_id):
+    """A separate process that cancels the job if this plug-in dies (GIMP kills a plug-in whose
+    progress the user cancels). Returns the pipe's write end, or None."""
+    try:
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ, STYLEBRIDGE_URL=client.url)
+        env.pop("STYLEBRIDGE_TOKEN", None)
+        if client.token:
+            env["STYLEBRIDGE_TOKEN"] = client.token
+        python = sys.executable or shutil.which("python3") or "python3"
+        subprocess.Popen([python, os.path.abspath(sb_client.__file__), "cancel-on-eof", str(job_id)],
+                         stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         close_fds=True, start_new_session=True, env=env)
+        os.close(read_fd)
+        return write_fd
+    except OSError:
+        return None
+
+
+def stop_watchdog(fd, done=True):
+    if fd is None:
+        return
+    try:
+        if done:
+            os.write(fd, b"done\n")
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def stylize(image, layer, opts, log=None):
+    """Send the layer, follow the job, download the layer stack. Changes nothing in the image.
+
+    Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id).
+    """
+    client = sb_client.Client(opts["daemon_url"], opts["token"])
+    Gimp.progress_init("Stylebridge: sending the layer")
+
+    mode = opts["mask_mode"]
+    has_selection = not Gimp.Selection.is_empty(image)
+    if mode == "auto":
+        mode = "selection" if has_selection else "reveal-all"
+    if mode == "selection" and not has_selection:
+        mode = "reveal-all"                 # no selection = everything selected
+    mask = selection_mask_png(image, layer) if mode == "selection" else None
+    mask_mode = {"selection": "mask", "reveal-all": "all", "hide-all": "none"}[mode]
+    opts["mask_mode_used"] = mode
+
+    style_files = []
+    for path in opts["style_files"]:
+        try:
+            with open(path, "rb") as fh:
+                style_files.append((os.path.basename(path), fh.read()))
+        except OSError as exc:
+            raise UserError(f"Stylebridge: cannot read style image {path}: {exc.strerror}") from None
+
+    content = layer_png(image, layer)
+    job = client.submit_job(content, content_name="layer.png", styles=opts["styles"], style_files=style_files,
+                            settings=engine_settings(opts), mask=mask, mask_mode=mask_mode,
+                            name=run_name(opts))
+    job_id = job["id"]
+    if log:
+        log(f"job {job_id} submitted")
+    watchdog = start_watchdog(client, job_id)
+    finished = False
+    last_text = [None]
+
+    def on_progress(status):
+        text = sb_client.progress_text(status)
+        if text != last_text[0]:
+            Gimp.progress_set_text(text)
+            last_text[0] = text
+        if status.get("status") == "queued":
+            Gimp.progress_pulse()
+        else:
+            Gimp.progress_update(sb_client.progress_fraction(status))
+        return True
+
+    try:
+        client.wait(job_id, on_progress=on_progress, poll=POLL_S)
+        Gimp.progress_set_text("Stylebridge: fetching the layers")
+        result = client.result(job_id)
+        tmpdir = tempfile.mkdtemp(prefix="stylebridge-")
+        files = {}
+        for item in result.get("layers", []):
+            if (item.get("meta") or {}).get("role") == "original":
+                continue
+            paths = [None, None]
+            for k, key in enumerate(("image_url", "mask_url")):
+                if item.get(key):
+                    path = os.path.join(tmpdir, f"{item['index']}-{key[:-4]}.png")
+                    with open(path, "wb") as fh:
+                        fh.write(client.fetch(item[key]))
+                    paths[k] = path
+            files[item["index"]] = tuple(paths)
+        finished = True
+    except BaseException:
+        if not finished:
+            try:
+                client.cancel(job_id)
+            except sb_client.ClientError:
+                pass
+        raise
+    finally:
+        stop_watchdog(watchdog, done=True)
+        Gimp.progress_update(1.0)
+    return result, files, tmpdir, job_id
+
+
+def load_gray(path):
+    """A gray PNG's 8-bit values, read with GIMP's own loader (fast; any PNG depth)."""
+    img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(path))
+    try:
+        lay = img.get_layers()[0]
+        w, h = lay.get_width(), lay.get_height()
+        buf = lay.get_buffer()
+        return w, h, buf.get(Gegl.Rectangle.new(0, 0, w, h), 1.0, "Y' u8", Gegl.AbyssPolicy.CLAMP)
+    finally:
+        img.delete()
+
+
+def apply_mask(image, item, mask_path):
+    w, h, data = load_gray(mask_path)
+    mask = item.create_mask(Gimp.AddMaskType.WHITE)
+    item.add_mask(mask)
+    if (w, h) != (item.get_width(), item.get_height()):
+        raise RuntimeError(f"mask of {item.get_name()} is {w}x{h}, layer is {item.get_width()}x{item.get_height()}")
+    shadow = mask.get_shadow_buffer()
+    shadow.set(Gegl.Rectangle.new(0, 0, w, h), channel_format(image), data)
+    shadow.flush()
+    mask.merge_shadow(True)
+    mask.update(0, 0, w, h)
+
+
+def make_parasite(record):
+    data = json.dumps(record, sort_keys=True).encode("utf-8")
+    return Gimp.Parasite.new(PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
+
+
+def insert_stack(image, layer, opts, result, files, job_id, inserted):
+    """Insert the daemon's layer stack above ``layer`` (caller holds the undo group).
+
+    New items are appended to ``inserted`` as they go in (so a caller can take them out on failure).
+    Returns a list of warnings.
+    """
+    parent = layer.get_parent()
+    position = image.get_item_position(layer)
+    _, ox, oy = layer.get_offsets()
+    image_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY \
+        else Gimp.ImageType.RGBA_IMAGE
+    base_record = {
+        "plugin": PROC_NAME, "version": PLUGIN_VERSION, "run": result.get("name") or run_name(opts),
+        "job": job_id, "styles": opts["styles"], "style_files": opts["style_files"], "preset": opts["preset"],
+        "preserve_colors": opts["preserve_colors"], "style_strength": opts["style_strength"],
+        "mask_mode": opts["mask_mode"], "mask_mode_used": opts.get("mask_mode_used"),
+        "extra_settings": opts["extra_settings"], "daemon_url": opts["daemon_url"],
+        "settings": result.get("settings") or {},
+    }
+    created = {}
+    warnings = []
+    for item in result.get("layers", []):
+        meta = item.get("meta") or {}
+        role = meta.get("role")
+        if role == "original":
+            continue
+        name = item.get("name") or role or "layer"
+        if item.get("kind") == "group":
+            new = Gimp.GroupLayer.new(image, name)
+        else:
+            image_path = files.get(item["index"], (None, None))[0]
+            if image_path:
+                new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(image_path))
+                new.set_name(name)
+            else:
+                new = Gimp.Layer.new(image, name, int(item.get("width") or layer.get_width()),
+                                     int(item.get("height") or layer.get_height()), image_type, 100,
+                                     Gimp.LayerMode.NORMAL)
+                new.fill(Gimp.FillType.TRANSPARENT)
+        parent_index = item.get("parent")
+        if parent_index is not None and parent_index in created:
+            image.insert_layer(new, created[parent_index], 0)       # bottom to top: each on top of the group
+        else:
+            image.insert_layer(new, parent, position)               # bottom to top at a fixed index
+        inserted.append(new)
+        created[item["index"]] = new
+        if not new.is_group():
+            if not new.has_alpha():
+                new.add_alpha()
+            new.set_offsets(ox + int(item.get("left") or 0), oy + int(item.get("top") or 0))
+        mode_name = (item.get("mode") or "normal").lower()
+        mode = LAYER_MODES.get(mode_name)
+        if mode is None:
+            warnings.append(f"{name}: blend mode {mode_name!r} not known, using Normal")
+            mode = Gimp.LayerMode.PASS_THROUGH if new.is_group() else Gimp.LayerMode.NORMAL
+        new.set_mode(mode)
+        new.set_opacity(max(0.0, min(100.0, 100.0 * float(item.get("opacity", 1.0)))))
+        new.set_visible(bool(item.get("visible", True)))
+        mask_path = files.get(item["index"], (None, None))[1]
+        if mask_path and not new.is_group():
+            apply_mask(image, new, mask_path)
+        elif mask_path:
+            warnings.append(f"{name}: masks on groups are not supported, mask left out")
+        record = dict(base_record, layer=name, role=role, index=item["index"])
+        if role == "style":
+            record["style"] = meta.get("style") or name
+        new.attach_parasite(make_parasite(record))
+    return warnings
+
+
+# ------------------------------------------------------------------------------------------------
+# dialog
+# ------------------------------------------------------------------------------------------------
+
+def settings_from_layer(layer):
+    """A previous run's settings if ``layer`` came out of Stylebridge (to repeat it), else None."""
+    try:
+        parasite = layer.get_parasite(PARASITE_NAME)
+    except Exception:  # noqa: BLE001
+        return None
+    if parasite is None:
+        return None
+    try:
+        return json.loads(bytes(parasite.get_data()).decode("utf-8"))
+    except ValueError:
+        return None
+
+
+def prefill_config(config, record):
+    mapping = {"preset": "preset", "preserve_colors": "preserve-colors", "style_strength": "style-strength",
+               "mask_mode": "mask-mode", "daemon_url": "daemon-url"}
+    config.set_property("styles", ",".join(record.get("styles") or []))
+    config.set_property("style-files", ";".join(record.get("style_files") or []))
+    for key, prop in mapping.items():
+        if record.get(key) is not None:
+            config.set_property(prop, record[key])
+    if record.get("extra_settings"):
+        config.set_property("extra-settings", json.dumps(record["extra_settings"]))
+
+
+def show_dialog(procedure, config, layer):
+    """The GimpUi dialog: library styles as check boxes, style files, preset, colours, strength, mask.
+
+    Returns True on OK.
+    """
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
+
+    GimpUi.init(PROC_NAME)
+    record = settings_from_layer(layer)
+    if record:
+        prefill_config(config, record)
+
+    url = (config.get_property("daemon-url") or "").strip() or sb_client.DEFAULT_URL
+    token = (config.get_property("token") or "").strip() or os.environ.get("STYLEBRIDGE_TOKEN") or None
+    library, library_error = [], None
+    try:
+        library = sb_client.Client(url, token, timeout=10).styles()
+    except sb_client.ClientError as exc:
+        library_error = str(exc)
+
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
+    chosen = set(split_list(config.get_property("styles"), ","))
+    checks = []
+    frame = Gtk.Frame(label="Styles from the daemon's library")
+    vbox = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+    vbox.set_border_width(6)
+    frame.add(vbox)
+    if library_error:
+        label = Gtk.Label(label=library_error)
+        label.set_line_wrap(True)
+        label.set_xalign(0.0)
+        vbox.pack_start(label, False, False, 0)
+    elif not library:
+        vbox.pack_start(Gtk.Label(label="The library is empty: add style images below, or with "
+                                        "POST /v1/styles."), False, False, 0)
+    grid = Gtk.FlowBox()
+    grid.set_selection_mode(Gtk.SelectionMode.NONE)
+    grid.set_max_children_per_line(4)
+    for style in library:
+        name = style.get("name")
+        check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
+        check.set_active(name in chosen)
+        thumb = _thumbnail(url, token, style.get("thumbnail_url"))
+        if thumb is not None:
+            box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+            box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
+            box.pack_start(check, False, False, 0)
+            grid.add(box)
+        else:
+            grid.add(check)
+        checks.append((name, check))
+    vbox.pack_start(grid, True, True, 0)
+
+    browse = Gtk.Button(label="Add style image files...")
+
+    def on_browse(_button):
+        chooser = Gtk.FileChooserDialog(title="Style images", parent=dialog, action=Gtk.FileChooserAction.OPEN)
+        chooser.add_buttons("_Cancel", Gtk.ResponseType.CANCEL, "_Add", Gtk.ResponseType.OK)
+        chooser.set_select_multiple(True)
+        filt = Gtk.FileFilter()
+        filt.set_name("Images")
+        for pattern in ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.PNG", "*.JPG", "*.JPEG"):
+            filt.add_pattern(pattern)
+        chooser.add_filter(filt)
+        if chooser.run() == Gtk.ResponseType.OK:
+            files = split_list(config.get_property("style-files"), ";") + list(chooser.get_filenames())
+            config.set_property("style-files", ";".join(dict.fromkeys(files)))
+        chooser.destroy()
+
+    browse.connect("clicked", on_browse)
+
+    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode",
+                 "daemon-url", "token"])
+    content = dialog.get_content_area()
+    content.pack_start(frame, False, False, 0)
+    content.reorder_child(frame, 0)
+    content.pack_start(browse, False, False, 0)
+    content.reorder_child(browse, 1)
+    frame.show_all()
+    browse.show()
+
+    while True:
+        ok = dialog.run()
+        if not ok:
+            dialog.destroy()
+            return False
+        if library:
+            config.set_property("styles", ",".join(name for name, check in checks if check.get_active()))
+        if config.get_property("styles") or config.get_property("style-files"):
+            dialog.destroy()
+            return True
+        Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
+
+
+def _thumbnail(url, token, thumb_url):
+    if not thumb_url:
+        return None
+    try:
+        from gi.repository import GdkPixbuf
+        data = sb_client.Client(url, token, timeout=5).fetch(thumb_url)
+        loader = GdkPixbuf.PixbufLoader()
+        loader.write(data)
+        loader.close()
+        pix = loader.get_pixbuf()
+        scale = 96.0 / max(pix.get_width(), pix.get_height(), 1)
+        if scale < 1.0:
+            pix = pix.scale_simple(max(1, int(pix.get_width() * scale)), max(1, int(pix.get_height() * scale)),
+                                   GdkPixbuf.InterpType.BILINEAR)
+        return pix
+    except Exception:  # noqa: BLE001 - a thumbnail is decoration
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# procedure
+# ------------------------------------------------------------------------------------------------
+
+def _error(procedure, status, message):
+    return procedure.new_return_values(status, GLib.Error.new_literal(Gimp.PlugIn.error_quark(), message, 0))
+
+
+def run(procedure, run_mode, image, drawables, config, data):
+    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer) or drawables[0].is_group():
+        msg = "Stylebridge works on one pixel layer: select a single layer (not a group or a mask)."
+        Gimp.message(msg)
+        return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, msg)
+    layer = drawables[0]
+
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        if not show_dialog(procedure, config, layer):
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+
+    tmpdir = None
+    try:
+        opts = read_options(config)
+        result, files, tmpdir, job_id = stylize(image, layer, opts)
+        image.undo_group_start()
+        inserted = []
+        try:
+            warnings = insert_stack(image, layer, opts, result, files, job_id, inserted)
+        except BaseException:
+            for item in reversed(inserted):
+                try:
+                    if item.is_valid() and item.get_parent() is None:
+                        image.remove_layer(item)
+                except Exception:  # noqa: BLE001
+                    pass
+            raise
+        finally:
+            image.undo_group_end()
+        for w in warnings:
+            Gimp.message("Stylebridge: " + w)
+        Gimp.displays_flush()
+    except UserError as exc:
+        Gimp.message(str(exc))
+        return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
+    except sb_client.DaemonUnreachable as exc:
+        Gimp.message(str(exc))
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(exc))
+    except sb_client.JobCancelled:
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    except sb_client.ClientError as exc:
+        msg = f"Stylebridge daemon: {exc}"
+        Gimp.message(msg)
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, msg)
+    except Exception as exc:  # noqa: BLE001 - report, never crash GIMP's wire
+        msg = f"Stylebridge failed: {type(exc).__name__}: {exc}"
+        Gimp.message(msg)
+        return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, msg)
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        Gimp.progress_end()
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+class Stylebridge(Gimp.PlugIn):
+    def do_set_i18n(self, name):
+        return False
+
+    def do_query_procedures(self):
+        return [PROC_NAME]
+
+    def do_create_procedure(self, name):
+        procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        procedure.set_image_types("RGB*, GRAY*")
+        procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        procedure.set_menu_label("Stylebridge...")
+        procedure.add_menu_path("<Image>/Filters/Artistic")
+        procedure.set_documentation(
+            "Neural style transfer of the current layer into masked layers",
+            "Sends the current layer (and the selection as a mask) to the stylebridge daemon "
+            "(start it with: stylebridge serve) and inserts above it, in one undo step, a group with one "
+            "masked layer per style plus detail, original-colours and refine layers.",
+            name)
+        procedure.set_attribution("stylebridge", "stylebridge", "2026")
+
+        flags = GObject.ParamFlags.READWRITE
+        procedure.add_string_argument("styles", "Library st_yles", "Comma-separated names from the daemon's "
+                                      "style library", "", flags)
+        procedure.add_string_argument("style-files", "Style _image files", "Style image files, separated by ';'",
+                                      "", flags)
+        presets = Gimp.Choice.new()
+        for i, (key, label) in enumerate(PRESETS):
+            presets.add(key, i, label, "")
+        procedure.add_choice_argument("preset", "_Quality", "Quality preset (size and iterations)", presets,
+                                      "normal", flags)
+        procedure.add_boolean_argument("preserve-colors", "_Preserve colours",
+                                       "Keep the photo's colours (transfer luminance only)", False, flags)
+        procedure.add_double_argument("style-strength", "Style _strength", "Multiplies the style weight",
+                                      0.0, 100.0, 1.0, flags)
+        masks = Gimp.Choice.new()
+        for i, (key, label) in enumerate(MASK_MODES):
+            masks.add(key, i, label, "")
+        procedure.add_choice_argument("mask-mode", "_Mask", "Masks of the style layers", masks, "auto", flags)
+        procedure.add_string_argument("daemon-url", "_Daemon URL", "Where stylebridge serve listens",
+                                      sb_client.DEFAULT_URL, flags)
+        procedure.add_string_argument("token", "_Token", "The daemon's token, if it has one (else "
+                                      "$STYLEBRIDGE_TOKEN)", "", flags)
+        procedure.add_string_argument("extra-settings", "E_xtra settings", "JSON object of further engine "
+                                      "settings, e.g. {\"size\": 384, \"iterations\": 100}", "", flags)
+        return procedure
+
+
+if __name__ == "__main__":
+    Gimp.main(Stylebridge.__gtype__, sys.argv)
