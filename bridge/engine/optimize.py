@@ -241,7 +241,7 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
         if math.isfinite(value) and value < best["loss"]:
             best["loss"] = value
             best["image"] = x.detach().clone()
-            best["parts"] = {"content": float(c), "style": float(st), "tv": float(t), "total": value}
+            best["parts"] = {"content": float(c.detach()), "style": float(st.detach()), "tv": float(t.detach()), "total": value}
         return total
 
     if iterations == 0:

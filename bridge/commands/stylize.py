@@ -1,0 +1,293 @@
+"""``stylebridge stylize``: photo + style images in, one PNG per style (or a layered PSD/PSB) out.
+
+Every engine and document setting is an option generated from the dataclasses in
+:mod:`bridge.settings` (their help, choices and defaults); only options the user typed are passed
+to :func:`bridge.settings.settings_from_mapping`, which owns defaults and validation.
+
+Exit codes: 0 done; 2 bad input (nothing written); 1 failure while writing; 130 interrupted (Ctrl-C once:
+the optimisation stops and the best result so far is written, with a note; Ctrl-C twice: stop at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..imaging import ImageError, Picture, load_image, save_image, unique_path
+from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, PRESETS, DocumentSettings, Settings, SettingsError, \
+    settings_from_mapping
+
+DOCUMENT_SUFFIXES = (".psd", ".psb")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+_DEST = "setting__"
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line ``stylebridge: error: ...``, exit code 2."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "stylize", help="stylise a photo with one or more style images",
+        description="Stylise CONTENT with each STYLE (Gatys neural style transfer). OUT is a folder "
+                    "(one PNG per style, named CONTENT_STYLE.png), a .psd/.psb file (one layered document), "
+                    "or an image file when there is one result.")
+    p.add_argument("content", metavar="CONTENT", help="the photo")
+    p.add_argument("-s", "--style", dest="styles", action="append", required=True, metavar="STYLE",
+                   help="a style image (repeat for several styles)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder, .psd/.psb, or image file")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=argparse.SUPPRESS,
+                   help="quality preset (size and iterations); explicit options override it")
+    p.add_argument("--mask", metavar="FILE", help="grayscale mask (photo size) for every style layer (PSD only)")
+    p.add_argument("--style-mask", action="append", default=[], metavar="STYLE=FILE",
+                   help="grayscale mask for one style layer, by style name (PSD only; repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no list of written files")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    _add_setting_options(p.add_argument_group("engine settings"), Settings, DEFAULTS)
+    _add_setting_options(p.add_argument_group("document settings (PSD/PSB output)"), DocumentSettings,
+                         DOCUMENT_DEFAULTS)
+    p.set_defaults(func=run)
+
+
+def _add_setting_options(group: argparse._ArgumentGroup, cls: type, defaults: Any) -> None:
+    """One long option per dataclass field; nothing set unless typed (argparse.SUPPRESS)."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = str(meta.get("help", ""))
+        if meta.get("choices"):
+            help_text += f" [{', '.join(meta['choices'])}]"
+        help_text += f" (default: {shown})"
+        if str(f.type).startswith("bool"):
+            group.add_argument(flag, dest=_DEST + f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            metavar = "LIST" if str(f.type).startswith("tuple") else f.name.upper()
+            group.add_argument(flag, dest=_DEST + f.name, default=argparse.SUPPRESS, metavar=metavar,
+                               help=help_text.replace("%", "%%"))
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user typed (plus --preset), as raw values for settings_from_mapping."""
+    values = {k[len(_DEST):]: v for k, v in vars(args).items() if k.startswith(_DEST)}
+    if getattr(args, "preset", None) is not None:
+        values["preset"] = args.preset
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        job = _prepare(args)
+    except (CliError, SettingsError, ImageError, ValueError) as exc:
+        return _fail(exc)
+    try:
+        result = _stylize(job, args)
+    except (SettingsError, ImageError) as exc:
+        return _fail(exc)
+    except RuntimeError as exc:   # weights missing, device unavailable
+        return _fail(exc)
+    try:
+        written = _write(job, result)
+    except (CliError, ValueError) as exc:
+        return _fail(exc)
+    except OSError as exc:
+        return _fail(f"cannot write the output: {exc}", code=1)
+    if result.cancelled:
+        print("stylebridge: interrupted: wrote the best result so far (optimisation not finished)",
+              file=sys.stderr)
+    if args.json:
+        print(json.dumps(_summary(job, result, written), indent=2))
+    elif not args.quiet:
+        for path in written:
+            print(path)
+    return 130 if result.cancelled else 0
+
+
+def _fail(exc: Exception | str, code: int = 2) -> int:
+    print(f"stylebridge: error: {exc}", file=sys.stderr)
+    return code
+
+
+@dataclasses.dataclass
+class _Job:
+    content: Picture
+    styles: list  # list[StyleInput]
+    settings: Settings
+    document: DocumentSettings
+    output: Path
+    kind: str                        # "folder" | "document" | "image"
+    masks: Any = None
+
+
+def _prepare(args: argparse.Namespace) -> _Job:
+    """Everything that can be wrong with the input is found here, before any work or any file is written."""
+    from ..engine.types import StyleInput
+
+    settings, document, _ = settings_from_mapping(given_options(args))
+    if settings.init == "file":
+        load_image(settings.init_image or "")
+    content = load_image(args.content)
+    styles: list[StyleInput] = []
+    used: set[str] = set()
+    for path in args.styles:
+        pic = load_image(path)
+        name = _unique_name(_safe(pic.name), used)
+        styles.append(StyleInput(name, dataclasses.replace(pic, name=name)))
+    names = [s.name for s in styles] + (["blend"] if settings.style_blend_weights is not None else [])
+    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
+        raise SettingsError("style_blend_weights",
+                            f"{len(settings.style_blend_weights)} weights given for {len(styles)} styles")
+    output = Path(args.output)
+    suffix = output.suffix.lower()
+    if suffix in DOCUMENT_SUFFIXES:
+        kind = "document"
+    elif suffix in IMAGE_SUFFIXES and not output.is_dir():
+        kind = "image"
+        if len(names) != 1:
+            raise CliError(f"{output}: {len(names)} results need a folder or a .psd/.psb as OUT")
+    else:
+        kind = "folder"
+        if output.exists() and not output.is_dir():
+            raise CliError(f"{output}: exists and is not a folder")
+    if kind != "document" and (args.mask or args.style_mask):
+        raise CliError("--mask and --style-mask apply to .psd/.psb output only")
+    masks = _masks(args, content, names) if kind == "document" else None
+    if kind == "document":
+        _import_document()
+    return _Job(content, styles, settings, document, output, kind, masks)
+
+
+def _masks(args: argparse.Namespace, content: Picture, names: list[str]) -> Any:
+    def read(path: str) -> Any:
+        pic = load_image(path)
+        if (pic.width, pic.height) != (content.width, content.height):
+            raise CliError(f"{path}: mask is {pic.width}x{pic.height} but the photo is "
+                           f"{content.width}x{content.height}")
+        return pic.rgb[:, :, 0]
+
+    common = read(args.mask) if args.mask else None
+    named: dict[str, Any] = {}
+    for item in args.style_mask:
+        style, sep, path = item.partition("=")
+        if not sep or not style or not path:
+            raise CliError(f"--style-mask {item!r}: expected STYLE=FILE")
+        if style not in names:
+            raise CliError(f"--style-mask {style!r}: no such style (styles: {', '.join(names)})")
+        named[style] = read(path)
+    if not named:
+        return common
+    if common is not None:
+        named = {n: named.get(n, common) for n in names}
+    return named
+
+
+def _import_document() -> Any:
+    try:
+        from ..document import psd, stack
+    except ImportError as exc:
+        raise CliError(f"PSD output is not available in this installation ({exc})") from None
+    return stack, psd
+
+
+def _safe(name: str) -> str:
+    cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
+    return cleaned or "style"
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    candidate, n = name, 2
+    while candidate in used or candidate == "blend":
+        candidate, n = f"{name}-{n}", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def _stylize(job: _Job, args: argparse.Namespace) -> Any:
+    """Run the engine with a progress bar and a Ctrl-C that cancels cleanly."""
+    from ..engine import CancelToken, stylize
+
+    cancel = CancelToken()
+    bar = _ProgressBar(enabled=not args.quiet)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum: int, frame: Any) -> None:
+            if cancel.cancelled:
+                raise KeyboardInterrupt
+            cancel.cancel()
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return stylize(job.content, job.styles, job.settings, progress=bar.update, cancel=cancel)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _ProgressBar:
+    """tqdm on stderr: overall iterations, with stage, style and loss."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def update(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=p.total_iterations, unit="it", file=sys.stderr, dynamic_ncols=True)
+        self.bar.n = p.done_iterations
+        self.bar.set_postfix_str(f"{p.style_name} stage {p.stage}/{p.stages} {p.stage_size}px "
+                                 f"loss {p.loss:.4g}" if p.loss is not None else p.style_name, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write(job: _Job, result: Any) -> list[Path]:
+    if job.kind == "document":
+        stack_mod, psd_mod = _import_document()
+        stack = stack_mod.build_stack(result, job.document, masks=job.masks)
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        path = unique_path(job.output)
+        psd_mod.write_psd(stack, path)
+        return [path]
+    if job.kind == "image":
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        return [save_image(result.images[0].picture, unique_path(job.output))]
+    job.output.mkdir(parents=True, exist_ok=True)
+    written = []
+    stem = _safe(job.content.name)
+    for image in result.images:
+        written.append(save_image(image.picture, unique_path(job.output / f"{stem}_{image.name}.png")))
+    return written
+
+
+def _summary(job: _Job, result: Any, written: list[Path]) -> dict[str, Any]:
+    images = [{"name": img.name, "losses": img.losses} for img in result.images]
+    if job.kind == "folder":
+        for entry, path in zip(images, written):
+            entry["path"] = str(path)
+    return {
+        "outputs": [str(p) for p in written],
+        "images": images,
+        "settings": result.settings.to_dict(),
+        "document_settings": job.document.to_dict() if job.kind == "document" else None,
+        "working_size": list(result.working_size),
+        "native_size": [job.content.width, job.content.height],
+        "cancelled": result.cancelled,
+        "seconds": round(result.seconds, 3),
+    }
