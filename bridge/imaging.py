@@ -1,22 +1,54 @@
 """Loading and saving images without losing what the artist cares about.
 
 A :class:`Picture` keeps the pixels at their own bit depth (uint8 or uint16), the alpha channel
-apart from the colour, and the ICC profile and resolution, so that every output can carry them
-back. Only this module touches image files; the engine and the document model get arrays.
+apart from the colour (straight, not premultiplied), and the ICC profile and resolution, so that
+every output can carry them back. Only this module touches image files; the engine and the
+document model get arrays.
+
+Who decodes what, and why:
+
+* TIFF (any depth, LZW/deflate/...): ``tifffile`` (+ ``imagecodecs``), because Pillow truncates
+  16-bit RGB(A) TIFF to 8 bits. Metadata (ICC tag 34675, resolution, orientation) from its tags.
+  TIFF kinds tifffile's path does not map (CMYK, YCbCr, Lab...) fall back to Pillow at 8 bits.
+* 16-bit PNG: ``imagecodecs.png_decode`` (Pillow truncates 16-bit RGB/RGBA PNG); the metadata
+  chunks (iCCP, pHYs, eXIf) are read by the small chunk walker below.
+* everything else (8-bit PNG, JPEG, WebP, GIF, BMP...): Pillow.
+
+EXIF orientation is applied to the arrays here (so 16-bit gets it too); outputs carry no
+orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated file is an error.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 import tempfile
+import warnings
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
+import imagecodecs
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import tifffile
+from PIL import Image, ImageCms, UnidentifiedImageError
 
 from .settings import LIMITS
+
+# Our own guard (``max_pixels``, checked from the header before decoding) is the one that speaks;
+# Pillow's lower default would otherwise refuse or warn first, with a less helpful message.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < LIMITS.max_pixels:
+    Image.MAX_IMAGE_PIXELS = LIMITS.max_pixels
+
+SUPPORTED = "PNG, JPEG, TIFF and WebP (8 or 16 bits, RGB, RGBA or grey)"
+_SAVE_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG",
+                 ".webp": "WEBP"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_ORIENTATION_TAG = 0x0112
+_ICC_TAG = 34675
 
 
 class ImageError(ValueError):
@@ -26,7 +58,7 @@ class ImageError(ValueError):
 @dataclass
 class Picture:
     rgb: np.ndarray                  # H x W x 3, uint8 or uint16, sRGB-encoded (or the ICC's space)
-    alpha: np.ndarray | None = None  # H x W, same dtype as rgb, or None when opaque
+    alpha: np.ndarray | None = None  # H x W, same dtype as rgb, straight alpha, or None when opaque
     icc_profile: bytes | None = None
     dpi: tuple[float, float] | None = None
     name: str = "image"              # a human name (file stem), used for layer and file names
@@ -58,6 +90,15 @@ class Picture:
         """Same size, alpha, ICC and DPI; new colour pixels given as float 0..1 at this depth."""
         return replace(self, rgb=to_dtype(rgb, self.rgb.dtype), name=name or self.name)
 
+    def to_bit_depth(self, bits: int) -> "Picture":
+        """The same picture at 8 or 16 bits (exact: 8 -> 16 multiplies by 257, 16 -> 8 rounds)."""
+        if bits not in (8, 16):
+            raise ValueError(f"bit depth must be 8 or 16, not {bits}")
+        if bits == self.bit_depth:
+            return self
+        return replace(self, rgb=_convert_depth(self.rgb, bits),
+                       alpha=None if self.alpha is None else _convert_depth(self.alpha, bits))
+
 
 def to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     """Float 0..1 -> uint8/uint16 with rounding and clipping."""
@@ -66,65 +107,397 @@ def to_dtype(values: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     return out.astype(dtype)
 
 
-def load_image(source: str | os.PathLike | BinaryIO, *, max_pixels: int = LIMITS.max_pixels,
+def _convert_depth(values: np.ndarray, bits: int) -> np.ndarray:
+    if bits == 16:
+        return values.astype(np.uint16) * np.uint16(257)
+    return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def load_image(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = LIMITS.max_pixels,
                name: str | None = None) -> Picture:
-    """Read PNG/JPEG/TIFF/WebP (8/16-bit, RGB/RGBA/grey), apply EXIF orientation, keep ICC and DPI."""
-    label = str(source) if isinstance(source, (str, os.PathLike)) else (name or "upload")
+    """Read PNG/JPEG/TIFF/WebP (8/16-bit, RGB/RGBA/grey(+alpha)) from a path, bytes or a file object.
+
+    Applies EXIF orientation, keeps ICC profile and DPI, keeps alpha (straight). Refuses images
+    over ``max_pixels`` from their header, before decoding. Any problem -> :class:`ImageError`.
+    """
+    data, label, stem = _read_source(source)
+    name = name or stem
+    if not data:
+        raise ImageError(f"{label}: the file is empty; export the image again")
+    try:
+        if data[:4] in _TIFF_MAGICS:
+            pic = _load_tiff(data, label, max_pixels)
+        elif data[:8] == _PNG_SIGNATURE and len(data) > 24 and data[12:16] == b"IHDR" and data[24] == 16:
+            pic = _load_png16(data, label, max_pixels)
+        else:
+            pic = _load_pillow(data, label, max_pixels)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label}: too many pixels, over the limit ({exc}); scale it down first") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image file this program can read ({SUPPORTED} are supported)") from None
+    except MemoryError:
+        raise ImageError(f"{label}: not enough memory to decode this image; scale it down first") from None
+    except Exception as exc:  # decoders raise OSError, ValueError, RuntimeError, their own types...
+        raise ImageError(f"{label}: cannot read the image ({exc}); the file may be truncated or damaged, "
+                         "export it again") from None
+    pic.name = name or "image"
+    return pic
+
+
+def load_mask(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, int], *,
+              depth: int | None = None, max_pixels: int = LIMITS.max_pixels) -> np.ndarray:
+    """A grey H x W mask from any image, checked against ``size`` = (width, height).
+
+    Returns float32 0..1 when ``depth`` is None, else uint8 (8) or uint16 (16). Grey images give
+    their grey; colour images their luminance (Rec. 601); transparency counts as black
+    (value x alpha), except a single-colour image with alpha, whose alpha is the mask (a painted
+    selection exported on a transparent layer). White = fully selected.
+    """
+    if depth not in (None, 8, 16):
+        raise ValueError(f"mask depth must be None, 8 or 16, not {depth}")
+    pic = load_image(source, max_pixels=max_pixels, name="mask")
+    want_w, want_h = int(size[0]), int(size[1])
+    if (pic.width, pic.height) != (want_w, want_h):
+        raise ImageError(f"mask is {pic.width}x{pic.height} but the image is {want_w}x{want_h}; "
+                         "export the mask at the image's size")
+    top = float(pic.max_value)
+    rgb = pic.rgb.astype(np.float64)
+    grey = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114) / top
+    if pic.alpha is not None:
+        alpha = pic.alpha.astype(np.float64) / top
+        flat = bool((pic.rgb == pic.rgb.reshape(-1, 3)[0]).all())
+        grey = alpha if flat else grey * alpha
+    if depth is None:
+        return np.clip(grey, 0.0, 1.0).astype(np.float32)
+    return to_dtype(grey, np.uint16 if depth == 16 else np.uint8)
+
+
+def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, str, str]:
+    """(file bytes, a label for messages, a name stem)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "upload", "upload"
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
             raise ImageError(f"{path}: no such file")
         if path.is_dir():
             raise ImageError(f"{path}: is a folder, not an image file")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: the file is empty")
-        name = name or path.stem
-    try:
-        with Image.open(source) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageError(f"{label}: {w}x{h} is {w * h:,} pixels, over the limit of {max_pixels:,}; "
-                                 "scale it down first")
+        try:
+            return path.read_bytes(), str(path), path.stem
+        except PermissionError:
+            raise ImageError(f"{path}: permission denied; check the file's permissions") from None
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    if hasattr(source, "read"):
+        fname = getattr(source, "name", None)
+        label = str(fname) if isinstance(fname, str) and fname else "upload"
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise ImageError(f"{label}: the file object must be opened in binary mode")
+        return bytes(data), label, Path(label).stem if label != "upload" else "upload"
+    raise TypeError(f"load_image takes a path, bytes or a binary file object, not {type(source).__name__}")
+
+
+def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{label}: the image has no pixels ({width}x{height}); export it again")
+    if width * height > max_pixels:
+        raise ImageError(f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
+                         f"{max_pixels:,}; scale it down first")
+
+
+def _load_pillow(data: bytes, label: str, max_pixels: int) -> Picture:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as im:
+            _check_size(label, *im.size, max_pixels)
             im.load()
             icc = im.info.get("icc_profile") or None
-            dpi = _dpi(im)
-            im = ImageOps.exif_transpose(im)
-            rgb, alpha = _pixels(im)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label}: too many pixels ({exc}); scale it down first") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file Pillow can read (PNG, JPEG, TIFF, WebP are supported)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{label}: cannot read the image ({exc}); the file may be truncated or damaged") from None
-    return Picture(rgb=rgb, alpha=alpha, icc_profile=icc, dpi=dpi, name=name or "image")
+            dpi = _clean_dpi(im.info.get("dpi"))
+            orientation = _exif_orientation(im)
+            rgb, alpha, icc = _pixels(im, icc)
+    return _oriented(Picture(rgb=rgb, alpha=alpha, icc_profile=icc, dpi=dpi), orientation)
 
 
-def _dpi(im: Image.Image) -> tuple[float, float] | None:
-    dpi = im.info.get("dpi")
-    if dpi and len(dpi) == 2 and all(float(v) > 0 for v in dpi):
-        return (float(dpi[0]), float(dpi[1]))
-    return None
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block must not lose the picture
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
-def _pixels(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pillow image -> (rgb, alpha) at 8 or 16 bits."""
+def _pixels(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+    """Pillow image -> (rgb, alpha, icc) at 8 or 16 bits; icc changes only when colours are converted."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        grey = np.asarray(im, dtype=np.int64)
-        grey = np.clip(grey, 0, 65535).astype(np.uint16)
-        return np.repeat(grey[:, :, None], 3, axis=2), None
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info):
-        rgba = np.asarray(im.convert("RGBA"))
-        return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3])
+        grey = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
+        return np.repeat(grey[:, :, None], 3, axis=2), None, icc
     if mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float32))
         top = 1.0 if arr.max(initial=0.0) <= 1.0 else 65535.0
         grey = to_dtype(arr / top, np.uint16)
-        return np.repeat(grey[:, :, None], 3, axis=2), None
-    return np.asarray(im.convert("RGB")).copy(), None
+        return np.repeat(grey[:, :, None], 3, axis=2), None, icc
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im, icc)
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info) \
+            or (mode in ("L", "RGB") and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"))
+        return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), icc
+    if mode in ("RGB", "L", "P", "1", "RGBX", "YCbCr", "LAB", "HSV"):
+        return np.asarray(im.convert("RGB")).copy(), None, icc
+    raise ImageError(f"image mode {mode} is not supported; convert the image to RGB first")
 
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, None, bytes]:
+    """CMYK -> sRGB: through the embedded CMYK profile when there is one, else Pillow's naive formula.
+
+    The result is tagged sRGB (its profile is embedded), so outputs say what their numbers mean.
+    """
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    out = None
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, src, srgb, outputMode="RGB",
+                                            renderingIntent=ImageCms.Intent.PERCEPTUAL)
+        except Exception:  # a profile that is not CMYK or is broken: fall back below
+            out = None
+    if out is None:
+        out = im.convert("RGB")
+    return np.asarray(out).copy(), None, srgb.tobytes()
+
+
+def _clean_dpi(dpi) -> tuple[float, float] | None:
+    """Positive (x, y) dpi; values within 0.05 of a whole number are rounded (pHYs is per metre)."""
+    try:
+        x, y = (float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return None
+    if not (x > 0 and y > 0 and np.isfinite(x) and np.isfinite(y)):
+        return None
+    return tuple(float(round(v)) if abs(v - round(v)) < 0.05 else v for v in (x, y))  # type: ignore
+
+
+def _oriented(pic: Picture, orientation: int) -> Picture:
+    """Apply an EXIF orientation (1..8) to the pixels, as Pillow's ``ImageOps.exif_transpose``."""
+    if orientation in (0, 1):
+        return pic
+
+    def fix(a: np.ndarray) -> np.ndarray:
+        if orientation == 2:
+            a = a[:, ::-1]
+        elif orientation == 3:
+            a = a[::-1, ::-1]
+        elif orientation == 4:
+            a = a[::-1]
+        elif orientation == 5:
+            a = a.swapaxes(0, 1)
+        elif orientation == 6:
+            a = np.rot90(a, k=-1)
+        elif orientation == 7:
+            a = a[::-1, ::-1].swapaxes(0, 1)
+        elif orientation == 8:
+            a = np.rot90(a, k=1)
+        return np.ascontiguousarray(a)
+
+    dpi = pic.dpi
+    if dpi and orientation >= 5:
+        dpi = (dpi[1], dpi[0])
+    return replace(pic, rgb=fix(pic.rgb), alpha=None if pic.alpha is None else fix(pic.alpha), dpi=dpi)
+
+
+# --- 16-bit PNG
+
+def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """Walk a PNG's chunks: (type, payload, start offset, end offset) for each. Checks lengths."""
+    if data[:8] != _PNG_SIGNATURE:
+        raise ValueError("not a PNG stream")
+    pos = 8
+    while pos < len(data):
+        if pos + 12 > len(data):
+            raise ValueError("PNG stream is truncated")
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        ctype = data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            raise ValueError("PNG stream is truncated")
+        yield ctype, data[pos + 8:pos + 8 + length], pos, end
+        pos = end
+        if ctype == b"IEND":
+            return
+    raise ValueError("PNG stream is truncated (no IEND chunk)")
+
+
+def png_chunk(ctype: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC."""
+    return struct.pack(">I", len(payload)) + ctype + payload + struct.pack(">I", zlib.crc32(ctype + payload))
+
+
+def png_add_metadata(png: bytes, *, icc_profile: bytes | None = None,
+                     dpi: tuple[float, float] | None = None) -> bytes:
+    """Insert iCCP and pHYs chunks (replacing any there, and sRGB/gAMA/cHRM when an ICC is given).
+
+    For encoders that cannot write them (imagecodecs' 16-bit PNG). They go right after IHDR, which
+    the PNG spec allows for both (they must precede PLTE and IDAT).
+    """
+    if not icc_profile and not dpi:
+        return png
+    drop = set()
+    extra = b""
+    if icc_profile:
+        drop |= {b"iCCP", b"sRGB", b"gAMA", b"cHRM"}
+        extra += png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9))
+    if dpi:
+        drop.add(b"pHYs")
+        ppm = [max(1, round(float(v) / 0.0254)) for v in dpi]
+        extra += png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
+    parts = [_PNG_SIGNATURE]
+    for ctype, _, start, end in png_chunks(png):
+        if ctype in drop:
+            continue
+        parts.append(png[start:end])
+        if ctype == b"IHDR":
+            parts.append(extra)
+    return b"".join(parts)
+
+
+def _png_metadata(data: bytes) -> tuple[bytes | None, tuple[float, float] | None, int]:
+    """(icc, dpi, EXIF orientation) from a PNG's chunks."""
+    icc = dpi = None
+    orientation = 1
+    for ctype, payload, _, _ in png_chunks(data):
+        if ctype == b"iCCP":
+            sep = payload.find(b"\x00")
+            if sep > 0 and len(payload) > sep + 2:
+                try:
+                    icc = zlib.decompress(payload[sep + 2:])
+                except zlib.error:
+                    icc = None
+        elif ctype == b"pHYs" and len(payload) == 9:
+            px, py, unit = struct.unpack(">IIB", payload)
+            if unit == 1:
+                dpi = _clean_dpi((px * 0.0254, py * 0.0254))
+        elif ctype == b"eXIf":
+            try:
+                exif = Image.Exif()
+                exif.load(payload)
+                value = int(exif.get(_ORIENTATION_TAG, 1))
+                orientation = value if 1 <= value <= 8 else 1
+            except Exception:
+                orientation = 1
+    return icc, dpi, orientation
+
+
+def _load_png16(data: bytes, label: str, max_pixels: int) -> Picture:
+    width, height = struct.unpack(">II", data[16:24])
+    _check_size(label, width, height, max_pixels)
+    icc, dpi, orientation = _png_metadata(data)     # also proves the chunk stream is complete
+    arr = imagecodecs.png_decode(data)
+    if arr.dtype != np.uint16:
+        arr = arr.astype(np.uint16) * np.uint16(257)
+    rgb, alpha = _split_channels(arr)
+    return _oriented(Picture(rgb=rgb, alpha=alpha, icc_profile=icc, dpi=dpi), orientation)
+
+
+def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """H x W (x 1..4) -> (H x W x 3, alpha or None): grey, grey+alpha, RGB, RGBA."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    n = arr.shape[2]
+    if n in (1, 2):
+        rgb = np.repeat(arr[:, :, :1], 3, axis=2)
+        return rgb, (np.ascontiguousarray(arr[:, :, 1]) if n == 2 else None)
+    if n in (3, 4):
+        return np.ascontiguousarray(arr[:, :, :3]), (np.ascontiguousarray(arr[:, :, 3]) if n == 4 else None)
+    raise ImageError(f"{n} channels per pixel are not supported; save as RGB or RGBA")
+
+
+# --- TIFF
+
+def _load_tiff(data: bytes, label: str, max_pixels: int) -> Picture:
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        _check_size(label, int(page.imagewidth), int(page.imagelength), max_pixels)
+        for offset, count in zip(page.dataoffsets, page.databytecounts):
+            if offset + count > len(data) or (count == 0 and page.compression != 1):
+                raise ImageError(f"{label}: the TIFF file is truncated (its pixel data ends early); "
+                                 "export it again")
+        tags = page.tags
+        orientation = int(tags[274].value) if 274 in tags else 1
+        icc = bytes(tags[_ICC_TAG].value) if _ICC_TAG in tags else None
+        dpi = _tiff_dpi(tags)
+        photometric = int(page.photometric)
+        if photometric not in (0, 1, 2, 3) or int(page.bitspersample) not in (1, 8, 16, 32):
+            # CMYK, YCbCr, Lab...: Pillow knows these (at 8 bits) and converts them to RGB.
+            pic = _load_pillow(data, label, max_pixels)
+            return replace(pic, dpi=pic.dpi or dpi)
+        arr = page.asarray()
+        axes = page.axes
+        if "S" in axes and axes.index("S") < axes.index("Y"):   # planar: samples first
+            arr = np.moveaxis(arr, 0, -1)
+        extras = tuple(int(e) for e in (page.extrasamples or ()))
+        colormap = page.colormap
+    arr = _tiff_samples_to_depth(arr, label)
+    base = 3 if photometric == 2 else 1
+    if photometric == 3 and colormap is not None:               # palette: look the indices up
+        cmap = np.asarray(colormap)
+        index = arr if arr.ndim == 2 else arr[:, :, 0]
+        arr = cmap[:, index.astype(np.intp)].transpose(1, 2, 0)
+        arr = _convert_depth(arr.astype(np.uint16), 8)
+        base = 3
+    elif photometric == 0:                                      # min-is-white
+        arr = arr.max(initial=0) - arr if arr.dtype == bool else np.iinfo(arr.dtype).max - arr
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    colour = arr[:, :, :base]
+    alpha = None
+    if extras and arr.shape[2] > base and extras[0] in (1, 2):   # 1 associated, 2 unassociated
+        alpha = arr[:, :, base]
+        if extras[0] == 1:
+            colour = _unpremultiply(colour, alpha)
+    rgb, _ = _split_channels(colour)
+    return _oriented(Picture(rgb=rgb, alpha=None if alpha is None else np.ascontiguousarray(alpha),
+                             icc_profile=icc, dpi=dpi), orientation)
+
+
+def _tiff_samples_to_depth(arr: np.ndarray, label: str) -> np.ndarray:
+    if arr.dtype in (np.uint8, np.uint16):
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * np.uint8(255)
+    if arr.dtype.kind == "f":
+        return to_dtype(np.nan_to_num(arr.astype(np.float32)), np.uint16)
+    raise ImageError(f"{label}: TIFF samples of type {arr.dtype} are not supported; save it as 8 or 16 bits")
+
+
+def _unpremultiply(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    top = float(np.iinfo(colour.dtype).max)
+    a = alpha.astype(np.float64)[..., None]
+    out = np.where(a > 0, colour.astype(np.float64) * top / np.maximum(a, 1), 0.0)
+    return np.clip(np.rint(out), 0, top).astype(colour.dtype)
+
+
+def _tiff_dpi(tags) -> tuple[float, float] | None:
+    if 282 not in tags or 283 not in tags:
+        return None
+    unit = int(tags[296].value) if 296 in tags else 2
+    if unit not in (2, 3):
+        return None
+
+    def value(tag) -> float:
+        v = tags[tag].value
+        return v[0] / v[1] if isinstance(v, tuple) and v[1] else float(v if not isinstance(v, tuple) else 0)
+
+    scale = 2.54 if unit == 3 else 1.0
+    return _clean_dpi((value(282) * scale, value(283) * scale))
+
+
+# ------------------------------------------------------------------------------------------ saving
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to a temporary name beside ``path`` and rename, so no half-written file appears."""
@@ -157,35 +530,70 @@ def unique_path(path: str | os.PathLike) -> Path:
         n += 1
 
 
+def _channels(picture: Picture) -> np.ndarray:
+    """H x W x 3 or H x W x 4 (straight alpha), contiguous, at the picture's depth."""
+    if picture.alpha is None:
+        return np.ascontiguousarray(picture.rgb)
+    return np.ascontiguousarray(np.dstack([picture.rgb, picture.alpha]))
+
+
 def encode_png(picture: Picture, *, compress_level: int = 1) -> bytes:
-    """PNG bytes with alpha, ICC and DPI (8-bit; 16-bit pictures are written at 16 bits)."""
-    import io
+    """PNG bytes with alpha, ICC (iCCP) and DPI (pHYs), at the picture's depth (8 or 16 bits).
+
+    The default level 1 is for speed: the daemon sends full-size layers through this.
+    """
+    if picture.bit_depth == 16:
+        data = imagecodecs.png_encode(_channels(picture), level=compress_level)
+        return png_add_metadata(bytes(data), icc_profile=picture.icc_profile, dpi=picture.dpi)
     buf = io.BytesIO()
-    _to_pil(picture).save(buf, format="PNG", compress_level=compress_level,
-                          **_meta_kwargs(picture))
+    _to_pil8(picture).save(buf, format="PNG", compress_level=compress_level, **_meta_kwargs(picture))
+    return buf.getvalue()
+
+
+def encode_tiff(picture: Picture) -> bytes:
+    """TIFF bytes (deflate, predictor) at the picture's depth, unassociated alpha, ICC and resolution."""
+    kwargs: dict = {}
+    if picture.alpha is not None:
+        kwargs["extrasamples"] = ("unassalpha",)
+    if picture.dpi:
+        kwargs["resolution"] = (float(picture.dpi[0]), float(picture.dpi[1]))
+        kwargs["resolutionunit"] = "INCH"
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, _channels(picture), photometric="rgb", compression="zlib", predictor=True,
+                     iccprofile=picture.icc_profile or None, metadata=None, **kwargs)
     return buf.getvalue()
 
 
 def save_image(picture: Picture, path: str | os.PathLike) -> Path:
-    """Save PNG/TIFF/JPEG/WebP by extension, atomically; returns the path written."""
-    import io
+    """Save PNG/TIFF/JPEG/WebP by extension, atomically (overwrites ``path``: pick it with
+    :func:`unique_path` when it may be a user's file); returns the path written.
+
+    PNG and TIFF keep 16 bits and alpha; JPEG and WebP are 8-bit, and JPEG, having no alpha,
+    is flattened over white. ICC and DPI are written to all four (WebP stores no DPI).
+    """
     path = Path(path)
-    fmt = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG",
-           ".webp": "WEBP"}.get(path.suffix.lower())
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unknown image extension (use .png, .tif, .jpg or .webp)")
+    if not path.parent.is_dir():
+        raise ImageError(f"{path.parent}: no such folder")
     if fmt == "PNG":
-        atomic_write(path, encode_png(picture, compress_level=6))
-        return path
-    pic = picture if picture.bit_depth == 8 else replace(
-        picture, rgb=to_dtype(picture.rgb_float(), np.uint8),
-        alpha=None if picture.alpha is None else to_dtype(picture.alpha_float(), np.uint8))
-    im = _to_pil(pic)
-    if fmt == "JPEG" and im.mode == "RGBA":
-        im = im.convert("RGB")
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **_meta_kwargs(picture))
-    atomic_write(path, buf.getvalue())
+        data = encode_png(picture, compress_level=6)
+    elif fmt == "TIFF":
+        data = encode_tiff(picture)
+    else:
+        pic8 = picture.to_bit_depth(8)
+        if fmt == "JPEG" and pic8.alpha is not None:
+            a = pic8.alpha_float()[..., None]
+            pic8 = replace(pic8, rgb=to_dtype(pic8.rgb_float() * a + (1.0 - a), np.uint8), alpha=None)
+        buf = io.BytesIO()
+        options = {"quality": 95} if fmt == "JPEG" else {"quality": 95, "method": 4}
+        meta = _meta_kwargs(pic8)
+        if fmt == "WEBP":
+            meta.pop("dpi", None)
+        _to_pil8(pic8).save(buf, format=fmt, **options, **meta)
+        data = buf.getvalue()
+    atomic_write(path, data)
     return path
 
 
@@ -198,17 +606,8 @@ def _meta_kwargs(picture: Picture) -> dict:
     return kw
 
 
-def _to_pil(picture: Picture) -> Image.Image:
-    if picture.bit_depth == 16:
-        return _to_pil16(picture)
-    if picture.alpha is not None:
-        return Image.fromarray(np.dstack([picture.rgb, picture.alpha]), "RGBA")
-    return Image.fromarray(picture.rgb, "RGB")
-
-
-def _to_pil16(picture: Picture) -> Image.Image:
-    # Pillow cannot hold 16-bit RGB; callers that need true 16-bit files use the PSD writer
-    # or save_png16.  Here we fall back to 8 bits rather than fail.
-    pic8 = replace(picture, rgb=to_dtype(picture.rgb_float(), np.uint8),
-                   alpha=None if picture.alpha is None else to_dtype(picture.alpha_float(), np.uint8))
-    return _to_pil(pic8)
+def _to_pil8(picture: Picture) -> Image.Image:
+    pic = picture.to_bit_depth(8)
+    if pic.alpha is not None:
+        return Image.fromarray(_channels(pic), "RGBA")
+    return Image.fromarray(np.ascontiguousarray(pic.rgb), "RGB")
