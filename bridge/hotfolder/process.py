@@ -1,0 +1,288 @@
+"""One claimed file -> one layered fusion PSD (written to a scratch path; the watcher publishes it).
+
+The format is decided by the file's first bytes, never by its extension (a JPEG named ``.png`` is
+a JPEG; a text file named ``.jpg`` is refused).  Every failure is a :class:`JobError` whose message
+says what is wrong and whose ``advice`` says what the user can do; the watcher writes both into
+``error/NAME.txt``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..engine.types import CancelToken, Progress, StyleInput
+from ..imaging import ImageError, Picture, load_image
+from ..settings import LIMITS, SettingsError
+from .presets import Recipe, StyleRef
+
+PSD_MAX_SIDE = 30000   # beyond this Photoshop needs PSB (large document format)
+
+ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
+                "then drop it into in/ again.")
+ADVICE_SETTINGS = ("Fix the settings named above (preset.json or the file's sidecar .json), "
+                   "then move the file from error/ back into in/.")
+ADVICE_SIZE = "Scale the image down (or split it), then drop it into in/ again."
+ADVICE_WRITE = ("Free some disk space or fix the folder's permissions, then move the file from error/ "
+                "back into in/.")
+ADVICE_ENGINE = "This looks like a bug or a resource problem; see the watcher's terminal, then retry."
+ADVICE_DAEMON = "Check that `stylebridge serve` is running and reachable, then move the file back into in/."
+
+
+class JobError(Exception):
+    """A file cannot be processed: ``str(exc)`` says why, ``advice`` what to do."""
+
+    def __init__(self, message: str, advice: str = ADVICE_IMAGE) -> None:
+        super().__init__(message)
+        self.advice = advice
+
+
+class Cancelled(Exception):
+    """The watcher is stopping; the job stays in working/ and resumes on the next start."""
+
+
+ReportFn = Callable[[str, float | None, str], None]   # (stage, percent or None, style name)
+
+
+# --------------------------------------------------------------------------------------------
+# Sniffing
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    kind: str                     # "jpeg" | "png" | "tiff" | "webp" | "psd" | "psb"
+    width: int | None = None      # known without decoding for PSD/PSB
+    height: int | None = None
+
+
+def sniff(path: Path) -> Sniffed:
+    """Identify an input by its content; raise JobError for anything that is not a supported image."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError as exc:
+        raise JobError(f"cannot read the file ({exc.strerror or exc})", ADVICE_WRITE) from None
+    if size == 0:
+        raise JobError("the file is empty (0 bytes); the copy may have failed")
+    if head.startswith(b"8BPS") and len(head) >= 26:
+        version, = struct.unpack(">H", head[4:6])
+        height, width = struct.unpack(">II", head[14:22])
+        if version not in (1, 2):
+            raise JobError(f"PSD header has version {version}, expected 1 (PSD) or 2 (PSB); the file is damaged")
+        return Sniffed("psd" if version == 1 else "psb", width, height)
+    if head.startswith(b"\xff\xd8\xff"):
+        return Sniffed("jpeg")
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return Sniffed("png")
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return Sniffed("tiff")
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return Sniffed("webp")
+    raise JobError(f"not a supported image: the content {_describe(head)}, not JPEG, PNG, TIFF or PSD/PSB "
+                   "(the file name's extension does not matter)")
+
+
+def _describe(head: bytes) -> str:
+    known = {b"%PDF": "is a PDF document", b"PK\x03\x04": "is a ZIP archive", b"GIF8": "is a GIF image",
+             b"BM": "is a BMP image", b"{": "looks like JSON text", b"\x00\x00\x00": "starts with zero bytes"}
+    for magic, what in known.items():
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+        if all(c >= 32 or c in (9, 10, 13) for c in head):
+            return "looks like plain text"
+    except UnicodeDecodeError:
+        pass
+    return f"starts with unknown bytes {head[:8].hex(' ')}"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading content and styles
+
+
+@dataclass
+class Inputs:
+    content: Picture
+    styles: list[StyleInput]
+    library: list[str]            # daemon library names (daemon mode only)
+    source_kind: str
+
+
+def load_inputs(path: Path, stem: str, recipe: Recipe, *, allow_library: bool) -> Inputs:
+    """The content picture and the style pictures for one job, or JobError."""
+    kind = sniff(path)
+    psd_styles: list[StyleInput] = []
+    if kind.kind in ("psd", "psb"):
+        if kind.width and kind.height and kind.width * kind.height > LIMITS.max_pixels:
+            raise JobError(f"{kind.width}x{kind.height} is {kind.width * kind.height:,} pixels, over the limit "
+                           f"of {LIMITS.max_pixels:,}", ADVICE_SIZE)
+        content, psd_styles = _load_psd(path, stem, recipe.content_layer)
+    else:
+        if recipe.content_layer:
+            raise JobError(f"content_layer {recipe.content_layer!r} is set but the file is a {kind.kind.upper()}, "
+                           "which has no layers", ADVICE_SETTINGS)
+        try:
+            content = load_image(path, max_pixels=LIMITS.max_pixels, name=stem)
+        except ImageError as exc:
+            raise JobError(_strip_path(str(exc), path), _image_advice(str(exc))) from None
+    styles, library = load_styles(recipe.styles, allow_library=allow_library)
+    styles = styles + psd_styles
+    if not styles and not library:
+        raise JobError("no style images: name them in preset.json (\"styles\": [\"styles/starry.jpg\"]), "
+                       "in a sidecar NAME.json, or as PSD layers named \"style: NAME\"", ADVICE_SETTINGS)
+    if len(styles) + len(library) > LIMITS.max_styles:
+        raise JobError(f"{len(styles) + len(library)} styles, over the limit of {LIMITS.max_styles}",
+                       ADVICE_SETTINGS)
+    return Inputs(content, styles, library, kind.kind)
+
+
+def _strip_path(message: str, path: Path) -> str:
+    """load_image's messages start with the path; the working/ path means nothing to the user."""
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _image_advice(message: str) -> str:
+    return ADVICE_SIZE if "pixels" in message and "limit" in message else ADVICE_IMAGE
+
+
+def load_styles(refs: list[StyleRef], *, allow_library: bool) -> tuple[list[StyleInput], list[str]]:
+    styles: list[StyleInput] = []
+    library: list[str] = []
+    for ref in refs:
+        if ref.library is not None:
+            if not allow_library:
+                raise JobError(f"style {ref.library!r} is not a file; library styles need the daemon "
+                               "(stylebridge watch DIR --daemon URL) — or give a path to an image file",
+                               ADVICE_SETTINGS)
+            library.append(ref.library)
+            continue
+        assert ref.path is not None
+        try:
+            pic = load_image(ref.path, max_pixels=LIMITS.max_pixels, name=ref.name)
+        except ImageError as exc:
+            raise JobError(f"style image {exc}", ADVICE_SETTINGS) from None
+        styles.append(StyleInput(ref.name, pic))
+    return styles, library
+
+
+def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture, list[StyleInput]]:
+    """Content (composite, or the named layer) and the ``style: NAME`` layers of a PSD/PSB."""
+    from ..document import psd as psdmod   # psd-tools is heavy; only PSD inputs pay for it
+    try:
+        doc = psdmod.read_psd(path)
+    except JobError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "this PSD cannot be used"
+        raise JobError(f"cannot read the PSD ({type(exc).__name__}: {exc})") from None
+    content = _psd_content(doc, content_layer)
+    content = replace(content, name=stem)
+    styles = [StyleInput(name, pic) for name, pic in _psd_styles(doc)]
+    return content, styles
+
+
+def _psd_content(doc: object, content_layer: str | None) -> Picture:
+    if content_layer:
+        getter = getattr(doc, "layer", None)
+        pic = getter(content_layer) if callable(getter) else (getattr(doc, "layers", {}) or {}).get(content_layer)
+        if pic is None:
+            names = ", ".join(repr(n) for n in _psd_layer_names(doc)) or "none"
+            raise JobError(f"the PSD has no layer named {content_layer!r} (its layers: {names})",
+                           ADVICE_SETTINGS)
+        return pic
+    pic = getattr(doc, "composite", None)
+    if pic is None:
+        raise JobError("the PSD has no readable composite image; save it with 'Maximize compatibility' on")
+    return pic
+
+
+def _psd_layer_names(doc: object) -> list[str]:
+    names = getattr(doc, "layer_names", None)
+    if callable(names):
+        return list(names())
+    if names is not None:
+        return list(names)
+    return list((getattr(doc, "layers", {}) or {}).keys())
+
+
+def _psd_styles(doc: object) -> list[tuple[str, Picture]]:
+    styles = getattr(doc, "styles", None) or {}
+    return list(styles.items()) if isinstance(styles, dict) else [(s.name, s.picture) for s in styles]
+
+
+# --------------------------------------------------------------------------------------------
+# Engines
+
+
+class Engine(Protocol):
+    allows_library: bool
+
+    def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
+               report: ReportFn, cancel: CancelToken) -> None:
+        """Write the fusion PSD for ``inputs`` to ``dest`` or raise JobError/Cancelled."""
+
+
+def progress_reporter(report: ReportFn) -> Callable[[Progress], None]:
+    """Engine progress -> the watcher's one-line reports (at most one per 5 % step or stage)."""
+    last: dict[str, object] = {"key": None}
+
+    def on_progress(p: Progress) -> None:
+        pct = 100.0 * p.fraction
+        key = (p.style_index, p.stage, int(pct // 5))
+        if key != last["key"]:
+            last["key"] = key
+            report(f"stage {p.stage}/{p.stages} {p.stage_size}px", pct, p.style_name)
+    return on_progress
+
+
+class InProcessEngine:
+    """Runs :func:`bridge.engine.stylize` here, then builds the layer stack and writes the PSD."""
+
+    allows_library = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
+               report: ReportFn, cancel: CancelToken) -> None:
+        from ..engine import stylize
+        from ..document.stack import build_stack
+        from ..document.psd import write_psd
+        report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
+        try:
+            result = stylize(inputs.content, inputs.styles, recipe.settings,
+                             progress=progress_reporter(report), cancel=cancel)
+        except (ImageError, SettingsError) as exc:
+            raise JobError(str(exc), ADVICE_SETTINGS) from None
+        except MemoryError:
+            raise JobError("out of memory while stylizing", "Lower size in preset.json, then retry.") from None
+        if result.cancelled or cancel.cancelled:
+            raise Cancelled()
+        report("writing PSD", 100.0, "")
+        stack = build_stack(result, recipe.document)
+        write_psd(stack, dest)
+
+
+class DaemonEngine:
+    """Sends the job to a running ``stylebridge serve`` so every front end shares one GPU."""
+
+    allows_library = True
+
+    def __init__(self, url: str, token: str | None = None, poll_seconds: float = 0.5) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.poll_seconds = poll_seconds
+
+    def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
+               report: ReportFn, cancel: CancelToken) -> None:
+        from . import daemon_job
+        daemon_job.run(self, inputs, recipe, source, dest, report, cancel)
+
+
+def output_suffix(content: Picture) -> str:
+    return ".psb" if max(content.width, content.height) > PSD_MAX_SIDE else ".psd"
