@@ -145,6 +145,10 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int 
         raise ImageError(f"{label}: cannot read the image ({exc}); the file may be truncated or damaged, "
                          "export it again") from None
     pic.name = name or "image"
+    if pic.icc_profile and pic.icc_profile[16:20] != b"RGB ":
+        # A grey (or other) profile does not describe the RGB pixels we hand on, and readers reject
+        # it in an RGB file: drop it (grey values are then read as sRGB, which sGray matches).
+        pic.icc_profile = None
     return pic
 
 
@@ -186,6 +190,8 @@ def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, s
             raise ImageError(f"{path}: no such file")
         if path.is_dir():
             raise ImageError(f"{path}: is a folder, not an image file")
+        if not path.is_file():
+            raise ImageError(f"{path}: not a regular file (a device or pipe?); give an image file")
         try:
             return path.read_bytes(), str(path), path.stem
         except PermissionError:

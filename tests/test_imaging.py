@@ -313,15 +313,16 @@ def test_truncated_files_raise(tmp_path, kind):
         load_image(path)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing.png", "no such file"),
-    (lambda p: p, "is a folder"),
-    (lambda p: (p / "e.png").write_bytes(b"") and p / "e.png" or p / "e.png", "empty"),
-    (lambda p: (p / "t.png").write_text("hello, not an image") and p / "t.png", "not an image"),
-])
-def test_bad_inputs_raise_clear_errors(tmp_path, make, message):
-    with pytest.raises(ImageError, match=message):
-        load_image(make(tmp_path))
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    (tmp_path / "e.png").write_bytes(b"")
+    (tmp_path / "t.png").write_text("hello, not an image")
+    cases = [(tmp_path / "missing.png", "no such file"), (tmp_path, "is a folder"),
+             (tmp_path / "e.png", "empty"), (tmp_path / "t.png", "not an image"), (b"", "empty")]
+    if Path("/dev/null").exists():
+        cases.append((Path("/dev/null"), "not a regular file"))
+    for source, message in cases:
+        with pytest.raises(ImageError, match=message):
+            load_image(source)
 
 
 def _bomb_png(width: int, height: int, depth: int) -> bytes:
@@ -401,3 +402,54 @@ def test_atomic_write_into_read_only_folder(tmp_path):
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+
+
+def test_non_rgb_icc_is_not_carried_onto_rgb(tmp_path):
+    other_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()   # any non-RGB profile
+    assert other_icc[16:20] != b"RGB "
+    Image.new("L", (4, 4), 128).save(tmp_path / "g.png", icc_profile=other_icc)
+    assert load_image(tmp_path / "g.png").icc_profile is None
+
+
+def test_big_endian_tiff_and_16bit_png_trns(tmp_path):
+    rgb = _rand(16, (H, W, 3))
+    tifffile.imwrite(tmp_path / "be.tif", rgb, byteorder=">", photometric="rgb")
+    pic = load_image(tmp_path / "be.tif")
+    assert pic.rgb.dtype == np.uint16
+    np.testing.assert_array_equal(pic.rgb, rgb)
+    png = imagecodecs.png_encode(rgb)
+    first_idat = next(start for c, _, start, _ in png_chunks(png) if c == b"IDAT")
+    png = png[:first_idat] + imaging.png_chunk(b"tRNS", struct.pack(">HHH", *rgb[0, 0])) + png[first_idat:]
+    pic = load_image(png)
+    assert pic.alpha[0, 0] == 0 and pic.alpha.dtype == np.uint16
+
+
+def test_cmyk_tiff_falls_back_to_pillow(tmp_path):
+    cmyk = np.zeros((4, 4, 4), np.uint8)
+    cmyk[..., 2] = 255                                       # yellow ink
+    tifffile.imwrite(tmp_path / "c.tif", cmyk, photometric="separated", resolution=(300, 300))
+    pic = load_image(tmp_path / "c.tif")
+    r, g, b = pic.rgb[0, 0].astype(int)
+    assert r > 200 and g > 200 and b < 60
+    assert pic.dpi == (300.0, 300.0)
+
+
+def test_palette_tiff(tmp_path):
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[0, 1] = 65535                                        # index 1 = red
+    cmap[2, 2] = 65535                                        # index 2 = blue
+    index = np.zeros((H, W), np.uint8)
+    index[:, :3] = 1
+    index[:, 7:] = 2
+    tifffile.imwrite(tmp_path / "p.tif", index, photometric="palette", colormap=cmap)
+    pic = load_image(tmp_path / "p.tif")
+    assert pic.rgb[0, 0].tolist() == [255, 0, 0] and pic.rgb[0, 9].tolist() == [0, 0, 255]
+    assert pic.rgb[0, 5].tolist() == [0, 0, 0] and pic.bit_depth == 8
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_atomic_write_into_unwritable_place_even_as_root():
+    """/proc refuses new files even for root: the error surfaces and nothing is left behind."""
+    with pytest.raises(OSError):
+        atomic_write(Path("/proc/stylebridge-test.png"), b"data")
+    assert not list(Path("/proc").glob(".stylebridge-test*"))
