@@ -24,7 +24,6 @@ import io
 import os
 import struct
 import tempfile
-import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -168,15 +167,22 @@ def load_mask(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, int
     if (pic.width, pic.height) != (want_w, want_h):
         raise ImageError(f"mask is {pic.width}x{pic.height} but the image is {want_w}x{want_h}; "
                          "export the mask at the image's size")
-    top = float(pic.max_value)
-    rgb = pic.rgb.astype(np.float64)
-    grey = (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114) / top
+    rgb = pic.rgb
+    is_grey = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+    if pic.alpha is None and is_grey and depth == pic.bit_depth:
+        return np.ascontiguousarray(rgb[..., 0])                 # exact, no float detour
+    top = np.float32(pic.max_value)
+    if is_grey:
+        grey = rgb[..., 0].astype(np.float32) / top
+    else:
+        grey = (rgb[..., 0] * np.float32(0.299) + rgb[..., 1] * np.float32(0.587)
+                + rgb[..., 2] * np.float32(0.114)) / top
     if pic.alpha is not None:
-        alpha = pic.alpha.astype(np.float64) / top
-        flat = bool((pic.rgb == pic.rgb.reshape(-1, 3)[0]).all())
+        alpha = pic.alpha.astype(np.float32) / top
+        flat = bool((rgb == rgb.reshape(-1, 3)[0]).all())
         grey = alpha if flat else grey * alpha
     if depth is None:
-        return np.clip(grey, 0.0, 1.0).astype(np.float32)
+        return np.clip(grey, 0.0, 1.0).astype(np.float32, copy=False)
     return to_dtype(grey, np.uint16 if depth == 16 else np.uint8)
 
 
@@ -201,7 +207,10 @@ def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, s
     if hasattr(source, "read"):
         fname = getattr(source, "name", None)
         label = str(fname) if isinstance(fname, str) and fname else "upload"
-        data = source.read()
+        try:
+            data = source.read()
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read the upload ({exc})") from None
         if not isinstance(data, (bytes, bytearray)):
             raise ImageError(f"{label}: the file object must be opened in binary mode")
         return bytes(data), label, Path(label).stem if label != "upload" else "upload"
@@ -217,15 +226,13 @@ def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
 
 
 def _load_pillow(data: bytes, label: str, max_pixels: int) -> Picture:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data)) as im:
-            _check_size(label, *im.size, max_pixels)
-            im.load()
-            icc = im.info.get("icc_profile") or None
-            dpi = _clean_dpi(im.info.get("dpi"))
-            orientation = _exif_orientation(im)
-            rgb, alpha, icc = _pixels(im, icc)
+    with Image.open(io.BytesIO(data)) as im:
+        _check_size(label, *im.size, max_pixels)
+        im.load()
+        icc = im.info.get("icc_profile") or None
+        dpi = _clean_dpi(im.info.get("dpi"))
+        orientation = _exif_orientation(im)
+        rgb, alpha, icc = _pixels(im, icc)
     return _oriented(Picture(rgb=rgb, alpha=alpha, icc_profile=icc, dpi=dpi), orientation)
 
 
