@@ -267,7 +267,7 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
             reporter.check()
             # LBFGS with max_iter=1 evaluates once per step and keeps its history between steps.
             loss = opt.step(closure)
-            value = float(loss) if loss is not None else math.nan
+            value = float(loss.detach()) if loss is not None else math.nan
             reporter.report(i, iterations, value, x)
             if not math.isfinite(value):
                 break
