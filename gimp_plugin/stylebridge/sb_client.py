@@ -184,6 +184,13 @@ class Client:
     def styles(self) -> list[dict]:
         return list(self.json("GET", "/v1/styles").get("styles", []))
 
+    def add_style(self, name: str, data: bytes, filename: str = "style.png") -> dict:
+        body, ctype = encode_multipart([("name", name)], [("image", filename, data, _ctype(filename))])
+        return self.json("POST", "/v1/styles", body=body, content_type=ctype)
+
+    def delete_style(self, name: str) -> None:
+        self.request("DELETE", f"/v1/styles/{urllib.parse.quote(name, safe='')}")
+
     def fetch(self, path: str) -> bytes:
         """GET a daemon-relative URL (``/v1/jobs/ID/layers/3/image.png``) and return the bytes."""
         return self.request("GET", path)[2]

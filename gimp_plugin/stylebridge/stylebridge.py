@@ -140,9 +140,10 @@ def is_high_precision(image):
 
 
 def channel_format(image):
-    # The format GIMP keeps selections and masks in for 8-bit perceptual images is "Y' u8", else linear.
-    # Reading the selection and writing the masks in the same format keeps them bit-identical.
-    return "Y' u8" if image.get_precision() == Gimp.Precision.U8_NON_LINEAR else "Y u8"
+    # Selections and masks hold linear coverage: read as "Y u8", a selection gives the same bytes as the mask
+    # GIMP itself makes from it (Add Layer Mask > Selection), feathering included. Masks are written back in
+    # the same format, so a mask from the selection is bit-identical to it.
+    return "Y u8"
 
 
 def layer_png(image, layer):
@@ -297,10 +298,10 @@ def apply_mask(image, item, mask_path):
     item.add_mask(mask)
     if (w, h) != (item.get_width(), item.get_height()):
         raise RuntimeError(f"mask of {item.get_name()} is {w}x{h}, layer is {item.get_width()}x{item.get_height()}")
-    shadow = mask.get_shadow_buffer()
-    shadow.set(Gegl.Rectangle.new(0, 0, w, h), channel_format(image), data)
-    shadow.flush()
-    mask.merge_shadow(True)
+    # Straight into the new mask's buffer: merge_shadow() would clip the write to the current selection.
+    buf = mask.get_buffer()
+    buf.set(Gegl.Rectangle.new(0, 0, w, h), channel_format(image), data)
+    buf.flush()
     mask.update(0, 0, w, h)
 
 

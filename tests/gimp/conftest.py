@@ -1,0 +1,198 @@
+"""Fixtures for the GIMP 3 plug-in tests: a real headless GIMP 3 and a real ``stylebridge serve``.
+
+GIMP 3 comes from ``.ci/gimp3.sh`` (natively on Debian 13, else a cached trixie root run with chroot). When it
+cannot be provisioned the GIMP tests are skipped with the reason, unless ``STYLEBRIDGE_REQUIRE_GIMP=1`` (CI),
+which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = Path(os.environ.get("STYLEBRIDGE_SAMPLES", "/work/shared/samples"))
+PLUGIN_DIR = REPO / "gimp_plugin" / "stylebridge"
+
+
+def load_sb_client():
+    """The plug-in's stdlib client, imported from its file (it is not part of the ``bridge`` package)."""
+    spec = importlib.util.spec_from_file_location("sb_client", PLUGIN_DIR / "sb_client.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sb_client():
+    return load_sb_client()
+
+
+def stylebridge_command() -> list[str]:
+    exe = Path(sys.executable).with_name("stylebridge")
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("stylebridge")
+    return [found] if found else [sys.executable, "-m", "bridge.cli"]
+
+
+# ------------------------------------------------------------------------------------------------
+# GIMP
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Gimp:
+    runner: str          # runs gimp-console-3.0 (natively or chrooted)
+    root: Path           # "/" natively; else the root GIMP sees as "/"
+    provision_s: float
+
+    def inside(self, host_path: Path) -> str:
+        """The path GIMP sees for a host path under ``root``."""
+        rel = Path(host_path).resolve().relative_to(self.root.resolve())
+        return "/" + str(rel)
+
+    def batch(self, script: str, workdir: Path, profile: Path, timeout: float = 300,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run Python ``script`` in GIMP's python-fu-eval batch interpreter, headless."""
+        home = workdir / "home"
+        home.mkdir(exist_ok=True)
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "GIMP3_DIRECTORY": self.inside(profile), "HOME": self.inside(home)}
+        full_env.update(env or {})
+        return subprocess.run([self.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"],
+                              input=script, text=True, capture_output=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def gimp() -> Gimp:
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "gimp3.sh")], capture_output=True, text=True, timeout=1200)
+    runner = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode != 0 or not runner:
+        why = f"GIMP 3 could not be provisioned by .ci/gimp3.sh (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        print(why, file=sys.stderr)
+        if os.environ.get("STYLEBRIDGE_REQUIRE_GIMP") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    root = subprocess.run([runner, "--root"], capture_output=True, text=True, check=True).stdout.strip()
+    return Gimp(runner=runner, root=Path(root), provision_s=time.monotonic() - t0)
+
+
+@pytest.fixture
+def gimp_workdir(gimp: Gimp):
+    """A scratch folder GIMP can see (under its root's /tmp), removed afterwards."""
+    base = gimp.root / "tmp"
+    path = Path(tempfile.mkdtemp(prefix="stylebridge-gimp-test-", dir=base))
+    os.chmod(path, 0o755)
+    yield path
+    if os.environ.get("STYLEBRIDGE_KEEP_GIMP_WORKDIR") != "1":
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        print(f"kept {path}", file=sys.stderr)
+
+
+@pytest.fixture
+def gimp_profile(gimp_workdir: Path) -> Path:
+    """A fresh GIMP 3 profile with the plug-in installed by ``stylebridge gimp-install``."""
+    profile = gimp_workdir / "profile"
+    proc = subprocess.run(stylebridge_command() + ["gimp-install", "--profile", str(profile)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    dest = profile / "plug-ins" / "stylebridge"
+    assert str(dest) in proc.stdout, proc.stdout
+    assert os.access(dest / "stylebridge.py", os.X_OK)
+    assert (dest / "sb_client.py").is_file()
+    return profile
+
+
+# ------------------------------------------------------------------------------------------------
+# the daemon
+# ------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """A real ``stylebridge serve`` on loopback, in its own state folder."""
+
+    def __init__(self, home: Path, token: str | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        self.proc: subprocess.Popen | None = None
+        self.log_path = home / "daemon.log"
+
+    def start(self, timeout: float = 90.0) -> "Daemon":
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update({"STYLEBRIDGE_HOME": str(self.home), "XDG_DATA_HOME": str(self.home / "data"),
+                    "XDG_CONFIG_HOME": str(self.home / "config"), "XDG_CACHE_HOME": str(self.home / "cache")})
+        for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            env.pop(var, None)
+        if self.token:
+            env["STYLEBRIDGE_TOKEN"] = self.token
+        else:
+            env.pop("STYLEBRIDGE_TOKEN", None)
+        cmd = stylebridge_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.home,
+                                     start_new_session=True)
+        client = load_sb_client().Client(self.url, self.token, timeout=5)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stylebridge serve exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                client.health()
+                return self
+            except Exception:  # noqa: BLE001
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"stylebridge serve did not answer in {timeout} s:\n{self.log_text()}")
+                time.sleep(0.2)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+        self.proc = None
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    d = Daemon(tmp_path / "daemon").start()
+    yield d
+    d.stop()
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
