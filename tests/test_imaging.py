@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import struct
 import zlib
 from pathlib import Path
@@ -453,3 +455,26 @@ def test_atomic_write_into_unwritable_place_even_as_root():
     with pytest.raises(OSError):
         atomic_write(Path("/proc/stylebridge-test.png"), b"data")
     assert not list(Path("/proc").glob(".stylebridge-test*"))
+
+
+@pytest.mark.skipif(shutil.which("identify") is None, reason="ImageMagick's identify not installed")
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_imagemagick_reads_16bit_alpha_icc_dpi(tmp_path, ext):
+    """An independent reader (ImageMagick on libpng/libtiff) sees what we claim to write."""
+    path = save_image(_picture(16, True), tmp_path / f"a.{ext}")
+    out = subprocess.run(["identify", "-verbose", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Depth: 16-bit" in out.stdout   # (Type says Palette for a tiny image: it counts colours)
+    assert ("tiff:alpha: unassociated" in out.stdout) if ext == "tif" else ("color_type: 6 (RGBA)" in out.stdout)
+    assert "Profile-icc: %d bytes" % len(SRGB_ICC) in out.stdout
+    assert ("Resolution: 300x150" in out.stdout) if ext == "tif" else ("pHYs: x_res=11811, y_res=5906" in out.stdout)
+
+
+def test_shipped_samples_are_small_and_load():
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    names = sorted(p.name for p in samples.glob("*.jpg"))
+    assert "photo.jpg" in names and len([n for n in names if n.startswith("style_")]) >= 2
+    for name in names:
+        assert (samples / name).stat().st_size < 300_000
+        pic = load_image(samples / name)
+        assert max(pic.width, pic.height) == 512 and pic.bit_depth == 8
