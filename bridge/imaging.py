@@ -455,16 +455,15 @@ def _load_tiff(data: bytes, label: str, max_pixels: int) -> Picture:
             arr = np.moveaxis(arr, 0, -1)
         extras = tuple(int(e) for e in (page.extrasamples or ()))
         colormap = page.colormap
-    arr = _tiff_samples_to_depth(arr, label)
     base = 3 if photometric == 2 else 1
-    if photometric == 3 and colormap is not None:               # palette: look the indices up
-        cmap = np.asarray(colormap)
+    if photometric == 3 and colormap is not None:               # palette: look the raw indices up
         index = arr if arr.ndim == 2 else arr[:, :, 0]
-        arr = cmap[:, index.astype(np.intp)].transpose(1, 2, 0)
-        arr = _convert_depth(arr.astype(np.uint16), 8)
+        arr = np.asarray(colormap)[:, index.astype(np.intp)].transpose(1, 2, 0)
+        arr = _convert_depth(arr.astype(np.uint16), 8)          # TIFF colormaps are 16-bit
         base = 3
-    elif photometric == 0:                                      # min-is-white
-        arr = arr.max(initial=0) - arr if arr.dtype == bool else np.iinfo(arr.dtype).max - arr
+    arr = _tiff_samples_to_depth(arr, label)
+    if photometric == 0:                                        # min-is-white
+        arr = np.iinfo(arr.dtype).max - arr
     if arr.ndim == 2:
         arr = arr[:, :, None]
     colour = arr[:, :, :base]
