@@ -220,6 +220,13 @@ class Client:
         return self.json("POST", f"/v1/jobs/{urllib.parse.quote(job_id)}/cancel",
                          query={"keep_result": "true"} if keep_result else None, body=b"")
 
+    def delete_job(self, job_id: str) -> None:
+        """Drop a finished job and its result on the daemon (best effort)."""
+        try:
+            self.request("DELETE", f"/v1/jobs/{urllib.parse.quote(job_id)}")
+        except DaemonError:
+            pass
+
     def result(self, job_id: str) -> dict:
         return self.json("GET", f"/v1/jobs/{urllib.parse.quote(job_id)}/result")
 

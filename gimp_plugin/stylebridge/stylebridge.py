@@ -267,6 +267,8 @@ def stylize(image, layer, opts, log=None):
                     paths[k] = path
             files[item["index"]] = tuple(paths)
         finished = True
+        if not opts.get("keep_job"):
+            client.delete_job(job_id)       # the layers are here now; free the daemon's memory
     except BaseException:
         if not finished:
             try:

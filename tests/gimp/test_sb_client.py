@@ -1,0 +1,205 @@
+"""The plug-in's stdlib protocol client (gimp_plugin/stylebridge/sb_client.py), without GIMP.
+
+Unit tests use a few lines of http.server to produce the error shapes; the protocol itself is checked against
+the real ``stylebridge serve`` in ``test_client_against_real_daemon``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from .conftest import SAMPLES, Daemon, free_port
+
+
+# ------------------------------------------------------------------------------------------------
+# PNG
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_png_roundtrip(sb_client, channels, depth):
+    w, h = 7, 5
+    nbytes = w * h * channels * depth // 8
+    raw = bytes((i * 37 + 11) % 256 for i in range(nbytes))
+    data = sb_client.png_encode(w, h, raw, channels, depth)
+    assert sb_client.png_size(data) == (w, h)
+    assert sb_client.png_decode(data) == (w, h, channels, depth, raw)
+
+
+def test_png_readable_by_pillow_and_back(sb_client):
+    Image = pytest.importorskip("PIL.Image")
+    w, h = 13, 9
+    raw = bytes((x * 20 + y * 7 + c * 50) % 256 for y in range(h) for x in range(w) for c in range(4))
+    img = Image.open(io.BytesIO(sb_client.png_encode(w, h, raw, 4)))
+    assert img.mode == "RGBA" and img.size == (w, h) and img.tobytes() == raw
+    # Pillow's own PNGs use the row filters (sub/up/average/paeth): decode them too
+    buf = io.BytesIO()
+    photo = Image.open(SAMPLES / "tubingen.jpg").convert("RGB").resize((40, 30))
+    photo.save(buf, "PNG", optimize=True)
+    assert sb_client.png_decode(buf.getvalue())[4] == photo.tobytes()
+
+
+def test_swap16(sb_client):
+    assert sb_client.swap16(b"\x01\x02\x03\x04") == b"\x02\x01\x04\x03"
+
+
+# ------------------------------------------------------------------------------------------------
+# HTTP against a few lines of http.server
+# ------------------------------------------------------------------------------------------------
+
+class _Recorder(BaseHTTPRequestHandler):
+    calls: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, obj, ctype="application/json"):
+        body = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.calls.append(("GET", self.path, dict(self.headers)))
+        if self.path == "/v1/health":
+            return self._send(200, {"status": "ok"})
+        if self.path == "/v1/styles":
+            return self._send(401, {"error": "missing or wrong token"})
+        if self.path == "/v1/jobs/fastapi":
+            return self._send(422, {"detail": [{"loc": ["body", "content"], "msg": "Field required"}]})
+        if self.path == "/v1/jobs/text":
+            return self._send(500, b"Internal Server Error", "text/plain")
+        return self._send(404, {"error": f"no job {self.path.rsplit('/', 1)[-1]!r}"})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.calls.append(("POST", self.path, dict(self.headers), body))
+        return self._send(200, {"id": "x", "status": "cancelled"})
+
+
+@pytest.fixture
+def recorder():
+    _Recorder.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.calls
+    server.shutdown()
+    server.server_close()
+
+
+def test_unreachable_message(sb_client):
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(sb_client.DaemonUnreachable) as info:
+        sb_client.Client(url).health()
+    assert str(info.value) == f"Stylebridge daemon not reachable at {url}. Start it with: stylebridge serve"
+
+
+def test_errors_are_the_daemons_words(sb_client, recorder):
+    url, calls = recorder
+    client = sb_client.Client(url, token="s3cret")
+    assert client.health() == {"status": "ok"}
+    assert calls[-1][2]["Authorization"] == "Bearer s3cret"
+    with pytest.raises(sb_client.DaemonError) as info:
+        client.job("nope")
+    assert info.value.status == 404 and str(info.value) == "no job 'nope'"
+    with pytest.raises(sb_client.DaemonError) as info:
+        client.styles()
+    assert info.value.status == 401 and "token" in str(info.value) and "STYLEBRIDGE_TOKEN" in str(info.value)
+    with pytest.raises(sb_client.DaemonError, match="content: Field required"):
+        client.job("fastapi")
+    with pytest.raises(sb_client.DaemonError, match="Internal Server Error"):
+        client.job("text")
+
+
+def test_proxy_variables_are_ignored(sb_client, recorder, monkeypatch):
+    url, _ = recorder
+    dead = f"http://127.0.0.1:{free_port()}"
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(var, dead)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert sb_client.Client(url).health() == {"status": "ok"}
+
+
+def test_submit_is_multipart_per_protocol(sb_client, recorder):
+    url, calls = recorder
+    client = sb_client.Client(url)
+    png = sb_client.png_encode(2, 1, b"\x00" * 6, 3)
+    client.submit_job(png, content_name="layer.png", styles=["a", "b"], style_files=[("s.jpg", b"JPEGDATA")],
+                      settings={"preset": "draft", "size": 64}, mask=b"MASK", mask_mode="mask", name="Run 1")
+    method, path, headers, body = calls[-1]
+    assert (method, path) == ("POST", "/v1/jobs")
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+    parts = [(p.get_param("name", header="content-disposition"), p.get_param("filename", header="content-disposition"),
+              p.get_payload(decode=True)) for p in msg.iter_parts()]
+    fields = [(n, v.decode()) for n, f, v in parts if f is None]
+    files = {(n, f): v for n, f, v in parts if f is not None}
+    assert ("styles", "a") in fields and ("styles", "b") in fields
+    assert json.loads(dict(fields)["settings"]) == {"preset": "draft", "size": 64}
+    assert dict(fields)["mask_mode"] == "mask" and dict(fields)["name"] == "Run 1"
+    assert files[("content", "layer.png")] == png
+    assert files[("style_files", "s.jpg")] == b"JPEGDATA"
+    assert files[("mask", "mask.png")] == b"MASK"
+
+
+def test_cancel_on_eof(sb_client, recorder, monkeypatch):
+    url, calls = recorder
+    monkeypatch.setenv("STYLEBRIDGE_URL", url)
+    assert sb_client.cancel_on_eof("job1", io.BytesIO(b"done\n")) == 0
+    assert not [c for c in calls if c[0] == "POST"]
+    assert sb_client.cancel_on_eof("job1", io.BytesIO(b"")) == 0      # the plug-in died: cancel
+    assert [c[1] for c in calls if c[0] == "POST"] == ["/v1/jobs/job1/cancel"]
+
+
+def test_progress_text(sb_client):
+    assert sb_client.progress_text({"status": "queued", "queue_position": 2}) == "Stylebridge: queued (position 2)"
+    text = sb_client.progress_text({"status": "running", "stage": 1, "stages": 2, "iteration": 5,
+                                    "iterations": 60, "eta_s": 3.4})
+    assert text == "Stylebridge: stage 1/2, iteration 5/60, about 3 s left"
+    assert sb_client.progress_fraction({"percent": 50}) == 0.5
+    assert sb_client.progress_fraction({"percent": None}) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# the real daemon
+# ------------------------------------------------------------------------------------------------
+
+def test_client_against_real_daemon(sb_client, tmp_path):
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        client = sb_client.Client(daemon.url)
+        assert client.health()["status"] == "ok"
+        client.add_style("starry", (SAMPLES / "starry_night.jpg").read_bytes(), "starry_night.jpg")
+        assert [s["name"] for s in client.styles()] == ["starry"]
+        w, h = 40, 30
+        raw = bytes((x * 6 + c * 80) % 256 if c < 3 else 255 for y in range(h) for x in range(w) for c in range(4))
+        mask = bytes(255 if x < w // 2 else 0 for y in range(h) for x in range(w))
+        job = client.submit_job(sb_client.png_encode(w, h, raw, 4), styles=["starry"],
+                                settings={"preset": "draft", "size": 32, "iterations": 3, "coarse_to_fine": False},
+                                mask=sb_client.png_encode(w, h, mask, 1), mask_mode="mask", name="unit run")
+        seen = []
+        final = client.wait(job["id"], on_progress=lambda s: seen.append(s["status"]), poll=0.1, timeout=120)
+        assert final["status"] == "done" and seen
+        result = client.result(job["id"])
+        assert (result["width"], result["height"]) == (w, h)
+        roles = [(item.get("meta") or {}).get("role") for item in result["layers"]]
+        assert "original" in roles and "style" in roles
+        style = next(item for item in result["layers"] if (item.get("meta") or {}).get("role") == "style")
+        got = sb_client.png_decode(client.fetch(style["mask_url"]))
+        assert got[:2] == (w, h) and got[4] == mask
+        assert sb_client.png_size(client.fetch(style["image_url"])) == (w, h)
+        with pytest.raises(sb_client.DaemonError) as info:
+            client.submit_job(sb_client.png_encode(w, h, raw, 4), styles=["no-such-style"])
+        assert info.value.status == 422 and "no-such-style" in str(info.value)
+    finally:
+        daemon.stop()
