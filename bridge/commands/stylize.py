@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..imaging import ImageError, Picture, load_image, save_image, unique_path
+from ..imaging import ImageError, Picture, load_image, load_mask, save_image, unique_path
 from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, PRESETS, DocumentSettings, Settings, SettingsError, \
     settings_from_mapping
 
@@ -170,11 +170,10 @@ def _prepare(args: argparse.Namespace) -> _Job:
 
 def _masks(args: argparse.Namespace, content: Picture, names: list[str]) -> Any:
     def read(path: str) -> Any:
-        pic = load_image(path)
-        if (pic.width, pic.height) != (content.width, content.height):
-            raise CliError(f"{path}: mask is {pic.width}x{pic.height} but the photo is "
-                           f"{content.width}x{content.height}")
-        return pic.rgb[:, :, 0]
+        try:
+            return load_mask(path, (content.width, content.height))   # float32 0..1, photo-sized
+        except ImageError as exc:
+            raise CliError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
 
     common = read(args.mask) if args.mask else None
     named: dict[str, Any] = {}

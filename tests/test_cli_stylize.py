@@ -1,0 +1,219 @@
+"""``stylebridge stylize`` end to end on small real images: names, no overwrite, JSON, PSD, errors, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bridge.cli import build_parser, main
+from bridge.commands.stylize import given_options
+from bridge.imaging import Picture, load_image, save_image
+
+FAST = ["--size", "48", "--iterations", "3", "--no-coarse-to-fine", "--seed", "1", "--quiet"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_inputs(tmp_path: Path, photo: Picture, starry: Picture, scream: Picture) -> dict[str, Path]:
+    d = tmp_path / "in"
+    d.mkdir(exist_ok=True)
+    return {
+        "photo": save_image(photo, d / "tubingen.png"),
+        "starry": save_image(starry, d / "starry_night.jpg"),
+        "scream": save_image(scream, d / "the_scream.png"),
+    }
+
+
+@pytest.fixture
+def inputs(tmp_path, photo, starry, scream) -> dict[str, Path]:
+    return _write_inputs(tmp_path, photo, starry, scream)
+
+
+def cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_folder_output_names_and_no_overwrite(tmp_path, inputs, capsys) -> None:
+    out = tmp_path / "out" / "nested"
+    args = ["stylize", inputs["photo"], "-s", inputs["starry"], "-s", inputs["scream"], "-o", out, *FAST]
+    code, stdout, err = cli(args, capsys)
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["tubingen_starry_night.png", "tubingen_the_scream.png"]
+    first = (out / "tubingen_starry_night.png").read_bytes()
+    pic = load_image(out / "tubingen_starry_night.png")
+    assert (pic.width, pic.height) == (96, 72)          # native size, not the 48 px working size
+    code, _, err = cli(args, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "tubingen_starry_night-2.png", "tubingen_starry_night.png",
+        "tubingen_the_scream-2.png", "tubingen_the_scream.png"]
+    assert (out / "tubingen_starry_night.png").read_bytes() == first
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temp files left
+
+
+def test_json_summary_blend_and_preset(tmp_path, inputs, capsys) -> None:
+    out = tmp_path / "o"
+    code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-s", inputs["scream"],
+                             "-o", out, "--preset", "draft", "--size", "40", "--iterations", "2",
+                             "--coarse-iterations", "1", "--style-blend-weights", "1,3", "--json", "--quiet"],
+                            capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert [Path(p).name for p in summary["outputs"]] == [
+        "tubingen_starry_night.png", "tubingen_the_scream.png", "tubingen_blend.png"]
+    assert all(Path(p).is_file() for p in summary["outputs"])
+    s = summary["settings"]
+    assert s["size"] == 40 and s["iterations"] == 2 and s["coarse_iterations"] == 1
+    assert s["style_blend_weights"] == [1.0, 3.0] and isinstance(s["seed"], int)
+    assert set(summary["images"][0]["losses"]) == {"content", "style", "tv", "total"}
+    assert summary["native_size"] == [96, 72] and summary["working_size"] == [40, 30]
+    assert summary["cancelled"] is False and summary["seconds"] > 0
+
+
+def test_progress_bar_on_stderr_and_paths_on_stdout(tmp_path, inputs, capsys) -> None:
+    args = [a for a in FAST if a != "--quiet"]
+    code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-o", tmp_path / "o", *args],
+                            capsys)
+    assert code == 0
+    assert stdout.strip().endswith("tubingen_starry_night.png")
+    assert "3/3" in err and "starry_night" in err
+
+
+def test_single_image_output_and_16_bit(tmp_path, photo, inputs, capsys) -> None:
+    p16 = Picture(rgb=photo.rgb.astype(np.uint16) * 257, dpi=(300.0, 300.0), name="deep")
+    src = save_image(p16, tmp_path / "deep.png")
+    assert load_image(src).bit_depth == 16
+    target = tmp_path / "result.png"
+    code, _, err = cli(["stylize", src, "-s", inputs["starry"], "-o", target, *FAST], capsys)
+    assert code == 0, err
+    out = load_image(target)
+    assert out.bit_depth == 16 and out.dpi == (300.0, 300.0) and (out.width, out.height) == (96, 72)
+    code, _, err = cli(["stylize", src, "-s", inputs["starry"], "-s", inputs["scream"], "-o",
+                        tmp_path / "two.png", *FAST], capsys)
+    assert code == 2 and "need a folder" in err
+
+
+def test_options_only_what_was_typed() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["stylize", "a.png", "-s", "b.png", "-o", "o", "--size", "80",
+                              "--no-coarse-to-fine", "--style-layers", "relu1_1,relu2_1", "--detail-opacity",
+                              "0.3"])
+    assert given_options(args) == {"size": "80", "coarse_to_fine": False, "style_layers": "relu1_1,relu2_1",
+                                   "detail_opacity": "0.3"}
+    args = parser.parse_args(["stylize", "a.png", "-s", "b.png", "-o", "o", "--preset", "best"])
+    assert given_options(args) == {"preset": "best"}
+
+
+@pytest.mark.parametrize("case", [
+    "missing_content", "missing_style", "not_an_image", "truncated", "bad_choice", "bad_number",
+    "bad_layer", "blend_count", "mask_without_psd", "out_is_file", "bad_style_mask",
+])
+def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, inputs, capsys) -> None:
+    out = tmp_path / "out"
+    extra: list = []
+    content, style = inputs["photo"], inputs["starry"]
+    if case == "missing_content":
+        content = tmp_path / "nope.jpg"
+    elif case == "missing_style":
+        style = tmp_path / "nope_style.jpg"
+    elif case == "not_an_image":
+        style = tmp_path / "notes.jpg"
+        style.write_text("hello, not a picture")
+    elif case == "truncated":
+        data = Path(inputs["starry"]).read_bytes()
+        style = tmp_path / "cut.jpg"
+        style.write_bytes(data[: len(data) // 3])
+    elif case == "bad_choice":
+        extra = ["--pooling", "median"]
+    elif case == "bad_number":
+        extra = ["--content-weight", "lots"]
+    elif case == "bad_layer":
+        extra = ["--style-layers", "relu9_9"]
+    elif case == "blend_count":
+        extra = ["--style-blend-weights", "1,2,3"]
+    elif case == "mask_without_psd":
+        extra = ["--mask", inputs["photo"]]
+    elif case == "out_is_file":
+        out = tmp_path / "taken"
+        out.write_text("user data")
+    elif case == "bad_style_mask":
+        out = tmp_path / "doc.psd"
+        extra = ["--style-mask", "nosuchstyle=" + str(inputs["photo"])]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, err = cli(["stylize", content, "-s", style, "-o", out, *FAST, *extra], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stylebridge: error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if case == "out_is_file":
+        assert out.read_text() == "user data"
+
+
+def test_psd_output_with_masks(tmp_path, inputs, photo, capsys) -> None:
+    pytest.importorskip("bridge.document.psd")
+    mask = np.zeros((photo.height, photo.width, 3), np.uint8)
+    mask[:, : photo.width // 2] = 255
+    mask_path = save_image(Picture(rgb=mask, name="m"), tmp_path / "left.png")
+    target = tmp_path / "doc.psd"
+    code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-s", inputs["scream"],
+                             "-o", target, *FAST, "--style-mask", f"the_scream={mask_path}", "--json",
+                             "--no-refine-layer"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["outputs"] == [str(target)] and summary["document_settings"]["refine_layer"] is False
+    check = subprocess.run([sys.executable, str(REPO.parent / "shared" / "tools" / "psdcheck.py"), str(target)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    from psd_tools import PSDImage
+    doc = PSDImage.open(target)
+    names = [layer.name for layer in doc.descendants()]
+    assert "starry_night" in names and "the_scream" in names
+    # second run: a new name, the first document untouched
+    code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-o", target, *FAST], capsys)
+    assert code == 0, err
+    assert (tmp_path / "doc-2.psd").is_file()
+
+
+def test_ctrl_c_writes_best_so_far_and_exits_130(tmp_path, inputs) -> None:
+    """A real SIGINT to a real process: the optimisation stops, the partial result is written, exit 130."""
+    out = tmp_path / "o"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "stylize", str(inputs["photo"]), "-s",
+                             str(inputs["starry"]), "-o", str(out), "--size", "48", "--iterations", "100000",
+                             "--no-coarse-to-fine"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    seen = threading.Event()
+    chunks: list[bytes] = []
+
+    def reader() -> None:
+        while chunk := proc.stderr.read1(4096):   # type: ignore[union-attr]
+            chunks.append(chunk)
+            if b"it" in chunk and b"loss" in chunk:
+                seen.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    assert seen.wait(90), b"".join(chunks)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(60)
+    finally:
+        proc.kill()
+    stdout = proc.stdout.read().decode()   # type: ignore[union-attr]
+    err = b"".join(chunks).decode(errors="replace")
+    assert code == 130, err
+    assert "interrupted" in err
+    written = out / "tubingen_starry_night.png"
+    assert written.is_file() and str(written) in stdout
+    assert load_image(written).width == 96
