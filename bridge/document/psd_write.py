@@ -131,8 +131,11 @@ def _add_group(psd: PSDImage, group: Group, stack: LayerStack, version: int,
     _finish(g, group)
 
 
-def build_psd(stack: LayerStack, *, compression: str = "rle") -> PSDImage:
-    """The psd-tools document for ``stack``, merged image included (not yet saved)."""
+def build_psd(stack: LayerStack, *, compression: str = "rle", large_format: bool = False) -> PSDImage:
+    """The psd-tools document for ``stack``, merged image included (not yet saved).
+
+    ``large_format`` forces PSB (version 2) at any size; above 30000 px it is PSB anyway.
+    """
     if stack.depth not in (8, 16):
         raise ValueError(f"document depth must be 8 or 16, not {stack.depth}")
     if stack.width < 1 or stack.height < 1:
@@ -148,6 +151,8 @@ def build_psd(stack: LayerStack, *, compression: str = "rle") -> PSDImage:
     if big and psd_utils.MAX_DIMENSION_PSD < max(stack.width, stack.height):
         psd_utils.MAX_DIMENSION_PSD = 300_000          # PSB limit; psd-tools applies the PSD one
     psd = PSDImage.new(mode, (stack.width, stack.height), color=0, depth=stack.depth, compression=comp)
+    if large_format:
+        psd._record.header.version = 2     # before any channel is encoded (4-byte RLE counts)
     version = psd._record.header.version
     for item in stack.items:
         if isinstance(item, Group):
@@ -219,7 +224,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_psd(stack: LayerStack, path: str | os.PathLike, *, compression: str = "rle") -> Path:
-    """Write ``stack`` to ``path`` (.psd, or PSB content when a side exceeds 30000 px) atomically.
+    """Write ``stack`` to ``path`` atomically: PSB when ``path`` ends in .psb or a side exceeds 30000 px.
 
     The file is written under a temporary name in the same folder, fsynced and renamed, so a
     crash never leaves a half-written file under ``path``.  An existing file at ``path`` is
@@ -227,7 +232,7 @@ def write_psd(stack: LayerStack, path: str | os.PathLike, *, compression: str = 
     Returns ``path``.
     """
     path = Path(path)
-    psd = build_psd(stack, compression=compression)
+    psd = build_psd(stack, compression=compression, large_format=path.suffix.lower() == ".psb")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
