@@ -106,13 +106,22 @@ def _file_ref(text: str, base: Path, source: Path, *, must_exist: bool) -> Style
     return StyleRef(text, library=text)
 
 
-def _layer(path: Path, *, base: Path | None = None) -> tuple[dict[str, Any], list[StyleRef] | None]:
-    """One JSON layer: its options (keys normalised to underscores) and its styles if it names any."""
-    data = {str(k).replace("-", "_"): v for k, v in _read_json(path).items()}
-    styles = None
-    if "styles" in data:
-        styles = _style_refs(data.pop("styles"), base or path.parent, path)
-    return data, styles
+def _layer(path: Path, *, base: Path | None = None, label: str | None = None
+           ) -> tuple[dict[str, Any], list[StyleRef] | None]:
+    """One JSON layer: its options (keys normalised to underscores) and its styles if it names any.
+
+    ``label`` is how messages name the file (a sidecar is read from working/ but the user wrote it
+    in in/)."""
+    try:
+        data = {str(k).replace("-", "_"): v for k, v in _read_json(path).items()}
+        styles = None
+        if "styles" in data:
+            styles = _style_refs(data.pop("styles"), base or path.parent, path)
+        return data, styles
+    except SettingsError as exc:
+        if label is None:
+            raise
+        raise SettingsError(exc.option, str(exc).split(": ", 1)[-1].replace(str(path), label)) from None
 
 
 def preset_files(root: Path, rel: str) -> list[Path]:
@@ -125,7 +134,7 @@ def preset_files(root: Path, rel: str) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def resolve(root: Path, rel: str, sidecar: Path | None = None) -> Recipe:
+def resolve(root: Path, rel: str, sidecar: Path | None = None, sidecar_name: str | None = None) -> Recipe:
     """The recipe for ``in/REL`` (sidecar = the file's own JSON, wherever it lies now).
 
     Relative style paths in a sidecar resolve against the input's original folder in ``in/``,
@@ -134,19 +143,31 @@ def resolve(root: Path, rel: str, sidecar: Path | None = None) -> Recipe:
     merged: dict[str, Any] = {}
     styles: list[StyleRef] = []
     sources: list[str] = []
-    layers = [(p, None) for p in preset_files(root, rel)]
+    layers: list[tuple[Path, Path | None, str | None]] = [(p, None, None) for p in preset_files(root, rel)]
     if sidecar is not None:
-        layers.append((sidecar, root / "in" / Path(rel).parent))
-    for path, base in layers:
-        data, refs = _layer(path, base=base)
+        origin = root / "in" / Path(rel).parent
+        layers.append((sidecar, origin, str(origin / (sidecar_name or sidecar.name))))
+    for path, base, label in layers:
+        data, refs = _layer(path, base=base, label=label)
         merged.update(data)
         if refs is not None:
             styles = refs
-        sources.append(str(path))
+        sources.append(label or str(path))
     merged.pop("comment", None)
-    settings, document, extra = settings_from_mapping(merged, allow_extra=EXTRA_KEYS)
+    try:
+        settings, document, extra = settings_from_mapping(merged, allow_extra=EXTRA_KEYS)
+    except SettingsError as exc:
+        where = ", ".join(_short(s, root) for s in sources) or "the defaults"
+        raise SettingsError(exc.option, f"{str(exc).split(': ', 1)[-1]} (settings from {where})") from None
     content_layer = extra.get("content_layer")
     if content_layer is not None and not isinstance(content_layer, str):
         raise SettingsError("content_layer", "must be a layer name (text)")
     raw = {k: v for k, v in merged.items() if k not in EXTRA_KEYS}
     return Recipe(settings, document, styles, content_layer or None, sources, raw)
+
+
+def _short(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path

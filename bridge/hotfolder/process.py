@@ -19,8 +19,6 @@ from ..imaging import ImageError, Picture, load_image
 from ..settings import LIMITS, SettingsError
 from .presets import Recipe, StyleRef
 
-PSD_MAX_SIDE = 30000   # beyond this Photoshop needs PSB (large document format)
-
 ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
                 "then drop it into in/ again.")
 ADVICE_SETTINGS = ("Fix the settings named above (preset.json or the file's sidecar .json), "
@@ -285,4 +283,6 @@ class DaemonEngine:
 
 
 def output_suffix(content: Picture) -> str:
-    return ".psb" if max(content.width, content.height) > PSD_MAX_SIDE else ".psd"
+    """'.psb' for documents too large for PSD (the PSD writer's own rule)."""
+    from ..document.psd import psd_suffix
+    return psd_suffix(content.width, content.height)

@@ -245,7 +245,7 @@ class Watcher:
             tmp_dir = self.layout.job_tmp(job.job_id)
             shutil.rmtree(tmp_dir, ignore_errors=True)   # a partial write from a crashed run
             tmp_dir.mkdir(parents=True)
-            recipe = resolve(self.layout.root, job.rel, job.sidecar)
+            recipe = resolve(self.layout.root, job.rel, job.sidecar, job.sidecar_name)
             inputs = load_inputs(job.working, Path(job.name).stem, recipe,
                                  allow_library=self.engine.allows_library)
             scratch = tmp_dir / (Path(job.name).stem + output_suffix(inputs.content))

@@ -1,0 +1,283 @@
+"""The hot folder end to end: real folders, real watchdog, the real engine (tiny settings).
+
+Each test builds ``DIR`` in tmp_path with a tiny preset (size 40, 3 iterations, one stage) and
+small inputs made from ../shared/samples; PSD outputs are checked with the independent
+../shared/tools/psdcheck.py and read back with psd-tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bridge.hotfolder.claim import Journal
+from bridge.hotfolder.process import InProcessEngine
+from bridge.hotfolder.watcher import Watcher
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SAMPLES = SHARED / "samples"
+PSDCHECK = SHARED / "tools" / "psdcheck.py"
+TINY = {"size": 40, "iterations": 3, "coarse_to_fine": False, "device": "cpu", "seed": 1}
+STABLE = 0.2
+
+
+def make_photo(path: Path, long_side: int = 96, fmt: str | None = None, sample: str = "tubingen.jpg") -> Path:
+    im = Image.open(SAMPLES / sample).convert("RGB")
+    im.thumbnail((long_side, long_side), Image.LANCZOS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format=fmt or None)
+    return path
+
+
+def make_hot(tmp_path: Path, **preset: object) -> Path:
+    root = tmp_path / "hot"
+    (root / "styles").mkdir(parents=True)
+    make_photo(root / "styles" / "starry.jpg", 128, sample="starry_night.jpg")
+    make_photo(root / "styles" / "scream.jpg", 128, sample="the_scream.jpg")
+    (root / "preset.json").write_text(json.dumps({"styles": ["styles/starry.jpg"], **TINY, **preset}))
+    (root / "in").mkdir()
+    return root
+
+
+def run_once(root: Path) -> int:
+    return Watcher(root, InProcessEngine(), stable_seconds=STABLE, once=True).run()
+
+
+def psdcheck(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PSDCHECK), str(path)], capture_output=True, text=True)
+
+
+def layer_names(path: Path) -> list[str]:
+    from psd_tools import PSDImage
+    return [layer.name for layer in PSDImage.open(path).descendants()]
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def events(root: Path) -> list[tuple[str, str]]:
+    recs = list(Journal(root / ".stylebridge" / "journal.jsonl").records())
+    rel = {r["job"]: r.get("rel") for r in recs if r["event"] == "claim"}
+    return [(r["event"], rel.get(r["job"], "?")) for r in recs]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_good_photo_becomes_a_valid_layered_psd(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    src = make_photo(root / "in" / "photo.jpg")
+    original = src.read_bytes()
+    assert run_once(root) == 0
+    assert files(root / "out") == ["photo.psd"] and files(root / "error") == []
+    assert (root / "done" / "photo.jpg").read_bytes() == original
+    assert files(root / "working") == [] and files(root / "in") == []
+    check = psdcheck(root / "out" / "photo.psd")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "starry" in layer_names(root / "out" / "photo.psd")
+    assert [e for e, _ in events(root)] == ["claim", "started", "output-intent", "output-written",
+                                             "done-intent", "done"]
+    assert not any((root / ".stylebridge" / "tmp").iterdir())
+
+
+def test_slow_chunked_copy_is_processed_once_after_it_is_complete(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    data = make_photo(tmp_path / "src.png", 160, "PNG").read_bytes()   # ~40 KB: several chunks
+    chunk = 8192
+    assert len(data) > 3 * chunk
+    watcher = Watcher(root, InProcessEngine(), stable_seconds=0.5)
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    target = root / "in" / "slow.png"
+    try:
+        with open(target, "wb") as fh:                 # like a copy tool: one open, chunked writes
+            for i in range(0, len(data), chunk):
+                fh.write(data[i:i + chunk])
+                fh.flush()
+                time.sleep(0.2)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (root / "done" / "slow.png").exists():
+            time.sleep(0.1)
+    finally:
+        watcher.stop()
+        runner.join(timeout=60)
+    assert not runner.is_alive()
+    assert files(root / "error") == [], (root / "error").iterdir()
+    assert files(root / "out") == ["slow.psd"]
+    assert (root / "done" / "slow.png").read_bytes() == data
+    assert [e for e, r in events(root) if r == "slow.png"].count("claim") == 1
+    assert psdcheck(root / "out" / "slow.psd").returncode == 0
+
+
+def test_bad_inputs_go_to_error_with_a_reason_and_good_ones_still_run(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    inbox = root / "in"
+    good = make_photo(tmp_path / "good.jpg").read_bytes()
+    (inbox / "a_corrupt.jpg").write_bytes(good[:600])                       # truncated JPEG
+    (inbox / "b_empty.png").write_bytes(b"")
+    (inbox / "c_notes.txt").write_text("just some words\n")
+    (inbox / "d_text_named.jpg").write_text("not really a photo\n")
+    (inbox / "e_jpeg_named.png").write_bytes(good)                          # content decides: processed
+    big = Image.new("1", (15000, 15000))                                    # 225 Mpx > LIMITS.max_pixels
+    big.save(inbox / "f_huge.png", optimize=False)
+    psd_header = bytearray((SHARED / "psd" / "group.psd").read_bytes())
+    psd_header[14:22] = (20000).to_bytes(4, "big") * 2                      # claims 20000 x 20000
+    (inbox / "g_huge.psd").write_bytes(psd_header)
+    (inbox / "h_bad_sidecar.jpg").write_bytes(good)
+    (inbox / "h_bad_sidecar.json").write_text('{"iterations": "many"}')
+    (inbox / "i_unknown_option.jpg").write_bytes(good)
+    (inbox / "i_unknown_option.jpg.json").write_text('{"strength": 3}')
+    (inbox / "z_good.jpg").write_bytes(good)
+
+    assert run_once(root) == 1
+    assert files(root / "out") == ["e_jpeg_named.psd", "z_good.psd"]
+    reasons = {p.name[:-4]: p.read_text() for p in (root / "error").glob("*.txt")
+               if (root / "error" / p.name[:-4]).exists()}
+    expected = {
+        "a_corrupt.jpg": "truncated",
+        "b_empty.png": "empty",
+        "c_notes.txt": "plain text",
+        "d_text_named.jpg": "plain text",
+        "f_huge.png": "over the limit",
+        "g_huge.psd": "over the limit",
+        "h_bad_sidecar.jpg": "iterations",
+        "i_unknown_option.jpg": "strength: unknown option",
+    }
+    assert sorted(reasons) == sorted(expected)
+    for name, fragment in expected.items():
+        assert (root / "error" / name).exists()
+        assert fragment in reasons[name], reasons[name]
+        assert "What to do:" in reasons[name]
+    # Sidecars travel with their input.
+    assert (root / "error" / "h_bad_sidecar.json").exists()
+    assert (root / "error" / "i_unknown_option.jpg.json").exists()
+    assert files(root / "in") == [] and files(root / "working") == []
+
+
+def test_subfolder_presets_and_sidecar_overrides(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    sub = root / "in" / "scream"
+    sub.mkdir()
+    (sub / "preset.json").write_text(json.dumps({"styles": ["../../styles/scream.jpg"]}))
+    make_photo(root / "in" / "a.jpg")
+    make_photo(sub / "b.jpg", sample="golden_gate.jpg")
+    make_photo(root / "in" / "c.jpg")
+    (root / "in" / "c.json").write_text(json.dumps({"styles": ["../styles/scream.jpg", "../styles/starry.jpg"],
+                                                    "reveal": "all"}))
+    assert run_once(root) == 0
+    assert files(root / "out") == ["a.psd", "c.psd", "scream/b.psd"]
+    assert files(root / "done") == ["a.jpg", "c.jpg", "c.json", "scream/b.jpg"]
+    assert (root / "in" / "scream" / "preset.json").exists()          # the droplet's preset stays
+    assert "starry" in layer_names(root / "out" / "a.psd") and "scream" not in layer_names(root / "out" / "a.psd")
+    assert "scream" in layer_names(root / "out" / "scream" / "b.psd")
+    names_c = layer_names(root / "out" / "c.psd")
+    assert "scream" in names_c and "starry" in names_c
+    # The sidecar's reveal=all: every style layer's mask is white.
+    from psd_tools import PSDImage
+    psd = PSDImage.open(root / "out" / "c.psd")
+    for layer in psd.descendants():
+        if layer.name in ("scream", "starry"):
+            assert np.asarray(layer.mask.topil()).min() == 255
+
+
+def test_bad_root_preset_sends_files_to_error_and_watcher_keeps_going(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    (root / "preset.json").write_text('{"styles": ["styles/starry.jpg"], "size": 40,}')   # trailing comma
+    make_photo(root / "in" / "a.jpg")
+    assert run_once(root) == 1
+    note = (root / "error" / "a.jpg.txt").read_text()
+    assert "preset.json" in note and "not valid JSON" in note
+    # Fix the preset, move the file back: it goes through.
+    (root / "preset.json").write_text(json.dumps({"styles": ["styles/starry.jpg"], **TINY}))
+    os.rename(root / "error" / "a.jpg", root / "in" / "a.jpg")
+    assert run_once(root) == 0
+    assert files(root / "out") == ["a.psd"]
+
+
+def test_outputs_never_overwrite(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    (root / "out").mkdir()
+    (root / "out" / "photo.psd").write_bytes(b"the user's own file")
+    (root / "done").mkdir()
+    (root / "done" / "photo.jpg").write_bytes(b"an older original")
+    make_photo(root / "in" / "photo.jpg")
+    assert run_once(root) == 0
+    assert (root / "out" / "photo.psd").read_bytes() == b"the user's own file"
+    assert (root / "done" / "photo.jpg").read_bytes() == b"an older original"
+    assert files(root / "out") == ["photo-2.psd", "photo.psd"]
+    assert files(root / "done") == ["photo-2.jpg", "photo.jpg"]
+
+
+def _rewind(root: Path, keep_until: str) -> str:
+    """Make the folder look as if the watcher died right after journalling ``keep_until``."""
+    journal = root / ".stylebridge" / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    cut = next(i for i, line in enumerate(lines) if json.loads(line)["event"] == keep_until)
+    journal.write_text("\n".join(lines[:cut + 1]) + "\n")
+    claim_rec = json.loads(lines[0])
+    os.rename(root / "done" / "photo.jpg", root / "working" / claim_rec["working"])
+    return claim_rec["job"]
+
+
+def test_restart_after_output_written_only_moves_the_original(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    make_photo(root / "in" / "photo.jpg")
+    assert run_once(root) == 0
+    _rewind(root, "output-written")
+    before = (root / "out" / "photo.psd").stat().st_mtime_ns
+    assert run_once(root) == 0
+    assert files(root / "out") == ["photo.psd"] and files(root / "done") == ["photo.jpg"]
+    assert (root / "out" / "photo.psd").stat().st_mtime_ns == before
+    evs = [e for e, _ in events(root)]
+    assert evs.count("started") == 1                                  # no second render
+    assert evs[-3:] == ["resumed", "done-intent", "done"]
+
+
+def test_restart_after_link_before_journal_does_not_duplicate(tmp_path: Path) -> None:
+    """Died between linking the output into out/ and journalling it: the link is recognised."""
+    root = make_hot(tmp_path)
+    make_photo(root / "in" / "photo.jpg")
+    assert run_once(root) == 0
+    job = _rewind(root, "output-intent")
+    intent = [json.loads(x) for x in (root / ".stylebridge" / "journal.jsonl").read_text().splitlines()][-1]
+    scratch = root / intent["tmp"]
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    os.link(root / "out" / "photo.psd", scratch)           # the scratch file was not yet removed
+    assert run_once(root) == 0
+    assert files(root / "out") == ["photo.psd"] and files(root / "done") == ["photo.jpg"]
+    assert not scratch.exists()
+    evs = [e for e, _ in events(root)]
+    assert evs.count("started") == 1 and evs.count("output-written") == 1 and job
+
+
+def test_every_shared_psd_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    inputs = sorted((SHARED / "psd").iterdir())
+    for p in inputs:
+        shutil.copyfile(p, root / "in" / p.name)
+    run_once(root)
+    out = {p.stem: p for p in (root / "out").iterdir()}
+    errors = {p.name: p for p in (root / "error").iterdir() if not p.name.endswith(".txt")}
+    for p in inputs:
+        if p.stem in out:
+            check = psdcheck(out[p.stem])
+            assert check.returncode == 0, f"{p.name}: {check.stdout}{check.stderr}"
+            assert (root / "done" / p.name).read_bytes() == p.read_bytes()
+        else:
+            assert p.name in errors, f"{p.name} neither in out/ nor in error/"
+            note = (root / "error" / f"{p.name}.txt").read_text()
+            assert "Why: " in note and "internal error" not in note, note
+    assert files(root / "in") == [] and files(root / "working") == []
+    print({p.name: ("out" if p.stem in out else "error") for p in inputs})
