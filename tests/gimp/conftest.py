@@ -141,15 +141,16 @@ class Daemon:
     def start(self, timeout: float = 90.0) -> "Daemon":
         self.home.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env.update({"STYLEBRIDGE_HOME": str(self.home), "XDG_DATA_HOME": str(self.home / "data"),
-                    "XDG_CONFIG_HOME": str(self.home / "config"), "XDG_CACHE_HOME": str(self.home / "cache")})
+        env.update({"XDG_DATA_HOME": str(self.home / "xdg-data"), "XDG_CONFIG_HOME": str(self.home / "config")})
+        env.pop("STYLEBRIDGE_DATA", None)
         for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
             env.pop(var, None)
         if self.token:
             env["STYLEBRIDGE_TOKEN"] = self.token
         else:
             env.pop("STYLEBRIDGE_TOKEN", None)
-        cmd = stylebridge_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = stylebridge_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
+                                       "--data-dir", str(self.home / "data")]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.home,
                                      start_new_session=True)
