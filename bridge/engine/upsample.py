@@ -62,8 +62,11 @@ def _lerp_axis(x: torch.Tensor, axis: int, out_len: int, start: int, stop: int) 
 
 def resize_band(x: torch.Tensor, out_h: int, out_w: int, y0: int, y1: int) -> torch.Tensor:
     """Rows y0..y1-1 of ``F.interpolate(x, (out_h, out_w), mode='bilinear')`` without building the rest."""
-    rows = _lerp_axis(x, -2, out_h, y0, y1)
-    return _lerp_axis(rows, -1, out_w, 0, out_w)
+    rows = _lerp_axis(x, -2, out_h, y0, y1)           # cheap: still at the low width
+    if rows.shape[-1] == out_w:
+        return rows
+    # Same height in and out: torch's bilinear kernel only resamples the width, exactly as for the full image.
+    return F.interpolate(rows, size=(y1 - y0, out_w), mode="bilinear", align_corners=False)
 
 
 def to_native(styled: torch.Tensor, photo: Picture, guide: torch.Tensor, *, mode: str = "guided",
@@ -98,8 +101,8 @@ def to_native(styled: torch.Tensor, photo: Picture, guide: torch.Tensor, *, mode
             if same_size:
                 part = styled[..., y0:y1, :]
             elif mode == "guided":
-                part = resize_band(a, out_h, out_w, y0, y1) * color.luminance(photo_band) \
-                    + resize_band(b, out_h, out_w, y0, y1)
+                ab = resize_band(torch.cat([a, b], dim=1), out_h, out_w, y0, y1)
+                part = torch.addcmul(ab[:, 3:], ab[:, :3], color.luminance(photo_band))
             else:
                 part = resize_band(styled, out_h, out_w, y0, y1)
             part = part.clamp(0.0, 1.0)
