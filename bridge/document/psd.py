@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from .psd_read import PsdContent, clean_name, read_psd, style_name
 from .psd_write import BLEND_MODE_MAP, PSD_MAX_SIDE, build_psd, psd_suffix, write_psd
 
-__all__ = ["BLEND_MODE_MAP", "PSD_MAX_SIDE", "build_psd", "psd_suffix", "write_psd"]
+__all__ = ["BLEND_MODE_MAP", "PSD_MAX_SIDE", "PsdContent", "build_psd", "clean_name", "psd_suffix",
+           "read_psd", "style_name", "write_psd"]
