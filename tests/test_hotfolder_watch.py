@@ -281,3 +281,167 @@ def test_every_shared_psd_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Path) 
             assert "Why: " in note and "internal error" not in note, note
     assert files(root / "in") == [] and files(root / "working") == []
     print({p.name: ("out" if p.stem in out else "error") for p in inputs})
+
+
+# --------------------------------------------------------------------------------------------
+# Real `stylebridge watch` processes
+
+
+def _watch_cmd(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bridge.cli", "watch", str(root), "--stable-seconds", str(STABLE), *extra]
+
+
+class _Lines:
+    """Collect a subprocess's output lines in a thread; wait for one that contains a text."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: any(text in x for x in self.lines), timeout=timeout)
+
+
+def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) -> None:
+    root = make_hot(tmp_path, iterations=300, size=48)          # slow enough to be killed mid-run
+    src = make_photo(root / "in" / "photo.jpg")
+    original = src.read_bytes()
+    proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    out = _Lines(proc)
+    try:
+        assert out.wait_for("stage 1/1", timeout=120), "".join(out.lines)   # the engine is iterating
+        assert ("started", "photo.jpg") in events(root)
+    finally:
+        proc.kill()                                               # SIGKILL: no cleanup at all
+        proc.wait(timeout=30)
+    assert proc.returncode == -9
+    assert files(root / "out") == [] and files(root / "in") == []
+    [left] = files(root / "working")
+    assert left.endswith("--photo.jpg")
+    # A quicker preset for the rerun (the job re-reads its settings when it resumes).
+    (root / "preset.json").write_text(json.dumps({"styles": ["styles/starry.jpg"], **TINY}))
+    rerun = subprocess.run(_watch_cmd(root, "--once"), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming" in rerun.stdout
+    assert files(root / "out") == ["photo.psd"]
+    assert files(root / "done") == ["photo.jpg"] and (root / "done" / "photo.jpg").read_bytes() == original
+    assert files(root / "working") == [] and files(root / "error") == []
+    assert not any((root / ".stylebridge" / "tmp").iterdir())
+    assert psdcheck(root / "out" / "photo.psd").returncode == 0
+    evs = [e for e, _ in events(root)]
+    assert evs.count("claim") == 1 and evs.count("resumed") == 1 and evs.count("done") == 1
+
+
+def test_two_watchers_on_one_folder_process_each_file_once(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    names = [f"p{i}.jpg" for i in range(6)]
+    for i, name in enumerate(names):
+        make_photo(root / "in" / name, 64 + 8 * i)
+    procs = [subprocess.Popen(_watch_cmd(root, "--once"), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert files(root / "out") == sorted(n.replace(".jpg", ".psd") for n in names)
+    assert files(root / "done") == sorted(names)
+    assert files(root / "working") == [] and files(root / "error") == []
+    done = [r for e, r in events(root) if e == "done"]
+    started = [r for e, r in events(root) if e == "started"]
+    assert sorted(done) == sorted(names) and sorted(started) == sorted(names)
+    print("jobs per watcher:", [sum(n in o and "wrote" in o for n in names) for o in outputs])
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
+    """`watch --daemon URL`: jobs wait while the daemon is down, then run in the real daemon
+    (a library style, a file style, a PSD); a refused request sends the file to error/."""
+    from bridge.daemon.client import DaemonClient
+    from bridge.hotfolder.process import DaemonEngine
+    token = "hot-folder-test-token"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = make_hot(tmp_path)
+    make_photo(root / "in" / "early.jpg")
+    # 1. A watcher (watch mode) started before the daemon: the job waits in working/, not error/.
+    watcher = Watcher(root, DaemonEngine(url, token), stable_seconds=STABLE)
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    serve = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and ("deferred", "early.jpg") not in events(root):
+            time.sleep(0.1)
+        assert ("deferred", "early.jpg") in events(root)
+        assert files(root / "error") == [] and len(files(root / "working")) == 1
+        serve = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port),
+                                  "--device", "cpu", "--data-dir", str(tmp_path / "daemon"), "--token", token],
+                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in serve.stderr:
+            if line.startswith("listening on "):
+                break
+        threading.Thread(target=lambda: [None for _ in serve.stderr], daemon=True).start()
+        deadline = time.monotonic() + 120                  # retried every RECOVER_EVERY_SECONDS
+        while time.monotonic() < deadline and not (root / "done" / "early.jpg").exists():
+            time.sleep(0.2)
+        watcher.stop()
+        runner.join(timeout=60)
+        assert files(root / "out") == ["early.psd"] and files(root / "error") == []
+
+        # 2. The real CLI in --daemon mode: library style, file style, PSD content, a bad file.
+        client = DaemonClient(url, token)
+        client.add_style(SAMPLES / "the_scream.jpg", name="scream-lib")
+        sub = root / "in" / "lib"
+        sub.mkdir()
+        (sub / "preset.json").write_text(json.dumps({"styles": ["scream-lib"]}))
+        make_photo(sub / "a.jpg")
+        make_photo(root / "in" / "b.png", fmt="PNG")
+        shutil.copyfile(SHARED / "psd" / "group.psd", root / "in" / "c.psd")
+        (root / "in" / "d.jpg").write_text("not an image")
+        run = subprocess.run(_watch_cmd(root, "--once", "--daemon", url, "--token", token), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 1, run.stdout + run.stderr       # d.jpg is refused
+        assert "daemon" in run.stdout
+        assert files(root / "out") == ["b.psd", "c.psd", "early.psd", "lib/a.psd"], run.stdout
+        for out in ("b.psd", "c.psd", "early.psd", "lib/a.psd"):
+            check = psdcheck(root / "out" / out)
+            assert check.returncode == 0, check.stdout
+        assert "scream-lib" in layer_names(root / "out" / "lib" / "a.psd")
+        assert "starry" in layer_names(root / "out" / "b.psd")
+        assert files(root / "error") == ["d.jpg", "d.jpg.txt"]
+
+        # 3. Without the token the daemon refuses: the file goes to error/ with the daemon's reason.
+        make_photo(root / "in" / "e.jpg")
+        run = subprocess.run(_watch_cmd(root, "--once", "--daemon", url), cwd=REPO, capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "STYLEBRIDGE_TOKEN": ""})
+        assert run.returncode == 1
+        assert "daemon" in (root / "error" / "e.jpg.txt").read_text()
+    finally:
+        watcher.stop()
+        runner.join(timeout=60)
+        if serve is not None:
+            serve.terminate()
+            serve.wait(timeout=30)
+
+
+def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
+    from bridge.hotfolder.process import DaemonEngine
+    root = make_hot(tmp_path)
+    make_photo(root / "in" / "a.jpg")
+    rc = Watcher(root, DaemonEngine(f"http://127.0.0.1:{_free_port()}"), stable_seconds=STABLE, once=True).run()
+    assert rc == 1
+    assert "no stylebridge daemon at" in (root / "error" / "a.jpg.txt").read_text()

@@ -321,7 +321,7 @@ def recover(layout: Layout, journal: Journal) -> list[Job]:
         if not lock.acquire():
             continue                      # a live watcher is on it
         if not entry.exists():            # it finished between our listing and our lock
-            lock.release()
+            lock.release(remove=True)
             continue
         st = states.get(job_id)
         rel = st.info.get("rel", name) if st else name

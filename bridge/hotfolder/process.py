@@ -171,46 +171,14 @@ def load_styles(refs: list[StyleRef], *, allow_library: bool) -> tuple[list[Styl
 
 def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture, list[StyleInput]]:
     """Content (composite, or the named layer) and the ``style: NAME`` layers of a PSD/PSB."""
-    from ..document import psd as psdmod   # psd-tools is heavy; only PSD inputs pay for it
+    from ..document.psd_read import read_psd   # psd-tools is heavy; only PSD inputs pay for it
     try:
-        doc = psdmod.read_psd(path)
-    except JobError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "this PSD cannot be used"
-        raise JobError(f"cannot read the PSD ({type(exc).__name__}: {exc})") from None
-    content = _psd_content(doc, content_layer)
-    content = replace(content, name=stem)
-    styles = [StyleInput(name, pic) for name, pic in _psd_styles(doc)]
-    return content, styles
-
-
-def _psd_content(doc: object, content_layer: str | None) -> Picture:
-    if content_layer:
-        getter = getattr(doc, "layer", None)
-        pic = getter(content_layer) if callable(getter) else (getattr(doc, "layers", {}) or {}).get(content_layer)
-        if pic is None:
-            names = ", ".join(repr(n) for n in _psd_layer_names(doc)) or "none"
-            raise JobError(f"the PSD has no layer named {content_layer!r} (its layers: {names})",
-                           ADVICE_SETTINGS)
-        return pic
-    pic = getattr(doc, "composite", None)
-    if pic is None:
-        raise JobError("the PSD has no readable composite image; save it with 'Maximize compatibility' on")
-    return pic
-
-
-def _psd_layer_names(doc: object) -> list[str]:
-    names = getattr(doc, "layer_names", None)
-    if callable(names):
-        return list(names())
-    if names is not None:
-        return list(names)
-    return list((getattr(doc, "layers", {}) or {}).keys())
-
-
-def _psd_styles(doc: object) -> list[tuple[str, Picture]]:
-    styles = getattr(doc, "styles", None) or {}
-    return list(styles.items()) if isinstance(styles, dict) else [(s.name, s.picture) for s in styles]
+        doc = read_psd(path, content_layer=content_layer, max_pixels=LIMITS.max_pixels)
+    except ImageError as exc:
+        message = _strip_path(str(exc), path)
+        advice = ADVICE_SETTINGS if "no layer named" in message else _image_advice(message)
+        raise JobError(message, advice) from None
+    return replace(doc.content, name=stem), list(doc.styles)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,20 +234,87 @@ class InProcessEngine:
         write_psd(stack, dest)
 
 
+class Unavailable(Exception):
+    """The daemon cannot be reached: not the file's fault, so the job waits and is retried."""
+
+
 class DaemonEngine:
-    """Sends the job to a running ``stylebridge serve`` so every front end shares one GPU."""
+    """Sends the job to a running ``stylebridge serve`` so every front end shares one GPU.
+
+    Photos go up as their own file bytes (the daemon keeps 16-bit and ICC); PSD content and
+    PSD style layers go up as PNG.  The daemon builds the layer stack and the PSD itself
+    (``GET /v1/jobs/{id}/result.psd``), so it is written with the same document settings.
+    """
 
     allows_library = True
 
     def __init__(self, url: str, token: str | None = None, poll_seconds: float = 0.5) -> None:
+        from ..daemon.client import DaemonClient
         self.url = url.rstrip("/")
-        self.token = token
+        self.client = DaemonClient(self.url, token)
         self.poll_seconds = poll_seconds
+
+    def check(self) -> str | None:
+        """None if the daemon answers /v1/health, else a message for the terminal."""
+        from ..daemon.client import ClientError
+        try:
+            self.client.health()
+            return None
+        except ClientError as exc:
+            return str(exc)
 
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
                report: ReportFn, cancel: CancelToken) -> None:
-        from . import daemon_job
-        daemon_job.run(self, inputs, recipe, source, dest, report, cancel)
+        from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed
+        from ..imaging import encode_png
+        stem = inputs.content.name
+        if inputs.source_kind in ("psd", "psb"):
+            content: tuple[str, bytes] = (f"{stem}.png", encode_png(inputs.content))
+        else:
+            ext = {"jpeg": "jpg", "tiff": "tif"}.get(inputs.source_kind, inputs.source_kind)
+            content = (f"{stem}.{ext}", source.read_bytes())
+        style_files = [(f"{s.name}.png", encode_png(s.picture)) for s in inputs.styles]
+        names = [s.name for s in inputs.styles] + inputs.library
+        state = {"last": None}
+
+        def on_progress(status: dict) -> bool:
+            if cancel.cancelled:
+                return False
+            key = (status.get("status"), status.get("stage"), int((status.get("percent") or 0) // 5))
+            if key != state["last"]:
+                state["last"] = key
+                where = status.get("status", "")
+                if status.get("status") == "queued" and status.get("queue_position") is not None:
+                    where = f"queued (position {status['queue_position']})"
+                elif status.get("stage"):
+                    where = f"stage {status.get('stage')}/{status.get('stages')}"
+                report(f"daemon {where}", float(status.get("percent") or 0.0), ", ".join(names))
+            return True
+
+        try:
+            # device and weights are the daemon's own choice (fixed when it starts).
+            settings = {k: v for k, v in recipe.raw.items() if k not in ("device", "weights")}
+            job = self.client.submit(content, styles=inputs.library, style_files=style_files,
+                                     settings=settings, name=stem)
+            report(f"sent to {self.url} as job {job.get('id')}", 0.0, ", ".join(names))
+            try:
+                self.client.wait(job["id"], on_progress=on_progress, poll=self.poll_seconds)
+            except JobFailed as exc:
+                if cancel.cancelled or exc.status.get("status") == "cancelled":
+                    raise Cancelled() from None
+                raise JobError(f"the daemon failed this job: {exc}", ADVICE_ENGINE) from None
+            report("downloading PSD", 100.0, "")
+            self.client.download_psd(job["id"], dest)
+            try:
+                self.client.delete(job["id"])      # free the daemon's memory; best effort
+            except Exception:  # noqa: BLE001
+                pass
+        except DaemonUnreachable as exc:
+            raise Unavailable(str(exc)) from None
+        except DaemonError as exc:
+            if exc.status >= 500:
+                raise JobError(f"the daemon answered {exc.status}: {exc.message}", ADVICE_ENGINE) from None
+            raise JobError(f"the daemon refused the job: {exc.message}", ADVICE_SETTINGS) from None
 
 
 def output_suffix(content: Picture) -> str:

@@ -15,6 +15,7 @@ Job life cycle (each step journalled, see :mod:`.claim`)::
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import shutil
@@ -36,8 +37,17 @@ from ..settings import SettingsError
 from .claim import (Job, Journal, Layout, candidates, claim, clean_tmp, place, recover, remove_stale_locks,
                     same_file)
 from .presets import resolve
-from .process import (ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, Engine, JobError, load_inputs,
-                      output_suffix)
+from .process import (ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, Engine, JobError,
+                      Unavailable, load_inputs, output_suffix)
+
+class _QuietStop(logging.Filter):
+    """watchdog logs an ERROR when its inotify thread is stopped mid-read; it is harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStop())
 
 DEFAULT_STABLE_SECONDS = 2.0
 OPEN_GRACE_FACTOR = 15.0      # an open never seen closed stops blocking after this many stable periods
@@ -217,6 +227,10 @@ class Watcher:
         names = ", ".join(f"{d.name}/" for d in (self.layout.inbox, self.layout.out, self.layout.done,
                                                    self.layout.error))
         self.reporter.line(str(self.layout.root), f"watching ({names})")
+        check = getattr(self.engine, "check", None)
+        problem = check() if callable(check) else None
+        if problem:
+            self.reporter.line(str(self.layout.root), f"warning: {problem}")
         self._resume_orphans()
         clean_tmp(self.layout)
         remove_stale_locks(self.layout)
@@ -257,6 +271,16 @@ class Watcher:
         except Cancelled:
             self.journal.append("interrupted", job.job_id)
             report("stopped; it stays in working/ and resumes at the next start")
+            job.lock.release()
+            return False
+        except Unavailable as exc:
+            if self.once:
+                self._fail(job, str(exc), ADVICE_DAEMON)
+                return False
+            self.journal.append("deferred", job.job_id, reason=str(exc))
+            report(f"waiting: {exc}; it stays in working/ and is retried every "
+                   f"{RECOVER_EVERY_SECONDS:g} s")
+            shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
             job.lock.release()
             return False
         except KeyboardInterrupt:
