@@ -14,6 +14,7 @@ import json
 import math
 import re
 import time
+import urllib.parse
 import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -44,8 +45,8 @@ NOT_OVER_HTTP = ("init_image",)             # would make the daemon read a path 
 class ApiError(Exception):
     """An error answered as ``{"error": message, ...extra}`` with an HTTP status."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        self.status = status
+    def __init__(self, code: int, message: str, **extra: Any) -> None:
+        self.status = code
         self.message = message
         self.extra = extra
         super().__init__(message)
@@ -170,6 +171,12 @@ def _run_name(name: str | None) -> str | None:
     return name or None
 
 
+def _style_json(entry: Any) -> dict[str, Any]:
+    path = f"/v1/styles/{urllib.parse.quote(entry.name, safe='')}"
+    return {"name": entry.name, "width": entry.width, "height": entry.height, "bytes": entry.bytes,
+            "thumbnail_url": f"{path}/thumbnail.png", "image_url": f"{path}/image"}
+
+
 def check_limits(settings: Settings, limits: Limits) -> None:
     """The machine-protecting limits of :data:`bridge.settings.LIMITS` (422 with limit and value)."""
     for option in ("iterations", "coarse_iterations"):
@@ -210,7 +217,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
 
     app = FastAPI(title="stylebridge daemon", version=__version__, lifespan=lifespan,
                   description="Gatys neural style transfer for image editors. See docs/protocol.md.",
-                  max_body_size=config.limits.max_upload_bytes, docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None)
     app.state.config = config
     app.state.manager = manager
     app.state.library = library
@@ -282,9 +289,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     @app.get("/v1/styles", summary="The style library")
     def list_styles() -> Response:
         return json_response({"styles": [
-            {"name": e.name, "width": e.width, "height": e.height, "bytes": e.bytes,
-             "thumbnail_url": f"/v1/styles/{e.name}/thumbnail.png", "image_url": f"/v1/styles/{e.name}/image"}
-            for e in library.list()]})
+            _style_json(e) for e in library.list()]})
 
     def _library_call(fn, *args, **kwargs):
         try:
@@ -315,9 +320,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         data = _read_upload(image, "image")
         _decode(data, "image", config.limits, name=style_name)   # 413 for too many pixels, like jobs
         entry = _library_call(library.add, style_name, data, replace=replace_existing)
-        return json_response({"name": entry.name, "width": entry.width, "height": entry.height,
-                              "bytes": entry.bytes, "thumbnail_url": f"/v1/styles/{entry.name}/thumbnail.png",
-                              "image_url": f"/v1/styles/{entry.name}/image"}, 201)
+        return json_response(_style_json(entry), 201)
 
     @app.delete("/v1/styles/{name}", status_code=204, summary="Remove a style from the library",
                 response_class=Response)

@@ -104,7 +104,17 @@ def serve_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot create the data folder {data_dir}: {exc.strerror or exc}")
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s stylebridge: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s stylebridge: %(message)s"))
+    logger = logging.getLogger("stylebridge")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    # Bind first: a port in use fails at once, before the slow weight loading.
+    try:
+        sock = _listen(args.host, args.port)
+    except StartupError as exc:
+        return _fail(str(exc))
+
     # Warm up: resolve the device and load the weights once, before accepting jobs.
     try:
         from ..engine.device import DeviceError, resolve_device
@@ -117,14 +127,11 @@ def serve_command(args: argparse.Namespace) -> int:
             weights_path = str(Path(args.weights).expanduser())
         load_vgg(args.weights, DEFAULTS.pooling, device)
     except (DeviceError, WeightsError) as exc:
+        sock.close()
         return _fail(f"cannot start: {exc}")
     except Exception as exc:  # noqa: BLE001 - a broken torch install etc.: say so, do not trace
+        sock.close()
         return _fail(f"cannot load the VGG-19 weights ({args.weights}): {type(exc).__name__}: {exc}")
-
-    try:
-        sock = _listen(args.host, args.port)
-    except StartupError as exc:
-        return _fail(str(exc))
 
     import dataclasses
 

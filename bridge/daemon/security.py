@@ -100,7 +100,7 @@ class Guard:
     """ASGI wrapper: Origin -> 403, foreign Host -> 403, missing/wrong token -> 401,
     a declared body over the limit -> 413, all before the application reads anything.
 
-    Bodies without a Content-Length are capped while streaming by FastAPI's ``max_body_size``.
+    Bodies without a Content-Length (chunked) are counted while they stream and stopped with 413.
     """
 
     def __init__(self, app: ASGIApp, *, token: str | None, allowed_hosts: frozenset[str] | None,
@@ -146,4 +146,48 @@ class Guard:
                                                      f"{self.max_body:,} bytes",
                                             "limit": "max_upload_bytes", "value": declared})
                 return
-        await self.app(scope, receive, send)
+        await self._limited(scope, receive, send)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Count streamed body bytes; past the limit, answer 413 whatever the app was about to say."""
+        total = 0
+        over = False
+        started = False
+
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal total, over
+            message = await receive()
+            if message.get("type") == "http.request":
+                total += len(message.get("body", b""))
+                if total > self.max_body:
+                    over = True
+                    raise BodyTooLarge()
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if over:
+                if message.get("type") == "http.response.start" and not started:
+                    started = True
+                    await self._too_large(send, total)
+                return              # the app's own answer (a parse error) is replaced
+            if message.get("type") == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+            if not started:
+                await self._too_large(send, total)
+
+    async def _too_large(self, send: Send, total: int) -> None:
+        await send_json(send, 413, {"error": f"the request body is over the limit of {self.max_body:,} bytes "
+                                             f"(stopped reading at {total:,})",
+                                    "limit": "max_upload_bytes", "value": total})
+
+
+class BodyTooLarge(Exception):
+    """Raised inside the app's body reading once the streamed body passes the limit."""
