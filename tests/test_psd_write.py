@@ -303,6 +303,13 @@ def test_atomic_write_never_leaves_half_files(tmp_path):
     assert oct(target.stat().st_mode & 0o777) != "0o600"
 
 
+def test_8_bit_mask_in_16_bit_document_is_scaled(tmp_path):
+    stack = make_stack(8, 6, depth=16, styles=("a",))
+    stack.items[1].children[0].mask = np.full((6, 8), 255, np.uint8)
+    psd = PSDImage.open(write_psd(stack, tmp_path / "m.psd"))
+    assert np.all(list(psd)[1][0].numpy("mask") == 1.0)
+
+
 def test_wrong_depth_layer_is_refused(tmp_path):
     stack = make_stack(8, 8)
     stack.items[0].pixels = stack.items[0].pixels.astype(np.uint16)
