@@ -398,7 +398,6 @@ class JobManager:
                 with self._lock:
                     self._current = None
                     self.completed += 1
-                self._enforce_budget()
 
     def _run(self, job: Job, request: JobRequest | None) -> None:
         assert request is not None
@@ -422,36 +421,40 @@ class JobManager:
                 return job.status == "running" and (job.keep_result or not job.cancel.cancelled)
 
         outcome = self.runner(request, RunContext(on_progress, job.cancel, set_phase, wanted))
+        result = None
+        if outcome is not None and wanted():
+            result = JobResult.from_stack(outcome[0], outcome[1], self.folder / job.id)
+            self._enforce_budget(result)     # before 'done', so clients never race a spill
         with self._lock:
             if job.status in TERMINAL:      # cancelled without keep_result while it ran
                 log.info("job %s cancelled", job.id)
                 return
-            if outcome is None:
+            if result is None:
                 self._finish(job, "cancelled", error="cancelled before any result existed" if job.keep_result else None)
                 return
-            stack, settings, partial = outcome
-            job.result = JobResult.from_stack(stack, settings, self.folder / job.id)
+            job.result = result
+            partial = outcome[2]
             job.partial = bool(partial)
             self._finish(job, "done")
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
 
-    def _enforce_budget(self) -> None:
-        """Spill the oldest in-memory results to disk while the total is over the budget."""
+    def _enforce_budget(self, new: JobResult) -> None:
+        """Spill in-memory results to disk, oldest first (``new`` last), while over the budget."""
         with self._lock:
-            held = [j for j in self._jobs.values() if j.result is not None and j.result.in_memory]
-        held.sort(key=lambda j: j.finished or 0.0)
-        total = sum(j.result.nbytes() for j in held if j.result)
-        for job in held:
+            done = sorted((j for j in self._jobs.values() if j.result is not None and j.result.in_memory),
+                          key=lambda j: j.finished or 0.0)
+            held = [j.result for j in done if j.result is not None] + [new]
+        total = sum(r.nbytes() for r in held)
+        for result in held:
             if total <= self.memory_budget:
                 break
-            assert job.result is not None
-            size = job.result.nbytes()
+            size = result.nbytes()
             try:
-                job.result.spill()
+                result.spill()
                 total -= size
             except OSError as exc:
-                log.warning("could not move job %s to disk: %s", job.id, exc)
+                log.warning("could not move a result to disk (%s): %s", result.folder, exc)
                 break
 
     def forget(self, job_id: str) -> None:
