@@ -19,9 +19,15 @@ def _x255(picture, dims=(72, 96)) -> torch.Tensor:
     return resize(picture_tensor(picture), dims) * 255.0
 
 
-def test_layer_map_points_at_relus() -> None:
+def test_features_have_torchvisions_structure() -> None:
     from torchvision.models import vgg19
-    feats = vgg19(weights=None).features
+    theirs, ours = vgg19(weights=None).features, vggmod.vgg19_features()
+    assert [repr(m) for m in ours] == [repr(m) for m in theirs]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+def test_layer_map_points_at_relus() -> None:
+    feats = vggmod.vgg19_features()
     assert all(isinstance(feats[i], nn.ReLU) for i in LAYER_INDEX.values())
     assert isinstance(feats[LAYER_INDEX["relu1_1"] - 1], nn.Conv2d)
     assert LAYER_INDEX["relu4_2"] == 22 and LAYER_INDEX["relu5_1"] == 29

@@ -62,11 +62,11 @@ def test_sidecar_overrides_for_one_file_with_paths_from_its_original_folder(root
     side = _write(tmp_path / "elsewhere" / "ID--a.json",
                   {"styles": ["../../styles/scream.jpg", {"library": "monet", "name": "Monet"}],
                    "original_colors": True})
-    r = resolve(root, "sub/a.jpg", side)
+    r = resolve(root, "sub/a.jpg", side, "a.json")
     assert [(s.name, s.library) for s in r.styles] == [("scream", None), ("Monet", "monet")]
     assert r.settings.original_colors and r.settings.size == 64
     assert r.settings.coarse_iterations == PRESETS["draft"]["coarse_iterations"]
-    assert r.sources[-1] == str(side)
+    assert r.sources[-1] == str(root / "in" / "sub" / "a.json")     # named where the user wrote it
 
 
 def test_bare_name_is_a_library_style(root: Path) -> None:
@@ -91,3 +91,15 @@ def test_bad_presets_raise_settings_error_naming_the_problem(root: Path, content
     with pytest.raises(SettingsError) as info:
         resolve(root, "a.jpg")
     assert fragment in str(info.value)
+
+
+def test_sidecar_errors_name_the_file_where_the_user_wrote_it(root: Path, tmp_path: Path) -> None:
+    _write(root / "preset.json", {"styles": ["styles/starry.jpg"]})
+    side = _write(tmp_path / "working" / "ID--a.json", {"iterations": "lots"})
+    with pytest.raises(SettingsError) as info:
+        resolve(root, "a.jpg", side, "a.json")
+    assert "iterations" in str(info.value) and "in/a.json" in str(info.value)
+    side.write_text("{oops")
+    with pytest.raises(SettingsError) as info:
+        resolve(root, "a.jpg", side, "a.json")
+    assert str(root / "in" / "a.json") in str(info.value) and "ID--" not in str(info.value)

@@ -445,3 +445,40 @@ def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
     rc = Watcher(root, DaemonEngine(f"http://127.0.0.1:{_free_port()}"), stable_seconds=STABLE, once=True).run()
     assert rc == 1
     assert "no stylebridge daemon at" in (root / "error" / "a.jpg.txt").read_text()
+
+
+def test_write_error_on_output_sends_input_to_error_and_leaves_no_partial_file(tmp_path: Path) -> None:
+    """A real write failure (the process may not write files over 64 KB: EFBIG, like a full disk)."""
+    import resource
+    import signal
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    root = make_hot(tmp_path)
+    src = make_photo(root / "in" / "photo.jpg")
+    original = src.read_bytes()
+    run = subprocess.run(_watch_cmd(root, "--once"), cwd=REPO, capture_output=True, text=True, timeout=300,
+                         preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert files(root / "out") == []
+    assert (root / "error" / "photo.jpg").read_bytes() == original
+    note = (root / "error" / "photo.jpg.txt").read_text()
+    assert "File too large" in note and "disk space" in note
+    assert not any((root / ".stylebridge" / "tmp").iterdir())
+
+
+def test_16bit_tiff_with_icc_gives_a_16bit_psd(tmp_path: Path) -> None:
+    from PIL import ImageCms
+    from psd_tools import PSDImage
+    import tifffile
+    root = make_hot(tmp_path)
+    rgb8 = np.asarray(Image.open(make_photo(tmp_path / "p.png", 64, "PNG")).convert("RGB"))
+    rgb16 = rgb8.astype(np.uint16) * 257
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tifffile.imwrite(root / "in" / "scan.tif", rgb16, photometric="rgb", extratags=[(34675, 7, len(icc), icc, True)])
+    assert run_once(root) == 0
+    psd = PSDImage.open(root / "out" / "scan.psd")
+    assert psd.depth == 16
+    assert psdcheck(root / "out" / "scan.psd").returncode == 0

@@ -463,6 +463,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                 "id": job.id, "width": stack.width, "height": stack.height, "depth": stack.depth,
                 "name": stack.name, "partial": job.partial, "settings": result.settings,
                 "working_size": stack.meta.get("working_size"), "seconds": stack.meta.get("seconds"),
+                "timings": stack.meta.get("timings"),
                 "dpi": list(stack.dpi) if stack.dpi else None, "has_icc": stack.icc_profile is not None,
                 "psd_url": f"{base}/result.psd", "layers": layers,
             }

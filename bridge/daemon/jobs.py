@@ -163,7 +163,9 @@ def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[s
     from ..document.stack import build_stack
     from ..engine import stylize
 
+    started = time.perf_counter()
     result = stylize(request.content, request.styles, request.settings, ctx.progress, ctx.cancel)
+    engine_s = time.perf_counter() - started
     if not ctx.wanted() or not result.images:
         return None
     ctx.set_phase("building layers")
@@ -173,7 +175,9 @@ def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[s
         masks = request.mask
     elif request.mask_mode in ("first", "all", "none"):
         document = replace(document, reveal=request.mask_mode)
+    started = time.perf_counter()
     stack = build_stack(result, document, masks=masks, run_name=request.name)
+    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(time.perf_counter() - started, 3)}
     settings = {**result.settings.to_dict(), **document.to_dict(), "mask_mode": request.mask_mode}
     return stack, settings, bool(result.cancelled)
 

@@ -487,6 +487,12 @@ def show_dialog(procedure, config, layer):
 
     dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode",
                  "daemon-url", "token"])
+    try:
+        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry fill() made
+        if isinstance(token_widget, GimpUi.LabelEntry):
+            token_widget.get_entry().set_visibility(False)
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
     content = dialog.get_content_area()
     content.pack_start(frame, False, False, 0)
     content.reorder_child(frame, 0)
@@ -494,6 +500,10 @@ def show_dialog(procedure, config, layer):
     content.reorder_child(browse, 1)
     frame.show_all()
     browse.show()
+
+    test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
+    if test_hook:
+        GLib.timeout_add(1000, _dialog_test_hook, dialog, checks, library_error, test_hook)
 
     while True:
         ok = dialog.run()
@@ -506,6 +516,40 @@ def show_dialog(procedure, config, layer):
             dialog.destroy()
             return True
         Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
+
+
+def _dialog_test_hook(dialog, checks, library_error, path):
+    """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): describe the dialog as it is shown
+    into PATH (JSON) with a screenshot beside it (PATH.png), tick every library style and press OK."""
+    from gi.repository import Gdk, Gtk
+
+    labels = []
+
+    def walk(widget):
+        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame)):
+            text = widget.get_label()
+            if text:
+                labels.append(text)
+        if isinstance(widget, Gtk.Container):
+            for child in widget.get_children():
+                walk(child)
+
+    walk(dialog)
+    info = {"title": dialog.get_title(), "library": [name for name, _ in checks],
+            "library_error": library_error, "labels": labels}
+    try:
+        win = dialog.get_window()
+        shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
+        shot.savev(path + ".png", "png", [], [])
+        info["screenshot"] = path + ".png"
+    except Exception as exc:  # noqa: BLE001
+        info["screenshot_error"] = str(exc)
+    for _, check in checks:
+        check.set_active(True)
+    with open(path, "w") as fh:
+        json.dump(info, fh)
+    dialog.response(Gtk.ResponseType.OK)
+    return False
 
 
 def _thumbnail(url, token, thumb_url):
@@ -623,7 +667,7 @@ class Stylebridge(Gimp.PlugIn):
                                       "normal", flags)
         procedure.add_boolean_argument("preserve-colors", "_Preserve colours",
                                        "Keep the photo's colours (transfer luminance only)", False, flags)
-        procedure.add_double_argument("style-strength", "Style _strength", "Multiplies the style weight",
+        procedure.add_double_argument("style-strength", "Style stre_ngth", "Multiplies the style weight",
                                       0.0, 100.0, 1.0, flags)
         masks = Gimp.Choice.new()
         for i, (key, label) in enumerate(MASK_MODES):
