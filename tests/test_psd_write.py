@@ -399,3 +399,13 @@ def test_gimp_opens_16_bit(tmp_path):
     assert [r[1] for r in rows[1:]] == ["Refine", "Original colours", "Detail", "Styles", "a", "Original"]
     rgb, _ = blend.composite(stack)
     assert np.abs(flat[:, :, :3].astype(float) / np.iinfo(flat.dtype).max - as_float(rgb)).max() < 2.5 / 255
+
+
+def test_gimp_flattens_transparent_photo_like_our_composite_over_white(tmp_path):
+    need_gimp()
+    stack = make_stack(20, 12, alpha=True, smooth=True)
+    rows, flat = gimp_read(write_psd(stack, tmp_path / "a.psd"), tmp_path)
+    assert [r[1] for r in rows[1:]][-1] == "Original"
+    rgb, a = blend.composite(stack)
+    over_white = as_float(rgb) * as_float(a)[..., None] + (1 - as_float(a)[..., None])
+    assert np.abs(flat[:, :, :3] / 255.0 - over_white).max() <= 1.5 / 255

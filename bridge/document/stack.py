@@ -143,13 +143,17 @@ def _box_valid(arr: np.ndarray, width: int, axis: int) -> np.ndarray:
     if width <= 1:
         return arr
     c = np.cumsum(arr, axis=axis, dtype=np.float64)
-    shape = list(c.shape)
-    shape[axis] = 1
-    c = np.concatenate([np.zeros(shape, np.float64), c], axis=axis)
     n = c.shape[axis]
-    hi = np.take(c, np.arange(width, n), axis=axis)
-    lo = np.take(c, np.arange(0, n - width), axis=axis)
-    return (hi - lo) / width
+
+    def cut(start: int, stop: int) -> tuple[slice, ...]:
+        index = [slice(None)] * c.ndim
+        index[axis] = slice(start, stop)
+        return tuple(index)
+
+    out = c[cut(width - 1, n)].copy()           # sum of the first `width` values, then sliding
+    out[cut(1, n - width + 1)] -= c[cut(0, n - width)]
+    out *= 1.0 / width
+    return out
 
 
 def blur_rows(img: np.ndarray, y0: int, y1: int, sigma: float) -> np.ndarray:
