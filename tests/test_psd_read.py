@@ -225,3 +225,18 @@ def test_32_bit_and_bitmap_documents(tmp_path):
     b.save(tmp_path / "bitmap.psd")
     c = read_psd(tmp_path / "bitmap.psd")
     assert c.color_mode == "BITMAP" and c.composite.rgb.shape == (6, 8, 3)
+
+
+def test_wide_psb_reads_in_a_fresh_process(tmp_path):
+    """psd-tools refuses > 30000 px per side unless told PSB allows more; a fresh interpreter proves we do."""
+    import sys
+    from test_psd_write import make_stack
+    from bridge.settings import DocumentSettings
+    stack = make_stack(30001, 3, styles=("a",), smooth=True,
+                       settings=DocumentSettings(detail_layer=False, colors_layer=False, refine_layer=False))
+    path = write_psd(stack, tmp_path / "wide.psb")
+    code = ("import sys; from bridge.document.psd import read_psd; c = read_psd(sys.argv[1]); "
+            "print(c.composite.width, c.large_format, len(c.layer_names))")
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["30001", "True", "3"]

@@ -99,6 +99,10 @@ def read_psd(path: str | os.PathLike, *, content_layer: str | None = None,
     if width * height > max_pixels:
         raise ImageError(f"{label}: {width}x{height} is {width * height:,} pixels, over the limit of "
                          f"{max_pixels:,}; scale it down first")
+    if max(width, height) > 30000:
+        # psd-tools applies the PSD limit (30000 px/side) to PSB too; PSB allows 300000
+        from psd_tools.api import utils as psd_utils
+        psd_utils.MAX_DIMENSION_PSD = max(psd_utils.MAX_DIMENSION_PSD, 300_000)
     try:
         psd = PSDImage.open(path)
         return _read(psd, label, path.stem, mode, content_layer)
