@@ -26,7 +26,7 @@ from .conftest import SAMPLES, Daemon, read_json  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
-TINY = {"size": 64, "iterations": 8, "coarse_to_fine": False, "preview_every": 0}
+TINY = {"size": 64, "iterations": 20, "coarse_to_fine": False, "preview_every": 0}
 
 # Python run inside GIMP (python-fu-eval): helpers to describe an image's layers as JSON.
 HELPERS = r'''
@@ -289,6 +289,67 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     assert expected in out2, "the message must be shown (Gimp.message)"
     assert not tree_diff(r2["after_down"], r2["from_xcf"]), "the image must not change"
     print("timings:", json.dumps(timings))
+
+
+RUN_DIALOG = r'''
+report = {}
+img = Gimp.Image.new(96, 72, Gimp.ImageBaseType.RGB)
+src = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
+img.insert_layer(src, None, 0)
+src.scale(96, 72, False)
+src.set_name("photo")
+proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", img)
+cfg.set_core_object_array("drawables", [src])
+for k, v in P["args"].items():
+    cfg.set_property(k, v)
+res = proc.run(cfg)
+report["run"] = {"status": res.index(0).value_nick, "error": str(res.index(1)) if res.length() > 1 else None}
+report["after"] = describe(img)
+img.delete()
+save_report(report)
+'''
+
+
+def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """The interactive path: the GimpUi dialog lists the daemon's library; OK runs the job."""
+    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        client = sb_client.Client(daemon.url)
+        for name in ("starry_night", "the_scream"):
+            client.add_style(name, (SAMPLES / f"{name}.jpg").read_bytes(), f"{name}.jpg")
+        hook = gimp_workdir / "dialog.json"
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"daemon-url": daemon.url, "preset": "draft",
+                           "extra-settings": json.dumps(dict(TINY, iterations=3))}}
+        params_path = gimp_workdir / "params-dialog.json"
+        report_path = gimp_workdir / "params-dialog-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook)})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    finally:
+        daemon.stop()
+    dialog = read_json(hook)
+    assert dialog["library_error"] is None
+    assert dialog["library"] == ["starry_night", "the_scream"]
+    labels = " ".join(dialog["labels"])
+    for text in ("Styles from the daemon's library", "Add style image files", "_Quality", "_Preserve colours",
+                 "Style stre_ngth", "_Mask", "_Daemon URL", "_OK"):
+        assert text in labels, (text, dialog["labels"])
+    assert (gimp_workdir / "dialog.json.png").stat().st_size > 1000, dialog.get("screenshot_error")
+    report = read_json(report_path)
+    assert report["run"]["status"] == "success", (report["run"], out[-4000:])
+    styles = sorted(d["parasite"]["style"] for d in by_role(report["after"], "style"))
+    assert styles == ["starry_night", "the_scream"]          # both ticked in the dialog
+    assert all(d["parasite"]["mask_mode_used"] == "reveal-all" for d in by_role(report["after"], "style"))
+    assert all(d["mask_full"] == 96 * 72 for d in by_role(report["after"], "style"))
 
 
 def _find_pids(pattern: str) -> list[int]:
