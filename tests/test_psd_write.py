@@ -262,6 +262,14 @@ def test_group_mask_and_unicode_group_name(tmp_path):
     assert list(psd)[1].name == "Run ★ 1"
 
 
+def test_long_and_odd_names(tmp_path):
+    stack = make_stack(10, 6, styles=("é" * 300, 'a\tb"c/d'))
+    path = write_psd(stack, tmp_path / "names.psd")
+    psdcheck(path)
+    names = [layer.name for layer in PSDImage.open(path).descendants()]
+    assert names[2] == "é" * 255 and names[3] == 'a\tb"c/d'
+
+
 def test_psb_over_30000_px(tmp_path):
     stack = make_stack(30001, 4, styles=("a",), smooth=True,
                        settings=DocumentSettings(detail_layer=False, colors_layer=False))

@@ -85,7 +85,7 @@ def _ascii_name(name: str) -> str:
 
 def _finish(psd_layer, item: Layer | Group) -> None:
     """Name (Unicode via luni), opacity, visibility; psd-tools' create_* only takes ASCII names."""
-    psd_layer.name = item.name
+    psd_layer.name = item.name[:255] or "Layer"     # Photoshop's limit; psd-tools refuses longer
     psd_layer.opacity = int(round(max(0.0, min(1.0, item.opacity)) * 255))
     psd_layer.visible = bool(item.visible)
 
