@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Install the Debian packages the PSD tests use as independent readers: ImageMagick (identify/convert)
-# and GIMP 2.10 (gimp-console, Script-Fu batch). Idempotent and quiet: a second run only checks (< 1 s).
+# and GIMP (on Debian 12 that is GIMP 2.10: gimp-console-2.10, Script-Fu batch; on 13 it is GIMP 3,
+# and the GIMP 2.10 PSD tests skip saying so). Idempotent and quiet: a second run only checks (~10 ms).
 #
-#   bash .ci/apt.sh        # needs root (or sudo); prints one line per package set installed
+#   bash .ci/apt.sh        # needs root (or sudo)
 #
 # Call ImageMagick as /usr/bin/identify and /usr/bin/convert (another `convert` may come first on PATH).
 set -euo pipefail
 need=()
-command -v /usr/bin/identify >/dev/null 2>&1 || need+=(imagemagick)
-command -v gimp-console-2.10 >/dev/null 2>&1 || need+=(gimp)
+[ -x /usr/bin/identify ] && [ -x /usr/bin/convert ] || need+=(imagemagick)
+dpkg -s gimp >/dev/null 2>&1 || need+=(gimp)
 [ ${#need[@]} -eq 0 ] && exit 0
-SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "apt.sh: need root or sudo to install ${need[*]}" >&2; exit 1; }
+    SUDO=sudo
+fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || {
+    $SUDO apt-get update -qq >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
 echo "apt.sh: installed ${need[*]}" >&2
