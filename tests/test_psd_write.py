@@ -417,3 +417,21 @@ def test_gimp_flattens_transparent_photo_like_our_composite_over_white(tmp_path)
     rgb, a = blend.composite(stack)
     over_white = as_float(rgb) * as_float(a)[..., None] + (1 - as_float(a)[..., None])
     assert np.abs(flat[:, :, :3] / 255.0 - over_white).max() <= 1.5 / 255
+
+
+def test_isolated_group_composite_agrees_with_psdtools(tmp_path):
+    """A group in normal (isolated) mode with a mask and opacity: our composite vs psd-tools' compositor."""
+    stack = make_stack(24, 14, styles=("a", "b"), smooth=True,
+                       settings=DocumentSettings(reveal="all", detail_layer=False, colors_layer=False))
+    group = stack.items[1]
+    group.mode, group.opacity = "normal", 0.6
+    group.mask = np.tile(np.linspace(0, 255, 24).astype(np.uint8), (14, 1))
+    group.children[1].opacity = 0.5
+    group.children[1].pixels = np.dstack([group.children[1].pixels,
+                                          np.full((14, 24), 128, np.uint8)])   # half transparent
+    path = write_psd(stack, tmp_path / "iso.psd")
+    psdcheck(path)
+    check_roundtrip(stack, path)
+    theirs, _, _ = psdtools_composite(PSDImage.open(path), color=0.0, alpha=0.0)
+    ours, _ = blend.composite(stack)
+    assert np.abs(theirs - as_float(ours)).max() < 2.5 / 255
