@@ -503,7 +503,7 @@ def show_dialog(procedure, config, layer):
 
     test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
     if test_hook:
-        GLib.timeout_add(1000, _dialog_test_hook, dialog, checks, library_error, test_hook)
+        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, checks, library_error, test_hook)
 
     while True:
         ok = dialog.run()
@@ -518,11 +518,19 @@ def show_dialog(procedure, config, layer):
         Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
 
 
-def _dialog_test_hook(dialog, checks, library_error, path):
-    """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): describe the dialog as it is shown
-    into PATH (JSON) with a screenshot beside it (PATH.png), tick every library style and press OK."""
+def _dialog_test_hook(dialog, config, checks, library_error, path):
+    """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
+    shown (one JSON line per dialog) to PATH, with a screenshot PATH.N.png, then answer it: the N-th word of
+    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"); "ok" ticks every library style first."""
     from gi.repository import Gdk, Gtk
 
+    try:
+        with open(path) as fh:
+            n = sum(1 for _ in fh)
+    except OSError:
+        n = 0
+    responses = (os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES") or "ok").split(",")
+    response = responses[min(n, len(responses) - 1)].strip()
     labels = []
 
     def walk(widget):
@@ -535,20 +543,27 @@ def _dialog_test_hook(dialog, checks, library_error, path):
                 walk(child)
 
     walk(dialog)
+    props = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url",
+             "extra-settings")
     info = {"title": dialog.get_title(), "library": [name for name, _ in checks],
-            "library_error": library_error, "labels": labels}
+            "checked": [name for name, check in checks if check.get_active()],
+            "library_error": library_error, "labels": labels, "response": response,
+            "config": {p: config.get_property(p) for p in props}}
     try:
         win = dialog.get_window()
         shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
-        shot.savev(path + ".png", "png", [], [])
-        info["screenshot"] = path + ".png"
+        shot.savev(f"{path}.{n}.png", "png", [], [])
+        info["screenshot"] = f"{path}.{n}.png"
     except Exception as exc:  # noqa: BLE001
         info["screenshot_error"] = str(exc)
-    for _, check in checks:
-        check.set_active(True)
-    with open(path, "w") as fh:
-        json.dump(info, fh)
-    dialog.response(Gtk.ResponseType.OK)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(info) + "\n")
+    if response == "ok":
+        for _, check in checks:
+            check.set_active(True)
+        dialog.response(Gtk.ResponseType.OK)
+    else:
+        dialog.response(Gtk.ResponseType.CANCEL)
     return False
 
 

@@ -308,6 +308,15 @@ for k, v in P["args"].items():
 res = proc.run(cfg)
 report["run"] = {"status": res.index(0).value_nick, "error": str(res.index(1)) if res.length() > 1 else None}
 report["after"] = describe(img)
+# again, on one of the new style layers: the dialog starts from that layer's settings; then Cancel
+style_layer = [l for l in img.get_layers() if l.is_group()][0].get_children()[0]
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", img)
+cfg.set_core_object_array("drawables", [style_layer])
+res = proc.run(cfg)
+report["cancelled_run"] = {"status": res.index(0).value_nick}
+report["after_cancel"] = describe(img)
 img.delete()
 save_report(report)
 '''
@@ -331,25 +340,33 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
         params_path.write_text(json.dumps(params))
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook)})
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok,cancel"})
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     finally:
         daemon.stop()
-    dialog = read_json(hook)
+    dialog, again = [json.loads(line) for line in hook.read_text().splitlines()]
     assert dialog["library_error"] is None
     assert dialog["library"] == ["starry_night", "the_scream"]
     labels = " ".join(dialog["labels"])
     for text in ("Styles from the daemon's library", "Add style image files", "_Quality", "_Preserve colours",
                  "Style stre_ngth", "_Mask", "_Daemon URL", "_OK"):
         assert text in labels, (text, dialog["labels"])
-    assert (gimp_workdir / "dialog.json.png").stat().st_size > 1000, dialog.get("screenshot_error")
+    assert (gimp_workdir / "dialog.json.0.png").stat().st_size > 1000, dialog.get("screenshot_error")
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-4000:])
     styles = sorted(d["parasite"]["style"] for d in by_role(report["after"], "style"))
     assert styles == ["starry_night", "the_scream"]          # both ticked in the dialog
     assert all(d["parasite"]["mask_mode_used"] == "reveal-all" for d in by_role(report["after"], "style"))
     assert all(d["mask_full"] == 96 * 72 for d in by_role(report["after"], "style"))
+    # the second dialog, on a stylised layer, starts from the run recorded in its parasite; Cancel changes nothing
+    assert again["config"]["styles"] == "starry_night,the_scream"
+    assert again["checked"] == ["starry_night", "the_scream"]
+    assert again["config"]["preset"] == "draft"
+    assert json.loads(again["config"]["extra-settings"]) == dict(TINY, iterations=3)
+    assert report["cancelled_run"]["status"] == "cancel"
+    assert not tree_diff(report["after_cancel"], report["after"])
 
 
 def _find_pids(pattern: str) -> list[int]:
