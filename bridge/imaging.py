@@ -20,6 +20,7 @@ orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated f
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -513,13 +514,27 @@ def _tiff_dpi(tags) -> tuple[float, float] | None:
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to a temporary name beside ``path`` and rename, so no half-written file appears."""
+    with atomic_output(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A file object whose content appears at ``path`` only when the block ends without error.
+
+    The data goes to a hidden ``.NAME.*.part`` file in the same folder (same file system, so the
+    final rename is atomic), is fsync'd, gets the usual permissions (0666 minus the umask, not
+    mkstemp's 0600), then replaces ``path``. On any error the temporary file is removed and an
+    existing ``path`` is left untouched.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -527,6 +542,32 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    """The process umask without changing it (os.umask would race other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every platform can open a folder)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def unique_path(path: str | os.PathLike) -> Path:

@@ -10,7 +10,6 @@ save-time compositing takes minutes and ~10 GB at 24 MP.  The file appears atomi
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from psd_tools.constants import BlendMode, ChannelID, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource, ResoulutionInfo
 from psd_tools.psd.layer_and_mask import ChannelData, ChannelDataList, ChannelInfo, MaskData, MaskFlags
 
+from ..imaging import atomic_output
 from .blend import iter_composite
 from .model import Group, Layer, LayerStack
 from .stack import convert_depth
@@ -217,31 +217,6 @@ def _set_merged(psd: PSDImage, stack: LayerStack, comp: Compression, has_alpha: 
     psd._updated = False                # our composite is current; don't let save() redo it
 
 
-def _umask() -> int:
-    """The process umask without changing it (os.umask would race other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort; not possible on every platform)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_psd(stack: LayerStack, path: str | os.PathLike, *, compression: str = "rle") -> Path:
     """Write ``stack`` to ``path`` atomically: PSB when ``path`` ends in .psb or a side exceeds 30000 px.
 
@@ -252,21 +227,8 @@ def write_psd(stack: LayerStack, path: str | os.PathLike, *, compression: str = 
     """
     path = Path(path)
     psd = build_psd(stack, compression=compression, large_format=path.suffix.lower() == ".psb")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            psd.save(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_output(path) as fh:
+        psd.save(fh)
     return path
 
 
