@@ -478,3 +478,16 @@ def test_shipped_samples_are_small_and_load():
         assert (samples / name).stat().st_size < 300_000
         pic = load_image(samples / name)
         assert max(pic.width, pic.height) == 512 and pic.bit_depth == 8
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    """mkstemp makes 0600 files; outputs a user opens elsewhere must get 0666 minus the umask."""
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "out.bin"
+        atomic_write(target, b"data")
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"data"
+    assert (target.stat().st_mode & 0o777) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
