@@ -21,7 +21,10 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stylebridge", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="stylebridge",
+        description="Neural style transfer (Gatys et al.) for image editors: stylised layers with masks, "
+                    "at the photo's full resolution, for GIMP 3, Photoshop (hot folder) and scripts.")
     parser.add_argument("--version", action="version", version=f"stylebridge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
