@@ -121,6 +121,7 @@ def test_slow_chunked_copy_is_processed_once_after_it_is_complete(tmp_path: Path
     assert psdcheck(root / "out" / "slow.psd").returncode == 0
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_bad_inputs_go_to_error_with_a_reason_and_good_ones_still_run(tmp_path: Path) -> None:
     root = make_hot(tmp_path)
     inbox = root / "in"
@@ -315,6 +316,20 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
     root = make_hot(tmp_path, iterations=300, size=48)          # slow enough to be killed mid-run
     src = make_photo(root / "in" / "photo.jpg")
     original = src.read_bytes()
+    # First a polite stop (SIGTERM): the engine stops at its next iteration, the file stays in working/.
+    proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    out = _Lines(proc)
+    try:
+        assert out.wait_for("stage 1/1", timeout=120), "".join(out.lines)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0, "".join(out.lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ("interrupted", "photo.jpg") in events(root)
+    assert files(root / "out") == [] and len(files(root / "working")) == 1
+    # Then kill -9 of a restarted watcher in the middle of the resumed job.
     proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     out = _Lines(proc)
@@ -339,7 +354,7 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
     assert not any((root / ".stylebridge" / "tmp").iterdir())
     assert psdcheck(root / "out" / "photo.psd").returncode == 0
     evs = [e for e, _ in events(root)]
-    assert evs.count("claim") == 1 and evs.count("resumed") == 1 and evs.count("done") == 1
+    assert evs.count("claim") == 1 and evs.count("resumed") == 2 and evs.count("done") == 1
 
 
 def test_two_watchers_on_one_folder_process_each_file_once(tmp_path: Path) -> None:
@@ -482,3 +497,19 @@ def test_16bit_tiff_with_icc_gives_a_16bit_psd(tmp_path: Path) -> None:
     psd = PSDImage.open(root / "out" / "scan.psd")
     assert psd.depth == 16
     assert psdcheck(root / "out" / "scan.psd").returncode == 0
+
+
+def test_restart_after_original_linked_into_done_only_tidies_up(tmp_path: Path) -> None:
+    """Died inside the final move (original linked into done/, not yet unlinked from working/)."""
+    root = make_hot(tmp_path)
+    make_photo(root / "in" / "photo.jpg")
+    assert run_once(root) == 0
+    journal = root / ".stylebridge" / "journal.jsonl"
+    lines = journal.read_text().splitlines()
+    claim_rec = json.loads(lines[0])
+    journal.write_text("\n".join(lines[:-1]) + "\n")                  # no "done" record
+    os.link(root / "done" / "photo.jpg", root / "working" / claim_rec["working"])
+    assert run_once(root) == 0
+    assert files(root / "done") == ["photo.jpg"] and files(root / "out") == ["photo.psd"]
+    assert files(root / "working") == []
+    assert [e for e, _ in events(root)].count("started") == 1

@@ -340,7 +340,6 @@ def recover(layout: Layout, journal: Journal) -> list[Job]:
                 orig = layout.inbox / (Path(rel).parent / side_name)
                 if orig.exists():
                     _take_sidecar(job, orig)
-        journal.append("resumed", job_id, rel=rel)
         jobs.append(job)
     return jobs
 

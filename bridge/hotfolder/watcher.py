@@ -236,10 +236,15 @@ class Watcher:
         remove_stale_locks(self.layout)
 
     def _resume_orphans(self) -> None:
-        for job in recover(self.layout, self.journal):
+        if self._stop.is_set():
+            return
+        jobs = recover(self.layout, self.journal)
+        for i, job in enumerate(jobs):
             if self._stop.is_set():
-                job.lock.release()
+                for rest in jobs[i:]:
+                    rest.lock.release()
                 break
+            self.journal.append("resumed", job.job_id, rel=job.rel)
             self.reporter.line(job.rel, "resuming after an interrupted run")
             self.handle(job)
 
@@ -304,6 +309,19 @@ class Watcher:
         """After a crash: finish what was already done instead of redoing it.  True if finished."""
         st = job.state
         assert st is not None
+        # Died between linking the original into done/ or error/ and unlinking it from working/?
+        for folder in (self.layout.done, self.layout.error):
+            twin = _find_same(folder / job.subdir / job.name, job.working)
+            if twin is not None:
+                job.working.unlink()
+                if job.sidecar is not None and job.sidecar.exists():
+                    place(job.sidecar, folder / job.subdir / (job.sidecar_name or job.sidecar.name))
+                self.journal.append("done" if folder == self.layout.done else "error", job.job_id,
+                                    recovered=twin.relative_to(self.layout.root).as_posix())
+                shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
+                job.lock.release(remove=True)
+                report(f"was already moved to {folder.name}/; tidied up")
+                return True
         if "output-written" in st.events:
             report("output was already written; moving the original to done/")
             self._finish(job)
