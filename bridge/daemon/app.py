@@ -24,7 +24,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,7 +33,7 @@ from ..document.model import Group
 from ..engine.types import StyleInput
 from ..imaging import ImageError, Picture, load_image, load_mask
 from ..settings import DEFAULTS, LIMITS, Limits, Settings, SettingsError, settings_from_json, settings_from_mapping
-from .jobs import MASK_MODES, Job, JobManager, JobRequest, Runner, encode_array_png, run_engine
+from .jobs import MASK_MODES, Job, JobManager, JobRequest, Runner, iter_array_png, run_engine
 from .library import LibraryError, StyleLibrary, check_name, name_from_filename
 from .security import Guard, allowed_host_names
 
@@ -68,7 +68,7 @@ class DaemonConfig:
     memory_budget: int = 2 * 1024 ** 3
     limits: Limits = field(default_factory=lambda: LIMITS)
     extra_hosts: tuple[str, ...] = ()
-    png_level: int = 1                     # default compression of layer PNGs
+    png_level: int | None = None           # zlib level of layer PNGs; None = per layer (0 or 1)
 
     @property
     def url(self) -> str:
@@ -483,9 +483,9 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         pixels = None if isinstance(item, Group) else item.pixels
         if pixels is None:
             raise ApiError(404, f"layer {index} ({item.name!r}) has no image")
-        data = encode_array_png(pixels, config.png_level if level is None else level,
-                                icc_profile=result.stack.icc_profile, dpi=result.stack.dpi)
-        return Response(data, media_type=PNG)
+        return StreamingResponse(iter_array_png(pixels, config.png_level if level is None else level,
+                                                icc_profile=result.stack.icc_profile, dpi=result.stack.dpi),
+                                 media_type=PNG)
 
     @app.get("/v1/jobs/{job_id}/layers/{index}/mask.png", summary="A layer's mask as grey PNG",
              response_class=Response, responses={200: {"content": {PNG: {}}}})
@@ -494,8 +494,8 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         job, result, item = _item(job_id, index)
         if item.mask is None:
             raise ApiError(404, f"layer {index} ({item.name!r}) has no mask")
-        return Response(encode_array_png(item.mask, config.png_level if level is None else level),
-                        media_type=PNG)
+        return StreamingResponse(iter_array_png(item.mask, config.png_level if level is None else level),
+                                 media_type=PNG)
 
     @app.get("/v1/jobs/{job_id}/result.psd", summary="The layered PSD (PSB when a side is over 30000 px)",
              response_class=Response, responses={200: {"content": {"image/vnd.adobe.photoshop": {}}}})

@@ -49,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"largest request body (default {LIMITS.max_upload_bytes // 2 ** 20})")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="another Host name clients may use (besides loopback names and the bind address)")
-    serve.add_argument("--png-level", type=int, default=1, choices=range(10), metavar="0-9",
-                       help="zlib level of the layer PNGs (default 1: fast; 0: stored)")
+    serve.add_argument("--png-level", type=int, default=None, choices=range(10), metavar="0-9",
+                       help="zlib level of the layer PNGs (default: per layer, stored for photo-like layers and "
+                            "level 1 for masks and empty layers: fastest on loopback; 1-9 for slow networks)")
     serve.add_argument("--verbose", "-v", action="store_true", help="log every request")
     serve.set_defaults(func=serve_command)
 
