@@ -9,7 +9,6 @@ says what is wrong and whose ``advice`` says what the user can do; the watcher w
 from __future__ import annotations
 
 import struct
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
@@ -26,6 +25,8 @@ ADVICE_SETTINGS = ("Fix the settings named above (preset.json or the file's side
 ADVICE_SIZE = "Scale the image down (or split it), then drop it into in/ again."
 ADVICE_WRITE = ("Free some disk space or fix the folder's permissions, then move the file from error/ "
                 "back into in/.")
+ADVICE_MEMORY = ("Lower \"size\" (or use \"optimizer\": \"adam\") in preset.json or the file's sidecar, "
+                 "then move the file from error/ back into in/.")
 ADVICE_ENGINE = "This looks like a bug or a resource problem; see the watcher's terminal, then retry."
 ADVICE_DAEMON = "Check that `stylebridge serve` is running and reachable, then move the file back into in/."
 
@@ -211,9 +212,6 @@ class InProcessEngine:
 
     allows_library = False
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
                report: ReportFn, cancel: CancelToken) -> None:
         from ..engine import stylize
@@ -226,7 +224,15 @@ class InProcessEngine:
         except (ImageError, SettingsError) as exc:
             raise JobError(str(exc), ADVICE_SETTINGS) from None
         except MemoryError:
-            raise JobError("out of memory while stylizing", "Lower size in preset.json, then retry.") from None
+            raise JobError("out of memory while stylizing", ADVICE_MEMORY) from None
+        except RuntimeError as exc:
+            from ..engine.device import DeviceError
+            from ..engine.vgg import WeightsError
+            if isinstance(exc, (DeviceError, WeightsError)):
+                raise JobError(str(exc), ADVICE_SETTINGS) from None
+            if "out of memory" in str(exc).lower():        # torch.cuda.OutOfMemoryError and friends
+                raise JobError(f"out of memory while stylizing ({type(exc).__name__})", ADVICE_MEMORY) from None
+            raise
         if result.cancelled or cancel.cancelled:
             raise Cancelled()
         report("writing PSD", 100.0, "")
