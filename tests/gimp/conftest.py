@@ -127,11 +127,8 @@ def xvfb(gimp: Gimp):
             proc.wait()
 
 
-@pytest.fixture
-def gimp_workdir(gimp: Gimp):
-    """A scratch folder GIMP can see (under its root's /tmp), removed afterwards."""
-    base = gimp.root / "tmp"
-    path = Path(tempfile.mkdtemp(prefix="stylebridge-gimp-test-", dir=base))
+def _scratch(gimp: Gimp, prefix: str):
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=gimp.root / "tmp"))
     os.chmod(path, 0o755)
     yield path
     if os.environ.get("STYLEBRIDGE_KEEP_GIMP_WORKDIR") != "1":
@@ -141,9 +138,20 @@ def gimp_workdir(gimp: Gimp):
 
 
 @pytest.fixture
-def gimp_profile(gimp_workdir: Path) -> Path:
-    """A fresh GIMP 3 profile with the plug-in installed by ``stylebridge gimp-install``."""
-    profile = gimp_workdir / "profile"
+def gimp_workdir(gimp: Gimp):
+    """A scratch folder GIMP can see (under its root's /tmp), removed afterwards."""
+    yield from _scratch(gimp, "stylebridge-gimp-test-")
+
+
+@pytest.fixture(scope="session")
+def gimp_profile(gimp: Gimp) -> Path:
+    """A fresh GIMP 3 profile (one per test session: GIMP's first start in a profile queries every plug-in)
+    with the plug-in installed by ``stylebridge gimp-install``."""
+    for base in _scratch(gimp, "stylebridge-gimp-profile-"):
+        yield _install_profile(base / "profile")
+
+
+def _install_profile(profile: Path) -> Path:
     proc = subprocess.run(stylebridge_command() + ["gimp-install", "--profile", str(profile)],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
