@@ -513,3 +513,26 @@ def test_restart_after_original_linked_into_done_only_tidies_up(tmp_path: Path) 
     assert files(root / "done") == ["photo.jpg"] and files(root / "out") == ["photo.psd"]
     assert files(root / "working") == []
     assert [e for e, _ in events(root)].count("started") == 1
+
+
+def test_deleted_folders_are_recreated_and_watched_again(tmp_path: Path) -> None:
+    root = make_hot(tmp_path)
+    watcher = Watcher(root, InProcessEngine(), stable_seconds=STABLE)
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    try:
+        time.sleep(0.5)
+        shutil.rmtree(root / "in")
+        shutil.rmtree(root / "working")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not ((root / "in").is_dir() and (root / "working").is_dir()):
+            time.sleep(0.05)
+        make_photo(tmp_path / "p.jpg")
+        os.rename(tmp_path / "p.jpg", root / "in" / "p.jpg")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (root / "done" / "p.jpg").exists():
+            time.sleep(0.1)
+    finally:
+        watcher.stop()
+        runner.join(timeout=60)
+    assert files(root / "out") == ["p.psd"]

@@ -191,13 +191,20 @@ class Watcher:
 
     def run(self) -> int:
         wake: queue.Queue[FileSystemEvent] = queue.Queue()
+        handler = _Wakeup(self.tracker, wake)
         observer = Observer()
-        observer.schedule(_Wakeup(self.tracker, wake), str(self.layout.inbox), recursive=True)
+        observer.schedule(handler, str(self.layout.inbox), recursive=True)
         observer.start()
         try:
             self._startup()
             last_recover = time.monotonic()
             while not self._stop.is_set():
+                if not all(d.is_dir() for d in (self.layout.inbox, self.layout.working, self.layout.state)):
+                    # Someone deleted a folder (e.g. in the Finder): recreate it and watch it again.
+                    self.layout.create()
+                    observer.unschedule_all()
+                    observer.schedule(handler, str(self.layout.inbox), recursive=True)
+                    self.reporter.line(str(self.layout.root), "recreated missing folders")
                 pending = self.layout.inputs()
                 if self.once and not pending:
                     break
