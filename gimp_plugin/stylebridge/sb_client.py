@@ -285,6 +285,10 @@ def progress_text(status: dict) -> str:
         pos = status.get("queue_position")
         return f"Stylebridge: queued{f' (position {pos})' if pos not in (None, '') else ''}"
     parts = []
+    style = status.get("style_name")
+    if style:
+        idx, count = status.get("style_index"), status.get("style_count")
+        parts.append(f"{style} ({int(idx) + 1}/{count})" if isinstance(idx, int) and count else str(style))
     stage = status.get("stage")
     stages = status.get("stages")
     if stage not in (None, ""):
@@ -295,6 +299,8 @@ def progress_text(status: dict) -> str:
     eta = status.get("eta_s")
     if isinstance(eta, (int, float)) and eta >= 0:
         parts.append(f"about {int(eta + 0.5)} s left")
+    if not parts and status.get("phase"):
+        parts.append(str(status["phase"]))
     return "Stylebridge: " + (", ".join(parts) if parts else (state or "starting"))
 
 

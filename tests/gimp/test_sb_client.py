@@ -166,6 +166,10 @@ def test_progress_text(sb_client):
     text = sb_client.progress_text({"status": "running", "stage": 1, "stages": 2, "iteration": 5,
                                     "iterations": 60, "eta_s": 3.4})
     assert text == "Stylebridge: stage 1/2, iteration 5/60, about 3 s left"
+    text = sb_client.progress_text({"status": "running", "style_name": "starry", "style_index": 0, "style_count": 2,
+                                    "stage": 2, "stages": 3})
+    assert text == "Stylebridge: starry (1/2), stage 2/3"
+    assert sb_client.progress_text({"status": "running", "phase": "finishing"}) == "Stylebridge: finishing"
     assert sb_client.progress_fraction({"percent": 50}) == 0.5
     assert sb_client.progress_fraction({"percent": None}) == 0.0
 
