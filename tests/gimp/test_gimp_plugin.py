@@ -369,6 +369,53 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     assert not tree_diff(report["after_cancel"], report["after"])
 
 
+RUN_TOKEN = r'''
+report = {}
+img = Gimp.Image.new(48, 36, Gimp.ImageBaseType.RGB)
+src = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
+img.insert_layer(src, None, 0)
+src.scale(48, 36, False)
+src.set_name("photo")
+report["wrong_token"] = run_stylebridge(img, src, **dict(P["args"], token="wrong"))
+report["after_wrong"] = describe(img)
+report["env_token"] = run_stylebridge(img, src, **P["args"])      # token from $STYLEBRIDGE_TOKEN
+report["after"] = describe(img)
+img.delete()
+save_report(report)
+'''
+
+
+def test_token(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """A daemon with a token: the plug-in takes it from STYLEBRIDGE_TOKEN (or its token argument)."""
+    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon", token="tok-3141").start()
+    try:
+        with pytest.raises(sb_client.DaemonError):
+            sb_client.Client(daemon.url).styles()
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "preset": "draft",
+                           "mask-mode": "hide-all", "daemon-url": daemon.url,
+                           "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+        params_path = gimp_workdir / "params-token.json"
+        report_path = gimp_workdir / "params-token-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_TOKEN
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180, env={"STYLEBRIDGE_TOKEN": "tok-3141"})
+        assert proc.returncode == 0 and report_path.exists(), (proc.stdout + proc.stderr)[-5000:]
+    finally:
+        daemon.stop()
+    report = read_json(report_path)
+    wrong = report["wrong_token"]
+    assert wrong["status"] == "execution-error" and "token" in wrong["error"], wrong
+    assert [d["name"] for d in report["after_wrong"]] == ["photo"]
+    assert report["env_token"]["status"] == "success", (report["env_token"], daemon.log_text())
+    styles = by_role(report["after"], "style")
+    assert len(styles) == 1 and styles[0]["parasite"]["mask_mode_used"] == "hide-all"
+    assert styles[0]["mask_zero"] == 48 * 36                     # hide all: black mask
+    assert all("tok-3141" not in json.dumps(d["parasite"]) for d in report["after"] if d["parasite"])
+
+
 def _find_pids(pattern: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
