@@ -87,6 +87,7 @@ def daemon(tmp_path_factory):
     out = stop_daemon(proc)
     assert proc.returncode in (0, -15), out      # uvicorn re-raises SIGTERM after its graceful shutdown
     assert "Traceback" not in out, out
+    assert not list((data / "jobs").iterdir())   # a stopping daemon removes its job files
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,7 @@ def test_results_spill_to_disk_then_expire(token_daemon):
     content = png_of(SAMPLES / "tubingen.jpg", 48)
     result = client.run(("t.png", content), style_files=[("s.png", png_of(SAMPLES / "starry_night.jpg", 48))],
                         settings=TINY, timeout=120)
-    folder = token_daemon["data"] / "jobs" / result["id"]
+    (folder,) = (token_daemon["data"] / "jobs").glob(f"*/{result['id']}")   # jobs/<daemon pid>/<job id>
     assert sorted(p.name for p in folder.glob("*.npy"))      # memory budget 0: layers live on disk
     original = load_image(client.get_bytes(result["layers"][0]["image_url"]))
     assert np.array_equal(original.rgb, load_image(content).rgb)

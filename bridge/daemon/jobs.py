@@ -11,6 +11,7 @@ in-memory results exceed ``memory_budget`` bytes.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import struct
 import threading
@@ -253,11 +254,16 @@ class JobManager:
         self._janitor = threading.Thread(target=self._clean_loop, name="stylebridge-janitor", daemon=True)
 
     def _reset_folder(self) -> None:
-        """Results of an earlier daemon cannot be served again: remove their folders."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for child in self.folder.iterdir():
-            if child.is_dir() and len(child.name) == 32:
+        """One sub-folder per daemon process (two daemons may share a data folder); the folders of
+        daemons that are gone are removed: their results cannot be served again."""
+        parent = self.folder
+        parent.mkdir(parents=True, exist_ok=True)
+        for child in parent.iterdir():
+            if child.is_dir() and child.name.isdigit() and not _alive(int(child.name)):
                 shutil.rmtree(child, ignore_errors=True)
+        self.folder = parent / str(os.getpid())
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir()
 
     def start(self) -> None:
         self._worker.start()
@@ -275,6 +281,7 @@ class JobManager:
             self._wake.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- client side ---------------------------------------------------------------------------
     def submit(self, request: JobRequest) -> Job:
@@ -419,12 +426,14 @@ class JobManager:
                 self._current = job
             try:
                 self._run(job, request)
+                request = None          # do not hold the photo while waiting for the next job
             except BaseException as exc:  # noqa: BLE001 - a crashing job fails alone
                 log.exception("job %s failed", job.id)
                 with self._lock:
                     if job.status not in TERMINAL:
                         self._finish(job, "failed", error=_error_text(exc))
             finally:
+                request = None
                 with self._lock:
                     self._current = None
                     self.completed += 1
@@ -522,6 +531,16 @@ class JobManager:
                 self.clean()
             except Exception:  # noqa: BLE001 - the janitor must not die
                 log.exception("cleaning expired jobs failed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _error_text(exc: BaseException) -> str:
