@@ -1,9 +1,15 @@
 """Bring a working-size result back to the photo's native size, with the photo's edges.
 
-``guided`` is the fast guided filter (He & Sun 2015; the DeepGuidedFilter idea): the linear model
-``styled ~ a * luminance(photo) + b`` is fitted in small windows at the working size, ``a`` and ``b``
-(smooth by construction) are upsampled bilinearly, and applied to the full-resolution photo's luminance,
-so edges come from the photo itself while colours and texture come from the stylisation.
+``guided`` (default): joint upsampling with a guided-filter detail term. The local linear model
+``styled ~ a * luminance(photo) + b`` (He et al.'s guided filter) is fitted at the working size, where
+``a`` says how strongly the stylisation follows the photo's tones in each neighbourhood. At native size::
+
+    out = up(styled) + up(a) * (Y_photo_native - up(Y_photo_working))
+
+i.e. the bilinearly upsampled result plus the photo's own detail finer than the working resolution,
+scaled by ``a``: edges snap to the photo's where the result follows the photo, and the stylisation's
+texture is kept as it is. (The plain fast guided filter, ``up(a) * Y + up(b)``, was measured to wash out
+the brush strokes: 3x the deviation from the working-size result on golden_gate 512 px / 128 px.)
 ``bilinear`` is the plain fallback.
 
 Native-size work is done in horizontal bands written straight into an array of the photo's dtype, so a
@@ -75,8 +81,9 @@ def to_native(styled: torch.Tensor, photo: Picture, guide: torch.Tensor, *, mode
     """A Picture at the photo's size, depth, alpha, ICC and DPI from a 1 x 3 x h x w 0..1 result.
 
     ``guide`` is the photo resized to the result's size (the content image the optimisation saw);
-    ``radius`` is in native pixels (0: two working-size pixels); ``keep_colors`` puts the photo's
-    chroma back at native resolution (luminance-only transfer).
+    ``radius`` is the guided-filter window radius in native pixels (0: two working-size pixels);
+    ``eps`` its regularisation (variance in 0..1 units; smaller = more photo detail);
+    ``keep_colors`` puts the photo's chroma back at native resolution (luminance-only transfer).
     """
     styled = styled.detach().float().cpu().clamp(0.0, 1.0)
     h, w = styled.shape[-2:]
@@ -85,7 +92,9 @@ def to_native(styled: torch.Tensor, photo: Picture, guide: torch.Tensor, *, mode
     if mode == "guided" and not same_size:
         scale = max(out_h / h, out_w / w)
         low_radius = 2 if radius <= 0 else max(1, int(round(radius / scale)))
-        a, b = guided_coefficients(color.luminance(guide.detach().float().cpu()), styled, low_radius, eps)
+        luma_low = color.luminance(guide.detach().float().cpu())
+        a, _ = guided_coefficients(luma_low, styled, low_radius, eps)
+        low = torch.cat([styled, a, luma_low], dim=1)     # resampled together, band by band
     elif mode not in ("guided", "bilinear"):
         raise ValueError(f"upsample: unknown mode {mode!r}")
     out = np.empty_like(photo.rgb)
@@ -101,8 +110,9 @@ def to_native(styled: torch.Tensor, photo: Picture, guide: torch.Tensor, *, mode
             if same_size:
                 part = styled[..., y0:y1, :]
             elif mode == "guided":
-                ab = resize_band(torch.cat([a, b], dim=1), out_h, out_w, y0, y1)
-                part = torch.addcmul(ab[:, 3:], ab[:, :3], color.luminance(photo_band))
+                up = resize_band(low, out_h, out_w, y0, y1)
+                detail = color.luminance(photo_band) - up[:, 6:7]
+                part = torch.addcmul(up[:, :3], up[:, 3:6], detail)
             else:
                 part = resize_band(styled, out_h, out_w, y0, y1)
             part = part.clamp(0.0, 1.0)
