@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = Path(os.environ.get("STYLEBRIDGE_SAMPLES", "/work/shared/samples"))
+SAMPLES = REPO.parent / "shared" / "samples"          # as tests/conftest.py: never copied into the repo
 PLUGIN_DIR = REPO / "gimp_plugin" / "stylebridge"
 
 
