@@ -19,6 +19,9 @@
 set -euo pipefail
 
 CACHE=${STYLEBRIDGE_GIMP_CACHE:-/var/cache/stylebridge}
+if [ -z "${STYLEBRIDGE_GIMP_CACHE:-}" ] && ! { mkdir -p "$CACHE" && [ -w "$CACHE" ]; } 2>/dev/null; then
+    CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/stylebridge          # not root: a native GIMP 3 still works
+fi
 ROOT=$CACHE/gimp3-root
 TARBALL=$CACHE/gimp3-trixie.tar.zst
 # xvfb + xauth: lets the tests show the plug-in's GimpUi dialog on a virtual display (DISPLAY is passed through)
