@@ -235,6 +235,7 @@ def stylize(image, layer, opts, log=None):
         log(f"job {job_id} submitted")
     watchdog = start_watchdog(client, job_id)
     finished = False
+    tmpdir = None
     last_text = [None]
 
     def on_progress(status):
@@ -274,6 +275,8 @@ def stylize(image, layer, opts, log=None):
                 client.cancel(job_id)
             except sb_client.ClientError:
                 pass
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
         stop_watchdog(watchdog, done=True)
