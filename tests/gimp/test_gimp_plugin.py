@@ -130,6 +130,9 @@ bg.resize(120, 90, 0, 0)
 img.select_rectangle(Gimp.ChannelOps.REPLACE, 60, 45, 45, 35)
 Gimp.Selection.feather(img, 10.0)
 report["selection_bounds"] = list(Gimp.Selection.bounds(img))[1:]
+_proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
+report["menu"] = {"paths": list(_proc.get_menu_paths()), "label": _proc.get_menu_label(),
+                  "args": [a.name for a in _proc.get_arguments()]}
 report["before"] = describe(img)
 report["run"] = run_stylebridge(img, photo, **P["args"])
 report["after"] = describe(img)
@@ -216,6 +219,12 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
         daemon_log = daemon.log_text()
         daemon.stop()
     timings["plugin_call_s"] = r1["run"]["seconds"]
+
+    # --- the procedure: menu entry and arguments ---------------------------------------------------
+    assert r1["menu"]["paths"] == ["<Image>/Filters/Artistic"] and r1["menu"]["label"] == "Stylebridge..."
+    for arg in ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url",
+                "token"):
+        assert arg in r1["menu"]["args"], r1["menu"]["args"]
 
     # --- run 1: the stack ------------------------------------------------------------------------
     assert r1["run"]["status"] == "success", f"{r1['run']}\n{out1[-4000:]}\n--- daemon:\n{daemon_log}"
