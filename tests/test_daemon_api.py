@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge.daemon.client import DaemonClient, DaemonError, JobFailed
+from bridge.daemon.client import DaemonClient, DaemonError
 from bridge.imaging import Picture, encode_png, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -462,3 +462,39 @@ def test_origin_and_host_rules(daemon):
     assert httpx.get(url, headers={"Host": f"127.0.0.1:{port}"}).status_code == 200
     assert httpx.post(daemon["url"] + "/v1/jobs", headers={"Origin": "http://evil.example"},
                       files={"content": ("c.png", b"x")}).status_code == 403
+
+
+def test_malformed_requests(daemon, client, content_png, style_pngs):
+    """Requests no client should send: each gets a JSON 4xx and the daemon keeps serving."""
+    url = daemon["url"]
+    job = client.run(("c.png", content_png), style_files=[("s.png", style_pngs["starry"])], settings=TINY, timeout=120)
+    jid = job["id"]
+    cases = [
+        ("POST", "/v1/jobs", {"json": {"content": "x"}}),                                  # not multipart
+        ("POST", "/v1/jobs", {"data": {"content": "not a file", "styles": "x"}}),          # content as text
+        ("POST", "/v1/jobs", {"content": b"--x\r\ngarbage", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}),
+        ("POST", "/v1/jobs", {"files": {"content": ("c.png", content_png)}, "data": {"settings": "[1, 2]",
+                                                                                     "styles": "x"}}),
+        ("POST", "/v1/jobs", {"files": {"content": ("c.png", content_png)}, "data": {"settings": '{"size": "big"}',
+                                                                                     "styles": "x"}}),
+        ("POST", "/v1/jobs", {"files": {"content": ("c.png", content_png)}, "data": {"settings": '{"size": 1e999}',
+                                                                                     "styles": "x"}}),
+        ("POST", "/v1/jobs", {"files": {"content": ("c.png", b"")}, "data": {"styles": "x"}}),   # empty file
+        ("POST", f"/v1/jobs/{jid}/cancel?keep_result=maybe", {}),
+        ("GET", f"/v1/jobs/{jid}/layers/abc/image.png", {}),
+        ("GET", f"/v1/jobs/{jid}/layers/-1/image.png", {}),
+        ("GET", f"/v1/jobs/{jid}/layers/99999999999999999999/image.png", {}),
+        ("GET", f"/v1/jobs/{jid}/layers/1/image.png", {}),                                # a group: no pixels
+        ("GET", f"/v1/jobs/{jid}/layers/0/mask.png", {}),                                 # Original: no mask
+        ("GET", f"/v1/jobs/{jid}/layers/2/image.png?level=42", {}),
+        ("POST", "/v1/styles", {"data": {"name": "x"}}),                                  # no image
+        ("DELETE", "/v1/styles/..", {}),
+        ("GET", "/v1/nothing", {}),
+        ("PUT", "/v1/jobs", {}),
+    ]
+    for method, path, kwargs in cases:
+        r = httpx.request(method, url + path, timeout=30, **kwargs)
+        assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
+        assert r.json().get("error"), (method, path, r.text)
+    assert client.health()["status"] == "ok"
+    assert client.layer_image(jid, 2)                                                   # still served

@@ -4,14 +4,11 @@ to disk, and a crashing job that fails alone. Real ``stylebridge serve`` process
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -45,6 +42,15 @@ def test_non_loopback_bind_needs_a_token(tmp_path):
 def test_bad_weights_fail_at_start_up(tmp_path):
     run = cli("serve", "--port", str(free_port()), "--data-dir", str(tmp_path), "--weights", str(tmp_path / "no.pth"))
     assert run.returncode == 1 and "cannot start" in run.stderr and "no.pth" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_missing_device_fails_at_start_up(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = cli("serve", "--port", str(free_port()), "--data-dir", str(tmp_path), "--device", "cuda")
+    assert run.returncode == 1 and "cannot start" in run.stderr and "cuda" in run.stderr.lower()
     assert "Traceback" not in run.stderr
 
 

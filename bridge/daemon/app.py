@@ -17,7 +17,7 @@ import time
 import urllib.parse
 import warnings
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -26,7 +26,6 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 URL_ENV = "STYLEBRIDGE_URL"
 TERMINAL = ("done", "failed", "cancelled")
 
-FileArg = "str | os.PathLike | bytes | tuple[str, bytes]"
 
 
 class ClientError(Exception):
