@@ -55,14 +55,14 @@ def test_slow_chunked_copy_is_ready_only_once_complete(tmp_path: Path) -> None:
 
 def test_open_writer_that_pauses_blocks_until_closed(tmp_path: Path) -> None:
     """A copy that stalls longer than stable_seconds while still open is not picked up (inotify)."""
-    tracker = StabilityTracker(stable_seconds=0.2, open_grace=30)
+    tracker = StabilityTracker(stable_seconds=0.4, open_grace=30)
     obs = _observe(tmp_path, tracker)
     target = tmp_path / "stall.png"
     try:
         fh = open(target, "wb")
         fh.write(b"x" * 1000)
         fh.flush()
-        deadline = time.monotonic() + 1.2            # 6 stable periods with no change
+        deadline = time.monotonic() + 1.6            # 4 stable periods with no change
         while time.monotonic() < deadline:
             assert tracker.ready([target]) == []
             time.sleep(0.05)
