@@ -425,6 +425,50 @@ def test_token(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
     assert all("tok-3141" not in json.dumps(d["parasite"]) for d in report["after"] if d["parasite"])
 
 
+RUN_PRECISIONS = r'''
+report = {}
+for key, prec, gray in (("u16", Gimp.Precision.U16_NON_LINEAR, False), ("gray8", None, True),
+                        ("float", Gimp.Precision.FLOAT_LINEAR, False)):
+    img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["photo"]))
+    img.scale(56, 42)
+    if prec is not None:
+        img.convert_precision(prec)
+    if gray:
+        img.convert_grayscale()
+    src = img.get_layers()[0]
+    src.set_name("photo")
+    img.select_ellipse(Gimp.ChannelOps.REPLACE, 8, 6, 40, 30)
+    Gimp.Selection.feather(img, 6.0)
+    run = run_stylebridge(img, src, **P["args"])
+    report[key] = {"run": run, "after": describe(img), "precision": img.get_precision().value_nick,
+                   "base": img.get_base_type().value_nick}
+    img.delete()
+save_report(report)
+'''
+
+
+def test_precisions_and_grayscale(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """16-bit and float images travel as 16-bit PNG (masks come back 16-bit), grayscale images work too."""
+    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
+                           "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+        report, out, _ = batch(gimp, RUN_PRECISIONS, gimp_workdir, gimp_profile, params)
+    finally:
+        daemon.stop()
+    for key, expected in (("u16", ("u16-non-linear", "rgb")), ("gray8", ("u8-non-linear", "gray")),
+                          ("float", ("float-linear", "rgb"))):
+        r = report[key]
+        assert r["run"]["status"] == "success", (key, r["run"], out[-3000:])
+        assert (r["precision"], r["base"]) == expected
+        styles = by_role(r["after"], "style")
+        assert len(styles) == 1, key
+        d = styles[0]
+        assert d["size"] == [56, 42] and d["mask_equals_selection"] and d["mask_partial"] > 0, (key, d)
+
+
 def _find_pids(pattern: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
