@@ -117,7 +117,7 @@ def test_options_only_what_was_typed() -> None:
 
 @pytest.mark.parametrize("case", [
     "missing_content", "missing_style", "not_an_image", "truncated", "bad_choice", "bad_number",
-    "bad_layer", "blend_count", "mask_without_psd", "out_is_file", "bad_style_mask",
+    "bad_layer", "blend_count", "mask_without_psd", "out_is_file", "bad_style_mask", "over_limit",
 ])
 def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, inputs, capsys) -> None:
     out = tmp_path / "out"
@@ -150,6 +150,8 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, inputs, capsy
     elif case == "bad_style_mask":
         out = tmp_path / "doc.psd"
         extra = ["--style-mask", "nosuchstyle=" + str(inputs["photo"])]
+    elif case == "over_limit":
+        extra = ["--size", "5000"]
     before = sorted(p.name for p in tmp_path.iterdir())
     code, stdout, err = cli(["stylize", content, "-s", style, "-o", out, *FAST, *extra], capsys)
     assert code == 2
@@ -190,7 +192,7 @@ def test_ctrl_c_writes_best_so_far_and_exits_130(tmp_path, inputs) -> None:
     out = tmp_path / "o"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "stylize", str(inputs["photo"]), "-s",
-                             str(inputs["starry"]), "-o", str(out), "--size", "48", "--iterations", "100000",
+                             str(inputs["starry"]), "-o", str(out), "--size", "48", "--iterations", "5000",
                              "--no-coarse-to-fine"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     seen = threading.Event()

@@ -101,6 +101,12 @@ def test_bad_sources_give_clear_errors(tmp_path, monkeypatch) -> None:
     junk.write_bytes(b"not a pickle")
     with pytest.raises(WeightsError, match="cannot read"):
         load_vgg(str(junk))
+    wrong = tmp_path / "wrong.pth"
+    state = dict(load_vgg().features.state_dict())
+    state["0.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, wrong)
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_vgg(str(wrong))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(WeightsError, match="nothing is downloaded"):
         load_vgg("torchvision", "max", "cpu")

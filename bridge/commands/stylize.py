@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..imaging import ImageError, Picture, load_image, load_mask, save_image, unique_path
-from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, PRESETS, DocumentSettings, Settings, SettingsError, \
+from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError, \
     settings_from_mapping
 
 DOCUMENT_SUFFIXES = (".psd", ".psb")
@@ -135,6 +135,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
     from ..engine.types import StyleInput
 
     settings, document, _ = settings_from_mapping(given_options(args))
+    _check_limits(settings, len(args.styles))
     if settings.init == "file":
         load_image(settings.init_image or "")
     content = load_image(args.content)
@@ -166,6 +167,17 @@ def _prepare(args: argparse.Namespace) -> _Job:
     if kind == "document":
         _import_document()
     return _Job(content, styles, settings, document, output, kind, masks)
+
+
+def _check_limits(settings: Settings, styles: int) -> None:
+    """The hard limits of bridge.settings.LIMITS (the same ones the daemon and hot folder apply)."""
+    if styles > LIMITS.max_styles:
+        raise CliError(f"{styles} styles given; at most {LIMITS.max_styles} per run")
+    if settings.size > LIMITS.max_size:
+        raise SettingsError("size", f"{settings.size} is above the limit of {LIMITS.max_size}")
+    for name in ("iterations", "coarse_iterations"):
+        if getattr(settings, name) > LIMITS.max_iterations:
+            raise SettingsError(name, f"{getattr(settings, name)} is above the limit of {LIMITS.max_iterations}")
 
 
 def _masks(args: argparse.Namespace, content: Picture, names: list[str]) -> Any:

@@ -132,7 +132,10 @@ def _build(loaded: _Loaded, pooling: str) -> VGGFeatures:
     # Built on the meta device and given the decoded tensors themselves (assign=True): no random init, no copy.
     with torch.device("meta"):
         features = vgg19_features()
-    missing, unexpected = features.load_state_dict(loaded.state, strict=False, assign=True)
+    try:
+        missing, unexpected = features.load_state_dict(loaded.state, strict=False, assign=True)
+    except RuntimeError as exc:   # shape mismatch: not VGG-19 weights, or a wrong layout
+        raise WeightsError(f"the VGG-19 weights do not fit vgg19().features: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise WeightsError(f"the VGG-19 weights do not fit vgg19().features (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")
