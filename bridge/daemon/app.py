@@ -17,7 +17,7 @@ import time
 import urllib.parse
 import warnings
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -350,6 +350,8 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                                                          allow_extra=("mask_mode", "name"))
         except SettingsError as exc:
             raise ApiError(422, str(exc), option=exc.option) from None
+        if "device" in keys and engine.device == "auto":
+            engine = replace(engine, device=base_settings.device)     # 'auto' means: whatever the daemon uses
         for option in FIXED_BY_DAEMON:
             if option in keys and getattr(engine, option) != getattr(base_settings, option):
                 raise ApiError(422, f"{option}: fixed when the daemon starts ({getattr(base_settings, option)!r}); "
