@@ -194,6 +194,16 @@ def test_working_size_is_clamped_to_the_photo(starry) -> None:
     r = run(tiny, [starry], size=512, iterations=2)
     assert r.working_size == (53, 37)
     assert r.images[0].picture.rgb.shape == (37, 53, 3)
+    speck = Picture(rgb=np.asarray(starry.rgb[:5, :9]).copy(), name="speck")   # below VGG's 16 px
+    r = run(speck, [starry], size=512, iterations=2)
+    assert r.images[0].picture.rgb.shape == (5, 9, 3) and min(r.working_size) == 16
+
+
+def test_cancelled_before_start_returns_nothing(photo, starry) -> None:
+    token = CancelToken()
+    token.cancel()
+    r = run(photo, [starry], cancel=token)
+    assert r.cancelled and r.images == []
 
 
 def test_native_size_restored_exactly_for_odd_sizes(sample_pictures, starry, shrink) -> None:

@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc)
     except RuntimeError as exc:   # weights missing, device unavailable
         return _fail(exc)
+    if not result.images:   # interrupted before the first result existed
+        print("stylebridge: interrupted: nothing written", file=sys.stderr)
+        return 130
     try:
         written = _write(job, result)
     except (CliError, ValueError) as exc:

@@ -117,6 +117,8 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     style_tensors = [picture_tensor(s.picture) for s in styles]
     per_style: list[list[dict[str, torch.Tensor]]] = []
     for st in style_tensors:
+        if cancel is not None and cancel.cancelled:   # big style images at many stages take a while
+            break
         grams = []
         for s in ladder:
             long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
@@ -124,6 +126,10 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             grams.append(style_grams(vgg, (resize(st, sd) * 255.0).to(device), settings.style_layers))
         per_style.append(grams)
     del style_tensors
+    if len(per_style) < len(styles):
+        h, w = dims[-1]
+        return StylizeResult(content=content, images=[], settings=settings, working_size=(w, h),
+                             cancelled=True, seconds=time.perf_counter() - started)
     jobs = [_Job(s.name, g) for s, g in zip(styles, per_style)]
     if blend is not None:
         total_w = float(sum(blend))
