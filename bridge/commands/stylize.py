@@ -276,9 +276,8 @@ def _write(job: _Job, result: Any) -> list[Path]:
         stack_mod, psd_mod = _import_document()
         stack = stack_mod.build_stack(result, job.document, masks=job.masks)
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        path = unique_path(job.output)
-        psd_mod.write_psd(stack, path)
-        return [path]
+        written = psd_mod.write_psd(stack, unique_path(job.output))   # may switch to .psb for huge sides
+        return [Path(written or job.output)]
     if job.kind == "image":
         job.output.parent.mkdir(parents=True, exist_ok=True)
         return [save_image(result.images[0].picture, unique_path(job.output))]
