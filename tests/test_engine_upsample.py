@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import resource
 import subprocess
 import sys
 import textwrap
@@ -15,7 +13,6 @@ import torch.nn.functional as F
 
 from bridge.engine import color, upsample
 from bridge.engine.optimize import picture_tensor, resize
-from bridge.imaging import Picture
 
 
 @pytest.mark.parametrize("shape,out", [((1, 3, 17, 23), (101, 77)), ((1, 6, 40, 60), (40, 61)),

@@ -113,29 +113,11 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     guides = [resize(photo, d) for d in dims]            # the photo as each stage sees it, 0..1
     del photo
     content_feats = [content_targets(vgg, (g * 255.0).to(device), settings.content_layers) for g in guides]
-
-    style_tensors = [picture_tensor(s.picture) for s in styles]
-    per_style: list[list[dict[str, torch.Tensor]]] = []
-    for st in style_tensors:
-        if cancel is not None and cancel.cancelled:   # big style images at many stages take a while
-            break
-        grams = []
-        for s in ladder:
-            long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
-            sd = stage_dims(st.shape[-1], st.shape[-2], long_side)
-            grams.append(style_grams(vgg, (resize(st, sd) * 255.0).to(device), settings.style_layers))
-        per_style.append(grams)
-    del style_tensors
-    if len(per_style) < len(styles):
-        h, w = dims[-1]
-        return StylizeResult(content=content, images=[], settings=settings, working_size=(w, h),
+    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel)
+    working_size = (dims[-1][1], dims[-1][0])
+    if jobs is None:
+        return StylizeResult(content=content, images=[], settings=settings, working_size=working_size,
                              cancelled=True, seconds=time.perf_counter() - started)
-    jobs = [_Job(s.name, g) for s, g in zip(styles, per_style)]
-    if blend is not None:
-        total_w = float(sum(blend))
-        mixed = [{k: sum((w / total_w) * per_style[i][st][k] for i, w in enumerate(blend))
-                  for k in settings.style_layers} for st in range(len(ladder))]
-        jobs.append(_Job("blend", mixed))
 
     iters = [settings.coarse_iterations] * (len(ladder) - 1) + [settings.iterations]
     counter = _Counter(0, sum(iters) * len(jobs))
@@ -148,12 +130,11 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         for k, d in enumerate(dims):
             if k > 0:
                 x = F.interpolate(best, size=d, mode="bilinear", align_corners=False)
-            best, losses, stopped = _optimise(
-                vgg, x, content_feats[k], job.grams[k], settings, iters[k],
-                _Reporter(progress, cancel, counter, settings, k, len(dims), ladder[k], job_index, len(jobs), job.name))
-            stage_used = k
-            if stopped:
-                cancelled = True
+            reporter = _Reporter(progress, cancel, counter, settings, stage=k, stages=len(dims), size=ladder[k],
+                                 job=job_index, jobs=len(jobs), name=job.name)
+            best, parts, cancelled = _optimise(vgg, x, content_feats[k], job.grams[k], settings, iters[k], reporter)
+            losses, stage_used = parts or losses, k
+            if cancelled:
                 break
         styled = (best / 255.0).clamp(0.0, 1.0).cpu()
         picture = upsample.to_native(styled, content, guides[stage_used], mode=settings.upsample,
@@ -162,9 +143,33 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         images.append(StyledImage(job.name, picture, losses))
         if cancelled:
             break
-    h, w = dims[-1]
-    return StylizeResult(content=content, images=images, settings=settings, working_size=(w, h),
+    return StylizeResult(content=content, images=images, settings=settings, working_size=working_size,
                          cancelled=cancelled, seconds=time.perf_counter() - started)
+
+
+def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, ladder: list[int],
+                device: torch.device, cancel: CancelToken | None) -> list[_Job] | None:
+    """One job per style with its Gram targets per stage (style image at style_scale x the stage's long
+    side), then the blend (Grams mixed by style_blend_weights). None when cancelled meanwhile."""
+    per_style: list[list[dict[str, torch.Tensor]]] = []
+    for style in styles:
+        if cancel is not None and cancel.cancelled:   # big style images at many stages take a while
+            return None
+        image = picture_tensor(style.picture)
+        grams = []
+        for s in ladder:
+            long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
+            dims = stage_dims(image.shape[-1], image.shape[-2], long_side)
+            grams.append(style_grams(vgg, (resize(image, dims) * 255.0).to(device), settings.style_layers))
+        per_style.append(grams)
+    jobs = [_Job(style.name, grams) for style, grams in zip(styles, per_style)]
+    blend = settings.style_blend_weights
+    if blend is not None:
+        total = float(sum(blend))
+        mixed = [{k: sum((w / total) * per_style[i][stage][k] for i, w in enumerate(blend))
+                  for k in settings.style_layers} for stage in range(len(ladder))]
+        jobs.append(_Job("blend", mixed))
+    return jobs
 
 
 def _init_file(settings: Settings) -> torch.Tensor | None:
@@ -191,7 +196,7 @@ class _Reporter:
     """Counts iterations, sends Progress, and raises _Cancelled when asked to stop."""
 
     def __init__(self, callback: ProgressCallback | None, cancel: CancelToken | None, counter: _Counter,
-                 settings: Settings, stage: int, stages: int, size: int, job: int, jobs: int, name: str) -> None:
+                 settings: Settings, *, stage: int, stages: int, size: int, job: int, jobs: int, name: str) -> None:
         self.callback, self.cancel, self.counter = callback, cancel, counter
         self.settings, self.stage, self.stages, self.size = settings, stage, stages, size
         self.job, self.jobs, self.name = job, jobs, name
@@ -247,7 +252,8 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
         if math.isfinite(value) and value < best["loss"]:
             best["loss"] = value
             best["image"] = x.detach().clone()
-            best["parts"] = {"content": float(c.detach()), "style": float(st.detach()), "tv": float(t.detach()), "total": value}
+            best["parts"] = {"content": float(c.detach()), "style": float(st.detach()),
+                             "tv": float(t.detach()), "total": value}
         return total
 
     if iterations == 0:

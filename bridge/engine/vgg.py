@@ -135,7 +135,8 @@ def _build(loaded: _Loaded, pooling: str) -> VGGFeatures:
     try:
         missing, unexpected = features.load_state_dict(loaded.state, strict=False, assign=True)
     except RuntimeError as exc:   # shape mismatch: not VGG-19 weights, or a wrong layout
-        raise WeightsError(f"the VGG-19 weights do not fit vgg19().features: {str(exc).splitlines()[-1].strip()}") from None
+        detail = str(exc).splitlines()[-1].strip()
+        raise WeightsError(f"the VGG-19 weights do not fit vgg19().features: {detail}") from None
     if missing or unexpected:
         raise WeightsError(f"the VGG-19 weights do not fit vgg19().features (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")
