@@ -284,3 +284,13 @@ def test_guided_upsampling_has_sharper_edges_than_bilinear(sample_pictures, star
 def test_settings_are_validated(photo, starry) -> None:
     with pytest.raises(SettingsError):
         stylize(photo, [StyleInput("a", starry)], dataclasses.replace(Settings(), init="bogus"))
+
+
+def test_device_resolution() -> None:
+    from bridge.engine.device import DeviceError, resolve_device
+    expected = "cuda" if torch.cuda.is_available() else None
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    if expected is None:
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            resolve_device("cuda")
