@@ -91,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
         job = _prepare(args)
     except (CliError, SettingsError, ImageError, ValueError) as exc:
         return _fail(exc)
+    from ..engine.device import DeviceError
+    from ..engine.vgg import WeightsError
     try:
         result = _stylize(job, args)
-    except (SettingsError, ImageError) as exc:
+    except (SettingsError, ImageError, WeightsError, DeviceError) as exc:
         return _fail(exc)
-    except RuntimeError as exc:   # weights missing, device unavailable
-        return _fail(exc)
+    except (RuntimeError, MemoryError) as exc:   # e.g. out of memory at a big --size
+        return _fail(f"stylisation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", code=1)
     if not result.images:   # interrupted before the first result existed
         print("stylebridge: interrupted: nothing written", file=sys.stderr)
         return 130
