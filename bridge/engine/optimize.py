@@ -109,9 +109,10 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
 
     ladder = working_ladder(settings, content.width, content.height)
     dims = [stage_dims(content.width, content.height, s) for s in ladder]
-    photo = picture_tensor(content)
-    guides = [resize(photo, d) for d in dims]            # the photo as each stage sees it, 0..1
-    del photo
+    # The photo as each stage sees it (0..1): native -> working size once, then down from there
+    # (resampling a 24 MP photo costs seconds; doing it once per stage would cost that many times more).
+    working = resize(picture_tensor(content), dims[-1])
+    guides = [resize(working, d) for d in dims[:-1]] + [working]
     content_feats = [content_targets(vgg, (g * 255.0).to(device), settings.content_layers) for g in guides]
     jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel)
     working_size = (dims[-1][1], dims[-1][0])
