@@ -17,7 +17,8 @@ SAMPLES = SHARED / "samples"
 
 
 def shrink(picture: Picture, long_side: int) -> Picture:
-    """The picture with its long side at ``long_side`` px (Lanczos), metadata kept."""
+    """The 8-bit picture with its long side at ``long_side`` px (Lanczos), metadata kept, alpha dropped."""
+    assert picture.bit_depth == 8, "shrink() is for the 8-bit samples"
     scale = long_side / max(picture.width, picture.height)
     size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
     rgb = np.asarray(Image.fromarray(picture.rgb).resize(size, Image.LANCZOS))
