@@ -2,7 +2,8 @@
 
 GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
 to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py`` and its
-stdlib-only protocol client ``sb_client.py``).
+PNG codec ``sb_png.py``) plus the protocol client, which has one source, the package's standard-library-only
+``bridge/daemon/protocol_client.py``: it is copied in as ``sb_client.py``, the name the plug-in imports.
 """
 
 from __future__ import annotations
@@ -13,25 +14,48 @@ import shutil
 import stat
 import sys
 from pathlib import Path
+from typing import Mapping
 
 PLUGIN_NAME = "stylebridge"
-PLUGIN_FILES = ("stylebridge.py", "sb_client.py")
+PLUGIN_FILES = ("stylebridge.py", "sb_png.py")          # in gimp_plugin/stylebridge (and the data-files)
+CLIENT_FILE = "sb_client.py"                            # the name protocol_client.py gets there
+DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target
+PLUGIN_DIR_ENV = "STYLEBRIDGE_GIMP_PLUGIN_DIR"
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def plugin_source() -> Path:
-    """The folder holding the plug-in's files (a source checkout, or installed next to the package)."""
-    here = Path(__file__).resolve().parent
+def client_source(package_dir: Path = PACKAGE_DIR) -> Path:
+    """The protocol client the plug-in imports as ``sb_client``: always the package's own module."""
+    return package_dir / "daemon" / "protocol_client.py"
+
+
+def plugin_source(package_dir: Path = PACKAGE_DIR, prefix: Path | None = None,
+                  env: Mapping[str, str] | None = None) -> Path:
+    """The folder holding the plug-in's own files: ``$STYLEBRIDGE_GIMP_PLUGIN_DIR``, a source checkout
+    (editable install), package data, or the wheel's data-files under ``sys.prefix``."""
+    env = os.environ if env is None else env
+    prefix = Path(sys.prefix) if prefix is None else prefix
     candidates = [
-        Path(os.environ["STYLEBRIDGE_GIMP_PLUGIN_DIR"]) if os.environ.get("STYLEBRIDGE_GIMP_PLUGIN_DIR") else None,
-        here.parent / "gimp_plugin" / PLUGIN_NAME,                 # source checkout / editable install
-        here / "gimp_plugin" / PLUGIN_NAME,                        # shipped as package data
-        Path(sys.prefix) / "share" / "stylebridge" / "gimp_plugin" / PLUGIN_NAME,   # data-files
+        Path(env[PLUGIN_DIR_ENV]) if env.get(PLUGIN_DIR_ENV) else None,
+        package_dir.parent / "gimp_plugin" / PLUGIN_NAME,          # source checkout / editable install
+        package_dir / "gimp_plugin" / PLUGIN_NAME,                 # shipped as package data
+        prefix / DATA_DIR,                                         # pyproject [tool.setuptools.data-files]
     ]
     for c in candidates:
         if c is not None and all((c / f).is_file() for f in PLUGIN_FILES):
             return c
     raise FileNotFoundError("the GIMP plug-in files (gimp_plugin/stylebridge/stylebridge.py) were not found "
-                            "next to the stylebridge package; set STYLEBRIDGE_GIMP_PLUGIN_DIR")
+                            f"next to the stylebridge package; set {PLUGIN_DIR_ENV}")
+
+
+def plugin_files() -> dict[str, Path]:
+    """Installed file name -> source file, for everything the plug-in folder needs."""
+    src = plugin_source()
+    files = {name: src / name for name in PLUGIN_FILES}
+    files[CLIENT_FILE] = client_source()
+    if not files[CLIENT_FILE].is_file():
+        raise FileNotFoundError(f"the protocol client {files[CLIENT_FILE]} is missing from the stylebridge package")
+    return files
 
 
 def default_profile(env: dict | None = None) -> Path:
@@ -48,12 +72,12 @@ def default_profile(env: dict | None = None) -> Path:
 
 
 def install(profile: Path) -> Path:
-    src = plugin_source()
+    files = plugin_files()
     dest = profile / "plug-ins" / PLUGIN_NAME
     dest.mkdir(parents=True, exist_ok=True)
-    for name in PLUGIN_FILES:
+    for name, source in files.items():
         tmp = dest / f".{name}.tmp"
-        shutil.copyfile(src / name, tmp)
+        shutil.copyfile(source, tmp)
         mode = 0o755 if name == f"{PLUGIN_NAME}.py" else 0o644
         os.chmod(tmp, mode)
         os.replace(tmp, dest / name)       # a fresh mtime makes GIMP query the plug-in again

@@ -131,7 +131,8 @@ def test_status_command_up_and_down(daemon):
     assert up.returncode == 0 and "running" in up.stdout, up.stdout + up.stderr
     down = subprocess.run([sys.executable, "-m", "bridge.cli", "status", "--url", f"http://127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, timeout=60)
-    assert down.returncode == 1 and "no stylebridge daemon" in down.stdout
+    assert down.returncode == 1 and "Stylebridge daemon not reachable at http://127.0.0.1:" in down.stdout
+    assert "Start it with: stylebridge serve" in down.stdout
 
 
 # ------------------------------------------------------------------------------------------------

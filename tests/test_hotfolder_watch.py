@@ -459,7 +459,7 @@ def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
     make_photo(root / "in" / "a.jpg")
     rc = Watcher(root, DaemonEngine(f"http://127.0.0.1:{_free_port()}"), stable_seconds=STABLE, once=True).run()
     assert rc == 1
-    assert "no stylebridge daemon at" in (root / "error" / "a.jpg.txt").read_text()
+    assert "Stylebridge daemon not reachable at http://127.0.0.1:" in (root / "error" / "a.jpg.txt").read_text()
 
 
 def test_write_error_on_output_sends_input_to_error_and_leaves_no_partial_file(tmp_path: Path) -> None:

@@ -162,14 +162,14 @@ def serve_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     import json
 
-    from .client import DaemonClient, DaemonError, DaemonUnreachable, default_url
+    from .client import DaemonClient, DaemonError, DaemonUnreachable, default_url, unreachable_message
 
     url = args.url or default_url()
     client = DaemonClient(url, token=token_from_env(args.token), timeout=5.0)
     try:
         health = client.health()
     except DaemonUnreachable as exc:
-        print(f"no stylebridge daemon at {client.url} ({exc.reason}); start one with: stylebridge serve")
+        print(unreachable_message(client.url, exc.reason))
         return 1
     except DaemonError as exc:
         if exc.status in (401, 403):

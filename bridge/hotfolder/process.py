@@ -262,16 +262,18 @@ class DaemonEngine:
 
     def check(self) -> str | None:
         """None if the daemon answers /v1/health, else a message for the terminal."""
-        from ..daemon.client import ClientError
+        from ..daemon.client import ClientError, DaemonUnreachable, unreachable_message
         try:
             self.client.health()
             return None
+        except DaemonUnreachable as exc:
+            return unreachable_message(exc.url, exc.reason)
         except ClientError as exc:
             return str(exc)
 
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
                report: ReportFn, cancel: CancelToken) -> None:
-        from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed
+        from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
         from ..imaging import encode_png
         stem = inputs.content.name
         if inputs.source_kind in ("psd", "psb"):
@@ -316,7 +318,7 @@ class DaemonEngine:
             except Exception:  # noqa: BLE001
                 pass
         except DaemonUnreachable as exc:
-            raise Unavailable(str(exc)) from None
+            raise Unavailable(unreachable_message(exc.url, exc.reason)) from None
         except DaemonError as exc:
             if exc.status >= 500:
                 raise JobError(f"the daemon answered {exc.status}: {exc.message}", ADVICE_ENGINE) from None

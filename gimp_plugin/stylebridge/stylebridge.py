@@ -4,7 +4,9 @@
 The style transfer itself runs in the stylebridge daemon (``stylebridge serve``); this plug-in sends
 it the layer (pixels, alpha, offsets) and the selection as a mask, follows the job with GIMP's progress
 bar, and inserts the returned layer stack above the layer in one undo group. Standard library + gi only:
-it runs under GIMP's own Python. The protocol lives in sb_client.py (docs/protocol.md).
+it runs under GIMP's own Python. The protocol lives in sb_client.py (docs/protocol.md), which
+``stylebridge gimp-install`` copies here from the package (``bridge/daemon/protocol_client.py``);
+PNG for GIMP buffers is in sb_png.py.
 
 Non-interactive use (batch, other plug-ins)::
 
@@ -33,6 +35,7 @@ from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sb_client  # noqa: E402
+import sb_png  # noqa: E402
 
 PROC_NAME = "python-fu-stylebridge"
 PARASITE_NAME = "stylebridge-settings"
@@ -153,8 +156,8 @@ def layer_png(image, layer):
     buf = layer.get_buffer()
     data = buf.get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
     if deep:
-        data = sb_client.swap16(data)
-    return sb_client.png_encode(w, h, data, 4 if alpha else 3, 16 if deep else 8, level=1)
+        data = sb_png.swap16(data)
+    return sb_png.png_encode(w, h, data, 4 if alpha else 3, 16 if deep else 8, level=1)
 
 
 def selection_mask_png(image, layer):
@@ -163,12 +166,17 @@ def selection_mask_png(image, layer):
     w, h = layer.get_width(), layer.get_height()
     sel = image.get_selection().get_buffer()
     data = sel.get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, channel_format(image), Gegl.AbyssPolicy.NONE)
-    return sb_client.png_encode(w, h, data, 1, 8, level=6)
+    return sb_png.png_encode(w, h, data, 1, 8, level=6)
 
 
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
+
+def daemon_client(url, token, timeout=60.0):
+    """A protocol client that names the plug-in in the daemon's logs."""
+    return sb_client.Client(url, token or "", timeout=timeout, user_agent="stylebridge-gimp/1")
+
 
 def start_watchdog(client, job_id):
     """A separate process that cancels the job if this plug-in dies (GIMP kills a plug-in whose
@@ -205,7 +213,7 @@ def stylize(image, layer, opts, log=None):
 
     Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id).
     """
-    client = sb_client.Client(opts["daemon_url"], opts["token"])
+    client = daemon_client(opts["daemon_url"], opts["token"])
     Gimp.progress_init("Stylebridge: sending the layer")
 
     mode = opts["mask_mode"]
@@ -227,9 +235,9 @@ def stylize(image, layer, opts, log=None):
             raise UserError(f"Stylebridge: cannot read style image {path}: {exc.strerror}") from None
 
     content = layer_png(image, layer)
-    job = client.submit_job(content, content_name="layer.png", styles=opts["styles"], style_files=style_files,
-                            settings=engine_settings(opts), mask=mask, mask_mode=mask_mode,
-                            name=run_name(opts))
+    job = client.submit(("layer.png", content), styles=opts["styles"], style_files=style_files,
+                        settings=engine_settings(opts), mask=mask, mask_mode=mask_mode,
+                        name=run_name(opts))
     job_id = job["id"]
     if log:
         log(f"job {job_id} submitted")
@@ -263,12 +271,15 @@ def stylize(image, layer, opts, log=None):
                 if item.get(key):
                     path = os.path.join(tmpdir, f"{item['index']}-{key[:-4]}.png")
                     with open(path, "wb") as fh:
-                        fh.write(client.fetch(item[key]))
+                        fh.write(client.get_bytes(item[key]))
                     paths[k] = path
             files[item["index"]] = tuple(paths)
         finished = True
         if not opts.get("keep_job"):
-            client.delete_job(job_id)       # the layers are here now; free the daemon's memory
+            try:
+                client.delete(job_id)       # the layers are here now; free the daemon's memory
+            except sb_client.DaemonError:
+                pass                        # best effort
     except BaseException:
         if not finished:
             try:
@@ -432,7 +443,7 @@ def show_dialog(procedure, config, layer):
     token = (config.get_property("token") or "").strip() or os.environ.get("STYLEBRIDGE_TOKEN") or None
     library, library_error = [], None
     try:
-        library = sb_client.Client(url, token, timeout=10).styles()
+        library = daemon_client(url, token, timeout=10).styles()
     except sb_client.ClientError as exc:
         library_error = str(exc)
 
@@ -574,7 +585,7 @@ def _thumbnail(url, token, thumb_url):
         return None
     try:
         from gi.repository import GdkPixbuf
-        data = sb_client.Client(url, token, timeout=5).fetch(thumb_url)
+        data = daemon_client(url, token, timeout=5).get_bytes(thumb_url)
         loader = GdkPixbuf.PixbufLoader()
         loader.write(data)
         loader.close()

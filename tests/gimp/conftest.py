@@ -25,19 +25,31 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO.parent / "shared" / "samples"          # as tests/conftest.py: never copied into the repo
 PLUGIN_DIR = REPO / "gimp_plugin" / "stylebridge"
+CLIENT_SOURCE = REPO / "bridge" / "daemon" / "protocol_client.py"     # installed as the plug-in's sb_client.py
 
 
-def load_sb_client():
-    """The plug-in's stdlib client, imported from its file (it is not part of the ``bridge`` package)."""
-    spec = importlib.util.spec_from_file_location("sb_client", PLUGIN_DIR / "sb_client.py")
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def load_sb_client():
+    """The protocol client as the plug-in sees it: the package's file loaded alone, as ``sb_client``
+    (no package around it, as under GIMP's Python)."""
+    return _load("sb_client", CLIENT_SOURCE)
+
+
 @pytest.fixture(scope="session")
 def sb_client():
     return load_sb_client()
+
+
+@pytest.fixture(scope="session")
+def sb_png():
+    """The plug-in's PNG codec, imported from its file."""
+    return _load("sb_png", PLUGIN_DIR / "sb_png.py")
 
 
 def stylebridge_command() -> list[str]:
@@ -158,7 +170,8 @@ def _install_profile(profile: Path) -> Path:
     dest = profile / "plug-ins" / "stylebridge"
     assert str(dest) in proc.stdout, proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
-    assert (dest / "sb_client.py").is_file()
+    assert (dest / "sb_client.py").read_bytes() == CLIENT_SOURCE.read_bytes()
+    assert (dest / "sb_png.py").is_file()
     return profile
 
 

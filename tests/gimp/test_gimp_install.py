@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,8 +33,11 @@ def test_install_and_uninstall_with_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(dest) in proc.stdout and "stylebridge serve" in proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
-    for name in ("stylebridge.py", "sb_client.py"):
+    for name in ("stylebridge.py", "sb_png.py"):
         assert (dest / name).read_bytes() == (REPO / "gimp_plugin" / "stylebridge" / name).read_bytes()
+    # the protocol client has one source, the package's module, installed under the name the plug-in imports
+    assert (dest / "sb_client.py").read_bytes() == (REPO / "bridge" / "daemon" / "protocol_client.py").read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == ["sb_client.py", "sb_png.py", "stylebridge.py"]
     assert run().returncode == 0                       # again: replaces in place
     proc = run("--uninstall")
     assert proc.returncode == 0 and str(dest) in proc.stdout and not dest.exists()
@@ -54,18 +59,72 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
     assert "gone" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["stylebridge.py", "sb_client.py"])
-def test_plugin_is_stdlib_and_gi_only(name):
-    """GIMP runs the plug-in with its own Python: nothing from pip, nothing from bridge."""
+@pytest.mark.parametrize("path, extra", [
+    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png"}),
+    ("gimp_plugin/stylebridge/sb_png.py", set()),
+    ("bridge/daemon/protocol_client.py", set()),           # installed as sb_client.py
+])
+def test_plugin_is_stdlib_and_gi_only(path, extra):
+    """GIMP runs the plug-in with its own Python: nothing from pip, nothing from bridge, no relative imports."""
     import ast
-    tree = ast.parse((REPO / "gimp_plugin" / "stylebridge" / name).read_text())
-    allowed = set(sys.stdlib_module_names) | {"gi", "sb_client"}
+    tree = ast.parse((REPO / path).read_text())
+    allowed = set(sys.stdlib_module_names) | extra
+    imports = 0
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path} has a relative import (from {'.' * node.level}{node.module or ''})"
             mods = [node.module]
         else:
             continue
         for mod in mods:
-            assert mod.split(".")[0] in allowed, f"{name} imports {mod}"
+            imports += 1
+            assert mod.split(".")[0] in allowed, f"{path} imports {mod}"
+    assert imports
+
+
+def _plugin_files(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in gimp_install.PLUGIN_FILES:
+        (folder / name).write_text(f"# {name}\n")
+    return folder
+
+
+def test_plugin_source_lookup(tmp_path):
+    """Where gimp-install finds the plug-in: $STYLEBRIDGE_GIMP_PLUGIN_DIR, a checkout (gimp_plugin/ beside the
+    package), package data, the wheel's data-files under sys.prefix; else a clear error."""
+    package = tmp_path / "site" / "bridge"
+    package.mkdir(parents=True)
+    prefix = tmp_path / "prefix"
+    lookup = lambda env={}: gimp_install.plugin_source(package_dir=package, prefix=prefix, env=env)  # noqa: E731
+    with pytest.raises(FileNotFoundError, match="STYLEBRIDGE_GIMP_PLUGIN_DIR"):
+        lookup()
+    data = _plugin_files(prefix / "share" / "stylebridge" / "gimp_plugin" / "stylebridge")
+    assert lookup() == data                                           # installed wheel
+    (package / "gimp_plugin" / "stylebridge").mkdir(parents=True)     # incomplete: skipped
+    (package / "gimp_plugin" / "stylebridge" / "stylebridge.py").write_text("")
+    assert lookup() == data
+    checkout = _plugin_files(tmp_path / "site" / "gimp_plugin" / "stylebridge")
+    assert lookup() == checkout                                       # checkout / editable install first
+    chosen = _plugin_files(tmp_path / "mine")
+    assert lookup({"STYLEBRIDGE_GIMP_PLUGIN_DIR": str(chosen)}) == chosen
+    # this checkout: the real folder and the package's client
+    assert gimp_install.plugin_source() == REPO / "gimp_plugin" / "stylebridge"
+    assert gimp_install.client_source() == REPO / "bridge" / "daemon" / "protocol_client.py"
+
+
+def test_wheel_ships_what_gimp_install_looks_for():
+    """pyproject's data-files put exactly the plug-in's own files where plugin_source() looks under sys.prefix;
+    the client ships inside the package (bridge.daemon is a package the wheel includes)."""
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    data_files = project["tool"]["setuptools"]["data-files"]
+    assert list(data_files) == [gimp_install.DATA_DIR.as_posix()]
+    shipped = data_files[gimp_install.DATA_DIR.as_posix()]
+    assert sorted(Path(p).name for p in shipped) == sorted(gimp_install.PLUGIN_FILES)
+    assert all((REPO / p).is_file() and Path(p).parent == Path("gimp_plugin/stylebridge") for p in shipped)
+    assert gimp_install.CLIENT_FILE not in gimp_install.PLUGIN_FILES
+    assert not (REPO / "gimp_plugin" / "stylebridge" / gimp_install.CLIENT_FILE).exists()   # one source only
+    includes = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert any(fnmatch.fnmatch("bridge.daemon", pattern) for pattern in includes)

@@ -208,7 +208,7 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     timings["daemon_start_s"] = round(time.monotonic() - t0, 1)
     try:
         client = sb_client.Client(daemon.url)
-        client.add_style("starry", (SAMPLES / "starry_night.jpg").read_bytes(), "starry_night.jpg")
+        client.add_style(SAMPLES / "starry_night.jpg", "starry")
         assert "starry" in [s["name"] for s in client.styles()]
         args = {"styles": "starry", "style-files": gimp.inside(gimp_workdir / "the_scream.jpg"),
                 "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "auto",
@@ -338,7 +338,7 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     try:
         client = sb_client.Client(daemon.url)
         for name in ("starry_night", "the_scream"):
-            client.add_style(name, (SAMPLES / f"{name}.jpg").read_bytes(), f"{name}.jpg")
+            client.add_style(SAMPLES / f"{name}.jpg", name)
         hook = gimp_workdir / "dialog.json"
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"daemon-url": daemon.url, "preset": "draft",
@@ -490,7 +490,7 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
     gimp_proc = None
     try:
         client = sb_client.Client(daemon.url)
-        client.add_style("starry", (SAMPLES / "starry_night.jpg").read_bytes(), "starry_night.jpg")
+        client.add_style(SAMPLES / "starry_night.jpg", "starry")
         long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"styles": "starry", "preset": "draft", "daemon-url": daemon.url,

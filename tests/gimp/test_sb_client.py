@@ -1,7 +1,9 @@
-"""The plug-in's stdlib protocol client (gimp_plugin/stylebridge/sb_client.py), without GIMP.
+"""The one stdlib protocol client (bridge/daemon/protocol_client.py, the plug-in's sb_client.py) and the
+plug-in's PNG codec (gimp_plugin/stylebridge/sb_png.py), without GIMP.
 
-Unit tests use a few lines of http.server to produce the error shapes; the protocol itself is checked against
-the real ``stylebridge serve`` in ``test_client_against_real_daemon``.
+The client is loaded from its file alone, as GIMP's Python sees it. Unit tests use a few lines of http.server
+to produce the error shapes; the protocol itself is checked against the real ``stylebridge serve`` in
+``test_client_against_real_daemon``.
 """
 
 from __future__ import annotations
@@ -24,30 +26,30 @@ from .conftest import SAMPLES, Daemon, free_port
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("depth", [8, 16])
-def test_png_roundtrip(sb_client, channels, depth):
+def test_png_roundtrip(sb_png, channels, depth):
     w, h = 7, 5
     nbytes = w * h * channels * depth // 8
     raw = bytes((i * 37 + 11) % 256 for i in range(nbytes))
-    data = sb_client.png_encode(w, h, raw, channels, depth)
-    assert sb_client.png_size(data) == (w, h)
-    assert sb_client.png_decode(data) == (w, h, channels, depth, raw)
+    data = sb_png.png_encode(w, h, raw, channels, depth)
+    assert sb_png.png_size(data) == (w, h)
+    assert sb_png.png_decode(data) == (w, h, channels, depth, raw)
 
 
-def test_png_readable_by_pillow_and_back(sb_client):
+def test_png_readable_by_pillow_and_back(sb_png):
     Image = pytest.importorskip("PIL.Image")
     w, h = 13, 9
     raw = bytes((x * 20 + y * 7 + c * 50) % 256 for y in range(h) for x in range(w) for c in range(4))
-    img = Image.open(io.BytesIO(sb_client.png_encode(w, h, raw, 4)))
+    img = Image.open(io.BytesIO(sb_png.png_encode(w, h, raw, 4)))
     assert img.mode == "RGBA" and img.size == (w, h) and img.tobytes() == raw
     # Pillow's own PNGs use the row filters (sub/up/average/paeth): decode them too
     buf = io.BytesIO()
     photo = Image.open(SAMPLES / "tubingen.jpg").convert("RGB").resize((40, 30))
     photo.save(buf, "PNG", optimize=True)
-    assert sb_client.png_decode(buf.getvalue())[4] == photo.tobytes()
+    assert sb_png.png_decode(buf.getvalue())[4] == photo.tobytes()
 
 
-def test_swap16(sb_client):
-    assert sb_client.swap16(b"\x01\x02\x03\x04") == b"\x02\x01\x04\x03"
+def test_swap16(sb_png):
+    assert sb_png.swap16(b"\x01\x02\x03\x04") == b"\x02\x01\x04\x03"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,6 +58,7 @@ def test_swap16(sb_client):
 
 class _Recorder(BaseHTTPRequestHandler):
     calls: list = []
+    script: list = []          # statuses GET /v1/jobs/seq answers in turn (the last one repeats)
 
     def log_message(self, *args):
         pass
@@ -76,6 +79,9 @@ class _Recorder(BaseHTTPRequestHandler):
             return self._send(401, {"error": "missing or wrong token"})
         if self.path == "/v1/jobs/fastapi":
             return self._send(422, {"detail": [{"loc": ["body", "content"], "msg": "Field required"}]})
+        if self.path == "/v1/jobs/seq":
+            status = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+            return self._send(200, {"id": "seq", **status})
         if self.path == "/v1/jobs/text":
             return self._send(500, b"Internal Server Error", "text/plain")
         return self._send(404, {"error": f"no job {self.path.rsplit('/', 1)[-1]!r}"})
@@ -115,6 +121,7 @@ def test_errors_are_the_daemons_words(sb_client, recorder):
     with pytest.raises(sb_client.DaemonError) as info:
         client.styles()
     assert info.value.status == 401 and "token" in str(info.value) and "STYLEBRIDGE_TOKEN" in str(info.value)
+    assert info.value.message == "missing or wrong token"          # the daemon's own words stay available
     with pytest.raises(sb_client.DaemonError, match="content: Field required"):
         client.job("fastapi")
     with pytest.raises(sb_client.DaemonError, match="Internal Server Error"):
@@ -134,8 +141,8 @@ def test_proxy_variables_are_ignored(sb_client, recorder, monkeypatch):
 def test_submit_is_multipart_per_protocol(sb_client, recorder):
     url, calls = recorder
     client = sb_client.Client(url)
-    png = sb_client.png_encode(2, 1, b"\x00" * 6, 3)
-    client.submit_job(png, content_name="layer.png", styles=["a", "b"], style_files=[("s.jpg", b"JPEGDATA")],
+    png = b"\x89PNG-ish bytes"
+    client.submit(("layer.png", png), styles=["a", "b"], style_files=[("s.jpg", b"JPEGDATA")],
                       settings={"preset": "draft", "size": 64}, mask=b"MASK", mask_mode="mask", name="Run 1")
     method, path, headers, body = calls[-1]
     assert (method, path) == ("POST", "/v1/jobs")
@@ -150,6 +157,51 @@ def test_submit_is_multipart_per_protocol(sb_client, recorder):
     assert files[("content", "layer.png")] == png
     assert files[("style_files", "s.jpg")] == b"JPEGDATA"
     assert files[("mask", "mask.png")] == b"MASK"
+
+
+def test_wait_cancel_from_progress_follows_the_job_to_its_end(sb_client, recorder):
+    url, calls = recorder
+    _Recorder.script = [{"status": "running"}, {"status": "running"}, {"status": "running"}, {"status": "cancelled"}]
+    seen = []
+    with pytest.raises(sb_client.JobCancelled) as info:
+        sb_client.Client(url).wait("seq", on_progress=lambda s: seen.append(s) or False, poll=0.01)
+    assert len(seen) == 1                                          # asked once, cancelled once
+    assert [c[1] for c in calls if c[0] == "POST"] == ["/v1/jobs/seq/cancel"]
+    assert isinstance(info.value, sb_client.JobFailed) and info.value.status["status"] == "cancelled"
+    assert str(info.value) == "the job was cancelled"
+
+
+def test_wait_failed_and_timeout(sb_client, recorder):
+    url, calls = recorder
+    client = sb_client.Client(url)
+    _Recorder.script = [{"status": "queued"}, {"status": "running"}, {"status": "failed", "error": "RuntimeError: x"}]
+    with pytest.raises(sb_client.JobFailed) as info:
+        client.wait("seq", poll=0.01)
+    assert not isinstance(info.value, sb_client.JobCancelled)
+    assert str(info.value) == "RuntimeError: x" and info.value.status["status"] == "failed"
+    assert not [c for c in calls if c[0] == "POST"]
+    _Recorder.script = [{"status": "running"}]
+    with pytest.raises(sb_client.JobFailed, match="no result after 0 s") as info:
+        client.wait("seq", poll=0.01, timeout=0.05)
+    assert info.value.status["status"] == "running"
+    assert [c[1] for c in calls if c[0] == "POST"] == ["/v1/jobs/seq/cancel"]     # given up: cancelled
+    _Recorder.script = [{"status": "done"}]
+    assert client.wait("seq")["status"] == "done"
+
+
+def test_one_client_for_package_and_plugin(sb_client):
+    """The package's DaemonClient is this module's Client (same classes, same constants), and the file the
+    plug-in gets is that module's file."""
+    from bridge.daemon import client as package_client
+    from bridge.daemon import protocol_client
+    from bridge.daemon.security import TOKEN_ENV
+    assert sb_client.__file__ == protocol_client.__file__
+    assert issubclass(package_client.DaemonClient, protocol_client.Client)
+    for name in ("ClientError", "DaemonError", "DaemonUnreachable", "JobFailed", "JobCancelled", "encode_multipart"):
+        assert getattr(package_client, name) is getattr(protocol_client, name)
+    assert protocol_client.TOKEN_ENV == TOKEN_ENV
+    assert sb_client.unreachable_message("http://h:1", "Connection refused") == \
+        "Stylebridge daemon not reachable at http://h:1 (Connection refused). Start it with: stylebridge serve"
 
 
 def test_cancel_on_eof(sb_client, recorder, monkeypatch):
@@ -178,19 +230,19 @@ def test_progress_text(sb_client):
 # the real daemon
 # ------------------------------------------------------------------------------------------------
 
-def test_client_against_real_daemon(sb_client, tmp_path):
+def test_client_against_real_daemon(sb_client, sb_png, tmp_path):
     daemon = Daemon(tmp_path / "daemon").start()
     try:
         client = sb_client.Client(daemon.url)
         assert client.health()["status"] == "ok"
-        client.add_style("starry", (SAMPLES / "starry_night.jpg").read_bytes(), "starry_night.jpg")
+        client.add_style(("starry_night.jpg", (SAMPLES / "starry_night.jpg").read_bytes()), "starry")
         assert [s["name"] for s in client.styles()] == ["starry"]
         w, h = 40, 30
         raw = bytes((x * 6 + c * 80) % 256 if c < 3 else 255 for y in range(h) for x in range(w) for c in range(4))
         mask = bytes(255 if x < w // 2 else 0 for y in range(h) for x in range(w))
-        job = client.submit_job(sb_client.png_encode(w, h, raw, 4), styles=["starry"],
-                                settings={"preset": "draft", "size": 32, "iterations": 3, "coarse_to_fine": False},
-                                mask=sb_client.png_encode(w, h, mask, 1), mask_mode="mask", name="unit run")
+        job = client.submit(("layer.png", sb_png.png_encode(w, h, raw, 4)), styles=["starry"],
+                            settings={"preset": "draft", "size": 32, "iterations": 3, "coarse_to_fine": False},
+                            mask=sb_png.png_encode(w, h, mask, 1), mask_mode="mask", name="unit run")
         seen = []
         final = client.wait(job["id"], on_progress=lambda s: seen.append(s["status"]), poll=0.1, timeout=120)
         assert final["status"] == "done" and seen
@@ -199,11 +251,11 @@ def test_client_against_real_daemon(sb_client, tmp_path):
         roles = [(item.get("meta") or {}).get("role") for item in result["layers"]]
         assert "original" in roles and "style" in roles
         style = next(item for item in result["layers"] if (item.get("meta") or {}).get("role") == "style")
-        got = sb_client.png_decode(client.fetch(style["mask_url"]))
+        got = sb_png.png_decode(client.get_bytes(style["mask_url"]))
         assert got[:2] == (w, h) and got[4] == mask
-        assert sb_client.png_size(client.fetch(style["image_url"])) == (w, h)
+        assert sb_png.png_size(client.get_bytes(style["image_url"])) == (w, h)
         with pytest.raises(sb_client.DaemonError) as info:
-            client.submit_job(sb_client.png_encode(w, h, raw, 4), styles=["no-such-style"])
+            client.submit(sb_png.png_encode(w, h, raw, 4), styles=["no-such-style"])
         assert info.value.status == 422 and "no-such-style" in str(info.value)
     finally:
         daemon.stop()
