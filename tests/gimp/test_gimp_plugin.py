@@ -108,6 +108,15 @@ def run_stylebridge(img, layer, **args):
     return {"status": status.value_nick, "error": str(err) if err is not None else None,
             "seconds": round(time.time() - t, 2)}
 
+def photo_image(w, h):
+    # a w x h RGB image whose one layer, "photo", is the photo scaled to fit
+    img = Gimp.Image.new(w, h, Gimp.ImageBaseType.RGB)
+    src = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
+    img.insert_layer(src, None, 0)
+    src.scale(w, h, False)
+    src.set_name("photo")
+    return img, src
+
 def save_report(report):
     with open(P["report"], "w") as fh:
         json.dump(report, fh, indent=1)
@@ -159,11 +168,7 @@ save_report(report)
 
 RUN_CANCEL = r'''
 report = {}
-img = Gimp.Image.new(96, 72, Gimp.ImageBaseType.RGB)
-src = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
-img.insert_layer(src, None, 0)
-src.scale(96, 72, False)
-src.set_name("photo")
+img, src = photo_image(96, 72)
 report["run"] = run_stylebridge(img, src, **P["args"])
 report["after"] = describe(img)
 img.delete()
@@ -302,11 +307,7 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
 
 RUN_DIALOG = r'''
 report = {}
-img = Gimp.Image.new(96, 72, Gimp.ImageBaseType.RGB)
-src = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
-img.insert_layer(src, None, 0)
-src.scale(96, 72, False)
-src.set_name("photo")
+img, src = photo_image(96, 72)
 proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
 cfg = proc.create_config()
 cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
@@ -380,11 +381,7 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
 
 RUN_TOKEN = r'''
 report = {}
-img = Gimp.Image.new(48, 36, Gimp.ImageBaseType.RGB)
-src = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
-img.insert_layer(src, None, 0)
-src.scale(48, 36, False)
-src.set_name("photo")
+img, src = photo_image(48, 36)
 report["wrong_token"] = run_stylebridge(img, src, **dict(P["args"], token="wrong"))
 report["after_wrong"] = describe(img)
 report["env_token"] = run_stylebridge(img, src, **P["args"])      # token from $STYLEBRIDGE_TOKEN
