@@ -114,8 +114,13 @@ def _apply(layer: Layer, stack: LayerStack, y0: int, y1: int,
     if got is None:
         return
     cs, a_s = got
+    _source_over(layer.mode, cs, a_s, color, alpha)
+
+
+def _source_over(mode: str, cs: np.ndarray, a_s: np.ndarray, color: np.ndarray, alpha: np.ndarray) -> None:
+    """Blend source (cs, a_s) onto backdrop (color, alpha) in place: W3C compositing, the mode as B."""
     ab = alpha
-    mixed = (1.0 - ab) * cs + ab * blend(layer.mode, color, cs)
+    mixed = (1.0 - ab) * cs + ab * blend(mode, color, cs)
     ao = a_s + ab * (1.0 - a_s)
     with np.errstate(divide="ignore", invalid="ignore"):
         co = np.where(ao > 0, (a_s * mixed + (1.0 - a_s) * ab * color) / np.where(ao > 0, ao, 1), 0.0)
@@ -164,13 +169,7 @@ def _apply_group(group: Group, stack: LayerStack, y0: int, y1: int,
         if child.visible:
             _apply(child, stack, y0, y1, c, a)
     a *= fade
-    a_s, ab = a, alpha
-    mixed = (1.0 - ab) * c + ab * blend(group.mode, color, c)
-    ao = a_s + ab * (1.0 - a_s)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        co = np.where(ao > 0, (a_s * mixed + (1.0 - a_s) * ab * color) / np.where(ao > 0, ao, 1), 0.0)
-    color[...] = co
-    alpha[...] = ao
+    _source_over(group.mode, c, a, color, alpha)
 
 
 def iter_composite(stack: LayerStack, band_rows: int = 256
