@@ -67,6 +67,13 @@ def files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+def wait_for(path: Path, seconds: float = 90) -> None:
+    """Poll until ``path`` exists (the test's assertions then say what went wrong if it never does)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not path.exists():
+        time.sleep(0.1)
+
+
 def events(root: Path) -> list[tuple[str, str]]:
     recs = list(Journal(root / ".stylebridge" / "journal.jsonl").records())
     rel = {r["job"]: r.get("rel") for r in recs if r["event"] == "claim"}
@@ -107,9 +114,7 @@ def test_slow_chunked_copy_is_processed_once_after_it_is_complete(tmp_path: Path
                 fh.write(data[i:i + chunk])
                 fh.flush()
                 time.sleep(0.2)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (root / "done" / "slow.png").exists():
-            time.sleep(0.1)
+        wait_for(root / "done" / "slow.png")
     finally:
         watcher.stop()
         runner.join(timeout=60)
@@ -529,9 +534,7 @@ def test_deleted_folders_are_recreated_and_watched_again(tmp_path: Path) -> None
             time.sleep(0.05)
         make_photo(tmp_path / "p.jpg")
         os.rename(tmp_path / "p.jpg", root / "in" / "p.jpg")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not (root / "done" / "p.jpg").exists():
-            time.sleep(0.1)
+        wait_for(root / "done" / "p.jpg")
     finally:
         watcher.stop()
         runner.join(timeout=60)
