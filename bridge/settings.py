@@ -174,6 +174,7 @@ class Limits:
     max_styles: int = 16
     max_iterations: int = 5000
     max_size: int = 4096                   # working size; native output may be bigger
+    max_queued_jobs: int = 32              # daemon: each queued job holds its decoded photo in memory
 
 
 PRESETS: dict[str, dict[str, Any]] = {

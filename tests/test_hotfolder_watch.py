@@ -458,6 +458,63 @@ def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
             serve.wait(timeout=30)
 
 
+def test_full_daemon_queue_answers_429_and_the_hot_folder_waits(tmp_path: Path) -> None:
+    """`serve --max-queued-jobs 1` with one job running and one waiting: a third submission gets 429
+    (limit and value in the body); a watcher's file stays in working/ (deferred, not error/) and is
+    rendered once the queue drains."""
+    import httpx
+
+    from bridge.daemon.client import DaemonClient, DaemonError
+    from bridge.hotfolder.process import DaemonEngine
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--device", "cpu",
+                              "--data-dir", str(tmp_path / "daemon"), "--max-queued-jobs", "1"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watcher = runner = None
+    try:
+        for line in serve.stderr:
+            if line.startswith("listening on "):
+                break
+        threading.Thread(target=lambda: [None for _ in serve.stderr], daemon=True).start()
+        client = DaemonClient(url, token="")
+        assert client.health()["limits"]["max_queued_jobs"] == 1
+        photo = make_photo(tmp_path / "c.png", 64, fmt="PNG")
+        style = make_photo(tmp_path / "s.png", 64, fmt="PNG", sample="starry_night.jpg")
+        long = {"size": 64, "iterations": 3000, "coarse_to_fine": False}
+        running = client.submit(photo, style_files=[style], settings=long)
+        waiting = client.submit(photo, style_files=[style], settings=long)
+        refused = httpx.post(url + "/v1/jobs", files={"content": ("c.png", photo.read_bytes()),
+                                                      "style_files": ("s.png", style.read_bytes())})
+        assert refused.status_code == 429, refused.text
+        body = refused.json()
+        assert body["limit"] == "max_queued_jobs" and body["value"] == 1 and "queue is full" in body["error"]
+        with pytest.raises(DaemonError) as err:
+            client.submit(photo, style_files=[style], settings=long)
+        assert err.value.status == 429
+
+        root = make_hot(tmp_path)
+        make_photo(root / "in" / "busy.jpg")
+        watcher = Watcher(root, DaemonEngine(url, ""), stable_seconds=STABLE)
+        runner = threading.Thread(target=watcher.run)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and ("deferred", "busy.jpg") not in events(root):
+            time.sleep(0.1)
+        assert ("deferred", "busy.jpg") in events(root)
+        assert files(root / "error") == [] and len(files(root / "working")) == 1
+        client.cancel(waiting["id"])
+        client.cancel(running["id"])
+        wait_for(root / "done" / "busy.jpg", 60)               # retried every RECOVER_EVERY_SECONDS
+        assert files(root / "out") == ["busy.psd"] and files(root / "error") == []
+    finally:
+        if watcher is not None:
+            watcher.stop()
+            runner.join(timeout=60)
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
 def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
     from bridge.hotfolder.process import DaemonEngine
     root = make_hot(tmp_path)

@@ -33,7 +33,7 @@ from ..document.model import Group
 from ..engine.types import StyleInput
 from ..imaging import ImageError, Picture, load_image, load_mask
 from ..settings import DEFAULTS, LIMITS, Limits, Settings, SettingsError, settings_from_json, settings_from_mapping
-from .jobs import MASK_MODES, Job, JobManager, JobRequest, Runner, iter_array_png, run_engine
+from .jobs import MASK_MODES, Job, JobManager, JobRequest, QueueFull, Runner, iter_array_png, run_engine
 from .library import LibraryError, StyleLibrary, check_name, name_from_filename
 from .security import Guard, allowed_host_names
 
@@ -282,7 +282,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
             "retention_s": config.retention_s,
             "limits": {"max_pixels": limits.max_pixels, "max_upload_bytes": limits.max_upload_bytes,
                        "max_styles": limits.max_styles, "max_iterations": limits.max_iterations,
-                       "max_size": limits.max_size},
+                       "max_size": limits.max_size, "max_queued_jobs": limits.max_queued_jobs},
         })
 
     # -- style library ---------------------------------------------------------------------------
@@ -412,8 +412,14 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         if mode == "mask" and mask_array is None:
             raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
 
-        job = manager.submit(JobRequest(content=picture, styles=inputs, settings=engine, document=document,
-                                        mask=mask_array, mask_mode=mode, name=run_name))
+        request = JobRequest(content=picture, styles=inputs, settings=engine, document=document,
+                             mask=mask_array, mask_mode=mode, name=run_name)
+        try:
+            job = manager.submit(request, max_queued=limits.max_queued_jobs)
+        except QueueFull as exc:
+            raise ApiError(429, f"the daemon's queue is full: {exc.waiting} jobs are waiting (limit "
+                                f"{limits.max_queued_jobs}); submit again when some have finished, or cancel "
+                                "some (GET /v1/jobs lists them)", limit="max_queued_jobs", value=exc.waiting) from None
         return json_response(manager.status(job), 202)
 
     @app.get("/v1/jobs", summary="All jobs the daemon holds (queued, running, kept)")

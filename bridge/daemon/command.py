@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="results held in RAM beyond this go to disk in the data folder (default 2048)")
     serve.add_argument("--max-upload-mb", type=float, default=LIMITS.max_upload_bytes / 2 ** 20, metavar="MB",
                        help=f"largest request body (default {LIMITS.max_upload_bytes // 2 ** 20})")
+    serve.add_argument("--max-queued-jobs", type=int, default=LIMITS.max_queued_jobs, metavar="N",
+                       help=f"jobs that may wait behind the running one; more are refused with 429 "
+                            f"(default {LIMITS.max_queued_jobs})")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="another Host name clients may use (besides loopback names and the bind address)")
     serve.add_argument("--png-level", type=int, default=None, choices=range(10), metavar="0-9",
@@ -98,6 +101,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return _fail("--keep-results must be > 0 minutes")
     if args.max_upload_mb <= 0:
         return _fail("--max-upload-mb must be > 0")
+    if args.max_queued_jobs < 1:
+        return _fail("--max-queued-jobs must be >= 1")
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +143,8 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import DaemonConfig, create_app
-    limits = dataclasses.replace(LIMITS, max_upload_bytes=int(args.max_upload_mb * 2 ** 20))
+    limits = dataclasses.replace(LIMITS, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
+                                 max_queued_jobs=args.max_queued_jobs)
     config = DaemonConfig(
         data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,

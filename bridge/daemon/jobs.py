@@ -233,6 +233,14 @@ class Job:
     styles: list[str] = field(default_factory=list)
 
 
+class QueueFull(Exception):
+    """Too many jobs wait already; ``waiting`` is how many."""
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        super().__init__(f"{waiting} jobs are waiting")
+
+
 class JobManager:
     """FIFO queue + one worker thread + a janitor for expired results."""
 
@@ -284,11 +292,14 @@ class JobManager:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- client side ---------------------------------------------------------------------------
-    def submit(self, request: JobRequest) -> Job:
+    def submit(self, request: JobRequest, max_queued: int | None = None) -> Job:
+        """Queue a job; :class:`QueueFull` when ``max_queued`` jobs already wait (each holds its photo)."""
         job = Job(id=uuid.uuid4().hex, request=request,
                   name=request.name or request.content.name, width=request.content.width,
                   height=request.content.height, styles=[s.name for s in request.styles])
         with self._lock:
+            if max_queued is not None and len(self._queue) >= max_queued:
+                raise QueueFull(len(self._queue))
             self._jobs[job.id] = job
             self._queue.append(job)
             self._wake.notify_all()

@@ -241,7 +241,7 @@ class InProcessEngine:
 
 
 class Unavailable(Exception):
-    """The daemon cannot be reached: not the file's fault, so the job waits and is retried."""
+    """The daemon cannot be reached or its queue is full: not the file's fault, so the job waits and is retried."""
 
 
 class DaemonEngine:
@@ -320,6 +320,8 @@ class DaemonEngine:
         except DaemonUnreachable as exc:
             raise Unavailable(unreachable_message(exc.url, exc.reason)) from None
         except DaemonError as exc:
+            if exc.status == 429:      # its queue is full: not the file's fault, retry later
+                raise Unavailable(f"the daemon is busy: {exc.message}") from None
             if exc.status >= 500:
                 raise JobError(f"the daemon answered {exc.status}: {exc.message}", ADVICE_ENGINE) from None
             raise JobError(f"the daemon refused the job: {exc.message}", ADVICE_SETTINGS) from None
