@@ -294,3 +294,21 @@ def test_device_resolution() -> None:
     if expected is None:
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize("scaled", [True, False], ids=["first-step-scaled", "torch-default"])
+def test_lbfgs_stage_starts_do_not_blow_up(photo, starry, monkeypatch, scaled) -> None:
+    """Each stage's first L-BFGS steps go downhill: with torch's own first step (1/|g|_1) the second
+    step lands ~100x above the start; with LBFGS_FIRST_STEP it does not (bench/README.md)."""
+    if not scaled:
+        monkeypatch.setattr(optimize, "_scale_first_step", lambda opt, grad: None)
+    events = []
+    run(photo, [starry], size=96, coarse_to_fine=True, min_size=48, iterations=6, coarse_iterations=6,
+        progress=events.append)
+    worst = max(max(e.loss for e in events if e.stage == stage and e.iteration <= 4)
+                / next(e.loss for e in events if e.stage == stage and e.iteration == 1)
+                for stage in {e.stage for e in events})
+    if scaled:
+        assert worst < 2.0
+    else:
+        assert worst > 10.0      # the blow-up this guards against is real at these sizes too

