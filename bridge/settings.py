@@ -59,7 +59,7 @@ class Settings:
     coarse_to_fine: bool = _opt(True, "optimise first at small sizes, each stage starting from the last")
     min_size: int = _opt(128, "long side of the first coarse-to-fine stage", minimum=16, maximum=8192)
     scale_step: float = _opt(math.sqrt(2.0), "size ratio between coarse-to-fine stages", minimum=1.05, maximum=4.0)
-    coarse_iterations: int = _opt(50, "iterations at each stage below the working size",
+    coarse_iterations: int = _opt(25, "iterations at each stage below the working size",
                                   minimum=0, maximum=100000)
     # --- losses --------------------------------------------------------------------------
     content_weight: float = _opt(5.0, "weight of the content loss", minimum=0.0)
@@ -180,7 +180,7 @@ class Limits:
 PRESETS: dict[str, dict[str, Any]] = {
     # The editor-facing quality knob: it only picks size and iterations.
     "draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
-    "normal": {"size": 512, "iterations": 150, "coarse_iterations": 50},
+    "normal": {"size": 512, "iterations": 150, "coarse_iterations": 25},
     "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75},
 }
 
