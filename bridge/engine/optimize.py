@@ -277,7 +277,7 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
     primed: list[torch.Tensor] = []
 
     def closure() -> torch.Tensor:
-        if primed:              # the first step's evaluation, done by _scale_first_step: its gradient is in x.grad
+        if primed:              # the evaluation made to size the first step: its gradient is still in x.grad
             return primed.pop()
         with torch.no_grad():   # optimise the image we will return: in range (the output is clamped anyway)
             x.clamp_(0.0, 255.0)
