@@ -387,6 +387,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_serve(port: int, data_dir: Path, *extra: str) -> subprocess.Popen:
+    """A real `stylebridge serve` on loopback, returned once it says it is listening (its stderr is
+    drained in the background so it never blocks)."""
+    serve = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--device", "cpu",
+                              "--data-dir", str(data_dir), *extra],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in serve.stderr:
+        if line.startswith("listening on "):
+            break
+    threading.Thread(target=lambda: [None for _ in serve.stderr], daemon=True).start()
+    return serve
+
+
 def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
     """`watch --daemon URL`: jobs wait while the daemon is down, then run in the real daemon
     (a library style, a file style, a PSD); a refused request sends the file to error/."""
@@ -408,13 +421,7 @@ def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert ("deferred", "early.jpg") in events(root)
         assert files(root / "error") == [] and len(files(root / "working")) == 1
-        serve = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port),
-                                  "--device", "cpu", "--data-dir", str(tmp_path / "daemon"), "--token", token],
-                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for line in serve.stderr:
-            if line.startswith("listening on "):
-                break
-        threading.Thread(target=lambda: [None for _ in serve.stderr], daemon=True).start()
+        serve = start_serve(port, tmp_path / "daemon", "--token", token)
         deadline = time.monotonic() + 120                  # retried every RECOVER_EVERY_SECONDS
         while time.monotonic() < deadline and not (root / "done" / "early.jpg").exists():
             time.sleep(0.2)
@@ -468,15 +475,9 @@ def test_full_daemon_queue_answers_429_and_the_hot_folder_waits(tmp_path: Path) 
     from bridge.hotfolder.process import DaemonEngine
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--device", "cpu",
-                              "--data-dir", str(tmp_path / "daemon"), "--max-queued-jobs", "1"],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    serve = start_serve(port, tmp_path / "daemon", "--max-queued-jobs", "1")
     watcher = runner = None
     try:
-        for line in serve.stderr:
-            if line.startswith("listening on "):
-                break
-        threading.Thread(target=lambda: [None for _ in serve.stderr], daemon=True).start()
         client = DaemonClient(url, token="")
         assert client.health()["limits"]["max_queued_jobs"] == 1
         photo = make_photo(tmp_path / "c.png", 64, fmt="PNG")
