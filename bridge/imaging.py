@@ -512,75 +512,8 @@ def _tiff_dpi(tags) -> tuple[float, float] | None:
 
 # ------------------------------------------------------------------------------------------ saving
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to a temporary name beside ``path`` and rename, so no half-written file appears."""
-    with atomic_output(path) as fh:
-        fh.write(data)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A file object whose content appears at ``path`` only when the block ends without error.
-
-    The data goes to a hidden ``.NAME.*.part`` file in the same folder (same file system, so the
-    final rename is atomic), is fsync'd, gets the usual permissions (0666 minus the umask, not
-    mkstemp's 0600), then replaces ``path``. On any error the temporary file is removed and an
-    existing ``path`` is left untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    """The process umask without changing it (os.umask would race other threads)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a folder)."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
-def unique_path(path: str | os.PathLike) -> Path:
-    """``path`` itself if free, else ``stem-2.ext``, ``stem-3.ext``...: never overwrite a user file."""
-    path = Path(path)
-    if not path.exists():
-        return path
-    n = 2
-    while True:
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-        n += 1
+# The one atomic-write / unique-name mechanism lives in bridge.outputs; these names stay importable from here.
+from .outputs import atomic_output, atomic_write, unique_path, write_bytes  # noqa: E402,F401
 
 
 def _channels(picture: Picture) -> np.ndarray:
@@ -617,9 +550,11 @@ def encode_tiff(picture: Picture) -> bytes:
     return buf.getvalue()
 
 
-def save_image(picture: Picture, path: str | os.PathLike) -> Path:
-    """Save PNG/TIFF/JPEG/WebP by extension, atomically (overwrites ``path``: pick it with
-    :func:`unique_path` when it may be a user's file); returns the path written.
+def save_image(picture: Picture, path: str | os.PathLike, *, unique: bool = False) -> Path:
+    """Save PNG/TIFF/JPEG/WebP by extension, atomically; returns the path really written.
+
+    With ``unique`` an existing file is never replaced: the result goes to ``path`` or its first free
+    ``stem-N`` name, claimed atomically (:func:`bridge.outputs.publish`); without it ``path`` is replaced.
 
     PNG and TIFF keep 16 bits and alpha; JPEG and WebP are 8-bit, and JPEG, having no alpha,
     is flattened over white. ICC and DPI are written to all four (WebP stores no DPI).
@@ -646,8 +581,7 @@ def save_image(picture: Picture, path: str | os.PathLike) -> Path:
             meta.pop("dpi", None)
         _to_pil8(pic8).save(buf, format=fmt, **options, **meta)
         data = buf.getvalue()
-    atomic_write(path, data)
-    return path
+    return write_bytes(path, data, unique=unique)
 
 
 def _meta_kwargs(picture: Picture) -> dict:

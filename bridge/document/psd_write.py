@@ -21,7 +21,7 @@ from psd_tools.constants import BlendMode, ChannelID, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource, ResoulutionInfo
 from psd_tools.psd.layer_and_mask import ChannelData, ChannelDataList, ChannelInfo, MaskData, MaskFlags
 
-from ..imaging import atomic_output
+from ..outputs import output_file
 from .blend import iter_composite
 from .model import Group, Layer, LayerStack
 from .stack import convert_depth
@@ -217,19 +217,22 @@ def _set_merged(psd: PSDImage, stack: LayerStack, comp: Compression, has_alpha: 
     psd._updated = False                # our composite is current; don't let save() redo it
 
 
-def write_psd(stack: LayerStack, path: str | os.PathLike, *, compression: str = "rle") -> Path:
+def write_psd(stack: LayerStack, path: str | os.PathLike, *, compression: str = "rle",
+              unique: bool = False) -> Path:
     """Write ``stack`` to ``path`` atomically: PSB when ``path`` ends in .psb or a side exceeds 30000 px.
 
     The file is written under a temporary name in the same folder, fsynced and renamed, so a
-    crash never leaves a half-written file under ``path``.  An existing file at ``path`` is
-    replaced: pass a free name (``bridge.imaging.unique_path``) to keep user files.
-    Returns ``path``.
+    crash never leaves a half-written file under ``path``, and no temporary file survives a failure.
+    With ``unique`` nothing is replaced: the document goes to ``path`` or its first free ``stem-N``
+    name, claimed atomically (:func:`bridge.outputs.publish`); without it ``path`` is replaced.
+    Returns the path really written.
     """
     path = Path(path)
     psd = build_psd(stack, compression=compression, large_format=path.suffix.lower() == ".psb")
-    with atomic_output(path) as fh:
-        psd.save(fh)
-    return path
+    with output_file(path, unique=unique) as out:
+        psd.save(out.file)
+    assert out.path is not None
+    return out.path
 
 
 def psd_suffix(width: int, height: int) -> str:
