@@ -44,8 +44,8 @@ def cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_folder_output_names_and_no_overwrite(tmp_path, inputs, capsys) -> None:
-    out = tmp_path / "out" / "nested"
-    args = ["stylize", inputs["photo"], "-s", inputs["starry"], "-s", inputs["scream"], "-o", out, *FAST]
+    out = tmp_path / "out" / "nested"      # ends in /: the missing parents are created
+    args = ["stylize", inputs["photo"], "-s", inputs["starry"], "-s", inputs["scream"], "-o", f"{out}/", *FAST]
     code, stdout, err = cli(args, capsys)
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())

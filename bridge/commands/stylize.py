@@ -4,8 +4,13 @@ Every engine and document setting is an option generated from the dataclasses in
 :mod:`bridge.settings` (their help, choices and defaults); only options the user typed are passed
 to :func:`bridge.settings.settings_from_mapping`, which owns defaults and validation.
 
-Exit codes: 0 done; 2 bad input (nothing written); 1 failure while writing; 130 interrupted (Ctrl-C once:
-the optimisation stops and the best result so far is written, with a note; Ctrl-C twice: stop at once).
+Exit codes: 0 done; 2 bad input or an output that cannot be written (found before any work, nothing
+written); 1 failure during the work or while writing (a result that cannot be written where asked is saved
+in a temporary folder, and the message says where); 130 interrupted (Ctrl-C once: the optimisation stops and
+the best result so far is written, with a note; Ctrl-C twice: stop at once).
+
+Outputs never replace a file: each is claimed under its name or the first free ``NAME-2``... at the moment
+it is written (:mod:`bridge.outputs`), so concurrent runs with the same ``-o`` each get their own file.
 """
 
 from __future__ import annotations
@@ -13,14 +18,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
+import shlex
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..imaging import ImageError, Picture, load_image, load_mask, save_image, unique_path
+from ..imaging import ImageError, Picture, load_image, load_mask, save_image
+from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
 from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError, \
     settings_from_mapping
 
@@ -38,11 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stylize", help="stylise a photo with one or more style images",
         description="Stylise CONTENT with each STYLE (Gatys neural style transfer). OUT is a folder "
                     "(one PNG per style, named CONTENT_STYLE.png), a .psd/.psb file (one layered document), "
-                    "or an image file when there is one result.")
+                    "or an image file (.png, .tif, .jpg, .webp) when there is one result.",
+        epilog="OUT is a folder when it ends in / or names an existing folder or has no extension; it is "
+               "created if its parent exists (ending OUT in / creates the missing parents too). A file's "
+               "folder must exist. Nothing is ever replaced: a taken name becomes NAME-2, NAME-3... and the "
+               "names written are printed. Where OUT cannot be written (read-only, no such folder, name too "
+               "long) the run stops before any work, with exit code 2.")
     p.add_argument("content", metavar="CONTENT", help="the photo")
     p.add_argument("-s", "--style", dest="styles", action="append", required=True, metavar="STYLE",
                    help="a style image (repeat for several styles)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder, .psd/.psb, or image file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (end it in / to create missing parents), .psd/.psb, or image file")
     p.add_argument("--preset", choices=tuple(PRESETS), default=argparse.SUPPRESS,
                    help="quality preset (size and iterations); explicit options override it")
     p.add_argument("--mask", metavar="FILE", help="grayscale mask (photo size) for every style layer (PSD only)")
@@ -89,7 +104,7 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     try:
         job = _prepare(args)
-    except (CliError, SettingsError, ImageError, ValueError) as exc:
+    except (CliError, OutputError, SettingsError, ImageError, ValueError) as exc:
         return _fail(exc)
     from ..engine.device import DeviceError
     from ..engine.vgg import WeightsError
@@ -103,19 +118,25 @@ def run(args: argparse.Namespace) -> int:
         print("stylebridge: interrupted: nothing written", file=sys.stderr)
         return 130
     try:
-        written = _write(job, result)
+        written, problems = _write(job, result)
     except (CliError, ValueError) as exc:
         return _fail(exc)
-    except OSError as exc:
-        return _fail(f"cannot write the output: {exc}", code=1)
     if result.cancelled:
         print("stylebridge: interrupted: wrote the best result so far (optimisation not finished)",
               file=sys.stderr)
+    for line in problems:
+        print(f"stylebridge: {line}", file=sys.stderr)
     if args.json:
-        print(json.dumps(_summary(job, result, written), indent=2))
+        summary = _summary(job, result, written)
+        if problems:
+            summary["errors"] = problems
+        print(json.dumps(summary, indent=2))
     elif not args.quiet:
         for path in written:
-            print(path)
+            if path is not None:
+                print(path)
+    if problems:
+        return 1
     return 130 if result.cancelled else 0
 
 
@@ -133,6 +154,7 @@ class _Job:
     output: Path
     kind: str                        # "folder" | "document" | "image"
     masks: Any = None
+    make_parents: bool = False       # folder output given with a trailing /: create missing parents too
 
 
 def _prepare(args: argparse.Namespace) -> _Job:
@@ -154,24 +176,72 @@ def _prepare(args: argparse.Namespace) -> _Job:
     if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
         raise SettingsError("style_blend_weights",
                             f"{len(settings.style_blend_weights)} weights given for {len(styles)} styles")
-    output = Path(args.output)
-    suffix = output.suffix.lower()
-    if suffix in DOCUMENT_SUFFIXES:
-        kind = "document"
-    elif suffix in IMAGE_SUFFIXES and not output.is_dir():
-        kind = "image"
-        if len(names) != 1:
-            raise CliError(f"{output}: {len(names)} results need a folder or a .psd/.psb as OUT")
-    else:
-        kind = "folder"
-        if output.exists() and not output.is_dir():
-            raise CliError(f"{output}: exists and is not a folder")
+    output, kind = _output_kind(args.output)
+    if kind == "image" and len(names) != 1:
+        raise CliError(f"{output}: {len(names)} results need a folder or a .psd/.psb as OUT")
     if kind != "document" and (args.mask or args.style_mask):
         raise CliError("--mask and --style-mask apply to .psd/.psb output only")
     masks = _masks(args, content, names) if kind == "document" else None
     if kind == "document":
         _import_document()
-    return _Job(content, styles, settings, document, output, kind, masks)
+    files = [f"{_safe(content.name)}_{n}.png" for n in names] if kind == "folder" else [output.name]
+    make_parents = kind == "folder" and args.output.endswith(("/", os.sep))
+    _check_output(output, kind, files, make_parents)
+    return _Job(content, styles, settings, document, output, kind, masks, make_parents)
+
+
+def _output_kind(raw: str) -> tuple[Path, str]:
+    """What OUT names: "folder", "document" (.psd/.psb) or "image"; any other extension is a mistake."""
+    output = Path(raw)
+    if raw.endswith(("/", os.sep)) or os.path.isdir(output):
+        return output, "folder"
+    if os.path.lexists(output) and not os.path.isfile(output):
+        raise CliError(f"{output}: exists and is not a folder or a file: choose another OUT")
+    suffix = output.suffix.lower()
+    if suffix in DOCUMENT_SUFFIXES:
+        return output, "document"
+    if suffix in IMAGE_SUFFIXES:
+        return output, "image"
+    if suffix:
+        raise CliError(f"{output}: {output.suffix!r} is not a type stylebridge writes: use "
+                       f"{', '.join(IMAGE_SUFFIXES)} for one image, .psd or .psb for a layered document, or a "
+                       f"folder (end OUT with / for a folder whose name has a dot)")
+    if os.path.lexists(output):
+        raise CliError(f"{output}: exists and is not a folder")
+    return output, "folder"
+
+
+def _check_output(output: Path, kind: str, files: list[str], make_parents: bool) -> None:
+    """Before any work: the folder exists (or may be created), is writable, and every name fits.
+
+    A folder OUT is created when its parent exists, or with all missing parents when OUT ends in /;
+    a file's folder must exist (``mkdir -p`` of a mistyped path would hide the mistake).
+    """
+    folder = output if kind == "folder" else output.parent
+    base = nearest_existing(folder)
+    if not os.path.isdir(base):
+        raise CliError(f"{base}: exists and is not a folder, so nothing can be written inside it: "
+                       f"choose another OUT")
+    missing = Path(os.path.abspath(folder)).relative_to(base).parts
+    if missing and not (kind == "folder" and (make_parents or len(missing) == 1)):
+        absent = folder if kind != "folder" else folder.parent
+        hint = " or end OUT with / to have it created," if kind == "folder" else ""
+        raise CliError(f"{absent}: no such folder: check the spelling,{hint} or create it first "
+                       f"(mkdir -p {shlex.quote(str(absent))})")
+    for part in missing:
+        check_name(base, part, what="folder name")
+    probe_writable(base)
+    what = "output name (made of the photo's and style's names)" if kind == "folder" else "output name"
+    for name in files:
+        check_name(folder, name, what=what)
+    try:
+        path_max = int(os.pathconf(base, "PC_PATH_MAX"))
+    except (OSError, ValueError):
+        path_max = 4096
+    longest = max(len(os.fsencode(os.path.abspath(folder / n))) for n in files) + 20   # + "-NN" and temp suffix
+    if longest > path_max:
+        raise OutputError(f"{folder}: the output path would be about {longest} bytes long; the system allows "
+                          f"{path_max}: choose a shorter OUT")
 
 
 def _check_limits(settings: Settings, styles: int) -> None:
@@ -273,31 +343,63 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _write(job: _Job, result: Any) -> list[Path]:
+def _outputs(job: _Job, result: Any) -> list[tuple[Path, Callable[[Path], Path]]]:
+    """(wanted path, writer) per output file; each writer claims a free name and returns the one it got."""
     if job.kind == "document":
         stack_mod, psd_mod = _import_document()
         stack = stack_mod.build_stack(result, job.document, masks=job.masks)
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        written = psd_mod.write_psd(stack, unique_path(job.output))   # may switch to .psb for huge sides
-        return [Path(written or job.output)]
+        return [(job.output, lambda p: psd_mod.write_psd(stack, p, unique=True))]
     if job.kind == "image":
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        return [save_image(result.images[0].picture, unique_path(job.output))]
-    job.output.mkdir(parents=True, exist_ok=True)
-    written = []
+        return [(job.output, lambda p: save_image(result.images[0].picture, p, unique=True))]
     stem = _safe(job.content.name)
-    for image in result.images:
-        written.append(save_image(image.picture, unique_path(job.output / f"{stem}_{image.name}.png")))
-    return written
+    return [(job.output / f"{stem}_{image.name}.png",
+             lambda p, pic=image.picture: save_image(pic, p, unique=True)) for image in result.images]
 
 
-def _summary(job: _Job, result: Any, written: list[Path]) -> dict[str, Any]:
+def _write(job: _Job, result: Any) -> tuple[list[Path | None], list[str]]:
+    """Write every output; one that cannot be written where asked goes to a temporary folder instead.
+
+    Returns the path written per output (None: lost) and the problems to report (each says where, why,
+    and where the result went instead).
+    """
+    written: list[Path | None] = []
+    problems: list[str] = []
+    rescue: list[Path] = []              # the rescue folder, once made
+    for wanted, write in _outputs(job, result):
+        try:
+            if job.kind == "folder":
+                job.output.mkdir(parents=job.make_parents, exist_ok=True)
+            written.append(write(wanted))
+            continue
+        except (OSError, ImageError) as exc:
+            problems.append(f"error: could not write {wanted}: {_why(exc)}")
+        try:
+            if not rescue:
+                rescue.append(Path(tempfile.mkdtemp(prefix="stylebridge-rescue-")))
+            saved = write(rescue[0] / wanted.name)
+        except (OSError, ImageError) as exc:
+            problems.append(f"error: could not save it in the temporary folder {tempfile.gettempdir()} either: "
+                            f"{_why(exc)}; this result is lost")
+            written.append(None)
+        else:
+            written.append(saved)
+            problems.append(f"the result was saved instead to {saved} (a temporary folder: move it somewhere safe)")
+    if rescue and not any(rescue[0].iterdir()):
+        rescue[0].rmdir()
+    return written, problems
+
+
+def _why(exc: Exception) -> str:
+    return explain(exc) if isinstance(exc, OSError) else str(exc)
+
+
+def _summary(job: _Job, result: Any, written: list[Path | None]) -> dict[str, Any]:
     images = [{"name": img.name, "losses": img.losses} for img in result.images]
     if job.kind == "folder":
         for entry, path in zip(images, written):
-            entry["path"] = str(path)
+            entry["path"] = str(path) if path is not None else None
     return {
-        "outputs": [str(p) for p in written],
+        "outputs": [str(p) for p in written if p is not None],
         "images": images,
         "settings": result.settings.to_dict(),
         "document_settings": job.document.to_dict() if job.kind == "document" else None,
