@@ -282,6 +282,8 @@ def test_missing_parent_is_refused_unless_the_folder_ends_in_a_slash(tmp_path, p
     assert done.stdout == "" and (tmp_path / "no/such/out/photo_bands.png").is_file()
     done = stylize(pics, tmp_path / "new")                            # the last folder alone is created
     assert done.returncode == 0 and (tmp_path / "new/photo_bands.png").is_file()
+    done = stylize(pics, tmp_path / "made/x.psd")                     # so is a file's own folder
+    assert done.returncode == 0 and (tmp_path / "made/x.psd").is_file()
 
 
 def test_full_disk_the_result_is_saved_elsewhere_and_said_so(tmp_path, pics, mount_tmpfs) -> None:

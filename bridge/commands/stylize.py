@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(one PNG per style, named CONTENT_STYLE.png), a .psd/.psb file (one layered document), "
                     "or an image file (.png, .tif, .jpg, .webp) when there is one result.",
         epilog="OUT is a folder when it ends in / or names an existing folder or has no extension; it is "
-               "created if its parent exists (ending OUT in / creates the missing parents too). A file's "
-               "folder must exist. Nothing is ever replaced: a taken name becomes NAME-2, NAME-3... and the "
+               "created if its parent exists (ending OUT in / creates the missing parents too); so is the "
+               "folder of an OUT file. Nothing is ever replaced: a taken name becomes NAME-2, NAME-3... and the "
                "names written are printed. Where OUT cannot be written (read-only, no such folder, name too "
                "long) the run stops before any work, with exit code 2.")
     p.add_argument("content", metavar="CONTENT", help="the photo")
@@ -214,8 +214,9 @@ def _output_kind(raw: str) -> tuple[Path, str]:
 def _check_output(output: Path, kind: str, files: list[str], make_parents: bool) -> None:
     """Before any work: the folder exists (or may be created), is writable, and every name fits.
 
-    A folder OUT is created when its parent exists, or with all missing parents when OUT ends in /;
-    a file's folder must exist (``mkdir -p`` of a mistyped path would hide the mistake).
+    The folder that receives the results (OUT itself, or an OUT file's folder) is created when its
+    parent exists, or with all missing parents when OUT is a folder ending in /; a deeper missing path
+    is refused (``mkdir -p`` of a mistyped path would hide the mistake).
     """
     folder = output if kind == "folder" else output.parent
     base = nearest_existing(folder)
@@ -223,8 +224,8 @@ def _check_output(output: Path, kind: str, files: list[str], make_parents: bool)
         raise CliError(f"{base}: exists and is not a folder, so nothing can be written inside it: "
                        f"choose another OUT")
     missing = Path(os.path.abspath(folder)).relative_to(base).parts
-    if missing and not (kind == "folder" and (make_parents or len(missing) == 1)):
-        absent = folder if kind != "folder" else folder.parent
+    if missing and not (make_parents or len(missing) == 1):
+        absent = folder.parent
         hint = " or end OUT with / to have it created," if kind == "folder" else ""
         raise CliError(f"{absent}: no such folder: check the spelling,{hint} or create it first "
                        f"(mkdir -p {shlex.quote(str(absent))})")
@@ -367,8 +368,8 @@ def _write(job: _Job, result: Any) -> tuple[list[Path | None], list[str]]:
     rescue: list[Path] = []              # the rescue folder, once made
     for wanted, write in _outputs(job, result):
         try:
-            if job.kind == "folder":
-                job.output.mkdir(parents=job.make_parents, exist_ok=True)
+            folder = job.output if job.kind == "folder" else job.output.parent
+            folder.mkdir(parents=job.make_parents, exist_ok=True)
             written.append(write(wanted))
             continue
         except (OSError, ImageError) as exc:
