@@ -31,6 +31,7 @@ orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated f
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -298,10 +299,18 @@ def valid_icc(icc: bytes | None, label: str, *, cap: int = LIMITS.max_metadata_b
         return _dropped(label, "ICC profile", f"damaged: it says {declared:,} bytes but has {len(icc):,}")
     icc = icc[:declared]
     try:
-        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        mode = {b"RGB ": "RGB", b"CMYK": "CMYK", b"GRAY": "L"}.get(icc[16:20])
+        if mode:   # LittleCMS reads tags lazily: only a transform proves the profile is usable
+            ImageCms.buildTransform(profile, _srgb_profile(), mode, "RGB")
     except Exception as exc:  # LittleCMS refuses it: PyCMSError, OSError...
         return _dropped(label, "ICC profile", f"damaged: {exc}")
     return icc
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def inflate_bounded(payload: bytes, cap: int = LIMITS.max_metadata_bytes) -> tuple[bytes | None, str]:
