@@ -361,9 +361,39 @@ def _pixels(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarray 
             or (mode in ("L", "RGB") and "transparency" in im.info):
         rgba = np.asarray(im.convert("RGBA"))
         return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), icc
-    if mode in ("RGB", "L", "P", "1", "RGBX", "YCbCr", "LAB", "HSV"):
+    if mode == "LAB":    # Pillow's LAB -> RGB is a channel copy, not a conversion; its a/b are signed bytes
+        lab = np.ascontiguousarray(np.asarray(im))
+        signed = lab.view(np.int8)
+        rgb = lab_to_srgb(lab[..., 0] * (100.0 / 255.0), signed[..., 1], signed[..., 2])
+        return to_dtype(rgb, np.uint8), None, _srgb_profile().tobytes()
+    if mode in ("RGB", "L", "P", "1", "RGBX", "YCbCr", "HSV"):
         return np.asarray(im.convert("RGB")).copy(), None, icc
     raise ImageError(f"image mode {mode} is not supported; convert the image to RGB first")
+
+
+# CIE XYZ relative to D50 (the ICC connection space, and the white of Photoshop's and TIFF's Lab)
+# -> linear sRGB (D65), chromatically adapted by Bradford: Lindbloom's "sRGB, D50" matrix, i.e.
+# the inverse of the sRGB primaries' XYZ adapted to D50, as the ICC sRGB profile's colorants are.
+_XYZ_D50_TO_LINEAR_SRGB = np.array([[3.1338561, -1.6168667, -0.4906146],
+                                    [-0.9787684, 1.9161415, 0.0334540],
+                                    [0.0719453, -0.2289914, 1.4052427]])
+_D50_WHITE = np.array([0.9642, 1.0, 0.8249])       # the ICC PCS illuminant (s15Fixed16 values)
+
+
+def lab_to_srgb(L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D50; L 0..100, a/b about -128..127) -> sRGB-encoded floats 0..1, H x W x 3.
+
+    CIE 1976 inverse (with the linear segment below (6/29)^3), Bradford D50 -> D65 adaptation,
+    the IEC 61966-2-1 transfer curve; colours outside sRGB are clipped (relative colorimetric,
+    as a colour-managed "convert to sRGB" without perceptual mapping does).
+    """
+    L, a, b = (np.asarray(v, np.float64) for v in (L, a, b))
+    fy = (L + 16.0) / 116.0
+    f = np.stack([fy + a / 500.0, fy, fy - b / 200.0], axis=-1)
+    delta = 6.0 / 29.0
+    xyz = np.where(f > delta, f ** 3, 3 * delta * delta * (f - 4.0 / 29.0)) * _D50_WHITE
+    linear = np.clip(xyz @ _XYZ_D50_TO_LINEAR_SRGB.T, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, None, bytes]:
