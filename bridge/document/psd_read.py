@@ -326,14 +326,24 @@ def _layer_picture(psd: Any, layer: Any, mode: str, composite: Picture, *, canva
             raise ImageError(f"{label}: layer {name!r} is a {kind} layer in a Lab document, which "
                              "cannot be rendered here; rasterize it (Layer > Rasterize > Layer) or convert "
                              "the document to RGB (Image > Mode > RGB Color) and save again")
-        im = layer.composite(apply_icc=False)
+        # Rendered over the canvas and the layer's box together: a stroke centred on a shape's path
+        # reaches outside the path's box, which is all psd-tools renders by default.
+        x0, y0, x1, y1 = layer.bbox
+        view = (min(0, x0), min(0, y0), max(psd.width, x1), max(psd.height, y1))
+        im = layer.composite(viewport=view, apply_icc=False)
         if im is None:
             return None if not canvas else _blank(psd, composite, name)
         arr = np.asarray(im.convert("RGBA")).astype(np.float32) / 255.0
+        left, top = view[0], view[1]
+        if not canvas:                         # a style image: cropped to what the layer covers
+            ys, xs = np.nonzero(arr[:, :, 3])
+            if ys.size == 0:
+                return None
+            arr = arr[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            left, top = left + int(xs.min()), top + int(ys.min())
         color, alpha = arr[:, :, :3], arr[:, :, 3]
         if mode == "CMYK":
             mode = "RGB"                       # psd-tools' render is already RGB
-        left, top = layer.bbox[0], layer.bbox[1]
         depth = 8
     if canvas:
         h, w = psd.height, psd.width
