@@ -167,14 +167,20 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int 
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode this image; scale it down first") from None
     except Exception as exc:  # decoders raise OSError, ValueError, RuntimeError, their own types...
-        raise ImageError(f"{label}: cannot read the image ({exc}); the file may be truncated or damaged, "
-                         "export it again") from None
+        raise ImageError(f"{label}: cannot read the image ({short_reason(exc)}); the file may be truncated "
+                         "or damaged, export it again") from None
     pic.name = name or "image"
     if pic.icc_profile and pic.icc_profile[16:20] != b"RGB ":
         # A grey (or other) profile does not describe the RGB pixels we hand on, and readers reject
         # it in an RGB file: drop it (grey values are then read as sRGB, which sGray matches).
         pic.icc_profile = None
     return pic
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """A decoder's exception as one short line: some put whole tuples of file values in theirs."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
 
 
 def load_mask(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, int], *,

@@ -120,17 +120,14 @@ def test_text_chunk_bombs_are_never_inflated(ctype):
     assert pic.width == 8
 
 
-def test_an_oversized_exif_is_dropped_in_16_bit_png(monkeypatch):
-    import bridge.imaging as imaging
+def test_an_oversized_exif_chunk_is_not_parsed():
+    from bridge.imaging import _png_metadata
     exif = Image.Exif()
     exif[0x0112] = 6
-    raw = exif.tobytes()
-    data = png(16, side=8, extra=chunk(b"eXIf", raw + bytes(4096)))
-    pic = load_image(data)
-    assert pic.rgb.shape[:2] == (8, 8)              # orientation 6 on a square: read
-    monkeypatch.setattr(imaging._png_metadata, "__defaults__", ("image", 1024))
-    with pytest.warns(MetadataWarning, match="EXIF dropped"):
-        load_image(data)
+    data = png(16, side=8, extra=chunk(b"eXIf", exif.tobytes() + bytes(4096)))
+    assert _png_metadata(data, "x")[2] == 6                         # within the cap: orientation read
+    with pytest.warns(MetadataWarning, match="EXIF dropped.*over the limit of 1,024 bytes"):
+        assert _png_metadata(data, "x", cap=1024)[2] == 1
 
 
 def test_jpeg_and_tiff_profiles_are_checked(tmp_path):

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 
 from ..engine.types import StyleInput
-from ..imaging import ImageError, Picture
+from ..imaging import ImageError, Picture, short_reason
 from ..settings import LIMITS
 
 STYLE_PREFIX = re.compile(r"^\s*style\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
@@ -135,7 +135,7 @@ def read_psd(path: str | os.PathLike, *, content_layer: str | None = None,
         raise ImageError(f"{label}: a layer of this document needs a renderer that is not installed "
                          f"({first}); {_RENDERER_HINT}") from None
     except Exception as exc:  # psd-tools raises many kinds on damaged files
-        raise ImageError(f"{label}: cannot read the PSD ({type(exc).__name__}: {exc}); "
+        raise ImageError(f"{label}: cannot read the PSD ({type(exc).__name__}: {short_reason(exc)}); "
                          "the file may be truncated or damaged") from None
 
 
