@@ -36,9 +36,15 @@ def chunk(ctype: bytes, payload: bytes) -> bytes:
 
 
 def zeros_deflated(megabytes: int) -> bytes:
-    comp = zlib.compressobj(9)
+    """A zlib stream of ``megabytes`` MB of zeros, built in milliseconds: 1 MB segments that each
+    start from a reset history (full flush) repeat exactly; the Adler-32 of n zeros is (n mod 65521, 1)."""
     block = bytes(1 << 20)
-    return b"".join([comp.compress(block) for _ in range(megabytes)] + [comp.flush()])
+    comp = zlib.compressobj(9)
+    head = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    segment = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.flush(zlib.Z_FINISH)
+    adler = ((((megabytes << 20) % 65521) << 16) | 1).to_bytes(4, "big")
+    return head + segment * (megabytes - 1) + tail[:-4] + adler
 
 
 def png(bits: int = 8, *, side: int = 8, extra: bytes = b"", colour_type: int = 2) -> bytes:
@@ -99,6 +105,10 @@ def test_a_truncated_profile_stream_is_dropped():
     with pytest.warns(MetadataWarning, match="ends early"):
         pic = load_image(png(8, extra=iccp(zlib.compress(SRGB)[:-20])))
     assert pic.icc_profile is None
+
+
+def test_the_bomb_builder_is_a_real_zlib_stream():
+    assert zlib.decompress(zeros_deflated(3)) == bytes(3 << 20)
 
 
 def test_inflate_bounded_never_holds_more_than_the_cap():
