@@ -14,6 +14,16 @@ Who decodes what, and why:
   chunks (iCCP, pHYs, eXIf) are read by the small chunk walker below.
 * everything else (8-bit PNG, JPEG, WebP, GIF, BMP...): Pillow.
 
+Metadata is untrusted input too (issue 15: a 2 MB PNG whose iCCP chunk inflated to 4.2 GB, and
+was then copied into every output).  So every piece we keep or decompress is bounded by
+``Limits.max_metadata_bytes``: a PNG's iCCP is inflated by us with that ceiling, whatever its
+depth, and its text chunks (tEXt/zTXt/iTXt, where XMP lives) are removed before Pillow sees the
+file, since nothing here uses them.  Every ICC profile that reaches a :class:`Picture` has been
+checked (size, ``acsp`` signature, declared length, parsed by LittleCMS through ``ImageCms``).
+Metadata over the cap or broken is dropped with a :class:`MetadataWarning`, and the pixels are
+still read: an image without its profile is what browsers show for a broken one, whereas
+refusing would stop a file every other program opens.
+
 EXIF orientation is applied to the arrays here (so 16-bit gets it too); outputs carry no
 orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated file is an error.
 """
@@ -21,10 +31,13 @@ orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated f
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
+import re
 import struct
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +66,18 @@ _ICC_TAG = 34675
 
 class ImageError(ValueError):
     """An input image cannot be used; the message says why and what to do."""
+
+
+class MetadataWarning(UserWarning):
+    """A piece of an input's metadata (ICC profile, EXIF...) was too big or broken and was dropped;
+    the pixels were read.  Front ends may show it; the result is then untagged (read as sRGB)."""
+
+
+# Deflate cannot expand more than 1032:1 (a 258-byte match coded in 2 bits), so a PNG whose
+# pixel data is smaller than 1/1032 of its declared raw size is damaged or lying: refusing it
+# before decoding keeps a few-byte file from allocating hundreds of MB for its claimed size.
+_DEFLATE_MAX_RATIO = 1032
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 @dataclass
@@ -136,20 +161,26 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int 
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label}: too many pixels, over the limit ({exc}); scale it down first") from None
+        raise ImageError(_bomb_message(label, exc, max_pixels)) from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file this program can read ({SUPPORTED} are supported)") from None
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode this image; scale it down first") from None
     except Exception as exc:  # decoders raise OSError, ValueError, RuntimeError, their own types...
-        raise ImageError(f"{label}: cannot read the image ({exc}); the file may be truncated or damaged, "
-                         "export it again") from None
+        raise ImageError(f"{label}: cannot read the image ({short_reason(exc)}); the file may be truncated "
+                         "or damaged, export it again") from None
     pic.name = name or "image"
     if pic.icc_profile and pic.icc_profile[16:20] != b"RGB ":
         # A grey (or other) profile does not describe the RGB pixels we hand on, and readers reject
         # it in an RGB file: drop it (grey values are then read as sRGB, which sGray matches).
         pic.icc_profile = None
     return pic
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """A decoder's exception as one short line: some put whole tuples of file values in theirs."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
 
 
 def load_mask(source: str | os.PathLike | bytes | BinaryIO, size: tuple[int, int], *,
@@ -218,6 +249,16 @@ def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, s
     raise TypeError(f"load_image takes a path, bytes or a binary file object, not {type(source).__name__}")
 
 
+def _bomb_message(label: str, exc: Exception, max_pixels: int) -> str:
+    """Pillow's own guard spoke first (it knows the size before we do for some formats): say the
+    limit that applies, which is ours (``max_pixels``) unless Pillow's is lower, and the value."""
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    limit = min(max_pixels, pillow_limit) if pillow_limit else max_pixels
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    value = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+    return f"{label}: the image has {value}, over the limit of {limit:,}; scale it down first"
+
+
 def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f"{label}: the image has no pixels ({width}x{height}); export it again")
@@ -227,14 +268,78 @@ def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
 
 
 def _load_pillow(data: bytes, label: str, max_pixels: int) -> Picture:
+    png_meta = None
+    if data[:8] == _PNG_SIGNATURE:
+        # Our bounded chunk walk reads the PNG's metadata; Pillow gets the file without the chunks
+        # it would otherwise inflate itself (iCCP, text), so it can neither blow up nor refuse them.
+        data, png_meta = _png_prepare(data, label, max_pixels)
     with Image.open(io.BytesIO(data)) as im:
         _check_size(label, *im.size, max_pixels)
         im.load()
-        icc = im.info.get("icc_profile") or None
+        if png_meta is not None:
+            icc, orientation = png_meta[0], png_meta[2]
+        else:
+            icc = valid_icc(im.info.get("icc_profile"), label)
+            orientation = _exif_orientation(im)
         dpi = _clean_dpi(im.info.get("dpi"))
-        orientation = _exif_orientation(im)
         rgb, alpha, icc = _pixels(im, icc)
     return _oriented(Picture(rgb=rgb, alpha=alpha, icc_profile=icc, dpi=dpi), orientation)
+
+
+def valid_icc(icc: bytes | None, label: str, *, cap: int = LIMITS.max_metadata_bytes) -> bytes | None:
+    """``icc`` when it is a sane ICC profile, else None with a :class:`MetadataWarning`.
+
+    Sane: at most ``cap`` bytes, the ``acsp`` signature, a declared size that fits (the profile
+    is cut to it: trailing bytes are not part of it), and LittleCMS can open it.  Only such a
+    profile is carried into outputs.
+    """
+    if not icc:
+        return None
+    icc = bytes(icc)
+    if len(icc) > cap:
+        return _dropped(label, "ICC profile", f"{len(icc):,} bytes, over the limit of {cap:,} bytes")
+    declared = int.from_bytes(icc[:4], "big") if len(icc) >= 4 else 0
+    if len(icc) < 132 or icc[36:40] != b"acsp":
+        return _dropped(label, "ICC profile", "not an ICC profile")
+    if declared < 132 or declared > len(icc):
+        return _dropped(label, "ICC profile", f"damaged: it says {declared:,} bytes but has {len(icc):,}")
+    icc = icc[:declared]
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        mode = {b"RGB ": "RGB", b"CMYK": "CMYK", b"GRAY": "L"}.get(icc[16:20])
+        if mode:   # LittleCMS reads tags lazily: only a transform proves the profile is usable
+            ImageCms.buildTransform(profile, _srgb_profile(), mode, "RGB")
+    except Exception as exc:  # LittleCMS refuses it: PyCMSError, OSError...
+        return _dropped(label, "ICC profile", f"damaged: {exc}")
+    return icc
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def inflate_bounded(payload: bytes, cap: int = LIMITS.max_metadata_bytes) -> tuple[bytes | None, str]:
+    """zlib-inflate at most ``cap`` bytes: (data, "") or (None, why) when over ``cap`` or damaged.
+
+    Never holds more than ``cap + 1`` output bytes, whatever the stream claims.
+    """
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(payload, cap + 1)
+    except zlib.error as exc:
+        return None, f"damaged ({exc})"
+    if len(out) > cap:
+        return None, f"over {cap:,} bytes once decompressed, the limit"
+    if not inflater.eof:
+        return None, "damaged (its compressed data ends early)"
+    return out, ""
+
+
+def _dropped(label: str, what: str, why: str) -> None:
+    warnings.warn(f"{label}: {what} dropped ({why}); the image is read without it",
+                  MetadataWarning, stacklevel=3)
+    return None
 
 
 def _exif_orientation(im: Image.Image) -> int:
@@ -262,9 +367,39 @@ def _pixels(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, np.ndarray 
             or (mode in ("L", "RGB") and "transparency" in im.info):
         rgba = np.asarray(im.convert("RGBA"))
         return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), icc
-    if mode in ("RGB", "L", "P", "1", "RGBX", "YCbCr", "LAB", "HSV"):
+    if mode == "LAB":    # Pillow's LAB -> RGB is a channel copy, not a conversion; its a/b are signed bytes
+        lab = np.ascontiguousarray(np.asarray(im))
+        signed = lab.view(np.int8)
+        rgb = lab_to_srgb(lab[..., 0] * (100.0 / 255.0), signed[..., 1], signed[..., 2])
+        return to_dtype(rgb, np.uint8), None, _srgb_profile().tobytes()
+    if mode in ("RGB", "L", "P", "1", "RGBX", "YCbCr", "HSV"):
         return np.asarray(im.convert("RGB")).copy(), None, icc
     raise ImageError(f"image mode {mode} is not supported; convert the image to RGB first")
+
+
+# CIE XYZ relative to D50 (the ICC connection space, and the white of Photoshop's and TIFF's Lab)
+# -> linear sRGB (D65), chromatically adapted by Bradford: Lindbloom's "sRGB, D50" matrix, i.e.
+# the inverse of the sRGB primaries' XYZ adapted to D50, as the ICC sRGB profile's colorants are.
+_XYZ_D50_TO_LINEAR_SRGB = np.array([[3.1338561, -1.6168667, -0.4906146],
+                                    [-0.9787684, 1.9161415, 0.0334540],
+                                    [0.0719453, -0.2289914, 1.4052427]])
+_D50_WHITE = np.array([0.9642, 1.0, 0.8249])       # the ICC PCS illuminant (s15Fixed16 values)
+
+
+def lab_to_srgb(L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D50; L 0..100, a/b about -128..127) -> sRGB-encoded floats 0..1, H x W x 3.
+
+    CIE 1976 inverse (with the linear segment below (6/29)^3), Bradford D50 -> D65 adaptation,
+    the IEC 61966-2-1 transfer curve; colours outside sRGB are clipped (relative colorimetric,
+    as a colour-managed "convert to sRGB" without perceptual mapping does).
+    """
+    L, a, b = (np.asarray(v, np.float64) for v in (L, a, b))
+    fy = (L + 16.0) / 116.0
+    f = np.stack([fy + a / 500.0, fy, fy - b / 200.0], axis=-1)
+    delta = 6.0 / 29.0
+    xyz = np.where(f > delta, f ** 3, 3 * delta * delta * (f - 4.0 / 29.0)) * _D50_WHITE
+    linear = np.clip(xyz @ _XYZ_D50_TO_LINEAR_SRGB.T, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
 
 
 def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[np.ndarray, None, bytes]:
@@ -380,23 +515,27 @@ def png_add_metadata(png: bytes, *, icc_profile: bytes | None = None,
     return b"".join(parts)
 
 
-def _png_metadata(data: bytes) -> tuple[bytes | None, tuple[float, float] | None, int]:
-    """(icc, dpi, EXIF orientation) from a PNG's chunks."""
+def _png_metadata(data: bytes, label: str = "image",
+                  cap: int = LIMITS.max_metadata_bytes) -> tuple[bytes | None, tuple[float, float] | None, int]:
+    """(icc, dpi, EXIF orientation) from a PNG's chunks; the ICC inflated with ``cap`` and checked."""
     icc = dpi = None
     orientation = 1
     for ctype, payload, _, _ in png_chunks(data):
-        if ctype == b"iCCP":
+        if ctype == b"iCCP" and icc is None:
             sep = payload.find(b"\x00")
-            if sep > 0 and len(payload) > sep + 2:
-                try:
-                    icc = zlib.decompress(payload[sep + 2:])
-                except zlib.error:
-                    icc = None
+            if 0 < sep < 80 and len(payload) > sep + 2 and payload[sep + 1] == 0:
+                raw, why = inflate_bounded(payload[sep + 2:], cap)
+                icc = valid_icc(raw, label, cap=cap) if raw is not None else _dropped(label, "ICC profile", why)
+            else:
+                _dropped(label, "ICC profile", "its iCCP chunk is malformed")
         elif ctype == b"pHYs" and len(payload) == 9:
             px, py, unit = struct.unpack(">IIB", payload)
             if unit == 1:
                 dpi = _clean_dpi((px * 0.0254, py * 0.0254))
         elif ctype == b"eXIf":
+            if len(payload) > cap:
+                _dropped(label, "EXIF", f"{len(payload):,} bytes, over the limit of {cap:,} bytes")
+                continue
             try:
                 exif = Image.Exif()
                 exif.load(payload)
@@ -407,10 +546,38 @@ def _png_metadata(data: bytes) -> tuple[bytes | None, tuple[float, float] | None
     return icc, dpi, orientation
 
 
-def _load_png16(data: bytes, label: str, max_pixels: int) -> Picture:
-    width, height = struct.unpack(">II", data[16:24])
+def _png_header(data: bytes, label: str, max_pixels: int) -> None:
+    """Check the IHDR's size against ``max_pixels`` and against the data that is there to decode."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise ImageError(f"{label}: damaged PNG (no IHDR chunk first); export it again")
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
     _check_size(label, width, height, max_pixels)
-    icc, dpi, orientation = _png_metadata(data)     # also proves the chunk stream is complete
+    samples = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour_type, 1)
+    raw = height * (1 + (width * samples * max(1, bit_depth) + 7) // 8)
+    compressed = 0
+    for ctype, payload, _, _ in png_chunks(data):
+        if ctype in (b"IDAT", b"fdAT"):
+            compressed += len(payload)
+    if raw > compressed * _DEFLATE_MAX_RATIO + 1024:
+        raise ImageError(f"{label}: the file holds {compressed:,} bytes of pixel data, too few for its "
+                         f"{width}x{height} pixels: it is truncated or damaged; export it again")
+
+
+def _png_prepare(data: bytes, label: str, max_pixels: int) -> tuple[bytes, tuple]:
+    """(the PNG without iCCP and text chunks, its bounded metadata) for Pillow's decoder."""
+    _png_header(data, label, max_pixels)
+    meta = _png_metadata(data, label)
+    drop = (b"iCCP",) + _PNG_TEXT_CHUNKS
+    parts = [_PNG_SIGNATURE]
+    for ctype, _, start, end in png_chunks(data):
+        if ctype not in drop:
+            parts.append(data[start:end])
+    return b"".join(parts), meta
+
+
+def _load_png16(data: bytes, label: str, max_pixels: int) -> Picture:
+    _png_header(data, label, max_pixels)            # also proves the chunk stream is complete
+    icc, dpi, orientation = _png_metadata(data, label)
     arr = imagecodecs.png_decode(data)
     if arr.dtype != np.uint16:
         arr = arr.astype(np.uint16) * np.uint16(257)
@@ -443,7 +610,7 @@ def _load_tiff(data: bytes, label: str, max_pixels: int) -> Picture:
                                  "export it again")
         tags = page.tags
         orientation = int(tags[274].value) if 274 in tags else 1
-        icc = bytes(tags[_ICC_TAG].value) if _ICC_TAG in tags else None
+        icc = valid_icc(bytes(tags[_ICC_TAG].value), label) if _ICC_TAG in tags else None
         dpi = _tiff_dpi(tags)
         photometric = int(page.photometric)
         if photometric not in (0, 1, 2, 3) or int(page.bitspersample) not in (1, 8, 16, 32):

@@ -170,6 +170,10 @@ class Limits:
     """Hard limits that protect the machine (daemon, hot folder, CLI)."""
 
     max_pixels: int = 200_000_000          # decompression-bomb guard for any input image
+    # Any one piece of metadata read from an input (ICC profile, EXIF, PSD resource), after decompression;
+    # over it the piece is dropped with a warning.  The largest real ICC profiles (press CMYK profiles
+    # with 33-point 16-bit tables) are ~7 MB; RGB ones are a few KB.  Bounds memory and what outputs carry.
+    max_metadata_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
     max_styles: int = 16
     max_iterations: int = 5000

@@ -16,9 +16,20 @@ What comes out (:class:`PsdContent`):
   the content.
 
 Colour: RGB as is; grayscale -> grey RGB; CMYK -> sRGB through the embedded profile (else a naive
-formula), tagged sRGB; 32-bit (linear) -> sRGB-encoded 16-bit; bitmap and indexed through
-Pillow at 8 bits.  Lab, multichannel and duotone documents are refused with
-:class:`~bridge.imaging.ImageError`, as are damaged files - never a traceback.
+formula), tagged sRGB; Lab -> sRGB by the CIE formulas (D50, Bradford to D65:
+:func:`bridge.imaging.lab_to_srgb`), tagged sRGB; 32-bit (linear) -> sRGB-encoded 16-bit; bitmap
+and indexed through Pillow at 8 bits.  Multichannel and duotone documents are refused with what to
+do (:class:`~bridge.imaging.ImageError`), as are damaged files - never a traceback: their stored
+composite is ink plates (one per ink, or one ink-density channel plus ink curves) whose colours
+depend on inks we do not model, so reading it as grey would silently change the picture.
+
+Fill and shape layers (gradient fills, vector shapes, strokes) are rendered by psd-tools, whose
+``composite`` extra (scipy, aggdraw) is a dependency.  The document's own composite is still the
+merged image Photoshop stored whenever it is real and no visible style layer must be left out:
+Photoshop's pixels are more faithful than any re-render.  Metadata: the ICC profile (resource
+1039) is kept only when :func:`bridge.imaging.valid_icc` accepts it (size at most
+``Limits.max_metadata_bytes``, a profile LittleCMS can use); else it is dropped with a warning.
+PSD image resources are stored uncompressed, so reading them costs at most the file's size.
 """
 
 from __future__ import annotations
@@ -33,13 +44,21 @@ import numpy as np
 from PIL import Image
 
 from ..engine.types import StyleInput
-from ..imaging import ImageError, Picture
+from ..imaging import ImageError, Picture, short_reason
 from ..settings import LIMITS
 
 STYLE_PREFIX = re.compile(r"^\s*style\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
 
-_SUPPORTED = {"RGB", "GRAYSCALE", "CMYK", "BITMAP", "INDEXED"}
+_SUPPORTED = {"RGB", "GRAYSCALE", "CMYK", "BITMAP", "INDEXED", "LAB"}
 _REFUSED_HINT = "convert it to RGB (Image > Mode > RGB Color) and save again"
+_REFUSED_WHY = {
+    "DUOTONE": "its colours come from ink curves and ink colours this program does not render",
+    "MULTICHANNEL": "its channels are separate ink plates with no colour model to show them in",
+}
+_KIND_NAMES = {"gradientfill": "gradient fill", "solidcolorfill": "solid colour fill", "patternfill": "pattern fill",
+               "smartobject": "smart object", "type": "type", "shape": "shape"}
+_RENDERER_HINT = ("install psd-tools' renderers (pip install 'psd-tools[composite]': scipy and aggdraw, "
+                  "which stylebridge depends on), or rasterize those layers in Photoshop and save again")
 
 
 @dataclass
@@ -91,7 +110,8 @@ def read_psd(path: str | os.PathLike, *, content_layer: str | None = None,
                   8: "DUOTONE", 9: "LAB"}
     mode = mode_names.get(mode_id, f"mode {mode_id}")
     if mode not in _SUPPORTED:
-        raise ImageError(f"{label}: {mode.title()} documents are not supported; {_REFUSED_HINT}")
+        why = _REFUSED_WHY.get(mode, "this colour mode is not supported")
+        raise ImageError(f"{label}: {mode.title()} documents are not supported ({why}); {_REFUSED_HINT}")
     if depth not in (1, 8, 16, 32):
         raise ImageError(f"{label}: {depth} bits per channel is not a valid PSD depth")
     if width <= 0 or height <= 0:
@@ -110,13 +130,17 @@ def read_psd(path: str | os.PathLike, *, content_layer: str | None = None,
         raise
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to read this document") from None
+    except ImportError as exc:   # a psd-tools renderer (scipy, aggdraw) is missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImageError(f"{label}: a layer of this document needs a renderer that is not installed "
+                         f"({first}); {_RENDERER_HINT}") from None
     except Exception as exc:  # psd-tools raises many kinds on damaged files
-        raise ImageError(f"{label}: cannot read the PSD ({type(exc).__name__}: {exc}); "
+        raise ImageError(f"{label}: cannot read the PSD ({type(exc).__name__}: {short_reason(exc)}); "
                          "the file may be truncated or damaged") from None
 
 
 def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None) -> PsdContent:
-    icc, dpi = _icc_and_dpi(psd)
+    icc, dpi = _icc_and_dpi(psd, label)
     layers = list(psd.descendants())
     names = [clean_name(layer.name) for layer in layers]
     style_layers = [(style_name(layer.name), layer) for layer in layers
@@ -134,11 +158,11 @@ def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None)
         if not matches:
             shown = ", ".join(repr(n) for n in names) or "none"
             raise ImageError(f"{label}: no layer named {content_layer!r} (layers: {shown})")
-        content = _layer_picture(psd, matches[-1], mode, composite, canvas=True)
+        content = _layer_picture(psd, matches[-1], mode, composite, canvas=True, label=label)
 
     styles = []
     for name, layer in style_layers:
-        pic = _layer_picture(psd, layer, mode, composite, canvas=False)
+        pic = _layer_picture(psd, layer, mode, composite, canvas=False, label=label)
         if pic is None:
             raise ImageError(f"{label}: style layer {clean_name(layer.name)!r} is empty")
         styles.append(StyleInput(name=name, picture=pic))
@@ -149,8 +173,10 @@ def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None)
 
 # ------------------------------------------------------------------------------ metadata
 
-def _icc_and_dpi(psd: Any) -> tuple[bytes | None, tuple[float, float] | None]:
+def _icc_and_dpi(psd: Any, label: str = "document") -> tuple[bytes | None, tuple[float, float] | None]:
     from psd_tools.constants import Resource
+
+    from ..imaging import valid_icc
 
     res = psd.image_resources
     icc = res.get_data(Resource.ICC_PROFILE) if Resource.ICC_PROFILE in res else None
@@ -169,7 +195,7 @@ def _icc_and_dpi(psd: Any) -> tuple[bytes | None, tuple[float, float] | None]:
                 dpi = (round(h, 3), round(v, 3))
         except (AttributeError, TypeError):
             dpi = None
-    return (bytes(icc) if icc else None), dpi
+    return valid_icc(bytes(icc) if icc else None, label), dpi
 
 
 # ------------------------------------------------------------------------------ pixels
@@ -186,6 +212,8 @@ def _to_picture(color: np.ndarray, alpha: np.ndarray | None, mode: str, depth: i
 
     if mode == "CMYK":
         return _cmyk_picture(color, alpha, icc, dpi, name)
+    if mode == "LAB":
+        return _lab_picture(color, alpha, depth, dpi, name)
     if color.shape[2] == 1:                     # grayscale (a grey ICC cannot tag RGB numbers)
         color = np.repeat(color, 3, axis=2)
         icc = None
@@ -219,6 +247,25 @@ def _cmyk_picture(color: np.ndarray, alpha: np.ndarray | None, icc: bytes | None
     return Picture(rgb=rgb, alpha=a, icc_profile=srgb, dpi=dpi, name=name)
 
 
+def _lab_picture(color: np.ndarray, alpha: np.ndarray | None, depth: int, dpi, name: str) -> Picture:
+    """Lab (psd-tools' 0..1 of the stored values: L x 100, a/b x 255 - 128) -> sRGB, tagged sRGB.
+
+    Photoshop's Lab is CIE L*a*b* relative to D50 (the ICC connection space); 8-bit channels
+    store L as 0..255 and a/b with 128 = 0, 16-bit the same scaled by 257.
+    """
+    from ..imaging import _srgb_profile, lab_to_srgb, to_dtype
+
+    lab = color[:, :, :3].astype(np.float64)
+    rgb = lab_to_srgb(lab[..., 0] * 100.0, lab[..., 1] * 255.0 - 128.0, lab[..., 2] * 255.0 - 128.0)
+    dtype = np.uint16 if depth >= 16 else np.uint8
+    a = None
+    if alpha is not None:
+        alpha = alpha.reshape(alpha.shape[0], alpha.shape[1])
+        if float(alpha.min(initial=1.0)) < 1.0:
+            a = to_dtype(alpha, dtype)
+    return Picture(rgb=to_dtype(rgb, dtype), alpha=a, icc_profile=_srgb_profile().tobytes(), dpi=dpi, name=name)
+
+
 def _has_real_merged_data(psd: Any) -> bool:
     from psd_tools.constants import Resource
 
@@ -245,7 +292,7 @@ def _composite(psd: Any, mode: str, icc, dpi, name: str, exclude: set[int]) -> P
     if _has_real_merged_data(psd) and not visible_excluded:
         stored = psd.numpy()
         if stored is not None:
-            ncolor = {"RGB": 3, "GRAYSCALE": 1, "CMYK": 4}[mode]
+            ncolor = {"RGB": 3, "GRAYSCALE": 1, "CMYK": 4, "LAB": 3}[mode]
             color = stored[:, :, :ncolor]
             alpha = stored[:, :, ncolor] if stored.shape[2] > ncolor else None
             return _to_picture(color, alpha, mode, int(psd.depth), icc, dpi, name)
@@ -254,7 +301,8 @@ def _composite(psd: Any, mode: str, icc, dpi, name: str, exclude: set[int]) -> P
     return _to_picture(color, alpha, mode, int(psd.depth), icc, dpi, name)
 
 
-def _layer_picture(psd: Any, layer: Any, mode: str, composite: Picture, *, canvas: bool) -> Picture | None:
+def _layer_picture(psd: Any, layer: Any, mode: str, composite: Picture, *, canvas: bool,
+                   label: str = "document") -> Picture | None:
     """A layer's pixels with its mask applied: on the whole canvas (content) or cropped to it (style)."""
     name = clean_name(layer.name)
     depth = int(psd.depth)
@@ -262,7 +310,7 @@ def _layer_picture(psd: Any, layer: Any, mode: str, composite: Picture, *, canva
         arr = layer.numpy()
         if arr is None or arr.size == 0:
             return None if not canvas else _blank(psd, composite, name)
-        ncolor = {"RGB": 3, "GRAYSCALE": 1, "CMYK": 4}.get(mode)
+        ncolor = {"RGB": 3, "GRAYSCALE": 1, "CMYK": 4, "LAB": 3}.get(mode)
         if ncolor is None:
             im = layer.composite(apply_icc=False)
             arr = np.asarray(im.convert("RGBA")).astype(np.float32) / 255.0
@@ -273,14 +321,29 @@ def _layer_picture(psd: Any, layer: Any, mode: str, composite: Picture, *, canva
             alpha = alpha * _mask_on_layer(layer)
         left, top = layer.left, layer.top
     else:                                      # type, shape, smart object, fill: psd-tools renders it
-        im = layer.composite(apply_icc=False)
+        if mode == "LAB":                      # psd-tools renders fills and shapes in RGB terms only
+            kind = _KIND_NAMES.get(layer.kind, layer.kind)
+            raise ImageError(f"{label}: layer {name!r} is a {kind} layer in a Lab document, which "
+                             "cannot be rendered here; rasterize it (Layer > Rasterize > Layer) or convert "
+                             "the document to RGB (Image > Mode > RGB Color) and save again")
+        # Rendered over the canvas and the layer's box together: a stroke centred on a shape's path
+        # reaches outside the path's box, which is all psd-tools renders by default.
+        x0, y0, x1, y1 = layer.bbox
+        view = (min(0, x0), min(0, y0), max(psd.width, x1), max(psd.height, y1))
+        im = layer.composite(viewport=view, apply_icc=False)
         if im is None:
             return None if not canvas else _blank(psd, composite, name)
         arr = np.asarray(im.convert("RGBA")).astype(np.float32) / 255.0
+        left, top = view[0], view[1]
+        if not canvas:                         # a style image: cropped to what the layer covers
+            ys, xs = np.nonzero(arr[:, :, 3])
+            if ys.size == 0:
+                return None
+            arr = arr[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+            left, top = left + int(xs.min()), top + int(ys.min())
         color, alpha = arr[:, :, :3], arr[:, :, 3]
         if mode == "CMYK":
             mode = "RGB"                       # psd-tools' render is already RGB
-        left, top = layer.bbox[0], layer.bbox[1]
         depth = 8
     if canvas:
         h, w = psd.height, psd.width
