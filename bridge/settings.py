@@ -196,6 +196,15 @@ DOCUMENT_DEFAULTS = DocumentSettings()
 LIMITS = Limits()
 
 
+def _show(value: Any) -> str:
+    """A value for a message: short, and safe for huge numbers (repr refuses ints past 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a huge number" if isinstance(value, int) else f"a {type(value).__name__} holding a huge number"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     if value is None:
@@ -204,15 +213,18 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
         if choices and isinstance(v, str) and v not in choices:
-            raise SettingsError(f.name, f"{v!r} is not one of {', '.join(choices)}")
+            raise SettingsError(f.name, f"{_show(v)} is not one of {', '.join(choices)}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if not math.isfinite(v):
+            if isinstance(v, float) and not math.isfinite(v):     # (isfinite of a huge int overflows)
                 raise SettingsError(f.name, "must be a finite number")
             lo, hi = meta.get("min"), meta.get("max")
+            shown: Any = v
+            if isinstance(v, int) and abs(v) >= 10 ** 30:   # str() of a huge int is refused past 4300 digits
+                shown = f"a number of {len(str(abs(v))) if v.bit_length() < 14000 else 'thousands of'} digits"
             if lo is not None and v < lo:
-                raise SettingsError(f.name, f"{v} is below the minimum {lo}")
+                raise SettingsError(f.name, f"{shown} is below the minimum {lo}")
             if hi is not None and v > hi:
-                raise SettingsError(f.name, f"{v} is above the maximum {hi}")
+                raise SettingsError(f.name, f"{shown} is above the maximum {hi}")
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -249,20 +261,20 @@ def coerce_value(cls: type, name: str, raw: Any) -> Any:
                 return True
             if text in ("0", "false", "no", "off"):
                 return False
-            raise SettingsError(name, f"{raw!r} is not true or false")
+            raise SettingsError(name, f"{_show(raw)} is not true or false")
         if typ.startswith("int"):
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise SettingsError(name, f"{raw!r} is not a whole number")
+                raise SettingsError(name, f"{_show(raw)} is not a whole number")
             return int(raw)
         if typ.startswith("float"):
             if isinstance(raw, bool):
-                raise SettingsError(name, f"{raw!r} is not a number")
+                raise SettingsError(name, f"{_show(raw)} is not a number")
             return float(raw)
         return str(raw)
     except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, SettingsError):
             raise
-        raise SettingsError(name, f"{raw!r} is not a valid value ({typ})") from None
+        raise SettingsError(name, f"{_show(raw)} is not a valid value ({typ})") from None
 
 
 def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULTS,
@@ -282,7 +294,7 @@ def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULT
     preset = normalised.pop("preset", None)
     if preset is not None:
         if not isinstance(preset, str) or preset not in PRESETS:
-            raise SettingsError("preset", f"{preset!r} is not one of {', '.join(PRESETS)}")
+            raise SettingsError("preset", f"{_show(preset)} is not one of {', '.join(PRESETS)}")
         engine.update(PRESETS[preset])
     for key, raw in normalised.items():
         if key in engine_names:

@@ -328,8 +328,12 @@ json_values = st.recursive(json_scalars, lambda children: st.lists(children, max
                            | st.dictionaries(st.text(max_size=10), children, max_size=4), max_leaves=20)
 option_names = st.sampled_from(FIELD_NAMES + ["preset", "mask_mode", "name", "nope"]).flatmap(
     lambda n: st.sampled_from([n, n.replace("_", "-")]))
-settings_maps = st.dictionaries(option_names, json_values | st.sampled_from(["draft", "best", "content", "8", "1,2"]),
-                                max_size=6)
+huge_numbers = (st.integers(min_value=10 ** 30, max_value=10 ** 6000) | st.integers(min_value=-10 ** 400, max_value=0)
+                | st.integers(min_value=1, max_value=5000).map(lambda n: "9" * n) | st.floats(min_value=1e30))
+settings_maps = st.dictionaries(option_names, json_values | huge_numbers | st.lists(huge_numbers, max_size=3)
+                                | st.sampled_from(["draft", "best", "content", "8", "1,2"]), max_size=6)
+json_maps = st.dictionaries(option_names, json_values | st.integers(min_value=10 ** 30, max_value=10 ** 4000)
+                            | st.floats(min_value=1e30) | st.sampled_from(["draft", "8", "1,2"]), max_size=6)
 
 
 @given(settings_maps)
@@ -343,7 +347,7 @@ def test_any_mapping_is_settings_or_settings_error(values):
         assert isinstance(engine, Settings) and isinstance(document, DocumentSettings)
 
 
-@given(st.one_of(json_values.map(json.dumps), settings_maps.map(json.dumps), st.text(max_size=200),
+@given(st.one_of(json_values.map(json.dumps), json_maps.map(json.dumps), st.text(max_size=200),
                  st.integers(min_value=1, max_value=80).map(lambda n: "[" * n + "]" * n),
                  st.integers(min_value=30, max_value=6000).map(lambda n: '{"size": ' + "7" * n + "}")))
 @hyp_settings(max_examples=300, deadline=None)
@@ -365,7 +369,7 @@ def test_json_guard_figures():
         load_settings_json("9" * (LIMITS.max_json_digits + 1))
 
 
-@given(st.one_of(settings_maps.map(json.dumps), json_values.map(json.dumps), st.text(max_size=100)))
+@given(st.one_of(json_maps.map(json.dumps), json_values.map(json.dumps), st.text(max_size=100)))
 @hyp_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_settings_over_http_is_never_a_500(daemon, text):
     """Through the real daemon: with a content that is no image, a settings value that passes is then

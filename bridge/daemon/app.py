@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import urllib.parse
 import warnings
@@ -34,8 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..document.model import Group
 from ..imaging import SUPPORTED, ImageError, Picture, load_image
-from ..settings import DEFAULTS, LIMITS, DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, load_settings_json, \
-    settings_from_mapping
+from ..settings import DEFAULTS, LIMITS, DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, \
+    load_settings_json, settings_from_mapping
 from .jobs import MASK_MODES, ImageShape, Job, JobFiles, JobManager, QueueFull, Runner, default_job_memory, \
     estimate_job_memory, iter_array_png, run_engine
 from .library import LibraryError, StyleLibrary, check_name, name_from_filename
@@ -173,21 +174,24 @@ def _save_upload(upload: UploadFile, folder: Path, stem: str, what: str) -> Path
     return target
 
 
-def _png_complete(path: Path, size: int) -> bool:
-    """True when the PNG's chunk headers lead to IEND within the file (a cut upload does not)."""
+def _png_chunk_types(path: Path, size: int) -> set[bytes] | None:
+    """The chunk types of a PNG, read from the chunk headers alone; None when they do not lead to
+    IEND within the file (a cut upload). Only the first MAX_PNG_CHUNKS are walked."""
+    types: set[bytes] = set()
     with open(path, "rb") as fh:
         pos = 8
         for _ in range(MAX_PNG_CHUNKS):
             fh.seek(pos)
             head = fh.read(8)
             if len(head) < 8:
-                return False
+                return None
             pos += 12 + int.from_bytes(head[:4], "big")
             if pos > size:
-                return False
+                return None
+            types.add(head[4:8])
             if head[4:8] == b"IEND":
-                return True
-    return True
+                break
+    return types
 
 
 def _probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
@@ -199,10 +203,13 @@ def _probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
     damaged = ApiError(422, f"{what}: cannot read the image; the file may be truncated or damaged, export it again")
     if head[:8] == PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        shape = ImageShape(width, height, alpha=head[25] in (4, 6), bit_depth=16 if head[24] == 16 else 8,
-                           file_bytes=size)
-        if width * height <= limits.max_pixels and not _png_complete(path, size):
-            raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
+        types: set[bytes] | None = set()
+        if 0 < width * height <= limits.max_pixels:
+            types = _png_chunk_types(path, size)
+            if types is None:
+                raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
+        shape = ImageShape(width, height, alpha=head[25] in (4, 6) or b"tRNS" in types,
+                           bit_depth=16 if head[24] == 16 else 8, file_bytes=size)
     else:
         try:
             with warnings.catch_warnings():
@@ -345,6 +352,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         base_values["preset"] = config.preset
     base_settings, _, _ = settings_from_mapping(base_values)
     started = time.time()
+    style_upload_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -464,9 +472,11 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                   replace_existing: Annotated[bool, Form(alias="replace")] = False) -> Response:
         style_name = name if name is not None else name_from_filename(image.filename)
         _library_call(check_name, style_name)
-        data = _read_upload(image, "image")
-        _decode(data, "image", config.limits, name=style_name)   # 413 for too many pixels, like jobs
-        entry = _library_call(library.add, style_name, data, replace=replace_existing)
+        with style_upload_lock:     # the check decodes the whole image: one at a time bounds the memory
+            data = _read_upload(image, "image")
+            _decode(data, "image", config.limits, name=style_name)   # 413 for too many pixels, like jobs
+            entry = _library_call(library.add, style_name, data, replace=replace_existing)
+            del data
         return json_response(_style_json(entry), 201)
 
     @app.delete("/v1/styles/{name}", status_code=204, summary="Remove a style from the library",
