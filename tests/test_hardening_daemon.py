@@ -240,6 +240,9 @@ def test_uploads_are_decoded_when_the_job_starts_and_removed_when_it_ends(daemon
     status = wait_for(url, done.json()["id"], ("done", "failed"))
     assert status["status"] == "done", status
     assert upload_folders(daemon) == []
+    r = httpx.get(f"{url}/v1/jobs/{status['id']}/layers/1/image.png?level=42")   # a range limit of a query
+    assert r.status_code == 422 and r.json()["limit"] == "level.maximum" and r.json()["maximum"] == 9, r.text
+    assert str(r.json()["value"]) == "42"
 
 
 def test_a_library_style_is_kept_for_a_queued_job(daemon, small):
@@ -379,3 +382,25 @@ def test_any_settings_over_http_is_never_a_500(daemon, text):
     r = httpx.post(daemon["url"] + "/v1/jobs", files=files, data={"settings": text}, timeout=60)
     assert 400 <= r.status_code < 500, (text, r.status_code, r.text)
     assert r.json()["error"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 30_000 + "]" * 30_000, ["nested deeper", "32"]),
+    ('{"size": ' + "[" * 50 + "]" * 50 + "}", ["nested deeper"]),
+    ('{"size": ' + "9" * 5000 + "}", ["5000 digits", "limit of 40"]),
+    ("{" + " " * 70_000 + "}", ["bytes of JSON", "65,536"]),
+    ('{"preset": ["draft"]}', ["not one of"]),
+])
+def test_hot_folder_presets_give_a_clear_error(tmp_path, text, words):
+    """The hot folder reads preset.json with the same guarded parser: a SettingsError naming the file,
+    never the watcher's 'internal error ... looks like a bug'."""
+    from bridge.hotfolder.presets import resolve
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "preset.json").write_text(text)
+    with pytest.raises(SettingsError) as err:
+        resolve(tmp_path, "photo.png")
+    message = str(err.value)
+    assert "preset.json" in message, message
+    for word in words:
+        assert word in message, message

@@ -397,10 +397,15 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         parts = []
+        extra: dict[str, Any] = {}
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 422)
+            bounds = err.get("ctx") or {}
+            for key, side in (("le", "maximum"), ("lt", "maximum"), ("ge", "minimum"), ("gt", "minimum")):
+                if key in bounds and not extra:     # a range limit (e.g. ?level=0..9): say which, and what came
+                    extra = {"limit": f"{loc}.{side}", "value": err.get("input"), side: bounds[key]}
+        return json_response({"error": "; ".join(parts) or "invalid request", **extra}, 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -161,7 +161,6 @@ class ImageShape:
 NATIVE_FLOAT_BYTES = 32          # per photo (and style) pixel: float copies while resizing
 WORKING_BYTES = 2048             # per working-size pixel, optimisation on the CPU
 ENGINE_BASE_BYTES = 200 * 2 ** 20   # optimiser state, Gram targets, temporaries of any size
-LBFGS_HISTORY_BYTES = 3e8        # bridge.engine.optimize caps its L-BFGS history at this
 
 
 def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings: Settings,
@@ -171,9 +170,10 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     on a GPU it lives in GPU memory), the native-size float work and the output layers.
 
     Phases are added up rather than overlapped, so this errs on the high side (measured peaks
-    are 0.6-0.8 of it); it is computed from headers, before anything is decoded.
+    are 0.4-0.8 of it: bench/bench_daemon_memory.py); it is computed from headers, before anything
+    is decoded.
     """
-    from ..engine.optimize import stage_dims, working_ladder
+    from ..engine.optimize import LBFGS_HISTORY_BYTES, stage_dims, working_ladder
 
     b = 2 if content.bit_depth == 16 else 1
     b_doc = (document.depth or content.bit_depth) // 8
