@@ -125,7 +125,8 @@ def main() -> int:
             idle = status_mb(proc.pid)
             limits = httpx.get(url + "/v1/health").json()["limits"]
             print(f"daemon idle: RSS {idle['VmRSS']:.0f} MB (peak {idle['VmHWM']:.0f}); max_job_memory "
-                  f"{limits['max_job_memory'] / 2 ** 30:.1f} GiB, memory_budget {limits['memory_budget'] / 2 ** 30:.1f} GiB")
+                  f"{limits['max_job_memory'] / 2 ** 30:.1f} GiB, "
+                  f"memory_budget {limits['memory_budget'] / 2 ** 30:.1f} GiB")
 
             # 1. the queue
             blocker = submit(url, small, [style], {"size": 64, "iterations": 3000, "coarse_to_fine": False})["id"]
@@ -141,7 +142,8 @@ def main() -> int:
             for job_id in ids + [blocker]:
                 httpx.post(f"{url}/v1/jobs/{job_id}/cancel", timeout=60)
             print(f"queue: {args.queued} x {args.big}x{args.big} PNG ({len(big) / 1e6:.2f} MB each, "
-                  f"{args.big * args.big * 3 / 2 ** 20:.0f} MB decoded, each estimated at {estimate / 2 ** 30:.1f} GiB) "
+                  f"{args.big * args.big * 3 / 2 ** 20:.0f} MB decoded, "
+                  f"each estimated at {estimate / 2 ** 30:.1f} GiB) "
                   f"queued behind a running job: RSS {before:.0f} -> {after:.0f} MB ({after - before:+.0f} MB)")
 
             # 2. one job against its estimate
@@ -157,7 +159,8 @@ def main() -> int:
             peak = status_mb(proc.pid)["VmHWM"]
             used = (peak - start) * 2 ** 20
             print(f"job: {args.width}x{args.height} 8-bit, {args.styles} style(s), size {args.size}: {done['status']} "
-                  f"in {seconds:.1f} s; peak RSS {peak:.0f} MB, {used / 2 ** 20:.0f} MB above the {start:.0f} MB before "
+                  f"in {seconds:.1f} s; peak RSS {peak:.0f} MB, "
+                  f"{used / 2 ** 20:.0f} MB above the {start:.0f} MB before "
                   f"it{'' if exact else ' (peak not reset: includes earlier peaks)'}; estimate "
                   f"{job['memory_estimate'] / 2 ** 20:.0f} MB; measured/estimate {used / job['memory_estimate']:.2f}")
         finally:

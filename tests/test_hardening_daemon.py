@@ -340,7 +340,7 @@ json_maps = st.dictionaries(option_names, json_values | st.integers(min_value=10
 
 
 @given(settings_maps)
-@hyp_settings(max_examples=300, deadline=None)
+@hyp_settings(max_examples=300, deadline=None, database=None)
 def test_any_mapping_is_settings_or_settings_error(values):
     try:
         engine, document, extra = settings_from_mapping(values, allow_extra=("mask_mode", "name"))
@@ -353,7 +353,7 @@ def test_any_mapping_is_settings_or_settings_error(values):
 @given(st.one_of(json_values.map(json.dumps), json_maps.map(json.dumps), st.text(max_size=200),
                  st.integers(min_value=1, max_value=80).map(lambda n: "[" * n + "]" * n),
                  st.integers(min_value=30, max_value=6000).map(lambda n: '{"size": ' + "7" * n + "}")))
-@hyp_settings(max_examples=300, deadline=None)
+@hyp_settings(max_examples=300, deadline=None, database=None)
 def test_any_json_text_is_settings_or_settings_error(text):
     try:
         settings_from_json(text)
@@ -373,7 +373,8 @@ def test_json_guard_figures():
 
 
 @given(st.one_of(json_maps.map(json.dumps), json_values.map(json.dumps), st.text(max_size=100)))
-@hyp_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hyp_settings(max_examples=40, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_settings_over_http_is_never_a_500(daemon, text):
     """Through the real daemon: with a content that is no image, a settings value that passes is then
     refused for the photo (422), so no job is queued; nothing may be a 500."""

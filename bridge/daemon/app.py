@@ -224,7 +224,8 @@ def _probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
             pixels = _bomb_pixels(exc)
             raise _too_many_pixels(what, pixels if pixels is not None else limits.max_pixels + 1, limits) from None
         except UnidentifiedImageError:
-            raise ApiError(422, f"{what}: not an image file this program can read ({SUPPORTED} are supported)") from None
+            raise ApiError(422, f"{what}: not an image file this program can read "
+                                f"({SUPPORTED} are supported)") from None
         except Exception:  # noqa: BLE001 - any decoder complaint about the header
             raise damaged from None
     if shape.width <= 0 or shape.height <= 0:

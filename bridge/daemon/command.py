@@ -158,7 +158,8 @@ def serve_command(args: argparse.Namespace) -> int:
     config = DaemonConfig(
         data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,
-        retention_s=args.keep_results * 60.0, limits=limits, extra_hosts=tuple(args.allow_host), png_level=args.png_level)
+        retention_s=args.keep_results * 60.0, limits=limits, extra_hosts=tuple(args.allow_host),
+        png_level=args.png_level)
     app = create_app(config)
     print(f"stylebridge {__version__} daemon: device {device}, weights {args.weights}"
           f"{' (' + weights_path + ')' if weights_path else ''}, data {data_dir}", file=sys.stderr)
