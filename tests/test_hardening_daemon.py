@@ -302,6 +302,10 @@ def test_other_bad_settings_and_fields_are_4xx(daemon, small):
     r = submit(url, ("c.png", small["content"]), many, TINY)
     assert r.status_code == 422 and r.json()["limit"] == "max_styles" and r.json()["value"] == 17
     assert f"limit of {LIMITS.max_styles}" in r.json()["error"]
+    flood = [(f"s{i}.png", b"x") for i in range(200)]          # the parser stops counting at 4 x max_styles
+    r = submit(url, ("c.png", small["content"]), flood, TINY)
+    assert r.status_code == 413 and r.json()["limit"] == "max_form_files", r.text
+    assert f"at most {4 * LIMITS.max_styles}" in r.json()["error"]
     assert httpx.get(url + "/v1/health").json()["status"] == "ok"
 
 

@@ -114,6 +114,13 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
+def form_limits(limits: Limits) -> dict[str, int]:
+    """The multipart parser's caps on one request. Files under 1 MB stay in memory while the form is
+    parsed, so their number is bounded: content, mask and styles, with room enough that a few styles
+    too many still get max_styles's 422 with its value."""
+    return {"max_files": 4 * limits.max_styles, "max_fields": 4 * limits.max_styles + 16}
+
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COPY_CHUNK = 1 << 20                        # bytes copied at a time from an upload to the data folder
 MAX_PNG_CHUNKS = 1_000_000                  # chunk headers walked to find IEND (the decoder checks the rest)
@@ -365,7 +372,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
 
     app = FastAPI(title="stylebridge daemon", version=__version__, lifespan=lifespan,
                   description="Gatys neural style transfer for image editors. See docs/protocol.md.",
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, form_limits=form_limits(config.limits))
     app.state.config = config
     app.state.manager = manager
     app.state.library = library
@@ -386,6 +393,12 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                        "limit": "max_upload_bytes", "value": None}
         elif exc.status_code == 404 and exc.detail == "Not Found":
             payload["error"] = f"no such route: {request.method} {request.url.path}"
+        elif exc.status_code == 400 and str(exc.detail).startswith("Too many "):   # the multipart parser's caps
+            kind = "files" if "files" in str(exc.detail) else "fields"
+            limit = form_limits(config.limits)[f"max_{kind}"]
+            return JSONResponse({"error": f"too many {kind} in one request: at most {limit} (max_form_{kind}); "
+                                          f"a job takes a content, a mask and up to {config.limits.max_styles} styles",
+                                 "limit": f"max_form_{kind}", "value": None}, 413)
         elif exc.status_code == 400 and "maximum size" in str(exc.detail):   # the multipart parser's cap
             return JSONResponse({"error": f"a form field (settings, name, styles) is over the multipart parser's "
                                           f"limit of 1 MB (max_form_field_bytes); settings JSON may be at most "
