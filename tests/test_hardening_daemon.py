@@ -100,6 +100,9 @@ def daemon(tmp_path_factory):
     orphan = data / "jobs" / str(dead_pid()) / "uploads" / "0123abcd"   # left by a daemon killed with -9
     orphan.mkdir(parents=True)
     (orphan / "content").write_bytes(b"x" * 1000)
+    reused = data / "jobs" / str(os.getpid()) / "uploads" / "4567ef"     # its pid now belongs to someone else
+    reused.mkdir(parents=True)
+    (reused.parent.parent / ".lock").write_bytes(b"")                   # ... but nobody holds its lock
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir", str(data),
                              "--max-upload-mb", str(UPLOAD_MB), "--max-job-memory-mb", str(JOB_MEMORY_MB),
@@ -117,7 +120,7 @@ def daemon(tmp_path_factory):
             pass
         assert time.monotonic() < deadline, "daemon did not answer within 120 s"
         time.sleep(0.2)
-    yield {"url": url, "data": data, "proc": proc, "orphan": orphan,
+    yield {"url": url, "data": data, "proc": proc, "orphans": [orphan, reused],
            "jobs": data / "jobs" / str(proc.pid)}
     proc.terminate()
     try:
@@ -160,8 +163,9 @@ def upload_folders(daemon) -> list[Path]:
 # ------------------------------------------------------------------------------------------------
 
 def test_orphaned_uploads_are_removed_at_start_up(daemon):
-    assert not daemon["orphan"].exists()
-    assert not daemon["orphan"].parent.parent.exists()      # the dead daemon's whole folder
+    for orphan in daemon["orphans"]:
+        assert not orphan.parent.parent.exists(), orphan       # the gone daemon's whole folder
+    assert (daemon["jobs"] / ".lock").is_file()                  # the running daemon's, held
 
 
 def test_queued_uploads_wait_on_disk_not_in_memory(daemon, small):

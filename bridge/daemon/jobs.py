@@ -30,6 +30,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:     # Windows: fall back to "is that process id alive"
+    fcntl = None  # type: ignore[assignment]
+
 from ..document.model import Group, Layer, LayerStack
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import Picture
@@ -386,15 +391,21 @@ class JobManager:
 
     def _reset_folder(self) -> None:
         """One sub-folder per daemon process (two daemons may share a data folder); the folders of
-        daemons that are gone are removed: their results cannot be served again."""
+        daemons that are gone (results, queued uploads) are removed: they cannot be served again.
+
+        Each daemon holds a lock on its folder's ``.lock`` for its lifetime, so a folder whose lock
+        can be taken is an orphan even when its process id has been reused meanwhile."""
         parent = self.folder
         parent.mkdir(parents=True, exist_ok=True)
         for child in parent.iterdir():
-            if child.is_dir() and child.name.isdigit() and not _alive(int(child.name)):
+            if child.is_dir() and child.name.isdigit() and _orphaned(child):
                 shutil.rmtree(child, ignore_errors=True)
         self.folder = parent / str(os.getpid())
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
+        self._lock_file = open(self.folder / ".lock", "wb")     # noqa: SIM115 - held until the process ends
+        if fcntl is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.uploads = self.folder / "uploads"     # queued jobs' files; one sub-folder per job
         self.uploads.mkdir()
 
@@ -422,6 +433,7 @@ class JobManager:
         if self._worker.is_alive():
             self._worker.join(timeout)
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._lock_file.close()
 
     # -- client side ---------------------------------------------------------------------------
     def submit(self, files: JobFiles, max_queued: int | None = None) -> Job:
@@ -705,6 +717,22 @@ def default_job_memory() -> int:
     """``Limits.max_job_memory`` when it is None: half of :func:`machine_memory` (8 GiB if unknown)."""
     total = machine_memory()
     return total // 2 if total else 8 * 2 ** 30
+
+
+def _orphaned(folder: Path) -> bool:
+    """True when the daemon that made ``folder`` is gone: its lock is free (or, for a folder without
+    one, its process does not exist)."""
+    lock = folder / ".lock"
+    if fcntl is None or not lock.is_file():
+        return not _alive(int(folder.name))
+    try:
+        with open(lock, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released when closed
+    except BlockingIOError:
+        return False
+    except OSError:
+        return not _alive(int(folder.name))
+    return True
 
 
 def _alive(pid: int) -> bool:
