@@ -178,7 +178,14 @@ class Limits:
     max_styles: int = 16
     max_iterations: int = 5000
     max_size: int = 4096                   # working size; native output may be bigger
-    max_queued_jobs: int = 32              # daemon: each queued job holds its decoded photo in memory
+    max_queued_jobs: int = 32              # daemon: queued jobs wait on disk (their uploads), not in memory
+    # daemon: a job whose estimated memory (photo, styles, optimisation, layers) is over this is refused
+    # with 413; None = half of the machine's RAM, found when the daemon starts
+    max_job_memory: int | None = None
+    memory_budget: int = 2 * 1024 ** 3     # daemon: finished results held in RAM beyond this go to disk
+    max_settings_bytes: int = 64 * 1024    # settings JSON (HTTP field, preset.json, sidecar)
+    max_json_depth: int = 32               # nesting of arrays/objects in settings JSON
+    max_json_digits: int = 40              # digits of one integer in settings JSON
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -193,6 +200,15 @@ DOCUMENT_DEFAULTS = DocumentSettings()
 LIMITS = Limits()
 
 
+def _show(value: Any) -> str:
+    """A value for a message: short, and safe for huge numbers (repr refuses ints past 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a huge number" if isinstance(value, int) else f"a {type(value).__name__} holding a huge number"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _check_field(f: dataclasses.Field, value: Any) -> None:
     meta = f.metadata
     if value is None:
@@ -201,15 +217,18 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
     values = value if isinstance(value, tuple) else (value,)
     for v in values:
         if choices and isinstance(v, str) and v not in choices:
-            raise SettingsError(f.name, f"{v!r} is not one of {', '.join(choices)}")
+            raise SettingsError(f.name, f"{_show(v)} is not one of {', '.join(choices)}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if not math.isfinite(v):
+            if isinstance(v, float) and not math.isfinite(v):     # (isfinite of a huge int overflows)
                 raise SettingsError(f.name, "must be a finite number")
             lo, hi = meta.get("min"), meta.get("max")
+            shown: Any = v
+            if isinstance(v, int) and abs(v) >= 10 ** 30:   # str() of a huge int is refused past 4300 digits
+                shown = f"a number of {len(str(abs(v))) if v.bit_length() < 14000 else 'thousands of'} digits"
             if lo is not None and v < lo:
-                raise SettingsError(f.name, f"{v} is below the minimum {lo}")
+                raise SettingsError(f.name, f"{shown} is below the minimum {lo}")
             if hi is not None and v > hi:
-                raise SettingsError(f.name, f"{v} is above the maximum {hi}")
+                raise SettingsError(f.name, f"{shown} is above the maximum {hi}")
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -246,20 +265,20 @@ def coerce_value(cls: type, name: str, raw: Any) -> Any:
                 return True
             if text in ("0", "false", "no", "off"):
                 return False
-            raise SettingsError(name, f"{raw!r} is not true or false")
+            raise SettingsError(name, f"{_show(raw)} is not true or false")
         if typ.startswith("int"):
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise SettingsError(name, f"{raw!r} is not a whole number")
+                raise SettingsError(name, f"{_show(raw)} is not a whole number")
             return int(raw)
         if typ.startswith("float"):
             if isinstance(raw, bool):
-                raise SettingsError(name, f"{raw!r} is not a number")
+                raise SettingsError(name, f"{_show(raw)} is not a number")
             return float(raw)
         return str(raw)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, SettingsError):
             raise
-        raise SettingsError(name, f"{raw!r} is not a valid value ({typ})") from None
+        raise SettingsError(name, f"{_show(raw)} is not a valid value ({typ})") from None
 
 
 def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULTS,
@@ -278,8 +297,8 @@ def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULT
     normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
     preset = normalised.pop("preset", None)
     if preset is not None:
-        if preset not in PRESETS:
-            raise SettingsError("preset", f"{preset!r} is not one of {', '.join(PRESETS)}")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise SettingsError("preset", f"{_show(preset)} is not one of {', '.join(PRESETS)}")
         engine.update(PRESETS[preset])
     for key, raw in normalised.items():
         if key in engine_names:
@@ -294,11 +313,56 @@ def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULT
             dataclasses.replace(document_base, **doc).validate(), extra)
 
 
-def settings_from_json(text: str, **kwargs: Any) -> tuple[Settings, DocumentSettings, dict[str, Any]]:
+class JsonLimitError(SettingsError):
+    """Settings JSON over one of the :class:`Limits` caps; ``limit``/``value`` say which and by how much."""
+
+    def __init__(self, option: str, message: str, limit: str, value: int) -> None:
+        self.limit, self.value = limit, value
+        super().__init__(option, message)
+
+
+def load_settings_json(text: str | bytes, option: str = "settings", limits: "Limits | None" = None) -> Any:
+    """``json.loads`` that only raises :class:`SettingsError`, with caps on size, nesting and digits.
+
+    Python's parser recurses once per nesting level (RecursionError deep down) and refuses integers
+    of more than 4300 digits with a plain ValueError; both would surface as "internal error".
+    """
+    limits = limits or LIMITS
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    if size > limits.max_settings_bytes:
+        raise JsonLimitError(option, f"{size:,} bytes of JSON is over the limit of {limits.max_settings_bytes:,} "
+                             "bytes; send only the options you change", "max_settings_bytes", size)
+
+    def parse_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > limits.max_json_digits:
+            raise JsonLimitError(option, f"a number of {len(digits.lstrip('-'))} digits is over the limit of "
+                                 f"{limits.max_json_digits} digits", "max_json_digits", len(digits.lstrip("-")))
+        return int(digits)
+
+    too_deep = JsonLimitError(option, f"JSON nested deeper than the limit of {limits.max_json_depth} levels "
+                              "(arrays and objects inside each other)", "max_json_depth", limits.max_json_depth + 1)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=parse_int)
     except json.JSONDecodeError as exc:
-        raise SettingsError("settings", f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SettingsError(option, f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise too_deep from None            # deeper than the parser itself can go
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        raise SettingsError(option, f"not valid JSON ({exc})") from None
+    stack = [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            if level > limits.max_json_depth:
+                raise too_deep
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return data
+
+
+def settings_from_json(text: str, **kwargs: Any) -> tuple[Settings, DocumentSettings, dict[str, Any]]:
+    data = load_settings_json(text)
     if not isinstance(data, dict):
         raise SettingsError("settings", "must be a JSON object")
     return settings_from_mapping(data, **kwargs)

@@ -9,10 +9,14 @@ decoding and encoding big images never blocks the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
+import os
 import re
+import shutil
+import threading
 import time
 import urllib.parse
 import warnings
@@ -25,15 +29,16 @@ import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..document.model import Group
-from ..engine.types import StyleInput
-from ..imaging import ImageError, Picture, load_image, load_mask
-from ..settings import DEFAULTS, LIMITS, Limits, Settings, SettingsError, settings_from_json, settings_from_mapping
-from .jobs import MASK_MODES, Job, JobManager, JobRequest, QueueFull, Runner, iter_array_png, run_engine
+from ..imaging import SUPPORTED, ImageError, Picture, load_image
+from ..settings import DEFAULTS, LIMITS, DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, \
+    load_settings_json, settings_from_mapping
+from .jobs import MASK_MODES, ImageShape, Job, JobFiles, JobManager, QueueFull, Runner, default_job_memory, \
+    estimate_job_memory, iter_array_png, run_engine
 from .library import LibraryError, StyleLibrary, check_name, name_from_filename
 from .security import Guard, allowed_host_names
 
@@ -65,7 +70,6 @@ class DaemonConfig:
     weights_path: str | None = None
     preset: str | None = None              # default preset for jobs that name none
     retention_s: float = 3600.0
-    memory_budget: int = 2 * 1024 ** 3
     limits: Limits = field(default_factory=lambda: LIMITS)
     extra_hosts: tuple[str, ...] = ()
     png_level: int | None = None           # zlib level of layer PNGs; None = per layer (0 or 1)
@@ -110,19 +114,136 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def _probe_pixels(data: bytes) -> tuple[int, int] | None:
-    """Width and height from the header only (PNG IHDR or Pillow's lazy open); None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+def form_limits(limits: Limits) -> dict[str, int]:
+    """The multipart parser's caps on one request. Files under 1 MB stay in memory while the form is
+    parsed, so their number is bounded: content, mask and styles, with room enough that a few styles
+    too many still get max_styles's 422 with its value."""
+    return {"max_files": 4 * limits.max_styles, "max_fields": 4 * limits.max_styles + 16}
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COPY_CHUNK = 1 << 20                        # bytes copied at a time from an upload to the data folder
+MAX_PNG_CHUNKS = 1_000_000                  # chunk headers walked to find IEND (the decoder checks the rest)
+
+
+def _bomb_pixels(exc: Exception) -> int | None:
+    """Pillow's decompression-bomb message carries the pixel count: 'Image size (N pixels) exceeds...'."""
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _probe_pixels(data: bytes) -> tuple[int, int] | int | None:
+    """Width and height from the header only (PNG IHDR or Pillow's lazy open); the pixel count
+    alone when Pillow refused it as a bomb; None if unknown."""
+    if data[:8] == PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 return im.size
-    except Image.DecompressionBombError:
-        return (1 << 31, 1)
+    except Image.DecompressionBombError as exc:
+        return _bomb_pixels(exc)
     except Exception:  # noqa: BLE001 - the real decoder gives the message
         return None
+
+
+def _too_many_pixels(what: str, size: tuple[int, int] | int, limits: Limits) -> ApiError:
+    value = size if isinstance(size, int) else size[0] * size[1]
+    dims = "" if isinstance(size, int) else f"{size[0]}x{size[1]} is "
+    return ApiError(413, f"{what}: {dims}{value:,} pixels, over the daemon's limit of {limits.max_pixels:,} "
+                         "(max_pixels); scale it down first", limit="max_pixels", value=value)
+
+
+def _save_upload(upload: UploadFile, folder: Path, stem: str, what: str) -> Path:
+    """Copy an upload into the job's folder piece by piece, complete or not at all.
+
+    Starlette spooled the part to a temporary file while the body streamed in (the Guard stops the
+    body at ``max_upload_bytes``); here it moves on in 1 MB pieces, so no upload is ever whole in
+    memory. A full disk -> 507."""
+    target = folder / stem
+    part = folder / f".{stem}.part"
+    size = 0
+    try:
+        upload.file.seek(0)
+        with open(part, "wb") as out:
+            while chunk := upload.file.read(COPY_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        if size == 0:
+            raise ApiError(422, f"{what}: the uploaded file is empty")
+        os.replace(part, target)
+    except OSError as exc:
+        raise ApiError(507, f"{what}: cannot store the upload in the daemon's data folder "
+                            f"({exc.strerror or exc}); free some disk space and submit again") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+def _png_chunk_types(path: Path, size: int) -> set[bytes] | None:
+    """The chunk types of a PNG, read from the chunk headers alone; None when they do not lead to
+    IEND within the file (a cut upload). Only the first MAX_PNG_CHUNKS are walked."""
+    types: set[bytes] = set()
+    with open(path, "rb") as fh:
+        pos = 8
+        for _ in range(MAX_PNG_CHUNKS):
+            fh.seek(pos)
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            pos += 12 + int.from_bytes(head[:4], "big")
+            if pos > size:
+                return None
+            types.add(head[4:8])
+            if head[4:8] == b"IEND":
+                break
+    return types
+
+
+def _probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
+    """What a file's header says (size, alpha, depth), without decoding: 413 over ``max_pixels``,
+    422 when it is no image or visibly cut short. Damage deeper inside shows when the job starts."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    damaged = ApiError(422, f"{what}: cannot read the image; the file may be truncated or damaged, export it again")
+    if head[:8] == PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        types: set[bytes] | None = set()
+        if 0 < width * height <= limits.max_pixels:
+            types = _png_chunk_types(path, size)
+            if types is None:
+                raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
+        shape = ImageShape(width, height, alpha=head[25] in (4, 6) or b"tRNS" in types,
+                           bit_depth=16 if head[24] == 16 else 8, file_bytes=size)
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as im:
+                    bands = im.getbands()
+                    bits = im.tag_v2.get(258, (8,)) if im.format == "TIFF" else (8,)
+                    deep = im.mode.startswith("I") or im.mode == "F" or max(tuple(bits) or (8,)) > 8
+                    shape = ImageShape(im.size[0], im.size[1], alpha="A" in bands or "transparency" in im.info,
+                                       bit_depth=16 if deep else 8, file_bytes=size)
+        except Image.DecompressionBombError as exc:
+            pixels = _bomb_pixels(exc)
+            raise _too_many_pixels(what, pixels if pixels is not None else limits.max_pixels + 1, limits) from None
+        except UnidentifiedImageError:
+            raise ApiError(422, f"{what}: not an image file this program can read "
+                                f"({SUPPORTED} are supported)") from None
+        except Exception:  # noqa: BLE001 - any decoder complaint about the header
+            raise damaged from None
+    if shape.width <= 0 or shape.height <= 0:
+        raise ApiError(422, f"{what}: the image has no pixels ({shape.width}x{shape.height}); export it again")
+    if shape.pixels > limits.max_pixels:
+        raise _too_many_pixels(what, (shape.width, shape.height), limits)
+    return shape
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MB"
 
 
 def _read_upload(upload: UploadFile, what: str) -> bytes:
@@ -136,10 +257,8 @@ def _read_upload(upload: UploadFile, what: str) -> bytes:
 def _decode(data: bytes, what: str, limits: Limits, name: str | None = None) -> Picture:
     """Decode an uploaded image; pixel limit -> 413, anything unreadable -> 422 with imaging's message."""
     size = _probe_pixels(data)
-    if size is not None and size[0] * size[1] > limits.max_pixels:
-        value = size[0] * size[1]
-        raise ApiError(413, f"{what}: {size[0]}x{size[1]} is {value:,} pixels, over the limit of "
-                            f"{limits.max_pixels:,}; scale it down first", limit="max_pixels", value=value)
+    if size is not None and (size if isinstance(size, int) else size[0] * size[1]) > limits.max_pixels:
+        raise _too_many_pixels(what, size, limits)
     try:
         return load_image(data, max_pixels=limits.max_pixels, name=name)
     except ImageError as exc:
@@ -177,18 +296,51 @@ def _style_json(entry: Any) -> dict[str, Any]:
             "thumbnail_url": f"{path}/thumbnail.png", "image_url": f"{path}/image"}
 
 
+LIMITED_OPTIONS = {"iterations": "max_iterations", "coarse_iterations": "max_iterations",
+                   "size": "max_size", "min_size": "max_size"}
+
+
+def _over_limit(option: str, value: Any, limits: Limits) -> ApiError | None:
+    """422 naming the daemon's own limit (not the Settings field's wider maximum) when ``value`` is over it."""
+    name = LIMITED_OPTIONS[option]
+    limit = getattr(limits, name)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= limit:
+        return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
+        value = int(value)
+    unit = " px" if name == "max_size" else ""
+    return ApiError(422, f"{option.replace('_', '-')}: {value} is over the daemon's limit of {limit}{unit} "
+                         f"({name}); use at most {limit}", limit=name, value=value, option=option)
+
+
 def check_limits(settings: Settings, limits: Limits) -> None:
     """The machine-protecting limits of :data:`bridge.settings.LIMITS` (422 with limit and value)."""
-    for option in ("iterations", "coarse_iterations"):
-        value = getattr(settings, option)
-        if value > limits.max_iterations:
-            raise ApiError(422, f"{option.replace('_', '-')}: {value} is over the daemon's limit of "
-                                f"{limits.max_iterations}", limit="max_iterations", value=value)
-    for option in ("size", "min_size"):
-        value = getattr(settings, option)
-        if value > limits.max_size:
-            raise ApiError(422, f"{option.replace('_', '-')}: {value} is over the daemon's limit of "
-                                f"{limits.max_size} px", limit="max_size", value=value)
+    for option in LIMITED_OPTIONS:
+        error = _over_limit(option, getattr(settings, option), limits)
+        if error is not None:
+            raise error
+
+
+def _settings_error(exc: SettingsError, raw: Any) -> ApiError:
+    """422 for a bad setting; a value outside a field's range also gets ``limit`` and ``value``."""
+    extra: dict[str, Any] = {"option": exc.option}
+    if isinstance(exc, JsonLimitError):
+        extra.update(limit=exc.limit, value=exc.value)
+        return ApiError(413 if exc.limit == "max_settings_bytes" else 422, str(exc), **extra)
+    meta = next((f.metadata for cls in (Settings, DocumentSettings) for f in dataclasses.fields(cls)
+                 if f.name == exc.option), None)
+    value = raw.get(exc.option, raw.get(exc.option.replace("_", "-"))) if isinstance(raw, dict) else None
+    if meta and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if meta.get("max") is not None and value > meta["max"]:
+            extra.update(limit=f"{exc.option}.maximum", value=value, maximum=meta["max"])
+        elif meta.get("min") is not None and value < meta["min"]:
+            extra.update(limit=f"{exc.option}.minimum", value=value, minimum=meta["min"])
+    return ApiError(422, str(exc), **extra)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,14 +350,17 @@ def check_limits(settings: Settings, limits: Limits) -> None:
 def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     """The FastAPI app for ``config``; its lifespan starts and stops the engine worker."""
     data_dir = Path(config.data_dir)
+    if config.limits.max_job_memory is None:    # half the machine's RAM, found once
+        config.limits = replace(config.limits, max_job_memory=default_job_memory())
     library = StyleLibrary(data_dir / "styles", max_pixels=config.limits.max_pixels)
     manager = JobManager(runner, data_dir / "jobs", retention_s=config.retention_s,
-                         memory_budget=config.memory_budget)
+                         memory_budget=config.limits.memory_budget)
     base_values: dict[str, Any] = {"device": config.device, "weights": config.weights}
     if config.preset:
         base_values["preset"] = config.preset
     base_settings, _, _ = settings_from_mapping(base_values)
     started = time.time()
+    style_upload_lock = threading.Lock()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -217,7 +372,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
 
     app = FastAPI(title="stylebridge daemon", version=__version__, lifespan=lifespan,
                   description="Gatys neural style transfer for image editors. See docs/protocol.md.",
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, form_limits=form_limits(config.limits))
     app.state.config = config
     app.state.manager = manager
     app.state.library = library
@@ -238,6 +393,17 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                        "limit": "max_upload_bytes", "value": None}
         elif exc.status_code == 404 and exc.detail == "Not Found":
             payload["error"] = f"no such route: {request.method} {request.url.path}"
+        elif exc.status_code == 400 and str(exc.detail).startswith("Too many "):   # the multipart parser's caps
+            kind = "files" if "files" in str(exc.detail) else "fields"
+            limit = form_limits(config.limits)[f"max_{kind}"]
+            return JSONResponse({"error": f"too many {kind} in one request: at most {limit} (max_form_{kind}); "
+                                          f"a job takes a content, a mask and up to {config.limits.max_styles} styles",
+                                 "limit": f"max_form_{kind}", "value": None}, 413)
+        elif exc.status_code == 400 and "maximum size" in str(exc.detail):   # the multipart parser's cap
+            return JSONResponse({"error": f"a form field (settings, name, styles) is over the multipart parser's "
+                                          f"limit of 1 MB (max_form_field_bytes); settings JSON may be at most "
+                                          f"{config.limits.max_settings_bytes:,} bytes",
+                                 "limit": "max_form_field_bytes", "value": None}, 413)
         elif exc.status_code == 400:
             payload["error"] = f"malformed request: {exc.detail}"
         return JSONResponse(payload, exc.status_code, headers=getattr(exc, "headers", None))
@@ -245,10 +411,15 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         parts = []
+        extra: dict[str, Any] = {}
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 422)
+            bounds = err.get("ctx") or {}
+            for key, side in (("le", "maximum"), ("lt", "maximum"), ("ge", "minimum"), ("gt", "minimum")):
+                if key in bounds and not extra:     # a range limit (e.g. ?level=0..9): say which, and what came
+                    extra = {"limit": f"{loc}.{side}", "value": err.get("input"), side: bounds[key]}
+        return json_response({"error": "; ".join(parts) or "invalid request", **extra}, 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -282,7 +453,10 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
             "retention_s": config.retention_s,
             "limits": {"max_pixels": limits.max_pixels, "max_upload_bytes": limits.max_upload_bytes,
                        "max_styles": limits.max_styles, "max_iterations": limits.max_iterations,
-                       "max_size": limits.max_size, "max_queued_jobs": limits.max_queued_jobs},
+                       "max_size": limits.max_size, "max_queued_jobs": limits.max_queued_jobs,
+                       "max_job_memory": limits.max_job_memory, "memory_budget": limits.memory_budget,
+                       "max_settings_bytes": limits.max_settings_bytes, "max_json_depth": limits.max_json_depth,
+                       "max_json_digits": limits.max_json_digits},
         })
 
     # -- style library ---------------------------------------------------------------------------
@@ -317,9 +491,11 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                   replace_existing: Annotated[bool, Form(alias="replace")] = False) -> Response:
         style_name = name if name is not None else name_from_filename(image.filename)
         _library_call(check_name, style_name)
-        data = _read_upload(image, "image")
-        _decode(data, "image", config.limits, name=style_name)   # 413 for too many pixels, like jobs
-        entry = _library_call(library.add, style_name, data, replace=replace_existing)
+        with style_upload_lock:     # the check decodes the whole image: one at a time bounds the memory
+            data = _read_upload(image, "image")
+            _decode(data, "image", config.limits, name=style_name)   # 413 for too many pixels, like jobs
+            entry = _library_call(library.add, style_name, data, replace=replace_existing)
+            del data
         return json_response(_style_json(entry), 201)
 
     @app.delete("/v1/styles/{name}", status_code=204, summary="Remove a style from the library",
@@ -341,15 +517,22 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     ) -> Response:
         limits = config.limits
         try:
-            raw = json.loads(settings or "{}")
-        except json.JSONDecodeError:
-            raw = None                      # settings_from_json words the error
-        keys = {str(k).replace("-", "_") for k in raw} if isinstance(raw, dict) else set()
-        try:
-            engine, document, extra = settings_from_json(settings or "{}", base=base_settings,
-                                                         allow_extra=("mask_mode", "name"))
+            raw = load_settings_json(settings or "{}", limits=limits)
         except SettingsError as exc:
-            raise ApiError(422, str(exc), option=exc.option) from None
+            raise _settings_error(exc, None) from None
+        if not isinstance(raw, dict):
+            raise ApiError(422, "settings: must be a JSON object", option="settings")
+        keys = {str(k).replace("-", "_") for k in raw}
+        for key, value in raw.items():       # the daemon's limits before the fields' own (wider) ranges
+            option = str(key).replace("-", "_")
+            error = _over_limit(option, value, limits) if option in LIMITED_OPTIONS else None
+            if error is not None:
+                raise error
+        try:
+            engine, document, extra = settings_from_mapping(raw, base=base_settings,
+                                                            allow_extra=("mask_mode", "name"))
+        except SettingsError as exc:
+            raise _settings_error(exc, raw) from None
         if "device" in keys and engine.device == "auto":
             engine = replace(engine, device=base_settings.device)     # 'auto' means: whatever the daemon uses
         for option in FIXED_BY_DAEMON:
@@ -369,58 +552,91 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         if count == 0:
             raise ApiError(422, "no style: give library names in 'styles' and/or images in 'style_files'")
         if count > limits.max_styles:
-            raise ApiError(422, f"{count} styles is over the daemon's limit of {limits.max_styles}",
+            raise ApiError(422, f"{count} styles is over the daemon's limit of {limits.max_styles} (max_styles)",
                            limit="max_styles", value=count)
         if engine.style_blend_weights is not None and len(engine.style_blend_weights) != count:
             raise ApiError(422, f"style-blend-weights: {len(engine.style_blend_weights)} weights for {count} styles",
                            option="style_blend_weights")
+        if mode is not None and mode not in MASK_MODES:
+            raise ApiError(422, f"mask_mode: {mode!r} is not one of {', '.join(MASK_MODES)}", option="mask_mode")
+        if mode == "mask" and mask is None:
+            raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
+        waiting = manager.counts()["queued"]
+        if waiting >= limits.max_queued_jobs:       # before storing anything; submit() checks again
+            raise _queue_full(waiting)
 
-        picture = _decode(_read_upload(content, "content"), "content", limits,
-                          name=name_from_filename(content.filename, "image"))
+        # The uploads go to disk in the job's own folder and wait there, undecoded, until the job starts.
+        folder = manager.upload_folder()
+        try:
+            job = _queue_job(folder, content, names, files, mask, mode, engine, document, run_name)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return json_response(manager.status(job), 202)
+
+    def _queue_full(waiting: int) -> ApiError:
+        return ApiError(429, f"the daemon's queue is full: {waiting} jobs are waiting (limit "
+                             f"{config.limits.max_queued_jobs}, max_queued_jobs); submit again when some have "
+                             "finished, or cancel some (GET /v1/jobs lists them)",
+                        limit="max_queued_jobs", value=waiting)
+
+    def _queue_job(folder: Path, content: UploadFile, names: list[str], files: list[UploadFile],
+                   mask: UploadFile | None, mode: str | None, engine: Settings, document: DocumentSettings,
+                   run_name: str | None) -> Job:
+        """Store and check the uploads (headers only), estimate the job's memory, queue it."""
+        limits = config.limits
+        content_path = _save_upload(content, folder, "content", "content")
+        shape = _probe_file(content_path, "content", limits)
         taken: set[str] = set()
-        inputs: list[StyleInput] = []
-        for style in names:
+        style_paths: list[tuple[str, Path]] = []
+        style_shapes: list[ImageShape] = []
+        for i, style in enumerate(names):
             try:
-                style_pic = library.load(style)
+                source = library.path(style)
             except LibraryError as exc:
                 raise ApiError(422, f"unknown style {style!r}: not in the library (GET /v1/styles lists them)"
                                if exc.status == 404 else str(exc), style=style) from None
-            except ImageError as exc:
-                raise ApiError(422, f"style {style!r}: {exc}", style=style) from None
-            inputs.append(StyleInput(_unique(check_name(style), taken), style_pic))
-        for upload in files:
-            label = name_from_filename(upload.filename)
-            style_pic = _decode(_read_upload(upload, f"style file {upload.filename!r}"),
-                                f"style file {upload.filename!r}", limits, name=label)
-            inputs.append(StyleInput(_unique(label, taken), style_pic))
-
-        mask_array = None
-        if mask is not None:
-            data = _read_upload(mask, "mask")
-            size = _probe_pixels(data)
-            if size is not None and size[0] * size[1] > limits.max_pixels:
-                raise ApiError(413, "mask: too many pixels", limit="max_pixels", value=size[0] * size[1])
+            target = folder / f"style{i}{source.suffix}"
             try:
-                mask_array = load_mask(data, (picture.width, picture.height), depth=picture.bit_depth,
-                                       max_pixels=limits.max_pixels)
-            except ImageError as exc:
-                raise ApiError(422, _strip_label(str(exc)).replace("upload:", "mask:")) from None
-        if mode is None:
-            mode = "mask" if mask_array is not None else document.reveal
-        if mode not in MASK_MODES:
-            raise ApiError(422, f"mask_mode: {mode!r} is not one of {', '.join(MASK_MODES)}", option="mask_mode")
-        if mode == "mask" and mask_array is None:
-            raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
+                os.link(source, target)         # the library may change meanwhile; the link keeps this file
+            except OSError:
+                shutil.copyfile(source, target)
+            style_shapes.append(_probe_file(target, f"style {style!r}", limits))
+            style_paths.append((_unique(check_name(style), taken), target))
+        for i, upload in enumerate(files, start=len(names)):
+            label = name_from_filename(upload.filename)
+            what = f"style file {upload.filename!r}"
+            path = _save_upload(upload, folder, f"style{i}", what)
+            style_shapes.append(_probe_file(path, what, limits))
+            style_paths.append((_unique(label, taken), path))
 
-        request = JobRequest(content=picture, styles=inputs, settings=engine, document=document,
-                             mask=mask_array, mask_mode=mode, name=run_name)
+        mask_path = mask_shape = None
+        if mask is not None and mode in (None, "mask"):
+            mask_path = _save_upload(mask, folder, "mask", "mask")
+            mask_shape = _probe_file(mask_path, "mask", limits)
+            if (mask_shape.width, mask_shape.height) != (shape.width, shape.height):
+                raise ApiError(422, f"mask: is {mask_shape.width}x{mask_shape.height} but the image is "
+                                    f"{shape.width}x{shape.height}; export the mask at the image's size")
+        if mode is None:
+            mode = "mask" if mask_path is not None else document.reveal
+
+        estimate = estimate_job_memory(shape, style_shapes, engine, document, mask=mask_shape,
+                                       on_cpu=config.device == "cpu")
+        budget = int(limits.max_job_memory or default_job_memory())
+        if estimate > budget:
+            raise ApiError(413, f"this job would need about {_gib(estimate)} of memory ({shape.width}x{shape.height} "
+                                f"photo, {len(style_paths)} style(s), working size {engine.size}), over the daemon's "
+                                f"limit of {_gib(budget)} per job (max_job_memory): scale the photo down, use fewer "
+                                "styles or a smaller size, or start the daemon with a larger --max-job-memory-mb",
+                           limit="max_job_memory", value=estimate)
+        request = JobFiles(folder=folder, content=content_path,
+                           content_name=name_from_filename(content.filename, "image"), content_shape=shape,
+                           styles=style_paths, settings=engine, document=document, mask=mask_path,
+                           mask_mode=mode, name=run_name, estimate=estimate, max_pixels=limits.max_pixels)
         try:
-            job = manager.submit(request, max_queued=limits.max_queued_jobs)
+            return manager.submit(request, max_queued=limits.max_queued_jobs)
         except QueueFull as exc:
-            raise ApiError(429, f"the daemon's queue is full: {exc.waiting} jobs are waiting (limit "
-                                f"{limits.max_queued_jobs}); submit again when some have finished, or cancel "
-                                "some (GET /v1/jobs lists them)", limit="max_queued_jobs", value=exc.waiting) from None
-        return json_response(manager.status(job), 202)
+            raise _queue_full(exc.waiting) from None
 
     @app.get("/v1/jobs", summary="All jobs the daemon holds (queued, running, kept)")
     def list_jobs() -> Response:

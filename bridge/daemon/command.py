@@ -42,8 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="default preset for jobs that name none (default: the settings' own defaults)")
     serve.add_argument("--keep-results", type=float, default=60.0, metavar="MINUTES",
                        help="how long finished results are kept (default 60 minutes)")
-    serve.add_argument("--memory-budget-mb", type=int, default=2048, metavar="MB",
-                       help="results held in RAM beyond this go to disk in the data folder (default 2048)")
+    serve.add_argument("--memory-budget-mb", type=int, default=LIMITS.memory_budget // 2 ** 20, metavar="MB",
+                       help=f"finished results held in RAM beyond this go to disk in the data folder "
+                            f"(default {LIMITS.memory_budget // 2 ** 20})")
+    serve.add_argument("--max-job-memory-mb", type=int, default=None, metavar="MB",
+                       help="refuse (413) a job whose estimated memory (photo, styles, optimisation, layers) is "
+                            "over this; queued jobs wait on disk and cost none (default: half of this machine's RAM)")
     serve.add_argument("--max-upload-mb", type=float, default=LIMITS.max_upload_bytes / 2 ** 20, metavar="MB",
                        help=f"largest request body (default {LIMITS.max_upload_bytes // 2 ** 20})")
     serve.add_argument("--max-queued-jobs", type=int, default=LIMITS.max_queued_jobs, metavar="N",
@@ -103,6 +107,10 @@ def serve_command(args: argparse.Namespace) -> int:
         return _fail("--max-upload-mb must be > 0")
     if args.max_queued_jobs < 1:
         return _fail("--max-queued-jobs must be >= 1")
+    if args.memory_budget_mb < 0:
+        return _fail("--memory-budget-mb must be >= 0")
+    if args.max_job_memory_mb is not None and args.max_job_memory_mb < 1:
+        return _fail("--max-job-memory-mb must be >= 1")
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -143,13 +151,15 @@ def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import DaemonConfig, create_app
-    limits = dataclasses.replace(LIMITS, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
-                                 max_queued_jobs=args.max_queued_jobs)
+    limits = dataclasses.replace(
+        LIMITS, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_queued_jobs=args.max_queued_jobs,
+        memory_budget=args.memory_budget_mb * 2 ** 20,
+        max_job_memory=None if args.max_job_memory_mb is None else args.max_job_memory_mb * 2 ** 20)
     config = DaemonConfig(
         data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,
-        retention_s=args.keep_results * 60.0, memory_budget=args.memory_budget_mb * 2 ** 20,
-        limits=limits, extra_hosts=tuple(args.allow_host), png_level=args.png_level)
+        retention_s=args.keep_results * 60.0, limits=limits, extra_hosts=tuple(args.allow_host),
+        png_level=args.png_level)
     app = create_app(config)
     print(f"stylebridge {__version__} daemon: device {device}, weights {args.weights}"
           f"{' (' + weights_path + ')' if weights_path else ''}, data {data_dir}", file=sys.stderr)

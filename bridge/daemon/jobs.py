@@ -6,6 +6,11 @@ disconnects does not stop it, and a job that crashes fails alone with its error 
 Finished results are kept ``retention_s`` seconds, then dropped with their folder. Big layer
 stacks are moved out of memory to ``.npy`` files (memory-mapped back on demand) once the
 in-memory results exceed ``memory_budget`` bytes.
+
+Memory is bounded by design: a queued job holds only the paths of its uploads (:class:`JobFiles`,
+in the daemon's data folder); they are decoded when the job starts and removed when it ends. The
+HTTP layer refuses a job whose :func:`estimate_job_memory` is over ``Limits.max_job_memory``, so
+the daemon's images never need more than one job's estimate plus ``memory_budget`` of results.
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:     # Windows: fall back to "is that process id alive"
+    fcntl = None  # type: ignore[assignment]
+
 from ..document.model import Group, Layer, LayerStack
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import Picture
-from ..settings import DocumentSettings, Settings
+from ..settings import LIMITS, DocumentSettings, Settings
 
 log = logging.getLogger("stylebridge.daemon")
 
@@ -129,6 +139,123 @@ class JobRequest:
     name: str | None = None
 
 
+# ------------------------------------------------------------------------------------------------
+# uploads waiting on disk, and what a job will cost
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageShape:
+    """What the header says about an image, enough to plan its memory without decoding it."""
+
+    width: int
+    height: int
+    alpha: bool = False
+    bit_depth: int = 8          # 8 or 16 after decoding
+    file_bytes: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+# Per-pixel costs measured with the real engine on the CPU (torch 2.14, 2 threads; see
+# docs/protocol.md "Memory"): 12 MP photo, size 64: ~29 B/px of native-size float work beyond the
+# decoded photo and the layers (photo -> float32 0..1 and its resize, upsampling bands); 256 px and
+# 512 px working sizes: ~150 MB plus ~1.5 KB per working pixel (VGG-19 activations and gradients)
+# plus the L-BFGS history. Rounded up: the estimate is meant to be an upper bound.
+NATIVE_FLOAT_BYTES = 32          # per photo (and style) pixel: float copies while resizing
+WORKING_BYTES = 2048             # per working-size pixel, optimisation on the CPU
+ENGINE_BASE_BYTES = 200 * 2 ** 20   # optimiser state, Gram targets, temporaries of any size
+
+
+def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings: Settings,
+                        document: DocumentSettings, *, mask: ImageShape | None = None,
+                        on_cpu: bool = True) -> int:
+    """Bytes a job needs at most: decoded photo and styles, the working-size optimisation (CPU only:
+    on a GPU it lives in GPU memory), the native-size float work and the output layers.
+
+    Phases are added up rather than overlapped, so this errs on the high side (measured peaks
+    are 0.4-0.8 of it: bench/bench_daemon_memory.py); it is computed from headers, before anything
+    is decoded.
+    """
+    from ..engine.optimize import LBFGS_HISTORY_BYTES, stage_dims, working_ladder
+
+    b = 2 if content.bit_depth == 16 else 1
+    b_doc = (document.depth or content.bit_depth) // 8
+    pixels = content.pixels
+    total = pixels * (4 if content.alpha else 3) * b + content.file_bytes
+    for style in styles:
+        total += style.pixels * (4 if style.alpha else 3) * (2 if style.bit_depth == 16 else 1)
+    if styles:
+        total += max(s.pixels for s in styles) * NATIVE_FLOAT_BYTES + max(s.file_bytes for s in styles)
+    total += ENGINE_BASE_BYTES
+    if on_cpu:
+        ladder = working_ladder(settings, content.width, content.height)
+        h, w = stage_dims(content.width, content.height, ladder[-1])
+        values = 3 * h * w
+        pairs = max(5, min(100, int(LBFGS_HISTORY_BYTES / (2 * 4 * values))))
+        total += h * w * WORKING_BYTES + pairs * 2 * 4 * values
+    total += pixels * NATIVE_FLOAT_BYTES
+    outputs = len(styles) + (1 if settings.style_blend_weights is not None else 0)
+    alpha = 4 if content.alpha else 0
+    # per output: its colour (shared with the layer, or copied beside its alpha) and its mask;
+    # then Detail + its mask, the colours layer's mask, Refine (RGBA), the photo's layer if copied
+    layer_samples = outputs * (4 + alpha) + 9 + alpha + (3 + alpha if b_doc != b else 0)
+    total += pixels * b_doc * layer_samples
+    if mask is not None:
+        total += mask.pixels * (4 + b_doc) + mask.file_bytes
+    return int(total)
+
+
+@dataclass
+class JobFiles:
+    """A submitted job as it waits in the queue: validated settings and the paths of its uploads.
+
+    Nothing is decoded until :meth:`load`, when the job starts; ``folder`` (the uploads) is
+    removed when the job ends, whatever the way."""
+
+    folder: Path
+    content: Path
+    content_name: str
+    content_shape: ImageShape
+    styles: list[tuple[str, Path]]        # (layer name, file): uploads and links to library files
+    settings: Settings
+    document: DocumentSettings
+    mask: Path | None = None
+    mask_mode: str = "first"
+    name: str | None = None
+    estimate: int = 0
+    max_pixels: int = 200_000_000
+
+    def load(self) -> JobRequest:
+        """Decode the uploads: the photo, each style, the mask (ImageError names which one failed)."""
+        from ..imaging import ImageError, load_image, load_mask
+
+        def decode(path: Path, what: str, name: str) -> Picture:
+            try:
+                return load_image(path.read_bytes(), max_pixels=self.max_pixels, name=name)
+            except OSError as exc:
+                raise ImageError(f"{what}: the upload is gone ({exc.strerror or exc})") from None
+            except ImageError as exc:
+                raise ImageError(f"{what}: {_strip_upload(str(exc))}") from None
+
+        content = decode(self.content, "content", self.content_name)
+        styles = [StyleInput(name, decode(path, f"style {name!r}", name)) for name, path in self.styles]
+        mask = None
+        if self.mask is not None:
+            try:
+                mask = load_mask(self.mask.read_bytes(), (content.width, content.height),
+                                 depth=content.bit_depth, max_pixels=self.max_pixels)
+            except ImageError as exc:
+                raise ImageError(f"mask: {_strip_upload(str(exc))}") from None
+        return JobRequest(content=content, styles=styles, settings=self.settings, document=self.document,
+                          mask=mask, mask_mode=self.mask_mode, name=self.name)
+
+
+def _strip_upload(message: str) -> str:
+    return message[len("upload: "):] if message.startswith("upload: ") else message
+
+
 @dataclass
 class JobResult:
     """A finished layer stack with its items numbered in :meth:`LayerStack.walk` order."""
@@ -212,7 +339,7 @@ def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[s
 @dataclass
 class Job:
     id: str
-    request: JobRequest | None
+    files: JobFiles | None             # the uploads on disk until the job ends
     name: str
     created: float = field(default_factory=time.time)
     status: str = "queued"
@@ -231,6 +358,7 @@ class Job:
     width: int = 0
     height: int = 0
     styles: list[str] = field(default_factory=list)
+    estimate: int = 0                  # bytes, estimate_job_memory at submission
 
 
 class QueueFull(Exception):
@@ -245,7 +373,7 @@ class JobManager:
     """FIFO queue + one worker thread + a janitor for expired results."""
 
     def __init__(self, runner: Runner, folder: Path, *, retention_s: float = 3600.0,
-                 memory_budget: int = 2 * 1024 ** 3) -> None:
+                 memory_budget: int = LIMITS.memory_budget) -> None:
         self.runner = runner
         self.folder = Path(folder)
         self.retention_s = retention_s
@@ -263,15 +391,30 @@ class JobManager:
 
     def _reset_folder(self) -> None:
         """One sub-folder per daemon process (two daemons may share a data folder); the folders of
-        daemons that are gone are removed: their results cannot be served again."""
+        daemons that are gone (results, queued uploads) are removed: they cannot be served again.
+
+        Each daemon holds a lock on its folder's ``.lock`` for its lifetime, so a folder whose lock
+        can be taken is an orphan even when its process id has been reused meanwhile."""
         parent = self.folder
         parent.mkdir(parents=True, exist_ok=True)
         for child in parent.iterdir():
-            if child.is_dir() and child.name.isdigit() and not _alive(int(child.name)):
+            if child.is_dir() and child.name.isdigit() and _orphaned(child):
                 shutil.rmtree(child, ignore_errors=True)
         self.folder = parent / str(os.getpid())
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
+        self._lock_file = open(self.folder / ".lock", "wb")     # noqa: SIM115 - held until the process ends
+        if fcntl is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.uploads = self.folder / "uploads"     # queued jobs' files; one sub-folder per job
+        self.uploads.mkdir()
+
+    def upload_folder(self) -> Path:
+        """A new empty folder for one submission's files (removed by the job, or by the caller if the
+        submission is refused)."""
+        folder = self.uploads / uuid.uuid4().hex
+        folder.mkdir()
+        return folder
 
     def start(self) -> None:
         self._worker.start()
@@ -290,13 +433,14 @@ class JobManager:
         if self._worker.is_alive():
             self._worker.join(timeout)
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._lock_file.close()
 
     # -- client side ---------------------------------------------------------------------------
-    def submit(self, request: JobRequest, max_queued: int | None = None) -> Job:
-        """Queue a job; :class:`QueueFull` when ``max_queued`` jobs already wait (each holds its photo)."""
-        job = Job(id=uuid.uuid4().hex, request=request,
-                  name=request.name or request.content.name, width=request.content.width,
-                  height=request.content.height, styles=[s.name for s in request.styles])
+    def submit(self, files: JobFiles, max_queued: int | None = None) -> Job:
+        """Queue a job; :class:`QueueFull` when ``max_queued`` jobs already wait (their uploads on disk)."""
+        job = Job(id=uuid.uuid4().hex, files=files, name=files.name or files.content_name,
+                  width=files.content_shape.width, height=files.content_shape.height,
+                  styles=[name for name, _ in files.styles], estimate=files.estimate)
         with self._lock:
             if max_queued is not None and len(self._queue) >= max_queued:
                 raise QueueFull(len(self._queue))
@@ -395,6 +539,7 @@ class JobManager:
                 "created": job.created,
                 "started": job.started,
                 "finished": job.finished,
+                "memory_estimate": job.estimate,
                 "preview_url": f"{base}/preview" if job.preview is not None else None,
                 "result_url": f"{base}/result" if job.result is not None else None,
                 "psd_url": f"{base}/result.psd" if job.result is not None else None,
@@ -418,7 +563,9 @@ class JobManager:
         job.phase = status
         job.error = error if error is not None else job.error
         job.finished = time.time()
-        job.request = None
+        if job.files is not None:           # the uploads are not needed any more, whatever the outcome
+            shutil.rmtree(job.files.folder, ignore_errors=True)
+            job.files = None
         if status != "done":
             job.preview = None if status == "failed" else job.preview
 
@@ -430,27 +577,30 @@ class JobManager:
                 if self._stop.is_set():
                     return
                 job = self._queue.popleft()
-                request = job.request
+                files = job.files
                 job.status = "running"
                 job.phase = "starting"
                 job.started = time.time()
                 self._current = job
             try:
-                self._run(job, request)
-                request = None          # do not hold the photo while waiting for the next job
+                self._run(job, files)
             except BaseException as exc:  # noqa: BLE001 - a crashing job fails alone
-                log.exception("job %s failed", job.id)
+                from ..imaging import ImageError
+                if isinstance(exc, ImageError):
+                    log.warning("job %s failed: %s", job.id, exc)
+                else:
+                    log.exception("job %s failed", job.id)
                 with self._lock:
                     if job.status not in TERMINAL:
                         self._finish(job, "failed", error=_error_text(exc))
             finally:
-                request = None
+                files = None
                 with self._lock:
                     self._current = None
                     self.completed += 1
 
-    def _run(self, job: Job, request: JobRequest | None) -> None:
-        assert request is not None
+    def _run(self, job: Job, files: JobFiles | None) -> None:
+        assert files is not None
 
         def on_progress(progress: Progress) -> None:
             with self._lock:
@@ -470,7 +620,9 @@ class JobManager:
             with self._lock:
                 return job.status == "running" and (job.keep_result or not job.cancel.cancelled)
 
-        outcome = self.runner(request, RunContext(on_progress, job.cancel, set_phase, wanted))
+        outcome = None
+        if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return
+            outcome = self.runner(files.load(), RunContext(on_progress, job.cancel, set_phase, wanted))
         result = None
         if outcome is not None and wanted():
             result = JobResult.from_stack(outcome[0], outcome[1], self.folder / job.id)
@@ -542,6 +694,45 @@ class JobManager:
                 self.clean()
             except Exception:  # noqa: BLE001 - the janitor must not die
                 log.exception("cleaning expired jobs failed")
+
+
+def machine_memory() -> int | None:
+    """Bytes of RAM this process may use: the machine's, or its cgroup's limit when lower; None if unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:
+            total = int(text) if total is None else min(total, int(text))
+        break
+    return total
+
+
+def default_job_memory() -> int:
+    """``Limits.max_job_memory`` when it is None: half of :func:`machine_memory` (8 GiB if unknown)."""
+    total = machine_memory()
+    return total // 2 if total else 8 * 2 ** 30
+
+
+def _orphaned(folder: Path) -> bool:
+    """True when the daemon that made ``folder`` is gone: its lock is free (or, for a folder without
+    one, its process does not exist)."""
+    lock = folder / ".lock"
+    if fcntl is None or not lock.is_file():
+        return not _alive(int(folder.name))
+    try:
+        with open(lock, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released when closed
+    except BlockingIOError:
+        return False
+    except OSError:
+        return not _alive(int(folder.name))
+    return True
 
 
 def _alive(pid: int) -> bool:

@@ -17,13 +17,12 @@ Every layer is a JSON object with the CLI's long option names (hyphens or unders
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..settings import DocumentSettings, Settings, SettingsError, settings_from_mapping
+from ..settings import DocumentSettings, Settings, SettingsError, load_settings_json, settings_from_mapping
 
 PRESET_NAME = "preset.json"
 EXTRA_KEYS = ("styles", "content_layer", "comment")
@@ -59,10 +58,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise SettingsError("preset", f"{path}: not UTF-8 text") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SettingsError("preset", f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
-                            f"column {exc.colno})") from None
+        data = load_settings_json(text, "preset")      # capped size, depth and digits: never a crash
+    except SettingsError as exc:
+        raise SettingsError("preset", f"{path}: {str(exc).split(': ', 1)[-1]}") from None
     if not isinstance(data, dict):
         raise SettingsError("preset", f"{path}: must be a JSON object {{...}}, not {type(data).__name__}")
     return data
