@@ -263,7 +263,7 @@ def test_restart_after_link_before_journal_does_not_duplicate(tmp_path: Path) ->
     assert evs.count("started") == 1 and evs.count("output-written") == 1 and job
 
 
-def test_every_shared_psd_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Path) -> None:
+def test_every_photoshop_file_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Path) -> None:
     root = make_hot(tmp_path)
     inputs = sorted(PSD_DIR.iterdir())
     for p in inputs:

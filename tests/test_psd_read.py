@@ -43,7 +43,7 @@ def test_the_photoshop_files_are_there():
 
 
 @pytest.mark.parametrize("name", ALL_FILES)
-def test_every_shared_file_reads_or_fails_clearly(name):
+def test_every_photoshop_file_reads_or_fails_clearly(name):
     path = PSD_DIR / name
     try:
         content = read_psd(path)
