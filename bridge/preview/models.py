@@ -36,12 +36,13 @@ class PreviewModelError(RuntimeError):
 
 
 def default_threads() -> int:
-    """One intra-op thread per two cores: previews run beside Gatys jobs and other users on small machines.
+    """All cores up to 4 (a preview is a short burst the artist waits on), with spinning off (below).
 
-    Measured on the 2-core machine (bench/bench_preview.py): one thread is as fast as two as soon as
-    anything else runs, and does not stall a concurrent optimisation.
+    On the 2-core machine, with other work running, 2 threads beat 1 (bench/bench_preview.py): a thread
+    count below the core count only loses scheduler share. onnxruntime's own default would also make idle
+    workers busy-wait, stealing a core from a Gatys job running beside the preview; that is switched off.
     """
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
