@@ -42,7 +42,9 @@ sys.path.insert(0, str(REPO))
 
 from bridge.imaging import Picture, load_image, save_image  # noqa: E402
 from bridge.preview import load_models, preview  # noqa: E402
-from bridge.preview.engine import METHODS  # noqa: E402
+from bridge.preview.engine import METHODS as ALL_METHODS  # noqa: E402
+
+METHODS = tuple(m for m in ALL_METHODS if m != "auto")
 from bridge.preview.sheet import contact_sheet  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

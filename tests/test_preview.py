@@ -106,7 +106,8 @@ def test_aspect_kept_without_distortion(models, styles, method, size) -> None:
 
 def test_tiles_cover_a_large_preview(models, styles) -> None:
     big = _small(load_image(SAMPLES / "photo.jpg"), (700, 450))   # 2 x 2 overlapping 384 px tiles
-    p = preview(big, styles["swirls"], long_side=700, method="tiles", models=models)
+    p = preview(big, styles["swirls"], long_side=700, models=models)
+    assert p.method == "tiles"                                 # auto: tiles above 576 px
     assert p.picture.rgb.shape == (450, 700, 3)
     assert _on_photo(p.picture.rgb, big.rgb)
     # no part left empty or unblended: every 50 px block is a stylised picture
@@ -117,6 +118,7 @@ def test_tiles_cover_a_large_preview(models, styles) -> None:
 def test_guided_upsampling_brings_detail(models, styles) -> None:
     big = _small(load_image(SAMPLES / "photo.jpg"), (512, 341))
     p = preview(big, styles["glass"], long_side=512, models=models)
+    assert p.method == "guided"                                # auto: guided up to 576 px
     assert p.picture.rgb.shape == (341, 512, 3)
     assert _on_photo(p.picture.rgb, big.rgb)
 

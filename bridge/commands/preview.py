@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"long side of each preview in pixels (default: {DEFAULT_LONG_SIDE}, at most {MAX_TILE})")
     p.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="how previews reach their size from the 384 px network: one run + photo-guided "
-                        "upsampling, or overlapping tiles (default: %(default)s)")
+                        "upsampling, overlapping tiles, or auto: guided up to 576 px, tiles above "
+                        "(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="do not print the written file")
     p.set_defaults(func=run)
 

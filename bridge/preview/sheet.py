@@ -89,7 +89,7 @@ def render_sheet(photo: Picture, styles: Sequence[Picture], items: Sequence[Styl
 
 
 def contact_sheet(photo: Picture, styles: Sequence[Picture], *, tile: int = DEFAULT_LONG_SIDE,
-                  method: str = "guided", models: PreviewModels | None = None) -> Picture:
+                  method: str = "auto", models: PreviewModels | None = None) -> Picture:
     """The photo and its preview under every style, on one 8-bit RGB picture (previews at ``tile`` px)."""
     items = previews(photo, styles, long_side=tile, method=method, models=models)
     return render_sheet(photo, styles, items, tile=tile)
