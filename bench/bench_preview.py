@@ -18,8 +18,9 @@ for the preview of the same style, the previews of the other styles, and the pho
 preview predicts the result only where it beats the photo). Also the judged style loss against the style
 image (what Gatys minimises) for photo, preview and result.
 
-Writes results/preview.json, results/preview.log (the printed lines), results/preview_sheet_samples.png
-(the CLI's contact sheet of the samples) and results/preview_methods_1024.jpg (guided | tiles, a crop).
+Writes results/preview.json, results/preview.log (the printed lines), results/preview_sheet_samples.jpg
+(the CLI's contact sheet of the samples), results/preview_methods_1024.jpg (guided | tiles, a crop) and
+results/preview_vs_gatys.jpg (photo | previews | Gatys result, per style).
 """
 
 from __future__ import annotations
@@ -158,9 +159,14 @@ def prediction(photo: Picture, styles: dict[str, Picture], gatys: dict[str, Path
     layers = tuple(DEFAULTS.style_layers)
     models = load_models()
 
+    cache: dict[int, dict] = {}
+
     def feats(rgb: np.ndarray) -> dict:
-        with torch.no_grad():
-            return vgg(torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1).unsqueeze(0), layers)
+        """VGG features, once per image (the images are kept alive below, so their ids stay unique)."""
+        if id(rgb) not in cache:
+            with torch.no_grad():
+                cache[id(rgb)] = vgg(torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1).unsqueeze(0), layers)
+        return cache[id(rgb)]
 
     def grams(rgb: np.ndarray) -> dict:
         return {k: gram_matrix(v) for k, v in feats(rgb).items()}
@@ -169,17 +175,15 @@ def prediction(photo: Picture, styles: dict[str, Picture], gatys: dict[str, Path
     size = (results[STYLES[0]].shape[1], results[STYLES[0]].shape[0])
     photo_rgb = np.asarray(Image.fromarray(photo.rgb).resize(size, Image.LANCZOS))
     out: dict = {"size": list(size), "layers": list(layers)}
+    shown: dict[str, dict[str, np.ndarray]] = {}
     for method in METHODS:
         previews = {n: preview(photo, s, long_side=max(size), method=method, models=models).picture.rgb
                     for n, s in styles.items()}
-        if method == METHODS[0]:
-            for n, rgb in previews.items():
-                save_image(Picture(rgb=rgb), RESULTS / f"preview_{method}_{n}.png")
         table = {}
         for target in STYLES:
             res = results[target]
             g_res = grams(res)
-            g_style = grams(np.asarray(Image.fromarray(styles[target].rgb)))
+            g_style = grams(styles[target].rgb)
             row = {
                 "hist_photo": histogram_distance(photo_rgb, res),
                 "hist_preview": histogram_distance(previews[target], res),
@@ -200,7 +204,26 @@ def prediction(photo: Picture, styles: dict[str, Picture], gatys: dict[str, Path
                 f"loss vs the style image: photo {row['judged_style_photo']:.3g}, preview "
                 f"{row['judged_style_preview']:.3g}, result {row['judged_style_result']:.3g}")
         out[method] = table
+        shown[method] = previews
+    _versus_picture(photo_rgb, shown, results)
     return out
+
+
+def _versus_picture(photo_rgb: np.ndarray, shown: dict[str, dict[str, np.ndarray]], results: dict) -> None:
+    """One row per style: photo | preview (guided) | preview (tiles) | Gatys result, for judging by eye."""
+    from PIL import ImageDraw
+
+    h, w = photo_rgb.shape[:2]
+    cols = [("photo", {n: photo_rgb for n in STYLES})] + [(f"preview ({m})", shown[m]) for m in METHODS]
+    cols.append(("Gatys result", results))
+    sheet = Image.new("RGB", (len(cols) * (w + 6), len(STYLES) * (h + 18)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, name in enumerate(STYLES):
+        for c, (label, images) in enumerate(cols):
+            x, y = c * (w + 6), r * (h + 18)
+            sheet.paste(Image.fromarray(images[name]), (x, y + 16))
+            draw.text((x + 2, y + 2), f"{name}: {label}" if c else label, fill="black")
+    sheet.save(RESULTS / "preview_vs_gatys.jpg", quality=80)
 
 
 def methods_picture(styles: dict[str, Picture]) -> None:
@@ -235,7 +258,7 @@ def main() -> int:
     figures["threads"] = thread_times(args.runs)
     figures["preview_time"] = preview_times(photo, styles, args.runs)
     sheet = contact_sheet(photo, list(styles.values()))
-    save_image(sheet, RESULTS / "preview_sheet_samples.png")
+    save_image(sheet, RESULTS / "preview_sheet_samples.jpg")
     methods_picture(styles)
     if not args.skip_gatys:
         figures["prediction"] = prediction(photo, styles, gatys_results(args.preset, args.gatys_dir))
