@@ -18,7 +18,7 @@ for the preview of the same style, the previews of the other styles, and the pho
 preview predicts the result only where it beats the photo). Also the judged style loss against the style
 image (what Gatys minimises) for photo, preview and result.
 
-Writes results/preview.json, results/preview.log (the printed lines), results/preview_sheet_samples.jpg
+Writes results/preview.json, results/preview.log (the printed lines, appended), results/preview_sheet_samples.jpg
 (the CLI's contact sheet of the samples), results/preview_methods_1024.jpg (guided | tiles, a crop) and
 results/preview_vs_gatys.jpg (photo | previews | Gatys result, per style).
 """
@@ -90,17 +90,22 @@ def preview_times(photo: Picture, styles: dict[str, Picture], runs: int) -> dict
     for side in (512, 1024):
         pic = photo if max(photo.width, photo.height) >= side else scaled(photo, side)
         for method in METHODS:
-            per_style = {}
+            per_style, cpu_all = {}, []
             for name, style in styles.items():
                 preview(pic, style, long_side=side, method=method, models=models)   # warm caches
-                times = [preview(pic, style, long_side=side, method=method, models=models).seconds
-                         for _ in range(runs)]
+                times, cpu = [], []
+                for _ in range(runs):
+                    c0 = time.process_time()
+                    times.append(preview(pic, style, long_side=side, method=method, models=models).seconds)
+                    cpu.append(time.process_time() - c0)
                 per_style[name] = round(statistics.median(times), 3)
+                cpu_all.extend(cpu)
             key = f"{side}_{method}"
             out[key] = {"per_style_median_s": per_style, "median_s": round(statistics.median(per_style.values()), 3),
-                        "load": os.getloadavg()}
+                        "median_cpu_s": round(statistics.median(cpu_all), 3), "load": os.getloadavg()}
             say(f"preview {side:4d} px {method:6s}: median {out[key]['median_s']:.3f} s per style "
-                f"({', '.join(f'{k} {v:.3f}' for k, v in per_style.items())}; {runs} runs each; {load()})")
+                f"({', '.join(f'{k} {v:.3f}' for k, v in per_style.items())}; {runs} runs each), "
+                f"CPU time {out[key]['median_cpu_s']:.3f} s ({load()})")
     return out
 
 
@@ -242,30 +247,36 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--gatys-dir", type=Path, help="folder with photo_style_NAME.png from an earlier Gatys run")
     ap.add_argument("--preset", default="draft")
-    ap.add_argument("--skip-gatys", action="store_true")
+    ap.add_argument("--parts", default="timing,pictures,prediction",
+                    help="what to measure (comma-separated); figures of other parts in results/preview.json are kept")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     import platform
     say(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+        f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}; parts: {args.parts}")
     photo = load_image(SAMPLES / "photo.jpg")
     styles = {n: load_image(SAMPLES / f"style_{n}.jpg") for n in STYLES}
-    figures: dict = {"machine": {"cores": os.cpu_count()}}
-    figures["model_load"] = model_load_times(args.runs)
-    say(f"model load (fresh process, median of {args.runs}): import onnxruntime "
-        f"{figures['model_load']['import_onnxruntime_s']:.3f} s + verify and open both networks "
-        f"{figures['model_load']['load_models_s']:.3f} s ({load()})")
-    figures["threads"] = thread_times(args.runs)
-    figures["preview_time"] = preview_times(photo, styles, args.runs)
-    sheet = contact_sheet(photo, list(styles.values()))
-    save_image(sheet, RESULTS / "preview_sheet_samples.jpg")
-    methods_picture(styles)
-    if not args.skip_gatys:
+    json_path = RESULTS / "preview.json"
+    figures: dict = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    figures["machine"] = {"cores": os.cpu_count()}
+    if "timing" in parts:
+        figures["model_load"] = model_load_times(args.runs)
+        say(f"model load (fresh process, median of {args.runs}): import onnxruntime "
+            f"{figures['model_load']['import_onnxruntime_s']:.3f} s + verify and open both networks "
+            f"{figures['model_load']['load_models_s']:.3f} s ({load()})")
+        figures["threads"] = thread_times(args.runs)
+        figures["preview_time"] = preview_times(photo, styles, args.runs)
+    if "pictures" in parts:
+        save_image(contact_sheet(photo, list(styles.values())), RESULTS / "preview_sheet_samples.jpg")
+        methods_picture(styles)
+    if "prediction" in parts:
         figures["prediction"] = prediction(photo, styles, gatys_results(args.preset, args.gatys_dir))
         figures["prediction"]["preset"] = args.preset
     say(f"done ({load()})")
-    (RESULTS / "preview.json").write_text(json.dumps(figures, indent=1))
-    (RESULTS / "preview.log").write_text("\n".join(LINES) + "\n")
+    json_path.write_text(json.dumps(figures, indent=1))
+    with open(RESULTS / "preview.log", "a") as log:
+        log.write("\n".join(LINES) + "\n\n")
     return 0
 
 

@@ -36,11 +36,12 @@ class PreviewModelError(RuntimeError):
 
 
 def default_threads() -> int:
-    """All cores up to 4 (a preview is a short burst the artist waits on), with spinning off (below).
+    """One thread per core, up to 4 (a preview is a short burst the artist waits on), with spinning off.
 
-    On the 2-core machine, with other work running, 2 threads beat 1 (bench/bench_preview.py): a thread
-    count below the core count only loses scheduler share. onnxruntime's own default would also make idle
-    workers busy-wait, stealing a core from a Gatys job running beside the preview; that is switched off.
+    On the shared 2-core machine neither 1 nor 2 threads won consistently (bench/README.md: 2 faster at
+    load 12-18, 1 faster at load 8). onnxruntime's own default would also make idle workers busy-wait,
+    stealing a core from a Gatys job running beside the preview; that is switched off below (measured
+    faster too under load).
     """
     return max(1, min(4, os.cpu_count() or 1))
 
