@@ -72,7 +72,8 @@ def test_folder_output_and_jpeg(tmp_path, inputs) -> None:
     assert Image.open(tmp_path / "s.jpg").format == "JPEG"
 
 
-@pytest.mark.parametrize("case", ["missing photo", "style not an image", "bad suffix", "bad size", "no style"])
+@pytest.mark.parametrize("case", ["missing photo", "style not an image", "bad suffix", "bad size", "no style",
+                                  "folder is a file"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, case) -> None:
     out = tmp_path / "sheet.png"
     args = {
@@ -81,6 +82,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, ca
         "bad suffix": ["preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "sheet.psd"],
         "bad size": ["preview", inputs["photo"], "-s", inputs["glass"], "-o", out, "--size", "0"],
         "no style": ["preview", inputs["photo"], "-o", out],
+        "folder is a file": ["preview", inputs["photo"], "-s", inputs["glass"], "-o", inputs["text"] / "sheet.png"],
     }[case]
     proc = run(*args)
     assert proc.returncode == 2, proc.stderr
@@ -89,7 +91,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, ca
     else:
         line = _one_error_line(proc)
         assert {"missing photo": "nope.jpg", "style not an image": "notes.txt", "bad suffix": ".png",
-                "bad size": "--size"}[case] in line
+                "bad size": "--size", "folder is a file": "notes.txt"}[case] in line
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,8 +3,9 @@
 For choosing styles before a real ``stylize`` run: each style takes a fraction of a second instead of
 minutes, and every tile is labelled as a preview (it is not what the Gatys optimisation will produce).
 Same input handling as ``stylize``: images read by :func:`bridge.imaging.load_image`, an existing file is
-never overwritten (a new name is picked by :func:`bridge.imaging.unique_path`), bad input prints one line
-and exits 2 with nothing written.
+never overwritten (``save_image(..., unique=True)`` claims ``sheet.png`` or its first free ``sheet-N.png``
+atomically, :mod:`bridge.outputs`), an unwritable folder is found before any work, bad input prints one
+line and exits 2 with nothing written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..imaging import ImageError, load_image, save_image, unique_path
+from ..imaging import ImageError, load_image, save_image
+from ..outputs import OutputError, explain, nearest_existing, probe_writable
 from ..settings import LIMITS
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
@@ -55,15 +57,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         photo, styles, output = _prepare(args)
         sheet = contact_sheet(photo, styles, tile=args.size, method=args.method)
-    except (CliError, ImageError, PreviewModelError, ValueError) as exc:
+    except (CliError, OutputError, ImageError, PreviewModelError, ValueError) as exc:
         return _fail(exc)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        written = save_image(sheet, unique_path(output))
-    except ImageError as exc:
+        written = save_image(sheet, output, unique=True)
+    except (ImageError, OutputError) as exc:
         return _fail(exc)
     except OSError as exc:
-        return _fail(f"cannot write the sheet: {exc}", code=1)
+        return _fail(f"cannot write the sheet: {explain(exc)}", code=1)
     if not args.quiet:
         print(written)
     return 0
@@ -89,4 +91,5 @@ def _prepare(args: argparse.Namespace) -> tuple:
         raise CliError(f"{output}: the sheet must be a .png, .jpg, .tif or .webp file, or a folder")
     elif output.exists() and not output.is_file():
         raise CliError(f"{output}: exists and is not a file")
+    probe_writable(nearest_existing(output.parent))   # a read-only folder is reported now, not after the work
     return photo, styles, output
