@@ -85,11 +85,17 @@ def scaled(picture: Picture, long_side: int) -> Picture:
 
 
 def preview_times(photo: Picture, styles: dict[str, Picture], runs: int) -> dict[str, dict]:
+    """Per style, after loading; ``guided-1t``: guided with one torch thread, as ``stylebridge preview`` runs it."""
+    import torch
+
     models = load_models()
     out: dict[str, dict] = {}
+    default_threads = torch.get_num_threads()
     for side in (512, 1024):
         pic = photo if max(photo.width, photo.height) >= side else scaled(photo, side)
-        for method in METHODS:
+        for label in (*METHODS, "guided-1t"):
+            method = "guided" if label == "guided-1t" else label
+            torch.set_num_threads(1 if label == "guided-1t" else default_threads)
             per_style, cpu_all = {}, []
             for name, style in styles.items():
                 preview(pic, style, long_side=side, method=method, models=models)   # warm caches
@@ -100,12 +106,13 @@ def preview_times(photo: Picture, styles: dict[str, Picture], runs: int) -> dict
                     cpu.append(time.process_time() - c0)
                 per_style[name] = round(statistics.median(times), 3)
                 cpu_all.extend(cpu)
-            key = f"{side}_{method}"
+            key = f"{side}_{label}"
             out[key] = {"per_style_median_s": per_style, "median_s": round(statistics.median(per_style.values()), 3),
                         "median_cpu_s": round(statistics.median(cpu_all), 3), "load": os.getloadavg()}
-            say(f"preview {side:4d} px {method:6s}: median {out[key]['median_s']:.3f} s per style "
+            say(f"preview {side:4d} px {label:9s}: median {out[key]['median_s']:.3f} s per style "
                 f"({', '.join(f'{k} {v:.3f}' for k, v in per_style.items())}; {runs} runs each), "
                 f"CPU time {out[key]['median_cpu_s']:.3f} s ({load()})")
+    torch.set_num_threads(default_threads)
     return out
 
 

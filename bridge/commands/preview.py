@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         photo, styles, output = _prepare(args)
+        _one_torch_thread(args.size)
         sheet = contact_sheet(photo, styles, tile=args.size, method=args.method)
     except (CliError, OutputError, ImageError, PreviewModelError, ValueError) as exc:
         return _fail(exc)
@@ -69,6 +70,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(written)
     return 0
+
+
+def _one_torch_thread(size: int) -> None:
+    """This process's only torch work is the small photo-guided upsampling of each preview, which on a busy
+    2-core machine ran 4x faster on one torch thread than on two (bench/README.md). A process-wide setting,
+    so it is made here, in the command, and not in the library a daemon shares with its Gatys jobs."""
+    from ..preview.models import NETWORK_SIZE
+
+    if size > NETWORK_SIZE:     # smaller previews need no torch at all
+        import torch
+        torch.set_num_threads(1)
 
 
 def _fail(exc: Exception | str, code: int = 2) -> int:
