@@ -39,7 +39,7 @@ def default_threads() -> int:
     """One thread per core, up to 4 (a preview is a short burst the artist waits on), with spinning off.
 
     On the shared 2-core machine neither 1 nor 2 threads won consistently (bench/README.md: 2 faster at
-    load 12-18, 1 faster at load 8). onnxruntime's own default would also make idle workers busy-wait,
+    load 8-18 in three runs, 1 faster in one). onnxruntime's own default would also make idle workers busy-wait,
     stealing a core from a Gatys job running beside the preview; that is switched off below (measured
     faster too under load).
     """
