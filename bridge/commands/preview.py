@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..imaging import ImageError, load_image, save_image
+from ..imaging import ImageError, Picture, load_image, save_image
 from ..outputs import OutputError, explain, nearest_existing, probe_writable
 from ..settings import LIMITS
 
@@ -88,7 +88,7 @@ def _fail(exc: Exception | str, code: int = 2) -> int:
     return code
 
 
-def _prepare(args: argparse.Namespace) -> tuple:
+def _prepare(args: argparse.Namespace) -> tuple[Picture, list[Picture], Path]:
     """Everything that can be wrong with the input is found here, before any work or any file is written."""
     if len(args.styles) > LIMITS.max_styles:
         raise CliError(f"{len(args.styles)} styles given; at most {LIMITS.max_styles} per run")
