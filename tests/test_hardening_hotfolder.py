@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from bridge.hotfolder.claim import Journal, fit_name, name_bytes, place, rename_noreplace
+from bridge.hotfolder.command import STOP_GRACE_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -368,7 +369,9 @@ def test_item4_signals_stop_the_watcher_within_seconds_in_every_state(tmp_path: 
         if hole is not None:
             hole.close()
     assert rc == (130 if sig == signal.SIGINT else 0), w.output
-    limit = 6.0 if state == "daemon-hung" else 3.0          # a hung request: the 4 s grace, then exit
+    # The engine stops at its next evaluation (well under a second normally); a request that never
+    # ends, or an evaluation slowed down by a busy machine, is cut off by the 4 s grace, then exit.
+    limit = STOP_GRACE_SECONDS + 2.0
     assert took < limit, f"{state}: took {took:.1f} s\n{w.output}"
     assert "Traceback" not in w.output
     if state in ("processing", "daemon-down"):

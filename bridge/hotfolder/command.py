@@ -55,7 +55,11 @@ def run(args: argparse.Namespace) -> int:
         rc = watcher.run()
     finally:
         stopper.close()
-    return 130 if stopper.signum == signal.SIGINT else rc
+    if stopper.signum is not None:
+        # Everything is on disk (journal fsync'd, locks released); skip the interpreter's teardown,
+        # which takes seconds once torch is loaded, so a stop request is honoured at once.
+        stopper.exit_now(130 if stopper.signum == signal.SIGINT else 0)
+    return rc
 
 
 STOP_GRACE_SECONDS = 4.0   # after SIGTERM/SIGINT the current job is cancelled; past this, exit anyway
@@ -118,10 +122,18 @@ class _Stopper:
     def _exit(self, why: str) -> None:
         try:
             print(f"stylebridge watch: {why}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
         except (OSError, ValueError):
             pass
-        os._exit(130 if self.signum == signal.SIGINT else 0)
+        self.exit_now(130 if self.signum == signal.SIGINT else 0)
+
+    @staticmethod
+    def exit_now(code: int) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
     def close(self) -> None:
         self._done.set()
