@@ -65,8 +65,8 @@ def watch_cmd(root: Path, *extra: str) -> list[str]:
 
 
 def run_once(root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(watch_cmd(root, "--once"), cwd=REPO, env=ENV, capture_output=True, text=True, errors="replace",
-                          timeout=timeout)
+    return subprocess.run(watch_cmd(root, "--once"), cwd=REPO, env=ENV, capture_output=True, text=True,
+                          errors="replace", timeout=timeout)
 
 
 def files(folder: Path) -> list[str]:

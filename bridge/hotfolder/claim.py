@@ -4,6 +4,8 @@ Why each piece exists:
 
 * **Claim by atomic rename.** ``in/NAME`` is renamed to ``working/ID--NAME``; a rename is atomic,
   so of two watchers racing for one file exactly one succeeds (the other gets ``FileNotFoundError``).
+  FIFOs, sockets, devices and links to them are claimed the same way (a rename never opens them)
+  and sent to error/.
 * **Per-job lock** (``.stylebridge/locks/ID.lock``, ``fcntl.flock``), taken *before* the rename and
   held while the job runs.  The kernel drops it when the process dies (even ``kill -9``), so a
   watcher that finds ``working/ID--NAME`` with a free lock knows its owner is gone and may resume
@@ -13,7 +15,10 @@ Why each piece exists:
   ``error``).  A restart replays it so finished work is neither lost nor redone: when the output was
   published but the original not yet moved, the restart only moves the original.
 * **No-overwrite moves** (:func:`place`): ``os.link`` + ``unlink`` fails instead of replacing an
-  existing file, so outputs, done/ and error/ never clobber anything even with two watchers.
+  existing file, so outputs, done/ and error/ never clobber anything even with two watchers; across
+  file systems a hidden ``.NAME.PID.part`` copy is claimed the same way and never outlives a failure.
+* **Names that fit** (:func:`fit_name`): ``ID--``, ``-2`` or ``.txt`` can push a legal 255-byte
+  name over NAME_MAX; such names are shortened (extension kept), the journal keeps the original.
 """
 
 from __future__ import annotations

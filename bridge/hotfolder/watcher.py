@@ -199,7 +199,6 @@ class Watcher:
         self._cancel: CancelToken | None = None
         self.succeeded = 0
         self.failed = 0
-        self.waiting_for_disk = 0               # --once: jobs left in working/ because the disk was full
         self._refused: dict[str, tuple[int, int, int] | None] = {}   # in/ paths that could not be taken
         self._stuck: set[str] = set()           # jobs whose failure could not be settled: not retried
         self._disk_jobs: dict[str, _DiskWait] = {}   # jobs waiting for space, by id
@@ -254,10 +253,11 @@ class Watcher:
             except (RuntimeError, OSError):
                 pass
             self.journal.close()
-        if self.waiting_for_disk:
-            self.reporter.line(str(self.layout.root), f"{self.waiting_for_disk} file(s) wait in working/ for "
-                                                      "disk space; they resume at the next start")
-        return 1 if (self.failed or self.waiting_for_disk) else 0
+        waiting = len(self._disk_jobs)
+        if waiting:
+            self.reporter.line(str(self.layout.root), f"{waiting} file(s) wait in working/ for disk space; "
+                                                      "they resume at the next start")
+        return 1 if (self.failed or waiting or self._disk_all is not None) else 0
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run one step of the loop; an unexpected error is logged (rate-limited), never fatal."""
@@ -491,8 +491,6 @@ class Watcher:
                                     f"{_mb(free_now)} free in {where.name or where}); it stays in working/ and is "
                                     "retried when space is freed (free some disk space)")
         job.lock.release()
-        if self.once:
-            self.waiting_for_disk += 1
 
     def _wait_for_disk(self, exc: OSError) -> None:
         """Nothing can be written (not even the journal): pause all work until space comes back."""
@@ -500,8 +498,6 @@ class Watcher:
         self._disk_all = _DiskWait(self.layout.root, free_now, time.monotonic(), 1)
         self.reporter.line(str(self.layout.root), f"waiting: the disk is full ({exc.strerror or exc}); no file is "
                                                   "taken until space is freed (free some disk space)")
-        if self.once:
-            self.waiting_for_disk += 1
 
     def _say(self, key: str, text: str, *, rel: str | None = None, traceback_too: bool = False) -> None:
         """Log a line, at most once a minute for the same ``key`` (a loop must not flood the terminal)."""
