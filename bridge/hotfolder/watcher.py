@@ -204,6 +204,8 @@ class Watcher:
         self._disk_jobs: dict[str, _DiskWait] = {}   # jobs waiting for space, by id
         self._disk_all: _DiskWait | None = None  # nothing at all can be written (the journal hit ENOSPC)
         self._said: dict[str, float] = {}       # rate limit of repeated log lines
+        self._observer: Any = None
+        self._handler: _Wakeup | None = None
 
     # -- control --------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class Watcher:
         try:
             observer.schedule(handler, str(self.layout.inbox), recursive=True)
             observer.start()
+            self._observer, self._handler = observer, handler
         except OSError as exc:   # e.g. inotify watch limit: the periodic scan still finds every file
             self._say("observer", f"warning: no file-system events ({exc}); scanning every "
                                   f"{self.poll_seconds:g} s instead")
@@ -279,8 +282,11 @@ class Watcher:
         """One pass over in/; True when --once has nothing left to do."""
         if not all(d.is_dir() for d in (self.layout.inbox, self.layout.working, self.layout.state,
                                          self.layout.locks, self.layout.tmp)):
-            # Someone deleted a folder (e.g. in the Finder): recreate it (the observer follows in/).
+            # Someone deleted a folder (e.g. in the Finder): recreate it and watch it again.
             self.layout.create()
+            if self._observer is not None and self._handler is not None:
+                self._observer.unschedule_all()
+                self._observer.schedule(self._handler, str(self.layout.inbox), recursive=True)
             self.reporter.line(str(self.layout.root), "recreated missing folders")
         if self._disk_all is not None:
             if not self._disk_all.ready():
