@@ -423,10 +423,27 @@ def claim(layout: Layout, journal: Journal, path: Path) -> Job | None:
         _quietly(journal.append, "lost", job_id)
         lock.release(remove=True)
         raise
+    _keep_link_target(working, path.parent)
     job = Job(job_id, rel, working, lock)
     if side is not None:
         _take_sidecar(job, side)
     return job
+
+
+def _keep_link_target(link: Path, old_folder: Path) -> None:
+    """A relative symbolic link moved from in/SUB to working/ would point elsewhere: make it absolute
+    (same target as where it was dropped).  Best effort; other files are left alone."""
+    try:
+        if not os.path.islink(link):
+            return
+        target = os.readlink(link)
+        if os.path.isabs(target):
+            return
+        tmp = link.with_name(part_name(link.name, link.parent))
+        os.symlink(os.path.normpath(os.path.join(old_folder, target)), tmp)
+        os.replace(tmp, link)          # our own claimed name: replacing it is safe
+    except OSError:
+        pass
 
 
 def _quietly(fn: Any, *args: Any, **kwargs: Any) -> None:

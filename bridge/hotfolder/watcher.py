@@ -405,7 +405,7 @@ class Watcher:
             tmp_dir = self.layout.job_tmp(job.job_id)
             shutil.rmtree(tmp_dir, ignore_errors=True)   # a partial write from a crashed run
             tmp_dir.mkdir(parents=True)
-            recipe = resolve(self.layout.root, job.rel, job.sidecar, job.sidecar_name)
+            recipe = _resolve(self.layout.root, job)
             inputs = load_inputs(job.working, Path(job.name).stem, recipe,
                                  allow_library=self.engine.allows_library)
             # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
@@ -648,6 +648,21 @@ class _DiskWait:
             self.reminded = now
             watcher.reporter.line(str(watcher.layout.root), f"still waiting for disk space "
                                                             f"({_mb(_free_bytes(self.folder))} free)")
+
+
+def _resolve(root: Path, job: Job) -> Any:
+    """The job's settings; JSON that cannot even be parsed (nested 50,000 deep, a 5,000-digit
+    number) is the user's settings problem, not an internal error."""
+    try:
+        return resolve(root, job.rel, job.sidecar, job.sidecar_name)
+    except SettingsError:
+        raise
+    except RecursionError:
+        raise JobError("the settings (preset.json or the file's sidecar .json) are nested too deeply to read",
+                       ADVICE_SETTINGS) from None
+    except ValueError as exc:
+        raise JobError(f"the settings (preset.json or the file's sidecar .json) cannot be read: {exc}",
+                       ADVICE_SETTINGS) from None
 
 
 def _free_bytes(folder: Path) -> int | None:
