@@ -7,8 +7,8 @@ the way) with each samples/style_*.jpg, draft-like settings (one stage, ``--iter
 For each knob value and method it prints the mean absolute distance to the photo (0..255, all channels)
 and the judged Gatys style loss (``losses.style_distance``: unweighted Gram MSE over the default style
 layers against the style image at the working size, as the engine sees it), relative to the photo's.
-"evenness" is the smallest step of the distance over the largest (1 = perfectly even steps), and the
-same for log(style loss).
+"evenness" is the smallest step over the largest (1 = perfectly even steps; 0 = not monotonic), for the
+distance, the style loss and log(style loss).
 
 Methods (knob s in 0..1):
 - ``blend`` (what the engine does): ``stylize(style_strength=s)``, i.e. the full optimisation mixed
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--knobs", default="0,0.2,0.4,0.6,0.8,1")
     ap.add_argument("--styles", default="glass,swirls,bands")
     ap.add_argument("--methods", default="blend,rgb,stop,weight")
+    ap.add_argument("--out", default="strength_curve.json", help="JSON file name in bench/results")
     args = ap.parse_args(argv)
 
     import torch
@@ -145,27 +146,29 @@ def main(argv: list[str] | None = None) -> int:
             pictures["weight"] = outs
         print(f"{name}: full run {seconds:.1f} s; photo: style loss {s_photo:.4g}; full: distance {d_full:.1f}, "
               f"style loss {s_full:.4g} ({s_full / s_photo:.3f} of the photo's)", flush=True)
-        print("  method  " + " ".join(f"{s:>13g}" for s in knobs) + "   monotonic/evenness (distance; log style)")
+        print("  method  " + " ".join(f"{s:>13g}" for s in knobs) + "   evenness: distance, style, log style")
         entry = {"seconds_full_run": round(seconds, 1), "style_photo": s_photo, "methods": {}}
         for method, row in curves.items():
             dists = [d for d, _ in row]
             logs = [-math.log(st) for _, st in row]
             mono_d, even_d = evenness(dists)
             mono_s, even_s = evenness(logs)
+            _, even_lin = evenness([-st for _, st in row])
             cells = " ".join(f"{d:5.1f}/{st / s_photo:7.4f}" for d, st in row)
-            print(f"  {method:7s} {cells}   {mono_d}/{even_d:.2f}; {mono_s}/{even_s:.2f}")
+            print(f"  {method:7s} {cells}   {even_d:.2f} {even_lin:.2f} {even_s:.2f}")
             entry["methods"][method] = {"distance": [round(d, 2) for d in dists],
                                         "style_relative": [round(st / s_photo, 5) for _, st in row],
                                         "monotonic_distance": mono_d, "evenness_distance": round(even_d, 3),
-                                        "monotonic_style": mono_s, "evenness_log_style": round(even_s, 3)}
+                                        "monotonic_style": mono_s, "evenness_style": round(even_lin, 3),
+                                        "evenness_log_style": round(even_s, 3)}
         figures["styles"][name] = entry
         for method, outs in pictures.items():
             strip = np.concatenate([np.pad(o, ((0, 0), (0, 4), (0, 0)), constant_values=255) for o in outs], axis=1)
             suffix = "" if method == "blend" else f"{method}_"
             Image.fromarray(strip[:, :-4]).save(RESULTS / f"strength_{suffix}{name}.jpg", quality=90)
     figures["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    (RESULTS / "strength_curve.json").write_text(json.dumps(figures, indent=2))
-    print("wrote bench/results/strength_curve.json and strength_*.jpg")
+    (RESULTS / args.out).write_text(json.dumps(figures, indent=2))
+    print(f"wrote bench/results/{args.out} and strength_*.jpg")
     return 0
 
 

@@ -42,11 +42,12 @@ class CostModel:
         return self.units(pixels) * self.seconds_per_pixel
 
 
-# Measured with bench/bench_eta.py --model (s/iteration at 64..512 px, default layers; bench/README.md).
-# cuda/mps were not measured (no such machine was lent): their overheads are guesses, corrected by the
-# run's own measured speed from the first stage on.
+# cpu: seconds_per_pixel from 0.98 s/iteration at 512x341 (2 threads, quiet; bench/README.md target 2);
+# overhead_pixels from bench/bench_eta.py --model (64..256 px fit, busy machine; bench/README.md).
+# cuda/mps were not measured (no such machine was lent): guesses, corrected by the run's own measured
+# speed from its first iterations on.
 DEVICE_MODELS: dict[str, CostModel] = {
-    "cpu": CostModel(seconds_per_pixel=5.6e-6, overhead_pixels=3000.0),
+    "cpu": CostModel(seconds_per_pixel=5.6e-6, overhead_pixels=4000.0),
     "cuda": CostModel(seconds_per_pixel=2.0e-8, overhead_pixels=150_000.0),
     "mps": CostModel(seconds_per_pixel=2.0e-7, overhead_pixels=50_000.0),
 }
