@@ -48,9 +48,9 @@ def run_mode(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
 
     def progress(p) -> None:
-        events.append({"t": time.perf_counter() - t0, "percent": p.percent, "eta": p.eta_seconds,
-                       "done": p.done_iterations, "total": p.total_iterations, "stage": p.stage,
-                       "style": p.style_index})
+        events.append({"t": round(time.perf_counter() - t0, 3), "percent": round(p.percent, 2),
+                       "eta": round(p.eta_seconds, 1), "done": p.done_iterations, "total": p.total_iterations,
+                       "stage": p.stage, "iteration": p.iteration, "style": p.style_index})
 
     load_before = load_avg()
     result = stylize(photo, styles, settings, progress=progress)
@@ -68,7 +68,7 @@ def run_mode(args: argparse.Namespace) -> dict:
                      "old_percent": round(100 * it_fraction, 1), "time_fraction": round(e["t"] / t_end, 3)})
     out = {"size": args.size, "styles": args.styles, "settings": overrides, "seconds": round(t_end, 1),
            "working_size": result.working_size, "load_before": load_before, "load_after": load_avg(),
-           "rows": rows}
+           "rows": rows, "events": events}
     print(f"size {args.size}, styles {args.styles}: {t_end:.1f} s, load {load_before} -> {out['load_after']}")
     print("mark  at(s)  eta(s)  real left(s)  error   | old percent  old eta  old error | time fraction")
     for r in rows:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     args = ap.parse_args(argv)
     figures = model_mode(args) if args.model else run_mode(args)
-    out = args.out or RESULTS / (f"eta_model.json" if args.model else f"eta_{args.size}.json")
+    out = (args.out or RESULTS / ("eta_model.json" if args.model else f"eta_{args.size}.json")).resolve()
     out.write_text(json.dumps(figures, indent=2))
     print(f"wrote {out.relative_to(REPO)}")
     return 0

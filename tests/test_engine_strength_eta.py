@@ -85,6 +85,19 @@ def test_eta_predicts_later_stages_from_the_measured_speed_and_later_styles_from
     assert e.percent == pytest.approx(50.0)
 
 
+def test_eta_follows_the_machine_when_it_slows_down() -> None:
+    """A shared machine gets busier mid-stage: the ETA follows the recent speed, not the stage average."""
+    clock = FakeClock()
+    est = RunEstimator([100], [40], jobs=1, model=CostModel(0.01, 0.0), clock=clock)
+    est.start_stage(0, 0)
+    for i in range(1, 31):
+        clock.now += 1.0 if i <= 10 else 2.0
+        e = est.iteration(i)
+    average = (10 * 1.0 + 20 * 2.0) / 30
+    assert e.eta_seconds > 10 * 1.85 > 10 * average      # 10 left at ~2 s, not at the average 1.67 s
+    assert e.eta_seconds <= 10 * 2.0 + 1e-9
+
+
 def test_a_stage_that_stops_early_counts_as_done() -> None:
     est = RunEstimator([100, 100], [10, 10], jobs=1, model=CostModel(1e-3, 0.0), clock=FakeClock())
     est.start_stage(0, 0)

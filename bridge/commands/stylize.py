@@ -264,13 +264,13 @@ class _ProgressBar:
         from tqdm import tqdm
         if self.bar is None:
             self.bar = tqdm(total=100.0, file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+                            bar_format="{percentage:3.0f}%|{bar}| {elapsed}{postfix}")   # postfix: ", ..."
         self.bar.n = round(100.0 * p.fraction, 1)
-        left = "" if p.eta_seconds is None else f", {tqdm.format_interval(p.eta_seconds)} left"
+        left = "" if p.eta_seconds is None else f"{tqdm.format_interval(p.eta_seconds)} left, "
         loss = p.best_loss if p.best_loss is not None else p.loss
-        self.bar.set_postfix_str(f"{p.style_name} stage {p.stage}/{p.stages} {p.stage_size}px "
+        self.bar.set_postfix_str(f"{left}{p.style_name} stage {p.stage}/{p.stages} {p.stage_size}px "
                                  f"it {p.iteration}/{p.stage_iterations}"
-                                 + (f" best loss {loss:.4g}" if loss is not None else "") + left, refresh=False)
+                                 + (f", best loss {loss:.4g}" if loss is not None else ""), refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -13,6 +13,8 @@ shows the numbers computed here, carried by :class:`bridge.engine.types.Progress
   scaled by the cost model's ratio of the two stages; before anything has run, from the model's prior
   speed. The stage now running blends its measured speed with that prediction for its first
   ``PRIOR_ITERATIONS`` iterations (the first one also pays the stage's set-up and an extra evaluation).
+  On a shared machine the speed drifts with the load: every prediction is scaled by the recent speed
+  (smoothed over ~10 iterations) over the running stage's average speed.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ DEVICE_MODELS: dict[str, CostModel] = {
 }
 
 PRIOR_ITERATIONS = 3.0   # a stage's speed is its own measured one from this many iterations on
+RECENT = 0.1             # smoothing of the recent speed (about the last 10 iterations)
+SPEED_SWING = 2.0        # the recent speed may scale the predictions by at most this (either way)
 
 
 def cost_model(device_type: str) -> CostModel:
@@ -88,10 +92,12 @@ class RunEstimator:
         self._mark = 0.0                                # clock at the stage's start or its last iteration
         self._stage_done = 0
         self._stage_units_start = 0.0
+        self._recent: float | None = None               # smoothed seconds per iteration, this stage
+        self._factor = 1.0                              # recent speed / the stage's average speed
 
     # -- events ------------------------------------------------------------------------------------
     def start_stage(self, job: int, stage: int) -> None:
-        self._job, self._stage, self._stage_done = job, stage, 0
+        self._job, self._stage, self._stage_done, self._recent = job, stage, 0, None
         self._stage_units_start = self._units_before(job, stage)
         self.done_units = max(self.done_units, self._stage_units_start)
         self._mark = self.clock()
@@ -100,8 +106,15 @@ class RunEstimator:
         """The stage's ``iteration``-th iteration (1-based) has finished."""
         now = self.clock()
         k = self._stage
+        steps = max(0, iteration - self._stage_done)
         self._measured_s[k] += now - self._mark
-        self._measured_n[k] += max(0, iteration - self._stage_done)
+        self._measured_n[k] += steps
+        if steps and self._stage_done > 0:     # not the stage's first iteration (set-up, extra evaluation)
+            per = (now - self._mark) / steps
+            self._recent = per if self._recent is None else self._recent + RECENT * (per - self._recent)
+        n = self._measured_n[k]
+        if self._recent is not None and n >= PRIOR_ITERATIONS and self._measured_s[k] > 0:
+            self._factor = min(SPEED_SWING, max(1.0 / SPEED_SWING, self._recent * n / self._measured_s[k]))
         self._mark, self._stage_done, self._latest = now, iteration, k
         self.done_units = max(self.done_units, self._stage_units_start + self.unit[k] * min(iteration,
                                                                                           self.iterations[k]))
@@ -135,7 +148,7 @@ class RunEstimator:
         left = max(0, self.iterations[k] - self._stage_done) * rate[k]
         left += sum(self.iterations[s] * rate[s] for s in range(k + 1, len(self.pixels)))
         left += (self.jobs - job - 1) * sum(n * r for n, r in zip(self.iterations, rate))
-        return left
+        return left * self._factor
 
     # -- internals ---------------------------------------------------------------------------------
     def _estimate(self) -> Estimate:

@@ -1,9 +1,10 @@
 """The style-strength knob (``Settings.style_strength``): 0 = the photo, 1 = fully painted.
 
 Why a blend and not the loss weights: L-BFGS started from the photo runs to convergence whatever the
-content/style weight ratio; the content loss (relu4_2) does not care about colour and fine texture, so
-even 1/10000 of the style weight paints those fully (bench/README.md, "Style strength": the weight ratio
-on a log scale is neither monotonic nor even). So the optimisation always runs at the full style weight
+content/style weight ratio, and the content loss (relu4_2) does not object to new colours and fine
+texture: 1/40 of the style weight already paints fully, 1/1000 hardly at all, with a cliff between whose
+place depends on the style and size (bench/README.md, "Style strength"). Stopping at a loss target jumps
+most of the way in the first steps. So the optimisation always runs at the full style weight
 and the knob decides how much of its result replaces the photo, mixed in CIELAB: Lab is built so that
 equal distances look equally different, so equal knob steps are equal steps of colour difference
 (CIE76 dE) for every pixel, and colours do not pass through grey as they can in an RGB mix.
