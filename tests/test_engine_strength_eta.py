@@ -85,6 +85,24 @@ def test_eta_predicts_later_stages_from_the_measured_speed_and_later_styles_from
     assert e.percent == pytest.approx(50.0)
 
 
+def test_the_overhead_is_fitted_to_the_stages_measured_so_far() -> None:
+    """Two stages measured (2.4 s at 10880 px, 3.36 s at 21901 px: a busy machine's figures) give the
+    overhead that predicts the third; the device model's own overhead would say 6.1 s, not 5.24 s."""
+    clock = FakeClock()
+    model = CostModel(seconds_per_pixel=1e-4, overhead_pixels=4000.0)
+    est = RunEstimator([10880, 21901, 43520], [10, 10, 10], jobs=1, model=model, clock=clock)
+    for stage, per in ((0, 2.4), (1, 3.36)):
+        est.start_stage(0, stage)
+        for i in range(1, 11):
+            clock.now += per
+            est.iteration(i)
+        est.end_stage()
+    overhead = (2.4 * 21901 - 3.36 * 10880) / (3.36 - 2.4)
+    assert est._overhead(exclude=2) == pytest.approx(overhead)
+    assert est.seconds_per_iteration(2) == pytest.approx(3.36 * (43520 + overhead) / (21901 + overhead))
+    assert est.seconds_per_iteration(2) == pytest.approx(5.24, abs=0.01)
+
+
 def test_eta_follows_the_machine_when_it_slows_down() -> None:
     """A shared machine gets busier mid-stage: the ETA follows the recent speed, not the stage average."""
     clock = FakeClock()

@@ -10,7 +10,8 @@ shows the numbers computed here, carried by :class:`bridge.engine.types.Progress
 - **eta_seconds** = predicted seconds for the iterations left. A stage that has run (in this or an
   earlier style of the same job: every style goes through the same ladder) is predicted from its own
   measured seconds per iteration; a stage not run yet from the speed measured at the latest stage run,
-  scaled by the cost model's ratio of the two stages; before anything has run, from the model's prior
+  scaled by the ratio of the two stages' (pixels + overhead), the overhead fitted to the stages run so
+  far once two have (the device model's until then); before anything has run, from the model's prior
   speed. The stage now running blends its measured speed with that prediction for its first
   ``PRIOR_ITERATIONS`` iterations (the first one also pays the stage's set-up and an extra evaluation).
   On a shared machine the speed drifts with the load: every prediction is scaled by the recent speed
@@ -169,4 +170,21 @@ class RunEstimator:
         if ref is None:
             return self.model.seconds(self.pixels[stage]), False
         measured = self._measured_s[ref] / self._measured_n[ref]
-        return measured * self.unit[stage] / self.unit[ref], True
+        overhead = self._overhead(exclude=stage)
+        return measured * (self.pixels[stage] + overhead) / (self.pixels[ref] + overhead), True
+
+    def _overhead(self, exclude: int) -> float:
+        """The per-iteration overhead in pixel-equivalents, fitted through the two largest stages measured
+        (``exclude`` aside) when they give a sensible line; the device model's otherwise. (On a busy
+        machine it was 4x the quiet machine's: bench/README.md.)"""
+        done = sorted((s for s in range(len(self.pixels))
+                       if s != exclude and self._measured_n[s] >= PRIOR_ITERATIONS), key=lambda s: self.pixels[s])
+        if len(done) >= 2:
+            a, b = done[-2], done[-1]
+            ra, rb = (self._measured_s[s] / self._measured_n[s] for s in (a, b))
+            pa, pb = self.pixels[a], self.pixels[b]
+            if pb > pa and rb > ra:
+                fitted = (ra * pb - rb * pa) / (rb - ra)
+                if 0.0 <= fitted <= 4.0 * pb:
+                    return fitted
+        return self.model.overhead_pixels
