@@ -53,6 +53,21 @@ def test_percent_weights_each_iteration_by_its_stage_cost() -> None:
     assert est.iteration(50).percent == pytest.approx(100.0)
 
 
+def test_a_default_run_is_not_40_percent_done_after_its_coarse_stages() -> None:
+    """The issue's run: 40% shown after the coarse stages of a default 512 px run, with most of it to go."""
+    from bridge.engine.eta import DEVICE_MODELS
+    from bridge.engine.optimize import stage_dims, working_ladder
+
+    defaults = Settings()
+    ladder = working_ladder(defaults, 512, 341)
+    pixels = [int(np.prod(stage_dims(512, 341, side))) for side in ladder]
+    iterations = [defaults.coarse_iterations] * (len(ladder) - 1) + [defaults.iterations]
+    assert ladder == [128, 181, 256, 362, 512] and sum(iterations[:-1]) / sum(iterations) == 0.4
+    est = RunEstimator(pixels, iterations, jobs=1, model=DEVICE_MODELS["cpu"], clock=FakeClock())
+    est.start_stage(0, len(ladder) - 1)
+    assert 12.0 < est.percent < 16.0
+
+
 def test_overhead_pixels_make_small_stages_cost_more_than_their_pixels() -> None:
     model = CostModel(seconds_per_pixel=1e-6, overhead_pixels=1000.0)
     assert model.units(1000) == 2000.0 and model.seconds(1000) == pytest.approx(2e-3)

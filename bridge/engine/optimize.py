@@ -10,7 +10,10 @@ Shape of a run (``stylize``):
 3. per style (then the blend): L-BFGS or Adam at each stage, warm-started from the previous stage's best
    image upsampled; progress every iteration, cancel checked every iteration.
 4. the best image of the last stage goes to the photo's native size (``upsample.to_native``), with the
-   photo's chroma if ``original_colors``.
+   photo's chroma if ``original_colors``, then is mixed with the photo by ``style_strength``
+   (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
+
+Progress carries a stage-weighted percent and an ETA from the measured speed (``eta.RunEstimator``).
 
 Pixels are optimised as RGB in 0..255 (neural-style's scale); the VGG wrapper applies its own
 preprocessing.
