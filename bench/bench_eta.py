@@ -10,6 +10,10 @@ engine's percent) it prints the engine's ``eta_seconds`` against that, and for c
 estimate (iterations counted as equal: elapsed / fraction x (1 - fraction), what the daemon computed).
 "Time fraction" is how much of the run's wall time had really passed when the bar said 25/50/75%.
 
+Replay mode (``--replay results/eta_256_*.json``): feeds a recorded run's event times to the estimator
+with other smoothing settings (``RECENT`` 0 = no recent-speed factor), to compare them on the same
+timelines; the stage starts are taken as the previous event's time.
+
 Model mode: seconds per iteration at several sizes (single stage, median of the steady iterations),
 and the least-squares fit t = seconds_per_pixel x (pixels + overhead_pixels) used in
 ``bridge.engine.eta.DEVICE_MODELS``.
@@ -77,6 +81,50 @@ def run_mode(args: argparse.Namespace) -> dict:
     return out
 
 
+def replay_mode(args: argparse.Namespace) -> dict:
+    from bridge.engine import eta
+    from bridge.engine.optimize import stage_dims, working_ladder
+    from bridge.settings import settings_from_mapping
+
+    out: dict = {}
+    for path in args.replay:
+        run = json.loads(Path(path).read_text())
+        settings, _, _ = settings_from_mapping(run["settings"])
+        ladder = working_ladder(settings, 512, 341)       # samples/photo.jpg
+        pixels = [h * w for h, w in (stage_dims(512, 341, side) for side in ladder)]
+        iters = [settings.coarse_iterations] * (len(ladder) - 1) + [settings.iterations]
+        events, end = run["events"], run["seconds"]
+        jobs = max(e["style"] for e in events) + 1
+        print(f"{Path(path).name}: {jobs} style(s), {end} s")
+        for recent in (0.0, 0.05, 0.1, 0.2):
+            clock = {"now": 0.0}
+            est = eta.RunEstimator(pixels, iters, jobs, eta.cost_model("cpu"), clock=lambda: clock["now"])
+            old_recent, eta.RECENT = eta.RECENT, recent
+            old_swing = eta.SPEED_SWING
+            eta.SPEED_SWING = 1.0 if recent == 0 else old_swing
+            try:
+                key, errors, marks = None, [], [25.0, 50.0, 75.0]
+                for i, e in enumerate(events):
+                    if (e["style"], e["stage"]) != key:
+                        if key is not None:
+                            est.end_stage()
+                        key = (e["style"], e["stage"])
+                        start = events[i - 1]["t"] if i else e["t"] - (events[1]["t"] - e["t"])
+                        clock["now"] = start
+                        est.start_stage(e["style"], e["stage"] - 1)
+                    clock["now"] = e["t"]
+                    estimate = est.iteration(e["iteration"])
+                    if marks and estimate.percent >= marks[0]:
+                        real = end - e["t"]
+                        errors.append(round((estimate.eta_seconds - real) / real, 3))
+                        marks.pop(0)
+            finally:
+                eta.RECENT, eta.SPEED_SWING = old_recent, old_swing
+            out.setdefault(Path(path).name, {})[str(recent)] = errors
+            print(f"  RECENT {recent:4.2f}: " + "  ".join(f"{x:+.1%}" for x in errors))
+    return out
+
+
 def model_mode(args: argparse.Namespace) -> dict:
     from bridge.engine import StyleInput, stylize
     from bridge.imaging import load_image
@@ -115,10 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="store_true", help="measure the cost model instead of a run")
     ap.add_argument("--sizes", default="64,128,181,256,362,512")
     ap.add_argument("--iterations", type=int, default=8, help="iterations per size in --model")
+    ap.add_argument("--replay", nargs="+", default=None, metavar="JSON", help="recorded runs to replay")
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the figures")
     args = ap.parse_args(argv)
-    figures = model_mode(args) if args.model else run_mode(args)
-    out = (args.out or RESULTS / ("eta_model.json" if args.model else f"eta_{args.size}.json")).resolve()
+    if args.replay:
+        figures, name = replay_mode(args), "eta_replay.json"
+    elif args.model:
+        figures, name = model_mode(args), "eta_model.json"
+    else:
+        figures, name = run_mode(args), f"eta_{args.size}.json"
+    out = (args.out or RESULTS / name).resolve()
     out.write_text(json.dumps(figures, indent=2))
     print(f"wrote {out.relative_to(REPO)}")
     return 0

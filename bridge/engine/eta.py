@@ -14,8 +14,8 @@ shows the numbers computed here, carried by :class:`bridge.engine.types.Progress
   far once two have (the device model's until then); before anything has run, from the model's prior
   speed. The stage now running blends its measured speed with that prediction for its first
   ``PRIOR_ITERATIONS`` iterations (the first one also pays the stage's set-up and an extra evaluation).
-  On a shared machine the speed drifts with the load: every prediction is scaled by the recent speed
-  (smoothed over ~10 iterations) over the running stage's average speed.
+  Optionally (``RECENT`` > 0, off: see there) every prediction is scaled by the recent speed over the
+  running stage's average speed.
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ DEVICE_MODELS: dict[str, CostModel] = {
 }
 
 PRIOR_ITERATIONS = 3.0   # a stage's speed is its own measured one from this many iterations on
-RECENT = 0.1             # smoothing of the recent speed (about the last 10 iterations)
+# Scaling the predictions by the recent speed (smoothing RECENT, ~1/RECENT iterations) did not help on
+# the recorded busy-machine runs (bench/README.md, replays: mean error 12-14% with it, 11.8% without:
+# the load there comes in bursts, not trends), so it is off; bench_eta.py --replay compares settings.
+RECENT = 0.0
 SPEED_SWING = 2.0        # the recent speed may scale the predictions by at most this (either way)
 
 
@@ -110,7 +113,7 @@ class RunEstimator:
         steps = max(0, iteration - self._stage_done)
         self._measured_s[k] += now - self._mark
         self._measured_n[k] += steps
-        if steps and self._stage_done > 0:     # not the stage's first iteration (set-up, extra evaluation)
+        if RECENT > 0 and steps and self._stage_done > 0:   # not a stage's first iteration (set-up, extra evaluation)
             per = (now - self._mark) / steps
             self._recent = per if self._recent is None else self._recent + RECENT * (per - self._recent)
         n = self._measured_n[k]
