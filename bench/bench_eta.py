@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         figures, name = run_mode(args), f"eta_{args.size}.json"
     out = (args.out or RESULTS / name).resolve()
     out.write_text(json.dumps(figures, indent=2))
-    print(f"wrote {out.relative_to(REPO)}")
+    print(f"wrote {out}")
     return 0
 
 
