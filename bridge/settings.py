@@ -65,7 +65,10 @@ class Settings:
     content_weight: float = _opt(5.0, "weight of the content loss", minimum=0.0)
     style_weight: float = _opt(100.0, "weight of the style loss", minimum=0.0)
     tv_weight: float = _opt(1e-3, "weight of the total-variation (smoothness) loss", minimum=0.0)
-    style_strength: float = _opt(1.0, "multiplies style_weight; a friendlier knob for editors",
+    # 0..1 is the knob every front end shows (bridge/engine/strength.py, bench/README.md "Style strength");
+    # above 1 it keeps its old meaning (a style_weight multiplier) so saved settings still work.
+    style_strength: float = _opt(1.0, "how much the photo is painted: 0 = the photo unchanged, 0.5 = half way, "
+                                 "1 = fully painted; above 1: extra style weight (little visible change)",
                                  minimum=0.0, maximum=100.0)
     content_layers: tuple[str, ...] = _opt(("relu4_2",), "VGG-19 layers for the content loss",
                                            choices=VGG_LAYERS)

@@ -322,7 +322,8 @@ def _stylize(job: _Job, args: argparse.Namespace) -> Any:
 
 
 class _ProgressBar:
-    """tqdm on stderr: overall iterations, with stage, style and loss."""
+    """tqdm on stderr showing the engine's stage-weighted percent and time left (the numbers the daemon
+    and GIMP show too; tqdm's own rate would count iterations as equal), the stage and the best loss."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -331,12 +332,16 @@ class _ProgressBar:
     def update(self, p: Any) -> None:
         if not self.enabled:
             return
+        from tqdm import tqdm
         if self.bar is None:
-            from tqdm import tqdm
-            self.bar = tqdm(total=p.total_iterations, unit="it", file=sys.stderr, dynamic_ncols=True)
-        self.bar.n = p.done_iterations
-        self.bar.set_postfix_str(f"{p.style_name} stage {p.stage}/{p.stages} {p.stage_size}px "
-                                 f"loss {p.loss:.4g}" if p.loss is not None else p.style_name, refresh=False)
+            self.bar = tqdm(total=100.0, file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{percentage:3.0f}%|{bar}| {elapsed}{postfix}")   # postfix: ", ..."
+        self.bar.n = round(100.0 * p.fraction, 1)
+        left = "" if p.eta_seconds is None else f"{tqdm.format_interval(p.eta_seconds)} left, "
+        loss = p.best_loss if p.best_loss is not None else p.loss
+        self.bar.set_postfix_str(f"{left}{p.style_name} stage {p.stage}/{p.stages} {p.stage_size}px "
+                                 f"it {p.iteration}/{p.stage_iterations}"
+                                 + (f", best loss {loss:.4g}" if loss is not None else ""), refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -505,7 +505,9 @@ class JobManager:
             fraction = 1.0 if done else (p.fraction if p else 0.0)
             percent = 100.0 if done else min(99.0, round(fraction * 100.0, 1))
             eta = None
-            if job.status == "running" and job.started and p and fraction > 0.0:
+            if job.status == "running" and p and p.eta_seconds is not None:
+                eta = round(p.eta_seconds, 1)      # the engine's: stage-weighted, from the measured speed
+            elif job.status == "running" and job.started and p and fraction > 0.0:
                 elapsed = now - job.started
                 eta = round(max(0.0, elapsed / fraction * (1.0 - fraction)), 1)
             elif done:

@@ -10,7 +10,10 @@ Shape of a run (``stylize``):
 3. per style (then the blend): L-BFGS or Adam at each stage, warm-started from the previous stage's best
    image upsampled; progress every iteration, cancel checked every iteration.
 4. the best image of the last stage goes to the photo's native size (``upsample.to_native``), with the
-   photo's chroma if ``original_colors``.
+   photo's chroma if ``original_colors``, then is mixed with the photo by ``style_strength``
+   (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
+
+Progress carries a stage-weighted percent and an ETA from the measured speed (``eta.RunEstimator``).
 
 Pixels are optimised as RGB in 0..255 (neural-style's scale); the VGG wrapper applies its own
 preprocessing.
@@ -30,8 +33,9 @@ import torch.nn.functional as F
 
 from ..imaging import Picture, load_image
 from ..settings import Settings, SettingsError
-from . import upsample
+from . import strength, upsample
 from .device import resolve_device
+from .eta import RunEstimator, cost_model
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .types import CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StylizeResult
 from .vgg import VGGFeatures, load_vgg
@@ -109,6 +113,8 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         raise SettingsError("style_blend_weights", f"{len(blend)} weights given for {len(styles)} styles")
     seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31 - 1)
     settings = dataclasses.replace(settings, seed=seed)
+    if strength.amount(settings.style_strength) == 0.0:     # the photo itself: nothing to optimise
+        return _photo_only(content, styles, settings, started)
     device = resolve_device(settings.device)
     vgg = load_vgg(settings.weights, settings.pooling, device)
 
@@ -127,6 +133,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
 
     iters = [settings.coarse_iterations] * (len(ladder) - 1) + [settings.iterations]
     counter = _Counter(0, sum(iters) * len(jobs))
+    estimator = RunEstimator([h * w for h, w in dims], iters, len(jobs), cost_model(device.type))
     init_file = _init_file(settings)
     images: list[StyledImage] = []
     cancelled = False
@@ -137,8 +144,11 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             if k > 0:
                 x = F.interpolate(best, size=d, mode="bilinear", align_corners=False)
             reporter = _Reporter(progress, cancel, counter, settings, stage=k, stages=len(dims), size=ladder[k],
-                                 job=job_index, jobs=len(jobs), name=job.name)
+                                 job=job_index, jobs=len(jobs), name=job.name, estimator=estimator,
+                                 guide=guides[k])
+            estimator.start_stage(job_index, k)
             best, parts, cancelled = _optimise(vgg, x, content_feats[k], job.grams[k], settings, iters[k], reporter)
+            estimator.end_stage()
             losses, stage_used = parts or losses, k
             if cancelled:
                 break
@@ -146,11 +156,20 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         picture = upsample.to_native(styled, content, guides[stage_used], mode=settings.upsample,
                                      radius=settings.guided_radius, eps=settings.guided_eps,
                                      keep_colors=settings.original_colors, name=job.name)
+        picture = strength.blend_with_photo(picture, content, strength.amount(settings.style_strength))
         images.append(StyledImage(job.name, picture, losses))
         if cancelled:
             break
     return StylizeResult(content=content, images=images, settings=settings, working_size=working_size,
                          cancelled=cancelled, seconds=time.perf_counter() - started)
+
+
+def _photo_only(content: Picture, styles: list[StyleInput], settings: Settings, started: float) -> StylizeResult:
+    """Strength 0: every result is the photo, exactly (no weights loaded, no optimisation)."""
+    names = [s.name for s in styles] + (["blend"] if settings.style_blend_weights is not None else [])
+    images = [StyledImage(n, dataclasses.replace(content, rgb=content.rgb.copy(), name=n)) for n in names]
+    return StylizeResult(content=content, images=images, settings=settings, working_size=(
+        content.width, content.height), seconds=time.perf_counter() - started)
 
 
 def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, ladder: list[int],
@@ -199,39 +218,49 @@ def _initial(settings: Settings, guide: torch.Tensor, init_file: torch.Tensor | 
 
 
 class _Reporter:
-    """Counts iterations, sends Progress, and raises _Cancelled when asked to stop."""
+    """Counts iterations, sends Progress (with the estimator's percent and ETA), and raises _Cancelled
+    when asked to stop."""
 
     def __init__(self, callback: ProgressCallback | None, cancel: CancelToken | None, counter: _Counter,
-                 settings: Settings, *, stage: int, stages: int, size: int, job: int, jobs: int, name: str) -> None:
+                 settings: Settings, *, stage: int, stages: int, size: int, job: int, jobs: int, name: str,
+                 estimator: RunEstimator, guide: torch.Tensor) -> None:
         self.callback, self.cancel, self.counter = callback, cancel, counter
         self.settings, self.stage, self.stages, self.size = settings, stage, stages, size
-        self.job, self.jobs, self.name = job, jobs, name
+        self.job, self.jobs, self.name, self.estimator = job, jobs, name, estimator
+        self.guide = guide   # the photo at this stage (0..1): previews show the strength the result will have
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.cancelled:
             raise _Cancelled
 
-    def report(self, iteration: int, stage_iterations: int, loss: float, image: torch.Tensor) -> None:
+    def report(self, iteration: int, stage_iterations: int, loss: float, image: torch.Tensor,
+               best_loss: float | None = None) -> None:
         self.counter.done += 1
+        estimate = self.estimator.iteration(iteration)
         if self.callback is None:
             return
         every = self.settings.preview_every
         preview = None
         if every > 0 and (iteration % every == 0 or iteration == stage_iterations):
-            preview = _preview(image)
+            preview = _preview(image, self.guide, strength.amount(self.settings.style_strength))
         self.callback(Progress(stage=self.stage + 1, stages=self.stages, stage_size=self.size,
                                style_index=self.job, styles=self.jobs, iteration=iteration,
                                stage_iterations=stage_iterations, done_iterations=self.counter.done,
                                total_iterations=self.counter.total, loss=loss, preview=preview,
-                               style_name=self.name))
+                               style_name=self.name, percent=estimate.percent,
+                               eta_seconds=estimate.eta_seconds,
+                               best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None))
 
 
-def _preview(image: torch.Tensor) -> np.ndarray:
+def _preview(image: torch.Tensor, guide: torch.Tensor, mix: float = 1.0) -> np.ndarray:
     with torch.no_grad():
         h, w = image.shape[-2:]
         s = min(1.0, PREVIEW_SIDE / max(h, w))
-        small = resize(image.detach().float().cpu(), (max(1, round(h * s)), max(1, round(w * s))))
-        return (small[0] / 255.0).clamp(0, 1).permute(1, 2, 0).contiguous().numpy().astype(np.float32)
+        dims = (max(1, round(h * s)), max(1, round(w * s)))
+        small = (resize(image.detach().float().cpu(), dims) / 255.0).clamp(0, 1)
+        if mix < 1.0:
+            small = strength.mix_lab(small, resize(guide.detach().float().cpu(), dims), mix)
+        return small[0].permute(1, 2, 0).contiguous().numpy().astype(np.float32)
 
 
 def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tensor],
@@ -240,7 +269,7 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
     """One stage for one style. Returns (best image 0..255, its losses, cancelled?)."""
     s = settings
     content_losses = {k: ContentLoss(v, s.content_weight, s.normalize_gradients) for k, v in content.items()}
-    style_w = s.style_weight * s.style_strength
+    style_w = s.style_weight * strength.weight_factor(s.style_strength)
     style_losses = {k: StyleLoss(v, style_w, s.normalize_gradients) for k, v in grams.items()}
     tv = TVLoss(s.tv_weight)
     layers = tuple(dict.fromkeys([*content_losses, *style_losses]))
@@ -297,7 +326,7 @@ def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tenso
             # LBFGS with max_iter=1 evaluates once per step and keeps its history between steps.
             loss = opt.step(closure)
             value = float(loss.detach()) if loss is not None else math.nan
-            reporter.report(i, iterations, value, x)
+            reporter.report(i, iterations, value, x, best["loss"])
             if not math.isfinite(value):
                 break
     except _Cancelled:

@@ -34,12 +34,21 @@ class Progress:
     stage_iterations: int
     done_iterations: int     # across the whole run
     total_iterations: int    # across the whole run
-    loss: float | None = None
+    loss: float | None = None           # this iteration's loss (it may spike: L-BFGS tries a step)
     preview: np.ndarray | None = None   # small H x W x 3 float32 0..1, only every preview_every iterations
     style_name: str = ""
+    # What front ends show (computed once, by bridge.engine.eta): percent of the run weighted by each
+    # stage's cost (a 512 px iteration costs ~16x a 128 px one), seconds left predicted from the speed
+    # measured so far, and the lowest loss of this stage so far (the image that will be kept).
+    percent: float | None = None
+    eta_seconds: float | None = None
+    best_loss: float | None = None
 
     @property
     def fraction(self) -> float:
+        """0..1 done: the engine's stage-weighted percent (iterations counted as equal if it is absent)."""
+        if self.percent is not None:
+            return max(0.0, min(1.0, self.percent / 100.0))
         return 0.0 if self.total_iterations <= 0 else min(1.0, self.done_iterations / self.total_iterations)
 
 
