@@ -14,9 +14,11 @@ al., "Scaling Painting Style Transfer", EGSR 2024; written from the idea, no cod
 
 A block's margin only has to cover the *forward* receptive field of its owned features (70 px for relu5_1,
 computed from the modules by :func:`context`), not twice that as when only the inner gradient is kept.
-Block origins are multiples of 16 so the four 2x2 poolings fall on the whole image's grid; blocks at the
-image border stop there, so the convolutions pad exactly as in the whole-image forward (whatever the
-padding mode). The last block of pass 1 keeps its graph and is the first of pass 2, so an image that fits
+Block origins are multiples of 16 so the four 2x2 poolings fall on the whole image's grid. Blocks are laid
+out on the image with its mirrored frame (``vgg.frame``, see vgg.py): a border block mirrors the image
+around its own pixels exactly as the whole-image forward does (a reflection reads at most 32 px from the
+border, which every border block holds), and blocks stop at the outer edge, so the convolutions pad
+exactly as in the whole-image forward (with any of vgg.py's padding modes). The last block of pass 1 keeps its graph and is the first of pass 2, so an image that fits
 in one block costs one forward and one backward, like the whole-image computation.
 
 Losses and normalisation are those of :mod:`bridge.engine.losses` as ``optimize.py`` combines them:
@@ -29,7 +31,6 @@ is refused here.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from ..settings import Settings, SettingsError
-from .vgg import LAYER_INDEX, VGGFeatures
+from .vgg import LAYER_INDEX, VGGFeatures, layer_stride, mirror_mode, mirror_pad
 
 ALIGN = 16                  # four 2x2 poolings before relu5_x: block origins on this grid
 MIN_INNER = ALIGN           # the smallest inner block side
@@ -51,14 +52,6 @@ AUTO_CAP_BYTES = 4 << 30    # bigger blocks gain little (the margins are already
 # bench/bench_tiled.py ("block memory"), which it exceeds by a margin.
 VALUES_PER_PIXEL = 640
 FIXED_BLOCK_BYTES = 64 << 20   # weights, allocator slack
-
-
-def layer_stride(layer: str) -> int:
-    """Pixels per feature position of ``relu{b}_{c}``: 2 ** (b - 1)."""
-    match = re.fullmatch(r"relu(\d)_\d", layer)
-    if match is None:
-        raise ValueError(f"not a VGG ReLU layer: {layer!r}")
-    return 2 ** (int(match.group(1)) - 1)
 
 
 def context(features: nn.Sequential, last: int) -> tuple[int, int]:
@@ -96,12 +89,6 @@ class Block:
     @property
     def pixels(self) -> int:
         return (self.y1 - self.y0) * (self.x1 - self.x0)
-
-    def owned(self, stride: int) -> tuple[slice, slice]:
-        """The owned feature positions, in the block's feature map of a layer with this stride."""
-        oy, ox = self.y0 // stride, self.x0 // stride
-        return (slice(self.iy0 // stride - oy, self.iy1 // stride - oy),
-                slice(self.ix0 // stride - ox, self.ix1 // stride - ox))
 
 
 def plan(height: int, width: int, inner: int, before: int, after: int) -> list[Block]:
@@ -185,24 +172,56 @@ def _forward(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...]) 
     return out
 
 
-def _owned_flat(feature: torch.Tensor, block: Block, stride: int) -> torch.Tensor:
-    """C x n: the block's owned positions of a 1 x C x h x w feature map."""
-    rows, cols = block.owned(stride)
-    return feature[0, :, rows, cols].reshape(feature.shape[1], -1)
-
-
 class _Grid:
-    """The blocks of one image size and the layers' whole-image feature map sizes."""
+    """The blocks for one image size, in the coordinates of the image with its mirrored frame
+    (``vgg.frame``; none without mirror padding), and which feature positions each block owns."""
 
     def __init__(self, vgg: VGGFeatures, layers: tuple[str, ...], height: int, width: int, inner: int) -> None:
         before, after = context(vgg.features, _deepest(layers))
-        self.blocks = plan(height, width, inner, before, after)
         self.height, self.width = height, width
-        self.sizes = {name: (height // layer_stride(name), width // layer_stride(name)) for name in layers}
+        self.frame = vgg.frame(height, width)
+        self.mode = mirror_mode(height, width, vgg.mirror)
+        top, bottom, left, right = self.frame
+        self.blocks = plan(height + top + bottom, width + left + right, inner, before, after)
+        self.sizes = {name: vgg.feature_size(name, height, width) for name in layers}
+
+    def source(self, b: Block) -> tuple[tuple[slice, slice], tuple[int, int, int, int]]:
+        """The image pixels a block reads, and the (top, bottom, left, right) frame it mirrors around them."""
+        top, _, left, _ = self.frame
+        y0, y1 = max(0, b.y0 - top), min(self.height, b.y1 - top)
+        x0, x1 = max(0, b.x0 - left), min(self.width, b.x1 - left)
+        pads = (max(0, top - b.y0), max(0, b.y1 - top - self.height),
+                max(0, left - b.x0), max(0, b.x1 - left - self.width))
+        return (slice(y0, y1), slice(x0, x1)), pads
+
+    def input(self, image255: torch.Tensor, b: Block, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the block's image pixels, as a leaf if ``grad``; the block's input with its frame)."""
+        (rows, cols), pads = self.source(b)
+        src = image255[..., rows, cols]
+        if grad:
+            src = src.detach().requires_grad_(True)
+        return src, mirror_pad(src, pads, self.mode)
+
+    def owned(self, b: Block, layer: str) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        """The feature positions the block owns at ``layer``: (in its own feature map, in the image's)."""
+        s = layer_stride(layer)
+        top, _, left, _ = self.frame
+        out_local, out_global = [], []
+        for lo, hi, origin, pad, size in ((b.iy0, b.iy1, b.y0, top, self.sizes[layer][0]),
+                                          (b.ix0, b.ix1, b.x0, left, self.sizes[layer][1])):
+            g0 = max(lo // s, pad // s)
+            g1 = max(g0, min(hi // s, pad // s + size))
+            out_local.append(slice(g0 - origin // s, g1 - origin // s))
+            out_global.append(slice(g0 - pad // s, g1 - pad // s))
+        return (out_local[0], out_local[1]), (out_global[0], out_global[1])
+
+
+BlockCallback = Callable[[int, int, int], None]   # (pass 1 or 2, blocks done in this pass, blocks)
 
 
 def _gram_sums(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...], grid: _Grid,
-               keep_last: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], tuple | None]:
+               keep_last: tuple[str, ...] = (), on_block: BlockCallback | None = None
+               ) -> tuple[dict[str, torch.Tensor], tuple | None]:
     """Pass 1: sum over blocks of ``F F^T`` at each layer's owned positions (unnormalised).
 
     With ``keep_last`` the last block is forwarded with gradient for those layers and returned as
@@ -210,21 +229,25 @@ def _gram_sums(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...]
     sums: dict[str, torch.Tensor] = {}
     kept = None
     for n, b in enumerate(grid.blocks):
-        xb = image255[..., b.y0:b.y1, b.x0:b.x1]
         if keep_last and n == len(grid.blocks) - 1:
-            xb = xb.detach().requires_grad_(True)
             with torch.enable_grad():
+                src, xb = grid.input(image255, b, grad=True)
                 feats = _forward(vgg, xb, keep_last)
-            kept = (b, xb, feats)
+            kept = (b, src, feats)
         else:
             with torch.no_grad():
+                _, xb = grid.input(image255, b)
                 feats = _forward(vgg, xb, layers)
         with torch.no_grad():
             for name in layers:
-                f = _owned_flat(feats[name].detach(), b, layer_stride(name))
+                (rows, cols), _ = grid.owned(b, name)
+                f = feats[name].detach()[0, :, rows, cols]
+                f = f.reshape(f.shape[0], -1)
                 gram = f @ f.t()
                 sums[name] = gram if name not in sums else sums[name].add_(gram)
         del feats
+        if on_block is not None:
+            on_block(1, n + 1, len(grid.blocks))
     return sums, kept
 
 
@@ -244,13 +267,12 @@ def tiled_features(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, 
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for b in grid.blocks:
-            feats = _forward(vgg, image255[..., b.y0:b.y1, b.x0:b.x1], layers)
+            feats = _forward(vgg, grid.input(image255, b)[1], layers)
             for name, f in feats.items():
-                s = layer_stride(name)
                 if name not in out:
                     out[name] = f.new_empty((1, f.shape[1], *grid.sizes[name]))
-                rows, cols = b.owned(s)
-                out[name][..., b.iy0 // s:b.iy1 // s, b.ix0 // s:b.ix1 // s] = f[..., rows, cols]
+                (rows, cols), (grows, gcols) = grid.owned(b, name)
+                out[name][..., grows, gcols] = f[..., rows, cols]
     return out
 
 
@@ -284,11 +306,13 @@ class TiledObjective:
 
     ``content255`` is the photo at the same size; ``grams`` the style targets per style layer (one style's or a
     blend's). ``inner`` is the inner block side; by default it comes from the memory budget
-    (:func:`budget_bytes`). ``parts`` holds the last evaluation's content/style/tv/total.
+    (:func:`budget_bytes`). ``parts`` holds the last evaluation's content/style/tv/total. ``on_block`` is
+    called after every block of both passes (a 24 MP evaluation takes minutes on a CPU: progress, and a
+    place to raise for cancelling).
     """
 
     def __init__(self, vgg: VGGFeatures, content255: torch.Tensor, grams: dict[str, torch.Tensor],
-                 settings: Settings, inner: int | None = None) -> None:
+                 settings: Settings, inner: int | None = None, on_block: BlockCallback | None = None) -> None:
         if settings.normalize_gradients:
             raise SettingsError("normalize_gradients", "is not available with the tiled (large-image) computation: "
                                 "each layer's gradient norm needs the whole image at once; turn it off")
@@ -309,6 +333,7 @@ class TiledObjective:
         self.grams = {k: v.detach() for k, v in grams.items()}
         self.targets = tiled_features(vgg, content255, self.content_layers, inner)
         self.parts: dict[str, float] = {}
+        self.on_block = on_block
 
     @property
     def blocks(self) -> list[Block]:
@@ -320,7 +345,7 @@ class TiledObjective:
         if tuple(x.shape[-2:]) != (grid.height, grid.width):
             raise ValueError(f"image is {tuple(x.shape[-2:])}, the objective was built for {(grid.height, grid.width)}")
         x = x.detach()
-        sums, kept = _gram_sums(self.vgg, x, self.style_layers, grid, keep_last=self.layers)
+        sums, kept = _gram_sums(self.vgg, x, self.style_layers, grid, keep_last=self.layers, on_block=self.on_block)
         # dL/dF = 4 w (G - A) F / (C^2 * C H W) for w * mean((G - A)^2), G = F F^T / (C H W)
         style_loss = 0.0
         mult: dict[str, torch.Tensor] = {}
@@ -337,21 +362,20 @@ class TiledObjective:
             grad.zero_()
         content_loss = 0.0
         order = [len(grid.blocks) - 1, *range(len(grid.blocks) - 1)]
-        for n in order:
+        for done, n in enumerate(order, start=1):
             b = grid.blocks[n]
             if kept is not None:
-                _, xb, feats = kept
+                _, src, feats = kept
                 kept = None
             else:
-                xb = x[..., b.y0:b.y1, b.x0:b.x1].detach().requires_grad_(True)
                 with torch.enable_grad():
+                    src, xb = grid.input(x, b, grad=True)
                     feats = _forward(self.vgg, xb, self.layers)
             outputs, injected = [], []
             with torch.no_grad():
                 for name in self.layers:
                     f = feats[name]
-                    s = layer_stride(name)
-                    rows, cols = b.owned(s)
+                    (rows, cols), (grows, gcols) = grid.owned(b, name)
                     g = torch.zeros_like(f)
                     own = f.detach()[0, :, rows, cols]
                     if name in mult:
@@ -359,16 +383,19 @@ class TiledObjective:
                         g[0, :, rows, cols] = (mult[name] @ own.reshape(c, -1)).reshape(own.shape)
                     if name in self.targets:
                         numel = float(f.shape[1] * grid.sizes[name][0] * grid.sizes[name][1])
-                        t = self.targets[name][0, :, b.iy0 // s:b.iy1 // s, b.ix0 // s:b.ix1 // s]
+                        t = self.targets[name][0, :, grows, gcols]
                         d = own - t
                         content_loss += self.content_weight * float(d.pow(2).sum(dtype=torch.float64)) / numel
                         g[0, :, rows, cols] += d * (2.0 * self.content_weight / numel)
                     outputs.append(f)
                     injected.append(g)
-            (gx,) = torch.autograd.grad(outputs, xb, injected)
+            (gx,) = torch.autograd.grad(outputs, src, injected)
             del feats, outputs, injected
-            grad[..., b.y0:b.y1, b.x0:b.x1] += gx
-            del gx, xb
+            (rows, cols), _ = grid.source(b)
+            grad[..., rows, cols] += gx
+            del gx, src
+            if self.on_block is not None:
+                self.on_block(2, done, len(order))
         tv = tv_loss_and_grad(x, self.tv_weight, grad)
         total = content_loss + style_loss + tv
         self.parts = {"content": content_loss, "style": style_loss, "tv": tv, "total": total}
