@@ -125,7 +125,7 @@ def test_margins_are_needed(case, vgg, monkeypatch) -> None:
     _, grad = _whole(vgg, photo, x, grams)
     monkeypatch.setattr(tiled, "context", lambda features, last: (16, 8))
     obj = tiled.TiledObjective(vgg, photo, grams, SETTINGS, inner=48)
-    assert _rel(obj.loss_and_grad(x)[1], grad) > 1e-2
+    assert _rel(obj.loss_and_grad(x)[1], grad) > 1e-3   # 10x the tolerance of the exact tests
 
 
 def test_one_block_costs_one_forward(case, vgg) -> None:
@@ -230,3 +230,25 @@ def test_mirror_padding_sizes(vgg, dims) -> None:
     for name, f in feats.items():
         s = 2 ** (int(name[4]) - 1)
         assert tuple(f.shape[-2:]) == (-(-dims[0] // s), -(-dims[1] // s))
+
+
+def test_shallow_layers_only_still_exact(vgg) -> None:
+    """With shallow layers the receptive field is a few pixels, but border blocks must still hold the pixels
+    the mirrored frame reflects (up to 31 px): tiny blocks on a 70 x 90 image."""
+    settings = Settings(content_layers=("relu1_2",), style_layers=("relu1_1", "relu2_1"))
+    photo = _sample255("photo.jpg", (70, 90))
+    x = (photo + 30.0 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 255)
+    with torch.no_grad():
+        grams = {k: gram_matrix(v) for k, v in vgg(_sample255("style_bands.jpg", (48, 64)), settings.style_layers).items()}
+        targets = vgg(photo, settings.content_layers)
+    xg = x.clone().requires_grad_(True)
+    feats = vgg(xg, ("relu1_1", "relu1_2", "relu2_1"))
+    total = (ContentLoss(targets["relu1_2"], settings.content_weight)(feats["relu1_2"])
+             + sum(StyleLoss(grams[k], settings.style_weight)(feats[k]) for k in settings.style_layers)
+             + TVLoss(settings.tv_weight)(xg))
+    total.backward()
+    obj = tiled.TiledObjective(vgg, photo, grams, settings, inner=16)
+    assert len(obj.blocks) > 20
+    loss, grad = obj.loss_and_grad(x)
+    assert float(loss) == pytest.approx(float(total.detach()), rel=1e-5)
+    assert _rel(grad, xg.grad) < 1e-4

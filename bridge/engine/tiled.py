@@ -18,8 +18,9 @@ Block origins are multiples of 16 so the four 2x2 poolings fall on the whole ima
 out on the image with its mirrored frame (``vgg.frame``, see vgg.py): a border block mirrors the image
 around its own pixels exactly as the whole-image forward does (a reflection reads at most 32 px from the
 border, which every border block holds), and blocks stop at the outer edge, so the convolutions pad
-exactly as in the whole-image forward (with any of vgg.py's padding modes). The last block of pass 1 keeps its graph and is the first of pass 2, so an image that fits
-in one block costs one forward and one backward, like the whole-image computation.
+exactly as in the whole-image forward (with any of vgg.py's padding modes). The last block of pass 1
+keeps its graph and is the first of pass 2, so an image that fits in one block costs one forward and one
+backward, like the whole-image computation.
 
 Losses and normalisation are those of :mod:`bridge.engine.losses` as ``optimize.py`` combines them:
 ``content_weight * mean((F - T)^2)`` per content layer, ``style_weight * style_strength * mean((G - A)^2)``
@@ -46,10 +47,10 @@ MIN_INNER = ALIGN           # the smallest inner block side
 AUTO_FRACTION = 0.4         # of available RAM / free GPU memory, when no budget is given
 AUTO_CAP_BYTES = 4 << 30    # bigger blocks gain little (the margins are already a small fraction) and the
                             # rest of the memory is needed by the optimiser at native size
-# Peak bytes of pass 2 (forward with graph + backward) per pixel of a block, per byte of the dtype, for the
-# layers up to relu5_1. Counted from the saved tensors (padded conv inputs, ReLU outputs, pooling indices,
-# about 430 values per pixel) plus the backward's working tensors; checked against measured peaks in
-# bench/bench_tiled.py ("block memory"), which it exceeds by a margin.
+# Peak memory of pass 2 (forward with graph + backward) per pixel of a block, in values of the dtype, for
+# the layers up to relu5_1: measured 514 (842 MB for a 640 x 640 block, `bench_tiled.py memory`, with
+# per-convolution padding, which keeps a padded copy of every conv input; mirror padding keeps fewer);
+# 640 leaves a 25% margin.
 VALUES_PER_PIXEL = 640
 FIXED_BLOCK_BYTES = 64 << 20   # weights, allocator slack
 
@@ -178,6 +179,8 @@ class _Grid:
 
     def __init__(self, vgg: VGGFeatures, layers: tuple[str, ...], height: int, width: int, inner: int) -> None:
         before, after = context(vgg.features, _deepest(layers))
+        if vgg.mirror:   # a border block must hold the pixels its frame mirrors (up to 2 * mirror - 1 px)
+            before, after = max(before, 3 * vgg.mirror), max(after, 2 * vgg.mirror)
         self.height, self.width = height, width
         self.frame = vgg.frame(height, width)
         self.mode = mirror_mode(height, width, vgg.mirror)
