@@ -172,12 +172,8 @@ def test_block_size_from_the_budget() -> None:
     assert tiled.budget_bytes(Settings(memory_budget=300), cpu) == 300 << 20
     assert 0 < tiled.available_bytes(cpu)
     for free in (2 << 30, 64 << 30):
-        tiled_free = free
-
-        def fake(device, free=tiled_free):
-            return free
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(tiled, "available_bytes", fake)
+            mp.setattr(tiled, "available_bytes", lambda device, free=free: free)
             assert tiled.budget_bytes(Settings(), cpu) == min(int(free * 0.4), tiled.AUTO_CAP_BYTES)
 
 
