@@ -178,16 +178,16 @@ def test_block_size_from_the_budget() -> None:
 
 
 def test_too_small_a_budget_names_the_minimum(case, vgg) -> None:
-    with pytest.raises(SettingsError, match=r"memory-budget: 20 MB is too small .* at least \d+ MB") as err:
+    with pytest.raises(SettingsError, match=r"block-memory: 20 MB is too small .* at least \d+ MB") as err:
         tiled.inner_side(20 << 20, 70, 70)
     minimum = int(re.search(r"at least (\d+) MB", str(err.value)).group(1))
     assert tiled.inner_side(minimum << 20, 70, 70) == 16
     with pytest.raises(SettingsError):
         tiled.inner_side((minimum - 1) << 20, 70, 70)
     photo, _, style = case
-    with pytest.raises(SettingsError, match="memory-budget"):
+    with pytest.raises(SettingsError, match="block-memory"):
         tiled.TiledObjective(vgg, photo, _grams(vgg, style), Settings(block_memory=1))
-    with pytest.raises(SettingsError, match="memory-budget"):
+    with pytest.raises(SettingsError, match="block-memory"):
         Settings(block_memory=-5).validate()
     with pytest.raises(SettingsError, match="normalize-gradients"):
         tiled.TiledObjective(vgg, photo, _grams(vgg, style), Settings(normalize_gradients=True), inner=64)
