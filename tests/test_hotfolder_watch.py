@@ -520,6 +520,25 @@ def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
     assert "Stylebridge daemon not reachable at http://127.0.0.1:" in (root / "error" / "a.jpg.txt").read_text()
 
 
+def test_daemon_refusing_a_job_too_big_for_its_memory_advises_scaling_down(tmp_path: Path) -> None:
+    """A real daemon whose per-job memory limit (413 max_job_memory) is below any job: the file goes to
+    error/ with the daemon's limit and "scale the image down", not "fix the settings"."""
+    from bridge.hotfolder.process import DaemonEngine
+    port = _free_port()
+    serve = start_serve(port, tmp_path / "daemon", "--max-job-memory-mb", "1")
+    try:
+        root = make_hot(tmp_path)
+        make_photo(root / "in" / "a.jpg")
+        rc = Watcher(root, DaemonEngine(f"http://127.0.0.1:{port}"), stable_seconds=STABLE, once=True).run()
+        assert rc == 1
+        note = (root / "error" / "a.jpg.txt").read_text()
+        assert "max_job_memory" in note and "Scale the image down" in note, note
+        assert "Fix the settings" not in note
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
 def test_write_error_on_output_sends_input_to_error_and_leaves_no_partial_file(tmp_path: Path) -> None:
     """A real write failure (the process may not write files over 64 KB: EFBIG, like a full disk)."""
     import resource

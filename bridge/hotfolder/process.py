@@ -346,7 +346,10 @@ class DaemonEngine:
                 raise Unavailable(f"the daemon is busy: {exc.message}") from None
             if exc.status >= 500:
                 raise JobError(f"the daemon answered {exc.status}: {exc.message}", ADVICE_ENGINE) from None
-            raise JobError(f"the daemon refused the job: {exc.message}", ADVICE_SETTINGS) from None
+            # over a size limit (pixels, upload, the job's memory) the file is too big: not a settings matter
+            too_big = exc.payload.get("limit") in ("max_pixels", "max_upload_bytes", "max_job_memory")
+            raise JobError(f"the daemon refused the job: {exc.message}",
+                           ADVICE_SIZE if too_big else ADVICE_SETTINGS) from None
 
 
 def output_suffix(content: Picture) -> str:
