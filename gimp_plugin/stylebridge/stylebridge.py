@@ -695,7 +695,8 @@ class Stylebridge(Gimp.PlugIn):
                                       "normal", flags)
         procedure.add_boolean_argument("preserve-colors", "_Preserve colours",
                                        "Keep the photo's colours (transfer luminance only)", False, flags)
-        procedure.add_double_argument("style-strength", "Style stre_ngth", "0 = the photo, 1 = fully painted (above 1: stronger style weight)",
+        procedure.add_double_argument("style-strength", "Style stre_ngth",
+                                      "0 = the photo, 1 = fully painted (above 1: stronger style weight)",
                                       0.0, 100.0, 1.0, flags)
         masks = Gimp.Choice.new()
         for i, (key, label) in enumerate(MASK_MODES):
