@@ -293,7 +293,8 @@ def bad_images() -> dict[str, tuple[str, bytes]]:
         "png 16-bit ICC bomb (256 MB)": ("icc16.png", raw_png(64, 64, 16, chunk(b"iCCP", b"x\0\0" + bomb))),
         "png 8-bit ICC bomb (256 MB)": ("icc8.png", raw_png(64, 64, 8, chunk(b"iCCP", b"x\0\0" + bomb))),
         "png zTXt bomb (256 MB)": ("ztxt.png", raw_png(64, 64, 8, chunk(b"zTXt", b"Comment\0\0" + bomb))),
-        "png iTXt bomb (256 MB)": ("itxt.png", raw_png(64, 64, 8, chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + bomb))),
+        "png iTXt bomb (256 MB)": ("itxt.png", raw_png(64, 64, 8, chunk(b"iTXt",
+                                                                     b"XML:com.adobe.xmp\0\1\0\0\0" + bomb))),
         "png eXIf 8 MB": ("exif.png", raw_png(64, 64, 8, chunk(b"eXIf", exif_bomb[6:]))),
         "jpeg truncated": ("trunc.jpg", jpg[: len(jpg) // 2]),
         "jpeg bit-flipped": ("flip.jpg", flip(jpg, 30, 2, 200)),
@@ -313,7 +314,8 @@ def bad_images() -> dict[str, tuple[str, bytes]]:
 
 
 def cli_run(args: list[str], timeout: float = 240, cwd: Path | None = None,
-            on_start: Callable[[subprocess.Popen, Path], None] | None = None) -> tuple[int | None, float, bool, str, float]:
+            on_start: Callable[[subprocess.Popen, Path], None] | None = None
+            ) -> tuple[int | None, float, bool, str, float]:
     err = Path(tempfile.mktemp(dir=TMP, suffix=".err"))
     t0 = time.monotonic()
     with open(err, "wb") as fe:
@@ -693,6 +695,9 @@ def daemon_cases(deadline: float) -> None:
             httpx.post(dm.url + "/v1/jobs", headers={"Origin": "null"}, files=[("content", ("c.png", b"x"))])))
         _url_probes(dm)
         _mask_and_name_cases(dm)
+        daemon_case(dm, "14000^2 PNG as a library style", lambda: (lambda r: (r.status_code, _err(r)))(
+            httpx.post(dm.url + "/v1/styles", files=[("image", ("huge.png", big_png(), "image/png"))],
+                       data={"name": "huge", "replace": "true"}, timeout=300)))
         daemon_case(dm, "slow-loris: 20 partial bodies, 15 s", lambda: _slow_loris(dm, 20, 15))
         daemon_case(dm, "client drops mid-upload", lambda: _drop_mid_upload(dm))
         _queue_cases(dm)
@@ -986,6 +991,18 @@ def hot_cases(deadline: float) -> None:
                                      ("ASCII name 255 B", "a" * 251 + ".png"),
                                      ("name with newline and quotes", "a\nb\"'$(x).png")]):
         hot_case(hot, label, drop_and_settle(nm, good_png()))
+    def same_name_again() -> tuple[str, str]:
+        before = sha(hot.root / "out" / "first.psd")
+        data = good_png()
+        hot.drop("first.png", data)
+        w = hot.settle(data)
+        after = sha(hot.root / "out" / "first.psd")
+        outs = sorted(p.name for p in (hot.root / "out").glob("first*"))
+        if before != after:
+            return "nowhere", f"out/first.psd overwritten; outputs {outs}"
+        return w, f"outputs {outs}, done/ {sorted(p.name for p in (hot.root / 'done').glob('first*'))}"
+
+    hot_case(hot, "same name as a finished file", same_name_again)
     for case, (fname, data) in bad_images().items():
         if time.monotonic() > deadline:
             break
