@@ -39,12 +39,11 @@ sys.path.insert(0, str(REPO))
 
 from bridge.daemon.client import DaemonClient  # noqa: E402
 from bridge.imaging import Picture, encode_png  # noqa: E402
-
-SAMPLES = REPO.parent / "shared" / "samples"
+from bench.common import sample  # noqa: E402
 
 
 def make_photo(megapixels: float, depth: int) -> bytes:
-    im = Image.open(SAMPLES / "tubingen.jpg").convert("RGB")
+    im = Image.open(sample("coffee")).convert("RGB")
     width = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
     height = int(round(width * 3 / 4))
     arr = np.asarray(im.resize((width, height), Image.BICUBIC)).astype(np.int16)
@@ -56,7 +55,7 @@ def make_photo(megapixels: float, depth: int) -> bytes:
 
 
 def style_png() -> bytes:
-    im = Image.open(SAMPLES / "starry_night.jpg").convert("RGB")
+    im = Image.open(sample("starry_night")).convert("RGB")
     im.thumbnail((256, 256))
     buf = io.BytesIO()
     im.save(buf, "PNG")

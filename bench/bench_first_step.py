@@ -1,6 +1,6 @@
 """L-BFGS's first step at each coarse-to-fine stage: torch's default against the engine's sized step.
 
-    .venv/bin/python bench/bench_first_step.py [--size 256] [--pairs tubingen:starry_night] \
+    .venv/bin/python bench/bench_first_step.py [--size 256] [--pairs coffee:starry_night] \
         [--bar 3.758e6] [--set coarse_iterations=50 ...]
 
 torch.optim.LBFGS makes its first step 1/|gradient|_1 long (~1e-10 here: nothing moves) and guesses the
@@ -62,7 +62,8 @@ def report(label: str, trace: list[tuple[float, int, int, float]], bar: float | 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--pairs", default="tubingen:starry_night", help="comma-separated CONTENT:STYLE sample names")
+    ap.add_argument("--pairs", default="coffee:starry_night",
+                    help="comma-separated CONTENT:STYLE pictures: repository names or image paths")
     ap.add_argument("--bar", type=float, default=None, help="loss to reach (bench_peer.py prints pastiche's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a Settings override")
     args = ap.parse_args(argv)

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=6, help="engine iterations timed (first gap dropped)")
-    ap.add_argument("--pair", default="tubingen:starry_night")
+    ap.add_argument("--pair", default="coffee:starry_night")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both measurements")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)

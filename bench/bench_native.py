@@ -42,7 +42,7 @@ def make_photo(out: Path, width: int, height: int, seed: int = 0) -> Path:
     import numpy as np
     from PIL import Image
 
-    im = Image.open(sample("tubingen")).convert("RGB").resize((width, height), Image.BICUBIC)
+    im = Image.open(sample("coffee")).convert("RGB").resize((width, height), Image.BICUBIC)
     arr = np.asarray(im).astype(np.float32)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

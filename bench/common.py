@@ -18,7 +18,13 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "samples"
+#: pictures in the repository by name: the CC0 coffee photo, the public-domain paintings (tests/data/README.md),
+#: and every samples/*.jpg by its stem (photo, style_swirls, ...)
+SAMPLES: dict[str, Path] = {
+    **{p.stem: p for p in sorted((REPO / "samples").glob("*.jpg"))},
+    "coffee": REPO / "samples" / "photo.jpg",
+    **{p.stem: p for p in sorted((REPO / "tests" / "data").glob("*.jpg"))},
+}
 RESULTS = REPO / "bench" / "results"
 
 _WRAPPER = (
@@ -39,13 +45,13 @@ class Measured:
 
 
 def sample(name: str) -> Path:
-    """A sample image by stem or file name (../shared/samples)."""
-    path = SAMPLES / name
-    if not path.suffix:
-        path = path.with_suffix(".jpg")
-    if not path.is_file():
-        raise SystemExit(f"bench: no sample {name!r} in {SAMPLES}")
-    return path
+    """A picture by name from the repository (:data:`SAMPLES`), or the image file at an explicit path."""
+    if name in SAMPLES:
+        return SAMPLES[name]
+    path = Path(name).expanduser()
+    if ("/" in name or path.suffix) and path.is_file():
+        return path
+    raise SystemExit(f"bench: no picture {name!r}: give a path to an image file, or one of {', '.join(SAMPLES)}")
 
 
 def prepare(path: Path, long_side: int, out_dir: Path) -> Path:

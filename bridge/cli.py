@@ -14,6 +14,7 @@ from . import __version__
 
 COMMAND_MODULES = (
     "bridge.commands.stylize",     # stylize: files in, PNG/PSD out
+    "bridge.commands.preview",     # preview: contact sheet of fast previews
     "bridge.daemon.command",       # serve, status
     "bridge.hotfolder.command",    # watch
     "bridge.gimp_install",         # gimp-install

@@ -1,5 +1,6 @@
-"""Shared fixtures: the sample pictures (from ../shared/samples, never copied into the repo), small
-versions of them for fast engine runs, and the real VGG-19 loaded once per session."""
+"""Shared fixtures: the sample pictures (all in the repository: the CC0 photo in samples/, the public-domain
+paintings in tests/data/, see tests/data/README.md), small versions of them for fast engine runs, and the real
+VGG-19 loaded once per session. Nothing here reads outside the repository."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import pytest
 from PIL import Image
 
 from bridge.imaging import Picture, load_image
+from testdata import SAMPLES
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SAMPLES = SHARED / "samples"
 
 
 def shrink(picture: Picture, long_side: int) -> Picture:
@@ -32,20 +32,18 @@ def shrink_fixture():
 
 
 @pytest.fixture(scope="session")
-def samples_dir() -> Path:
-    return SAMPLES
-
-
-@pytest.fixture(scope="session")
 def sample_pictures() -> dict[str, Picture]:
-    """Every sample at full size, by stem (tubingen, golden_gate, starry_night, the_scream, shipwreck)."""
-    return {p.stem: load_image(p) for p in sorted(SAMPLES.glob("*.jpg"))}
+    """Every sample at full size, by name (coffee, starry_night, the_scream, shipwreck)."""
+    return {name: load_image(path) for name, path in SAMPLES.items()}
 
 
 @pytest.fixture(scope="session")
 def photo(sample_pictures: dict[str, Picture]) -> Picture:
-    """Tübingen at 96 x 72: the usual content photo of the engine tests."""
-    return shrink(sample_pictures["tubingen"], 96)
+    """The coffee photo, its middle 4:3, at 96 x 72: the usual content photo of the engine tests."""
+    coffee = sample_pictures["coffee"]
+    width = coffee.height * 4 // 3
+    left = (coffee.width - width) // 2
+    return shrink(dataclasses.replace(coffee, rgb=coffee.rgb[:, left:left + width]), 96)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 from bridge.cli import build_parser, main
 from bridge.commands.stylize import given_options
 from bridge.imaging import Picture, load_image, save_image
+from psdreaders import check_psd
 
 FAST = ["--size", "48", "--iterations", "3", "--no-coarse-to-fine", "--seed", "1", "--quiet"]
 REPO = Path(__file__).resolve().parents[1]
@@ -174,8 +175,7 @@ def test_psd_output_with_masks(tmp_path, inputs, photo, capsys) -> None:
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["outputs"] == [str(target)] and summary["document_settings"]["refine_layer"] is False
-    check = subprocess.run([sys.executable, str(REPO.parent / "shared" / "tools" / "psdcheck.py"), str(target)],
-                           capture_output=True, text=True)
+    check = check_psd(target)
     assert check.returncode == 0, check.stdout + check.stderr
     from psd_tools import PSDImage
     doc = PSDImage.open(target)

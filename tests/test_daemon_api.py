@@ -22,11 +22,10 @@ from PIL import Image
 
 from bridge.daemon.client import DaemonClient, DaemonError
 from bridge.imaging import Picture, encode_png, load_image
+from psdreaders import check_psd
+from testdata import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-SAMPLES = SHARED / "samples"
-PSDCHECK = SHARED / "tools" / "psdcheck.py"
 UPLOAD_MB = 4
 TINY = {"size": 48, "iterations": 3, "coarse_to_fine": False}
 LONG = {"size": 64, "iterations": 3000, "coarse_to_fine": False}   # cancelled long before the end
@@ -97,12 +96,12 @@ def client(daemon) -> DaemonClient:
 
 @pytest.fixture(scope="session")
 def content_png() -> bytes:
-    return png_of(SAMPLES / "tubingen.jpg", 64)
+    return png_of(SAMPLES["coffee"], 64)
 
 
 @pytest.fixture(scope="session")
 def style_pngs() -> dict[str, bytes]:
-    return {"starry": png_of(SAMPLES / "starry_night.jpg", 64), "scream": png_of(SAMPLES / "the_scream.jpg", 64)}
+    return {"starry": png_of(SAMPLES["starry_night"], 64), "scream": png_of(SAMPLES["the_scream"], 64)}
 
 
 def decode(png: bytes) -> Picture:
@@ -185,7 +184,7 @@ def test_job_progress_layers_and_psd(daemon, client, content_png, style_pngs, tm
     assert np.array_equal(stored.rgb, decode(client.layer_image(job["id"], 2)).rgb)
 
     psd = client.download_psd(job["id"], tmp_path / "out.psd")
-    check = subprocess.run([sys.executable, str(PSDCHECK), str(psd)], capture_output=True, text=True, timeout=60)
+    check = check_psd(psd)
     assert check.returncode == 0, check.stdout + check.stderr
     from psd_tools import PSDImage
     doc = PSDImage.open(psd)
@@ -358,7 +357,7 @@ def test_bad_inputs(client, content_png, style_pngs):
     bad(client, 422, ["mask_mode"], content=("c.png", content_png), style_files=style, mask_mode="sideways")
     bad(client, 422, ["mask"], content=("c.png", content_png), style_files=style, mask_mode="mask")
     bad(client, 422, ["mask", "size"], content=("c.png", content_png), style_files=style,
-        mask=("m.png", png_of(SAMPLES / "tubingen.jpg", 20)))
+        mask=("m.png", png_of(SAMPLES["coffee"], 20)))
     bad(client, 422, ["style-blend-weights"], content=("c.png", content_png), style_files=style,
         settings={**TINY, "style_blend_weights": [1, 1]})
     with pytest.raises(DaemonError) as err:      # no content at all

@@ -87,8 +87,8 @@ def test_port_in_use_is_refused(token_daemon, tmp_path):
 
 def test_results_spill_to_disk_then_expire(token_daemon):
     client = DaemonClient(token_daemon["url"], token=TOKEN)
-    content = png_of(SAMPLES / "tubingen.jpg", 48)
-    result = client.run(("t.png", content), style_files=[("s.png", png_of(SAMPLES / "starry_night.jpg", 48))],
+    content = png_of(SAMPLES["coffee"], 48)
+    result = client.run(("t.png", content), style_files=[("s.png", png_of(SAMPLES["starry_night"], 48))],
                         settings=TINY, timeout=120)
     (folder,) = (token_daemon["data"] / "jobs").glob(f"*/{result['id']}")   # jobs/<daemon pid>/<job id>
     assert sorted(p.name for p in folder.glob("*.npy"))      # memory budget 0: layers live on disk
@@ -127,8 +127,8 @@ def test_a_crashing_job_fails_alone(tmp_path):
         while not client.is_running():
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        content = png_of(SAMPLES / "tubingen.jpg", 48)
-        style = [("s.png", png_of(SAMPLES / "the_scream.jpg", 48))]
+        content = png_of(SAMPLES["coffee"], 48)
+        style = [("s.png", png_of(SAMPLES["the_scream"], 48))]
         boom = client.submit(("c.png", content), style_files=style, settings=TINY, name="boom")
         fine = client.submit(("c.png", content), style_files=style, settings=TINY, name="fine")
         with pytest.raises(JobFailed) as err:

@@ -26,7 +26,7 @@ def test_resize_band_equals_full_interpolation(shape, out) -> None:
 
 
 def test_bands_do_not_change_the_result(sample_pictures, shrink) -> None:
-    photo = shrink(sample_pictures["golden_gate"], 203)
+    photo = shrink(sample_pictures["shipwreck"], 203)
     guide = resize(picture_tensor(photo), (41, 64))
     styled = guide.flip(1)   # any "stylised" image
     one = upsample.to_native(styled, photo, guide, keep_colors=True, band_pixels=10**9)

@@ -50,7 +50,7 @@ def test_features_are_sensible_on_real_images(vgg, photo, sample_pictures) -> No
     """Deep features are stable under a small shift and tell a different scene apart."""
     x = _x255(photo)
     shifted = torch.roll(x, shifts=2, dims=-1)
-    other = _x255(sample_pictures["golden_gate"])
+    other = _x255(sample_pictures["shipwreck"])
     with torch.no_grad():
         f = vgg(x, ["relu4_2"])["relu4_2"].flatten()
         fs = vgg(shifted, ["relu4_2"])["relu4_2"].flatten()

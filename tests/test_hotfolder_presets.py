@@ -9,8 +9,7 @@ import pytest
 
 from bridge.hotfolder.presets import resolve
 from bridge.settings import DEFAULTS, PRESETS, SettingsError
-
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
+from testdata import SAMPLES
 
 
 def _write(path: Path, data: object) -> Path:
@@ -24,8 +23,8 @@ def root(tmp_path: Path) -> Path:
     root = tmp_path / "hot"
     (root / "in").mkdir(parents=True)
     (root / "styles").mkdir()
-    (root / "styles" / "starry.jpg").write_bytes((SAMPLES / "starry_night.jpg").read_bytes())
-    (root / "styles" / "scream.jpg").write_bytes((SAMPLES / "the_scream.jpg").read_bytes())
+    (root / "styles" / "starry.jpg").write_bytes(SAMPLES["starry_night"].read_bytes())
+    (root / "styles" / "scream.jpg").write_bytes(SAMPLES["the_scream"].read_bytes())
     return root
 
 

@@ -1,8 +1,8 @@
 """The hot folder end to end: real folders, real watchdog, the real engine (tiny settings).
 
 Each test builds ``DIR`` in tmp_path with a tiny preset (size 40, 3 iterations, one stage) and
-small inputs made from ../shared/samples; PSD outputs are checked with the independent
-../shared/tools/psdcheck.py and read back with psd-tools.
+small inputs made from the repository's samples (tests/testdata.py); PSD outputs are checked with the
+independent readers (tests/psdreaders) and read back with psd-tools.
 """
 
 from __future__ import annotations
@@ -23,17 +23,16 @@ from PIL import Image
 from bridge.hotfolder.claim import Journal
 from bridge.hotfolder.process import InProcessEngine
 from bridge.hotfolder.watcher import Watcher
+from psdreaders import check_psd as psdcheck
+from testdata import PSD_DIR, SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SAMPLES = SHARED / "samples"
-PSDCHECK = SHARED / "tools" / "psdcheck.py"
 TINY = {"size": 40, "iterations": 3, "coarse_to_fine": False, "device": "cpu", "seed": 1}
 STABLE = 0.2
 
 
-def make_photo(path: Path, long_side: int = 96, fmt: str | None = None, sample: str = "tubingen.jpg") -> Path:
-    im = Image.open(SAMPLES / sample).convert("RGB")
+def make_photo(path: Path, long_side: int = 96, fmt: str | None = None, sample: str = "coffee") -> Path:
+    im = Image.open(SAMPLES[sample]).convert("RGB")
     im.thumbnail((long_side, long_side), Image.LANCZOS)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, format=fmt or None)
@@ -43,8 +42,8 @@ def make_photo(path: Path, long_side: int = 96, fmt: str | None = None, sample: 
 def make_hot(tmp_path: Path, **preset: object) -> Path:
     root = tmp_path / "hot"
     (root / "styles").mkdir(parents=True)
-    make_photo(root / "styles" / "starry.jpg", 128, sample="starry_night.jpg")
-    make_photo(root / "styles" / "scream.jpg", 128, sample="the_scream.jpg")
+    make_photo(root / "styles" / "starry.jpg", 128, sample="starry_night")
+    make_photo(root / "styles" / "scream.jpg", 128, sample="the_scream")
     (root / "preset.json").write_text(json.dumps({"styles": ["styles/starry.jpg"], **TINY, **preset}))
     (root / "in").mkdir()
     return root
@@ -52,10 +51,6 @@ def make_hot(tmp_path: Path, **preset: object) -> Path:
 
 def run_once(root: Path) -> int:
     return Watcher(root, InProcessEngine(), stable_seconds=STABLE, once=True).run()
-
-
-def psdcheck(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PSDCHECK), str(path)], capture_output=True, text=True)
 
 
 def layer_names(path: Path) -> list[str]:
@@ -138,7 +133,7 @@ def test_bad_inputs_go_to_error_with_a_reason_and_good_ones_still_run(tmp_path: 
     (inbox / "e_jpeg_named.png").write_bytes(good)                          # content decides: processed
     big = Image.new("1", (15000, 15000))                                    # 225 Mpx > LIMITS.max_pixels
     big.save(inbox / "f_huge.png", optimize=False)
-    psd_header = bytearray((SHARED / "psd" / "group.psd").read_bytes())
+    psd_header = bytearray((PSD_DIR / "group.psd").read_bytes())
     psd_header[14:22] = (20000).to_bytes(4, "big") * 2                      # claims 20000 x 20000
     (inbox / "g_huge.psd").write_bytes(psd_header)
     (inbox / "h_bad_sidecar.jpg").write_bytes(good)
@@ -178,7 +173,7 @@ def test_subfolder_presets_and_sidecar_overrides(tmp_path: Path) -> None:
     sub.mkdir()
     (sub / "preset.json").write_text(json.dumps({"styles": ["../../styles/scream.jpg"]}))
     make_photo(root / "in" / "a.jpg")
-    make_photo(sub / "b.jpg", sample="golden_gate.jpg")
+    make_photo(sub / "b.jpg", sample="shipwreck")
     make_photo(root / "in" / "c.jpg")
     (root / "in" / "c.json").write_text(json.dumps({"styles": ["../styles/scream.jpg", "../styles/starry.jpg"],
                                                     "reveal": "all"}))
@@ -268,9 +263,9 @@ def test_restart_after_link_before_journal_does_not_duplicate(tmp_path: Path) ->
     assert evs.count("started") == 1 and evs.count("output-written") == 1 and job
 
 
-def test_every_shared_psd_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Path) -> None:
+def test_every_photoshop_file_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Path) -> None:
     root = make_hot(tmp_path)
-    inputs = sorted((SHARED / "psd").iterdir())
+    inputs = sorted(PSD_DIR.iterdir())
     for p in inputs:
         shutil.copyfile(p, root / "in" / p.name)
     run_once(root)
@@ -431,13 +426,13 @@ def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
 
         # 2. The real CLI in --daemon mode: library style, file style, PSD content, a bad file.
         client = DaemonClient(url, token)
-        client.add_style(SAMPLES / "the_scream.jpg", name="scream-lib")
+        client.add_style(SAMPLES["the_scream"], name="scream-lib")
         sub = root / "in" / "lib"
         sub.mkdir()
         (sub / "preset.json").write_text(json.dumps({"styles": ["scream-lib"]}))
         make_photo(sub / "a.jpg")
         make_photo(root / "in" / "b.png", fmt="PNG")
-        shutil.copyfile(SHARED / "psd" / "group.psd", root / "in" / "c.psd")
+        shutil.copyfile(PSD_DIR / "group.psd", root / "in" / "c.psd")
         (root / "in" / "d.jpg").write_text("not an image")
         run = subprocess.run(_watch_cmd(root, "--once", "--daemon", url, "--token", token), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
@@ -481,7 +476,7 @@ def test_full_daemon_queue_answers_429_and_the_hot_folder_waits(tmp_path: Path) 
         client = DaemonClient(url, token="")
         assert client.health()["limits"]["max_queued_jobs"] == 1
         photo = make_photo(tmp_path / "c.png", 64, fmt="PNG")
-        style = make_photo(tmp_path / "s.png", 64, fmt="PNG", sample="starry_night.jpg")
+        style = make_photo(tmp_path / "s.png", 64, fmt="PNG", sample="starry_night")
         long = {"size": 64, "iterations": 3000, "coarse_to_fine": False}
         running = client.submit(photo, style_files=[style], settings=long)
         waiting = client.submit(photo, style_files=[style], settings=long)

@@ -1,6 +1,6 @@
 """24 MP budget: build_stack + write_psd of a 6000x4000 photo with 4 styles (slow; pytest -m slow).
 
-Runs in a fresh interpreter so the peak RSS is this job's alone (psdcheck runs afterwards).
+Runs in a fresh interpreter so the peak RSS is this job's alone (the independent readers check it afterwards).
 Pixels are noise, the worst case for RLE (the file is as big as the raw layers).
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from psdreaders import check_psd
+
 
 BENCH = r"""
 import json, resource, sys, time
@@ -50,6 +50,5 @@ def test_24_megapixel_document_within_budget(tmp_path, depth):
     figures = json.loads(res.stdout.strip().splitlines()[-1])
     print(f"\n24 MP, {depth}-bit, 4 styles: {figures}")
     assert figures["peak_mb"] < 4000, figures
-    check = subprocess.run([sys.executable, str(SHARED / "tools" / "psdcheck.py"), str(out)],
-                           capture_output=True, text=True)
+    check = check_psd(out)
     assert check.returncode == 0, check.stdout[-2000:]

@@ -1,4 +1,4 @@
-"""Reading Photoshop files: every file in ../shared/psd reads correctly or fails with a clear message."""
+"""Reading Photoshop files: every file in tests/data/psd reads correctly or fails with a clear message."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from bridge.document import blend
 from bridge.document.model import Group, Layer, LayerStack
 from bridge.document.psd import read_psd, style_name, write_psd
 from bridge.imaging import ImageError
+from testdata import PSD_DIR
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-PSD_DIR = SHARED / "psd"
 CONVERT = "/usr/bin/convert"
-ALL_FILES = sorted(p.name for p in PSD_DIR.iterdir()) if PSD_DIR.exists() else []
+ALL_FILES = sorted(p.name for p in PSD_DIR.glob("*.ps[db]"))
 
 
 def im_composite(path: Path, w: int, h: int) -> np.ndarray | None:
@@ -39,12 +38,12 @@ def f(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64) / np.iinfo(a.dtype).max
 
 
-def test_the_shared_folder_is_there():
+def test_the_photoshop_files_are_there():
     assert len(ALL_FILES) >= 10, f"expected the real Photoshop files in {PSD_DIR}"
 
 
 @pytest.mark.parametrize("name", ALL_FILES)
-def test_every_shared_file_reads_or_fails_clearly(name):
+def test_every_photoshop_file_reads_or_fails_clearly(name):
     path = PSD_DIR / name
     try:
         content = read_psd(path)

@@ -1,4 +1,5 @@
-"""PSD/PSB writing checked by independent readers: psdcheck.py (spec), psd-tools, ImageMagick, GIMP 2.10.
+"""PSD/PSB writing checked by independent readers: tests/psdreaders (psd-tools, ImageMagick, ag-psd; psdcheck.py
+when $STYLEBRIDGE_SHARED names it), psd-tools, ImageMagick, GIMP 2.10.
 
 ImageMagick and GIMP come from `.ci/apt.sh`; the tests skip (with the reason) only where they
 cannot be installed.  ImageMagick is called by its full path: another `convert` may be on PATH.
@@ -10,7 +11,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,8 @@ from bridge.document.stack import build_stack
 from bridge.engine.types import StyledImage, StylizeResult
 from bridge.imaging import Picture
 from bridge.settings import DocumentSettings, Settings
+from psdreaders import psdcheck
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-PSDCHECK = SHARED / "tools" / "psdcheck.py"
 IDENTIFY = "/usr/bin/identify"
 CONVERT = "/usr/bin/convert"
 GIMP = shutil.which("gimp-console-2.10")
@@ -38,12 +37,6 @@ UNICODE_NAME = "Ünïcødé 星 — style"
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-def psdcheck(path: Path) -> str:
-    out = subprocess.run([sys.executable, str(PSDCHECK), str(path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
-
 
 def need_imagemagick() -> None:
     if not os.access(IDENTIFY, os.X_OK):
@@ -125,7 +118,7 @@ def check_roundtrip(stack: LayerStack, path: Path) -> PSDImage:
 @pytest.mark.parametrize("depth", [8, 16])
 def test_default_document_roundtrips(tmp_path, depth):
     stack = make_stack(depth=depth, styles=("starry", UNICODE_NAME, "blend"),
-                       icc=(SHARED / "psd").exists() and _srgb_icc(), dpi=(300.0, 240.0))
+                       icc=_srgb_icc(), dpi=(300.0, 240.0))
     path = write_psd(stack, tmp_path / "doc.psd")
     assert path == tmp_path / "doc.psd"
     report = psdcheck(path)

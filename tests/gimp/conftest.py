@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from testdata import SAMPLES  # noqa: F401  the pictures by name, all in the repository (tests/data/README.md)
+
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO.parent / "shared" / "samples"          # as tests/conftest.py: never copied into the repo
 PLUGIN_DIR = REPO / "gimp_plugin" / "stylebridge"
 CLIENT_SOURCE = REPO / "bridge" / "daemon" / "protocol_client.py"     # installed as the plug-in's sb_client.py
 

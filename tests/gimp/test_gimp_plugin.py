@@ -204,8 +204,8 @@ def tree_diff(a, b):
 
 def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
     timings = {"provision_s": round(gimp.provision_s, 1)}
-    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
-    shutil.copy(SAMPLES / "the_scream.jpg", gimp_workdir / "the_scream.jpg")
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["the_scream"], gimp_workdir / "the_scream.jpg")
     xcf = gimp_workdir / "out.xcf"
 
     t0 = time.monotonic()
@@ -213,7 +213,7 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     timings["daemon_start_s"] = round(time.monotonic() - t0, 1)
     try:
         client = sb_client.Client(daemon.url)
-        client.add_style(SAMPLES / "starry_night.jpg", "starry")
+        client.add_style(SAMPLES["starry_night"], "starry")
         assert "starry" in [s["name"] for s in client.styles()]
         args = {"styles": "starry", "style-files": gimp.inside(gimp_workdir / "the_scream.jpg"),
                 "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "auto",
@@ -334,12 +334,12 @@ save_report(report)
 
 def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """The interactive path: the GimpUi dialog lists the daemon's library; OK runs the job."""
-    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     daemon = Daemon(tmp_path / "daemon").start()
     try:
         client = sb_client.Client(daemon.url)
         for name in ("starry_night", "the_scream"):
-            client.add_style(SAMPLES / f"{name}.jpg", name)
+            client.add_style(SAMPLES[name], name)
         hook = gimp_workdir / "dialog.json"
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"daemon-url": daemon.url, "preset": "draft",
@@ -393,7 +393,7 @@ save_report(report)
 
 def test_token(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """A daemon with a token: the plug-in takes it from STYLEBRIDGE_TOKEN (or its token argument)."""
-    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     daemon = Daemon(tmp_path / "daemon", token="tok-3141").start()
     try:
         with pytest.raises(sb_client.DaemonError):
@@ -446,7 +446,7 @@ save_report(report)
 
 def test_precisions_and_grayscale(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """16-bit and float images travel as 16-bit PNG (masks come back 16-bit), grayscale images work too."""
-    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     daemon = Daemon(tmp_path / "daemon").start()
     try:
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
@@ -482,12 +482,12 @@ def _find_pids(pattern: str) -> list[int]:
 
 def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """GIMP kills a plug-in whose progress bar is cancelled: the job must be cancelled on the daemon."""
-    shutil.copy(SAMPLES / "tubingen.jpg", gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     daemon = Daemon(tmp_path / "daemon").start()
     gimp_proc = None
     try:
         client = sb_client.Client(daemon.url)
-        client.add_style(SAMPLES / "starry_night.jpg", "starry")
+        client.add_style(SAMPLES["starry_night"], "starry")
         long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"styles": "starry", "preset": "draft", "daemon-url": daemon.url,

@@ -43,7 +43,7 @@ def test_png_readable_by_pillow_and_back(sb_png):
     assert img.mode == "RGBA" and img.size == (w, h) and img.tobytes() == raw
     # Pillow's own PNGs use the row filters (sub/up/average/paeth): decode them too
     buf = io.BytesIO()
-    photo = Image.open(SAMPLES / "tubingen.jpg").convert("RGB").resize((40, 30))
+    photo = Image.open(SAMPLES["coffee"]).convert("RGB").resize((40, 30))
     photo.save(buf, "PNG", optimize=True)
     assert sb_png.png_decode(buf.getvalue())[4] == photo.tobytes()
 
@@ -235,7 +235,7 @@ def test_client_against_real_daemon(sb_client, sb_png, tmp_path):
     try:
         client = sb_client.Client(daemon.url)
         assert client.health()["status"] == "ok"
-        client.add_style(("starry_night.jpg", (SAMPLES / "starry_night.jpg").read_bytes()), "starry")
+        client.add_style(("starry_night.jpg", (SAMPLES["starry_night"]).read_bytes()), "starry")
         assert [s["name"] for s in client.styles()] == ["starry"]
         w, h = 40, 30
         raw = bytes((x * 6 + c * 80) % 256 if c < 3 else 255 for y in range(h) for x in range(w) for c in range(4))

