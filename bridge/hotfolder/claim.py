@@ -4,6 +4,8 @@ Why each piece exists:
 
 * **Claim by atomic rename.** ``in/NAME`` is renamed to ``working/ID--NAME``; a rename is atomic,
   so of two watchers racing for one file exactly one succeeds (the other gets ``FileNotFoundError``).
+  FIFOs, sockets, devices and links to them are claimed the same way (a rename never opens them)
+  and sent to error/.
 * **Per-job lock** (``.stylebridge/locks/ID.lock``, ``fcntl.flock``), taken *before* the rename and
   held while the job runs.  The kernel drops it when the process dies (even ``kill -9``), so a
   watcher that finds ``working/ID--NAME`` with a free lock knows its owner is gone and may resume
@@ -13,21 +15,28 @@ Why each piece exists:
   ``error``).  A restart replays it so finished work is neither lost nor redone: when the output was
   published but the original not yet moved, the restart only moves the original.
 * **No-overwrite moves** (:func:`place`): ``os.link`` + ``unlink`` fails instead of replacing an
-  existing file, so outputs, done/ and error/ never clobber anything even with two watchers.
+  existing file, so outputs, done/ and error/ never clobber anything even with two watchers; across
+  file systems a hidden ``.NAME.PID.part`` copy is claimed the same way and never outlives a failure.
+* **Names that fit** (:func:`fit_name`): ``ID--``, ``-2`` or ``.txt`` can push a legal 255-byte
+  name over NAME_MAX; such names are shortened (extension kept), the journal keeps the original.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import json
 import os
+import re
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 STATE_DIR = ".stylebridge"
 
@@ -43,6 +52,48 @@ def is_ignored(name: str) -> bool:
     low = name.lower()
     return (low in IGNORED_NAMES or low.startswith(IGNORED_PREFIXES)
             or low.endswith(IGNORED_SUFFIXES) or low.endswith(SETTINGS_SUFFIX))
+
+
+# --------------------------------------------------------------------------------------------
+# Names that always fit (NAME_MAX counts bytes, and a legal 255-byte name in in/ grows when the
+# watcher adds "ID--", "-2", ".txt" or ".psd": such a name must be shortened, never refused)
+
+DEFAULT_NAME_MAX = 255
+MAX_KEPT_SUFFIX = 16          # an "extension" longer than this is part of the stem
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (in bytes) ``folder``'s file system allows (255 almost everywhere)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return DEFAULT_NAME_MAX
+
+
+def name_bytes(name: str) -> int:
+    """Length of ``name`` as the file system sees it (UTF-8; undecodable bytes kept as they were)."""
+    return len(os.fsencode(name))
+
+
+def fit_name(name: str, limit: int = DEFAULT_NAME_MAX) -> str:
+    """``name`` shortened to at most ``limit`` bytes: the stem is cut on a character boundary and
+    the extension kept, so ``fit_name("<300 bytes>.jpg", 255)`` still ends in ``.jpg``."""
+    if name_bytes(name) <= limit:
+        return name
+    suffix = Path(name).suffix
+    if not suffix or name_bytes(suffix) > min(MAX_KEPT_SUFFIX, limit // 2):
+        suffix = ""
+    stem = name[:len(name) - len(suffix)] if suffix else name
+    budget = limit - name_bytes(suffix)
+    out: list[str] = []
+    used = 0
+    for ch in stem:
+        size = name_bytes(ch)
+        if used + size > budget:
+            break
+        out.append(ch)
+        used += size
+    return "".join(out) + suffix
 
 
 @dataclass(frozen=True)
@@ -97,17 +148,69 @@ class Layout:
         return self.tmp / job_id
 
     def inputs(self) -> list[Path]:
-        """Candidate input files under ``in/`` (recursively), sorted, skipping ignored names and dirs."""
+        """Candidate input files under ``in/`` (recursively), sorted, skipping ignored names and dirs.
+
+        Real sub-folders are droplets and are walked; a *link* to a folder is not walked but listed
+        as an entry, so it goes to error/ with a reason instead of being silently ignored.  FIFOs,
+        sockets and devices are listed too (never opened: see :func:`regular_file_problem`).
+        """
         found: list[Path] = []
         for dirpath, dirnames, filenames in os.walk(self.inbox):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(IGNORED_PREFIXES))
-            for name in sorted(filenames):
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(IGNORED_PREFIXES) and d not in links)
+            for name in sorted(filenames + links):
                 if not is_ignored(name):
                     found.append(Path(dirpath) / name)
         return found
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.inbox).as_posix()
+
+
+# --------------------------------------------------------------------------------------------
+# File kinds and errors
+
+
+def regular_file_problem(path: Path) -> str | None:
+    """None if ``path`` is (a link to) a regular file; else what it is, for the error note.
+
+    Uses ``lstat``/``stat`` only: a FIFO, socket or device is never opened (opening a FIFO for
+    reading blocks until a writer comes, which would hang the watcher).
+    """
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return None                        # gone meanwhile: the claim will notice
+    target = lst
+    link = stat.S_ISLNK(lst.st_mode)
+    if link:
+        try:
+            target = os.stat(path)
+        except OSError as exc:
+            return f"it is a symbolic link to {os.readlink(path)!r}, which cannot be followed ({exc.strerror})"
+    what = _kind(target.st_mode)
+    if what is None:
+        return None
+    return f"it is {'a symbolic link to ' if link else ''}{what}, not a file"
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return what
+    return "a special file"
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left" / "quota exceeded": the file is not at fault, so it waits."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,17 +228,31 @@ class Journal:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._torn = False
         # Terminate a line torn by a crash so the next record starts cleanly.
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             if fh.tell() > 0:
                 fh.seek(-1, os.SEEK_END)
                 if fh.read(1) != b"\n":
-                    os.write(self._fd, b"\n")
+                    self._torn = True      # the next append starts a fresh line (also on a full disk)
 
     def append(self, event: str, job_id: str, **fields: Any) -> None:
+        """Write one record; OSError (e.g. ENOSPC) leaves the journal replayable for the next one."""
         record = {"t": round(time.time(), 3), "event": event, "job": job_id, "pid": os.getpid(), **fields}
-        os.write(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        try:
+            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:         # a name with undecodable bytes: JSON escapes round-trip
+            line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+        if self._torn:                     # the last record was cut by a full disk: end that line first
+            line = b"\n" + line
+        written = os.write(self._fd, line)
+        if written < len(line):            # a short write on a nearly full disk
+            self._torn = True
+            rest = os.write(self._fd, line[written:])   # raises ENOSPC if it really is full
+            if written + rest < len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        self._torn = False
         os.fsync(self._fd)
 
     def close(self) -> None:
@@ -263,11 +380,24 @@ def new_job_id() -> str:
 
 
 def sidecar_for(path: Path) -> Path | None:
-    """The settings file beside an input: ``NAME.EXT.json`` or ``NAME.json``, if present."""
+    """The settings file beside an input: ``NAME.EXT.json`` or ``NAME.json``, if present (and a
+    regular file: a FIFO named like a sidecar is never opened)."""
     for cand in (path.with_name(path.name + ".json"), path.with_name(path.stem + ".json")):
-        if cand.name.lower() != "preset.json" and cand.is_file():
-            return cand
+        if cand.name.lower() == "preset.json":
+            continue
+        try:
+            if stat.S_ISREG(os.stat(cand).st_mode):
+                return cand
+        except (OSError, ValueError):      # absent, or a name too long for the file system
+            continue
     return None
+
+
+def working_name(job_id: str, name: str, folder: Path) -> str:
+    """``ID--NAME`` for working/, with NAME shortened (extension kept) so the whole fits NAME_MAX.
+    The original name stays in the journal (``rel``) and names every output."""
+    prefix = f"{job_id}{WORKING_SEP}"
+    return prefix + fit_name(name, name_max(folder) - name_bytes(prefix))
 
 
 def claim(layout: Layout, journal: Journal, path: Path) -> Job | None:
@@ -277,32 +407,63 @@ def claim(layout: Layout, journal: Journal, path: Path) -> Job | None:
     if not lock.acquire():          # a fresh uuid: only fails on a broken filesystem
         return None
     rel = layout.rel(path)
-    working = layout.working / f"{job_id}{WORKING_SEP}{path.name}"
+    working = layout.working / working_name(job_id, path.name, layout.working)
     side = sidecar_for(path)
-    journal.append("claim", job_id, rel=rel, working=working.name,
-                   sidecar=side.name if side else None)
     try:
+        journal.append("claim", job_id, rel=rel, working=working.name,
+                       sidecar=side.name if side else None)
         os.rename(path, working)
     except FileNotFoundError:
-        journal.append("lost", job_id)
+        _quietly(journal.append, "lost", job_id)
         lock.release(remove=True)
         return None
+    except BaseException:
+        # Not taken (a full disk for the journal, in/SUB on another disk, no permission...): the
+        # file stays in in/ and the caller decides; an orphan "claim" record is harmless on replay.
+        _quietly(journal.append, "lost", job_id)
+        lock.release(remove=True)
+        raise
+    _keep_link_target(working, path.parent)
     job = Job(job_id, rel, working, lock)
     if side is not None:
         _take_sidecar(job, side)
     return job
 
 
+def _keep_link_target(link: Path, old_folder: Path) -> None:
+    """A relative symbolic link moved from in/SUB to working/ would point elsewhere: make it absolute
+    (same target as where it was dropped).  Best effort; other files are left alone."""
+    try:
+        if not os.path.islink(link):
+            return
+        target = os.readlink(link)
+        if os.path.isabs(target):
+            return
+        tmp = link.with_name(part_name(link.name, link.parent))
+        os.symlink(os.path.normpath(os.path.join(old_folder, target)), tmp)
+        os.replace(tmp, link)          # our own claimed name: replacing it is safe
+    except OSError:
+        pass
+
+
+def _quietly(fn: Any, *args: Any, **kwargs: Any) -> None:
+    """Best-effort bookkeeping (a record that may not fit on a full disk)."""
+    try:
+        fn(*args, **kwargs)
+    except OSError:
+        pass
+
+
 def _take_sidecar(job: Job, side: Path) -> None:
-    dest = job.working.with_name(f"{job.job_id}{WORKING_SEP}{side.name}")
+    dest = job.working.with_name(working_name(job.job_id, side.name, job.working.parent))
     try:
         os.rename(side, dest)
-    except FileNotFoundError:
+    except OSError:                # gone meanwhile, or cannot be moved: the job runs without it
         return
     job.sidecar, job.sidecar_name = dest, side.name
 
 
-def recover(layout: Layout, journal: Journal) -> list[Job]:
+def recover(layout: Layout, journal: Journal, skip: Iterable[str] = ()) -> list[Job]:
     """Jobs left in working/ by a dead watcher (their lock is free), oldest first, now locked by us.
 
     Sidecars in working/ (``*.json``) belong to their image's job and are not jobs; a working file
@@ -310,11 +471,14 @@ def recover(layout: Layout, journal: Journal) -> list[Job]:
     input.
     """
     states = journal.states()
+    skip = set(skip)
     jobs: list[Job] = []
     for entry in sorted(layout.working.iterdir()):
-        if not entry.is_file() or is_ignored(entry.name):   # sidecars end in .json
+        if is_ignored(entry.name) or (entry.is_dir() and not entry.is_symlink()):   # sidecars: .json
             continue
         job_id, sep, name = entry.name.partition(WORKING_SEP)
+        if job_id in skip:                # a job this watcher could not settle: not retried in a loop
+            continue
         if not sep:
             job_id, name = new_job_id(), entry.name
         lock = JobLock(layout, job_id)
@@ -326,14 +490,14 @@ def recover(layout: Layout, journal: Journal) -> list[Job]:
         st = states.get(job_id)
         rel = st.info.get("rel", name) if st else name
         if not sep:                       # foreign file: give it a proper working name
-            target = layout.working / f"{job_id}{WORKING_SEP}{name}"
+            target = layout.working / working_name(job_id, name, layout.working)
             journal.append("claim", job_id, rel=rel, working=target.name, sidecar=None)
             os.rename(entry, target)
             entry = target
         job = Job(job_id, rel, entry, lock, state=st or JobState(job_id))
         side_name = st.info.get("sidecar") if st else None
         if side_name:
-            side = entry.with_name(f"{job_id}{WORKING_SEP}{side_name}")
+            side = entry.with_name(working_name(job_id, side_name, layout.working))
             if side.exists():
                 job.sidecar, job.sidecar_name = side, side_name
             else:                         # crashed between the two renames: the sidecar is still in in/
@@ -378,38 +542,188 @@ def remove_stale_locks(layout: Layout) -> None:
 
 
 def candidates(wanted: Path) -> Iterator[Path]:
-    """``wanted``, then ``stem-2.ext``, ``stem-3.ext``… (same rule as bridge.imaging.unique_path)."""
-    yield wanted
+    """``wanted``, then ``stem-2.ext``, ``stem-3.ext``… (same rule as bridge.imaging.unique_path),
+    each shortened to fit the folder's NAME_MAX (the stem is cut, ``-N.ext`` kept)."""
+    limit = name_max(wanted.parent) if wanted.parent.is_dir() else DEFAULT_NAME_MAX
+    first = fit_name(wanted.name, limit)
+    yield wanted.with_name(first)
+    stem, suffix = (first[:-len(Path(first).suffix)], Path(first).suffix) if Path(first).suffix else (first, "")
     n = 2
     while True:
-        yield wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}")
+        tail = f"-{n}{suffix}"
+        yield wanted.with_name(fit_name(stem, limit - name_bytes(tail)) + tail)
         n += 1
 
 
-def place(src: Path, wanted: Path) -> Path:
-    """Move ``src`` to ``wanted`` or the first free ``stem-N`` name beside it; never overwrite.
+# errnos of "no hard link from src to this folder": another file system, or none supported
+NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK,
+                            errno.ENOSYS})
+PART_SUFFIX = ".part"
+_PART_RE = re.compile(r"^\..*\.(\d+)\.part$", re.DOTALL)
 
-    ``os.link`` refuses an existing target atomically, so two watchers placing files of the same
-    name both succeed under different names.  Filesystems without hard links fall back to
-    checking :func:`bridge.imaging.unique_path`-style then renaming (a tiny race, no data loss
-    for a single watcher).
+
+def place(src: Path, wanted: Path, *, keep_source: bool = False) -> Path:
+    """Put ``src`` at ``wanted`` or the first free ``stem-N`` name beside it; never overwrite.
+
+    Every way of taking a name is exclusive, so two writers (two watchers, a watcher and a user)
+    both succeed under different names:
+
+    1. ``os.link`` (same file system): atomic, fails if the name exists;
+    2. otherwise (out/ on another disk, or no hard links there): a copy to a hidden
+       ``.NAME.PID.part`` in the target folder (removed in ``finally`` on any failure, so a full disk
+       leaves nothing behind), then claimed by ``link`` or ``renameat2(RENAME_NOREPLACE)``.  A file
+       system with neither falls back to check-then-rename (a tiny race, documented).
+
+    ``keep_source`` leaves ``src`` in place (the caller removes it after journalling); else ``src``
+    is moved (removed once the target exists).  Symbolic links are moved as links, never followed.
     """
     wanted.parent.mkdir(parents=True, exist_ok=True)
-    for cand in candidates(wanted):
+    names = candidates(wanted)
+    cand = next(names)
+    while True:                                   # 1. hard link
         try:
-            os.link(src, cand)
+            os.link(src, cand, follow_symlinks=False)
         except FileExistsError:
+            cand = next(names)
             continue
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            if exc.errno not in NO_LINK_ERRNOS:
                 raise
-            if cand.exists():
-                continue
-            os.rename(src, cand)
-            return cand
-        os.unlink(src)
+            break
+        if not keep_source:
+            os.unlink(src)
         return cand
-    raise AssertionError("unreachable")
+    # 2. no hard link: stage a copy (or, moving on one file system, src itself) and claim a name
+    moving_in_place = not keep_source and _same_device(src, cand.parent)
+    part = cand.with_name(part_name(cand.name, cand.parent))
+    staged = src if moving_in_place else part
+    try:
+        if not moving_in_place:
+            _copy(src, part)
+        while not _claim_name(staged, cand):
+            cand = next(names)
+        if not keep_source and staged is part:
+            os.unlink(src)
+        return cand
+    finally:
+        if staged is part:
+            try:
+                os.unlink(part)               # nothing left behind, whatever failed
+            except FileNotFoundError:
+                pass
+
+
+def part_name(name: str, folder: Path) -> str:
+    """``.NAME.PID.part`` (hidden and ignored everywhere), shortened to fit NAME_MAX."""
+    tail = f".{os.getpid()}{PART_SUFFIX}"
+    return "." + fit_name(name, name_max(folder) - name_bytes(tail) - 1) + tail
+
+
+def _same_device(src: Path, folder: Path) -> bool:
+    try:
+        return os.lstat(src).st_dev == os.stat(folder).st_dev
+    except OSError:
+        return False
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` (a link as a link) to a new ``dest``, flushed to disk before it is claimed."""
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dest)
+        return
+    shutil.copyfile(src, dest, follow_symlinks=False)   # raises SpecialFileError for a FIFO
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _claim_name(staged: Path, cand: Path) -> bool:
+    """Give ``staged`` the name ``cand`` unless it is taken (False); ``staged`` is gone on True."""
+    try:
+        os.link(staged, cand, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+    else:
+        os.unlink(staged)
+        return True
+    done = rename_noreplace(staged, cand)
+    if done is not None:
+        return done
+    if os.path.lexists(cand):                     # no exclusive rename here at all: check, then rename
+        return False
+    os.rename(staged, cand)
+    return True
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _load_renameat2() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename_noreplace(src: Path, dest: Path) -> bool | None:
+    """Rename unless ``dest`` exists: True done, False taken, None if the system cannot do it."""
+    if _renameat2 is None:
+        return None
+    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return None
+    raise OSError(err, os.strerror(err), str(src), None, str(dest))
+
+
+def remove_stale_parts(folders: Iterable[Path]) -> list[Path]:
+    """Delete ``.NAME.PID.part`` copies whose writer (PID on this machine) is dead; returns them.
+
+    A watcher killed mid-copy (or one whose copy hit a full disk before this version cleaned up)
+    leaves such a file behind; it would keep the disk full for the next file.
+    """
+    removed: list[Path] = []
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in filenames:
+                m = _PART_RE.match(name)
+                if m is None or _pid_alive(int(m.group(1))):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True                               # not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def same_file(a: Path, b: Path) -> bool:

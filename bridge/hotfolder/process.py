@@ -8,6 +8,8 @@ says what is wrong and whose ``advice`` says what the user can do; the watcher w
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,12 +59,32 @@ class Sniffed:
     height: int | None = None
 
 
+ADVICE_SPECIAL = "Only files can be processed: copy the photo itself (not a link, pipe or folder) into in/."
+
+
 def sniff(path: Path) -> Sniffed:
-    """Identify an input by its content; raise JobError for anything that is not a supported image."""
+    """Identify an input by its content; raise JobError for anything that is not a supported image.
+
+    FIFOs, sockets, devices and folders (or links to them) are refused from ``stat`` alone; the file
+    is then opened non-blocking and checked again (``fstat``: same regular file), so a link swapped
+    for a FIFO in between can never block the watcher on ``open()``.
+    """
+    from .claim import regular_file_problem
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise JobError(problem, ADVICE_SPECIAL)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(32)
+        before = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+                raise JobError("the file was replaced by something that is not a file while it was read",
+                               ADVICE_SPECIAL)
+            size = st.st_size
+            head = os.pread(fd, 32, 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise JobError(f"cannot read the file ({exc.strerror or exc})", ADVICE_WRITE) from None
     if size == 0:
