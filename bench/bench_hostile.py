@@ -141,7 +141,11 @@ def fill(folder: Path, name: str = "filler.bin") -> Path:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "TQDM_MININTERVAL": "0.2"}
+    """The children's environment: this checkout, and their temporary files (the CLI's rescue folder) in TMP."""
+    tmpdir = TMP / "tmpdir"
+    tmpdir.mkdir(exist_ok=True)
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "TQDM_MININTERVAL": "0.2",
+            "TMPDIR": str(tmpdir)}
 
 
 def vm(pid: int, key: str = "VmHWM") -> float:
