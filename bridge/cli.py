@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from . import __version__
 
@@ -39,7 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_notes(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Metadata dropped from an input (a bomb or broken ICC profile, EXIF...) is news for the user, not a
+    Python warning with a source line: print it as one plain line; other warnings as Python would."""
+    from .imaging import MetadataWarning
+    if issubclass(category, MetadataWarning):
+        print(f"stylebridge: note: {message}", file=file or sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_notes
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
