@@ -223,12 +223,18 @@ def _to_picture(color: np.ndarray, alpha: np.ndarray | None, mode: str, depth: i
         color = _srgb_encode(color)
         icc = None
     dtype = np.uint16 if depth >= 16 else np.uint8
-    a = None
-    if alpha is not None:
-        alpha = alpha.reshape(alpha.shape[0], alpha.shape[1])
-        if float(alpha.min(initial=1.0)) < 1.0:
-            a = to_dtype(alpha, dtype)
+    a = _alpha(alpha, dtype)
     return Picture(rgb=to_dtype(color, dtype), alpha=a, icc_profile=icc, dpi=dpi, name=name)
+
+
+def _alpha(alpha: np.ndarray | None, dtype: type) -> np.ndarray | None:
+    """psd-tools' 0..1 alpha as a 2-D channel of ``dtype``, or None when it is fully opaque."""
+    from ..imaging import to_dtype
+
+    if alpha is None:
+        return None
+    alpha = alpha.reshape(alpha.shape[0], alpha.shape[1])
+    return to_dtype(alpha, dtype) if float(alpha.min(initial=1.0)) < 1.0 else None
 
 
 def _cmyk_picture(color: np.ndarray, alpha: np.ndarray | None, icc: bytes | None, dpi,
@@ -239,11 +245,7 @@ def _cmyk_picture(color: np.ndarray, alpha: np.ndarray | None, icc: bytes | None
     ink = to_dtype(1.0 - color[:, :, :4], np.uint8)          # PIL CMYK: 0 = no ink
     im = Image.fromarray(np.ascontiguousarray(ink), "CMYK")
     rgb, _, srgb = _cmyk_to_rgb(im, icc)
-    a = None
-    if alpha is not None:
-        alpha = alpha.reshape(alpha.shape[0], alpha.shape[1])
-        if float(alpha.min(initial=1.0)) < 1.0:
-            a = to_dtype(alpha, np.uint8)
+    a = _alpha(alpha, np.uint8)
     return Picture(rgb=rgb, alpha=a, icc_profile=srgb, dpi=dpi, name=name)
 
 
@@ -258,11 +260,7 @@ def _lab_picture(color: np.ndarray, alpha: np.ndarray | None, depth: int, dpi, n
     lab = color[:, :, :3].astype(np.float64)
     rgb = lab_to_srgb(lab[..., 0] * 100.0, lab[..., 1] * 255.0 - 128.0, lab[..., 2] * 255.0 - 128.0)
     dtype = np.uint16 if depth >= 16 else np.uint8
-    a = None
-    if alpha is not None:
-        alpha = alpha.reshape(alpha.shape[0], alpha.shape[1])
-        if float(alpha.min(initial=1.0)) < 1.0:
-            a = to_dtype(alpha, dtype)
+    a = _alpha(alpha, dtype)
     return Picture(rgb=to_dtype(rgb, dtype), alpha=a, icc_profile=_srgb_profile().tobytes(), dpi=dpi, name=name)
 
 
