@@ -10,6 +10,8 @@ written with hyphens (``--content-weight`` / ``"content-weight"``) or underscore
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import enum
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -23,10 +25,45 @@ VGG_LAYERS: tuple[str, ...] = (
     "relu5_1", "relu5_2", "relu5_3", "relu5_4",
 )
 
-BLEND_MODES: tuple[str, ...] = (
-    "normal", "multiply", "screen", "overlay", "soft_light", "hard_light", "linear_light",
-    "color", "luminosity", "darken", "lighten", "difference",
-)
+class BlendMode(str, enum.Enum):
+    """Layer blend modes stylebridge writes (PSD keys and GIMP modes are mapped from these names)."""
+
+    NORMAL = "normal"
+    MULTIPLY = "multiply"
+    SCREEN = "screen"
+    OVERLAY = "overlay"
+    SOFT_LIGHT = "soft_light"
+    HARD_LIGHT = "hard_light"
+    LINEAR_LIGHT = "linear_light"
+    COLOR = "color"
+    LUMINOSITY = "luminosity"
+    DARKEN = "darken"
+    LIGHTEN = "lighten"
+    DIFFERENCE = "difference"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Reveal(str, enum.Enum):
+    """Which style layers a new document shows, where no mask is supplied: the one mask vocabulary.
+
+    Every style layer gets a mask. ``first``: the first style's mask is white (shown), the others black, so
+    each further style is one brush stroke away (with opaque layers, revealing all would show only the top
+    one). ``all``: every mask white. ``none``: every mask black. A supplied mask (``--mask``, ``--style-mask``,
+    the daemon's ``mask`` upload, GIMP's selection) replaces the revealed mask of its style(s).
+    """
+
+    FIRST = "first"
+    ALL = "all"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+BLEND_MODES: tuple[str, ...] = tuple(m.value for m in BlendMode)
+REVEAL_CHOICES: tuple[str, ...] = tuple(r.value for r in Reveal)
 
 
 class SettingsError(ValueError):
@@ -148,8 +185,8 @@ class DocumentSettings:
     """How a stylisation becomes a stack of layers (PSD, GIMP, PNG files)."""
 
     group_name: str = _opt("Styles", "name of the group holding one layer per style")
-    reveal: str = _opt("first", "default style masks: first style revealed, all, none",
-                       choices=("first", "all", "none"))
+    reveal: str = _opt(Reveal.FIRST.value, "style masks where no mask file is given: the first style revealed "
+                       "(paint the others in), all revealed, none", choices=REVEAL_CHOICES)
     detail_layer: bool = _opt(True, "add the photo's high-frequency detail as a layer")
     detail_mode: str = _opt("linear_light", "blend mode of the detail layer", choices=BLEND_MODES)
     detail_opacity: float = _opt(0.5, "opacity of the detail layer", minimum=0.0, maximum=1.0)
@@ -202,9 +239,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75},
 }
 
+@dataclass(frozen=True)
+class ServiceDefaults:
+    """How the daemon runs unless told otherwise (``stylebridge serve`` options, the hot folder's daemon mode).
+
+    The port's home is the protocol client (``DEFAULT_PORT`` there), which runs inside GIMP without this package;
+    this is the one copy the package reads, and a test checks the two agree.
+    """
+
+    host: str = "127.0.0.1"             # loopback: anything else needs a token
+    port: int = 8765
+    keep_results_minutes: float = 60.0  # finished results are dropped after this
+    device: str = "auto"                # resolved once when the daemon starts (cuda, mps, else cpu)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 DEFAULTS = Settings()
 DOCUMENT_DEFAULTS = DocumentSettings()
 LIMITS = Limits()
+SERVICE = ServiceDefaults()
+
+#: Old option names that still work for one release, with a note saying the new name.
+RENAMED: dict[str, str] = {"preserve_colors": "original_colors"}
 
 
 def _show(value: Any) -> str:
@@ -288,20 +347,60 @@ def coerce_value(cls: type, name: str, raw: Any) -> Any:
         raise SettingsError(name, f"{_show(raw)} is not a valid value ({typ})") from None
 
 
+#: Words users write for a name that is spelled differently here (difflib would not find them).
+HINTS: dict[str, str] = {"style": "styles", "strength": "style_strength", "quality": "preset",
+                         "mask_mode": "reveal", "colors": "original_colors", "colours": "original_colors",
+                         "original_colours": "original_colors"}
+
+
+def unknown_option_message(key: str, valid: "tuple[str, ...] | list[str]") -> str:
+    """"unknown option", plus the closest valid name when there is one (a typo, or a word from another tool)."""
+    if key in ("style", "styles") and "styles" not in valid:
+        return ("unknown option: styles are not a setting; name them with -s/--style on the command line, the "
+                "'styles' field of the daemon's job, or \"styles\" in a hot folder's preset.json")
+    guess = HINTS.get(key) if HINTS.get(key) in valid else None
+    if guess is None:
+        close = difflib.get_close_matches(key, sorted(set(valid)), n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    return f"unknown option; did you mean {guess.replace('_', '-')!r}?" if guess else "unknown option"
+
+
+def normalise_keys(values: Mapping[str, Any], notes: "list[str] | None" = None) -> dict[str, Any]:
+    """Keys with underscores (``content-weight`` -> ``content_weight``), old names replaced by new ones.
+
+    An old name (:data:`RENAMED`) adds a note for the user to ``notes``; both names at once is an error.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in RENAMED:
+            new = RENAMED[name]
+            if new in out or any(str(k).replace("-", "_") == new for k in values):
+                raise SettingsError(name, f"old name of {new.replace('_', '-')!r}: give only {new.replace('_', '-')!r}")
+            if notes is not None:
+                notes.append(f"{name.replace('_', '-')!r} is now called {new.replace('_', '-')!r}; the old name "
+                             "works in this release only")
+            name = new
+        out[name] = value
+    return out
+
+
 def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULTS,
                           document_base: DocumentSettings = DOCUMENT_DEFAULTS,
-                          allow_extra: tuple[str, ...] = ()) -> tuple[Settings, DocumentSettings, dict[str, Any]]:
-    """Split user options (CLI, preset.json, HTTP form) into engine and document settings.
+                          allow_extra: tuple[str, ...] = (),
+                          notes: "list[str] | None" = None) -> tuple[Settings, DocumentSettings, dict[str, Any]]:
+    """Split user options (CLI, preset.json, HTTP JSON) into engine and document settings: the one parse.
 
-    ``preset`` (draft/normal/best) applies first, explicit options override it. Keys named in
-    ``allow_extra`` are returned untouched in the third item; any other unknown key is an error.
+    ``preset`` (see :data:`PRESETS`) applies first, explicit options override it. Keys named in
+    ``allow_extra`` are returned untouched in the third item; any other unknown key is an error that
+    names the closest valid option. Old names (:data:`RENAMED`) work and add a line to ``notes``.
     """
     engine_names = {f.name for f in fields(Settings)}
     doc_names = {f.name for f in fields(DocumentSettings)}
     engine: dict[str, Any] = {}
     doc: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+    normalised = normalise_keys(values, notes)
     preset = normalised.pop("preset", None)
     if preset is not None:
         if not isinstance(preset, str) or preset not in PRESETS:
@@ -315,7 +414,8 @@ def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULT
         elif key in allow_extra:
             extra[key] = raw
         else:
-            raise SettingsError(key, "unknown option")
+            raise SettingsError(key, unknown_option_message(key, (*engine_names, *doc_names, *allow_extra,
+                                                                   "preset")))
     return (dataclasses.replace(base, **engine).validate(),
             dataclasses.replace(document_base, **doc).validate(), extra)
 
