@@ -2,8 +2,8 @@
 
 GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
 to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py`` and its
-PNG codec ``sb_png.py``) plus the protocol client, which has one source, the package's standard-library-only
-``bridge/daemon/protocol_client.py``: it is copied in as ``sb_client.py``, the name the plug-in imports.
+PNG codec ``sb_png.py``) and its protocol client ``sb_client.py``, which the package imports as
+``bridge.daemon.protocol_client``: one file, so the plug-in folder runs as it stands.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Mapping
 
 PLUGIN_NAME = "stylebridge"
-PLUGIN_FILES = ("stylebridge.py", "sb_png.py")          # in gimp_plugin/stylebridge (and the data-files)
-CLIENT_FILE = "sb_client.py"                            # the name protocol_client.py gets there
+CLIENT_FILE = "sb_client.py"                            # the protocol client (bridge.daemon.protocol_client)
+PLUGIN_FILES = ("stylebridge.py", "sb_png.py", CLIENT_FILE)   # in gimp_plugin/stylebridge (and the data-files)
 DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target
 PLUGIN_DIR_ENV = "STYLEBRIDGE_GIMP_PLUGIN_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def client_source(package_dir: Path = PACKAGE_DIR) -> Path:
-    """The protocol client the plug-in imports as ``sb_client``: always the package's own module."""
-    return package_dir / "daemon" / "protocol_client.py"
 
 
 def plugin_source(package_dir: Path = PACKAGE_DIR, prefix: Path | None = None,
@@ -51,11 +46,7 @@ def plugin_source(package_dir: Path = PACKAGE_DIR, prefix: Path | None = None,
 def plugin_files() -> dict[str, Path]:
     """Installed file name -> source file, for everything the plug-in folder needs."""
     src = plugin_source()
-    files = {name: src / name for name in PLUGIN_FILES}
-    files[CLIENT_FILE] = client_source()
-    if not files[CLIENT_FILE].is_file():
-        raise FileNotFoundError(f"the protocol client {files[CLIENT_FILE]} is missing from the stylebridge package")
-    return files
+    return {name: src / name for name in PLUGIN_FILES}
 
 
 def default_profile(env: dict | None = None) -> Path:

@@ -101,3 +101,10 @@ def test_one_mask_vocabulary_and_one_naming_rule():
         mask_word("selection")
     assert unique_names(["a", "a", "blend", "a-2"]) == ["a", "a-2", "blend-2", "a-2-2"]
     assert DEFAULTS.style_strength == 1.0   # the knob every front end shows starts at "fully painted"
+
+
+def test_the_service_defaults_match_the_protocol_clients():
+    """The plug-in's client (stdlib only, runs inside GIMP) is the home of the URL; the package agrees with it."""
+    from bridge.daemon import protocol_client
+    from bridge.settings import SERVICE
+    assert SERVICE.url == protocol_client.DEFAULT_URL

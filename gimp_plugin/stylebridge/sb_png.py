@@ -1,8 +1,8 @@
 """PNG for the GIMP plug-in, standard library only (GIMP's Python has no Pillow).
 
 Writes 8/16-bit gray/RGB/RGBA from a GIMP buffer's raw bytes (fast: zlib does the work) and reads
-the same back (pure Python, slow: for tests and small masks). The protocol client is ``sb_client.py``,
-installed beside this file by ``stylebridge gimp-install`` from ``bridge/daemon/protocol_client.py``.
+the same back (pure Python, slow: for tests and small masks). The protocol client is ``sb_client.py``
+beside this file (the package imports it as ``bridge.daemon.protocol_client``).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from testdata import SAMPLES  # noqa: F401  the pictures by name, all in the rep
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / "gimp_plugin" / "stylebridge"
-CLIENT_SOURCE = REPO / "bridge" / "daemon" / "protocol_client.py"     # installed as the plug-in's sb_client.py
+CLIENT_SOURCE = REPO / "gimp_plugin" / "stylebridge" / "sb_client.py"     # the plug-in's client, imported by the package
 
 
 def _load(name: str, path: Path):

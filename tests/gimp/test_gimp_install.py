@@ -33,10 +33,8 @@ def test_install_and_uninstall_with_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(dest) in proc.stdout and "stylebridge serve" in proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
-    for name in ("stylebridge.py", "sb_png.py"):
+    for name in ("stylebridge.py", "sb_png.py", "sb_client.py"):   # the folder as it stands, client included
         assert (dest / name).read_bytes() == (REPO / "gimp_plugin" / "stylebridge" / name).read_bytes()
-    # the protocol client has one source, the package's module, installed under the name the plug-in imports
-    assert (dest / "sb_client.py").read_bytes() == (REPO / "bridge" / "daemon" / "protocol_client.py").read_bytes()
     assert sorted(p.name for p in dest.iterdir()) == ["sb_client.py", "sb_png.py", "stylebridge.py"]
     assert run().returncode == 0                       # again: replaces in place
     proc = run("--uninstall")
@@ -62,7 +60,7 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("path, extra", [
     ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
-    ("bridge/daemon/protocol_client.py", set()),           # installed as sb_client.py
+    ("gimp_plugin/stylebridge/sb_client.py", set()),       # also the package's bridge.daemon.protocol_client
 ])
 def test_plugin_is_stdlib_and_gi_only(path, extra):
     """GIMP runs the plug-in with its own Python: nothing from pip, nothing from bridge, no relative imports."""
@@ -111,12 +109,13 @@ def test_plugin_source_lookup(tmp_path):
     assert lookup({"STYLEBRIDGE_GIMP_PLUGIN_DIR": str(chosen)}) == chosen
     # this checkout: the real folder and the package's client
     assert gimp_install.plugin_source() == REPO / "gimp_plugin" / "stylebridge"
-    assert gimp_install.client_source() == REPO / "bridge" / "daemon" / "protocol_client.py"
+    from bridge.daemon import protocol_client
+    assert protocol_client.__file__ == str(REPO / "gimp_plugin" / "stylebridge" / "sb_client.py")
 
 
 def test_wheel_ships_what_gimp_install_looks_for():
     """pyproject's data-files put exactly the plug-in's own files where plugin_source() looks under sys.prefix;
-    the client ships inside the package (bridge.daemon is a package the wheel includes)."""
+    the client is one of them, and the package imports it from there."""
     import tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     data_files = project["tool"]["setuptools"]["data-files"]
@@ -124,7 +123,7 @@ def test_wheel_ships_what_gimp_install_looks_for():
     shipped = data_files[gimp_install.DATA_DIR.as_posix()]
     assert sorted(Path(p).name for p in shipped) == sorted(gimp_install.PLUGIN_FILES)
     assert all((REPO / p).is_file() and Path(p).parent == Path("gimp_plugin/stylebridge") for p in shipped)
-    assert gimp_install.CLIENT_FILE not in gimp_install.PLUGIN_FILES
-    assert not (REPO / "gimp_plugin" / "stylebridge" / gimp_install.CLIENT_FILE).exists()   # one source only
+    assert gimp_install.CLIENT_FILE in gimp_install.PLUGIN_FILES
+    assert not (REPO / "bridge" / "daemon" / "protocol_client.py").read_text().count("def ")  # one source only
     includes = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert any(fnmatch.fnmatch("bridge.daemon", pattern) for pattern in includes)
