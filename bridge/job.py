@@ -20,11 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .daemon import protocol_client as _client
 from .settings import DEFAULTS, DOCUMENT_DEFAULTS, LIMITS, RENAMED, REVEAL_CHOICES, DocumentSettings, Limits, \
     Settings, SettingsError, normalise_keys, settings_from_mapping, unknown_option_message
 
-#: The protocol's version: sent by every client with each job, checked by the daemon (docs/protocol.md).
-PROTOCOL_VERSION = 2
+#: The protocol's version (its home is the client the GIMP plug-in runs): sent with each job, checked here.
+PROTOCOL_VERSION: int = _client.PROTOCOL_VERSION
 
 #: Settings a daemon fixes when it starts (the weights are loaded once, on one device).
 FIXED_BY_DAEMON = ("device", "weights")

@@ -35,7 +35,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-DEFAULT_URL = "http://127.0.0.1:8765"
+DEFAULT_PORT = 8765
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+#: The protocol this client speaks (docs/protocol.md); jobs carry it, ``GET /v1/health`` answers the daemon's.
+PROTOCOL_VERSION = 2
 URL_ENV = "STYLEBRIDGE_URL"
 TOKEN_ENV = "STYLEBRIDGE_TOKEN"          # = bridge.daemon.security.TOKEN_ENV (a test checks)
 USER_AGENT = "stylebridge-client/1"
@@ -278,6 +281,23 @@ class Client:
         if mask is not None:
             files.append(("mask", *as_file(mask, "mask.png")))
         body, ctype = encode_multipart(fields, files)
+        return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
+
+    def submit_job(self, content: Any, job: dict, *, style_files: Iterable[Any] = (), mask: Any = None,
+                   style_mask_files: Iterable[Any] = ()) -> dict:
+        """POST /v1/jobs with a job description (``bridge.job.JobSpec.to_json()``): the protocol-2 way.
+
+        ``{"upload": i}`` in the job's styles, ``mask`` and ``style_masks`` refers to the i-th file of
+        ``style_files``, to ``mask`` (0), and to the i-th of ``style_mask_files``. Files are paths, bytes or
+        (filename, bytes). Returns the job status (queued)."""
+        job = dict(job)
+        job.setdefault("protocol", PROTOCOL_VERSION)
+        files = [("content", *as_file(content, "content.png"))]
+        files += [("style_files", *as_file(f, f"style{i + 1}.png")) for i, f in enumerate(style_files)]
+        if mask is not None:
+            files.append(("mask", *as_file(mask, "mask.png")))
+        files += [("style_mask_files", *as_file(f, f"mask{i + 1}.png")) for i, f in enumerate(style_mask_files)]
+        body, ctype = encode_multipart([("job", json.dumps(job))], files)
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
 
     def job(self, job_id: str) -> dict:
