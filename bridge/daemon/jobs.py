@@ -610,7 +610,8 @@ class JobManager:
                 log.info("job %s cancelled", job.id)
                 return
             if result is None:
-                self._finish(job, JobState.CANCELLED, error="cancelled before any result existed" if job.keep_result else None)
+                self._finish(job, JobState.CANCELLED,
+                             error="cancelled before any result existed" if job.keep_result else None)
                 return
             job.result = result
             partial = outcome[2]

@@ -19,8 +19,9 @@ router = APIRouter(tags=["health"])
 def health(d: DaemonDep) -> Response:
     limits = d.config.limits
     return json_response({
-        "status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION, "device": d.config.resolved_device, "weights": d.config.weights,
-        "weights_path": d.config.weights_path, "queue": d.manager.counts(), "uptime_s": round(time.time() - d.started, 1),
+        "status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION, "device": d.config.resolved_device,
+        "weights": d.config.weights, "weights_path": d.config.weights_path, "queue": d.manager.counts(),
+        "uptime_s": round(time.time() - d.started, 1),
         "token_required": d.config.token is not None, "preset": d.config.preset,
         "retention_s": d.config.retention_s,
         "limits": {"max_pixels": limits.max_pixels, "max_upload_bytes": limits.max_upload_bytes,
