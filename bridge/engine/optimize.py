@@ -3,17 +3,26 @@
 Shape of a run (``stylize``):
 
 1. working size = ``settings.size`` clamped to the photo's long side (never optimise above native
-   resolution); the coarse-to-fine ladder is ``settings.stage_sizes`` recomputed for that size.
-2. per stage: the photo's content features once (shared by every style), each style's Gram matrices
-   once (style image at ``style_scale`` x the stage size); the blend's targets are the Grams mixed by
+   resolution), or the photo's own long side for ``size`` "native"; the coarse-to-fine ladder is
+   ``settings.ladder`` for that size (doubling above ``base_size``, with ``large_iterations`` there).
+2. per stage, a plan (:func:`plan_stages`): the whole image by autograd when it fits the memory budget
+   (``tiled.budget_bytes``: ``block_memory``, or a share of free memory), else the exact tiled objective
+   (``tiled.TiledObjective``: same loss and gradient, in blocks), with an L-BFGS history sized from the
+   same budget. The photo's content features once per stage (shared by every style), each style's Gram
+   matrices once (style image at ``style_scale`` x the stage size, in blocks when it is large; a style
+   smaller than needed gets a StyleResolutionWarning); the blend's targets are the Grams mixed by
    ``style_blend_weights``.
 3. per style (then the blend): L-BFGS or Adam at each stage, warm-started from the previous stage's best
-   image upsampled; progress every iteration, cancel checked every iteration.
-4. the best image of the last stage goes to the photo's native size (``upsample.to_native``), with the
-   photo's chroma if ``original_colors``, then is mixed with the photo by ``style_strength``
-   (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
+   image upsampled; progress every iteration, cancel/pause checked every iteration (and every block).
+   With a checkpoint (checkpoint.py): resumed from a matching saved state, saved at stage ends, every
+   ``interval_s`` and on pause (the result is then ``paused`` with no images).
+4. the best image of the last stage goes to the photo's native size (``upsample.to_native``; at native
+   size as it is), with the photo's chroma if ``original_colors``, then is mixed with the photo by
+   ``style_strength`` (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
+   Cancel keeps the best image of the stage reached.
 
-Progress carries a stage-weighted percent and an ETA from the measured speed (``eta.RunEstimator``).
+Progress carries a stage-weighted percent and an ETA from the measured speed (``eta.RunEstimator``; tiled
+stages weighted by TILED_COST).
 
 Pixels are optimised as RGB in 0..255 (neural-style's scale); the VGG wrapper applies its own
 preprocessing.
@@ -25,6 +34,7 @@ import dataclasses
 import math
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,11 +43,13 @@ import torch.nn.functional as F
 
 from ..imaging import Picture, load_image
 from ..settings import Settings, SettingsError
-from . import strength, upsample
+from . import strength, tiled, upsample
+from .checkpoint import DEFAULT_INTERVAL_S, Checkpoint, EngineState, FileCheckpoint, fingerprint
 from .device import resolve_device
 from .eta import RunEstimator, cost_model
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
-from .types import CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StylizeResult
+from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StyleResolutionWarning,
+                    StylizeResult)
 from .vgg import VGGFeatures, load_vgg
 
 MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
@@ -48,16 +60,37 @@ LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak R
 # second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
 # iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
 LBFGS_FIRST_STEP = 32.0
+# Large stages (bench/README.md, issue 12 "print resolution"):
+WHOLE_FACTOR = 2.0         # a whole-image evaluation keeps ~2x a tiled block's activations per pixel (no in-place
+                           # ReLUs): a stage is tiled when that does not fit the budget (tiled.budget_bytes)
+HISTORY_SHARE = 0.5        # of the budget for the L-BFGS history at a tiled stage (the rest: one block)
+TILED_HISTORY = (3, 10)    # pairs at a tiled stage: Galerne et al. use 10 at large scales; 3 keeps 24 MP in 8 GB
+TILED_COST = 1.6           # a tiled iteration's cost per pixel / a whole one's (measured 1.44-1.63): for the ETA
+STYLE_UPSCALE_WARN = 1.25  # a style upsampled more than this for the last stage gets a StyleResolutionWarning
 
 
 class _Cancelled(Exception):
     """Raised inside the loss closure to leave the optimiser at once."""
 
 
+class _Paused(Exception):
+    """Raised inside the loss closure to leave the optimiser at once and save a checkpoint."""
+
+
 @dataclass
 class _Job:
     name: str
     grams: list[dict[str, torch.Tensor]]   # per stage: style layer -> target Gram
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How one stage is computed: whole image (``inner`` None) or in blocks of inner side ``inner``."""
+
+    dims: tuple[int, int]     # (height, width)
+    iterations: int
+    inner: int | None
+    history: int              # L-BFGS history pairs
 
 
 @dataclass
@@ -73,9 +106,11 @@ def stage_dims(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 
 def working_ladder(settings: Settings, width: int, height: int) -> list[int]:
-    """Long sides of the stages: the settings' ladder for min(size, photo long side)."""
-    work = min(settings.size, max(width, height))
-    return dataclasses.replace(settings, size=max(work, 1)).stage_sizes if work >= 16 else [work]
+    """Long sides of the stages: the settings' ladder for min(size, photo long side), or for the photo's
+    long side when size is "native"."""
+    long_side = max(width, height)
+    work = long_side if settings.native else min(settings.size, long_side)
+    return settings.ladder(max(work, 1)) if work >= 16 else [work]
 
 
 def picture_tensor(picture: Picture) -> torch.Tensor:
@@ -101,9 +136,56 @@ def style_grams(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...
         return {k: gram_matrix(v).detach() for k, v in vgg(image255, layers).items()}
 
 
+def ladder_dims(settings: Settings, width: int, height: int) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+    """(long sides, (height, width) per stage, iterations per stage) of a run on a width x height photo."""
+    ladder = working_ladder(settings, width, height)
+    return ladder, [stage_dims(width, height, s) for s in ladder], settings.ladder_iterations(ladder)
+
+
+def _fits_whole(height: int, width: int, budget: int, factor: float = WHOLE_FACTOR) -> bool:
+    """Whether a whole-image evaluation (forward with graph + backward, ``factor`` x a tiled block's
+    activations per pixel) of this size fits the memory budget."""
+    return tiled.FIXED_BLOCK_BYTES + factor * tiled.VALUES_PER_PIXEL * 4 * (height + 32) * (width + 32) <= budget
+
+
+def plan_stages(vgg: VGGFeatures, settings: Settings, dims: list[tuple[int, int]], iterations: list[int],
+                device: torch.device) -> list[StagePlan]:
+    """Per stage: whole image or tiled (when it does not fit the budget whole), the block side and the
+    L-BFGS history. A tiled stage gives up to HISTORY_SHARE of the budget to the history (TILED_HISTORY
+    pairs at most/least), the rest to one block. SettingsError when the budget cannot hold a stage."""
+    budget = tiled.budget_bytes(settings, device)
+    layers = tuple(dict.fromkeys([*settings.content_layers, *settings.style_layers]))
+    before, after = tiled.margins(vgg, layers)
+    plans = []
+    for (h, w), n in zip(dims, iterations):
+        numel = 3 * h * w
+        if _fits_whole(h, w, budget):
+            plans.append(StagePlan((h, w), n, None, int(max(5, min(100, LBFGS_HISTORY_BYTES / (2 * 4 * numel))))))
+            continue
+        if settings.normalize_gradients:
+            raise SettingsError("normalize_gradients", f"is not available at a {w}x{h} stage, which is computed in "
+                                "blocks (each layer's gradient norm needs the whole image at once): turn it off, or "
+                                "use a smaller size")
+        pair = 2 * 4 * numel
+        pairs = int(max(TILED_HISTORY[0], min(TILED_HISTORY[1], HISTORY_SHARE * budget // pair)))
+        smallest = tiled.block_bytes(tiled.MIN_INNER + -(-before // tiled.ALIGN) * tiled.ALIGN + after)
+        if budget - pairs * pair < smallest:
+            need = -(-(pairs * pair + smallest) // (1 << 20))
+            raise SettingsError("block_memory", f"{budget / (1 << 20):.0f} MB is too small for the {w}x{h} stage: "
+                                f"the optimiser's history needs {pairs * pair / (1 << 20):.0f} MB and one block at "
+                                f"least {smallest / (1 << 20):.0f} MB; give at least {need} MB (or 0 to size it from "
+                                "free memory), or a smaller size")
+        plans.append(StagePlan((h, w), n, tiled.inner_side(budget - pairs * pair, before, after), pairs))
+    return plans
+
+
 def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
-            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> StylizeResult:
-    """Stylise ``content`` once per style (plus a blend if ``style_blend_weights``); see the module doc."""
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None, *,
+            checkpoint: Checkpoint | None = None) -> StylizeResult:
+    """Stylise ``content`` once per style (plus a blend if ``style_blend_weights``); see the module doc.
+
+    With ``checkpoint`` the run resumes from a matching saved state and saves its own (see checkpoint.py);
+    ``cancel.pause()`` then stops it with ``paused=True`` and no images."""
     started = time.perf_counter()
     settings = settings.validate()
     if not styles:
@@ -111,57 +193,162 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     blend = settings.style_blend_weights
     if blend is not None and len(blend) != len(styles):
         raise SettingsError("style_blend_weights", f"{len(blend)} weights given for {len(styles)} styles")
-    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31 - 1)
+    state, print_ = None, None
+    if checkpoint is not None:
+        print_ = fingerprint(content, styles, settings)
+        if isinstance(checkpoint, FileCheckpoint):
+            checkpoint.fingerprint = print_
+        state = checkpoint.load()
+        if state is not None and (state.fingerprint != print_ or
+                                  (settings.seed is not None and state.seed != settings.seed)):
+            state = None
+    if state is not None:
+        seed = state.seed
+    else:
+        seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31 - 1)
     settings = dataclasses.replace(settings, seed=seed)
     if strength.amount(settings.style_strength) == 0.0:     # the photo itself: nothing to optimise
         return _photo_only(content, styles, settings, started)
     device = resolve_device(settings.device)
     vgg = load_vgg(settings.weights, settings.pooling, device)
 
-    ladder = working_ladder(settings, content.width, content.height)
-    dims = [stage_dims(content.width, content.height, s) for s in ladder]
+    ladder, dims, iters = ladder_dims(settings, content.width, content.height)
+    plans = plan_stages(vgg, settings, dims, iters, device)
     # The photo as each stage sees it (0..1): native -> working size once, then down from there
     # (resampling a 24 MP photo costs seconds; doing it once per stage would cost that many times more).
     working = resize(picture_tensor(content), dims[-1])
     guides = [resize(working, d) for d in dims[:-1]] + [working]
-    content_feats = [content_targets(vgg, (g * 255.0).to(device), settings.content_layers) for g in guides]
-    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel)
+    # whole stages: the photo's content features now; tiled ones: when first needed (tiled_features)
+    content_feats: list[dict[str, torch.Tensor] | None] = [
+        content_targets(vgg, (g * 255.0).to(device), settings.content_layers) if p.inner is None else None
+        for g, p in zip(guides, plans)]
+    notes: list[str] = []
+    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes)
     working_size = (dims[-1][1], dims[-1][0])
-    if jobs is None:
-        return StylizeResult(content=content, images=[], settings=settings, working_size=working_size,
-                             cancelled=True, seconds=time.perf_counter() - started)
+    if state is not None and not _state_fits(state, dims, iters, len(jobs or [])):
+        state = None
+    resumed = state is not None
+    elapsed0 = state.elapsed_s if state is not None else 0.0
 
-    iters = [settings.coarse_iterations] * (len(ladder) - 1) + [settings.iterations]
-    counter = _Counter(0, sum(iters) * len(jobs))
-    estimator = RunEstimator([h * w for h, w in dims], iters, len(jobs), cost_model(device.type))
+    def result(images: list[StyledImage], **flags: bool) -> StylizeResult:
+        return StylizeResult(content=content, images=images, settings=settings, working_size=working_size,
+                             seconds=elapsed0 + time.perf_counter() - started, resumed=resumed,
+                             warnings=list(notes), **flags)
+
+    if jobs is None:
+        return result([], paused=True) if cancel is not None and cancel.paused else result([], cancelled=True)
+
+    per_job = sum(iters)
+    counter = _Counter(0, per_job * len(jobs))
+    estimator = RunEstimator([h * w * (TILED_COST if p.inner is not None else 1.0) for (h, w), p in zip(dims, plans)],
+                             iters, len(jobs), cost_model(device.type))
     init_file = _init_file(settings)
     images: list[StyledImage] = []
-    cancelled = False
-    for job_index, job in enumerate(jobs):
-        x = _initial(settings, guides[0], init_file, seed, device)
-        best, losses, stage_used = x, {}, 0
-        for k, d in enumerate(dims):
-            if k > 0:
-                x = F.interpolate(best, size=d, mode="bilinear", align_corners=False)
+    finished: list[np.ndarray] = []
+    first_job = 0
+    if state is not None:
+        finished = list(state.finished)
+        for j, image in enumerate(finished):
+            images.append(_deliver(torch.from_numpy(image)[None], content, guides[-1], settings, jobs[j].name, {}))
+        first_job = state.style_index
+        counter.done = first_job * per_job + sum(iters[:state.stage]) + state.iteration
+    saver = _Saver(checkpoint, print_, seed, elapsed0, started, finished)
+    cancelled = paused = False
+    for job_index in range(first_job, len(jobs)):
+        job = jobs[job_index]
+        k0, i0, resume_here = 0, 0, state is not None and job_index == state.style_index
+        if resume_here:
+            k0, i0 = state.stage, state.iteration
+            x = torch.from_numpy(state.image)[None].to(device)
+        else:
+            x = _initial(settings, guides[0], init_file, seed, device)
+        best, losses, stage_used = x, {}, k0
+        for k in range(k0, len(dims)):
+            plan = plans[k]
+            start = i0 if k == k0 else 0
+            if k > k0:
+                x = F.interpolate(best, size=plan.dims, mode="bilinear", align_corners=False)
+                del best
+            stage_used = k
+            if resume_here and k == k0 and start >= iters[k]:   # the checkpoint was saved at this stage's end
+                best = x
+                continue
             reporter = _Reporter(progress, cancel, counter, settings, stage=k, stages=len(dims), size=ladder[k],
                                  job=job_index, jobs=len(jobs), name=job.name, estimator=estimator,
-                                 guide=guides[k])
-            estimator.start_stage(job_index, k)
-            best, parts, cancelled = _optimise(vgg, x, content_feats[k], job.grams[k], settings, iters[k], reporter)
+                                 guide=guides[k], resumed=resumed)
+            objective = _objective(vgg, guides[k], content_feats, k, job.grams[k], settings, plan, device, reporter)
+            estimator.start_stage(job_index, k, done=start)
+            saver.position(job_index, k)
+            best, parts, stop = _optimise(x, objective, settings, iters[k], reporter, start=start,
+                                          history=plan.history, saver=saver)
+            del x, objective
             estimator.end_stage()
-            losses, stage_used = parts or losses, k
-            if cancelled:
+            losses = parts or losses
+            if stop == "pause":
+                saver.save(reporter.done_in_stage, best)
+                paused = True
                 break
-        styled = (best / 255.0).clamp(0.0, 1.0).cpu()
-        picture = upsample.to_native(styled, content, guides[stage_used], mode=settings.upsample,
-                                     radius=settings.guided_radius, eps=settings.guided_eps,
-                                     keep_colors=settings.original_colors, name=job.name)
-        picture = strength.blend_with_photo(picture, content, strength.amount(settings.style_strength))
-        images.append(StyledImage(job.name, picture, losses))
+            if stop == "cancel":
+                cancelled = True
+                break
+            saver.save(iters[k], best)
+        if paused:
+            break
+        if not cancelled:
+            finished.append(best[0].detach().float().cpu().numpy())
+        images.append(_deliver(best, content, guides[stage_used], settings, job.name, losses))
         if cancelled:
             break
-    return StylizeResult(content=content, images=images, settings=settings, working_size=working_size,
-                         cancelled=cancelled, seconds=time.perf_counter() - started)
+    if paused:
+        return result([], paused=True)
+    return result(images, cancelled=cancelled)
+
+
+def _state_fits(state: EngineState, dims: list[tuple[int, int]], iters: list[int], jobs: int) -> bool:
+    """A matching fingerprint should mean a matching state; this also refuses one from another version."""
+    if not (0 <= state.style_index < jobs and 0 <= state.stage < len(dims) and len(state.finished) == state.style_index
+            and 0 <= state.iteration <= iters[state.stage]):
+        return False
+    return (tuple(state.image.shape) == (3, *dims[state.stage])
+            and all(tuple(f.shape) == (3, *dims[-1]) for f in state.finished))
+
+
+def _deliver(best: torch.Tensor, content: Picture, guide: torch.Tensor, settings: Settings, name: str,
+             losses: dict[str, float]) -> StyledImage:
+    """A job's best image (0..255, last stage or the stage it stopped at) at the photo's native size and
+    strength: upsampled by the guided filter, or as it is when the stage was native size."""
+    styled = (best.detach().float() / 255.0).clamp(0.0, 1.0).cpu()
+    picture = upsample.to_native(styled, content, guide, mode=settings.upsample, radius=settings.guided_radius,
+                                 eps=settings.guided_eps, keep_colors=settings.original_colors, name=name)
+    picture = strength.blend_with_photo(picture, content, strength.amount(settings.style_strength))
+    return StyledImage(name, picture, losses)
+
+
+class _Saver:
+    """Saves EngineStates to the checkpoint (if any): at stage ends, on pause, and every interval_s."""
+
+    def __init__(self, checkpoint: Checkpoint | None, print_: str | None, seed: int, elapsed0: float,
+                 started: float, finished: list[np.ndarray]) -> None:
+        self.checkpoint, self.print_, self.seed = checkpoint, print_, seed
+        self.elapsed0, self.started, self.finished = elapsed0, started, finished
+        self.interval = float(getattr(checkpoint, "interval_s", DEFAULT_INTERVAL_S))
+        self.last = time.perf_counter()
+        self.job = self.stage = 0
+
+    def position(self, job: int, stage: int) -> None:
+        self.job, self.stage = job, stage
+
+    def due(self) -> bool:
+        return self.checkpoint is not None and time.perf_counter() - self.last >= self.interval
+
+    def save(self, iteration: int, best: torch.Tensor) -> None:
+        if self.checkpoint is None:
+            return
+        self.checkpoint.save(EngineState(
+            fingerprint=self.print_ or "", style_index=self.job, stage=self.stage, iteration=iteration,
+            image=best[0].detach().float().cpu().numpy(), finished=list(self.finished), seed=self.seed,
+            elapsed_s=self.elapsed0 + time.perf_counter() - self.started))
+        self.last = time.perf_counter()
 
 
 def _photo_only(content: Picture, styles: list[StyleInput], settings: Settings, started: float) -> StylizeResult:
@@ -173,19 +360,40 @@ def _photo_only(content: Picture, styles: list[StyleInput], settings: Settings, 
 
 
 def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, ladder: list[int],
-                device: torch.device, cancel: CancelToken | None) -> list[_Job] | None:
+                device: torch.device, cancel: CancelToken | None, notes: list[str]) -> list[_Job] | None:
     """One job per style with its Gram targets per stage (style image at style_scale x the stage's long
-    side), then the blend (Grams mixed by style_blend_weights). None when cancelled meanwhile."""
+    side; in blocks when it does not fit the memory budget whole, e.g. a 50 MP scan at native size), then
+    the blend (Grams mixed by style_blend_weights). None when cancelled or paused meanwhile. A style
+    smaller than the last stage needs it (by more than STYLE_UPSCALE_WARN) adds a note to ``notes`` and
+    a StyleResolutionWarning."""
+    budget = tiled.budget_bytes(settings, device)
     per_style: list[list[dict[str, torch.Tensor]]] = []
     for style in styles:
-        if cancel is not None and cancel.cancelled:   # big style images at many stages take a while
+        if cancel is not None and (cancel.cancelled or cancel.paused):   # big style images take a while
             return None
         image = picture_tensor(style.picture)
         grams = []
         for s in ladder:
             long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
             dims = stage_dims(image.shape[-1], image.shape[-2], long_side)
-            grams.append(style_grams(vgg, (resize(image, dims) * 255.0).to(device), settings.style_layers))
+            scaled = (resize(image, dims) * 255.0).to(device)
+            if _fits_whole(*dims, budget, factor=1.0):
+                grams.append(style_grams(vgg, scaled, settings.style_layers))
+            else:
+                before, after = tiled.margins(vgg, tuple(settings.style_layers))
+                inner = tiled.inner_side(budget, before, after)
+                grams.append(tiled.tiled_grams(vgg, scaled, tuple(settings.style_layers), inner))
+            del scaled
+        del image
+        own = max(style.picture.width, style.picture.height)
+        needed = max(MIN_SIDE, int(round(ladder[-1] * settings.style_scale)))
+        if needed > STYLE_UPSCALE_WARN * own:
+            text = (f"style {style.name!r} is {style.picture.width}x{style.picture.height} px; the last stage uses it "
+                    f"at {needed} px on its long side (style-scale x {ladder[-1]} px), so it is upsampled "
+                    f"{needed / own:.1f}x and the painted texture can be no finer than the style image: use a scan "
+                    f"of at least {needed} px for this size")
+            notes.append(text)
+            warnings.warn(text, StyleResolutionWarning, stacklevel=3)
         per_style.append(grams)
     jobs = [_Job(style.name, grams) for style, grams in zip(styles, per_style)]
     blend = settings.style_blend_weights
@@ -219,23 +427,28 @@ def _initial(settings: Settings, guide: torch.Tensor, init_file: torch.Tensor | 
 
 class _Reporter:
     """Counts iterations, sends Progress (with the estimator's percent and ETA), and raises _Cancelled
-    when asked to stop."""
+    or _Paused when asked to stop."""
 
     def __init__(self, callback: ProgressCallback | None, cancel: CancelToken | None, counter: _Counter,
                  settings: Settings, *, stage: int, stages: int, size: int, job: int, jobs: int, name: str,
-                 estimator: RunEstimator, guide: torch.Tensor) -> None:
+                 estimator: RunEstimator, guide: torch.Tensor, resumed: bool = False) -> None:
         self.callback, self.cancel, self.counter = callback, cancel, counter
         self.settings, self.stage, self.stages, self.size = settings, stage, stages, size
         self.job, self.jobs, self.name, self.estimator = job, jobs, name, estimator
         self.guide = guide   # the photo at this stage (0..1): previews show the strength the result will have
+        self.resumed = resumed
+        self.done_in_stage = 0   # iterations of this stage finished (a paused run saves this)
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.cancelled:
             raise _Cancelled
+        if self.cancel is not None and self.cancel.paused:
+            raise _Paused
 
     def report(self, iteration: int, stage_iterations: int, loss: float, image: torch.Tensor,
                best_loss: float | None = None) -> None:
         self.counter.done += 1
+        self.done_in_stage = iteration
         estimate = self.estimator.iteration(iteration)
         if self.callback is None:
             return
@@ -249,7 +462,8 @@ class _Reporter:
                                total_iterations=self.counter.total, loss=loss, preview=preview,
                                style_name=self.name, percent=estimate.percent,
                                eta_seconds=estimate.eta_seconds,
-                               best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None))
+                               best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None,
+                               resumed=self.resumed))
 
 
 def _preview(image: torch.Tensor, guide: torch.Tensor, mix: float = 1.0) -> np.ndarray:
@@ -263,75 +477,123 @@ def _preview(image: torch.Tensor, guide: torch.Tensor, mix: float = 1.0) -> np.n
         return small[0].permute(1, 2, 0).contiguous().numpy().astype(np.float32)
 
 
-def _optimise(vgg: VGGFeatures, x0: torch.Tensor, content: dict[str, torch.Tensor],
-              grams: dict[str, torch.Tensor], settings: Settings, iterations: int,
-              reporter: _Reporter) -> tuple[torch.Tensor, dict[str, float], bool]:
-    """One stage for one style. Returns (best image 0..255, its losses, cancelled?)."""
+class _WholeObjective:
+    """The Gatys loss of the whole image by autograd (the losses.py modules on ``vgg(x)``): sets x.grad."""
+
+    def __init__(self, vgg: VGGFeatures, content: dict[str, torch.Tensor], grams: dict[str, torch.Tensor],
+                 settings: Settings, reporter: _Reporter) -> None:
+        s = settings
+        self.vgg, self.reporter = vgg, reporter
+        self.content_losses = {k: ContentLoss(v, s.content_weight, s.normalize_gradients) for k, v in content.items()}
+        style_w = s.style_weight * strength.weight_factor(s.style_strength)
+        self.style_losses = {k: StyleLoss(v, style_w, s.normalize_gradients) for k, v in grams.items()}
+        self.tv = TVLoss(s.tv_weight)
+        self.layers = tuple(dict.fromkeys([*self.content_losses, *self.style_losses]))
+        self.parts: dict[str, float] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.reporter.check()
+        x.grad = None
+        feats = self.vgg(x, self.layers)
+        c = sum(loss(feats[k]) for k, loss in self.content_losses.items())
+        st = sum(loss(feats[k]) for k, loss in self.style_losses.items())
+        t = self.tv(x)
+        total = c + st + t
+        self.parts = {"content": float(c.detach()), "style": float(st.detach()), "tv": float(t.detach()),
+                      "total": float(total.detach())}
+        total.backward()
+        return total.detach()
+
+
+class _TiledObjective:
+    """The same loss and gradient computed in blocks (tiled.TiledObjective); checks for cancel/pause after
+    every block (a 24 MP evaluation takes many minutes on a CPU)."""
+
+    def __init__(self, objective: tiled.TiledObjective, reporter: _Reporter) -> None:
+        self.objective, self.reporter = objective, reporter
+        objective.on_block = lambda _pass, _done, _total: reporter.check()
+        self.parts: dict[str, float] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.reporter.check()
+        loss, x.grad = self.objective.loss_and_grad(x, x.grad)
+        self.parts = dict(self.objective.parts)
+        return loss
+
+
+def _objective(vgg: VGGFeatures, guide: torch.Tensor, content_feats: list[dict[str, torch.Tensor] | None], k: int,
+               grams: dict[str, torch.Tensor], settings: Settings, plan: StagePlan, device: torch.device,
+               reporter: _Reporter) -> _WholeObjective | _TiledObjective:
+    """The stage's objective; a tiled stage's content targets are computed on first use and kept (every
+    style shares them)."""
+    if plan.inner is None:
+        return _WholeObjective(vgg, content_feats[k] or {}, grams, settings, reporter)
+    photo255 = (guide * 255.0).to(device)
+    if content_feats[k] is None:
+        content_feats[k] = tiled.tiled_features(vgg, photo255, tuple(settings.content_layers), plan.inner)
+    objective = tiled.TiledObjective(vgg, photo255, grams, settings, inner=plan.inner, targets=content_feats[k])
+    return _TiledObjective(objective, reporter)
+
+
+def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, settings: Settings, iterations: int,
+              reporter: _Reporter, *, start: int = 0, history: int = 100,
+              saver: "_Saver | None" = None) -> tuple[torch.Tensor, dict[str, float], str | None]:
+    """One stage for one style, its iterations ``start + 1 .. iterations`` (``start`` > 0: resumed from a
+    checkpoint). Returns (best image 0..255, its losses, None / "cancel" / "pause")."""
     s = settings
-    content_losses = {k: ContentLoss(v, s.content_weight, s.normalize_gradients) for k, v in content.items()}
-    style_w = s.style_weight * strength.weight_factor(s.style_strength)
-    style_losses = {k: StyleLoss(v, style_w, s.normalize_gradients) for k, v in grams.items()}
-    tv = TVLoss(s.tv_weight)
-    layers = tuple(dict.fromkeys([*content_losses, *style_losses]))
     x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
-    best = {"loss": math.inf, "image": x0.detach().clone(), "parts": {}}
+    del x0
+    best: dict = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
+    reporter.done_in_stage = start
 
     def evaluate() -> torch.Tensor:
-        reporter.check()
-        feats = vgg(x, layers)
-        c = sum(loss(feats[k]) for k, loss in content_losses.items())
-        st = sum(loss(feats[k]) for k, loss in style_losses.items())
-        t = tv(x)
-        total = c + st + t
-        value = float(total.detach())
+        total = objective(x)
+        value = float(total)
         if math.isfinite(value) and value < best["loss"]:
             best["loss"] = value
-            best["image"] = x.detach().clone()
-            best["parts"] = {"content": float(c.detach()), "style": float(st.detach()),
-                             "tv": float(t.detach()), "total": value}
-        return total
-
-    if iterations == 0:
-        with torch.no_grad():
-            evaluate()
-        return best["image"], best["parts"], False
-
-    if s.optimizer == "lbfgs":
-        history = int(max(5, min(100, LBFGS_HISTORY_BYTES / (2 * 4 * x.numel()))))
-        opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=-1, tolerance_change=-1)
-    else:
-        opt = torch.optim.Adam([x], lr=s.learning_rate)
-
-    primed: list[torch.Tensor] = []
-
-    def closure() -> torch.Tensor:
-        if primed:              # the evaluation made to size the first step: its gradient is still in x.grad
-            return primed.pop()
-        with torch.no_grad():   # optimise the image we will return: in range (the output is clamped anyway)
-            x.clamp_(0.0, 255.0)
-        opt.zero_grad(set_to_none=True)
-        total = evaluate()
-        total.backward()
+            best["image"].copy_(x.detach())
+            best["parts"] = dict(objective.parts)
         return total
 
     try:
+        if iterations - start <= 0:
+            evaluate()
+            return best["image"], best["parts"], None
+        if s.optimizer == "lbfgs":
+            opt: torch.optim.Optimizer = torch.optim.LBFGS(
+                [x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=-1, tolerance_change=-1)
+        else:
+            opt = torch.optim.Adam([x], lr=s.learning_rate)
+
+        primed: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            if primed:              # the evaluation made to size the first step: its gradient is still in x.grad
+                return primed.pop()
+            with torch.no_grad():   # optimise the image we will return: in range (the output is clamped anyway)
+                x.clamp_(0.0, 255.0)
+            return evaluate()
+
         if isinstance(opt, torch.optim.LBFGS):
             primed.append(closure())
             _scale_first_step(opt, x.grad)
-        for i in range(1, iterations + 1):
-            if i == 2 and isinstance(opt, torch.optim.LBFGS):
+        for i in range(start + 1, iterations + 1):
+            if i == start + 2 and isinstance(opt, torch.optim.LBFGS):
                 opt.param_groups[0]["lr"] = 1.0     # from here on L-BFGS sizes its own steps
             reporter.check()
             # LBFGS with max_iter=1 evaluates once per step and keeps its history between steps.
             loss = opt.step(closure)
             value = float(loss.detach()) if loss is not None else math.nan
             reporter.report(i, iterations, value, x, best["loss"])
+            if saver is not None and i < iterations and saver.due():
+                saver.save(i, best["image"])
             if not math.isfinite(value):
                 break
     except _Cancelled:
-        return best["image"], best["parts"], True
-    return best["image"], best["parts"], False
+        return best["image"], best["parts"], "cancel"
+    except _Paused:
+        return best["image"], best["parts"], "pause"
+    return best["image"], best["parts"], None
 
 
 def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None) -> None:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..settings import Settings, SettingsError
+from .strength import weight_factor
 from .vgg import LAYER_INDEX, VGGFeatures, layer_stride, mirror_mode, mirror_pad
 
 ALIGN = 16                  # four 2x2 poolings before relu5_x: block origins on this grid
@@ -152,6 +153,19 @@ def budget_bytes(settings: Settings, device: torch.device) -> int:
     return free if device.type == "cuda" else min(free, AUTO_CAP_BYTES)
 
 
+def block_count(vgg: VGGFeatures, layers: tuple[str, ...], height: int, width: int, inner: int) -> int:
+    """How many blocks of inner side ``inner`` an image of this size needs (1: it fits whole)."""
+    return len(_Grid(vgg, layers, height, width, inner).blocks)
+
+
+def margins(vgg: VGGFeatures, layers: tuple[str, ...]) -> tuple[int, int]:
+    """(before, after) context of a block for ``layers`` (the receptive field, and the mirrored frame)."""
+    before, after = context(vgg.features, _deepest(layers))
+    if vgg.mirror:
+        before, after = max(before, 3 * vgg.mirror), max(after, 2 * vgg.mirror)
+    return before, after
+
+
 def _deepest(layers: tuple[str, ...] | list[str]) -> int:
     return max(LAYER_INDEX[name] for name in layers)
 
@@ -178,9 +192,8 @@ class _Grid:
     (``vgg.frame``; none without mirror padding), and which feature positions each block owns."""
 
     def __init__(self, vgg: VGGFeatures, layers: tuple[str, ...], height: int, width: int, inner: int) -> None:
-        before, after = context(vgg.features, _deepest(layers))
-        if vgg.mirror:   # a border block must hold the pixels its frame mirrors (up to 2 * mirror - 1 px)
-            before, after = max(before, 3 * vgg.mirror), max(after, 2 * vgg.mirror)
+        # a border block must hold the pixels its frame mirrors (up to 2 * mirror - 1 px): see margins()
+        before, after = margins(vgg, layers)
         self.height, self.width = height, width
         self.frame = vgg.frame(height, width)
         self.mode = mirror_mode(height, width, vgg.mirror)
@@ -315,7 +328,8 @@ class TiledObjective:
     """
 
     def __init__(self, vgg: VGGFeatures, content255: torch.Tensor, grams: dict[str, torch.Tensor],
-                 settings: Settings, inner: int | None = None, on_block: BlockCallback | None = None) -> None:
+                 settings: Settings, inner: int | None = None, on_block: BlockCallback | None = None,
+                 targets: dict[str, torch.Tensor] | None = None) -> None:
         if settings.normalize_gradients:
             raise SettingsError("normalize_gradients", "is not available with the tiled (large-image) computation: "
                                 "each layer's gradient norm needs the whole image at once; turn it off")
@@ -324,7 +338,7 @@ class TiledObjective:
         self.style_layers = tuple(grams)
         self.layers = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
         self.content_weight = float(settings.content_weight)
-        self.style_weight = float(settings.style_weight * settings.style_strength)
+        self.style_weight = float(settings.style_weight * weight_factor(settings.style_strength))  # as optimize.py
         self.tv_weight = float(settings.tv_weight)
         before, after = context(vgg.features, _deepest(self.layers))
         if inner is None:
@@ -334,7 +348,8 @@ class TiledObjective:
         height, width = content255.shape[-2:]
         self.grid = _Grid(vgg, self.layers, height, width, inner)
         self.grams = {k: v.detach() for k, v in grams.items()}
-        self.targets = tiled_features(vgg, content255, self.content_layers, inner)
+        # the photo's content features (``tiled_features``): given when several styles share them
+        self.targets = targets if targets is not None else tiled_features(vgg, content255, self.content_layers, inner)
         self.parts: dict[str, float] = {}
         self.on_block = on_block
 

@@ -43,6 +43,7 @@ class Progress:
     percent: float | None = None
     eta_seconds: float | None = None
     best_loss: float | None = None
+    resumed: bool = False    # this run went on from a checkpoint (a paused or interrupted run) instead of from 0
 
     @property
     def fraction(self) -> float:
@@ -56,17 +57,36 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class CancelToken:
-    """Set from any thread; the optimisation loop checks it every iteration and stops cleanly."""
+    """Set from any thread; the optimisation loop checks it every iteration (and every block of a tiled
+    evaluation) and stops cleanly.
+
+    ``cancel()``: stop and return the best result so far. ``pause()``: stop, save a checkpoint (when
+    ``stylize`` was given one) and return a result with ``paused=True`` and no images; calling ``stylize``
+    again with the same checkpoint goes on from there. Cancel wins over pause when both are set."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._pause = threading.Event()
 
     def cancel(self) -> None:
         self._event.set()
 
+    def pause(self) -> None:
+        self._pause.set()
+
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set() and not self._event.is_set()
+
+
+class StyleResolutionWarning(UserWarning):
+    """A style image is smaller than a stage needs it (style_scale x the stage's long side): it is
+    upsampled, so the painted texture can be no finer than the style image. Front ends may show it;
+    the run goes on. The same text is in :attr:`StylizeResult.warnings`."""
 
 
 @dataclass
@@ -83,4 +103,7 @@ class StylizeResult:
     settings: Settings          # the settings actually used (seed filled in)
     working_size: tuple[int, int]   # (width, height) of the last optimisation stage
     cancelled: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0        # the run's seconds, those before a pause or interruption included
+    paused: bool = False        # stopped by CancelToken.pause(): no images; resume with the same checkpoint
+    resumed: bool = False       # went on from a checkpoint
+    warnings: list[str] = field(default_factory=list)   # e.g. StyleResolutionWarning texts, for front ends

@@ -1,0 +1,205 @@
+"""Checkpoints of a stylisation, so that an hours-long run (print resolution on a CPU) survives a pause,
+a restart of the daemon or a crash, and goes on where it was.
+
+The contract other parts build on (daemon pause/requeue, hot-folder resume):
+
+- :class:`EngineState` is what a run needs to go on: which style (job), stage and iteration it reached, the
+  best image of that stage so far, the finished styles' last-stage images, the seed and the time spent.
+- :class:`Checkpoint` is anything with ``load()`` and ``save(state)``; :class:`FileCheckpoint` keeps one
+  state in a ``.npz`` file, written atomically.
+- ``stylize(..., checkpoint=cp)`` loads first and resumes from a state whose fingerprint matches the run
+  (:func:`fingerprint`); it saves at each stage's end, at least every ``interval_s`` (the checkpoint's
+  attribute, :data:`DEFAULT_INTERVAL_S` if it has none), and when paused. It never deletes the
+  checkpoint: a finished run's last state (every style done) makes a repeated call return at once; the
+  caller removes the file (:meth:`FileCheckpoint.remove`) when it has written the results.
+
+Images in a state are float32, **C x H x W (RGB), 0..255** (the optimiser's pixel scale), at the size of
+their stage (``finished``: the last stage, the working size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..imaging import Picture
+from ..settings import Settings
+from .types import StyleInput
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1                     # bumped when the file's layout changes (older files are then ignored)
+DEFAULT_INTERVAL_S = 120.0
+# Settings that only change what happens after the optimisation (or how fast it runs), not its images:
+# a checkpoint stays valid when they change. The seed is checked apart (None = the checkpoint's).
+OUTPUT_ONLY = frozenset({"device", "preview_every", "block_memory", "upsample", "guided_radius", "guided_eps",
+                         "original_colors", "seed"})
+
+
+@dataclass
+class EngineState:
+    """Where a run is. Images: float32 C x H x W, RGB 0..255 (see the module doc)."""
+
+    fingerprint: str          # :func:`fingerprint` of the run's inputs and settings
+    style_index: int          # the job (style, then the blend) being optimised; == number of jobs: all done
+    stage: int                # 0-based stage of the ladder
+    iteration: int            # iterations of that stage done (== the stage's count: the stage is done)
+    image: np.ndarray         # the best image of that stage so far
+    finished: list[np.ndarray] = field(default_factory=list)   # last-stage best images of the jobs done
+    seed: int = 0
+    elapsed_s: float = 0.0    # optimisation seconds spent so far, over every session
+
+
+@runtime_checkable
+class Checkpoint(Protocol):
+    def load(self) -> EngineState | None: ...
+
+    def save(self, state: EngineState) -> None: ...
+
+
+def _digest(h: "hashlib._Hash", array: np.ndarray) -> None:
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(np.ascontiguousarray(array).data)
+
+
+def fingerprint(content: Picture, styles: list[StyleInput], settings: Settings) -> str:
+    """SHA-256 of the photo's and styles' pixels, the styles' names and the settings that change the
+    optimised images (all but :data:`OUTPUT_ONLY`). The init image file is named by path (its pixels are
+    not read here)."""
+    h = hashlib.sha256(b"stylebridge-checkpoint-%d" % FORMAT)
+    _digest(h, content.rgb)
+    for style in styles:
+        h.update(b"\0style\0" + style.name.encode("utf-8", "surrogatepass") + b"\0")
+        _digest(h, style.picture.rgb)
+    values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in OUTPUT_ONLY}
+    h.update(repr(sorted(values.items())).encode())
+    return h.hexdigest()
+
+
+class FileCheckpoint:
+    """One :class:`EngineState` in ``path`` (.npz, no pickled objects).
+
+    ``save`` writes a temporary file in the same folder, fsyncs it and renames it over ``path``
+    (``os.replace``): a crash leaves the previous checkpoint or the new one, never half of one. A save
+    that fails (full disk, folder gone) is logged and warned about once and does not stop the run; the
+    previous checkpoint stays. ``load`` returns None for a missing file, a file that is not a checkpoint
+    (renamed aside to ``<name>.corrupt``), or one whose fingerprint differs from ``fingerprint`` (set by
+    ``stylize`` before it loads; None accepts any).
+    """
+
+    def __init__(self, path: Path | str, interval_s: float = DEFAULT_INTERVAL_S, *,
+                 fingerprint: str | None = None) -> None:
+        self.path = Path(path)
+        self.interval_s = float(interval_s)
+        self.fingerprint = fingerprint
+        self.failed = False      # a save has failed (warned once)
+
+    # -- saving ---------------------------------------------------------------------------------
+    def save(self, state: EngineState) -> None:
+        arrays = {
+            "format": np.array(FORMAT, dtype=np.int64),
+            "fingerprint": np.array(state.fingerprint),
+            "numbers": np.array([state.style_index, state.stage, state.iteration, state.seed], dtype=np.int64),
+            "elapsed_s": np.array(state.elapsed_s, dtype=np.float64),
+            "image": np.ascontiguousarray(state.image, dtype=np.float32),
+            "finished_count": np.array(len(state.finished), dtype=np.int64),
+        }
+        for i, image in enumerate(state.finished):
+            arrays[f"finished_{i}"] = np.ascontiguousarray(image, dtype=np.float32)
+        tmp: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            tmp = None
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            if not self.failed:
+                self.failed = True
+                message = (f"checkpoint {self.path}: could not be saved ({exc.strerror or exc}); the run goes on, "
+                           "the previous checkpoint (if any) is kept; free some space to resume from a later point")
+                log.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    # -- loading --------------------------------------------------------------------------------
+    def load(self) -> EngineState | None:
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                if int(data["format"]) != FORMAT:
+                    return None
+                numbers = data["numbers"]
+                count = int(data["finished_count"])
+                state = EngineState(
+                    fingerprint=str(data["fingerprint"]), style_index=int(numbers[0]), stage=int(numbers[1]),
+                    iteration=int(numbers[2]), seed=int(numbers[3]), elapsed_s=float(data["elapsed_s"]),
+                    image=np.asarray(data["image"], dtype=np.float32),
+                    finished=[np.asarray(data[f"finished_{i}"], dtype=np.float32) for i in range(count)])
+            _check(state)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+            if not self.path.exists():
+                return None
+            self._set_aside(exc)
+            return None
+        if self.fingerprint is not None and state.fingerprint != self.fingerprint:
+            log.info("checkpoint %s is of another run (inputs or settings changed): starting afresh", self.path)
+            return None
+        return state
+
+    def remove(self) -> None:
+        """Delete the checkpoint (the caller has the results)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _set_aside(self, exc: BaseException) -> None:
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        log.warning("checkpoint %s is unreadable (%s): moved to %s, starting afresh", self.path, exc, aside.name)
+        try:
+            os.replace(self.path, aside)
+        except OSError:
+            pass
+
+
+def _check(state: EngineState) -> None:
+    """ValueError unless the state's numbers and images have sane shapes (a file can be anything)."""
+    if min(state.style_index, state.stage, state.iteration) < 0:
+        raise ValueError("negative position")
+    for image in [state.image, *state.finished]:
+        if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
+            raise ValueError(f"image of shape {image.shape}, not 3 x H x W")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
