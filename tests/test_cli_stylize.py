@@ -88,7 +88,23 @@ def test_progress_bar_on_stderr_and_paths_on_stdout(tmp_path, inputs, capsys) ->
                             capsys)
     assert code == 0
     assert stdout.strip().endswith("tubingen_starry_night.png")
-    assert "3/3" in err and "starry_night" in err
+    # the one progress text (bridge.progress -> progress_text), plus the best loss so far
+    assert "starry_night (1/1), stage 1/1, iteration 3/3" in err and "best loss " in err, err
+
+
+def test_json_reports_the_device_used_the_real_working_size_and_whole_seconds(tmp_path, inputs, capsys) -> None:
+    """--size above the photo's long side runs at the photo's size; "device" is resolved, never "auto";
+    "seconds" covers every timing it lists."""
+    code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-o", tmp_path / "o",
+                             "--size", "512", "--iterations", "1", "--no-coarse-to-fine", "--json", "--quiet"],
+                            capsys)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["working_size"] == [96, 72] and summary["native_size"] == [96, 72]
+    assert summary["settings"]["device"] == "auto" and summary["device"] in ("cpu", "cuda", "mps"), summary
+    assert set(summary["timings"]) == {"prepare", "stylize", "write"}
+    assert summary["seconds"] + 1e-9 >= sum(summary["timings"].values()) > 0
+    assert summary["notes"] == []
 
 
 def test_single_image_output_and_16_bit(tmp_path, photo, inputs, capsys) -> None:
@@ -119,6 +135,7 @@ def test_options_only_what_was_typed() -> None:
 @pytest.mark.parametrize("case", [
     "missing_content", "missing_style", "not_an_image", "truncated", "bad_choice", "bad_number",
     "bad_layer", "blend_count", "mask_without_psd", "out_is_file", "bad_style_mask", "over_limit",
+    "min_size_over_limit", "too_many_styles",
 ])
 def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, inputs, capsys) -> None:
     out = tmp_path / "out"
@@ -153,6 +170,10 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, inputs, capsy
         extra = ["--style-mask", "nosuchstyle=" + str(inputs["photo"])]
     elif case == "over_limit":
         extra = ["--size", "5000"]
+    elif case == "min_size_over_limit":            # the CLI once skipped this limit (the daemon did not)
+        extra = ["--min-size", "5000", "--coarse-to-fine"]
+    elif case == "too_many_styles":
+        extra = [a for _ in range(17) for a in ("-s", style)]
     before = sorted(p.name for p in tmp_path.iterdir())
     code, stdout, err = cli(["stylize", content, "-s", style, "-o", out, *FAST, *extra], capsys)
     assert code == 2
@@ -161,6 +182,10 @@ def test_bad_input_one_line_exit_2_nothing_written(case, tmp_path, inputs, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if case == "out_is_file":
         assert out.read_text() == "user data"
+    if case in ("over_limit", "min_size_over_limit"):
+        assert "limit of 4096 px (max_size)" in err, err
+    if case == "too_many_styles":
+        assert "18 styles is over the limit of 16" in err, err
 
 
 def test_psd_output_with_masks(tmp_path, inputs, photo, capsys) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -25,13 +26,14 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..imaging import ImageError, Picture, load_image, load_mask, save_image
+from ..job import JobSpec, Source, check
 from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
-from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError, \
-    settings_from_mapping
+from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError
 
 DOCUMENT_SUFFIXES = (".psd", ".psb")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
@@ -102,12 +104,16 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     try:
         job = _prepare(args)
     except (CliError, OutputError, SettingsError, ImageError, ValueError) as exc:
         return _fail(exc)
+    for note in job.spec.notes:
+        print(f"stylebridge: note: {note}", file=sys.stderr)
     from ..engine.device import DeviceError
     from ..engine.vgg import WeightsError
+    prepared = time.perf_counter()
     try:
         result = _stylize(job, args)
     except (SettingsError, ImageError, WeightsError, DeviceError) as exc:
@@ -117,17 +123,20 @@ def run(args: argparse.Namespace) -> int:
     if not result.images:   # interrupted before the first result existed
         print("stylebridge: interrupted: nothing written", file=sys.stderr)
         return 130
+    stylized = time.perf_counter()
     try:
         written, problems = _write(job, result)
     except (CliError, ValueError) as exc:
         return _fail(exc)
+    finished = time.perf_counter()
     if result.cancelled:
         print("stylebridge: interrupted: wrote the best result so far (optimisation not finished)",
               file=sys.stderr)
     for line in problems:
         print(f"stylebridge: {line}", file=sys.stderr)
     if args.json:
-        summary = _summary(job, result, written)
+        timings = {"prepare": prepared - started, "stylize": stylized - prepared, "write": finished - stylized}
+        summary = _summary(job, result, written, timings)
         if problems:
             summary["errors"] = problems
         print(json.dumps(summary, indent=2))
@@ -147,47 +156,70 @@ def _fail(exc: Exception | str, code: int = 2) -> int:
 
 @dataclasses.dataclass
 class _Job:
+    spec: JobSpec                    # what to do: parsed and checked once (bridge.job)
     content: Picture
-    styles: list  # list[StyleInput]
-    settings: Settings
-    document: DocumentSettings
+    styles: list                     # list[StyleInput], named spec.style_names
     output: Path
     kind: str                        # "folder" | "document" | "image"
     masks: Any = None
     make_parents: bool = False       # folder output given with a trailing /: create missing parents too
+
+    @property
+    def settings(self) -> Settings:
+        return self.spec.settings
+
+    @property
+    def document(self) -> DocumentSettings:
+        return self.spec.document
+
+
+def build_spec(args: argparse.Namespace) -> JobSpec:
+    """The command line as one :class:`~bridge.job.JobSpec` (the one parse), checked against the limits
+    every front end applies (:func:`bridge.job.check`)."""
+    styles = [Source(path=path, name=_safe(Path(path).stem)) for path in args.styles]
+    style_masks: list[tuple[str, Source]] = []
+    for item in args.style_mask:
+        style, sep, path = item.partition("=")
+        if not sep or not style or not path:
+            raise CliError(f"--style-mask {item!r}: expected STYLE=FILE")
+        style_masks.append((style, Source(path=path)))
+    spec = JobSpec.build(given_options(args), styles, mask=Source(path=args.mask) if args.mask else None,
+                         style_masks=tuple(style_masks), name=_safe(Path(args.content).stem))
+    try:
+        check(spec, LIMITS)
+    except SettingsError as exc:
+        if exc.option == "style_masks":           # say it with the option the user typed
+            raise CliError(f"--style-mask {str(exc).split(': ', 1)[-1]}") from None
+        raise
+    return spec
 
 
 def _prepare(args: argparse.Namespace) -> _Job:
     """Everything that can be wrong with the input is found here, before any work or any file is written."""
     from ..engine.types import StyleInput
 
-    settings, document, _ = settings_from_mapping(given_options(args))
-    _check_limits(settings, len(args.styles))
+    spec = build_spec(args)
+    settings = spec.settings
     if settings.init == "file":
         load_image(settings.init_image or "")
     content = load_image(args.content)
     styles: list[StyleInput] = []
-    used: set[str] = set()
-    for path in args.styles:
-        pic = load_image(path)
-        name = _unique_name(_safe(pic.name), used)
+    for src, name in zip(spec.styles, spec.style_names):
+        pic = load_image(src.path or "")
         styles.append(StyleInput(name, dataclasses.replace(pic, name=name)))
     names = [s.name for s in styles] + (["blend"] if settings.style_blend_weights is not None else [])
-    if settings.style_blend_weights is not None and len(settings.style_blend_weights) != len(styles):
-        raise SettingsError("style_blend_weights",
-                            f"{len(settings.style_blend_weights)} weights given for {len(styles)} styles")
     output, kind = _output_kind(args.output)
     if kind == "image" and len(names) != 1:
         raise CliError(f"{output}: {len(names)} results need a folder or a .psd/.psb as OUT")
-    if kind != "document" and (args.mask or args.style_mask):
+    if kind != "document" and (spec.mask or spec.style_masks):
         raise CliError("--mask and --style-mask apply to .psd/.psb output only")
-    masks = _masks(args, content, names) if kind == "document" else None
+    masks = _masks(spec, content, names) if kind == "document" else None
     if kind == "document":
         _import_document()
     files = [f"{_safe(content.name)}_{n}.png" for n in names] if kind == "folder" else [output.name]
     make_parents = kind == "folder" and args.output.endswith(("/", os.sep))
     _check_output(output, kind, files, make_parents)
-    return _Job(content, styles, settings, document, output, kind, masks, make_parents)
+    return _Job(spec, content, styles, output, kind, masks, make_parents)
 
 
 def _output_kind(raw: str) -> tuple[Path, str]:
@@ -245,33 +277,17 @@ def _check_output(output: Path, kind: str, files: list[str], make_parents: bool)
                           f"{path_max}: choose a shorter OUT")
 
 
-def _check_limits(settings: Settings, styles: int) -> None:
-    """The hard limits of bridge.settings.LIMITS (the same ones the daemon and hot folder apply)."""
-    if styles > LIMITS.max_styles:
-        raise CliError(f"{styles} styles given; at most {LIMITS.max_styles} per run")
-    if settings.size > LIMITS.max_size:
-        raise SettingsError("size", f"{settings.size} is above the limit of {LIMITS.max_size}")
-    for name in ("iterations", "coarse_iterations"):
-        if getattr(settings, name) > LIMITS.max_iterations:
-            raise SettingsError(name, f"{getattr(settings, name)} is above the limit of {LIMITS.max_iterations}")
-
-
-def _masks(args: argparse.Namespace, content: Picture, names: list[str]) -> Any:
-    def read(path: str) -> Any:
+def _masks(spec: JobSpec, content: Picture, names: list[str]) -> Any:
+    """The mask files, read at the photo's size: one for every layer, and/or one per named style."""
+    def read(src: Source) -> Any:
+        path = src.path or ""
         try:
             return load_mask(path, (content.width, content.height))   # float32 0..1, photo-sized
         except ImageError as exc:
             raise CliError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
 
-    common = read(args.mask) if args.mask else None
-    named: dict[str, Any] = {}
-    for item in args.style_mask:
-        style, sep, path = item.partition("=")
-        if not sep or not style or not path:
-            raise CliError(f"--style-mask {item!r}: expected STYLE=FILE")
-        if style not in names:
-            raise CliError(f"--style-mask {style!r}: no such style (styles: {', '.join(names)})")
-        named[style] = read(path)
+    common = read(spec.mask) if spec.mask else None
+    named = {style: read(src) for style, src in spec.style_masks}
     if not named:
         return common
     if common is not None:
@@ -290,14 +306,6 @@ def _import_document() -> Any:
 def _safe(name: str) -> str:
     cleaned = re.sub(r"[^\w.\- ]+", "_", name).strip(" .")
     return cleaned or "style"
-
-
-def _unique_name(name: str, used: set[str]) -> str:
-    candidate, n = name, 2
-    while candidate in used or candidate == "blend":
-        candidate, n = f"{name}-{n}", n + 1
-    used.add(candidate)
-    return candidate
 
 
 def _stylize(job: _Job, args: argparse.Namespace) -> Any:
@@ -322,8 +330,8 @@ def _stylize(job: _Job, args: argparse.Namespace) -> Any:
 
 
 class _ProgressBar:
-    """tqdm on stderr showing the engine's stage-weighted percent and time left (the numbers the daemon
-    and GIMP show too; tqdm's own rate would count iterations as equal), the stage and the best loss."""
+    """tqdm on stderr: the engine's stage-weighted percent, the one progress text every front end shows
+    (:func:`bridge.progress.progress_line`: style, stage, iteration, time left) and the best loss so far."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -333,15 +341,15 @@ class _ProgressBar:
         if not self.enabled:
             return
         from tqdm import tqdm
+
+        from ..progress import progress_line
         if self.bar is None:
             self.bar = tqdm(total=100.0, file=sys.stderr, dynamic_ncols=True,
                             bar_format="{percentage:3.0f}%|{bar}| {elapsed}{postfix}")   # postfix: ", ..."
         self.bar.n = round(100.0 * p.fraction, 1)
-        left = "" if p.eta_seconds is None else f"{tqdm.format_interval(p.eta_seconds)} left, "
         loss = p.best_loss if p.best_loss is not None else p.loss
-        self.bar.set_postfix_str(f"{left}{p.style_name} stage {p.stage}/{p.stages} {p.stage_size}px "
-                                 f"it {p.iteration}/{p.stage_iterations}"
-                                 + (f", best loss {loss:.4g}" if loss is not None else ""), refresh=False)
+        self.bar.set_postfix_str(progress_line(p) + (f", best loss {loss:.4g}" if loss is not None else ""),
+                                 refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
@@ -399,18 +407,28 @@ def _why(exc: Exception) -> str:
     return explain(exc) if isinstance(exc, OSError) else str(exc)
 
 
-def _summary(job: _Job, result: Any, written: list[Path | None]) -> dict[str, Any]:
+def _summary(job: _Job, result: Any, written: list[Path | None], timings: dict[str, float]) -> dict[str, Any]:
+    """The ``--json`` summary: what was written, the settings used, where and how long it ran.
+
+    ``seconds`` is the whole run (reading, stylising, writing): never less than the sum of ``timings``.
+    ``working_size`` is the size the last stage really ran at (the photo's own when it is smaller than
+    ``size``); ``device`` the one used (``auto`` resolved).
+    """
     images = [{"name": img.name, "losses": img.losses} for img in result.images]
     if job.kind == "folder":
         for entry, path in zip(images, written):
             entry["path"] = str(path) if path is not None else None
+    from ..engine.device import resolve_device
     return {
         "outputs": [str(p) for p in written if p is not None],
         "images": images,
         "settings": result.settings.to_dict(),
         "document_settings": job.document.to_dict() if job.kind == "document" else None,
+        "device": str(resolve_device(result.settings.device)),
         "working_size": list(result.working_size),
         "native_size": [job.content.width, job.content.height],
         "cancelled": result.cancelled,
-        "seconds": round(result.seconds, 3),
+        "seconds": math.ceil(sum(timings.values()) * 1000) / 1000,     # ms, rounded up; timings down
+        "timings": {k: math.floor(v * 1000) / 1000 for k, v in timings.items()},
+        "notes": list(job.spec.notes),
     }
