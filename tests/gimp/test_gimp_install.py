@@ -33,9 +33,9 @@ def test_install_and_uninstall_with_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(dest) in proc.stdout and "stylebridge serve" in proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
-    for name in ("stylebridge.py", "sb_png.py", "sb_client.py"):   # the folder as it stands, client included
+    for name in gimp_install.PLUGIN_FILES:                # the folder as it stands, client included
         assert (dest / name).read_bytes() == (REPO / "gimp_plugin" / "stylebridge" / name).read_bytes()
-    assert sorted(p.name for p in dest.iterdir()) == ["sb_client.py", "sb_png.py", "stylebridge.py"]
+    assert sorted(p.name for p in dest.iterdir()) == ["sb_client.py", "sb_logic.py", "sb_png.py", "stylebridge.py"]
     assert run().returncode == 0                       # again: replaces in place
     proc = run("--uninstall")
     assert proc.returncode == 0 and str(dest) in proc.stdout and not dest.exists()
@@ -58,7 +58,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("path, extra", [
-    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png"}),
+    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic"}),
+    ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # also the package's bridge.daemon.protocol_client
 ])
