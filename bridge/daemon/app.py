@@ -35,16 +35,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..document.model import Group
 from ..imaging import SUPPORTED, ImageError, Picture, load_image
-from ..settings import DEFAULTS, LIMITS, DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, \
-    load_settings_json, settings_from_mapping
-from .jobs import MASK_MODES, ImageShape, Job, JobFiles, JobManager, QueueFull, Runner, default_job_memory, \
+from ..job import FIXED_BY_DAEMON, PROTOCOL_VERSION, JobSpec, LimitError, Source, check, limit_error, mask_word
+from ..settings import DEFAULTS, LIMITS, SERVICE, DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, \
+    load_settings_json, normalise_keys, settings_from_mapping
+from .jobs import ImageShape, Job, JobFiles, JobManager, QueueFull, Runner, default_job_memory, \
     estimate_job_memory, iter_array_png, run_engine
 from .library import LibraryError, StyleLibrary, check_name, name_from_filename
 from .security import Guard, allowed_host_names
 
 PNG = "image/png"
-FIXED_BY_DAEMON = ("device", "weights")     # chosen when the daemon starts (weights are loaded once)
-NOT_OVER_HTTP = ("init_image",)             # would make the daemon read a path named by the client
 
 
 class ApiError(Exception):
@@ -269,15 +268,6 @@ def _strip_label(message: str) -> str:
     return message[len("upload: "):] if message.startswith("upload: ") else message
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    out, n = name, 2
-    while out in taken or out == "blend":
-        out = f"{name}-{n}"
-        n += 1
-    taken.add(out)
-    return out
-
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -296,45 +286,126 @@ def _style_json(entry: Any) -> dict[str, Any]:
             "thumbnail_url": f"{path}/thumbnail.png", "image_url": f"{path}/image"}
 
 
-LIMITED_OPTIONS = {"iterations": "max_iterations", "coarse_iterations": "max_iterations",
-                   "size": "max_size", "min_size": "max_size"}
+#: Added to the answer of a job sent with protocol 1's fields.
+LEGACY_NOTE = ("the fields styles, settings, mask_mode and name are protocol 1 and work for one more release; "
+               "send the job as one 'job' field (protocol 2, docs/protocol.md)")
+LEGACY_EXTRA = ("mask_mode", "name")      # protocol 1 also took these inside its settings JSON
 
 
-def _over_limit(option: str, value: Any, limits: Limits) -> ApiError | None:
-    """422 naming the daemon's own limit (not the Settings field's wider maximum) when ``value`` is over it."""
-    name = LIMITED_OPTIONS[option]
-    limit = getattr(limits, name)
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= limit:
-        return None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
-        value = int(value)
-    unit = " px" if name == "max_size" else ""
-    return ApiError(422, f"{option.replace('_', '-')}: {value} is over the daemon's limit of {limit}{unit} "
-                         f"({name}); use at most {limit}", limit=name, value=value, option=option)
+def _load_json(text: str, option: str, limits: Limits) -> Any:
+    """The guarded JSON parser (size, nesting, digits) with its errors as 4xx."""
+    try:
+        return load_settings_json(text, option=option, limits=limits)
+    except SettingsError as exc:
+        raise _settings_error(exc, None, limits) from None
 
 
-def check_limits(settings: Settings, limits: Limits) -> None:
-    """The machine-protecting limits of :data:`bridge.settings.LIMITS` (422 with limit and value)."""
-    for option in LIMITED_OPTIONS:
-        error = _over_limit(option, getattr(settings, option), limits)
-        if error is not None:
-            raise error
+def legacy_job(names: list[str], uploads: int, settings: str | None, mask_mode: str | None, name: str | None,
+               has_mask: bool, limits: Limits) -> dict[str, Any]:
+    """Protocol 1's fields as the job JSON of protocol 2, so both go through one parse (JobSpec.from_json).
+
+    Library names come first, then the uploads, as protocol 1 ordered them; ``mask_mode`` first|all|none is
+    the job's ``reveal``, ``mask`` (or a mask without a mode) uses the uploaded mask for every style.
+    """
+    raw = _load_json(settings or "{}", "settings", limits)
+    if not isinstance(raw, dict):
+        raise ApiError(422, "settings: must be a JSON object", option="settings")
+    options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        word = str(key).replace("-", "_")
+        (extra if word in LEGACY_EXTRA else options)[key if word not in LEGACY_EXTRA else word] = value
+    mode = mask_mode if mask_mode is not None else extra.get("mask_mode")
+    run_name = name if name is not None else extra.get("name")
+    if run_name is not None and not isinstance(run_name, str):
+        raise ApiError(422, "name: must be text", option="name")
+    job: dict[str, Any] = {"protocol": 1, "settings": options,
+                           "styles": [{"library": n.strip()} for n in names if n is not None and str(n).strip()]
+                           + [{"upload": i} for i in range(uploads)]}
+    if mode is not None:
+        if mode == "mask":
+            if not has_mask:
+                raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
+            job["mask"] = {"upload": 0}
+        else:
+            try:
+                options["reveal"] = mask_word(mode) if isinstance(mode, str) else mask_word("?")
+            except SettingsError:
+                raise ApiError(422, f"mask_mode: {str(mode)[:40]!r} is not one of first, all, none, mask",
+                               option="mask_mode") from None
+    elif has_mask:
+        job["mask"] = {"upload": 0}
+    if run_name:
+        job["name"] = run_name
+    return job
 
 
-def _settings_error(exc: SettingsError, raw: Any) -> ApiError:
-    """422 for a bad setting; a value outside a field's range also gets ``limit`` and ``value``."""
+def _parse_job(data: Any, base: Settings, limits: Limits) -> JobSpec:
+    """The one parse (JobSpec.from_json on the daemon's defaults), then what the daemon fixes at start."""
+    try:
+        spec = JobSpec.from_json(data, base=base)
+    except SettingsError as exc:
+        raw = data.get("settings") if isinstance(data, dict) else None
+        raise _settings_error(exc, raw, limits) from None
+    for option in FIXED_BY_DAEMON:
+        if option not in spec.options:
+            continue
+        value = getattr(spec.settings, option)
+        if option == "device" and value == SERVICE.device:      # 'auto' means: whatever the daemon uses
+            spec = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, device=base.device))
+        elif value != getattr(base, option):
+            raise ApiError(422, f"{option}: fixed when the daemon starts ({getattr(base, option)!r}); "
+                                f"restart it with --{option} to change it", option=option)
+    return spec
+
+
+def _named(source: Source, files: list[UploadFile]) -> Source:
+    """An uploaded style without a name is named after its file (protocol 1 did the same)."""
+    if source.upload is None or source.name or not 0 <= source.upload < len(files):
+        return source
+    return dataclasses.replace(source, name=name_from_filename(files[source.upload].filename))
+
+
+def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int) -> None:
+    """Every ``{"upload": i}`` of the job names a file that came with it; masks are uploads only."""
+    for source in spec.styles:
+        if source.upload is not None and source.upload >= styles:
+            raise ApiError(422, f"styles: upload {source.upload} named, but {styles} style_files were sent "
+                                "(uploads count from 0)", option="styles")
+    if spec.mask is not None:
+        if spec.mask.upload != 0:
+            raise ApiError(422, "mask: the mask is an upload: {\"upload\": 0} with the file in 'mask'", option="mask")
+        if not mask:
+            raise ApiError(422, "mask: the job names a mask but no 'mask' file was sent", option="mask")
+    for style, source in spec.style_masks:
+        if source.upload is None:
+            raise ApiError(422, f"style_masks: the mask of {style!r} must be an upload ({{\"upload\": i}} with "
+                                "the i-th 'style_mask_files')", option="style_masks")
+        if source.upload >= style_masks:
+            raise ApiError(422, f"style_masks: upload {source.upload} named for {style!r}, but {style_masks} "
+                                "style_mask_files were sent (uploads count from 0)", option="style_masks")
+
+
+def _settings_error(exc: SettingsError, raw: Any, limits: Limits) -> ApiError:
+    """4xx for a bad setting: a :class:`LimitError` with its status, ``limit`` and ``value``; a value the parse
+    refused that is also over the daemon's own limit names that limit; one outside a field's range gets
+    ``<option>.maximum``/``.minimum``."""
     extra: dict[str, Any] = {"option": exc.option}
-    if isinstance(exc, JsonLimitError):
+    if isinstance(exc, (JsonLimitError, LimitError)):
         extra.update(limit=exc.limit, value=exc.value)
-        return ApiError(413 if exc.limit == "max_settings_bytes" else 422, str(exc), **extra)
+        status = exc.status if isinstance(exc, LimitError) else 413 if exc.limit == "max_settings_bytes" else 422
+        return ApiError(status, str(exc), **extra)
+    value = None
+    if isinstance(raw, dict):
+        try:
+            value = normalise_keys(raw).get(exc.option)
+        except SettingsError:
+            value = None
+    over = limit_error(exc.option, value, limits)
+    if over is not None:
+        return _settings_error(over, None, limits)
     meta = next((f.metadata for cls in (Settings, DocumentSettings) for f in dataclasses.fields(cls)
                  if f.name == exc.option), None)
-    value = raw.get(exc.option, raw.get(exc.option.replace("_", "-"))) if isinstance(raw, dict) else None
     if meta and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         if meta.get("max") is not None and value > meta["max"]:
             extra.update(limit=f"{exc.option}.maximum", value=value, maximum=meta["max"])
@@ -400,8 +471,8 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                                           f"a job takes a content, a mask and up to {config.limits.max_styles} styles",
                                  "limit": f"max_form_{kind}", "value": None}, 413)
         elif exc.status_code == 400 and "maximum size" in str(exc.detail):   # the multipart parser's cap
-            return JSONResponse({"error": f"a form field (settings, name, styles) is over the multipart parser's "
-                                          f"limit of 1 MB (max_form_field_bytes); settings JSON may be at most "
+            return JSONResponse({"error": f"a form field (job, settings, name, styles) is over the multipart parser's "
+                                          f"limit of 1 MB (max_form_field_bytes); job and settings JSON may be at most "
                                           f"{config.limits.max_settings_bytes:,} bytes",
                                  "limit": "max_form_field_bytes", "value": None}, 413)
         elif exc.status_code == 400:
@@ -447,7 +518,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     def health() -> Response:
         limits = config.limits
         return json_response({
-            "status": "ok", "version": __version__, "device": config.device, "weights": config.weights,
+            "status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION, "device": config.device, "weights": config.weights,
             "weights_path": config.weights_path, "queue": manager.counts(), "uptime_s": round(time.time() - started, 1),
             "token_required": config.token is not None, "preset": config.preset,
             "retention_s": config.retention_s,
@@ -508,59 +579,41 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     @app.post("/v1/jobs", status_code=202, summary="Submit a stylisation job")
     def submit_job(
         content: Annotated[UploadFile, File(description="the photo: PNG/TIFF/JPEG/WebP, 8/16-bit, alpha kept")],
-        styles: Annotated[list[str] | None, Form(description="library style names (repeatable)")] = None,
+        job: Annotated[str | None, Form(description="protocol 2: the job as JSON (bridge.job.JobSpec.to_json); "
+                                                    "{\"upload\": i} names the i-th style_files / style_mask_files "
+                                                    "upload, {\"upload\": 0} the mask")] = None,
         style_files: Annotated[list[UploadFile] | None, File(description="uploaded style images (repeatable)")] = None,
-        settings: Annotated[str, Form(description="JSON object of bridge.settings options, plus preset")] = "{}",
         mask: Annotated[UploadFile | None, File(description="grey PNG of the content's size")] = None,
-        mask_mode: Annotated[str | None, Form(description="first|all|none|mask")] = None,
-        name: Annotated[str | None, Form(description="run name (the group's name)")] = None,
+        style_mask_files: Annotated[list[UploadFile] | None,
+                                    File(description="protocol 2: grey PNGs named by the job's style_masks")] = None,
+        styles: Annotated[list[str] | None, Form(description="deprecated (protocol 1): library style names",
+                                                 deprecated=True)] = None,
+        settings: Annotated[str | None, Form(description="deprecated (protocol 1): JSON object of settings",
+                                             deprecated=True)] = None,
+        mask_mode: Annotated[str | None, Form(description="deprecated (protocol 1): first|all|none|mask",
+                                              deprecated=True)] = None,
+        name: Annotated[str | None, Form(description="deprecated (protocol 1): run name", deprecated=True)] = None,
     ) -> Response:
         limits = config.limits
-        try:
-            raw = load_settings_json(settings or "{}", limits=limits)
-        except SettingsError as exc:
-            raise _settings_error(exc, None) from None
-        if not isinstance(raw, dict):
-            raise ApiError(422, "settings: must be a JSON object", option="settings")
-        keys = {str(k).replace("-", "_") for k in raw}
-        for key, value in raw.items():       # the daemon's limits before the fields' own (wider) ranges
-            option = str(key).replace("-", "_")
-            error = _over_limit(option, value, limits) if option in LIMITED_OPTIONS else None
-            if error is not None:
-                raise error
-        try:
-            engine, document, extra = settings_from_mapping(raw, base=base_settings,
-                                                            allow_extra=("mask_mode", "name"))
-        except SettingsError as exc:
-            raise _settings_error(exc, raw) from None
-        if "device" in keys and engine.device == "auto":
-            engine = replace(engine, device=base_settings.device)     # 'auto' means: whatever the daemon uses
-        for option in FIXED_BY_DAEMON:
-            if option in keys and getattr(engine, option) != getattr(base_settings, option):
-                raise ApiError(422, f"{option}: fixed when the daemon starts ({getattr(base_settings, option)!r}); "
-                                    f"restart it with --{option} to change it", option=option)
-        if engine.init == "file" or (keys & set(NOT_OVER_HTTP)):
-            raise ApiError(422, "init: 'file' is not available over HTTP (the daemon does not read paths "
-                                "named by clients); use init content or random", option="init")
-        check_limits(engine, limits)
-        mode = mask_mode if mask_mode is not None else extra.get("mask_mode")
-        run_name = _run_name(name if name is not None else extra.get("name"))
-
-        names = [s for s in (styles or []) if s is not None and str(s).strip() != ""]
         files = [f for f in (style_files or []) if f is not None]
-        count = len(names) + len(files)
-        if count == 0:
-            raise ApiError(422, "no style: give library names in 'styles' and/or images in 'style_files'")
-        if count > limits.max_styles:
-            raise ApiError(422, f"{count} styles is over the daemon's limit of {limits.max_styles} (max_styles)",
-                           limit="max_styles", value=count)
-        if engine.style_blend_weights is not None and len(engine.style_blend_weights) != count:
-            raise ApiError(422, f"style-blend-weights: {len(engine.style_blend_weights)} weights for {count} styles",
-                           option="style_blend_weights")
-        if mode is not None and mode not in MASK_MODES:
-            raise ApiError(422, f"mask_mode: {mode!r} is not one of {', '.join(MASK_MODES)}", option="mask_mode")
-        if mode == "mask" and mask is None:
-            raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
+        mask_files = [f for f in (style_mask_files or []) if f is not None]
+        notes: list[str] = []
+        if job is not None:
+            if styles or settings is not None or mask_mode is not None or name is not None:
+                raise ApiError(422, "job: give the job in the 'job' field alone (styles, settings, mask_mode and "
+                                    "name are protocol 1's fields)", option="job")
+            data = _load_json(job, "job", limits)
+        else:
+            data = legacy_job(styles or [], len(files), settings, mask_mode, name, mask is not None, limits)
+            notes.append(LEGACY_NOTE)
+        spec = _parse_job(data, base_settings, limits)
+        spec = dataclasses.replace(spec, styles=tuple(_named(s, files) for s in spec.styles),
+                                   name=_run_name(spec.name), notes=(*notes, *spec.notes))
+        try:
+            check(spec, limits, over_http=True)
+        except SettingsError as exc:
+            raise _settings_error(exc, spec.options, limits) from None
+        _check_uploads(spec, len(files), mask is not None, len(mask_files))
         waiting = manager.counts()["queued"]
         if waiting >= limits.max_queued_jobs:       # before storing anything; submit() checks again
             raise _queue_full(waiting)
@@ -568,11 +621,14 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         # The uploads go to disk in the job's own folder and wait there, undecoded, until the job starts.
         folder = manager.upload_folder()
         try:
-            job = _queue_job(folder, content, names, files, mask, mode, engine, document, run_name)
+            queued = _queue_job(folder, content, spec, files, mask, mask_files)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return json_response(manager.status(job), 202)
+        answer = manager.status(queued)
+        if spec.notes:
+            answer["notes"] = list(spec.notes)
+        return json_response(answer, 202)
 
     def _queue_full(waiting: int) -> ApiError:
         return ApiError(429, f"the daemon's queue is full: {waiting} jobs are waiting (limit "
@@ -580,48 +636,51 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                              "finished, or cancel some (GET /v1/jobs lists them)",
                         limit="max_queued_jobs", value=waiting)
 
-    def _queue_job(folder: Path, content: UploadFile, names: list[str], files: list[UploadFile],
-                   mask: UploadFile | None, mode: str | None, engine: Settings, document: DocumentSettings,
-                   run_name: str | None) -> Job:
+    def _queue_job(folder: Path, content: UploadFile, spec: JobSpec, files: list[UploadFile],
+                   mask: UploadFile | None, mask_files: list[UploadFile]) -> Job:
         """Store and check the uploads (headers only), estimate the job's memory, queue it."""
         limits = config.limits
         content_path = _save_upload(content, folder, "content", "content")
         shape = _probe_file(content_path, "content", limits)
-        taken: set[str] = set()
         style_paths: list[tuple[str, Path]] = []
         style_shapes: list[ImageShape] = []
-        for i, style in enumerate(names):
-            try:
-                source = library.path(style)
-            except LibraryError as exc:
-                raise ApiError(422, f"unknown style {style!r}: not in the library (GET /v1/styles lists them)"
-                               if exc.status == 404 else str(exc), style=style) from None
-            target = folder / f"style{i}{source.suffix}"
-            try:
-                os.link(source, target)         # the library may change meanwhile; the link keeps this file
-            except OSError:
-                shutil.copyfile(source, target)
-            style_shapes.append(_probe_file(target, f"style {style!r}", limits))
-            style_paths.append((_unique(check_name(style), taken), target))
-        for i, upload in enumerate(files, start=len(names)):
-            label = name_from_filename(upload.filename)
-            what = f"style file {upload.filename!r}"
-            path = _save_upload(upload, folder, f"style{i}", what)
-            style_shapes.append(_probe_file(path, what, limits))
-            style_paths.append((_unique(label, taken), path))
+        for i, (source, label) in enumerate(zip(spec.styles, spec.style_names)):
+            if source.library is not None:
+                try:
+                    stored = library.path(source.library)
+                except LibraryError as exc:
+                    raise ApiError(422, f"unknown style {source.library!r}: not in the library (GET /v1/styles "
+                                        "lists them)" if exc.status == 404 else str(exc), style=source.library) from None
+                target = folder / f"style{i}{stored.suffix}"
+                try:
+                    os.link(stored, target)         # the library may change meanwhile; the link keeps this file
+                except OSError:
+                    shutil.copyfile(stored, target)
+                style_shapes.append(_probe_file(target, f"style {source.library!r}", limits))
+            else:
+                upload = files[source.upload]
+                what = f"style file {upload.filename!r}"
+                target = _save_upload(upload, folder, f"style{i}", what)
+                style_shapes.append(_probe_file(target, what, limits))
+            style_paths.append((label, target))
+
+        def stored_mask(upload: UploadFile, stem: str, what: str) -> tuple[Path, ImageShape]:
+            path = _save_upload(upload, folder, stem, what)
+            got = _probe_file(path, what, limits)
+            if (got.width, got.height) != (shape.width, shape.height):
+                raise ApiError(422, f"{what}: is {got.width}x{got.height} but the image is "
+                                    f"{shape.width}x{shape.height}; export the mask at the image's size")
+            return path, got
 
         mask_path = mask_shape = None
-        if mask is not None and mode in (None, "mask"):
-            mask_path = _save_upload(mask, folder, "mask", "mask")
-            mask_shape = _probe_file(mask_path, "mask", limits)
-            if (mask_shape.width, mask_shape.height) != (shape.width, shape.height):
-                raise ApiError(422, f"mask: is {mask_shape.width}x{mask_shape.height} but the image is "
-                                    f"{shape.width}x{shape.height}; export the mask at the image's size")
-        if mode is None:
-            mode = "mask" if mask_path is not None else document.reveal
-
+        if spec.mask is not None and mask is not None:
+            mask_path, mask_shape = stored_mask(mask, "mask", "mask")
+        style_masks = [(style, stored_mask(mask_files[src.upload], f"mask{i}", f"mask of style {style!r}")[0])
+                       for i, (style, src) in enumerate(spec.style_masks)]
+        engine, document = spec.settings, spec.document
         estimate = estimate_job_memory(shape, style_shapes, engine, document, mask=mask_shape,
                                        on_cpu=config.device == "cpu")
+        estimate += len(style_masks) * shape.pixels * 2
         budget = int(limits.max_job_memory or default_job_memory())
         if estimate > budget:
             raise ApiError(413, f"this job would need about {_gib(estimate)} of memory ({shape.width}x{shape.height} "
@@ -632,7 +691,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
         request = JobFiles(folder=folder, content=content_path,
                            content_name=name_from_filename(content.filename, "image"), content_shape=shape,
                            styles=style_paths, settings=engine, document=document, mask=mask_path,
-                           mask_mode=mode, name=run_name, estimate=estimate, max_pixels=limits.max_pixels)
+                           style_masks=style_masks, name=spec.name, estimate=estimate, max_pixels=limits.max_pixels)
         try:
             return manager.submit(request, max_queued=limits.max_queued_jobs)
         except QueueFull as exc:

@@ -39,6 +39,7 @@ from ..document.model import Group, Layer, LayerStack
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import Picture
 from ..settings import LIMITS, DocumentSettings, Settings
+from .protocol_client import progress_text
 
 log = logging.getLogger("stylebridge.daemon")
 
@@ -134,9 +135,18 @@ class JobRequest:
     styles: list[StyleInput]
     settings: Settings
     document: DocumentSettings
-    mask: np.ndarray | None = None     # H x W, the content's dtype
-    mask_mode: str = "first"
+    mask: np.ndarray | None = None     # H x W, the content's dtype: one mask for every style layer
+    style_masks: dict[str, np.ndarray] = field(default_factory=dict)   # style layer name -> its own mask
     name: str | None = None
+
+    @property
+    def masks(self) -> dict[str, np.ndarray] | np.ndarray | None:
+        """What :func:`~bridge.document.stack.build_stack` takes: one array, a mapping, or None (reveal)."""
+        if not self.style_masks:
+            return self.mask
+        if self.mask is None:
+            return dict(self.style_masks)
+        return {s.name: self.style_masks.get(s.name, self.mask) for s in self.styles}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +188,7 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     are 0.4-0.8 of it: bench/bench_daemon_memory.py); it is computed from headers, before anything
     is decoded.
     """
-    from ..engine.optimize import LBFGS_HISTORY_BYTES, stage_dims, working_ladder
+    from ..engine.optimize import LBFGS_HISTORY_BYTES
 
     b = 2 if content.bit_depth == 16 else 1
     b_doc = (document.depth or content.bit_depth) // 8
@@ -190,8 +200,7 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
         total += max(s.pixels for s in styles) * NATIVE_FLOAT_BYTES + max(s.file_bytes for s in styles)
     total += ENGINE_BASE_BYTES
     if on_cpu:
-        ladder = working_ladder(settings, content.width, content.height)
-        h, w = stage_dims(content.width, content.height, ladder[-1])
+        w, h = working_size(content, settings)
         values = 3 * h * w
         pairs = max(5, min(100, int(LBFGS_HISTORY_BYTES / (2 * 4 * values))))
         total += h * w * WORKING_BYTES + pairs * 2 * 4 * values
@@ -205,6 +214,15 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     if mask is not None:
         total += mask.pixels * (4 + b_doc) + mask.file_bytes
     return int(total)
+
+
+def working_size(content: ImageShape, settings: Settings) -> tuple[int, int]:
+    """(width, height) of the last optimisation stage for this photo: known from the header alone."""
+    from ..engine.optimize import stage_dims, working_ladder
+
+    ladder = working_ladder(settings, content.width, content.height)
+    h, w = stage_dims(content.width, content.height, ladder[-1])
+    return w, h
 
 
 @dataclass
@@ -222,7 +240,7 @@ class JobFiles:
     settings: Settings
     document: DocumentSettings
     mask: Path | None = None
-    mask_mode: str = "first"
+    style_masks: list[tuple[str, Path]] = field(default_factory=list)   # (style layer name, mask file)
     name: str | None = None
     estimate: int = 0
     max_pixels: int = 200_000_000
@@ -241,15 +259,20 @@ class JobFiles:
 
         content = decode(self.content, "content", self.content_name)
         styles = [StyleInput(name, decode(path, f"style {name!r}", name)) for name, path in self.styles]
-        mask = None
-        if self.mask is not None:
+
+        def decode_mask(path: Path, what: str) -> np.ndarray:
             try:
-                mask = load_mask(self.mask.read_bytes(), (content.width, content.height),
+                return load_mask(path.read_bytes(), (content.width, content.height),
                                  depth=content.bit_depth, max_pixels=self.max_pixels)
+            except OSError as exc:
+                raise ImageError(f"{what}: the upload is gone ({exc.strerror or exc})") from None
             except ImageError as exc:
-                raise ImageError(f"mask: {_strip_upload(str(exc))}") from None
+                raise ImageError(f"{what}: {_strip_upload(str(exc))}") from None
+
+        mask = decode_mask(self.mask, "mask") if self.mask is not None else None
+        style_masks = {name: decode_mask(path, f"mask of style {name!r}") for name, path in self.style_masks}
         return JobRequest(content=content, styles=styles, settings=self.settings, document=self.document,
-                          mask=mask, mask_mode=self.mask_mode, name=self.name)
+                          mask=mask, style_masks=style_masks, name=self.name)
 
 
 def _strip_upload(message: str) -> str:
@@ -324,15 +347,16 @@ def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[s
         return None
     ctx.set_phase("building layers")
     document = request.document
-    masks = None
-    if request.mask_mode == "mask" and request.mask is not None:
-        masks = request.mask
-    elif request.mask_mode in ("first", "all", "none"):
-        document = replace(document, reveal=request.mask_mode)
-    started = time.perf_counter()
+    masks = request.masks
+    layers_started = time.perf_counter()
     stack = build_stack(result, document, masks=masks, run_name=request.name)
-    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(time.perf_counter() - started, 3)}
-    settings = {**result.settings.to_dict(), **document.to_dict(), "mask_mode": request.mask_mode}
+    layers_s = time.perf_counter() - layers_started
+    # The job's own time, engine and layers: the engine's StylizeResult.seconds leaves out its set-up
+    # (weights, style targets), so it could be smaller than timings.engine_s measured around it.
+    stack.meta["seconds"] = round(time.perf_counter() - started, 3)
+    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(layers_s, 3)}
+    used = "mask" if masks is not None else document.reveal      # protocol 1's word, kept in the result
+    settings = {**result.settings.to_dict(), **document.to_dict(), "mask_mode": used}
     return stack, settings, bool(result.cancelled)
 
 
@@ -359,6 +383,7 @@ class Job:
     height: int = 0
     styles: list[str] = field(default_factory=list)
     estimate: int = 0                  # bytes, estimate_job_memory at submission
+    working_size: tuple[int, int] | None = None   # (w, h) of the last optimisation stage
 
 
 class QueueFull(Exception):
@@ -440,7 +465,8 @@ class JobManager:
         """Queue a job; :class:`QueueFull` when ``max_queued`` jobs already wait (their uploads on disk)."""
         job = Job(id=uuid.uuid4().hex, files=files, name=files.name or files.content_name,
                   width=files.content_shape.width, height=files.content_shape.height,
-                  styles=[name for name, _ in files.styles], estimate=files.estimate)
+                  styles=[name for name, _ in files.styles], estimate=files.estimate,
+                  working_size=working_size(files.content_shape, files.settings))
         with self._lock:
             if max_queued is not None and len(self._queue) >= max_queued:
                 raise QueueFull(len(self._queue))
@@ -513,7 +539,7 @@ class JobManager:
             elif done:
                 eta = 0.0
             base = f"/v1/jobs/{job.id}"
-            return {
+            out = {
                 "id": job.id,
                 "status": job.status,
                 "phase": job.phase,
@@ -545,7 +571,10 @@ class JobManager:
                 "preview_url": f"{base}/preview" if job.preview is not None else None,
                 "result_url": f"{base}/result" if job.result is not None else None,
                 "psd_url": f"{base}/result.psd" if job.result is not None else None,
+                "working_size": list(job.working_size) if job.working_size else None,
             }
+        out["message"] = progress_text(out)     # the same words in every client
+        return out
 
     def preview_png(self, job: Job) -> bytes | None:
         with self._lock:
