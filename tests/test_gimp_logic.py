@@ -237,3 +237,34 @@ def test_progress_line_uses_the_one_formatter(L):
     running = {"status": "running", "percent": 40, "style_name": "a", "iteration": 3, "iterations": 10}
     text, fraction = line.update(running)
     assert text == L.sb_client.progress_text(running) and fraction == 0.4
+
+
+# ------------------------------------------------------------------------------------------------
+# starting a daemon
+# ------------------------------------------------------------------------------------------------
+
+def test_serve_command_only_for_this_machine(L, tmp_path):
+    from bridge import gimp_install
+    assert L.INSTALL_FILE == gimp_install.INSTALL_FILE
+    assert L.read_install(str(tmp_path)) == {}
+    (tmp_path / L.INSTALL_FILE).write_text("not json")
+    assert L.read_install(str(tmp_path)) == {}
+    (tmp_path / L.INSTALL_FILE).write_text(json.dumps(gimp_install.install_record(["/opt/sb/stylebridge"])))
+    install = L.read_install(str(tmp_path))
+    assert L.serve_command(install, "http://127.0.0.1:9999") == ["/opt/sb/stylebridge", "serve", "--host",
+                                                                 "127.0.0.1", "--port", "9999"]
+    assert L.serve_command(install, "localhost")[-4:] == ["--host", "127.0.0.1", "--port",
+                                                          str(L.sb_client.DEFAULT_PORT)]
+    assert L.serve_command(install, "http://192.168.1.5:8765") is None       # another machine: never
+    assert L.serve_command({}, "http://127.0.0.1:9999") is None
+    assert L.serve_command({"stylebridge": "/not/a/list"}, "http://127.0.0.1:9999") is None
+
+
+def test_start_messages_say_what_to_do(L):
+    base = L.sb_client.unreachable_message("http://127.0.0.1:9")
+    assert L.start_failed_message("http://127.0.0.1:9", None).startswith(base)
+    assert "stylebridge gimp-install" in L.start_failed_message("http://127.0.0.1:9", None)
+    assert "on that machine" in L.start_failed_message("http://10.1.1.1:9", None)
+    text = L.start_failed_message("http://127.0.0.1:9", ["/x/stylebridge", "serve"], "No such file or directory")
+    assert text == base + " (the plug-in tried to start it with `/x/stylebridge serve`: No such file or directory)."
+    assert issubclass(L.DaemonNotStarted, L.sb_client.ClientError)

@@ -81,6 +81,10 @@ class ProtocolMismatch(sb_client.ClientError):
     """The daemon is too old for this plug-in (see :func:`protocol_check`); nothing was sent."""
 
 
+class DaemonNotStarted(sb_client.ClientError):
+    """No daemon answered and the plug-in could not start one; ``str()`` says what to do."""
+
+
 # ------------------------------------------------------------------------------------------------
 # options
 # ------------------------------------------------------------------------------------------------
@@ -383,3 +387,49 @@ def is_loopback(url: str) -> bool:
     """True when ``url`` names this machine (a daemon the plug-in may start itself)."""
     host = urllib.parse.urlsplit(url if "://" in url else "http://" + url).hostname or ""
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+# ------------------------------------------------------------------------------------------------
+# starting a daemon
+# ------------------------------------------------------------------------------------------------
+
+#: Written by ``stylebridge gimp-install`` beside the plug-in (= bridge.gimp_install.INSTALL_FILE):
+#: ``{"stylebridge": [command...], "version": ...}``, the stylebridge that installed it.
+INSTALL_FILE = "sb_install.json"
+#: How long a daemon the plug-in started may take to answer (it loads the VGG-19 weights first).
+START_TIMEOUT_S = 120.0
+START_TEXT = "Stylebridge: starting the stylebridge daemon..."
+
+
+def read_install(folder: str) -> dict:
+    """The install record in ``folder`` ({} when missing or unreadable: then no daemon is started)."""
+    try:
+        with open(os.path.join(folder, INSTALL_FILE), encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def serve_command(install: Mapping[str, Any], url: str) -> list[str] | None:
+    """``stylebridge serve`` for a daemon at ``url``, with the recorded executable; None when the plug-in must
+    not start one (the URL names another machine, or no executable was recorded)."""
+    command = install.get("stylebridge")
+    if not is_loopback(url) or not isinstance(command, list) or not command \
+            or not all(isinstance(c, str) and c for c in command):
+        return None
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or sb_client.DEFAULT_PORT
+    return list(command) + ["serve", "--host", "127.0.0.1" if host == "localhost" else host, "--port", str(port)]
+
+
+def start_failed_message(url: str, command: list[str] | None, reason: str = "") -> str:
+    """What to tell the user when no daemon answers and none could be started: exactly what to do."""
+    base = sb_client.unreachable_message(url)
+    if command is None:
+        if not is_loopback(url):
+            return base + " on that machine (the plug-in starts a daemon only on this one)."
+        return base + " (or run `stylebridge gimp-install` again: then the plug-in starts it itself)."
+    why = f": {reason}" if reason else ""
+    return f"{base} (the plug-in tried to start it with `{' '.join(command)}`{why})."

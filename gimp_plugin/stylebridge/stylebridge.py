@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import gi
 
@@ -130,12 +131,96 @@ def check_daemon(client):
     return health
 
 
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class DaemonStarter:
+    """Starts ``stylebridge serve`` for a loopback URL with the command ``stylebridge gimp-install`` recorded
+    (sb_install.json beside this file), and follows it until ``/v1/health`` answers."""
+
+    def __init__(self, url, token):
+        self.url, self.token = url, token
+        self.command = sb_logic.serve_command(sb_logic.read_install(PLUGIN_DIR), url)
+        self.proc = None
+        self.log_path = None
+        self.started = None
+
+    def start(self):
+        """Spawn the daemon (it outlives GIMP). Returns None, or the message saying what to do instead."""
+        if self.command is None:
+            return sb_logic.start_failed_message(self.url, None)
+        port = self.command[-1]
+        self.log_path = os.path.join(tempfile.gettempdir(), f"stylebridge-serve-{port}.log")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # GIMP's, not ours
+        if self.token:
+            env[sb_client.TOKEN_ENV] = self.token
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                                             env=env, cwd=os.path.expanduser("~"))
+        except OSError as exc:
+            return sb_logic.start_failed_message(self.url, self.command, exc.strerror or str(exc))
+        self.started = time.monotonic()
+        return None
+
+    def poll(self):
+        """"up" once the daemon answers, None while starting, else the message for the user."""
+        try:
+            daemon_client(self.url, self.token, timeout=2).health(timeout=2)
+            return "up"
+        except sb_client.DaemonUnreachable:
+            pass
+        except sb_client.ClientError:
+            return "up"             # it answers (an error status is the caller's to report)
+        code = self.proc.poll() if self.proc is not None else None
+        if code not in (None, 0):
+            return sb_logic.start_failed_message(self.url, self.command,
+                                                 f"it exited with status {code}; {self._log_tail()}")
+        if time.monotonic() - self.started > sb_logic.START_TIMEOUT_S:
+            return sb_logic.start_failed_message(self.url, self.command,
+                                                 f"no answer after {sb_logic.START_TIMEOUT_S:.0f} s; its log: "
+                                                 f"{self.log_path}")
+        return None
+
+    def _log_tail(self):
+        try:
+            with open(self.log_path, "rb") as fh:
+                lines = fh.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
+            return f"its log ({self.log_path}) ends: {lines[-1]}" if lines else f"its log: {self.log_path}"
+        except OSError:
+            return f"its log: {self.log_path}"
+
+
+def ensure_daemon(client):
+    """The daemon's health (check_daemon); when nothing answers on this machine, start one and wait for it, with
+    GIMP's progress text saying so. DaemonNotStarted says what to do when that is not possible."""
+    try:
+        return check_daemon(client)
+    except sb_client.DaemonUnreachable:
+        pass
+    starter = DaemonStarter(client.url, client.token)
+    error = starter.start()
+    if error:
+        raise sb_logic.DaemonNotStarted(error)
+    Gimp.progress_set_text(sb_logic.START_TEXT)
+    while True:
+        state = starter.poll()
+        if state == "up":
+            return check_daemon(client)
+        if state:
+            raise sb_logic.DaemonNotStarted(state)
+        Gimp.progress_pulse()
+        time.sleep(0.5)
+
+
 def stylize(image, layer, opts):
     """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
     image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used)."""
     client = daemon_client(opts.daemon_url, opts.token)
     Gimp.progress_init("Stylebridge: sending the layer")
-    check_daemon(client)
+    ensure_daemon(client)
+    Gimp.progress_set_text("Stylebridge: sending the layer")
 
     job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
     mask = selection_mask_png(image, layer) if "mask" in job else None
@@ -298,10 +383,8 @@ def prefill_config(config, record):
 
 
 def show_dialog(procedure, config, layer):
-    """The GimpUi dialog: library styles as check boxes, style files, preset, colours, strength, mask.
-
-    Returns True on OK.
-    """
+    """The GimpUi dialog: the daemon's library as check boxes, style files, quality, colours, strength, mask;
+    the connection (URL, token) in its own expander. Returns True on OK."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
@@ -311,45 +394,8 @@ def show_dialog(procedure, config, layer):
     if record:
         prefill_config(config, record)
 
-    url, token = sb_logic.connection(config_values(config))
-    library, library_error = [], None
-    try:
-        library = daemon_client(url, token, timeout=10).styles()
-    except sb_client.ClientError as exc:
-        library_error = str(exc)
-
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
-    chosen = set(sb_logic.split_list(config.get_property("styles"), ","))
-    checks = []
-    frame = Gtk.Frame(label="Styles from the daemon's library")
-    vbox = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-    vbox.set_border_width(6)
-    frame.add(vbox)
-    if library_error:
-        label = Gtk.Label(label=library_error)
-        label.set_line_wrap(True)
-        label.set_xalign(0.0)
-        vbox.pack_start(label, False, False, 0)
-    elif not library:
-        vbox.pack_start(Gtk.Label(label="The library is empty: add style images below, or with "
-                                        "POST /v1/styles."), False, False, 0)
-    grid = Gtk.FlowBox()
-    grid.set_selection_mode(Gtk.SelectionMode.NONE)
-    grid.set_max_children_per_line(4)
-    for style in library:
-        name = style.get("name")
-        check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
-        check.set_active(name in chosen)
-        thumb = _thumbnail(url, token, style.get("thumbnail_url"))
-        if thumb is not None:
-            box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-            box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
-            box.pack_start(check, False, False, 0)
-            grid.add(box)
-        else:
-            grid.add(check)
-        checks.append((name, check))
-    vbox.pack_start(grid, True, True, 0)
+    panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")))
 
     browse = Gtk.Button(label="Add style image files...")
 
@@ -375,45 +421,228 @@ def show_dialog(procedure, config, layer):
         slider = list(sb_logic.STRENGTH_KNOB)
     except Exception:  # noqa: BLE001 - cosmetic
         pass
-    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode",
-                 "daemon-url", "token"])
+    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode"])
+
+    # the connection, apart from the main form
+    expander = Gtk.Expander(label="_Connection to the stylebridge daemon", use_underline=True)
+    conn = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+    conn.set_border_width(4)
+    for prop in ("daemon-url", "token"):
+        conn.pack_start(dialog.get_widget(prop, GObject.TYPE_NONE), False, False, 0)
     try:
-        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry fill() made
+        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry get_widget made
         if isinstance(token_widget, GimpUi.LabelEntry):
             token_widget.get_entry().set_visibility(False)
     except Exception:  # noqa: BLE001 - cosmetic
         pass
+    expander.add(conn)
+    panel.expander = expander
+
     content = dialog.get_content_area()
-    content.pack_start(frame, False, False, 0)
-    content.reorder_child(frame, 0)
+    content.pack_start(panel.frame, False, False, 0)
+    content.reorder_child(panel.frame, 0)
     content.pack_start(browse, False, False, 0)
     content.reorder_child(browse, 1)
-    frame.show_all()
+    content.pack_start(expander, False, False, 0)
+    panel.frame.show_all()
     browse.show()
+    expander.show_all()
+    panel.load()
 
     test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
     if test_hook:
-        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, checks, library_error, test_hook, slider)
+        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, panel, test_hook, slider)
 
     while True:
         ok = dialog.run()
         if not ok:
+            panel.close()
             dialog.destroy()
             return False
-        if library:
-            config.set_property("styles", ",".join(name for name, check in checks if check.get_active()))
+        if panel.checks:
+            config.set_property("styles", ",".join(panel.chosen()))
         if config.get_property("styles") or config.get_property("style-files"):
+            panel.close()
             dialog.destroy()
             return True
         Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
 
 
-def _dialog_test_hook(dialog, config, checks, library_error, path, slider=None):
+class LibraryPanel:
+    """The library frame: loads the daemon's styles for the URL and token in the config (again when they are
+    edited), starts a daemon on this machine when none answers, and keeps OK insensitive, with a Retry button,
+    while no daemon answers."""
+
+    RELOAD_DELAY_MS = 700
+
+    def __init__(self, dialog, config, chosen):
+        from gi.repository import Gtk
+
+        self.Gtk = Gtk
+        self.dialog, self.config = dialog, config
+        self._chosen = set(chosen)
+        self.checks = []
+        self.library = []
+        self.error = None
+        self.state = "loading"          # loading | starting | ready | down
+        self.loads = 0                  # finished loads (the test hook waits on it)
+        self.expander = None
+        self._pending = None
+        self._starter = None
+        self.frame = Gtk.Frame(label="Styles from the daemon's library")
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        box.set_border_width(6)
+        self.frame.add(box)
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        self.status = Gtk.Label(label="")
+        self.status.set_line_wrap(True)
+        self.status.set_xalign(0.0)
+        self.status.set_max_width_chars(70)
+        self.retry = Gtk.Button(label="_Retry", use_underline=True)
+        self.retry.connect("clicked", lambda _b: self.load())
+        row.pack_start(self.status, True, True, 0)
+        row.pack_start(self.retry, False, False, 0)
+        box.pack_start(row, False, False, 0)
+        self.grid = Gtk.FlowBox()
+        self.grid.set_selection_mode(Gtk.SelectionMode.NONE)
+        self.grid.set_max_children_per_line(4)
+        self.grid.set_homogeneous(True)
+        box.pack_start(self.grid, True, True, 0)
+        self._handlers = [config.connect("notify::daemon-url", self._edited),
+                          config.connect("notify::token", self._edited)]
+
+    # -- state --------------------------------------------------------------------------------------
+    def chosen(self):
+        for name, check in self.checks:
+            if check.get_active():
+                self._chosen.add(name)
+            else:
+                self._chosen.discard(name)
+        return [name for name, _ in self.checks if name in self._chosen]
+
+    def _set_ok(self, sensitive):
+        self.dialog.set_response_sensitive(self.Gtk.ResponseType.OK, sensitive)
+
+    def _say(self, text, retry=False):
+        self.status.set_text(text)
+        self.status.set_visible(bool(text))
+        self.retry.set_visible(retry)
+
+    def close(self):
+        if self._pending is not None:
+            GLib.source_remove(self._pending)
+            self._pending = None
+        for handler in self._handlers:
+            self.config.disconnect(handler)
+        self._handlers = []
+
+    # -- loading ------------------------------------------------------------------------------------
+    def _edited(self, *_args):
+        if self._pending is not None:
+            GLib.source_remove(self._pending)
+        self._pending = GLib.timeout_add(self.RELOAD_DELAY_MS, self._reload)
+
+    def _reload(self):
+        self._pending = None
+        self.load()
+        return False
+
+    def load(self):
+        """Fetch the library for the current URL/token; start a daemon here if none answers."""
+        self.chosen()
+        url, token = sb_logic.connection(config_values(self.config))
+        self.state = "loading"
+        self._set_ok(False)
+        client = daemon_client(url, token, timeout=10)
+        try:
+            error, warning = sb_logic.protocol_check(client.health(timeout=5), client.url)
+            if error:
+                return self._down(error)
+            styles = client.styles()
+        except sb_client.DaemonUnreachable as exc:
+            if self._starter is not None and self._starter.url == url and self._starter.proc is not None \
+                    and self._starter.proc.poll() is None:
+                return self._starting()                 # already on its way
+            starter = DaemonStarter(url, token)
+            problem = starter.start()
+            if problem is None:
+                self._starter = starter
+                return self._starting()
+            return self._down(problem if starter.command is not None else str(exc) + ".")
+        except sb_client.ClientError as exc:
+            return self._down(str(exc))
+        self._show(styles, url, token, warning)
+
+    def _starting(self):
+        self.state = "starting"
+        self._say(sb_logic.START_TEXT.replace("Stylebridge: s", "S"))
+        GLib.timeout_add(500, self._poll_start, self._starter)
+
+    def _poll_start(self, starter):
+        if starter is not self._starter or self.state != "starting":
+            return False
+        result = starter.poll()
+        if result is None:
+            return True
+        if result == "up":
+            self.load()
+        else:
+            self._down(result)
+        return False
+
+    def _clear(self):
+        for child in self.grid.get_children():
+            self.grid.remove(child)
+            child.destroy()
+        self.checks = []
+        self.library = []
+
+    def _down(self, message):
+        self._clear()
+        self.state = "down"
+        self.error = message
+        self._say(message, retry=True)
+        if self.expander is not None:
+            self.expander.set_expanded(True)
+        self._set_ok(False)
+        self.loads += 1
+
+    def _show(self, styles, url, token, warning=None):
+        Gtk = self.Gtk
+        self._clear()
+        self.state = "ready"
+        self.error = None
+        self.library = styles
+        text = warning or ("" if styles else "The library is empty: add style images below.")
+        self._say(text)
+        for style in styles:
+            name = style.get("name")
+            check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
+            check.set_active(name in self._chosen)
+            thumb = _thumbnail(url, token, style.get("thumbnail_url"))
+            if thumb is not None:
+                box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+                box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
+                box.pack_start(check, False, False, 0)
+                self.grid.add(box)
+            else:
+                self.grid.add(check)
+            self.checks.append((name, check))
+        self.grid.show_all()
+        self._set_ok(True)
+        self.loads += 1
+
+
+def _dialog_test_hook(dialog, config, panel, path, slider=None):
     """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
-    shown (one JSON line per dialog) to PATH, with a screenshot PATH.N.png, then answer it: the N-th word of
-    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"); "ok" ticks every library style first."""
+    shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
+    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
+    "cancel" cancels, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL and looks again
+    once the library has reloaded (the next word answers that look)."""
     from gi.repository import Gdk, Gtk
 
+    if panel.state in ("loading", "starting"):
+        return True                         # look again when the daemon has answered (or not)
     try:
         with open(path) as fh:
             n = sum(1 for _ in fh)
@@ -424,9 +653,9 @@ def _dialog_test_hook(dialog, config, checks, library_error, path, slider=None):
     labels = []
 
     def walk(widget):
-        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame)):
+        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame, Gtk.Expander)):
             text = widget.get_label()
-            if text:
+            if text and widget.get_visible():
                 labels.append(text)
         elif widget.find_property("label") is not None:          # GimpSpinScale draws its own label
             text = widget.get_property("label")
@@ -438,9 +667,12 @@ def _dialog_test_hook(dialog, config, checks, library_error, path, slider=None):
 
     walk(dialog)
     props = [p for p in PROPS if p != "token"]
-    info = {"title": dialog.get_title(), "library": [name for name, _ in checks],
-            "checked": [name for name, check in checks if check.get_active()],
-            "library_error": library_error, "labels": labels, "response": response,
+    ok_button = dialog.get_widget_for_response(Gtk.ResponseType.OK)
+    info = {"title": dialog.get_title(), "library": [name for name, _ in panel.checks],
+            "checked": [name for name, check in panel.checks if check.get_active()],
+            "library_error": panel.error, "state": panel.state, "labels": labels, "response": response,
+            "ok_sensitive": bool(ok_button and ok_button.get_sensitive()), "retry_visible": panel.retry.get_visible(),
+            "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
             "config": {p: config.get_property(p) for p in props}}
     try:
         scale = dialog.get_widget("style-strength", GObject.TYPE_NONE)
@@ -458,8 +690,19 @@ def _dialog_test_hook(dialog, config, checks, library_error, path, slider=None):
         info["screenshot_error"] = str(exc)
     with open(path, "a") as fh:
         fh.write(json.dumps(info) + "\n")
-    if response == "ok":
-        for _, check in checks:
+    if response == "seturl":
+        loads = panel.loads
+        config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
+
+        def again():
+            if panel.loads == loads:
+                return True
+            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, path, slider)
+            return False
+
+        GLib.timeout_add(100, again)
+    elif response == "ok":
+        for _, check in panel.checks:
             check.set_active(True)
         dialog.response(Gtk.ResponseType.OK)
     else:
@@ -529,7 +772,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     except UserError as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
-    except (sb_client.DaemonUnreachable, sb_logic.ProtocolMismatch) as exc:
+    except (sb_client.DaemonUnreachable, sb_logic.ProtocolMismatch, sb_logic.DaemonNotStarted) as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(exc))
     except sb_client.JobCancelled:

@@ -189,9 +189,10 @@ def free_port() -> int:
 class Daemon:
     """A real ``stylebridge serve`` on loopback, in its own state folder."""
 
-    def __init__(self, home: Path, token: str | None = None, preset: str | None = None) -> None:
+    def __init__(self, home: Path, token: str | None = None, preset: str | None = None,
+                 port: int | None = None) -> None:
         self.home = home
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.preset = preset
