@@ -1,14 +1,15 @@
 """``stylebridge gimp-install``: copy the GIMP 3 plug-in into a GIMP 3 profile (or remove it).
 
 GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
-to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py`` and its
-PNG codec ``sb_png.py``) and its protocol client ``sb_client.py``, which the package imports as
+to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py``, the adapter
+over GIMP; ``sb_logic.py``, its decisions, tested without GIMP; the PNG codec ``sb_png.py``) and its protocol client ``sb_client.py``, which the package imports as
 ``bridge.daemon.protocol_client``: one file, so the plug-in folder runs as it stands.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import stat
@@ -18,9 +19,12 @@ from typing import Mapping
 
 PLUGIN_NAME = "stylebridge"
 CLIENT_FILE = "sb_client.py"                            # the protocol client (bridge.daemon.protocol_client)
-PLUGIN_FILES = ("stylebridge.py", "sb_png.py", CLIENT_FILE)   # in gimp_plugin/stylebridge (and the data-files)
+PLUGIN_FILES = ("stylebridge.py", "sb_logic.py", "sb_png.py", CLIENT_FILE)   # gimp_plugin/stylebridge (= data-files)
 DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target
 PLUGIN_DIR_ENV = "STYLEBRIDGE_GIMP_PLUGIN_DIR"
+#: Written beside the plug-in: the command that runs this stylebridge, so the plug-in can start
+#: ``stylebridge serve`` itself when no daemon answers (= sb_logic.INSTALL_FILE, a test checks).
+INSTALL_FILE = "sb_install.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -62,7 +66,27 @@ def default_profile(env: dict | None = None) -> Path:
     return base / "GIMP" / "3.0"
 
 
-def install(profile: Path) -> Path:
+def stylebridge_command(argv0: str | None = None) -> list[str]:
+    """The command that runs this stylebridge: the ``stylebridge`` executable that is running now
+    (``sys.argv[0]``), else the one on PATH, else this Python with ``-m bridge.cli``."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    path = Path(argv0) if argv0 else None
+    if path is not None and path.name.startswith("stylebridge") and path.suffix != ".py" and path.is_file() \
+            and os.access(path, os.X_OK):
+        return [str(path.absolute())]
+    found = shutil.which("stylebridge")
+    if found:
+        return [str(Path(found).absolute())]
+    return [sys.executable, "-m", "bridge.cli"]
+
+
+def install_record(command: list[str] | None = None) -> dict:
+    """What the plug-in reads from :data:`INSTALL_FILE`."""
+    from . import __version__
+    return {"stylebridge": command if command is not None else stylebridge_command(), "version": __version__}
+
+
+def install(profile: Path, command: list[str] | None = None) -> Path:
     files = plugin_files()
     dest = profile / "plug-ins" / PLUGIN_NAME
     dest.mkdir(parents=True, exist_ok=True)
@@ -72,6 +96,9 @@ def install(profile: Path) -> Path:
         mode = 0o755 if name == f"{PLUGIN_NAME}.py" else 0o644
         os.chmod(tmp, mode)
         os.replace(tmp, dest / name)       # a fresh mtime makes GIMP query the plug-in again
+    tmp = dest / f".{INSTALL_FILE}.tmp"
+    tmp.write_text(json.dumps(install_record(command), indent=1) + "\n")
+    os.replace(tmp, dest / INSTALL_FILE)
     stale = dest / "__pycache__"
     if stale.is_dir():
         shutil.rmtree(stale, ignore_errors=True)
@@ -101,9 +128,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"stylebridge gimp-install: {exc}", file=sys.stderr)
         return 1
     main = dest / f"{PLUGIN_NAME}.py"
+    command = " ".join(install_record()["stylebridge"])
     print(f"stylebridge: GIMP 3 plug-in installed in {dest}")
     print(f"  {main}")
-    print("  Restart GIMP 3, then use Filters > Artistic > Stylebridge... (start the engine with: stylebridge serve)")
+    print("  Restart GIMP 3, then use Filters > Artistic > Stylebridge... When no daemon answers on this machine,")
+    print(f"  the plug-in starts one with: {command} serve (run gimp-install again after moving stylebridge)")
     if not main.stat().st_mode & stat.S_IXUSR:
         print("  error: the plug-in file is not executable; GIMP would ignore it", file=sys.stderr)
         return 1

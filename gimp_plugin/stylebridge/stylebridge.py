@@ -1,23 +1,15 @@
 #!/usr/bin/env python3
 """Stylebridge for GIMP 3: stylise the current layer into masked layers (Filters > Artistic > Stylebridge...).
 
-The style transfer itself runs in the stylebridge daemon (``stylebridge serve``); this plug-in sends
-it the layer (pixels, alpha, offsets) and the selection as a mask, follows the job with GIMP's progress
-bar, and inserts the returned layer stack above the layer in one undo group. Standard library + gi only:
-it runs under GIMP's own Python. The protocol lives in sb_client.py (docs/protocol.md), which
-``stylebridge gimp-install`` copies here from the package (``bridge/daemon/protocol_client.py``);
-PNG for GIMP buffers is in sb_png.py.
+The style transfer itself runs in the stylebridge daemon (``stylebridge serve``); this plug-in sends it the
+layer (pixels, alpha, offsets) and, when asked, the selection as the job's mask, in ONE job description
+(``sb_client.Client.submit_job``), follows the job with GIMP's progress bar, and inserts the returned layer
+stack above the layer in one undo group. Standard library + gi only: it runs under GIMP's own Python.
 
-Non-interactive use (batch, other plug-ins)::
-
-    proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
-    cfg = proc.create_config()
-    cfg.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
-    cfg.set_property("image", image); cfg.set_core_object_array("drawables", [layer])
-    cfg.set_property("styles", "starry_night,the_scream")     # library names, and/or
-    cfg.set_property("style-files", "/path/a.jpg;/path/b.png")
-    cfg.set_property("preset", "draft")                       # draft | normal | best
-    result = proc.run(cfg)
+This file is the adapter over Gimp/Gegl/GimpUi (pixels, layers, parasites, dialog, watchdog process); every
+decision that needs no GIMP (options -> job, mask choice, protocol check, layer plan, records, progress text)
+is in ``sb_logic.py``, tested under the suite's Python. The protocol client is ``sb_client.py``
+(docs/protocol.md); PNG for GIMP buffers is ``sb_png.py``. Scripting: docs/gimp.md.
 """
 
 import json
@@ -26,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import gi
 
@@ -36,101 +29,18 @@ from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sb_client  # noqa: E402
 import sb_png  # noqa: E402
+import sb_logic  # noqa: E402
 
-PROC_NAME = "python-fu-stylebridge"
-PARASITE_NAME = "stylebridge-settings"
-PLUGIN_VERSION = 1
-POLL_S = 0.3
-
-PRESETS = (("draft", "Draft (fast)"), ("normal", "Normal"), ("best", "Best (slow)"))
-MASK_MODES = (
-    ("auto", "From the selection if there is one, else reveal all"),
-    ("selection", "From the selection (feathering kept)"),
-    ("reveal-all", "Reveal all"),
-    ("hide-all", "Hide all"),
-)
-
-# daemon blend-mode names (bridge.settings.BLEND_MODES + pass_through) -> GIMP layer modes
-LAYER_MODES = {
-    "normal": Gimp.LayerMode.NORMAL,
-    "pass_through": Gimp.LayerMode.PASS_THROUGH,
-    "multiply": Gimp.LayerMode.MULTIPLY,
-    "screen": Gimp.LayerMode.SCREEN,
-    "overlay": Gimp.LayerMode.OVERLAY,
-    "soft_light": Gimp.LayerMode.SOFTLIGHT,
-    "hard_light": Gimp.LayerMode.HARDLIGHT,
-    "linear_light": Gimp.LayerMode.LINEAR_LIGHT,
-    "color": Gimp.LayerMode.HSL_COLOR,          # Photoshop's "Color": hue + saturation, keeps luminosity
-    "luminosity": Gimp.LayerMode.LUMINANCE,
-    "darken": Gimp.LayerMode.DARKEN_ONLY,
-    "lighten": Gimp.LayerMode.LIGHTEN_ONLY,
-    "difference": Gimp.LayerMode.DIFFERENCE,
-    "hue": Gimp.LayerMode.HSV_HUE,
-    "saturation": Gimp.LayerMode.HSV_SATURATION,
-    "dissolve": Gimp.LayerMode.DISSOLVE,
-    "color_dodge": Gimp.LayerMode.DODGE,
-    "color_burn": Gimp.LayerMode.BURN,
-    "linear_burn": Gimp.LayerMode.LINEAR_BURN,
-    "vivid_light": Gimp.LayerMode.VIVID_LIGHT,
-    "pin_light": Gimp.LayerMode.PIN_LIGHT,
-    "hard_mix": Gimp.LayerMode.HARD_MIX,
-    "exclusion": Gimp.LayerMode.EXCLUSION,
-    "subtract": Gimp.LayerMode.SUBTRACT,
-    "divide": Gimp.LayerMode.DIVIDE,
-}
+PROC_NAME = sb_logic.PROC_NAME
+PARASITE_NAME = sb_logic.PARASITE_NAME
+UserError = sb_logic.UserError
+PROPS = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url", "token",
+         "extra-settings")
 
 
-class UserError(Exception):
-    """A problem with the arguments: reported as a CALLING_ERROR."""
-
-
-# ------------------------------------------------------------------------------------------------
-# options
-# ------------------------------------------------------------------------------------------------
-
-def split_list(text, sep):
-    return [s.strip() for s in (text or "").split(sep) if s.strip()]
-
-
-def read_options(config):
-    opts = {
-        "styles": split_list(config.get_property("styles"), ","),
-        "style_files": split_list(config.get_property("style-files"), ";"),
-        "preset": config.get_property("preset") or "normal",
-        "preserve_colors": bool(config.get_property("preserve-colors")),
-        "style_strength": float(config.get_property("style-strength")),
-        "mask_mode": config.get_property("mask-mode") or "auto",
-        "daemon_url": (config.get_property("daemon-url") or "").strip() or sb_client.DEFAULT_URL,
-        "token": (config.get_property("token") or "").strip() or os.environ.get("STYLEBRIDGE_TOKEN") or None,
-        "extra_settings": {},
-    }
-    extra = (config.get_property("extra-settings") or "").strip()
-    if extra:
-        try:
-            value = json.loads(extra)
-        except ValueError as exc:
-            raise UserError(f"extra-settings is not valid JSON: {exc}") from None
-        if not isinstance(value, dict):
-            raise UserError("extra-settings must be a JSON object, e.g. {\"size\": 384}")
-        opts["extra_settings"] = value
-    if not opts["styles"] and not opts["style_files"]:
-        raise UserError("Stylebridge: choose at least one style (library style or style image file).")
-    for path in opts["style_files"]:
-        if not os.path.isfile(path):
-            raise UserError(f"Stylebridge: style image not found: {path}")
-    return opts
-
-
-def engine_settings(opts):
-    settings = {"preset": opts["preset"], "original_colors": opts["preserve_colors"],
-                "style_strength": opts["style_strength"]}
-    settings.update(opts["extra_settings"])
-    return settings
-
-
-def run_name(opts):
-    names = list(opts["styles"]) + [os.path.splitext(os.path.basename(p))[0] for p in opts["style_files"]]
-    return "Stylebridge: " + ", ".join(names)
+def config_values(config):
+    """The procedure's arguments as a plain dict (property id -> value): all sb_logic needs."""
+    return {p: config.get_property(p) for p in PROPS}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +85,7 @@ def selection_mask_png(image, layer):
 
 def daemon_client(url, token, timeout=60.0):
     """A protocol client that names the plug-in in the daemon's logs."""
-    return sb_client.Client(url, token or "", timeout=timeout, user_agent="stylebridge-gimp/1")
+    return sb_client.Client(url, token or "", timeout=timeout, user_agent=sb_logic.USER_AGENT)
 
 
 def start_watchdog(client, job_id):
@@ -183,10 +93,11 @@ def start_watchdog(client, job_id):
     progress the user cancels). Returns the pipe's write end, or None."""
     try:
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ, STYLEBRIDGE_URL=client.url)
-        env.pop("STYLEBRIDGE_TOKEN", None)
+        env = dict(os.environ)
+        env[sb_client.URL_ENV] = client.url
+        env.pop(sb_client.TOKEN_ENV, None)
         if client.token:
-            env["STYLEBRIDGE_TOKEN"] = client.token
+            env[sb_client.TOKEN_ENV] = client.token
         python = sys.executable or shutil.which("python3") or "python3"
         subprocess.Popen([python, os.path.abspath(sb_client.__file__), "cancel-on-eof", str(job_id)],
                          stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -208,26 +119,113 @@ def stop_watchdog(fd, done=True):
         pass
 
 
-def stylize(image, layer, opts, log=None):
-    """Send the layer, follow the job, download the layer stack. Changes nothing in the image.
+def check_daemon(client):
+    """The daemon's health; ProtocolMismatch (nothing sent) when its protocol is too old for this plug-in;
+    a newer daemon (this installed plug-in is stale) is said once, and the run goes on."""
+    health = client.health(timeout=10)
+    error, warning = sb_logic.protocol_check(health, client.url)
+    if error:
+        raise sb_logic.ProtocolMismatch(error)
+    if warning:
+        Gimp.message(warning)
+    return health
 
-    Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id).
-    """
-    client = daemon_client(opts["daemon_url"], opts["token"])
+
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class DaemonStarter:
+    """Starts ``stylebridge serve`` for a loopback URL with the command ``stylebridge gimp-install`` recorded
+    (sb_install.json beside this file), and follows it until ``/v1/health`` answers."""
+
+    def __init__(self, url, token):
+        self.url, self.token = url, token
+        self.command = sb_logic.serve_command(sb_logic.read_install(PLUGIN_DIR), url)
+        self.proc = None
+        self.log_path = None
+        self.started = None
+
+    def start(self):
+        """Spawn the daemon (it outlives GIMP). Returns None, or the message saying what to do instead."""
+        if self.command is None:
+            return sb_logic.start_failed_message(self.url, None)
+        port = self.command[-1]
+        self.log_path = os.path.join(tempfile.gettempdir(), f"stylebridge-serve-{port}.log")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # GIMP's, not ours
+        if self.token:
+            env[sb_client.TOKEN_ENV] = self.token
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                                             env=env, cwd=os.path.expanduser("~"))
+        except OSError as exc:
+            return sb_logic.start_failed_message(self.url, self.command, exc.strerror or str(exc))
+        self.started = time.monotonic()
+        return None
+
+    def poll(self):
+        """"up" once the daemon answers, None while starting, else the message for the user."""
+        try:
+            daemon_client(self.url, self.token, timeout=2).health(timeout=2)
+            return "up"
+        except sb_client.DaemonUnreachable:
+            pass
+        except sb_client.ClientError:
+            return "up"             # it answers (an error status is the caller's to report)
+        code = self.proc.poll() if self.proc is not None else None
+        if code not in (None, 0):
+            return sb_logic.start_failed_message(self.url, self.command,
+                                                 f"it exited with status {code}; {self._log_tail()}")
+        if time.monotonic() - self.started > sb_logic.START_TIMEOUT_S:
+            return sb_logic.start_failed_message(self.url, self.command,
+                                                 f"no answer after {sb_logic.START_TIMEOUT_S:.0f} s; its log: "
+                                                 f"{self.log_path}")
+        return None
+
+    def _log_tail(self):
+        try:
+            with open(self.log_path, "rb") as fh:
+                lines = fh.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
+            return f"its log ({self.log_path}) ends: {lines[-1]}" if lines else f"its log: {self.log_path}"
+        except OSError:
+            return f"its log: {self.log_path}"
+
+
+def ensure_daemon(client):
+    """The daemon's health (check_daemon); when nothing answers on this machine, start one and wait for it, with
+    GIMP's progress text saying so. DaemonNotStarted says what to do when that is not possible."""
+    try:
+        return check_daemon(client)
+    except sb_client.DaemonUnreachable:
+        pass
+    starter = DaemonStarter(client.url, client.token)
+    error = starter.start()
+    if error:
+        raise sb_logic.DaemonNotStarted(error)
+    Gimp.progress_set_text(sb_logic.START_TEXT)
+    while True:
+        state = starter.poll()
+        if state == "up":
+            return check_daemon(client)
+        if state:
+            raise sb_logic.DaemonNotStarted(state)
+        Gimp.progress_pulse()
+        time.sleep(0.5)
+
+
+def stylize(image, layer, opts):
+    """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
+    image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used)."""
+    client = daemon_client(opts.daemon_url, opts.token)
     Gimp.progress_init("Stylebridge: sending the layer")
+    ensure_daemon(client)
+    Gimp.progress_set_text("Stylebridge: sending the layer")
 
-    mode = opts["mask_mode"]
-    has_selection = not Gimp.Selection.is_empty(image)
-    if mode == "auto":
-        mode = "selection" if has_selection else "reveal-all"
-    if mode == "selection" and not has_selection:
-        mode = "reveal-all"                 # no selection = everything selected
-    mask = selection_mask_png(image, layer) if mode == "selection" else None
-    mask_mode = {"selection": "mask", "reveal-all": "all", "hide-all": "none"}[mode]
-    opts["mask_mode_used"] = mode
-
+    job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
+    mask = selection_mask_png(image, layer) if "mask" in job else None
     style_files = []
-    for path in opts["style_files"]:
+    for path in opts.style_files:
         try:
             with open(path, "rb") as fh:
                 style_files.append((os.path.basename(path), fh.read()))
@@ -235,51 +233,46 @@ def stylize(image, layer, opts, log=None):
             raise UserError(f"Stylebridge: cannot read style image {path}: {exc.strerror}") from None
 
     content = layer_png(image, layer)
-    job = client.submit(("layer.png", content), styles=opts["styles"], style_files=style_files,
-                        settings=engine_settings(opts), mask=mask, mask_mode=mask_mode,
-                        name=run_name(opts))
-    job_id = job["id"]
-    if log:
-        log(f"job {job_id} submitted")
+    answer = client.submit_job(("layer.png", content), job, style_files=style_files, mask=mask)
+    job_id = answer["id"]
+    for note in answer.get("notes") or ():
+        Gimp.message(f"Stylebridge: {note}")
     watchdog = start_watchdog(client, job_id)
     finished = False
     tmpdir = None
-    last_text = [None]
+    line = sb_logic.ProgressLine()
 
     def on_progress(status):
-        text = sb_client.progress_text(status)
-        if text != last_text[0]:
+        text, fraction = line.update(status)
+        if text is not None:
             Gimp.progress_set_text(text)
-            last_text[0] = text
-        if status.get("status") == "queued":
+        if fraction is None:
             Gimp.progress_pulse()
         else:
-            Gimp.progress_update(sb_client.progress_fraction(status))
+            Gimp.progress_update(fraction)
         return True
 
     try:
-        client.wait(job_id, on_progress=on_progress, poll=POLL_S)
+        client.wait(job_id, on_progress=on_progress, poll=sb_logic.POLL_S)
         Gimp.progress_set_text("Stylebridge: fetching the layers")
         result = client.result(job_id)
         tmpdir = tempfile.mkdtemp(prefix="stylebridge-")
         files = {}
-        for item in result.get("layers", []):
-            if (item.get("meta") or {}).get("role") == "original":
-                continue
+        steps, _ = sb_logic.layer_plan(result)
+        for step in steps:
             paths = [None, None]
-            for k, key in enumerate(("image_url", "mask_url")):
-                if item.get(key):
-                    path = os.path.join(tmpdir, f"{item['index']}-{key[:-4]}.png")
+            for k, url in enumerate((step.image_url, step.mask_url)):
+                if url:
+                    path = os.path.join(tmpdir, f"{step.index}-{('image', 'mask')[k]}.png")
                     with open(path, "wb") as fh:
-                        fh.write(client.get_bytes(item[key]))
+                        fh.write(client.get_bytes(url))
                     paths[k] = path
-            files[item["index"]] = tuple(paths)
+            files[step.index] = tuple(paths)
         finished = True
-        if not opts.get("keep_job"):
-            try:
-                client.delete(job_id)       # the layers are here now; free the daemon's memory
-            except sb_client.DaemonError:
-                pass                        # best effort
+        try:
+            client.delete(job_id)           # the layers are here now; free the daemon's memory
+        except sb_client.DaemonError:
+            pass                            # best effort
     except BaseException:
         if not finished:
             try:
@@ -292,7 +285,7 @@ def stylize(image, layer, opts, log=None):
     finally:
         stop_watchdog(watchdog, done=True)
         Gimp.progress_update(1.0)
-    return result, files, tmpdir, job_id
+    return result, files, tmpdir, job_id, used
 
 
 def load_gray(path):
@@ -321,12 +314,12 @@ def apply_mask(image, item, mask_path):
 
 
 def make_parasite(record):
-    data = json.dumps(record, sort_keys=True).encode("utf-8")
+    data = sb_logic.record_bytes(record)
     return Gimp.Parasite.new(PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
 
 
-def insert_stack(image, layer, opts, result, files, job_id, inserted):
-    """Insert the daemon's layer stack above ``layer`` (caller holds the undo group).
+def insert_stack(image, layer, opts, result, files, job_id, used, inserted):
+    """Insert the daemon's layer stack (sb_logic.layer_plan) above ``layer`` (caller holds the undo group).
 
     New items are appended to ``inserted`` as they go in (so a caller can take them out on failure).
     Returns a list of warnings.
@@ -336,62 +329,38 @@ def insert_stack(image, layer, opts, result, files, job_id, inserted):
     _, ox, oy = layer.get_offsets()
     image_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY \
         else Gimp.ImageType.RGBA_IMAGE
-    base_record = {
-        "plugin": PROC_NAME, "version": PLUGIN_VERSION, "run": result.get("name") or run_name(opts),
-        "job": job_id, "styles": opts["styles"], "style_files": opts["style_files"], "preset": opts["preset"],
-        "preserve_colors": opts["preserve_colors"], "style_strength": opts["style_strength"],
-        "mask_mode": opts["mask_mode"], "mask_mode_used": opts.get("mask_mode_used"),
-        "extra_settings": opts["extra_settings"], "daemon_url": opts["daemon_url"],
-        "settings": result.get("settings") or {},
-    }
+    steps, warnings = sb_logic.layer_plan(result)
+    base = sb_logic.base_record(opts, result, job_id, used)
     created = {}
-    warnings = []
-    for item in result.get("layers", []):
-        meta = item.get("meta") or {}
-        role = meta.get("role")
-        if role == "original":
-            continue
-        name = item.get("name") or role or "layer"
-        if item.get("kind") == "group":
-            new = Gimp.GroupLayer.new(image, name)
+    for step in steps:
+        if step.group:
+            new = Gimp.GroupLayer.new(image, step.name)
         else:
-            image_path = files.get(item["index"], (None, None))[0]
+            image_path = files.get(step.index, (None, None))[0]
             if image_path:
                 new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(image_path))
-                new.set_name(name)
+                new.set_name(step.name)
             else:
-                new = Gimp.Layer.new(image, name, int(item.get("width") or layer.get_width()),
-                                     int(item.get("height") or layer.get_height()), image_type, 100,
-                                     Gimp.LayerMode.NORMAL)
+                new = Gimp.Layer.new(image, step.name, step.width or layer.get_width(),
+                                     step.height or layer.get_height(), image_type, 100, Gimp.LayerMode.NORMAL)
                 new.fill(Gimp.FillType.TRANSPARENT)
-        parent_index = item.get("parent")
-        if parent_index is not None and parent_index in created:
-            image.insert_layer(new, created[parent_index], 0)       # bottom to top: each on top of the group
+        if step.parent is not None and step.parent in created:
+            image.insert_layer(new, created[step.parent], 0)        # bottom to top: each on top of the group
         else:
             image.insert_layer(new, parent, position)               # bottom to top at a fixed index
         inserted.append(new)
-        created[item["index"]] = new
+        created[step.index] = new
         if not new.is_group():
             if not new.has_alpha():
                 new.add_alpha()
-            new.set_offsets(ox + int(item.get("left") or 0), oy + int(item.get("top") or 0))
-        mode_name = (item.get("mode") or "normal").lower()
-        mode = LAYER_MODES.get(mode_name)
-        if mode is None:
-            warnings.append(f"{name}: blend mode {mode_name!r} not known, using Normal")
-            mode = Gimp.LayerMode.PASS_THROUGH if new.is_group() else Gimp.LayerMode.NORMAL
-        new.set_mode(mode)
-        new.set_opacity(max(0.0, min(100.0, 100.0 * float(item.get("opacity", 1.0)))))
-        new.set_visible(bool(item.get("visible", True)))
-        mask_path = files.get(item["index"], (None, None))[1]
-        if mask_path and not new.is_group():
+            new.set_offsets(ox + step.left, oy + step.top)
+        new.set_mode(getattr(Gimp.LayerMode, step.mode))
+        new.set_opacity(step.opacity)
+        new.set_visible(step.visible)
+        mask_path = files.get(step.index, (None, None))[1]
+        if mask_path:
             apply_mask(image, new, mask_path)
-        elif mask_path:
-            warnings.append(f"{name}: masks on groups are not supported, mask left out")
-        record = dict(base_record, layer=name, role=role, index=item["index"])
-        if role == "style":
-            record["style"] = meta.get("style") or name
-        new.attach_parasite(make_parasite(record))
+        new.attach_parasite(make_parasite(sb_logic.layer_record(base, step)))
     return warnings
 
 
@@ -400,36 +369,22 @@ def insert_stack(image, layer, opts, result, files, job_id, inserted):
 # ------------------------------------------------------------------------------------------------
 
 def settings_from_layer(layer):
-    """A previous run's settings if ``layer`` came out of Stylebridge (to repeat it), else None."""
+    """A previous run's record if ``layer`` came out of Stylebridge (to repeat it), else None."""
     try:
         parasite = layer.get_parasite(PARASITE_NAME)
     except Exception:  # noqa: BLE001
         return None
-    if parasite is None:
-        return None
-    try:
-        return json.loads(bytes(parasite.get_data()).decode("utf-8"))
-    except ValueError:
-        return None
+    return sb_logic.read_record(bytes(parasite.get_data())) if parasite is not None else None
 
 
 def prefill_config(config, record):
-    mapping = {"preset": "preset", "preserve_colors": "preserve-colors", "style_strength": "style-strength",
-               "mask_mode": "mask-mode", "daemon_url": "daemon-url"}
-    config.set_property("styles", ",".join(record.get("styles") or []))
-    config.set_property("style-files", ";".join(record.get("style_files") or []))
-    for key, prop in mapping.items():
-        if record.get(key) is not None:
-            config.set_property(prop, record[key])
-    if record.get("extra_settings"):
-        config.set_property("extra-settings", json.dumps(record["extra_settings"]))
+    for prop, value in sb_logic.config_from_record(record).items():
+        config.set_property(prop, value)
 
 
 def show_dialog(procedure, config, layer):
-    """The GimpUi dialog: library styles as check boxes, style files, preset, colours, strength, mask.
-
-    Returns True on OK.
-    """
+    """The GimpUi dialog: the daemon's library as check boxes, style files, quality, colours, strength, mask;
+    the connection (URL, token) in its own expander. Returns True on OK."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
@@ -439,46 +394,8 @@ def show_dialog(procedure, config, layer):
     if record:
         prefill_config(config, record)
 
-    url = (config.get_property("daemon-url") or "").strip() or sb_client.DEFAULT_URL
-    token = (config.get_property("token") or "").strip() or os.environ.get("STYLEBRIDGE_TOKEN") or None
-    library, library_error = [], None
-    try:
-        library = daemon_client(url, token, timeout=10).styles()
-    except sb_client.ClientError as exc:
-        library_error = str(exc)
-
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
-    chosen = set(split_list(config.get_property("styles"), ","))
-    checks = []
-    frame = Gtk.Frame(label="Styles from the daemon's library")
-    vbox = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-    vbox.set_border_width(6)
-    frame.add(vbox)
-    if library_error:
-        label = Gtk.Label(label=library_error)
-        label.set_line_wrap(True)
-        label.set_xalign(0.0)
-        vbox.pack_start(label, False, False, 0)
-    elif not library:
-        vbox.pack_start(Gtk.Label(label="The library is empty: add style images below, or with "
-                                        "POST /v1/styles."), False, False, 0)
-    grid = Gtk.FlowBox()
-    grid.set_selection_mode(Gtk.SelectionMode.NONE)
-    grid.set_max_children_per_line(4)
-    for style in library:
-        name = style.get("name")
-        check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
-        check.set_active(name in chosen)
-        thumb = _thumbnail(url, token, style.get("thumbnail_url"))
-        if thumb is not None:
-            box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-            box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
-            box.pack_start(check, False, False, 0)
-            grid.add(box)
-        else:
-            grid.add(check)
-        checks.append((name, check))
-    vbox.pack_start(grid, True, True, 0)
+    panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")))
 
     browse = Gtk.Button(label="Add style image files...")
 
@@ -492,51 +409,240 @@ def show_dialog(procedure, config, layer):
             filt.add_pattern(pattern)
         chooser.add_filter(filt)
         if chooser.run() == Gtk.ResponseType.OK:
-            files = split_list(config.get_property("style-files"), ";") + list(chooser.get_filenames())
+            files = sb_logic.split_list(config.get_property("style-files"), ";") + list(chooser.get_filenames())
             config.set_property("style-files", ";".join(dict.fromkeys(files)))
         chooser.destroy()
 
     browse.connect("clicked", on_browse)
 
-    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode",
-                 "daemon-url", "token"])
+    slider = None
+    try:    # the slider spans the 0..1 knob; a typed value above 1 (the old meaning) is still accepted
+        dialog.get_spin_scale("style-strength", 1.0).set_scale_limits(*sb_logic.STRENGTH_KNOB)
+        slider = list(sb_logic.STRENGTH_KNOB)
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode"])
+
+    # the connection, apart from the main form
+    expander = Gtk.Expander(label="_Connection to the stylebridge daemon", use_underline=True)
+    conn = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+    conn.set_border_width(4)
+    for prop in ("daemon-url", "token"):
+        conn.pack_start(dialog.get_widget(prop, GObject.TYPE_NONE), False, False, 0)
     try:
-        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry fill() made
+        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry get_widget made
         if isinstance(token_widget, GimpUi.LabelEntry):
             token_widget.get_entry().set_visibility(False)
     except Exception:  # noqa: BLE001 - cosmetic
         pass
+    expander.add(conn)
+    panel.expander = expander
+
     content = dialog.get_content_area()
-    content.pack_start(frame, False, False, 0)
-    content.reorder_child(frame, 0)
+    content.pack_start(panel.frame, False, False, 0)
+    content.reorder_child(panel.frame, 0)
     content.pack_start(browse, False, False, 0)
     content.reorder_child(browse, 1)
-    frame.show_all()
+    content.pack_start(expander, False, False, 0)
+    panel.frame.show_all()
     browse.show()
+    expander.show_all()
+    panel.load()
 
     test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
     if test_hook:
-        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, checks, library_error, test_hook)
+        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, panel, test_hook, slider)
 
     while True:
         ok = dialog.run()
         if not ok:
+            panel.close()
             dialog.destroy()
             return False
-        if library:
-            config.set_property("styles", ",".join(name for name, check in checks if check.get_active()))
+        if panel.checks:
+            config.set_property("styles", ",".join(panel.chosen()))
         if config.get_property("styles") or config.get_property("style-files"):
+            panel.close()
             dialog.destroy()
             return True
         Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
 
 
-def _dialog_test_hook(dialog, config, checks, library_error, path):
+class LibraryPanel:
+    """The library frame: loads the daemon's styles for the URL and token in the config (again when they are
+    edited), starts a daemon on this machine when none answers, and keeps OK insensitive, with a Retry button,
+    while no daemon answers."""
+
+    RELOAD_DELAY_MS = 700
+
+    def __init__(self, dialog, config, chosen):
+        from gi.repository import Gtk
+
+        self.Gtk = Gtk
+        self.dialog, self.config = dialog, config
+        self._chosen = set(chosen)
+        self.checks = []
+        self.library = []
+        self.error = None
+        self.state = "loading"          # loading | starting | ready | down
+        self.loads = 0                  # finished loads (the test hook waits on it)
+        self.expander = None
+        self._pending = None
+        self._starter = None
+        self.frame = Gtk.Frame(label="Styles from the daemon's library")
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        box.set_border_width(6)
+        self.frame.add(box)
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        self.status = Gtk.Label(label="")
+        self.status.set_line_wrap(True)
+        self.status.set_xalign(0.0)
+        self.status.set_max_width_chars(70)
+        self.retry = Gtk.Button(label="_Retry", use_underline=True)
+        self.retry.connect("clicked", lambda _b: self.load())
+        row.pack_start(self.status, True, True, 0)
+        row.pack_start(self.retry, False, False, 0)
+        box.pack_start(row, False, False, 0)
+        self.grid = Gtk.FlowBox()
+        self.grid.set_selection_mode(Gtk.SelectionMode.NONE)
+        self.grid.set_max_children_per_line(4)
+        self.grid.set_homogeneous(True)
+        box.pack_start(self.grid, True, True, 0)
+        self._handlers = [config.connect("notify::daemon-url", self._edited),
+                          config.connect("notify::token", self._edited)]
+
+    # -- state --------------------------------------------------------------------------------------
+    def chosen(self):
+        for name, check in self.checks:
+            if check.get_active():
+                self._chosen.add(name)
+            else:
+                self._chosen.discard(name)
+        return [name for name, _ in self.checks if name in self._chosen]
+
+    def _set_ok(self, sensitive):
+        self.dialog.set_response_sensitive(self.Gtk.ResponseType.OK, sensitive)
+
+    def _say(self, text, retry=False):
+        self.status.set_text(text)
+        self.status.set_visible(bool(text))
+        self.retry.set_visible(retry)
+
+    def close(self):
+        if self._pending is not None:
+            GLib.source_remove(self._pending)
+            self._pending = None
+        for handler in self._handlers:
+            self.config.disconnect(handler)
+        self._handlers = []
+
+    # -- loading ------------------------------------------------------------------------------------
+    def _edited(self, *_args):
+        if self._pending is not None:
+            GLib.source_remove(self._pending)
+        self._pending = GLib.timeout_add(self.RELOAD_DELAY_MS, self._reload)
+
+    def _reload(self):
+        self._pending = None
+        self.load()
+        return False
+
+    def load(self):
+        """Fetch the library for the current URL/token; start a daemon here if none answers."""
+        self.chosen()
+        url, token = sb_logic.connection(config_values(self.config))
+        self.state = "loading"
+        self._set_ok(False)
+        client = daemon_client(url, token, timeout=10)
+        try:
+            error, warning = sb_logic.protocol_check(client.health(timeout=5), client.url)
+            if error:
+                return self._down(error)
+            styles = client.styles()
+        except sb_client.DaemonUnreachable as exc:
+            if self._starter is not None and self._starter.url == url and self._starter.proc is not None \
+                    and self._starter.proc.poll() is None:
+                return self._starting()                 # already on its way
+            starter = DaemonStarter(url, token)
+            problem = starter.start()
+            if problem is None:
+                self._starter = starter
+                return self._starting()
+            return self._down(problem if starter.command is not None else str(exc) + ".")
+        except sb_client.ClientError as exc:
+            return self._down(str(exc))
+        self._show(styles, url, token, warning)
+
+    def _starting(self):
+        self.state = "starting"
+        self._say(sb_logic.START_TEXT.replace("Stylebridge: s", "S"))
+        GLib.timeout_add(500, self._poll_start, self._starter)
+
+    def _poll_start(self, starter):
+        if starter is not self._starter or self.state != "starting":
+            return False
+        result = starter.poll()
+        if result is None:
+            return True
+        if result == "up":
+            self.load()
+        else:
+            self._down(result)
+        return False
+
+    def _clear(self):
+        for child in self.grid.get_children():
+            self.grid.remove(child)
+            child.destroy()
+        self.checks = []
+        self.library = []
+
+    def _down(self, message):
+        self._clear()
+        self.state = "down"
+        self.error = message
+        self._say(message, retry=True)
+        if self.expander is not None:
+            self.expander.set_expanded(True)
+        self._set_ok(False)
+        self.loads += 1
+
+    def _show(self, styles, url, token, warning=None):
+        Gtk = self.Gtk
+        self._clear()
+        self.state = "ready"
+        self.error = None
+        self.library = styles
+        text = warning or ("" if styles else "The library is empty: add style images below.")
+        self._say(text)
+        for style in styles:
+            name = style.get("name")
+            check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
+            check.set_active(name in self._chosen)
+            thumb = _thumbnail(url, token, style.get("thumbnail_url"))
+            if thumb is not None:
+                box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+                box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
+                box.pack_start(check, False, False, 0)
+                self.grid.add(box)
+            else:
+                self.grid.add(check)
+            self.checks.append((name, check))
+        self.grid.show_all()
+        self._set_ok(True)
+        self.loads += 1
+
+
+def _dialog_test_hook(dialog, config, panel, path, slider=None):
     """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
-    shown (one JSON line per dialog) to PATH, with a screenshot PATH.N.png, then answer it: the N-th word of
-    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"); "ok" ticks every library style first."""
+    shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
+    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
+    "cancel" cancels, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL and looks again
+    once the library has reloaded (the next word answers that look)."""
     from gi.repository import Gdk, Gtk
 
+    if panel.state in ("loading", "starting"):
+        return True                         # look again when the daemon has answered (or not)
     try:
         with open(path) as fh:
             n = sum(1 for _ in fh)
@@ -547,21 +653,34 @@ def _dialog_test_hook(dialog, config, checks, library_error, path):
     labels = []
 
     def walk(widget):
-        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame)):
+        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame, Gtk.Expander)):
             text = widget.get_label()
-            if text:
+            if text and widget.get_visible():
+                labels.append(text)
+        elif widget.find_property("label") is not None:          # GimpSpinScale draws its own label
+            text = widget.get_property("label")
+            if isinstance(text, str) and text:
                 labels.append(text)
         if isinstance(widget, Gtk.Container):
             for child in widget.get_children():
                 walk(child)
 
     walk(dialog)
-    props = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url",
-             "extra-settings")
-    info = {"title": dialog.get_title(), "library": [name for name, _ in checks],
-            "checked": [name for name, check in checks if check.get_active()],
-            "library_error": library_error, "labels": labels, "response": response,
+    props = [p for p in PROPS if p != "token"]
+    ok_button = dialog.get_widget_for_response(Gtk.ResponseType.OK)
+    info = {"title": dialog.get_title(), "library": [name for name, _ in panel.checks],
+            "checked": [name for name, check in panel.checks if check.get_active()],
+            "library_error": panel.error, "state": panel.state, "labels": labels, "response": response,
+            "ok_sensitive": bool(ok_button and ok_button.get_sensitive()), "retry_visible": panel.retry.get_visible(),
+            "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
             "config": {p: config.get_property(p) for p in props}}
+    try:
+        scale = dialog.get_widget("style-strength", GObject.TYPE_NONE)
+        adj = scale.get_adjustment()
+        info["strength_widget"] = {"range": [adj.get_lower(), adj.get_upper()], "slider": slider,
+                                   "value": adj.get_value()}
+    except Exception as exc:  # noqa: BLE001
+        info["strength_widget"] = str(exc)
     try:
         win = dialog.get_window()
         shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
@@ -571,8 +690,19 @@ def _dialog_test_hook(dialog, config, checks, library_error, path):
         info["screenshot_error"] = str(exc)
     with open(path, "a") as fh:
         fh.write(json.dumps(info) + "\n")
-    if response == "ok":
-        for _, check in checks:
+    if response == "seturl":
+        loads = panel.loads
+        config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
+
+        def again():
+            if panel.loads == loads:
+                return True
+            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, path, slider)
+            return False
+
+        GLib.timeout_add(100, again)
+    elif response == "ok":
+        for _, check in panel.checks:
             check.set_active(True)
         dialog.response(Gtk.ResponseType.OK)
     else:
@@ -620,12 +750,12 @@ def run(procedure, run_mode, image, drawables, config, data):
 
     tmpdir = None
     try:
-        opts = read_options(config)
-        result, files, tmpdir, job_id = stylize(image, layer, opts)
+        opts = sb_logic.read_options(config_values(config))
+        result, files, tmpdir, job_id, used = stylize(image, layer, opts)
         image.undo_group_start()
         inserted = []
         try:
-            warnings = insert_stack(image, layer, opts, result, files, job_id, inserted)
+            warnings = insert_stack(image, layer, opts, result, files, job_id, used, inserted)
         except BaseException:
             for item in reversed(inserted):
                 try:
@@ -642,7 +772,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     except UserError as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
-    except sb_client.DaemonUnreachable as exc:
+    except (sb_client.DaemonUnreachable, sb_logic.ProtocolMismatch, sb_logic.DaemonNotStarted) as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(exc))
     except sb_client.JobCancelled:
@@ -689,23 +819,29 @@ class Stylebridge(Gimp.PlugIn):
         procedure.add_string_argument("style-files", "Style _image files", "Style image files, separated by ';'",
                                       "", flags)
         presets = Gimp.Choice.new()
-        for i, (key, label) in enumerate(PRESETS):
+        for i, (key, label) in enumerate(sb_logic.QUALITY_CHOICES):
             presets.add(key, i, label, "")
-        procedure.add_choice_argument("preset", "_Quality", "Quality preset (size and iterations)", presets,
-                                      "normal", flags)
-        procedure.add_boolean_argument("preserve-colors", "_Preserve colours",
-                                       "Keep the photo's colours (transfer luminance only)", False, flags)
+        procedure.add_choice_argument("preset", "_Quality", "Quality preset (size and iterations); 'daemon': the "
+                                      "daemon's own (stylebridge serve --preset)", presets,
+                                      sb_logic.QUALITY_DEFAULT, flags)
+        # id kept for saved settings and scripts; the job calls it original_colors, as everywhere
+        procedure.add_boolean_argument("preserve-colors", "_Original colours",
+                                       "Keep the photo's colours (transfer luminance only): original_colors",
+                                       sb_logic.ORIGINAL_COLORS_DEFAULT, flags)
         procedure.add_double_argument("style-strength", "Style stre_ngth",
-                                      "0 = the photo, 1 = fully painted (above 1: stronger style weight)",
-                                      0.0, 100.0, 1.0, flags)
+                                      "0 = the photo, 0.5 = half way, 1 = fully painted (above 1: the old extra "
+                                      "style weight)", sb_logic.STRENGTH_MIN, sb_logic.STRENGTH_MAX,
+                                      sb_logic.STRENGTH_DEFAULT, flags)
         masks = Gimp.Choice.new()
-        for i, (key, label) in enumerate(MASK_MODES):
+        for i, (key, label) in enumerate(sb_logic.MASK_CHOICES):
             masks.add(key, i, label, "")
-        procedure.add_choice_argument("mask-mode", "_Mask", "Masks of the style layers", masks, "auto", flags)
+        procedure.add_choice_argument("mask-mode", "_Mask", "Masks of the style layers: first | all | none | "
+                                      "selection (the selection is every style's mask)", masks,
+                                      sb_logic.MASK_DEFAULT, flags)
         procedure.add_string_argument("daemon-url", "_Daemon URL", "Where stylebridge serve listens",
                                       sb_client.DEFAULT_URL, flags)
         procedure.add_string_argument("token", "_Token", "The daemon's token, if it has one (else "
-                                      "$STYLEBRIDGE_TOKEN)", "", flags)
+                                      f"${sb_client.TOKEN_ENV})", "", flags)
         procedure.add_string_argument("extra-settings", "E_xtra settings", "JSON object of further engine "
                                       "settings, e.g. {\"size\": 384, \"iterations\": 100}", "", flags)
         return procedure

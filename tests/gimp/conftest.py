@@ -172,7 +172,7 @@ def _install_profile(profile: Path) -> Path:
     assert str(dest) in proc.stdout, proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
     assert (dest / "sb_client.py").read_bytes() == CLIENT_SOURCE.read_bytes()
-    assert (dest / "sb_png.py").is_file()
+    assert (dest / "sb_png.py").is_file() and (dest / "sb_logic.py").is_file()
     return profile
 
 
@@ -189,11 +189,13 @@ def free_port() -> int:
 class Daemon:
     """A real ``stylebridge serve`` on loopback, in its own state folder."""
 
-    def __init__(self, home: Path, token: str | None = None) -> None:
+    def __init__(self, home: Path, token: str | None = None, preset: str | None = None,
+                 port: int | None = None) -> None:
         self.home = home
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
+        self.preset = preset
         self.proc: subprocess.Popen | None = None
         self.log_path = home / "daemon.log"
 
@@ -210,6 +212,8 @@ class Daemon:
             env.pop("STYLEBRIDGE_TOKEN", None)
         cmd = stylebridge_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port),
                                        "--data-dir", str(self.home / "data")]
+        if self.preset:
+            cmd += ["--preset", self.preset]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.home,
                                      start_new_session=True)

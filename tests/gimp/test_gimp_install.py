@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import subprocess
 import sys
@@ -33,9 +34,16 @@ def test_install_and_uninstall_with_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(dest) in proc.stdout and "stylebridge serve" in proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
-    for name in ("stylebridge.py", "sb_png.py", "sb_client.py"):   # the folder as it stands, client included
+    for name in gimp_install.PLUGIN_FILES:                # the folder as it stands, client included
         assert (dest / name).read_bytes() == (REPO / "gimp_plugin" / "stylebridge" / name).read_bytes()
-    assert sorted(p.name for p in dest.iterdir()) == ["sb_client.py", "sb_png.py", "stylebridge.py"]
+    assert sorted(p.name for p in dest.iterdir()) == sorted(gimp_install.PLUGIN_FILES + (gimp_install.INSTALL_FILE,))
+    record = json.loads((dest / gimp_install.INSTALL_FILE).read_text())    # the stylebridge that installed it
+    exe = stylebridge_command()
+    assert record["stylebridge"] == ([str(Path(exe[0]).absolute())] if len(exe) == 1 else record["stylebridge"])
+    assert subprocess.run(record["stylebridge"] + ["--help"], capture_output=True, env=env, cwd=REPO,
+                          timeout=60).returncode == 0
+    from bridge import __version__
+    assert record["version"] == __version__
     assert run().returncode == 0                       # again: replaces in place
     proc = run("--uninstall")
     assert proc.returncode == 0 and str(dest) in proc.stdout and not dest.exists()
@@ -58,7 +66,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("path, extra", [
-    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png"}),
+    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic"}),
+    ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # also the package's bridge.daemon.protocol_client
 ])
@@ -127,3 +136,29 @@ def test_wheel_ships_what_gimp_install_looks_for():
     assert not (REPO / "bridge" / "daemon" / "protocol_client.py").read_text().count("def ")  # one source only
     includes = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert any(fnmatch.fnmatch("bridge.daemon", pattern) for pattern in includes)
+
+
+def test_install_records_the_running_stylebridge(tmp_path, monkeypatch):
+    """The plug-in starts the daemon with the command gimp-install recorded: its own executable (sys.argv[0]),
+    else the one on PATH, else this Python -m bridge.cli."""
+    exe = tmp_path / "bin" / "stylebridge"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    assert gimp_install.stylebridge_command(str(exe)) == [str(exe)]
+    monkeypatch.setenv("PATH", str(exe.parent))
+    assert gimp_install.stylebridge_command("/somewhere/bridge/cli.py") == [str(exe)]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gimp_install.stylebridge_command("/somewhere/bridge/cli.py") == [sys.executable, "-m", "bridge.cli"]
+    dest = gimp_install.install(tmp_path / "profile", command=["/x/stylebridge"])
+    assert json.loads((dest / gimp_install.INSTALL_FILE).read_text())["stylebridge"] == ["/x/stylebridge"]
+    import importlib
+    sys.path.insert(0, str(dest))
+    try:
+        sb_logic = importlib.import_module("sb_logic")
+        assert sb_logic.INSTALL_FILE == gimp_install.INSTALL_FILE
+        assert sb_logic.read_install(str(dest))["stylebridge"] == ["/x/stylebridge"]
+    finally:
+        sys.path.remove(str(dest))
+        sys.modules.pop("sb_logic", None)
+        sys.modules.pop("sb_client", None)

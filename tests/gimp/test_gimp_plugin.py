@@ -12,17 +12,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, read_json  # noqa: I001
+from .conftest import SAMPLES, Daemon, free_port, read_json  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
@@ -162,6 +165,8 @@ report["from_xcf"] = describe(img)
 photo = [l for l in img.get_layers() if l.get_name() == "photo"][0]
 report["down_run"] = run_stylebridge(img, photo, **P["args"])
 report["after_down"] = describe(img)
+report["old_daemon_run"] = run_stylebridge(img, photo, **dict(P["args"], **{"daemon-url": P["old_url"]}))
+report["after_old_daemon"] = describe(img)
 img.delete()
 save_report(report)
 '''
@@ -174,6 +179,36 @@ report["after"] = describe(img)
 img.delete()
 save_report(report)
 '''
+
+
+@contextlib.contextmanager
+def old_daemon():
+    """A stand-in for a stylebridge daemon before protocol versions: health without "protocol"."""
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            requests.append(f"{self.command} {self.path}")
+            body = json.dumps({"status": "ok", "version": "0.0.9"}).encode()
+            self.send_response(200 if self.path == "/v1/health" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def batch(gimp, script, workdir, profile, params, timeout=240):
@@ -216,7 +251,7 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
         client.add_style(SAMPLES["starry_night"], "starry")
         assert "starry" in [s["name"] for s in client.styles()]
         args = {"styles": "starry", "style-files": gimp.inside(gimp_workdir / "the_scream.jpg"),
-                "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "auto",
+                "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "selection",
                 "daemon-url": daemon.url, "extra-settings": json.dumps(TINY)}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "xcf": gimp.inside(xcf), "args": args}
         r1, out1, timings["gimp_run1_s"] = batch(gimp, RUN1, gimp_workdir, gimp_profile, params)
@@ -224,6 +259,8 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
         daemon_log = daemon.log_text()
         daemon.stop()
     timings["plugin_call_s"] = r1["run"]["seconds"]
+    # docs/gimp.md's snippet (run_stylebridge reads index 1 only on failure): no CRITICAL on success
+    assert "gimp_value_array_index" not in out1, out1[-3000:]
 
     # --- the procedure: menu entry and arguments ---------------------------------------------------
     assert r1["menu"]["paths"] == ["<Image>/Filters/Artistic"] and r1["menu"]["label"] == "Stylebridge..."
@@ -276,7 +313,8 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
         p = d["parasite"]
         assert p["plugin"] == "python-fu-stylebridge"
         assert p["styles"] == ["starry"] and p["style_files"] == [args["style-files"]]
-        assert p["preset"] == "draft" and p["mask_mode"] == "auto" and p["mask_mode_used"] == "selection"
+        assert p["preset"] == "draft" and p["mask"] == "selection" and p["mask_used"] == "selection"
+        assert p["original_colors"] is False and "preserve_colors" not in p and p["version"] == 2
         assert p["extra_settings"] == TINY
         assert p["settings"].get("size") == 64, p["settings"]
         assert p["job"]
@@ -290,7 +328,15 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     assert r1["images_open"] == 1, "the plug-in left an image behind"
 
     # --- run 2 (daemon stopped): the XCF kept everything; a clear message, nothing changed --------
-    r2, out2, timings["gimp_run2_s"] = batch(gimp, RUN2, gimp_workdir, gimp_profile, params)
+    # ... and a daemon of protocol 1 (its health has no "protocol"): told to upgrade it, nothing sent
+    with old_daemon() as (old_url, requests):
+        params["old_url"] = old_url
+        r2, out2, timings["gimp_run2_s"] = batch(gimp, RUN2, gimp_workdir, gimp_profile, params)
+    old = r2["old_daemon_run"]
+    assert old["status"] == "execution-error", old
+    assert "speaks protocol 1" in old["error"] and "pip install -U stylebridge" in old["error"], old["error"]
+    assert requests == ["GET /v1/health"], requests
+    assert not tree_diff(r2["after_old_daemon"], r2["from_xcf"])
     # GIMP 3.0.4 reloads an XCF's selection with another tone curve (its saved selection comes back changed),
     # so from the XCF the masks are compared with run 1's masks (mask_sha), not with the reloaded selection.
     selection_keys = ("mask_equals_selection", "mask_max_diff_vs_selection")
@@ -299,8 +345,10 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     down = r2["down_run"]
     expected = f"Stylebridge daemon not reachable at {daemon.url}. Start it with: stylebridge serve"
     assert down["status"] == "execution-error", down
-    assert down["error"] == expected
-    assert expected in out2, "the message must be shown (Gimp.message)"
+    # gimp-install recorded this machine's stylebridge, which GIMP's root cannot run: said, with what to do
+    assert down["error"].startswith(expected + " (the plug-in tried to start it with `"), down["error"]
+    assert f"serve --host 127.0.0.1 --port {daemon.port}`: No such file or directory)." in down["error"]
+    assert down["error"] in out2, "the message must be shown (Gimp.message)"
     assert not tree_diff(r2["after_down"], r2["from_xcf"]), "the image must not change"
     print("timings:", json.dumps(timings))
 
@@ -335,14 +383,14 @@ save_report(report)
 def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """The interactive path: the GimpUi dialog lists the daemon's library; OK runs the job."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
+    daemon = Daemon(tmp_path / "daemon", preset="draft").start()
     try:
         client = sb_client.Client(daemon.url)
         for name in ("starry_night", "the_scream"):
             client.add_style(SAMPLES[name], name)
         hook = gimp_workdir / "dialog.json"
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
-                  "args": {"daemon-url": daemon.url, "preset": "draft",
+                  "args": {"daemon-url": daemon.url,
                            "extra-settings": json.dumps(dict(TINY, iterations=3))}}
         params_path = gimp_workdir / "params-dialog.json"
         report_path = gimp_workdir / "params-dialog-report.json"
@@ -360,20 +408,30 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     assert dialog["library_error"] is None
     assert dialog["library"] == ["starry_night", "the_scream"]
     labels = " ".join(dialog["labels"])
-    for text in ("Styles from the daemon's library", "Add style image files", "_Quality", "_Preserve colours",
-                 "Style stre_ngth", "_Mask", "_Daemon URL", "_OK"):
+    for text in ("Styles from the daemon's library", "Add style image files", "_Quality", "_Original colours",
+                 "Style stre_ngth", "_Mask", "_Daemon URL", "_Connection to the stylebridge daemon", "_OK"):
         assert text in labels, (text, dialog["labels"])
+    assert dialog["ok_sensitive"] and not dialog["retry_visible"] and not dialog["connection_expanded"], dialog
     assert (gimp_workdir / "dialog.json.0.png").stat().st_size > 1000, dialog.get("screenshot_error")
+    # style strength: the slider spans the 0..1 knob, typed values may go to the setting's maximum
+    assert dialog["strength_widget"] == {"range": [0.0, 100.0], "slider": [0.0, 1.0], "value": 1.0}, \
+        dialog["strength_widget"]
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-4000:])
     styles = sorted(d["parasite"]["style"] for d in by_role(report["after"], "style"))
     assert styles == ["starry_night", "the_scream"]          # both ticked in the dialog
-    assert all(d["parasite"]["mask_mode_used"] == "reveal-all" for d in by_role(report["after"], "style"))
-    assert all(d["mask_full"] == 96 * 72 for d in by_role(report["after"], "style"))
+    # the default mask: the first style shown, the other one brush stroke away
+    first, second = sorted(by_role(report["after"], "style"), key=lambda d: d["parasite"]["index"])
+    assert first["parasite"]["style"] == "starry_night"
+    assert all(d["parasite"]["mask_used"] == "first" for d in (first, second))
+    assert first["mask_full"] == 96 * 72 and second["mask_zero"] == 96 * 72
+    # Quality "daemon default": no preset sent, so the daemon's --preset draft applied (its coarse iterations)
+    assert first["parasite"]["preset"] is None
+    assert first["parasite"]["settings"]["coarse_iterations"] == 40, first["parasite"]["settings"]
     # the second dialog, on a stylised layer, starts from the run recorded in its parasite; Cancel changes nothing
     assert again["config"]["styles"] == "starry_night,the_scream"
     assert again["checked"] == ["starry_night", "the_scream"]
-    assert again["config"]["preset"] == "draft"
+    assert again["config"]["preset"] == "daemon" and again["config"]["mask-mode"] == "first"
     assert json.loads(again["config"]["extra-settings"]) == dict(TINY, iterations=3)
     assert report["cancelled_run"]["status"] == "cancel"
     assert not tree_diff(report["after_cancel"], report["after"])
@@ -400,7 +458,7 @@ def test_token(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
             sb_client.Client(daemon.url).styles()
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "preset": "draft",
-                           "mask-mode": "hide-all", "daemon-url": daemon.url,
+                           "mask-mode": "none", "daemon-url": daemon.url,
                            "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
         params_path = gimp_workdir / "params-token.json"
         report_path = gimp_workdir / "params-token-report.json"
@@ -417,7 +475,7 @@ def test_token(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
     assert [d["name"] for d in report["after_wrong"]] == ["photo"]
     assert report["env_token"]["status"] == "success", (report["env_token"], daemon.log_text())
     styles = by_role(report["after"], "style")
-    assert len(styles) == 1 and styles[0]["parasite"]["mask_mode_used"] == "hide-all"
+    assert len(styles) == 1 and styles[0]["parasite"]["mask_used"] == "none"
     assert styles[0]["mask_zero"] == 48 * 36                     # hide all: black mask
     assert all("tok-3141" not in json.dumps(d["parasite"]) for d in report["after"] if d["parasite"])
 
@@ -451,7 +509,7 @@ def test_precisions_and_grayscale(gimp, gimp_workdir, gimp_profile, tmp_path, sb
     try:
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
-                           "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+                           "mask-mode": "selection", "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
         report, out, _ = batch(gimp, RUN_PRECISIONS, gimp_workdir, gimp_profile, params)
     finally:
         daemon.stop()
@@ -542,3 +600,132 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
             gimp_proc.kill()
             gimp_proc.wait()
         daemon.stop()
+
+
+RUN_START = r"""
+report = {}
+img, src = photo_image(48, 36)
+report["run"] = run_stylebridge(img, src, **P["args"])
+report["after"] = describe(img)
+img.delete()
+save_report(report)
+"""
+
+
+@contextlib.contextmanager
+def recorded_stylebridge(gimp, profile, workdir):
+    """The install record (sb_install.json) names a stand-in for ``stylebridge`` that GIMP's root can run: it
+    writes its arguments to ``serve-request`` and waits for ``serve-up``; the test starts the real daemon."""
+    fake = workdir / "fake-stylebridge"
+    fake.write_text("#!/bin/sh\n"
+                    f'echo "$@" > {gimp.inside(workdir / "serve-request")}\n'
+                    "i=0\n"
+                    f'while [ ! -e {gimp.inside(workdir / "serve-up")} ] && [ $i -lt 900 ]; do sleep 0.1; '
+                    "i=$((i+1)); done\n")
+    fake.chmod(0o755)
+    record = profile / "plug-ins" / "stylebridge" / "sb_install.json"
+    saved = record.read_bytes()
+    record.write_text(json.dumps({"stylebridge": [gimp.inside(fake)], "version": "test"}))
+    try:
+        yield workdir / "serve-request", workdir / "serve-up"
+    finally:
+        record.write_bytes(saved)
+
+
+def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
+    """No daemon answers on this machine: the plug-in starts the stylebridge gimp-install recorded
+    (``serve --host --port`` of its URL), waits until /v1/health answers, then runs the job."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    port = free_port()
+    daemon = None
+    with recorded_stylebridge(gimp, gimp_profile, gimp_workdir) as (request, up):
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"),
+                           "daemon-url": f"http://127.0.0.1:{port}",
+                           "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+        params_path = gimp_workdir / "params-start.json"
+        report_path = gimp_workdir / "params-start-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_START
+        script = gimp_workdir / "start.py"
+        script.write_text(code)
+        home = gimp_workdir / "home"
+        home.mkdir(exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
+               "HOME": gimp.inside(home)}
+        try:
+            with open(script) as stdin:
+                proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
+                                         "--quit"], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env=env)
+            deadline = time.monotonic() + 120
+            while not request.exists() and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+            assert request.exists(), "the plug-in did not start the recorded stylebridge"
+            time.sleep(0.3)
+            assert request.read_text().split() == ["serve", "--host", "127.0.0.1", "--port", str(port)]
+            daemon = Daemon(tmp_path / "daemon", port=port).start()
+            up.touch()
+            out, _ = proc.communicate(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if daemon is not None:
+                daemon.stop()
+    assert report_path.exists(), out[-5000:]
+    report = read_json(report_path)
+    assert report["run"]["status"] == "success", (report["run"], out[-4000:])
+    assert len(by_role(report["after"], "style")) == 1
+
+
+def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """No daemon (and none that can be started): the dialog says so with a Retry button, OK insensitive and the
+    connection settings open; typing another URL reloads the library and makes OK usable."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    down_url = f"http://127.0.0.1:{free_port()}"
+    try:
+        sb_client.Client(daemon.url).add_style(SAMPLES["starry_night"], "starry")
+        hook = gimp_workdir / "dialog-down.json"
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "args": {"daemon-url": down_url}}
+        params_path = gimp_workdir / "params-down.json"
+        report_path = gimp_workdir / "params-down-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "seturl,cancel",
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_URL": daemon.url})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    finally:
+        daemon.stop()
+    down, fixed = [json.loads(line) for line in hook.read_text().splitlines()]
+    assert down["state"] == "down" and not down["ok_sensitive"] and down["retry_visible"], down
+    assert down["connection_expanded"] and down["library"] == []
+    assert down["library_error"].startswith(f"Stylebridge daemon not reachable at {down_url}. Start it with: "
+                                            "stylebridge serve"), down["library_error"]
+    assert "_Retry" in down["labels"] and "_Connection to the stylebridge daemon" in down["labels"]
+    assert fixed["state"] == "ready" and fixed["ok_sensitive"] and not fixed["retry_visible"], fixed
+    assert fixed["library"] == ["starry"] and fixed["config"]["daemon-url"] == daemon.url
+    assert read_json(report_path)["run"]["status"] == "cancel"
+
+
+RUN_DIALOG_ONCE = r"""
+report = {}
+img, src = photo_image(48, 36)
+proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", img)
+cfg.set_core_object_array("drawables", [src])
+for k, v in P["args"].items():
+    cfg.set_property(k, v)
+res = proc.run(cfg)
+report["run"] = {"status": res.index(0).value_nick}
+img.delete()
+save_report(report)
+"""

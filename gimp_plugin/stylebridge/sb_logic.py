@@ -1,0 +1,435 @@
+"""The GIMP plug-in's decisions, without GIMP: standard library only, tested under the suite's CPython.
+
+``stylebridge.py`` is a thin adapter over Gimp/Gegl/GimpUi: it reads the procedure's arguments into a plain
+dict, asks this module what to send, what to say and what to insert, and does the pixel and layer work.
+Everything that can be decided from plain values lives here (tests/test_gimp_logic.py), so it is checked
+without a GIMP:
+
+* the arguments -> :class:`Options` -> the ONE job description sent with ``sb_client.Client.submit_job``
+  (names as everywhere else: ``original_colors``, ``style_strength``, ``reveal``, ``preset`` only when the
+  user chose one, so ``stylebridge serve --preset`` applies otherwise);
+* the mask choice (``first|all|none`` as in ``bridge.settings.Reveal``, plus ``selection``);
+* the daemon's protocol version and what to tell the user when either side is too old;
+* the layer plan from the daemon's result, the parasite record on each layer, reading old records;
+* progress text (through ``sb_client.progress_text``, the one formatter).
+
+GIMP cannot import the ``bridge`` package, so the few values that must equal the package's (bounds, defaults,
+choices, old names) are repeated here as constants and a suite test checks each against its home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import sb_client
+
+PROC_NAME = "python-fu-stylebridge"
+PARASITE_NAME = "stylebridge-settings"
+#: Version of the parasite record (1: before the one job description; it used preserve_colors/mask_mode).
+RECORD_VERSION = 2
+USER_AGENT = "stylebridge-gimp/2"
+POLL_S = 0.3
+
+#: Quality: "daemon" sends no preset (the daemon's own, ``stylebridge serve --preset``), else that preset.
+DAEMON_DEFAULT = "daemon"
+QUALITY_CHOICES = ((DAEMON_DEFAULT, "Daemon default"), ("draft", "Draft (fast)"), ("normal", "Normal"),
+                   ("best", "Best (slow)"))
+QUALITY_DEFAULT = DAEMON_DEFAULT
+PRESET_NAMES = tuple(k for k, _ in QUALITY_CHOICES if k != DAEMON_DEFAULT)   # = bridge.settings.PRESETS
+
+#: Masks: the one vocabulary (bridge.settings.Reveal) plus "selection" (the selection is the job's mask).
+SELECTION = "selection"
+MASK_CHOICES = (("first", "First style shown, the others hidden (one brush stroke away)"),
+                ("all", "All styles shown"),
+                ("none", "All styles hidden (paint them in)"),
+                (SELECTION, "The selection (feathering kept)"))
+MASK_DEFAULT = "first"                                   # = bridge.settings.DocumentSettings.reveal
+#: Old words (plug-in before the one vocabulary) -> new: = bridge.job.OLD_MASK_WORDS, plus the plug-in's own.
+OLD_MASK_WORDS = {"reveal-all": "all", "hide-all": "none", "auto": "first", "mask": SELECTION}
+
+#: style_strength: bounds and default of bridge.settings.Settings.style_strength (a test checks). The dialog's
+#: slider spans the 0..1 knob; above 1 is the old meaning (extra style weight), still accepted when typed.
+STRENGTH_DEFAULT = 1.0
+STRENGTH_MIN = 0.0
+STRENGTH_MAX = 100.0
+STRENGTH_KNOB = (0.0, 1.0)
+ORIGINAL_COLORS_DEFAULT = False                          # = bridge.settings.Settings.original_colors
+#: Old option names -> new (= bridge.settings.RENAMED).
+RENAMED = {"preserve_colors": "original_colors"}
+
+# Daemon blend-mode names -> the Gimp.LayerMode member (by name: this module does not import Gimp).
+LAYER_MODES = {
+    "normal": "NORMAL", "pass_through": "PASS_THROUGH", "multiply": "MULTIPLY", "screen": "SCREEN",
+    "overlay": "OVERLAY", "soft_light": "SOFTLIGHT", "hard_light": "HARDLIGHT", "linear_light": "LINEAR_LIGHT",
+    "color": "HSL_COLOR",            # Photoshop's "Color": hue + saturation, keeps luminosity
+    "luminosity": "LUMINANCE", "darken": "DARKEN_ONLY", "lighten": "LIGHTEN_ONLY", "difference": "DIFFERENCE",
+    "hue": "HSV_HUE", "saturation": "HSV_SATURATION", "dissolve": "DISSOLVE", "color_dodge": "DODGE",
+    "color_burn": "BURN", "linear_burn": "LINEAR_BURN", "vivid_light": "VIVID_LIGHT", "pin_light": "PIN_LIGHT",
+    "hard_mix": "HARD_MIX", "exclusion": "EXCLUSION", "subtract": "SUBTRACT", "divide": "DIVIDE",
+}
+
+
+class UserError(Exception):
+    """A problem with the arguments: reported as a CALLING_ERROR, in these words."""
+
+
+class ProtocolMismatch(sb_client.ClientError):
+    """The daemon is too old for this plug-in (see :func:`protocol_check`); nothing was sent."""
+
+
+class DaemonNotStarted(sb_client.ClientError):
+    """No daemon answered and the plug-in could not start one; ``str()`` says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# options
+# ------------------------------------------------------------------------------------------------
+
+def split_list(text: str | None, sep: str) -> list[str]:
+    return [s.strip() for s in (text or "").split(sep) if s.strip()]
+
+
+@dataclass
+class Options:
+    """One run's choices, from the procedure's arguments (GIMP property ids in :func:`read_options`)."""
+
+    styles: list[str]
+    style_files: list[str]
+    quality: str = QUALITY_DEFAULT
+    original_colors: bool = ORIGINAL_COLORS_DEFAULT
+    style_strength: float = STRENGTH_DEFAULT
+    mask: str = MASK_DEFAULT
+    daemon_url: str = sb_client.DEFAULT_URL
+    token: str | None = None
+    extra_settings: dict = field(default_factory=dict)
+
+    @property
+    def preset(self) -> str | None:
+        """The preset to send, or None for the daemon's own."""
+        return None if self.quality == DAEMON_DEFAULT else self.quality
+
+
+def connection(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(URL, token) from the ``daemon-url``/``token`` arguments, else the defaults / ``$STYLEBRIDGE_TOKEN``."""
+    env = os.environ if env is None else env
+    url = str(values.get("daemon-url") or "").strip() or sb_client.DEFAULT_URL
+    token = str(values.get("token") or "").strip() or env.get(sb_client.TOKEN_ENV) or None
+    return url, token
+
+
+def mask_choice(word: str | None) -> str:
+    """A mask word, old or new, -> one of :data:`MASK_CHOICES` (unknown -> the default)."""
+    word = OLD_MASK_WORDS.get(word or "", word or MASK_DEFAULT)
+    return word if word in dict(MASK_CHOICES) else MASK_DEFAULT
+
+
+def quality_choice(word: str | None) -> str:
+    return word if word in dict(QUALITY_CHOICES) else QUALITY_DEFAULT
+
+
+def parse_extra(text: str | None) -> dict:
+    """The ``extra-settings`` JSON object, old option names renamed."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"Stylebridge: extra-settings is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UserError('Stylebridge: extra-settings must be a JSON object, e.g. {"size": 384}')
+    out = {}
+    for key, val in value.items():
+        key = str(key).replace("-", "_")
+        out[RENAMED.get(key, key)] = val
+    return out
+
+
+def read_options(values: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                 isfile: Callable[[str], bool] = os.path.isfile) -> Options:
+    """The procedure's arguments (property id -> value) -> :class:`Options`; :class:`UserError` if unusable."""
+    url, token = connection(values, env)
+    try:
+        strength = float(values.get("style-strength", STRENGTH_DEFAULT))
+    except (TypeError, ValueError):
+        raise UserError("Stylebridge: style-strength must be a number") from None
+    if not STRENGTH_MIN <= strength <= STRENGTH_MAX:
+        raise UserError(f"Stylebridge: style-strength {strength:g} is outside {STRENGTH_MIN:g}..{STRENGTH_MAX:g} "
+                        f"(0 = the photo, 1 = fully painted)")
+    opts = Options(styles=split_list(values.get("styles"), ","),
+                   style_files=split_list(values.get("style-files"), ";"),
+                   quality=quality_choice(values.get("preset")),
+                   original_colors=bool(values.get("preserve-colors", ORIGINAL_COLORS_DEFAULT)),
+                   style_strength=strength, mask=mask_choice(values.get("mask-mode")),
+                   daemon_url=url, token=token, extra_settings=parse_extra(values.get("extra-settings")))
+    if not opts.styles and not opts.style_files:
+        raise UserError("Stylebridge: choose at least one style (library style or style image file).")
+    for path in opts.style_files:
+        if not isfile(path):
+            raise UserError(f"Stylebridge: style image not found: {path}")
+    return opts
+
+
+def file_stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def run_name(opts: Options) -> str:
+    """The run's name (the daemon names the group after it)."""
+    return "Stylebridge: " + ", ".join(list(opts.styles) + [file_stem(p) for p in opts.style_files])
+
+
+def mask_used(opts: Options, has_selection: bool) -> str:
+    """What the mask choice means for this image: ``selection`` only when there is one (no selection =
+    everything selected, so every style shown: ``all``)."""
+    if opts.mask == SELECTION:
+        return SELECTION if has_selection else "all"
+    return opts.mask
+
+
+def job_settings(opts: Options, used: str) -> dict:
+    """The settings as the user chose them (what a daemon applies over its own defaults)."""
+    settings: dict[str, Any] = {}
+    if opts.preset is not None:
+        settings["preset"] = opts.preset
+    settings["original_colors"] = opts.original_colors
+    settings["style_strength"] = opts.style_strength
+    if used != SELECTION:
+        settings["reveal"] = used
+    settings.update(opts.extra_settings)
+    return settings
+
+
+def job_description(opts: Options, has_selection: bool) -> tuple[dict, str]:
+    """(the job JSON for ``Client.submit_job``, the mask actually used). Style files go as uploads in
+    order (``{"upload": i}``), named after their files; the selection as the job's mask (upload 0)."""
+    used = mask_used(opts, has_selection)
+    styles: list[Any] = [{"library": name} for name in opts.styles]
+    styles += [{"upload": i, "name": file_stem(p)} for i, p in enumerate(opts.style_files)]
+    job: dict[str, Any] = {"protocol": sb_client.PROTOCOL_VERSION, "styles": styles,
+                           "settings": job_settings(opts, used), "name": run_name(opts)}
+    if used == SELECTION:
+        job["mask"] = {"upload": 0}
+    return job, used
+
+
+# ------------------------------------------------------------------------------------------------
+# the daemon: protocol, health
+# ------------------------------------------------------------------------------------------------
+
+def daemon_protocol(health: Mapping[str, Any]) -> int:
+    """The protocol a daemon speaks: its health's ``protocol`` (absent: 1, the daemon before versions)."""
+    value = health.get("protocol", 1)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def protocol_check(health: Mapping[str, Any], url: str,
+                   ours: int = sb_client.PROTOCOL_VERSION) -> tuple[str | None, str | None]:
+    """(error, warning) for a daemon's health: an error when the daemon is too old for this plug-in (nothing
+    is sent), a warning when this installed plug-in is older than the daemon (it still works)."""
+    theirs = daemon_protocol(health)
+    version = health.get("version")
+    where = f"at {url}" + (f" (stylebridge {version})" if version else "")
+    if theirs < ours:
+        return (f"Stylebridge: the daemon {where} speaks protocol {theirs}, this plug-in needs {ours}. Upgrade "
+                "stylebridge where the daemon runs (pip install -U stylebridge) and restart it (stylebridge serve)."
+                ), None
+    if theirs > ours:
+        return None, (f"Stylebridge: this GIMP plug-in (protocol {ours}) is older than the daemon {where}, protocol "
+                      f"{theirs}. Run `stylebridge gimp-install` again and restart GIMP to update it.")
+    return None, None
+
+
+# ------------------------------------------------------------------------------------------------
+# progress
+# ------------------------------------------------------------------------------------------------
+
+class ProgressLine:
+    """What GIMP's progress bar shows for each polled status: new text only when it changed (GIMP redraws
+    on every call), a pulse while queued, else the fraction."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+
+    def update(self, status: Mapping[str, Any]) -> tuple[str | None, float | None]:
+        """(text or None when unchanged, fraction 0..1 or None for a pulse)."""
+        text = sb_client.progress_text(dict(status))
+        changed = text if text != self.last else None
+        self.last = text
+        if status.get("status") == "queued":
+            return changed, None
+        return changed, sb_client.progress_fraction(dict(status))
+
+
+# ------------------------------------------------------------------------------------------------
+# the result: layer plan and records
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class LayerStep:
+    """One layer or group to insert, bottom to top, as the daemon's result describes it."""
+
+    index: int
+    name: str
+    group: bool
+    parent: int | None          # the index of the group it goes into (None: beside the source layer)
+    mode: str                   # a Gimp.LayerMode member name
+    opacity: float              # 0..100
+    visible: bool
+    left: int                   # offset from the source layer's own offsets
+    top: int
+    width: int | None
+    height: int | None
+    image_url: str | None
+    mask_url: str | None
+    role: str | None
+    style: str | None
+
+
+def layer_plan(result: Mapping[str, Any]) -> tuple[list[LayerStep], list[str]]:
+    """The steps to insert (the ``original`` layer left out: the source layer is the original) and warnings."""
+    steps: list[LayerStep] = []
+    warnings: list[str] = []
+    for item in result.get("layers", []):
+        meta = item.get("meta") or {}
+        role = meta.get("role")
+        if role == "original":
+            continue
+        name = item.get("name") or role or "layer"
+        group = item.get("kind") == "group"
+        mode_name = str(item.get("mode") or "normal").lower()
+        mode = LAYER_MODES.get(mode_name)
+        if mode is None:
+            warnings.append(f"{name}: blend mode {mode_name!r} not known, using Normal")
+            mode = "PASS_THROUGH" if group else "NORMAL"
+        mask_url = item.get("mask_url") or None
+        if mask_url and group:
+            warnings.append(f"{name}: masks on groups are not supported, mask left out")
+            mask_url = None
+        try:
+            opacity = max(0.0, min(100.0, 100.0 * float(item.get("opacity", 1.0))))
+        except (TypeError, ValueError):
+            opacity = 100.0
+        steps.append(LayerStep(
+            index=int(item["index"]), name=str(name), group=group, parent=item.get("parent"), mode=mode,
+            opacity=opacity, visible=bool(item.get("visible", True)), left=int(item.get("left") or 0),
+            top=int(item.get("top") or 0), width=_int_or_none(item.get("width")),
+            height=_int_or_none(item.get("height")), image_url=None if group else (item.get("image_url") or None),
+            mask_url=mask_url, role=role, style=(meta.get("style") or name) if role == "style" else None))
+    return steps, warnings
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def base_record(opts: Options, result: Mapping[str, Any], job_id: str, used: str) -> dict:
+    """What every inserted layer records (parasite ``stylebridge-settings``): enough to repeat the run."""
+    return {"plugin": PROC_NAME, "version": RECORD_VERSION, "run": result.get("name") or run_name(opts),
+            "job": job_id, "styles": list(opts.styles), "style_files": list(opts.style_files),
+            "preset": opts.preset, "original_colors": opts.original_colors, "style_strength": opts.style_strength,
+            "mask": opts.mask, "mask_used": used, "extra_settings": dict(opts.extra_settings),
+            "daemon_url": opts.daemon_url, "settings": dict(result.get("settings") or {})}
+
+
+def layer_record(base: Mapping[str, Any], step: LayerStep) -> dict:
+    record = dict(base, layer=step.name, role=step.role, index=step.index)
+    if step.style is not None:
+        record["style"] = step.style
+    return record
+
+
+def record_bytes(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True).encode("utf-8")
+
+
+def read_record(data: bytes | None) -> dict | None:
+    """A parasite's record, or None when it is not one."""
+    if not data:
+        return None
+    try:
+        value = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def config_from_record(record: Mapping[str, Any]) -> dict:
+    """A record (this version's or an old one) -> procedure property id -> value, to start the dialog from it."""
+    out: dict[str, Any] = {"styles": ",".join(record.get("styles") or []),
+                           "style-files": ";".join(record.get("style_files") or [])}
+    if "preset" in record:
+        out["preset"] = quality_choice(record.get("preset") or DAEMON_DEFAULT)
+    colors = record.get("original_colors", record.get("preserve_colors"))
+    if colors is not None:
+        out["preserve-colors"] = bool(colors)
+    strength = record.get("style_strength")
+    if isinstance(strength, (int, float)) and STRENGTH_MIN <= strength <= STRENGTH_MAX:
+        out["style-strength"] = float(strength)
+    mask = record.get("mask", record.get("mask_mode"))
+    if mask is not None:
+        out["mask-mode"] = mask_choice(str(mask))
+    if record.get("daemon_url"):
+        out["daemon-url"] = str(record["daemon_url"])
+    extra = record.get("extra_settings")
+    out["extra-settings"] = json.dumps(extra) if extra else ""
+    return out
+
+
+def is_loopback(url: str) -> bool:
+    """True when ``url`` names this machine (a daemon the plug-in may start itself)."""
+    host = urllib.parse.urlsplit(url if "://" in url else "http://" + url).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+# ------------------------------------------------------------------------------------------------
+# starting a daemon
+# ------------------------------------------------------------------------------------------------
+
+#: Written by ``stylebridge gimp-install`` beside the plug-in (= bridge.gimp_install.INSTALL_FILE):
+#: ``{"stylebridge": [command...], "version": ...}``, the stylebridge that installed it.
+INSTALL_FILE = "sb_install.json"
+#: How long a daemon the plug-in started may take to answer (it loads the VGG-19 weights first).
+START_TIMEOUT_S = 120.0
+START_TEXT = "Stylebridge: starting the stylebridge daemon..."
+
+
+def read_install(folder: str) -> dict:
+    """The install record in ``folder`` ({} when missing or unreadable: then no daemon is started)."""
+    try:
+        with open(os.path.join(folder, INSTALL_FILE), encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def serve_command(install: Mapping[str, Any], url: str) -> list[str] | None:
+    """``stylebridge serve`` for a daemon at ``url``, with the recorded executable; None when the plug-in must
+    not start one (the URL names another machine, or no executable was recorded)."""
+    command = install.get("stylebridge")
+    if not is_loopback(url) or not isinstance(command, list) or not command \
+            or not all(isinstance(c, str) and c for c in command):
+        return None
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or sb_client.DEFAULT_PORT
+    return list(command) + ["serve", "--host", "127.0.0.1" if host == "localhost" else host, "--port", str(port)]
+
+
+def start_failed_message(url: str, command: list[str] | None, reason: str = "") -> str:
+    """What to tell the user when no daemon answers and none could be started: exactly what to do."""
+    base = sb_client.unreachable_message(url)
+    if command is None:
+        if not is_loopback(url):
+            return base + " on that machine (the plug-in starts a daemon only on this one)."
+        return base + " (or run `stylebridge gimp-install` again: then the plug-in starts it itself)."
+    why = f": {reason}" if reason else ""
+    return f"{base} (the plug-in tried to start it with `{' '.join(command)}`{why})."

@@ -1,0 +1,270 @@
+"""The GIMP plug-in's logic (gimp_plugin/stylebridge/sb_logic.py) under the suite's Python, no GIMP needed.
+
+sb_logic is loaded from its file with the plug-in folder first on the path, as GIMP's Python sees it. The
+values GIMP cannot import from ``bridge`` (bounds, defaults, choices, old names) are checked against their
+home here; the job it builds is parsed by the package's own ``JobSpec.from_json`` (the daemon's parse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import job as jobmod
+from bridge import settings as S
+
+PLUGIN_DIR = Path(__file__).resolve().parents[1] / "gimp_plugin" / "stylebridge"
+
+
+@pytest.fixture(scope="module")
+def L():
+    """sb_logic as the plug-in imports it (its own sb_client beside it)."""
+    saved = {k: sys.modules.pop(k) for k in ("sb_logic", "sb_client") if k in sys.modules}
+    sys.path.insert(0, str(PLUGIN_DIR))
+    try:
+        module = importlib.import_module("sb_logic")
+        yield module
+    finally:
+        sys.path.remove(str(PLUGIN_DIR))
+        for k in ("sb_logic", "sb_client"):
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)
+
+
+def _field(cls, name):
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+# ------------------------------------------------------------------------------------------------
+# one home: the plug-in's copies equal the package's values
+# ------------------------------------------------------------------------------------------------
+
+def test_bounds_and_defaults_equal_bridge_settings(L):
+    f = _field(S.Settings, "style_strength")
+    assert (L.STRENGTH_MIN, L.STRENGTH_MAX, L.STRENGTH_DEFAULT) == (f.metadata["min"], f.metadata["max"], f.default)
+    assert L.STRENGTH_KNOB == (0.0, 1.0) and L.STRENGTH_MIN <= L.STRENGTH_KNOB[1] <= L.STRENGTH_MAX
+    assert L.ORIGINAL_COLORS_DEFAULT == S.DEFAULTS.original_colors
+    assert L.MASK_DEFAULT == S.DOCUMENT_DEFAULTS.reveal == S.Reveal.FIRST.value
+    assert [k for k, _ in L.MASK_CHOICES if k != L.SELECTION] == list(S.REVEAL_CHOICES)
+    assert L.PRESET_NAMES == tuple(S.PRESETS)
+    assert L.RENAMED == S.RENAMED
+    for old, new in jobmod.OLD_MASK_WORDS.items():      # the package's old words mean the same here
+        assert L.OLD_MASK_WORDS[old] == new
+    assert set(S.BLEND_MODES) <= set(L.LAYER_MODES)
+
+
+def test_plugin_names_no_literal_env_or_choices():
+    """The adapter takes the token variable, defaults and choices from their homes, not literals."""
+    source = (PLUGIN_DIR / "stylebridge.py").read_text()
+    assert "STYLEBRIDGE_TOKEN" not in source and "STYLEBRIDGE_URL" not in source
+    assert '"auto"' not in source and '"normal", flags' not in source
+    assert "sb_logic.STRENGTH_MAX" in source and "sb_logic.QUALITY_DEFAULT" in source
+
+
+# ------------------------------------------------------------------------------------------------
+# options -> one job description
+# ------------------------------------------------------------------------------------------------
+
+def values(**kw):
+    base = {"styles": "starry", "style-files": "", "preset": "daemon", "preserve-colors": False,
+            "style-strength": 1.0, "mask-mode": "first", "daemon-url": "", "token": "", "extra-settings": ""}
+    base.update(kw)
+    return base
+
+
+def test_daemon_default_quality_sends_no_preset(L):
+    """The bug: the plug-in always sent a preset, so `stylebridge serve --preset draft` never applied."""
+    opts = L.read_options(values(), env={})
+    job, used = L.job_description(opts, has_selection=False)
+    assert "preset" not in job["settings"] and used == "first"
+    draft = dataclasses.replace(S.DEFAULTS, **S.PRESETS["draft"])          # a daemon started with --preset draft
+    spec = jobmod.JobSpec.from_json(json.loads(json.dumps(job)), base=draft)
+    assert spec.settings.size == S.PRESETS["draft"]["size"]
+    chosen, _ = L.job_description(L.read_options(values(preset="best"), env={}), False)
+    assert chosen["settings"]["preset"] == "best"
+    assert jobmod.JobSpec.from_json(chosen, base=draft).settings.size == S.PRESETS["best"]["size"]
+
+
+def test_job_is_what_the_package_parses(L, tmp_path):
+    style = tmp_path / "my style.png"
+    style.write_bytes(b"x")
+    opts = L.read_options(values(styles="starry, scream", **{"style-files": str(style), "preserve-colors": True,
+                                                             "style-strength": 0.4, "mask-mode": "none",
+                                                             "extra-settings": '{"size": 96, "seed": 3}'}), env={})
+    job, used = L.job_description(opts, has_selection=True)
+    assert used == "none"
+    assert job["protocol"] == L.sb_client.PROTOCOL_VERSION == jobmod.PROTOCOL_VERSION
+    assert job["settings"] == {"original_colors": True, "style_strength": 0.4, "reveal": "none", "size": 96,
+                               "seed": 3}
+    assert "mask" not in job and "preserve_colors" not in json.dumps(job)
+    spec = jobmod.JobSpec.from_json(job)
+    jobmod.check(spec, over_http=True)
+    assert spec.style_names == ["starry", "scream", "my style"]
+    assert [s.upload for s in spec.styles] == [None, None, 0]
+    assert spec.settings.original_colors and spec.settings.style_strength == 0.4 and spec.settings.size == 96
+    assert spec.document.reveal == "none" and spec.name == "Stylebridge: starry, scream, my style"
+    assert spec.notes == ()
+
+
+@pytest.mark.parametrize("choice, selection, used, reveal, mask", [
+    ("selection", True, "selection", None, {"upload": 0}),
+    ("selection", False, "all", "all", None),          # no selection = everything selected
+    ("first", True, "first", "first", None),
+    ("all", True, "all", "all", None),
+    ("reveal-all", False, "all", "all", None),          # old words still read
+    ("hide-all", False, "none", "none", None),
+    ("auto", True, "first", "first", None),             # as bridge.job.mask_word("auto")
+])
+def test_mask_choice(L, choice, selection, used, reveal, mask):
+    job, got = L.job_description(L.read_options(values(**{"mask-mode": choice}), env={}), selection)
+    assert got == used
+    assert job["settings"].get("reveal") == reveal and job.get("mask") == mask
+    spec = jobmod.JobSpec.from_json(job)
+    assert (spec.mask is not None) == (mask is not None)
+
+
+def test_old_names_in_extra_settings_are_renamed(L):
+    opts = L.read_options(values(**{"extra-settings": '{"preserve-colors": true, "style-scale": 2}'}), env={})
+    job, _ = L.job_description(opts, False)
+    assert job["settings"]["original_colors"] is True and job["settings"]["style_scale"] == 2
+    assert jobmod.JobSpec.from_json(job).notes == ()
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"styles": ""}, "choose at least one style"),
+    ({"style-files": "/no/such/file.png"}, "style image not found: /no/such/file.png"),
+    ({"extra-settings": "{size"}, "extra-settings is not valid JSON"),
+    ({"extra-settings": "[1]"}, "must be a JSON object"),
+    ({"style-strength": 101.0}, "outside 0..100"),
+    ({"style-strength": -0.5}, "outside 0..100"),
+])
+def test_bad_options_say_what_to_do(L, kw, words):
+    with pytest.raises(L.UserError, match=words.replace(".", r"\.").replace("[", r"\[")):
+        L.read_options(values(**kw), env={})
+
+
+def test_connection_token_from_the_client_variable(L):
+    assert L.connection(values(), env={}) == (L.sb_client.DEFAULT_URL, None)
+    assert L.connection(values(), env={L.sb_client.TOKEN_ENV: "t"}) == (L.sb_client.DEFAULT_URL, "t")
+    assert L.connection(values(token=" mine ", **{"daemon-url": " http://h:1 "}), env={L.sb_client.TOKEN_ENV: "t"}) \
+        == ("http://h:1", "mine")
+    assert L.is_loopback("http://127.0.0.1:8765") and L.is_loopback("localhost:9") and not L.is_loopback("http://10.0.0.2")
+
+
+# ------------------------------------------------------------------------------------------------
+# protocol
+# ------------------------------------------------------------------------------------------------
+
+def test_protocol_check(L):
+    ours = L.sb_client.PROTOCOL_VERSION
+    error, warning = L.protocol_check({"status": "ok", "version": "0.1.0"}, "http://x")   # no protocol: 1
+    assert warning is None and "speaks protocol 1" in error and "pip install -U stylebridge" in error
+    assert "restart" in error and "stylebridge 0.1.0" in error
+    assert L.protocol_check({"protocol": ours}, "http://x") == (None, None)
+    error, warning = L.protocol_check({"protocol": ours + 1}, "http://x")
+    assert error is None and "stylebridge gimp-install" in warning
+    assert L.daemon_protocol({"protocol": True}) == 1 and L.daemon_protocol({"protocol": "2"}) == 1
+    assert issubclass(L.ProtocolMismatch, L.sb_client.ClientError)
+
+
+# ------------------------------------------------------------------------------------------------
+# result -> layer plan -> records
+# ------------------------------------------------------------------------------------------------
+
+RESULT = {"name": "Stylebridge: a, b", "settings": {"size": 64, "seed": 7}, "layers": [
+    {"index": 0, "name": "Original", "kind": "pixel", "meta": {"role": "original"}, "image_url": "/v1/x/0"},
+    {"index": 1, "name": "Stylebridge: a, b", "kind": "group", "mode": "pass_through", "opacity": 1.0,
+     "mask_url": "/v1/x/1/mask", "meta": {"role": "group"}},
+    {"index": 2, "name": "a", "kind": "pixel", "parent": 1, "mode": "normal", "opacity": 0.5, "visible": True,
+     "left": 2, "top": 3, "width": 10, "height": 8, "image_url": "/v1/x/2", "mask_url": "/v1/x/2/mask",
+     "meta": {"role": "style", "style": "a"}},
+    {"index": 3, "name": "Colours", "kind": "pixel", "mode": "color", "opacity": 1.0, "visible": False,
+     "image_url": "/v1/x/3", "meta": {"role": "colors"}},
+    {"index": 4, "name": "Odd", "kind": "pixel", "mode": "weird", "opacity": "x", "meta": {"role": "refine"}},
+]}
+
+
+def test_layer_plan(L):
+    steps, warnings = L.layer_plan(RESULT)
+    assert [s.index for s in steps] == [1, 2, 3, 4]                     # the original is left out
+    group, a, colours, odd = steps
+    assert group.group and group.mode == "PASS_THROUGH" and group.mask_url is None and group.image_url is None
+    assert (a.parent, a.mode, a.opacity, a.left, a.top, a.width, a.style) == (1, "NORMAL", 50.0, 2, 3, 10, "a")
+    assert a.mask_url == "/v1/x/2/mask" and a.role == "style"
+    assert colours.mode == "HSL_COLOR" and not colours.visible and colours.style is None
+    assert odd.mode == "NORMAL" and odd.opacity == 100.0
+    assert warnings == ["Stylebridge: a, b: masks on groups are not supported, mask left out",
+                        "Odd: blend mode 'weird' not known, using Normal"]
+
+
+def test_records_round_trip_and_old_records_read(L, tmp_path):
+    style = tmp_path / "s.png"
+    style.write_bytes(b"x")
+    opts = L.read_options(values(**{"style-files": str(style), "preset": "draft", "style-strength": 0.3,
+                                    "mask-mode": "selection", "extra-settings": '{"size": 64}',
+                                    "daemon-url": "http://127.0.0.1:9"}), env={L.sb_client.TOKEN_ENV: "secret"})
+    steps, _ = L.layer_plan(RESULT)
+    record = L.layer_record(L.base_record(opts, RESULT, "job1", "selection"), steps[1])
+    assert record["original_colors"] is False and "preserve_colors" not in record
+    assert (record["mask"], record["mask_used"], record["preset"], record["style"]) == ("selection", "selection",
+                                                                                        "draft", "a")
+    assert record["settings"] == {"size": 64, "seed": 7} and "secret" not in json.dumps(record)
+    back = L.read_record(L.record_bytes(record))
+    assert back == record
+    config = L.config_from_record(back)
+    again = L.read_options(dict(values(), **config), env={})
+    assert dataclasses.asdict(again) == dict(dataclasses.asdict(opts), token=None)
+    # a record of the plug-in before the one vocabulary
+    old = {"version": 1, "styles": ["starry"], "style_files": [], "preset": "normal", "preserve_colors": True,
+           "style_strength": 2.0, "mask_mode": "reveal-all", "extra_settings": {}}
+    config = L.config_from_record(old)
+    assert config["preserve-colors"] is True and config["mask-mode"] == "all" and config["style-strength"] == 2.0
+    assert config["preset"] == "normal" and config["extra-settings"] == ""
+    assert L.config_from_record({"preset": None})["preset"] == L.DAEMON_DEFAULT
+    assert L.read_record(b"not json") is None and L.read_record(b"[1]") is None and L.read_record(None) is None
+
+
+def test_progress_line_uses_the_one_formatter(L):
+    line = L.ProgressLine()
+    queued = {"status": "queued", "queue_position": 2}
+    assert line.update(queued) == (L.sb_client.progress_text(queued), None)
+    assert line.update(queued) == (None, None)                         # unchanged: no redraw
+    running = {"status": "running", "percent": 40, "style_name": "a", "iteration": 3, "iterations": 10}
+    text, fraction = line.update(running)
+    assert text == L.sb_client.progress_text(running) and fraction == 0.4
+
+
+# ------------------------------------------------------------------------------------------------
+# starting a daemon
+# ------------------------------------------------------------------------------------------------
+
+def test_serve_command_only_for_this_machine(L, tmp_path):
+    from bridge import gimp_install
+    assert L.INSTALL_FILE == gimp_install.INSTALL_FILE
+    assert L.read_install(str(tmp_path)) == {}
+    (tmp_path / L.INSTALL_FILE).write_text("not json")
+    assert L.read_install(str(tmp_path)) == {}
+    (tmp_path / L.INSTALL_FILE).write_text(json.dumps(gimp_install.install_record(["/opt/sb/stylebridge"])))
+    install = L.read_install(str(tmp_path))
+    assert L.serve_command(install, "http://127.0.0.1:9999") == ["/opt/sb/stylebridge", "serve", "--host",
+                                                                 "127.0.0.1", "--port", "9999"]
+    assert L.serve_command(install, "localhost")[-4:] == ["--host", "127.0.0.1", "--port",
+                                                          str(L.sb_client.DEFAULT_PORT)]
+    assert L.serve_command(install, "http://192.168.1.5:8765") is None       # another machine: never
+    assert L.serve_command({}, "http://127.0.0.1:9999") is None
+    assert L.serve_command({"stylebridge": "/not/a/list"}, "http://127.0.0.1:9999") is None
+
+
+def test_start_messages_say_what_to_do(L):
+    base = L.sb_client.unreachable_message("http://127.0.0.1:9")
+    assert L.start_failed_message("http://127.0.0.1:9", None).startswith(base)
+    assert "stylebridge gimp-install" in L.start_failed_message("http://127.0.0.1:9", None)
+    assert "on that machine" in L.start_failed_message("http://10.1.1.1:9", None)
+    text = L.start_failed_message("http://127.0.0.1:9", ["/x/stylebridge", "serve"], "No such file or directory")
+    assert text == base + " (the plug-in tried to start it with `/x/stylebridge serve`: No such file or directory)."
+    assert issubclass(L.DaemonNotStarted, L.sb_client.ClientError)
