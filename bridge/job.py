@@ -18,6 +18,7 @@ to a job that names none, which a full copy of every default would hide.
 from __future__ import annotations
 
 import math
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -37,6 +38,19 @@ LIMITED = {"iterations": "max_iterations", "coarse_iterations": "max_iterations"
            "size": "max_size", "min_size": "max_size"}
 #: Old mask words (daemon ``mask_mode``, the GIMP plug-in before 0.2) -> the one vocabulary.
 OLD_MASK_WORDS = {"reveal-all": "all", "hide-all": "none", "auto": "first"}
+
+
+class Priority(str, enum.Enum):
+    """How a daemon schedules a job: an artist waiting in the editor, or a batch (hot folder, scripts).
+
+    A ``batch`` job that runs when an ``interactive`` one arrives pauses at a checkpoint and resumes after it.
+    """
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class LimitError(SettingsError):
@@ -138,6 +152,7 @@ class JobSpec:
     style_masks: tuple[tuple[str, Source], ...] = ()
     name: str | None = None
     content_layer: str | None = None      # PSD input: the layer to stylise instead of the composite
+    priority: Priority = Priority.INTERACTIVE
     notes: tuple[str, ...] = ()           # deprecation notes for the user (old names that still work)
 
     # -- building ----------------------------------------------------------------------------------
@@ -169,6 +184,8 @@ class JobSpec:
             out["name"] = self.name
         if self.content_layer:
             out["content_layer"] = self.content_layer
+        if self.priority != Priority.INTERACTIVE:
+            out["priority"] = self.priority.value
         return out
 
     @classmethod
@@ -182,7 +199,7 @@ class JobSpec:
         if not isinstance(data, dict):
             raise SettingsError("job", "must be a JSON object")
         check_protocol(data.get("protocol"))
-        known = ("protocol", "styles", "settings", "mask", "style_masks", "name", "content_layer")
+        known = ("protocol", "styles", "settings", "mask", "style_masks", "name", "content_layer", "priority")
         for key in data:
             if key not in known:
                 raise SettingsError("job", f"{key!r}: {unknown_option_message(str(key), known)}")
@@ -207,8 +224,12 @@ class JobSpec:
         layer = data.get("content_layer")
         if layer is not None and not isinstance(layer, str):
             raise SettingsError("content_layer", "must be a layer name (text)")
+        priority = data.get("priority", Priority.INTERACTIVE.value)
+        if priority not in tuple(p.value for p in Priority):
+            raise SettingsError("priority", f"{_short(priority)} is not one of {', '.join(p.value for p in Priority)}")
         return cls.build(options, styles, base=base, document_base=document_base, mask=mask,
-                         style_masks=style_masks, name=name or None, content_layer=layer or None)
+                         style_masks=style_masks, name=name or None, content_layer=layer or None,
+                         priority=Priority(priority))
 
 
 def check_protocol(version: Any) -> None:
@@ -327,6 +348,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["PROTOCOL_VERSION", "FIXED_BY_DAEMON", "LimitError", "Source", "JobSpec", "check", "check_protocol",
+__all__ = ["PROTOCOL_VERSION", "FIXED_BY_DAEMON", "LimitError", "Priority", "Source", "JobSpec", "check", "check_protocol",
            "limit_error",
            "mask_word", "unique_names", "RENAMED"]

@@ -108,3 +108,14 @@ def test_the_service_defaults_match_the_protocol_clients():
     from bridge.daemon import protocol_client
     from bridge.settings import SERVICE
     assert SERVICE.url == protocol_client.DEFAULT_URL
+
+
+def test_priority_travels_and_defaults_to_interactive():
+    from bridge.job import Priority
+    spec = JobSpec.build({}, [Source(library="a")], priority=Priority.BATCH)
+    assert spec.to_json()["priority"] == "batch"
+    assert JobSpec.from_json(spec.to_json()).priority is Priority.BATCH
+    assert "priority" not in JobSpec.build({}, [Source(library="a")]).to_json()
+    assert JobSpec.from_json({"styles": ["a"]}).priority is Priority.INTERACTIVE
+    with pytest.raises(SettingsError, match="priority"):
+        JobSpec.from_json({"styles": ["a"], "priority": "urgent"})
