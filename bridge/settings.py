@@ -80,9 +80,12 @@ class SettingsError(ValueError):
 
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
-         minimum: float | None = None, maximum: float | None = None, cli: bool = True) -> Any:
-    """A dataclass field carrying its help text and limits, used by the CLI and validation."""
-    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "cli": cli}
+         minimum: float | None = None, maximum: float | None = None, cli: bool = True,
+         special: tuple[Any, ...] = ()) -> Any:
+    """A dataclass field carrying its help text and limits, used by the CLI and validation.
+
+    ``special``: values with a meaning of their own outside the range (``size`` 0 = "native")."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "cli": cli, "special": special}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -96,7 +99,8 @@ class Settings:
     # NATIVE_SIZE (0) = the photo's own long side; users write the word "native" (coerce_value).
     size: int = _opt(512, "working size: long side in pixels of the last optimisation stage, or 'native' = the "
                      "photo's own size (no upsampling: the texture is painted at print resolution; hours on a CPU); "
-                     "results are always returned at the photo's native size", minimum=0)
+                     "results are always returned at the photo's native size", minimum=16,
+                     special=(NATIVE_SIZE,))
     # Sizes and iteration counts have no maximum here: the machine's limits (Limits.max_size,
     # max_iterations) are applied to every job by bridge.job.check, the same for every front end.
     # Coarse stages of 25 iterations, then 150 at the working size, reach the loss of 300 single-size
@@ -359,6 +363,8 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if isinstance(v, float) and not math.isfinite(v):     # (isfinite of a huge int overflows)
                 raise SettingsError(f.name, "must be a finite number")
+            if v in meta.get("special", ()) and type(v) is int:
+                continue
             lo, hi = meta.get("min"), meta.get("max")
             shown: Any = v
             if isinstance(v, int) and abs(v) >= 10 ** 30:   # str() of a huge int is refused past 4300 digits
