@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from ...document.model import Group, Layer
 from ...imaging import iter_png
 from ...job import FIXED_BY_DAEMON, JobSpec, Source, check, mask_word
-from ...settings import SERVICE, Limits, Settings, SettingsError
+from ...settings import REVEAL_CHOICES, SERVICE, Limits, Settings, SettingsError
 from ..context import Daemon, DaemonDep
 from ..jobs import ImageShape, Job, JobFiles, JobResult, QueueFull, default_job_memory, estimate_job_memory
 from ..library import LibraryError, name_from_filename
@@ -62,7 +62,7 @@ def legacy_job(names: list[str], uploads: int, settings: str | None, mask_mode: 
                 raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
             job["mask"] = {"upload": 0}
         else:
-            bad = ApiError(422, f"mask_mode: {str(mode)[:40]!r} is not one of first, all, none, mask",
+            bad = ApiError(422, f"mask_mode: {str(mode)[:40]!r} is not one of {', '.join(REVEAL_CHOICES)}, mask",
                            option="mask_mode")
             if not isinstance(mode, str):
                 raise bad
