@@ -48,6 +48,19 @@ def test_png_readable_by_pillow_and_back(sb_png):
     assert sb_png.png_decode(buf.getvalue())[4] == photo.tobytes()
 
 
+def test_png_reads_the_daemons_writer_at_every_level(sb_png):
+    """What the daemon sends (layers stored or level 1, previews level 6 with row filters) the plug-in reads."""
+    np = pytest.importorskip("numpy")
+    from bridge.imaging import encode_array_png
+    rng = np.random.default_rng(3)
+    photo = np.cumsum(rng.integers(-3, 4, (30, 41, 3)), axis=1).clip(0, 255).astype(np.uint8)
+    for arr in (photo, photo.astype(np.uint16) * 257, np.dstack([photo, photo[:, :, 0]]), photo[:, :, 1]):
+        for level in (None, 0, 1, 6):
+            w, h, channels, depth, raw = sb_png.png_decode(encode_array_png(arr, level))
+            expected = arr.astype(">u2").tobytes() if arr.dtype == np.uint16 else arr.tobytes()
+            assert (w, h, depth) == (41, 30, 8 * arr.itemsize) and raw == expected, (arr.shape, level)
+
+
 def test_swap16(sb_png):
     assert sb_png.swap16(b"\x01\x02\x03\x04") == b"\x02\x01\x04\x03"
 
