@@ -30,13 +30,11 @@ orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated f
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import os
 import re
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
