@@ -287,6 +287,15 @@ def test_protocol_2_refusals(daemon, client, content_png, style_pngs):
         with pytest.raises(DaemonError) as err:
             client.submit_job(("c.png", content_png), job, style_files=style)
         assert err.value.status == status and words in str(err.value.payload), (job, err.value.payload)
+    with pytest.raises(DaemonError) as err:      # a mask the job does not name is a mistake, not ignored
+        client.submit_job(("c.png", content_png), {"styles": [{"upload": 0}]}, style_files=style,
+                          mask=grey_png(64, 48, 10))
+    assert err.value.status == 422 and "names no mask" in err.value.message
+    with pytest.raises(DaemonError) as err:      # size native: bounded by the photo's pixels (from its header)
+        client.submit_job(("big.png", huge_png_header(10000, 8000)),
+                          {"styles": [{"upload": 0}], "settings": {"preset": "print"}}, style_files=style)
+    assert err.value.status == 413 and err.value.payload["limit"] == "max_native_pixels", err.value.payload
+    assert "working size" in err.value.message
     from bridge.daemon.client import encode_multipart
     body, ctype = encode_multipart([("job", json.dumps({"styles": ["a"]})), ("name", "x")],
                                    [("content", "c.png", content_png)])

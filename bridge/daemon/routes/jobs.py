@@ -103,8 +103,18 @@ def _named(source: Source, files: list[UploadFile]) -> Source:
     return dataclasses.replace(source, name=name_from_filename(files[source.upload].filename))
 
 
-def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int) -> None:
-    """Every ``{"upload": i}`` of the job names a file that came with it; masks are uploads only."""
+def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int, *, strict: bool = True) -> None:
+    """Every ``{"upload": i}`` of the job names a file that came with it; masks are uploads only.
+
+    ``strict`` (protocol 2): a mask file that the job does not name is a mistake, not something to ignore."""
+    if strict and mask and spec.mask is None:
+        raise ApiError(422, "mask: a 'mask' file was sent but the job names no mask; add \"mask\": {\"upload\": 0} "
+                            "to the job to use it for every style layer, or do not send the file", option="mask")
+    named = {source.upload for _, source in spec.style_masks}
+    if strict and any(i not in named for i in range(style_masks)):
+        unused = min(i for i in range(style_masks) if i not in named)
+        raise ApiError(422, f"style_masks: style_mask_files upload {unused} is named by no style in the job's "
+                            "style_masks (uploads count from 0)", option="style_masks")
     for source in spec.styles:
         if source.upload is not None and source.upload >= styles:
             raise ApiError(422, f"styles: upload {source.upload} named, but {styles} style_files were sent "
@@ -161,7 +171,7 @@ def submit_job(
         check(spec, limits, over_http=True)
     except SettingsError as exc:
         raise settings_error(exc, spec.options, limits) from None
-    _check_uploads(spec, len(files), mask is not None, len(mask_files))
+    _check_uploads(spec, len(files), mask is not None, len(mask_files), strict=job is not None)
     waiting = d.manager.counts()["queued"]
     if waiting >= limits.max_queued_jobs:       # before storing anything; submit() checks again
         raise _queue_full(d, waiting)
@@ -192,6 +202,10 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
     limits = d.config.limits
     content_path = save_upload(content, folder, "content", "content")
     shape = probe_file(content_path, "content", limits)
+    try:
+        check(spec, limits, over_http=True, content_size=(shape.width, shape.height))   # size native: its pixel cap
+    except SettingsError as exc:
+        raise settings_error(exc, spec.options, limits) from None
     style_paths: list[tuple[str, Path]] = []
     style_shapes: list[ImageShape] = []
     for i, (source, label) in enumerate(zip(spec.styles, spec.style_names)):
