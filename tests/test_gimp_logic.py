@@ -268,3 +268,15 @@ def test_start_messages_say_what_to_do(L):
     text = L.start_failed_message("http://127.0.0.1:9", ["/x/stylebridge", "serve"], "No such file or directory")
     assert text == base + " (the plug-in tried to start it with `/x/stylebridge serve`: No such file or directory)."
     assert issubclass(L.DaemonNotStarted, L.sb_client.ClientError)
+
+
+def test_library_and_file_list_helpers(L):
+    assert L.thumb_geometry(512, 320) == (154, 96, 0)          # equal heights: check boxes line up
+    assert L.thumb_geometry(402, 512) == (75, 96, 0)
+    assert L.thumb_geometry(1000, 100) == (960, 96, 400)      # a panorama is cropped around its centre
+    assert L.add_files("a.png;b.png", ["b.png", "c.png", ""]) == "a.png;b.png;c.png"
+    assert L.add_files("", ["x y.png"]) == "x y.png"
+    assert L.remove_file("a.png;b.png", "a.png") == "b.png"
+    assert L.library_add_message([("/p/a.png", None)]) is None
+    assert L.library_add_message([("/p/a.png", None), ("/p/b.png", "exists")]) == \
+        "Stylebridge: not added to the library: b.png: exists"

@@ -433,3 +433,39 @@ def start_failed_message(url: str, command: list[str] | None, reason: str = "") 
         return base + " (or run `stylebridge gimp-install` again: then the plug-in starts it itself)."
     why = f": {reason}" if reason else ""
     return f"{base} (the plug-in tried to start it with `{' '.join(command)}`{why})."
+
+
+# ------------------------------------------------------------------------------------------------
+# the dialog's library and file list
+# ------------------------------------------------------------------------------------------------
+
+#: Library thumbnails all get this height (so the check boxes under them line up); wide ones are cropped
+#: to THUMB_MAX_WIDTH around their centre rather than shrunk.
+THUMB_HEIGHT = 96
+THUMB_MAX_WIDTH = 160
+IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp")
+
+
+def thumb_geometry(width: int, height: int) -> tuple[int, int, int]:
+    """(scaled width, height, crop x) for a thumbnail of ``width`` x ``height``: THUMB_HEIGHT high, at most
+    THUMB_MAX_WIDTH wide (cropped around the centre)."""
+    scaled = max(1, round(width * THUMB_HEIGHT / max(1, height)))
+    shown = min(scaled, THUMB_MAX_WIDTH)
+    return scaled, THUMB_HEIGHT, (scaled - shown) // 2
+
+
+def add_files(current: str | None, new: list[str]) -> str:
+    """The ``style-files`` value with ``new`` paths added (order kept, no duplicates)."""
+    return ";".join(dict.fromkeys(split_list(current, ";") + [p for p in new if p]))
+
+
+def remove_file(current: str | None, path: str) -> str:
+    return ";".join(p for p in split_list(current, ";") if p != path)
+
+
+def library_add_message(results: list[tuple[str, str | None]]) -> str | None:
+    """One message for the files that could not be added ((path, error or None) per file), or None."""
+    failed = [f"{os.path.basename(path)}: {error}" for path, error in results if error]
+    if not failed:
+        return None
+    return "Stylebridge: not added to the library: " + "; ".join(failed)

@@ -397,23 +397,7 @@ def show_dialog(procedure, config, layer):
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
     panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")))
 
-    browse = Gtk.Button(label="Add style image files...")
-
-    def on_browse(_button):
-        chooser = Gtk.FileChooserDialog(title="Style images", parent=dialog, action=Gtk.FileChooserAction.OPEN)
-        chooser.add_buttons("_Cancel", Gtk.ResponseType.CANCEL, "_Add", Gtk.ResponseType.OK)
-        chooser.set_select_multiple(True)
-        filt = Gtk.FileFilter()
-        filt.set_name("Images")
-        for pattern in ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.PNG", "*.JPG", "*.JPEG"):
-            filt.add_pattern(pattern)
-        chooser.add_filter(filt)
-        if chooser.run() == Gtk.ResponseType.OK:
-            files = sb_logic.split_list(config.get_property("style-files"), ";") + list(chooser.get_filenames())
-            config.set_property("style-files", ";".join(dict.fromkeys(files)))
-        chooser.destroy()
-
-    browse.connect("clicked", on_browse)
+    files = FileList(dialog, config)
 
     slider = None
     try:    # the slider spans the 0..1 knob; a typed value above 1 (the old meaning) is still accepted
@@ -421,10 +405,10 @@ def show_dialog(procedure, config, layer):
         slider = list(sb_logic.STRENGTH_KNOB)
     except Exception:  # noqa: BLE001 - cosmetic
         pass
-    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode"])
+    dialog.fill(["preset", "preserve-colors", "style-strength", "mask-mode"])
 
     # the connection, apart from the main form
-    expander = Gtk.Expander(label="_Connection to the stylebridge daemon", use_underline=True)
+    expander = Gtk.Expander(label="Conn_ection to the stylebridge daemon", use_underline=True)
     conn = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
     conn.set_border_width(4)
     for prop in ("daemon-url", "token"):
@@ -441,17 +425,17 @@ def show_dialog(procedure, config, layer):
     content = dialog.get_content_area()
     content.pack_start(panel.frame, False, False, 0)
     content.reorder_child(panel.frame, 0)
-    content.pack_start(browse, False, False, 0)
-    content.reorder_child(browse, 1)
+    content.pack_start(files.frame, False, False, 0)
+    content.reorder_child(files.frame, 1)
     content.pack_start(expander, False, False, 0)
     panel.frame.show_all()
-    browse.show()
+    files.frame.show_all()
     expander.show_all()
     panel.load()
 
     test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
     if test_hook:
-        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, panel, test_hook, slider)
+        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, panel, files, test_hook, slider)
 
     while True:
         ok = dialog.run()
@@ -483,6 +467,7 @@ class LibraryPanel:
         self._chosen = set(chosen)
         self.checks = []
         self.library = []
+        self.thumbs = {}                # name -> (width, height) of its thumbnail
         self.error = None
         self.state = "loading"          # loading | starting | ready | down
         self.loads = 0                  # finished loads (the test hook waits on it)
@@ -498,7 +483,7 @@ class LibraryPanel:
         self.status.set_line_wrap(True)
         self.status.set_xalign(0.0)
         self.status.set_max_width_chars(70)
-        self.retry = Gtk.Button(label="_Retry", use_underline=True)
+        self.retry = Gtk.Button(label="Retr_y", use_underline=True)
         self.retry.connect("clicked", lambda _b: self.load())
         row.pack_start(self.status, True, True, 0)
         row.pack_start(self.retry, False, False, 0)
@@ -508,6 +493,12 @@ class LibraryPanel:
         self.grid.set_max_children_per_line(4)
         self.grid.set_homogeneous(True)
         box.pack_start(self.grid, True, True, 0)
+        self.add_button = Gtk.Button(label="_Add images to the library...", use_underline=True)
+        self.add_button.set_tooltip_text("Upload style images to the daemon's library (POST /v1/styles)")
+        self.add_button.connect("clicked", self._choose_for_library)
+        buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        buttons.pack_start(self.add_button, False, False, 0)
+        box.pack_start(buttons, False, False, 0)
         self._handlers = [config.connect("notify::daemon-url", self._edited),
                           config.connect("notify::token", self._edited)]
 
@@ -599,6 +590,7 @@ class LibraryPanel:
 
     def _down(self, message):
         self._clear()
+        self.add_button.set_sensitive(False)
         self.state = "down"
         self.error = message
         self._say(message, retry=True)
@@ -610,35 +602,171 @@ class LibraryPanel:
     def _show(self, styles, url, token, warning=None):
         Gtk = self.Gtk
         self._clear()
+        self.add_button.set_sensitive(True)
         self.state = "ready"
         self.error = None
         self.library = styles
+        self.thumbs = {}
         text = warning or ("" if styles else "The library is empty: add style images below.")
         self._say(text)
         for style in styles:
             name = style.get("name")
             check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
             check.set_active(name in self._chosen)
+            remove = Gtk.Button.new_from_icon_name("edit-delete", Gtk.IconSize.MENU)
+            remove.set_relief(Gtk.ReliefStyle.NONE)
+            remove.set_tooltip_text(f"Remove {name} from the daemon's library")
+            remove.connect("clicked", lambda _b, n=name: self.remove_style(n))
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=2)
+            row.pack_start(check, True, True, 0)
+            row.pack_start(remove, False, False, 0)
+            box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
             thumb = _thumbnail(url, token, style.get("thumbnail_url"))
             if thumb is not None:
-                box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-                box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
-                box.pack_start(check, False, False, 0)
-                self.grid.add(box)
-            else:
-                self.grid.add(check)
+                self.thumbs[name] = (thumb.get_width(), thumb.get_height())
+                image = Gtk.Image.new_from_pixbuf(thumb)
+            else:       # the same height without a picture, so the check boxes still line up
+                image = Gtk.Image()
+            image.set_size_request(-1, sb_logic.THUMB_HEIGHT)
+            box.pack_start(image, False, False, 0)
+            box.pack_start(row, False, False, 0)
+            self.grid.add(box)
             self.checks.append((name, check))
         self.grid.show_all()
         self._set_ok(True)
         self.loads += 1
 
+    # -- editing the library ------------------------------------------------------------------------
+    def _client(self):
+        url, token = sb_logic.connection(config_values(self.config))
+        return daemon_client(url, token, timeout=60)
 
-def _dialog_test_hook(dialog, config, panel, path, slider=None):
+    def _choose_for_library(self, _button):
+        paths = choose_images(self.dialog, "Add style images to the daemon's library", "_Add to library")
+        if paths:
+            self.add_to_library(paths)
+
+    def add_to_library(self, paths):
+        """Upload ``paths`` to the library (named after their files), tick them, reload."""
+        client = self._client()
+        results = []
+        for path in paths:
+            try:
+                entry = client.add_style(path)
+                self._chosen.add(entry.get("name"))
+                results.append((path, None))
+            except (OSError, sb_client.ClientError) as exc:
+                results.append((path, getattr(exc, "strerror", None) or str(exc)))
+        message = sb_logic.library_add_message(results)
+        if message:
+            Gimp.message(message)
+        self.load()
+
+    def remove_style(self, name, confirm=True):
+        """Remove ``name`` from the daemon's library (after asking), reload."""
+        Gtk = self.Gtk
+        if confirm:
+            ask = Gtk.MessageDialog(transient_for=self.dialog, modal=True, message_type=Gtk.MessageType.QUESTION,
+                                    buttons=Gtk.ButtonsType.OK_CANCEL,
+                                    text=f"Remove {name} from the daemon's library?")
+            ask.format_secondary_text("The image is deleted on the daemon's machine; layers made with it stay.")
+            answer = ask.run()
+            ask.destroy()
+            if answer != Gtk.ResponseType.OK:
+                return
+        try:
+            self._client().remove_style(name)
+        except sb_client.ClientError as exc:
+            Gimp.message(f"Stylebridge: {name} not removed: {exc}")
+        self._chosen.discard(name)
+        self.load()
+
+
+def choose_images(parent, title, accept):
+    """The desktop's own file chooser (several files); the chosen paths, or [] when cancelled."""
+    from gi.repository import Gtk
+
+    chooser = Gtk.FileChooserNative.new(title, parent, Gtk.FileChooserAction.OPEN, accept, "_Cancel")
+    chooser.set_select_multiple(True)
+    filt = Gtk.FileFilter()
+    filt.set_name("Images")
+    for pattern in sb_logic.IMAGE_PATTERNS:
+        filt.add_pattern(pattern)
+        filt.add_pattern(pattern.upper())
+    chooser.add_filter(filt)
+    try:
+        if chooser.run() == Gtk.ResponseType.ACCEPT:
+            return [p for p in chooser.get_filenames() if p]
+        return []
+    finally:
+        chooser.destroy()
+
+
+class FileList:
+    """Style images from disk (uploaded with the job, not kept in the library): a list with a remove button per
+    file and the desktop's file chooser to add several at once. Kept in the ``style-files`` argument."""
+
+    def __init__(self, dialog, config):
+        from gi.repository import Gtk
+
+        self.Gtk, self.dialog, self.config = Gtk, dialog, config
+        self.frame = Gtk.Frame(label="Style images from files (sent with the job)")
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        box.set_border_width(6)
+        self.frame.add(box)
+        self.list = Gtk.ListBox()
+        self.list.set_selection_mode(Gtk.SelectionMode.NONE)
+        box.pack_start(self.list, False, False, 0)
+        add = Gtk.Button(label="Add style _image files...", use_underline=True)
+        add.connect("clicked", lambda _b: self.add(choose_images(dialog, "Style images", "_Add")))
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL)
+        row.pack_start(add, False, False, 0)
+        box.pack_start(row, False, False, 0)
+        self.refresh()
+
+    def paths(self):
+        return sb_logic.split_list(self.config.get_property("style-files"), ";")
+
+    def add(self, paths):
+        if paths:
+            self.config.set_property("style-files", sb_logic.add_files(self.config.get_property("style-files"), paths))
+            self.refresh()
+
+    def remove(self, path):
+        self.config.set_property("style-files", sb_logic.remove_file(self.config.get_property("style-files"), path))
+        self.refresh()
+
+    def refresh(self):
+        Gtk = self.Gtk
+        for child in self.list.get_children():
+            self.list.remove(child)
+        for path in self.paths():
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+            label = Gtk.Label(label=os.path.basename(path))
+            label.set_tooltip_text(path)
+            label.set_xalign(0.0)
+            label.set_ellipsize(3)          # Pango.EllipsizeMode.END
+            remove = Gtk.Button.new_from_icon_name("list-remove", Gtk.IconSize.MENU)
+            remove.set_relief(Gtk.ReliefStyle.NONE)
+            remove.set_tooltip_text(f"Do not use {os.path.basename(path)}")
+            remove.connect("clicked", lambda _b, p=path: self.remove(p))
+            row.pack_start(label, True, True, 0)
+            row.pack_start(remove, False, False, 0)
+            self.list.add(row)
+        self.list.set_visible(bool(self.paths()))
+        self.list.show_all()
+        if not self.paths():
+            self.list.hide()
+
+
+def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
     """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
     shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
     STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
-    "cancel" cancels, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL and looks again
-    once the library has reloaded (the next word answers that look)."""
+    "cancel" cancels, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
+    files in $STYLEBRIDGE_GIMP_DIALOG_TEST_FILES (';'-separated) to the library, "remove" removes the first library
+    style, "addfiles" adds those files to the job's style files; after each of these it looks again once the
+    library has reloaded (the next word answers that look)."""
     from gi.repository import Gdk, Gtk
 
     if panel.state in ("loading", "starting"):
@@ -673,6 +801,8 @@ def _dialog_test_hook(dialog, config, panel, path, slider=None):
             "library_error": panel.error, "state": panel.state, "labels": labels, "response": response,
             "ok_sensitive": bool(ok_button and ok_button.get_sensitive()), "retry_visible": panel.retry.get_visible(),
             "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
+            "thumbs": panel.thumbs, "files": files.paths(),
+            "check_y": [(check.translate_coordinates(panel.grid, 0, 0) or [None])[-1] for _, check in panel.checks],
             "config": {p: config.get_property(p) for p in props}}
     try:
         scale = dialog.get_widget("style-strength", GObject.TYPE_NONE)
@@ -690,14 +820,23 @@ def _dialog_test_hook(dialog, config, panel, path, slider=None):
         info["screenshot_error"] = str(exc)
     with open(path, "a") as fh:
         fh.write(json.dumps(info) + "\n")
-    if response == "seturl":
+    test_files = sb_logic.split_list(os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_FILES"), ";")
+    if response in ("seturl", "addlib", "remove", "addfiles"):
         loads = panel.loads
-        config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
+        if response == "seturl":
+            config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
+        elif response == "addlib":
+            panel.add_to_library(test_files)
+        elif response == "remove":
+            panel.remove_style(panel.checks[0][0], confirm=False)
+        else:
+            files.add(test_files)
+            panel.loads += 1                 # nothing to reload: look again now
 
         def again():
             if panel.loads == loads:
                 return True
-            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, path, slider)
+            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, files, path, slider)
             return False
 
         GLib.timeout_add(100, again)
@@ -720,10 +859,10 @@ def _thumbnail(url, token, thumb_url):
         loader.write(data)
         loader.close()
         pix = loader.get_pixbuf()
-        scale = 96.0 / max(pix.get_width(), pix.get_height(), 1)
-        if scale < 1.0:
-            pix = pix.scale_simple(max(1, int(pix.get_width() * scale)), max(1, int(pix.get_height() * scale)),
-                                   GdkPixbuf.InterpType.BILINEAR)
+        width, height, crop_x = sb_logic.thumb_geometry(pix.get_width(), pix.get_height())
+        pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
+        if crop_x:
+            pix = pix.new_subpixbuf(crop_x, 0, min(width, sb_logic.THUMB_MAX_WIDTH), height)
         return pix
     except Exception:  # noqa: BLE001 - a thumbnail is decoration
         return None
@@ -825,7 +964,7 @@ class Stylebridge(Gimp.PlugIn):
                                       "daemon's own (stylebridge serve --preset)", presets,
                                       sb_logic.QUALITY_DEFAULT, flags)
         # id kept for saved settings and scripts; the job calls it original_colors, as everywhere
-        procedure.add_boolean_argument("preserve-colors", "_Original colours",
+        procedure.add_boolean_argument("preserve-colors", "Ori_ginal colours",
                                        "Keep the photo's colours (transfer luminance only): original_colors",
                                        sb_logic.ORIGINAL_COLORS_DEFAULT, flags)
         procedure.add_double_argument("style-strength", "Style stre_ngth",

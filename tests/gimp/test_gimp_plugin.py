@@ -408,8 +408,9 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     assert dialog["library_error"] is None
     assert dialog["library"] == ["starry_night", "the_scream"]
     labels = " ".join(dialog["labels"])
-    for text in ("Styles from the daemon's library", "Add style image files", "_Quality", "_Original colours",
-                 "Style stre_ngth", "_Mask", "_Daemon URL", "_Connection to the stylebridge daemon", "_OK"):
+    for text in ("Styles from the daemon's library", "Add style _image files", "_Add images to the library",
+                 "Style images from files (sent with the job)", "_Quality", "Ori_ginal colours",
+                 "Style stre_ngth", "_Mask", "_Daemon URL", "Conn_ection to the stylebridge daemon", "_OK"):
         assert text in labels, (text, dialog["labels"])
     assert dialog["ok_sensitive"] and not dialog["retry_visible"] and not dialog["connection_expanded"], dialog
     assert (gimp_workdir / "dialog.json.0.png").stat().st_size > 1000, dialog.get("screenshot_error")
@@ -708,7 +709,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
     assert down["connection_expanded"] and down["library"] == []
     assert down["library_error"].startswith(f"Stylebridge daemon not reachable at {down_url}. Start it with: "
                                             "stylebridge serve"), down["library_error"]
-    assert "_Retry" in down["labels"] and "_Connection to the stylebridge daemon" in down["labels"]
+    assert "Retr_y" in down["labels"] and "Conn_ection to the stylebridge daemon" in down["labels"]
     assert fixed["state"] == "ready" and fixed["ok_sensitive"] and not fixed["retry_visible"], fixed
     assert fixed["library"] == ["starry"] and fixed["config"]["daemon-url"] == daemon.url
     assert read_json(report_path)["run"]["status"] == "cancel"
@@ -729,3 +730,53 @@ report["run"] = {"status": res.index(0).value_nick}
 img.delete()
 save_report(report)
 """
+
+
+def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """From the dialog: add images to the daemon's library (ticked at once), remove one, add style files for
+    the job; thumbnails have one height, so the check boxes line up; OK runs with all of it."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["shipwreck"], gimp_workdir / "shipwreck.jpg")
+    shutil.copy(SAMPLES["the_scream"], gimp_workdir / "scream-file.jpg")     # (the runner passes no spaces)
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        client = sb_client.Client(daemon.url)
+        for name in ("starry_night", "the_scream"):
+            client.add_style(SAMPLES[name], name)
+        hook = gimp_workdir / "dialog-lib.json"
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+        params_path = gimp_workdir / "params-lib.json"
+        report_path = gimp_workdir / "params-lib-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE.replace(
+            'report["run"] = {"status": res.index(0).value_nick}',
+            'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=int(os.environ.get("T_LIB", 240)),
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,ok",
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_FILES": gimp.inside(gimp_workdir / "shipwreck.jpg")
+                               + ";" + gimp.inside(gimp_workdir / "scream-file.jpg")})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+        library_after = [s["name"] for s in client.styles()]
+    finally:
+        daemon.stop()
+    first, added, removed, with_files = [json.loads(line) for line in hook.read_text().splitlines()]
+    assert first["library"] == ["starry_night", "the_scream"] and first["files"] == []
+    assert {h for _, h in first["thumbs"].values()} == {96}, first["thumbs"]          # one height...
+    assert len(set(first["check_y"])) == 1 and None not in first["check_y"], first["check_y"]   # ...aligned
+    assert added["library"] == ["scream-file", "shipwreck", "starry_night", "the_scream"], (added, out[-3000:])
+    assert set(added["checked"]) == {"scream-file", "shipwreck"}                      # ticked when added
+    assert removed["library"] == ["shipwreck", "starry_night", "the_scream"]      # the first one removed
+    assert library_after == ["shipwreck", "starry_night", "the_scream"]
+    assert with_files["files"] == [gimp.inside(gimp_workdir / "shipwreck.jpg"),
+                                   gimp.inside(gimp_workdir / "scream-file.jpg")]
+    report = read_json(report_path)
+    assert report["run"]["status"] == "success", (report["run"], out[-3000:])
+    styles = by_role(report["after"], "style")
+    assert len(styles) == 5, [d["name"] for d in styles]          # 3 from the library (OK ticks all), 2 files
+    record = styles[0]["parasite"]
+    assert record["styles"] == ["shipwreck", "starry_night", "the_scream"]
+    assert [p.rsplit("/", 1)[-1] for p in record["style_files"]] == ["shipwreck.jpg", "scream-file.jpg"]
