@@ -160,6 +160,11 @@ class DaemonStarter:
                                              stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
                                              env=env, cwd=os.path.expanduser("~"))
         except OSError as exc:
+            try:
+                if os.path.getsize(self.log_path) == 0:
+                    os.unlink(self.log_path)
+            except OSError:
+                pass
             return sb_logic.start_failed_message(self.url, self.command, exc.strerror or str(exc))
         self.started = time.monotonic()
         return None

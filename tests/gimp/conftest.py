@@ -81,7 +81,7 @@ class Gimp:
         """Run Python ``script`` in GIMP's python-fu-eval batch interpreter, headless."""
         home = workdir / "home"
         home.mkdir(exist_ok=True)
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": self.inside(workdir),
                     "GIMP3_DIRECTORY": self.inside(profile), "HOME": self.inside(home)}
         full_env.update(env or {})
         return subprocess.run([self.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"],
@@ -162,6 +162,12 @@ def gimp_profile(gimp: Gimp) -> Path:
     with the plug-in installed by ``stylebridge gimp-install``."""
     for base in _scratch(gimp, "stylebridge-gimp-profile-"):
         yield _install_profile(base / "profile")
+
+
+def forget_last_values(profile: Path) -> None:
+    """An interactive run starts from the procedure's last-used values (GIMP keeps them in the profile), not
+    from the arguments given: forget them, so a dialog test starts from its own arguments."""
+    (profile / "plug-in-settings" / "GimpProcedureConfigRun-python-fu-stylebridge.last").unlink(missing_ok=True)
 
 
 def _install_profile(profile: Path) -> Path:

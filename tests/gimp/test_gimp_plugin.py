@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, free_port, read_json  # noqa: I001
+from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
@@ -396,6 +396,7 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
         report_path = gimp_workdir / "params-dialog-report.json"
         params["report"] = gimp.inside(report_path)
         params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
@@ -559,7 +560,7 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         home = gimp_workdir / "home"
         home.mkdir(exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home)}
+               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
         script = gimp_workdir / "cancel.py"
         script.write_text(code)
         with open(script) as stdin:
@@ -654,7 +655,7 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
         home = gimp_workdir / "home"
         home.mkdir(exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home)}
+               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
         try:
             with open(script) as stdin:
                 proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
@@ -695,6 +696,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
         report_path = gimp_workdir / "params-down-report.json"
         params["report"] = gimp.inside(report_path)
         params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
@@ -750,6 +752,7 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, 
         report_path = gimp_workdir / "params-lib-report.json"
         params["report"] = gimp.inside(report_path)
         params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE.replace(
             'report["run"] = {"status": res.index(0).value_nick}',
             'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
