@@ -120,8 +120,13 @@ def test_health_and_openapi(daemon, client):
     for path in ("/v1/health", "/v1/styles", "/v1/styles/{name}/thumbnail.png", "/v1/styles/{name}", "/v1/jobs",
                  "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/preview", "/v1/jobs/{job_id}/cancel",
                  "/v1/jobs/{job_id}/result", "/v1/jobs/{job_id}/layers/{index}/image.png",
-                 "/v1/jobs/{job_id}/layers/{index}/mask.png", "/v1/jobs/{job_id}/result.psd"):
+                 "/v1/jobs/{job_id}/layers/{index}/mask.png", "/v1/jobs/{job_id}/result.psd", "/v1/previews"):
         assert path in spec["paths"], path
+    submit = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = spec["components"]["schemas"][submit["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert {"content", "job", "style_files", "mask", "style_mask_files"} <= set(fields)
+    assert all(fields[old].get("deprecated") for old in ("styles", "settings", "mask_mode", "name"))
+    assert not any("daemon" in str(p.get("name")) for p in spec["paths"]["/v1/health"]["get"].get("parameters", []))
 
 
 def test_status_command_up_and_down(daemon):

@@ -15,18 +15,17 @@ the daemon's images never need more than one job's estimate plus ``memory_budget
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,90 +36,38 @@ except ImportError:     # Windows: fall back to "is that process id alive"
 
 from ..document.model import Group, Layer, LayerStack
 from ..engine.types import CancelToken, Progress, StyleInput
-from ..imaging import Picture
-from ..settings import LIMITS, DocumentSettings, Settings
+from ..imaging import Picture, encode_array_png, to_dtype
+from ..settings import LIMITS, SERVICE, DocumentSettings, Settings
+from . import protocol_client
 from .protocol_client import progress_text
 
 log = logging.getLogger("stylebridge.daemon")
 
-TERMINAL = ("done", "failed", "cancelled")
-MASK_MODES = ("first", "all", "none", "mask")
+#: The states a job ends in; the wire's home is the protocol client (a test checks they agree with JobState).
+TERMINAL: tuple[str, ...] = protocol_client.TERMINAL
 
 
-# ------------------------------------------------------------------------------------------------
-# PNG at the array's own depth (Pillow cannot write 16-bit RGB)
-# ------------------------------------------------------------------------------------------------
+class JobState(str, enum.Enum):
+    """Where a job is: the ``status`` of the protocol's job JSON."""
 
-def iter_array_png(array: np.ndarray, level: int | None = None, *, icc_profile: bytes | None = None,
-                   dpi: tuple[float, float] | None = None, band_bytes: int = 4 << 20) -> Iterator[bytes]:
-    """PNG of an H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) uint8/uint16 array, in pieces.
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
-    Streamed band by band (one IDAT chunk per band), so a 24 MP 16-bit layer never needs a second
-    full-size copy and the client reads while the next band is encoded. Rows are unfiltered and
-    deflated with the run-length strategy: on a 12 MP photo-like layer level 1 costs ~0.3-0.5 s
-    (Pillow's filtered level 1: 0.6-1 s) for little gain, level 0 (stored) ~0.1 s, and loopback does
-    not care about bytes. ``level=None`` picks per array: 1 when a sample of rows compresses to
-    under half (masks, the empty Refine layer), else 0.
-    """
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"cannot encode an array of shape {arr.shape} and type {arr.dtype} as PNG")
-    height, width, channels = arr.shape
-    depth = 16 if arr.dtype == np.uint16 else 8
-    if level is None:
-        level = _auto_level(_raw_rows(arr[:: max(1, height // 32)]))
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
-    head = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", ihdr)]
-    if icc_profile:
-        head.append(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9)))
-    if dpi:
-        ppm = [max(1, round(float(v) / 0.0254)) for v in dpi]
-        head.append(_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
-    yield b"".join(head)
-    comp = zlib.compressobj(max(0, min(9, level)), zlib.DEFLATED, 15, 9,
-                            zlib.Z_RLE if level > 0 else zlib.Z_DEFAULT_STRATEGY)
-    rows = max(1, band_bytes // max(1, width * channels * depth // 8))
-    for y in range(0, height, rows):
-        data = comp.compress(_raw_rows(arr[y:y + rows]))
-        if data:
-            yield _chunk(b"IDAT", data)
-    yield _chunk(b"IDAT", comp.flush()) + _chunk(b"IEND", b"")
+    def __str__(self) -> str:
+        return self.value
 
-
-def encode_array_png(array: np.ndarray, level: int | None = None, *, icc_profile: bytes | None = None,
-                     dpi: tuple[float, float] | None = None) -> bytes:
-    """:func:`iter_array_png` as one bytes object."""
-    return b"".join(iter_array_png(array, level, icc_profile=icc_profile, dpi=dpi))
-
-
-def _raw_rows(band: np.ndarray) -> memoryview:
-    """PNG scanlines of filter type 0 (none): a zero byte, then the row's big-endian samples."""
-    n = band.shape[0]
-    if band.dtype == np.uint16:
-        band = band.astype(">u2")
-    flat = np.ascontiguousarray(band).view(np.uint8).reshape(n, -1)
-    raw = np.empty((n, flat.shape[1] + 1), np.uint8)
-    raw[:, 0] = 0
-    raw[:, 1:] = flat
-    return memoryview(raw).cast("B")
-
-
-def _auto_level(raw: memoryview) -> int:
-    packed = zlib.compress(raw, 1)
-    return 1 if len(packed) * 2 < len(raw) else 0
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return b"".join((struct.pack(">I", len(data)), tag, data,
-                     struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)) & 0xFFFFFFFF)))
+    @property
+    def terminal(self) -> bool:
+        """True once the job has ended (its state no longer changes)."""
+        return self.value in TERMINAL
 
 
 def preview_png(preview: np.ndarray) -> bytes:
     """The engine's float 0..1 preview -> 8-bit PNG."""
-    arr = (np.clip(np.asarray(preview, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return encode_array_png(arr, level=6)
+    return encode_array_png(to_dtype(np.asarray(preview, dtype=np.float32), np.uint8), level=6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,7 +313,7 @@ class Job:
     files: JobFiles | None             # the uploads on disk until the job ends
     name: str
     created: float = field(default_factory=time.time)
-    status: str = "queued"
+    status: JobState = JobState.QUEUED
     phase: str = "queued"
     started: float | None = None
     finished: float | None = None
@@ -397,7 +344,7 @@ class QueueFull(Exception):
 class JobManager:
     """FIFO queue + one worker thread + a janitor for expired results."""
 
-    def __init__(self, runner: Runner, folder: Path, *, retention_s: float = 3600.0,
+    def __init__(self, runner: Runner, folder: Path, *, retention_s: float = SERVICE.keep_results_minutes * 60.0,
                  memory_budget: int = LIMITS.memory_budget) -> None:
         self.runner = runner
         self.folder = Path(folder)
@@ -450,7 +397,7 @@ class JobManager:
         self._stop.set()
         with self._lock:
             for job in self._queue:
-                self._finish(job, "cancelled", error="the daemon stopped")
+                self._finish(job, JobState.CANCELLED, error="the daemon stopped")
             self._queue.clear()
             if self._current is not None:
                 self._current.cancel.cancel()
@@ -490,25 +437,25 @@ class JobManager:
         otherwise it is ``cancelled`` at once. Finished jobs are left as they are."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status in TERMINAL:
+            if job is None or job.status.terminal:
                 return job
-            if job.status == "queued":
+            if job.status is JobState.QUEUED:
                 self._queue.remove(job)
-                self._finish(job, "cancelled")
+                self._finish(job, JobState.CANCELLED)
             else:
                 job.cancel.cancel()
                 if keep_result:
                     job.keep_result = True
                     job.phase = "finishing"
                 else:
-                    self._finish(job, "cancelled")
+                    self._finish(job, JobState.CANCELLED)
             log.info("job %s cancel requested (keep_result=%s)", job.id, keep_result)
             return job
 
     def queue_position(self, job: Job) -> int | None:
         """1 = next to run; None when not queued."""
         with self._lock:
-            if job.status != "queued":
+            if job.status is not JobState.QUEUED:
                 return None
             for i, queued in enumerate(self._queue):
                 if queued is job:
@@ -518,8 +465,8 @@ class JobManager:
     def counts(self) -> dict[str, int]:
         with self._lock:
             out = {"queued": len(self._queue), "running": int(self._current is not None
-                                                              and self._current.status == "running")}
-            out["kept"] = sum(1 for j in self._jobs.values() if j.status in TERMINAL)
+                                                              and self._current.status is JobState.RUNNING)}
+            out["kept"] = sum(1 for j in self._jobs.values() if j.status.terminal)
             return out
 
     def status(self, job: Job) -> dict[str, Any]:
@@ -527,13 +474,13 @@ class JobManager:
         with self._lock:
             p = job.progress
             now = time.time()
-            done = job.status == "done"
+            done = job.status is JobState.DONE
             fraction = 1.0 if done else (p.fraction if p else 0.0)
             percent = 100.0 if done else min(99.0, round(fraction * 100.0, 1))
             eta = None
-            if job.status == "running" and p and p.eta_seconds is not None:
+            if job.status is JobState.RUNNING and p and p.eta_seconds is not None:
                 eta = round(p.eta_seconds, 1)      # the engine's: stage-weighted, from the measured speed
-            elif job.status == "running" and job.started and p and fraction > 0.0:
+            elif job.status is JobState.RUNNING and job.started and p and fraction > 0.0:
                 elapsed = now - job.started
                 eta = round(max(0.0, elapsed / fraction * (1.0 - fraction)), 1)
             elif done:
@@ -541,7 +488,7 @@ class JobManager:
             base = f"/v1/jobs/{job.id}"
             out = {
                 "id": job.id,
-                "status": job.status,
+                "status": job.status.value,
                 "phase": job.phase,
                 "name": job.name,
                 "width": job.width,
@@ -589,16 +536,16 @@ class JobManager:
         return data
 
     # -- worker --------------------------------------------------------------------------------
-    def _finish(self, job: Job, status: str, error: str | None = None) -> None:
+    def _finish(self, job: Job, status: JobState, error: str | None = None) -> None:
         job.status = status
-        job.phase = status
+        job.phase = status.value
         job.error = error if error is not None else job.error
         job.finished = time.time()
         if job.files is not None:           # the uploads are not needed any more, whatever the outcome
             shutil.rmtree(job.files.folder, ignore_errors=True)
             job.files = None
-        if status != "done":
-            job.preview = None if status == "failed" else job.preview
+        if status is JobState.FAILED:
+            job.preview = None
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -609,7 +556,7 @@ class JobManager:
                     return
                 job = self._queue.popleft()
                 files = job.files
-                job.status = "running"
+                job.status = JobState.RUNNING
                 job.phase = "starting"
                 job.started = time.time()
                 self._current = job
@@ -622,8 +569,8 @@ class JobManager:
                 else:
                     log.exception("job %s failed", job.id)
                 with self._lock:
-                    if job.status not in TERMINAL:
-                        self._finish(job, "failed", error=_error_text(exc))
+                    if not job.status.terminal:
+                        self._finish(job, JobState.FAILED, error=_error_text(exc))
             finally:
                 files = None
                 with self._lock:
@@ -639,17 +586,17 @@ class JobManager:
                     job.preview = np.array(progress.preview, dtype=np.float32, copy=True)
                     job.preview_serial += 1
                 job.progress = replace(progress, preview=None)
-                if job.status == "running" and not job.cancel.cancelled:
+                if job.status is JobState.RUNNING and not job.cancel.cancelled:
                     job.phase = "optimizing"
 
         def set_phase(phase: str) -> None:
             with self._lock:
-                if job.status == "running":
+                if job.status is JobState.RUNNING:
                     job.phase = phase
 
         def wanted() -> bool:
             with self._lock:
-                return job.status == "running" and (job.keep_result or not job.cancel.cancelled)
+                return job.status is JobState.RUNNING and (job.keep_result or not job.cancel.cancelled)
 
         outcome = None
         if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return
@@ -659,16 +606,17 @@ class JobManager:
             result = JobResult.from_stack(outcome[0], outcome[1], self.folder / job.id)
             self._enforce_budget(result)     # before 'done', so clients never race a spill
         with self._lock:
-            if job.status in TERMINAL:      # cancelled without keep_result while it ran
+            if job.status.terminal:      # cancelled without keep_result while it ran
                 log.info("job %s cancelled", job.id)
                 return
             if result is None:
-                self._finish(job, "cancelled", error="cancelled before any result existed" if job.keep_result else None)
+                self._finish(job, JobState.CANCELLED,
+                             error="cancelled before any result existed" if job.keep_result else None)
                 return
             job.result = result
             partial = outcome[2]
             job.partial = bool(partial)
-            self._finish(job, "done")
+            self._finish(job, JobState.DONE)
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
 
@@ -694,7 +642,7 @@ class JobManager:
         """Drop a finished job and its files now (the client has what it needs)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status not in TERMINAL:
+            if job is None or not job.status.terminal:
                 return
             del self._jobs[job_id]
             job.result = None
@@ -707,7 +655,7 @@ class JobManager:
         now = time.time() if now is None else now
         with self._lock:
             old = [j for j in self._jobs.values()
-                   if j.status in TERMINAL and j.finished is not None and now - j.finished > self.retention_s]
+                   if j.status.terminal and j.finished is not None and now - j.finished > self.retention_s]
             for job in old:
                 del self._jobs[job.id]
         for job in old:
