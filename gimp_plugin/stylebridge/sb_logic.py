@@ -77,10 +77,6 @@ class UserError(Exception):
     """A problem with the arguments: reported as a CALLING_ERROR, in these words."""
 
 
-class ProtocolMismatch(sb_client.ClientError):
-    """The daemon is too old for this plug-in (see :func:`protocol_check`); nothing was sent."""
-
-
 class DaemonNotStarted(sb_client.ClientError):
     """No daemon answered and the plug-in could not start one; ``str()`` says what to do."""
 
@@ -230,14 +226,13 @@ def daemon_protocol(health: Mapping[str, Any]) -> int:
 def protocol_check(health: Mapping[str, Any], url: str,
                    ours: int = sb_client.PROTOCOL_VERSION) -> tuple[str | None, str | None]:
     """(error, warning) for a daemon's health: an error when the daemon is too old for this plug-in (nothing
-    is sent), a warning when this installed plug-in is older than the daemon (it still works)."""
+    is sent; the client's one message, as ``sb_client.DaemonTooOld`` says it), a warning when this installed
+    plug-in is older than the daemon (it still works)."""
     theirs = daemon_protocol(health)
     version = health.get("version")
     where = f"at {url}" + (f" (stylebridge {version})" if version else "")
     if theirs < ours:
-        return (f"Stylebridge: the daemon {where} speaks protocol {theirs}, this plug-in needs {ours}. Upgrade "
-                "stylebridge where the daemon runs (pip install -U stylebridge) and restart it (stylebridge serve)."
-                ), None
+        return sb_client.upgrade_message(url, theirs, ours), None
     if theirs > ours:
         return None, (f"Stylebridge: this GIMP plug-in (protocol {ours}) is older than the daemon {where}, protocol "
                       f"{theirs}. Run `stylebridge gimp-install` again and restart GIMP to update it.")
@@ -469,3 +464,13 @@ def library_add_message(results: list[tuple[str, str | None]]) -> str | None:
     if not failed:
         return None
     return "Stylebridge: not added to the library: " + "; ".join(failed)
+
+
+#: Dialog previews: the layer goes at most this big (GIMP's own thumbnail), previews come back this big.
+PREVIEW_CONTENT_SIDE = 256
+PREVIEW_SIZE = 192
+
+
+def preview_key(url: str, style: str) -> tuple[str, str]:
+    """Previews are cached per daemon and library style (the photo does not change while the dialog is open)."""
+    return (url.rstrip("/"), style)

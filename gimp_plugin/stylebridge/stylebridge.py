@@ -120,12 +120,12 @@ def stop_watchdog(fd, done=True):
 
 
 def check_daemon(client):
-    """The daemon's health; ProtocolMismatch (nothing sent) when its protocol is too old for this plug-in;
+    """The daemon's health; sb_client.DaemonTooOld (nothing sent) when its protocol is too old for this plug-in;
     a newer daemon (this installed plug-in is stale) is said once, and the run goes on."""
     health = client.health(timeout=10)
     error, warning = sb_logic.protocol_check(health, client.url)
     if error:
-        raise sb_logic.ProtocolMismatch(error)
+        raise sb_client.DaemonTooOld(client.url, sb_logic.daemon_protocol(health))
     if warning:
         Gimp.message(warning)
     return health
@@ -400,7 +400,7 @@ def show_dialog(procedure, config, layer):
         prefill_config(config, record)
 
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
-    panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")))
+    panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")), layer)
 
     files = FileList(dialog, config)
 
@@ -464,7 +464,7 @@ class LibraryPanel:
 
     RELOAD_DELAY_MS = 700
 
-    def __init__(self, dialog, config, chosen):
+    def __init__(self, dialog, config, chosen, layer=None):
         from gi.repository import Gtk
 
         self.Gtk = Gtk
@@ -473,6 +473,8 @@ class LibraryPanel:
         self.checks = []
         self.library = []
         self.thumbs = {}                # name -> (width, height) of its thumbnail
+        self.previewer = Previewer(layer) if layer is not None else None
+        self.preview_images = {}        # name -> the Gtk.Image under its check box
         self.error = None
         self.state = "loading"          # loading | starting | ready | down
         self.loads = 0                  # finished loads (the test hook waits on it)
@@ -531,6 +533,8 @@ class LibraryPanel:
         for handler in self._handlers:
             self.config.disconnect(handler)
         self._handlers = []
+        if self.previewer is not None:
+            self.previewer.stop()
 
     # -- loading ------------------------------------------------------------------------------------
     def _edited(self, *_args):
@@ -592,6 +596,7 @@ class LibraryPanel:
             child.destroy()
         self.checks = []
         self.library = []
+        self.preview_images = {}
 
     def _down(self, message):
         self._clear()
@@ -635,11 +640,43 @@ class LibraryPanel:
             image.set_size_request(-1, sb_logic.THUMB_HEIGHT)
             box.pack_start(image, False, False, 0)
             box.pack_start(row, False, False, 0)
+            preview = Gtk.Image()
+            preview.set_no_show_all(True)
+            box.pack_start(preview, False, False, 0)
+            self.preview_images[name] = preview
+            check.connect("toggled", self._toggled, name, url, token)
             self.grid.add(box)
             self.checks.append((name, check))
         self.grid.show_all()
+        for name, check in self.checks:
+            if check.get_active():
+                self._toggled(check, name, url, token)
         self._set_ok(True)
         self.loads += 1
+
+    # -- previews -----------------------------------------------------------------------------------
+    def _toggled(self, check, name, url, token):
+        """The photo in this style appears under its check box as it is ticked (POST /v1/previews)."""
+        image = self.preview_images.get(name)
+        if image is None or self.previewer is None:
+            return
+        if not check.get_active():
+            image.hide()
+            return
+        self.previewer.request(url, token, name, lambda pix, why, n=name: self._preview_ready(n, pix, why))
+
+    def _preview_ready(self, name, pixbuf, why):
+        image = self.preview_images.get(name)
+        if image is None:
+            return
+        if pixbuf is not None:
+            image.set_from_pixbuf(pixbuf)
+            image.set_tooltip_text(f"{name}: a quick preview of the photo in this style (not the final result)")
+        else:
+            image.set_from_icon_name("dialog-warning", self.Gtk.IconSize.DIALOG)
+            image.set_tooltip_text(f"No preview for {name}: {why}")
+        active = dict(self.checks).get(name)
+        image.set_visible(bool(active and active.get_active()))
 
     # -- editing the library ------------------------------------------------------------------------
     def _client(self):
@@ -685,6 +722,108 @@ class LibraryPanel:
             Gimp.message(f"Stylebridge: {name} not removed: {exc}")
         self._chosen.discard(name)
         self.load()
+
+
+class Previewer:
+    """Fetches dialog previews one at a time in a worker thread (the daemon renders one request at a time) and
+    hands each to the GTK main loop; results are cached per daemon and style."""
+
+    def __init__(self, layer):
+        import queue
+        import threading
+
+        self.layer = layer
+        self.content = None             # the layer as a small PNG, made on first use (GIMP calls: main thread)
+        self.cache = {}                 # (url, style) -> (pixbuf or None, error text, info)
+        self.info = {}                  # style -> {"width", "height", "method", "seconds"} (test hook)
+        self.waiting = set()
+        self.queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _content_png(self):
+        if self.content is None:
+            from gi.repository import GdkPixbuf  # noqa: F401 - the pixbuf type the thumbnail comes as
+            side = sb_logic.PREVIEW_CONTENT_SIDE
+            w, h = self.layer.get_width(), self.layer.get_height()
+            scale = min(1.0, side / max(w, h, 1))
+            pix = self.layer.get_thumbnail(max(1, round(w * scale)), max(1, round(h * scale)),
+                                           Gimp.PixbufTransparency.KEEP_ALPHA)
+            ok, data = pix.save_to_bufferv("png", [], [])
+            self.content = bytes(data)
+        return self.content
+
+    def request(self, url, token, style, done):
+        key = sb_logic.preview_key(url, style)
+        if key in self.cache:
+            pix, why, _ = self.cache[key]
+            done(pix, why)
+            return
+        if key in self.waiting:
+            return
+        self.waiting.add(key)
+        try:
+            content = self._content_png()
+        except Exception as exc:  # noqa: BLE001 - a preview is decoration
+            self.waiting.discard(key)
+            done(None, f"the layer could not be read ({exc})")
+            return
+        self.queue.put((url, token, style, content, done))
+
+    def stop(self):
+        self.queue.put(None)
+
+    def _work(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            url, token, style, content, done = item
+            data, why, info = None, None, {}
+            for attempt in range(20):
+                try:
+                    got = daemon_client(url, token, timeout=120).previews(
+                        ("layer.png", content), styles=[style], size=sb_logic.PREVIEW_SIZE)
+                    if got:
+                        data = got[0]["png"]
+                        info = {k: got[0].get(k) for k in ("width", "height", "method", "seconds")}
+                    else:
+                        why = "the daemon sent none"
+                    break
+                except sb_client.DaemonError as exc:
+                    if exc.status == 429 and attempt < 19:      # busy with another preview: wait our turn
+                        time.sleep(0.5)
+                        continue
+                    why = str(exc)
+                    break
+                except sb_client.ClientError as exc:
+                    why = str(exc)
+                    break
+                except Exception as exc:  # noqa: BLE001 - never kill the worker
+                    why = f"{type(exc).__name__}: {exc}"
+                    break
+            GLib.idle_add(self._deliver, url, style, data, why, info, done)
+
+    def _deliver(self, url, style, data, why, info, done):
+        pix = None
+        if data:
+            try:
+                from gi.repository import GdkPixbuf
+                loader = GdkPixbuf.PixbufLoader()
+                loader.write(data)
+                loader.close()
+                pix = loader.get_pixbuf()
+                width, height, _ = sb_logic.thumb_geometry(pix.get_width(), pix.get_height())
+                pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
+            except Exception as exc:  # noqa: BLE001
+                pix, why = None, f"unreadable preview ({exc})"
+        key = sb_logic.preview_key(url, style)
+        self.waiting.discard(key)
+        self.cache[key] = (pix, why, info)
+        if pix is not None:
+            self.info[style] = dict(info, shown=[pix.get_width(), pix.get_height()])
+        done(pix, why)
+        return False
 
 
 def choose_images(parent, title, accept):
@@ -768,7 +907,7 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
     """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
     shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
     STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
-    "cancel" cancels, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
+    "cancel" cancels, "tick" ticks every library style and looks again once their previews are in, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
     files in $STYLEBRIDGE_GIMP_DIALOG_TEST_FILES (';'-separated) to the library, "remove" removes the first library
     style, "addfiles" adds those files to the job's style files; after each of these it looks again once the
     library has reloaded (the next word answers that look)."""
@@ -807,6 +946,8 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
             "ok_sensitive": bool(ok_button and ok_button.get_sensitive()), "retry_visible": panel.retry.get_visible(),
             "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
             "thumbs": panel.thumbs, "files": files.paths(),
+            "previews": dict(panel.previewer.info) if panel.previewer else {},
+            "previews_shown": sorted(n for n, im in panel.preview_images.items() if im.get_visible()),
             "check_y": [(check.translate_coordinates(panel.grid, 0, 0) or [None])[-1] for _, check in panel.checks],
             "config": {p: config.get_property(p) for p in props}}
     try:
@@ -826,7 +967,24 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
     with open(path, "a") as fh:
         fh.write(json.dumps(info) + "\n")
     test_files = sb_logic.split_list(os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_FILES"), ";")
-    if response in ("seturl", "addlib", "remove", "addfiles"):
+    if response == "tick":                  # tick every library style, look again once their previews are in
+        for _, check in panel.checks:
+            check.set_active(True)
+        names = [name for name, _ in panel.checks]
+        started = time.monotonic()
+
+        def previews_in():
+            if panel.previewer is None:
+                return False
+            url = sb_logic.connection(config_values(config))[0]
+            if any(sb_logic.preview_key(url, n) not in panel.previewer.cache for n in names) \
+                    and time.monotonic() - started < 120:
+                return True
+            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, files, path, slider)
+            return False
+
+        GLib.timeout_add(200, previews_in)
+    elif response in ("seturl", "addlib", "remove", "addfiles"):
         loads = panel.loads
         if response == "seturl":
             config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
@@ -916,7 +1074,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     except UserError as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
-    except (sb_client.DaemonUnreachable, sb_logic.ProtocolMismatch, sb_logic.DaemonNotStarted) as exc:
+    except (sb_client.DaemonUnreachable, sb_client.DaemonTooOld, sb_logic.DaemonNotStarted) as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(exc))
     except sb_client.JobCancelled:

@@ -400,12 +400,18 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok,cancel"})
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "tick,ok,cancel"})
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     finally:
         daemon.stop()
-    dialog, again = [json.loads(line) for line in hook.read_text().splitlines()]
+    dialog, ticked, again = [json.loads(line) for line in hook.read_text().splitlines()]
+    # previews: the photo in each style appears under its check box as it is ticked (POST /v1/previews)
+    assert dialog["previews_shown"] == [] and dialog["checked"] == []
+    assert ticked["checked"] == ticked["previews_shown"] == ["starry_night", "the_scream"], ticked
+    for name in ("starry_night", "the_scream"):
+        info = ticked["previews"][name]
+        assert info["shown"][1] == 96 and info["method"] and info["width"] == 96, info   # the 96x72 photo
     assert dialog["library_error"] is None
     assert dialog["library"] == ["starry_night", "the_scream"]
     labels = " ".join(dialog["labels"])
