@@ -279,3 +279,16 @@ def test_library_and_file_list_helpers(L):
     assert L.library_add_message([("/p/a.png", None)]) is None
     assert L.library_add_message([("/p/a.png", None), ("/p/b.png", "exists")]) == \
         "Stylebridge: not added to the library: b.png: exists"
+
+
+def test_temporary_preview_helpers(L):
+    running = {"status": "running", "preview_url": "/v1/jobs/1/preview"}
+    assert not L.preview_due({"status": "running"}, None, 5.0)              # none yet
+    assert not L.preview_due(dict(running, status="queued"), None, 5.0)
+    assert L.preview_due(running, None, 5.0) and L.preview_due(running, 4.0, 5.0)
+    assert not L.preview_due(running, 4.5, 5.0)                             # at most every PREVIEW_EVERY_S
+    record = L.read_record(L.record_bytes(L.preview_record("j1")))
+    assert L.is_preview_record(record) and record["job"] == "j1"
+    assert not L.is_preview_record(None) and not L.is_preview_record({"role": L.PREVIEW_ROLE})
+    steps, _ = L.layer_plan(RESULT)      # the final stack never carries the temporary role
+    assert not any(s.role == L.PREVIEW_ROLE for s in steps)

@@ -474,3 +474,30 @@ PREVIEW_SIZE = 192
 def preview_key(url: str, style: str) -> tuple[str, str]:
     """Previews are cached per daemon and library style (the photo does not change while the dialog is open)."""
     return (url.rstrip("/"), style)
+
+
+# ------------------------------------------------------------------------------------------------
+# the temporary preview layer during a run
+# ------------------------------------------------------------------------------------------------
+
+#: While a job runs, a layer above the source shows the daemon's current result (GET /v1/jobs/{id}/preview),
+#: fetched at most this often; it is never in the undo history and goes when the final layers come in.
+PREVIEW_LAYER_NAME = "Stylebridge preview (temporary)"
+PREVIEW_ROLE = "temporary-preview"
+PREVIEW_EVERY_S = 1.0
+
+
+def preview_record(job_id: str) -> dict:
+    """The parasite that marks the temporary layer (so a run after GIMP killed this one removes it)."""
+    return {"plugin": PROC_NAME, "version": RECORD_VERSION, "role": PREVIEW_ROLE, "job": job_id}
+
+
+def is_preview_record(record: Mapping[str, Any] | None) -> bool:
+    return bool(record) and record.get("plugin") == PROC_NAME and record.get("role") == PREVIEW_ROLE
+
+
+def preview_due(status: Mapping[str, Any], last_fetch: float | None, now: float) -> bool:
+    """Fetch the job's preview now? Only once it has one, and at most every PREVIEW_EVERY_S."""
+    if not status.get("preview_url") or status.get("status") not in ("running", None):
+        return False
+    return last_fetch is None or now - last_fetch >= PREVIEW_EVERY_S

@@ -219,6 +219,110 @@ def ensure_daemon(client):
         time.sleep(0.5)
 
 
+class TempPreview:
+    """The temporary layer above the source that shows the job's current result while it runs.
+
+    Every change to it happens with the image's undo frozen (so it is never in the undo history), and undo is
+    thawed again at once: GIMP kills a plug-in whose progress is cancelled, and a kill between changes must not
+    leave the image's undo frozen. The layer goes before the final layers come in, and on cancel or error; after
+    a kill it cannot, so it carries a parasite and the next run removes such leftovers (remove_leftover_previews).
+    """
+
+    def __init__(self, image, source, job_id):
+        self.image, self.source, self.job_id = image, source, job_id
+        self.layer = None
+        self.last = None
+        self.fetched = None
+        self.shown = 0
+        self.hook = os.environ.get("STYLEBRIDGE_GIMP_PREVIEW_TEST")       # tests only: a JSON line per update
+
+    def update(self, client, status):
+        now = time.monotonic()
+        if not sb_logic.preview_due(status, self.fetched, now):
+            return
+        self.fetched = now
+        try:
+            data = client.preview(self.job_id)
+        except sb_client.ClientError:
+            return                                  # a preview is decoration; the job goes on
+        if data and data != self.last:
+            self.last = data
+            self.show(data)
+
+    def show(self, png):
+        fd, path = tempfile.mkstemp(prefix="stylebridge-preview-", suffix=".png")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(png)
+            self.image.undo_freeze()
+            try:
+                undo_while_changing = self.image.undo_is_enabled()
+                new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, self.image, Gio.File.new_for_path(path))
+                self.image.insert_layer(new, self.source.get_parent(), self.image.get_item_position(self.source))
+                w, h = self.source.get_width(), self.source.get_height()
+                if (new.get_width(), new.get_height()) != (w, h):
+                    new.scale(w, h, False)
+                _, ox, oy = self.source.get_offsets()
+                new.set_offsets(ox, oy)
+                new.attach_parasite(make_parasite(sb_logic.preview_record(self.job_id)))
+                old, self.layer = self.layer, new
+                if old is not None and old.is_valid():
+                    self.image.remove_layer(old)
+                new.set_name(sb_logic.PREVIEW_LAYER_NAME)       # after the old one went (GIMP would add " #1")
+            finally:
+                self.image.undo_thaw()
+        finally:
+            os.unlink(path)
+        self.shown += 1
+        Gimp.displays_flush()
+        if self.hook:
+            new = self.layer
+            with open(self.hook, "a") as fh:
+                fh.write(json.dumps({"name": new.get_name(), "size": [new.get_width(), new.get_height()],
+                                     "offsets": list(new.get_offsets())[1:],
+                                     "above_source": self.image.get_item_position(new) + 1
+                                     == self.image.get_item_position(self.source),
+                                     "undo_while_changing": undo_while_changing,
+                                     "undo_after": self.image.undo_is_enabled(),
+                                     "layers": [lay.get_name() for lay in self.image.get_layers()]}) + "\n")
+
+    def remove(self):
+        layer, self.layer = self.layer, None
+        if layer is not None and layer.is_valid():
+            self.image.undo_freeze()
+            try:
+                self.image.remove_layer(layer)
+            finally:
+                self.image.undo_thaw()
+            Gimp.displays_flush()
+
+
+def remove_leftover_previews(image):
+    """Temporary preview layers left by a run GIMP killed (progress cancelled): removed, outside the undo history.
+    Should the kill have come while undo was frozen for a preview change, undo is thawed again."""
+    leftovers = []
+
+    def walk(items):
+        for item in items:
+            parasite = item.get_parasite(PARASITE_NAME)
+            if parasite is not None and sb_logic.is_preview_record(sb_logic.read_record(bytes(parasite.get_data()))):
+                leftovers.append(item)
+            elif item.is_group():
+                walk(item.get_children())
+
+    walk(image.get_layers())
+    if leftovers:
+        if not image.undo_is_enabled():
+            image.undo_thaw()
+        image.undo_freeze()
+        try:
+            for item in leftovers:
+                image.remove_layer(item)
+        finally:
+            image.undo_thaw()
+    return len(leftovers)
+
+
 def stylize(image, layer, opts):
     """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
     image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used)."""
@@ -246,6 +350,7 @@ def stylize(image, layer, opts):
     finished = False
     tmpdir = None
     line = sb_logic.ProgressLine()
+    preview = TempPreview(image, layer, job_id)
 
     def on_progress(status):
         text, fraction = line.update(status)
@@ -255,6 +360,7 @@ def stylize(image, layer, opts):
             Gimp.progress_pulse()
         else:
             Gimp.progress_update(fraction)
+        preview.update(client, status)
         return True
 
     try:
@@ -288,6 +394,7 @@ def stylize(image, layer, opts):
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
+        preview.remove()                    # before the final layers, and on cancel or error
         stop_watchdog(watchdog, done=True)
         Gimp.progress_update(1.0)
     return result, files, tmpdir, job_id, used
@@ -1052,6 +1159,8 @@ def run(procedure, run_mode, image, drawables, config, data):
 
     tmpdir = None
     try:
+        if remove_leftover_previews(image):
+            Gimp.displays_flush()
         opts = sb_logic.read_options(config_values(config))
         result, files, tmpdir, job_id, used = stylize(image, layer, opts)
         image.undo_group_start()

@@ -176,6 +176,10 @@ report = {}
 img, src = photo_image(96, 72)
 report["run"] = run_stylebridge(img, src, **P["args"])
 report["after"] = describe(img)
+report["undo_enabled_after"] = img.undo_is_enabled()
+# the next run removes the temporary preview layer the killed run could not remove
+report["next_run"] = run_stylebridge(img, src, **P["args2"])
+report["after_next"] = describe(img)
 img.delete()
 save_report(report)
 '''
@@ -557,7 +561,9 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"styles": "starry", "preset": "draft", "daemon-url": daemon.url,
-                           "extra-settings": json.dumps(long_run)}}
+                           "extra-settings": json.dumps(long_run)},
+                  "args2": {"styles": "starry", "daemon-url": daemon.url,
+                            "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
         params_path = gimp_workdir / "params-cancel.json"
         report_path = gimp_workdir / "params-cancel-report.json"
         params["report"] = gimp.inside(report_path)
@@ -565,8 +571,10 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_CANCEL
         home = gimp_workdir / "home"
         home.mkdir(exist_ok=True)
+        preview_hook = gimp_workdir / "previews.jsonl"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
+               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
+               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)}
         script = gimp_workdir / "cancel.py"
         script.write_text(code)
         with open(script) as stdin:
@@ -588,6 +596,9 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
             assert gimp_proc.poll() is None, gimp_proc.stdout.read()[-4000:]
             time.sleep(0.2)
         assert job_id, "the plug-in never started its job watchdog"
+        while not preview_hook.exists() and time.monotonic() < deadline:       # a preview layer is shown
+            time.sleep(0.2)
+        assert preview_hook.exists(), "no temporary preview layer was shown"
         assert client.job(job_id)["status"] in ("queued", "running")
         plugin_pids = _find_pids(plugin_marker)
         assert plugin_pids, "plug-in process not found"
@@ -602,7 +613,14 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         out, _ = gimp_proc.communicate(timeout=120)
         report = read_json(report_path)
         assert report["run"]["status"] != "success"
-        assert [d["name"] for d in report["after"]] == ["photo"], "nothing may be inserted"
+        # GIMP killed the plug-in: only its temporary preview layer could be left, with undo working
+        assert [d["name"] for d in report["after"]] == ["Stylebridge preview (temporary)", "photo"]
+        assert report["after"][0]["parasite"]["role"] == "temporary-preview"
+        assert report["undo_enabled_after"]
+        assert report["next_run"]["status"] == "success", report["next_run"]
+        names = [d["name"] for d in report["after_next"]]
+        assert "Stylebridge preview (temporary)" not in names and names[-1] == "photo", names
+        assert len(by_role(report["after_next"], "style")) == 1
     finally:
         if gimp_proc is not None and gimp_proc.poll() is None:
             gimp_proc.kill()
@@ -789,3 +807,54 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, 
     record = styles[0]["parasite"]
     assert record["styles"] == ["shipwreck", "starry_night", "the_scream"]
     assert [p.rsplit("/", 1)[-1] for p in record["style_files"]] == ["shipwreck.jpg", "scream-file.jpg"]
+
+
+RUN_PREVIEW = r"""
+report = {}
+img, src = photo_image(64, 48)
+src.add_alpha()
+src.set_offsets(5, 7)
+report["run"] = run_stylebridge(img, src, **P["args"])
+report["after"] = describe(img)
+report["undo_enabled_after"] = img.undo_is_enabled()
+img.delete()
+save_report(report)
+"""
+
+
+def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, tmp_path):
+    """While the job runs, a temporary layer above the source shows its current result (GET /v1/jobs/{id}/preview),
+    at the source's size and place, with undo frozen; the final layers replace it."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        hook = gimp_workdir / "previews.jsonl"
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
+                           "extra-settings": json.dumps({"size": 48, "iterations": 120, "coarse_to_fine": False,
+                                                         "preview_every": 5})}}
+        params_path = gimp_workdir / "params-preview.json"
+        report_path = gimp_workdir / "params-preview-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                          env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    finally:
+        daemon.stop()
+    report = read_json(report_path)
+    assert report["run"]["status"] == "success", (report["run"], out[-3000:])
+    shown = [json.loads(line) for line in hook.read_text().splitlines()]
+    assert shown, "no preview layer was shown"
+    for look in shown:
+        assert look["name"] == "Stylebridge preview (temporary)" and look["above_source"], look
+        assert look["size"] == [64, 48] and look["offsets"] == [5, 7], look
+        assert not look["undo_while_changing"], "the preview layer must stay out of the undo history"
+        assert look["undo_after"], "undo is frozen only while the preview layer changes"
+        assert look["layers"].count("Stylebridge preview (temporary)") == 1           # replaced, not stacked
+    names = [d["name"] for d in report["after"]]
+    assert "Stylebridge preview (temporary)" not in names and report["undo_enabled_after"]
+    assert len(by_role(report["after"], "style")) == 1
+    print("preview layer updates:", len(shown))
