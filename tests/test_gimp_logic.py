@@ -292,3 +292,38 @@ def test_temporary_preview_helpers(L):
     assert not L.is_preview_record(None) and not L.is_preview_record({"role": L.PREVIEW_ROLE})
     steps, _ = L.layer_plan(RESULT)      # the final stack never carries the temporary role
     assert not any(s.role == L.PREVIEW_ROLE for s in steps)
+
+
+def test_schedule_values_equal_bridge_settings(L):
+    assert L.SCHEDULE_DEFAULTS == {k: getattr(S.DEFAULTS, k) for k in L.SCHEDULE_DEFAULTS}
+    assert L.PRESETS == S.PRESETS
+    for changes in ({}, {"size": 1024}, {"coarse_to_fine": False}, {"min_size": 600}, {"scale_step": 2.0, "size": 97},
+                    S.PRESETS["draft"], S.PRESETS["best"]):
+        settings = S.DEFAULTS.replace(**changes)
+        assert L.stage_sizes({k: getattr(settings, k) for k in L.SCHEDULE_DEFAULTS}) == settings.stage_sizes
+
+
+def test_time_estimate_from_measured_speed(L, tmp_path):
+    opts = L.read_options(values(), env={})
+    url, device = "http://127.0.0.1:9", "cpu"
+    assert L.estimate_seconds({}, url, device, opts, None, (800, 600), 1) is None
+    # a measured run: 20 s of engine time for a normal run with 2 styles at 512x384
+    result = {"settings": dict(L.SCHEDULE_DEFAULTS), "working_size": [512, 384], "timings": {"engine_s": 20.0}}
+    store = L.record_speed({}, url, device, result, 2)
+    assert store[L.speed_key(url, device)]["runs"] == 1
+    # the same run again is estimated at its measured time; one style: half; draft: far less
+    assert L.estimate_seconds(store, url, device, opts, None, (800, 600), 2) == pytest.approx(20.0)
+    assert L.estimate_seconds(store, url, device, opts, None, (800, 600), 1) == pytest.approx(10.0)
+    draft = L.estimate_seconds(store, url, device, opts, "draft", (800, 600), 2)     # the daemon's --preset
+    assert draft < 10.0
+    best = L.read_options(values(preset="best"), env={})
+    assert L.estimate_seconds(store, url, device, best, "draft", (2000, 1500), 2) > 20.0 * 4
+    assert L.estimate_seconds(store, url, "cuda", opts, None, (800, 600), 2) is None      # per device
+    store2 = L.record_speed(store, url, device, dict(result, timings={"engine_s": 40.0}), 2)
+    assert L.estimate_seconds(store2, url, device, opts, None, (800, 600), 2) == pytest.approx(30.0)   # smoothed
+    assert L.record_speed(store, url, device, {"settings": {}}, 2) == store                # nothing measured
+    path = str(tmp_path / L.SPEED_FILE)
+    L.write_speeds(path, store2)
+    assert L.read_speeds(path) == store2 and L.read_speeds(str(tmp_path / "none")) == {}
+    assert "about 30 s for 2 styles" in L.estimate_text(30.0, device, 2)
+    assert "first run measures" in L.estimate_text(None, device, 1)

@@ -501,3 +501,120 @@ def preview_due(status: Mapping[str, Any], last_fetch: float | None, now: float)
     if not status.get("preview_url") or status.get("status") not in ("running", None):
         return False
     return last_fetch is None or now - last_fetch >= PREVIEW_EVERY_S
+
+
+# ------------------------------------------------------------------------------------------------
+# time estimate: from this daemon's measured speed on earlier runs
+# ------------------------------------------------------------------------------------------------
+
+#: The schedule settings an estimate needs, with bridge.settings.DEFAULTS' values (a test checks), and the
+#: presets (= bridge.settings.PRESETS). The daemon's health reports no speed: the plug-in measures it from the
+#: results it gets (engine seconds per unit of work) and keeps it per daemon in SPEED_FILE (GIMP's profile).
+SCHEDULE_DEFAULTS = {"size": 512, "iterations": 150, "coarse_to_fine": True, "min_size": 128,
+                     "scale_step": 2 ** 0.5, "coarse_iterations": 25}
+PRESETS = {"draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
+           "normal": {"size": 512, "iterations": 150, "coarse_iterations": 25},
+           "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75}}
+SPEED_FILE = "stylebridge-speed.json"
+SPEED_SMOOTHING = 0.5           # weight of the newest run in the kept speed
+
+
+def stage_sizes(schedule: Mapping[str, Any]) -> list[int]:
+    """Long sides of the coarse-to-fine ladder, ending at ``size`` (= bridge.settings.Settings.stage_sizes)."""
+    size, min_size, step = int(schedule["size"]), int(schedule["min_size"]), float(schedule["scale_step"])
+    if not schedule["coarse_to_fine"] or min_size >= size:
+        return [size]
+    sizes = [size]
+    while True:
+        nxt = int(round(sizes[-1] / step))
+        if nxt < min_size:
+            break
+        sizes.append(nxt)
+    return sizes[::-1]
+
+
+def schedule_for(opts: Options, daemon_preset: str | None) -> dict:
+    """The schedule a run with ``opts`` gets on a daemon started with ``daemon_preset`` (None: its defaults)."""
+    schedule = dict(SCHEDULE_DEFAULTS)
+    preset = opts.extra_settings.get("preset") or opts.preset or daemon_preset
+    schedule.update(PRESETS.get(preset, {}))
+    schedule.update({k: v for k, v in opts.extra_settings.items() if k in SCHEDULE_DEFAULTS})
+    return schedule
+
+
+def work_units(schedule: Mapping[str, Any], working: tuple[int, int], styles: int) -> float:
+    """Pixel-iterations of a run: every stage's iterations times its pixels (the last stage is ``working``)."""
+    ladder = stage_sizes(schedule)
+    pixels = max(1, int(working[0]) * int(working[1]))
+    total = 0.0
+    for i, side in enumerate(ladder):
+        iters = schedule["iterations"] if i == len(ladder) - 1 else schedule["coarse_iterations"]
+        total += float(iters) * pixels * (side / ladder[-1]) ** 2
+    return total * max(1, styles)
+
+
+def working_dims(layer_size: tuple[int, int], schedule: Mapping[str, Any]) -> tuple[int, int]:
+    """About the last stage's size for a layer: its long side at ``size``, never bigger than the layer."""
+    w, h = layer_size
+    scale = min(1.0, float(schedule["size"]) / max(w, h, 1))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def speed_key(url: str, device: str | None) -> str:
+    return f"{url.rstrip('/')} {device or '?'}"
+
+
+def record_speed(store: dict, url: str, device: str | None, result: Mapping[str, Any], styles: int) -> dict:
+    """``store`` with this result's measured speed (engine seconds per work unit) folded in."""
+    settings = result.get("settings") or {}
+    engine_s = (result.get("timings") or {}).get("engine_s") or result.get("seconds")
+    working = result.get("working_size")
+    try:
+        schedule = {k: settings.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
+        units = work_units(schedule, (int(working[0]), int(working[1])), styles)
+        speed = float(engine_s) / units
+    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError):
+        return store
+    if not speed > 0:
+        return store
+    key = speed_key(url, device)
+    old = (store.get(key) or {}).get("s_per_unit")
+    new = speed if not isinstance(old, (int, float)) else SPEED_SMOOTHING * speed + (1 - SPEED_SMOOTHING) * old
+    out = dict(store)
+    out[key] = {"s_per_unit": new, "runs": int((store.get(key) or {}).get("runs", 0)) + 1}
+    return out
+
+
+def estimate_seconds(store: Mapping[str, Any], url: str, device: str | None, opts: Options,
+                     daemon_preset: str | None, layer_size: tuple[int, int], styles: int) -> float | None:
+    """Seconds a run would take on this daemon, from its measured speed; None before the first run."""
+    known = (store.get(speed_key(url, device)) or {}).get("s_per_unit")
+    if not isinstance(known, (int, float)) or styles < 1:
+        return None
+    schedule = schedule_for(opts, daemon_preset)
+    return known * work_units(schedule, working_dims(layer_size, schedule), styles)
+
+
+def estimate_text(seconds: float | None, device: str | None, styles: int) -> str:
+    if styles < 1:
+        return "Time: choose a style"
+    if seconds is None:
+        return f"Time: not known yet on this daemon ({device or 'its device'}): the first run measures its speed"
+    amount = f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+    return f"Time: {amount} for {styles} style{'s' if styles != 1 else ''} on this daemon ({device or '?'})"
+
+
+def read_speeds(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_speeds(path: str, store: Mapping[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(store, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)

@@ -297,6 +297,21 @@ class TempPreview:
             Gimp.displays_flush()
 
 
+def speeds_path():
+    return os.path.join(Gimp.directory(), sb_logic.SPEED_FILE)
+
+
+def remember_speed(opts, result, health):
+    """Fold this run's measured speed into the per-daemon speeds (for the dialog's time estimate)."""
+    try:
+        styles = len(opts.styles) + len(opts.style_files)
+        store = sb_logic.read_speeds(speeds_path())
+        sb_logic.write_speeds(speeds_path(), sb_logic.record_speed(store, opts.daemon_url, health.get("device"),
+                                                                   result, styles))
+    except OSError:
+        pass                    # an estimate is a convenience
+
+
 def remove_leftover_previews(image):
     """Temporary preview layers left by a run GIMP killed (progress cancelled): removed, outside the undo history.
     Should the kill have come while undo was frozen for a preview change, undo is thawed again."""
@@ -325,10 +340,10 @@ def remove_leftover_previews(image):
 
 def stylize(image, layer, opts):
     """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
-    image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used)."""
+    image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used, health)."""
     client = daemon_client(opts.daemon_url, opts.token)
     Gimp.progress_init("Stylebridge: sending the layer")
-    ensure_daemon(client)
+    health = ensure_daemon(client)
     Gimp.progress_set_text("Stylebridge: sending the layer")
 
     job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
@@ -397,7 +412,7 @@ def stylize(image, layer, opts):
         preview.remove()                    # before the final layers, and on cancel or error
         stop_watchdog(watchdog, done=True)
         Gimp.progress_update(1.0)
-    return result, files, tmpdir, job_id, used
+    return result, files, tmpdir, job_id, used, health
 
 
 def load_gray(path):
@@ -539,11 +554,44 @@ def show_dialog(procedure, config, layer):
     content.reorder_child(panel.frame, 0)
     content.pack_start(files.frame, False, False, 0)
     content.reorder_child(files.frame, 1)
+    estimate = Gtk.Label(label="")
+    estimate.set_xalign(0.0)
+    estimate.set_line_wrap(True)
+    content.pack_start(estimate, False, False, 0)
     content.pack_start(expander, False, False, 0)
+    speeds = sb_logic.read_speeds(speeds_path())
+
+    def update_estimate(*_args):
+        """The time the chosen quality takes on this daemon's device, from its measured speed."""
+        if panel.health is None:
+            estimate.set_text("")
+            return
+        try:
+            extra = sb_logic.parse_extra(config.get_property("extra-settings"))
+        except sb_logic.UserError:
+            extra = {}
+        chosen = panel.chosen()
+        files_ = files.paths()
+        opts = sb_logic.Options(styles=chosen, style_files=files_,
+                                quality=sb_logic.quality_choice(config.get_property("preset")), extra_settings=extra)
+        url = sb_logic.connection(config_values(config))[0]
+        device = panel.health.get("device")
+        count = len(chosen) + len(files_)
+        seconds = sb_logic.estimate_seconds(speeds, url, device, opts, panel.health.get("preset"),
+                                            (layer.get_width(), layer.get_height()), count)
+        estimate.set_text(sb_logic.estimate_text(seconds, device, count))
+
+    panel.on_change = update_estimate
+    files.on_change = update_estimate
+    for prop in ("preset", "extra-settings"):
+        config.connect(f"notify::{prop}", update_estimate)
     panel.frame.show_all()
+    estimate.show()
     files.frame.show_all()
     expander.show_all()
     panel.load()
+    update_estimate()
+    panel.estimate = estimate
 
     test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
     if test_hook:
@@ -586,6 +634,9 @@ class LibraryPanel:
         self.state = "loading"          # loading | starting | ready | down
         self.loads = 0                  # finished loads (the test hook waits on it)
         self.expander = None
+        self.health = None              # the daemon's health once it answered
+        self.on_change = None           # called when the library or the ticked styles change
+        self.estimate = None
         self._pending = None
         self._starter = None
         self.frame = Gtk.Frame(label="Styles from the daemon's library")
@@ -662,9 +713,11 @@ class LibraryPanel:
         self._set_ok(False)
         client = daemon_client(url, token, timeout=10)
         try:
-            error, warning = sb_logic.protocol_check(client.health(timeout=5), client.url)
+            health = client.health(timeout=5)
+            error, warning = sb_logic.protocol_check(health, client.url)
             if error:
                 return self._down(error)
+            self.health = health
             styles = client.styles()
         except sb_client.DaemonUnreachable as exc:
             if self._starter is not None and self._starter.url == url and self._starter.proc is not None \
@@ -705,7 +758,12 @@ class LibraryPanel:
         self.library = []
         self.preview_images = {}
 
+    def _changed(self):
+        if self.on_change is not None:
+            self.on_change()
+
     def _down(self, message):
+        self.health = None
         self._clear()
         self.add_button.set_sensitive(False)
         self.state = "down"
@@ -715,6 +773,7 @@ class LibraryPanel:
             self.expander.set_expanded(True)
         self._set_ok(False)
         self.loads += 1
+        self._changed()
 
     def _show(self, styles, url, token, warning=None):
         Gtk = self.Gtk
@@ -758,12 +817,14 @@ class LibraryPanel:
         for name, check in self.checks:
             if check.get_active():
                 self._toggled(check, name, url, token)
+        self._changed()
         self._set_ok(True)
         self.loads += 1
 
     # -- previews -----------------------------------------------------------------------------------
     def _toggled(self, check, name, url, token):
         """The photo in this style appears under its check box as it is ticked (POST /v1/previews)."""
+        self._changed()
         image = self.preview_images.get(name)
         if image is None or self.previewer is None:
             return
@@ -961,6 +1022,7 @@ class FileList:
         from gi.repository import Gtk
 
         self.Gtk, self.dialog, self.config = Gtk, dialog, config
+        self.on_change = None
         self.frame = Gtk.Frame(label="Style images from files (sent with the job)")
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
         box.set_border_width(6)
@@ -1008,6 +1070,8 @@ class FileList:
         self.list.show_all()
         if not self.paths():
             self.list.hide()
+        if self.on_change is not None:
+            self.on_change()
 
 
 def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
@@ -1054,6 +1118,7 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
             "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
             "thumbs": panel.thumbs, "files": files.paths(),
             "previews": dict(panel.previewer.info) if panel.previewer else {},
+            "estimate": panel.estimate.get_text() if panel.estimate is not None else None,
             "previews_shown": sorted(n for n, im in panel.preview_images.items() if im.get_visible()),
             "check_y": [(check.translate_coordinates(panel.grid, 0, 0) or [None])[-1] for _, check in panel.checks],
             "config": {p: config.get_property(p) for p in props}}
@@ -1162,7 +1227,8 @@ def run(procedure, run_mode, image, drawables, config, data):
         if remove_leftover_previews(image):
             Gimp.displays_flush()
         opts = sb_logic.read_options(config_values(config))
-        result, files, tmpdir, job_id, used = stylize(image, layer, opts)
+        result, files, tmpdir, job_id, used, health = stylize(image, layer, opts)
+        remember_speed(opts, result, health)
         image.undo_group_start()
         inserted = []
         try:
