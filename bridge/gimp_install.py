@@ -2,8 +2,8 @@
 
 GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
 to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py``, the adapter
-over GIMP; ``sb_logic.py``, its decisions, tested without GIMP; the PNG codec ``sb_png.py``) and its protocol client ``sb_client.py``, which the package imports as
-``bridge.daemon.protocol_client``: one file, so the plug-in folder runs as it stands.
+over GIMP; ``sb_logic.py``, its decisions, tested without GIMP; the PNG codec ``sb_png.py``) and its protocol
+client ``sb_client.py``, which the package imports as ``bridge.daemon.protocol_client``: one file, so the plug-in folder runs as it stands.
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ def test_connection_token_from_the_client_variable(L):
     assert L.connection(values(), env={L.sb_client.TOKEN_ENV: "t"}) == (L.sb_client.DEFAULT_URL, "t")
     assert L.connection(values(token=" mine ", **{"daemon-url": " http://h:1 "}), env={L.sb_client.TOKEN_ENV: "t"}) \
         == ("http://h:1", "mine")
-    assert L.is_loopback("http://127.0.0.1:8765") and L.is_loopback("localhost:9") and not L.is_loopback("http://10.0.0.2")
+    assert L.is_loopback("http://127.0.0.1:8765") and L.is_loopback("localhost:9")
+    assert not L.is_loopback("http://10.0.0.2")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1078,7 +1078,8 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
     """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
     shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
     STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
-    "cancel" cancels, "tick" ticks every library style and looks again once their previews are in, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
+    "cancel" cancels, "tick" ticks every library style and looks again once their previews are in, "seturl"
+    types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
     files in $STYLEBRIDGE_GIMP_DIALOG_TEST_FILES (';'-separated) to the library, "remove" removes the first library
     style, "addfiles" adds those files to the job's style files; after each of these it looks again once the
     library has reloaded (the next word answers that look)."""
