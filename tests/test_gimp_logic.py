@@ -328,3 +328,27 @@ def test_time_estimate_from_measured_speed(L, tmp_path):
     assert L.read_speeds(path) == store2 and L.read_speeds(str(tmp_path / "none")) == {}
     assert "about 30 s for 2 styles" in L.estimate_text(30.0, device, 2)
     assert "first run measures" in L.estimate_text(None, device, 1)
+
+
+def test_daemon_starter_says_what_went_wrong(L, tmp_path, monkeypatch):
+    """The plug-in's DaemonStarter (standard library only) with stand-ins for the recorded stylebridge: one
+    that does not exist, one that fails at once (its log's last line is quoted), none recorded."""
+    import tempfile
+    from bridge import gimp_install
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))          # the daemon's log goes there
+    url = "http://127.0.0.1:9"      # nothing answers there
+    gimp_install.install(tmp_path / "p1", command=[str(tmp_path / "missing")])
+    starter = L.DaemonStarter(url, None, str(tmp_path / "p1" / "plug-ins" / "stylebridge"))
+    assert starter.command == [str(tmp_path / "missing"), "serve", "--host", "127.0.0.1", "--port", "9"]
+    assert starter.start().endswith(f"`{' '.join(starter.command)}`: No such file or directory).")
+    fails = tmp_path / "fails"
+    fails.write_text("#!/bin/sh\necho \"port 9 is in use\"\nexit 3\n")
+    fails.chmod(0o755)
+    gimp_install.install(tmp_path / "p2", command=[str(fails)])
+    starter = L.DaemonStarter(url, "tok", str(tmp_path / "p2" / "plug-ins" / "stylebridge"))
+    assert starter.start() is None
+    starter.proc.wait(timeout=30)
+    message = starter.poll()
+    assert message.startswith(L.sb_client.unreachable_message(url)) and "exited with status 3" in message
+    assert message.endswith("ends: port 9 is in use).") and (tmp_path / "stylebridge-serve-9.log").exists()
+    assert L.DaemonStarter(url, None, str(tmp_path)).start() == L.start_failed_message(url, None)

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -107,6 +110,21 @@ class Options:
     def preset(self) -> str | None:
         """The preset to send, or None for the daemon's own."""
         return None if self.quality == DAEMON_DEFAULT else self.quality
+
+
+PROPS = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url", "token",
+         "extra-settings")
+
+
+def config_values(config):
+    """The procedure's arguments (a GimpProcedureConfig, or anything with get_property) as a plain dict:
+    property id -> value, what :func:`read_options` reads."""
+    return {p: config.get_property(p) for p in PROPS}
+
+
+def daemon_client(url, token, timeout=60.0):
+    """A protocol client that names the plug-in in the daemon's logs."""
+    return sb_client.Client(url, token or "", timeout=timeout, user_agent=USER_AGENT)
 
 
 def connection(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
@@ -428,6 +446,70 @@ def start_failed_message(url: str, command: list[str] | None, reason: str = "") 
         return base + " (or run `stylebridge gimp-install` again: then the plug-in starts it itself)."
     why = f": {reason}" if reason else ""
     return f"{base} (the plug-in tried to start it with `{' '.join(command)}`{why})."
+
+
+class DaemonStarter:
+    """Starts ``stylebridge serve`` for a loopback URL with the command ``stylebridge gimp-install`` recorded
+    (:data:`INSTALL_FILE` in ``plugin_dir``), and follows it until ``/v1/health`` answers. Standard library
+    only: the plug-in's run and its dialog both use it."""
+
+    def __init__(self, url: str, token: str | None, plugin_dir: str) -> None:
+        self.url, self.token = url, token
+        self.command = serve_command(read_install(plugin_dir), url)
+        self.proc = None
+        self.log_path = None
+        self.started = None
+
+    def start(self) -> str | None:
+        """Spawn the daemon (it outlives GIMP). Returns None, or the message saying what to do instead."""
+        if self.command is None:
+            return start_failed_message(self.url, None)
+        port = self.command[-1]
+        self.log_path = os.path.join(tempfile.gettempdir(), f"stylebridge-serve-{port}.log")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # GIMP's, not ours
+        if self.token:
+            env[sb_client.TOKEN_ENV] = self.token
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                                             env=env, cwd=os.path.expanduser("~"))
+        except OSError as exc:
+            try:
+                if os.path.getsize(self.log_path) == 0:
+                    os.unlink(self.log_path)
+            except OSError:
+                pass
+            return start_failed_message(self.url, self.command, exc.strerror or str(exc))
+        self.started = time.monotonic()
+        return None
+
+    def poll(self) -> str | None:
+        """"up" once the daemon answers, None while starting, else the message for the user."""
+        try:
+            daemon_client(self.url, self.token, timeout=2).health(timeout=2)
+            return "up"
+        except sb_client.DaemonUnreachable:
+            pass
+        except sb_client.ClientError:
+            return "up"             # it answers (an error status is the caller's to report)
+        code = self.proc.poll() if self.proc is not None else None
+        if code not in (None, 0):
+            return start_failed_message(self.url, self.command,
+                                                 f"it exited with status {code}; {self._log_tail()}")
+        if time.monotonic() - self.started > START_TIMEOUT_S:
+            return start_failed_message(self.url, self.command,
+                                                 f"no answer after {START_TIMEOUT_S:.0f} s; its log: "
+                                                 f"{self.log_path}")
+        return None
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                lines = fh.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
+            return f"its log ({self.log_path}) ends: {lines[-1]}" if lines else f"its log: {self.log_path}"
+        except OSError:
+            return f"its log: {self.log_path}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -178,7 +178,7 @@ def _install_profile(profile: Path) -> Path:
     assert str(dest) in proc.stdout, proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
     assert (dest / "sb_client.py").read_bytes() == CLIENT_SOURCE.read_bytes()
-    assert (dest / "sb_png.py").is_file() and (dest / "sb_logic.py").is_file()
+    assert all((dest / name).is_file() for name in ("sb_png.py", "sb_logic.py", "sb_dialog.py", "sb_install.json"))
     return profile
 
 

@@ -66,7 +66,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("path, extra", [
-    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic"}),
+    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic", "sb_dialog"}),
+    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # also the package's bridge.daemon.protocol_client
