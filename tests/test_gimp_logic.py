@@ -153,7 +153,8 @@ def test_connection_token_from_the_client_variable(L):
     assert L.connection(values(), env={L.sb_client.TOKEN_ENV: "t"}) == (L.sb_client.DEFAULT_URL, "t")
     assert L.connection(values(token=" mine ", **{"daemon-url": " http://h:1 "}), env={L.sb_client.TOKEN_ENV: "t"}) \
         == ("http://h:1", "mine")
-    assert L.is_loopback("http://127.0.0.1:8765") and L.is_loopback("localhost:9") and not L.is_loopback("http://10.0.0.2")
+    assert L.is_loopback("http://127.0.0.1:8765") and L.is_loopback("localhost:9")
+    assert not L.is_loopback("http://10.0.0.2")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,13 +164,12 @@ def test_connection_token_from_the_client_variable(L):
 def test_protocol_check(L):
     ours = L.sb_client.PROTOCOL_VERSION
     error, warning = L.protocol_check({"status": "ok", "version": "0.1.0"}, "http://x")   # no protocol: 1
-    assert warning is None and "speaks protocol 1" in error and "pip install -U stylebridge" in error
-    assert "restart" in error and "stylebridge 0.1.0" in error
+    assert warning is None and error == L.sb_client.upgrade_message("http://x", 1, ours)    # the client's words
+    assert "speaks protocol 1" in error and "pip install -U stylebridge" in error and "restart" in error
     assert L.protocol_check({"protocol": ours}, "http://x") == (None, None)
     error, warning = L.protocol_check({"protocol": ours + 1}, "http://x")
     assert error is None and "stylebridge gimp-install" in warning
     assert L.daemon_protocol({"protocol": True}) == 1 and L.daemon_protocol({"protocol": "2"}) == 1
-    assert issubclass(L.ProtocolMismatch, L.sb_client.ClientError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,3 +268,87 @@ def test_start_messages_say_what_to_do(L):
     text = L.start_failed_message("http://127.0.0.1:9", ["/x/stylebridge", "serve"], "No such file or directory")
     assert text == base + " (the plug-in tried to start it with `/x/stylebridge serve`: No such file or directory)."
     assert issubclass(L.DaemonNotStarted, L.sb_client.ClientError)
+
+
+def test_library_and_file_list_helpers(L):
+    assert L.thumb_geometry(512, 320) == (154, 96, 0)          # equal heights: check boxes line up
+    assert L.thumb_geometry(402, 512) == (75, 96, 0)
+    assert L.thumb_geometry(1000, 100) == (960, 96, 400)      # a panorama is cropped around its centre
+    assert L.add_files("a.png;b.png", ["b.png", "c.png", ""]) == "a.png;b.png;c.png"
+    assert L.add_files("", ["x y.png"]) == "x y.png"
+    assert L.remove_file("a.png;b.png", "a.png") == "b.png"
+    assert L.library_add_message([("/p/a.png", None)]) is None
+    assert L.library_add_message([("/p/a.png", None), ("/p/b.png", "exists")]) == \
+        "Stylebridge: not added to the library: b.png: exists"
+
+
+def test_temporary_preview_helpers(L):
+    running = {"status": "running", "preview_url": "/v1/jobs/1/preview"}
+    assert not L.preview_due({"status": "running"}, None, 5.0)              # none yet
+    assert not L.preview_due(dict(running, status="queued"), None, 5.0)
+    assert L.preview_due(running, None, 5.0) and L.preview_due(running, 4.0, 5.0)
+    assert not L.preview_due(running, 4.5, 5.0)                             # at most every PREVIEW_EVERY_S
+    record = L.read_record(L.record_bytes(L.preview_record("j1")))
+    assert L.is_preview_record(record) and record["job"] == "j1"
+    assert not L.is_preview_record(None) and not L.is_preview_record({"role": L.PREVIEW_ROLE})
+    steps, _ = L.layer_plan(RESULT)      # the final stack never carries the temporary role
+    assert not any(s.role == L.PREVIEW_ROLE for s in steps)
+
+
+def test_schedule_values_equal_bridge_settings(L):
+    assert L.SCHEDULE_DEFAULTS == {k: getattr(S.DEFAULTS, k) for k in L.SCHEDULE_DEFAULTS}
+    assert L.PRESETS == S.PRESETS
+    for changes in ({}, {"size": 1024}, {"coarse_to_fine": False}, {"min_size": 600}, {"scale_step": 2.0, "size": 97},
+                    S.PRESETS["draft"], S.PRESETS["best"]):
+        settings = S.DEFAULTS.replace(**changes)
+        assert L.stage_sizes({k: getattr(settings, k) for k in L.SCHEDULE_DEFAULTS}) == settings.stage_sizes
+
+
+def test_time_estimate_from_measured_speed(L, tmp_path):
+    opts = L.read_options(values(), env={})
+    url, device = "http://127.0.0.1:9", "cpu"
+    assert L.estimate_seconds({}, url, device, opts, None, (800, 600), 1) is None
+    # a measured run: 20 s of engine time for a normal run with 2 styles at 512x384
+    result = {"settings": dict(L.SCHEDULE_DEFAULTS), "working_size": [512, 384], "timings": {"engine_s": 20.0}}
+    store = L.record_speed({}, url, device, result, 2)
+    assert store[L.speed_key(url, device)]["runs"] == 1
+    # the same run again is estimated at its measured time; one style: half; draft: far less
+    assert L.estimate_seconds(store, url, device, opts, None, (800, 600), 2) == pytest.approx(20.0)
+    assert L.estimate_seconds(store, url, device, opts, None, (800, 600), 1) == pytest.approx(10.0)
+    draft = L.estimate_seconds(store, url, device, opts, "draft", (800, 600), 2)     # the daemon's --preset
+    assert draft < 10.0
+    best = L.read_options(values(preset="best"), env={})
+    assert L.estimate_seconds(store, url, device, best, "draft", (2000, 1500), 2) > 20.0 * 4
+    assert L.estimate_seconds(store, url, "cuda", opts, None, (800, 600), 2) is None      # per device
+    store2 = L.record_speed(store, url, device, dict(result, timings={"engine_s": 40.0}), 2)
+    assert L.estimate_seconds(store2, url, device, opts, None, (800, 600), 2) == pytest.approx(30.0)   # smoothed
+    assert L.record_speed(store, url, device, {"settings": {}}, 2) == store                # nothing measured
+    path = str(tmp_path / L.SPEED_FILE)
+    L.write_speeds(path, store2)
+    assert L.read_speeds(path) == store2 and L.read_speeds(str(tmp_path / "none")) == {}
+    assert "about 30 s for 2 styles" in L.estimate_text(30.0, device, 2)
+    assert "first run measures" in L.estimate_text(None, device, 1)
+
+
+def test_daemon_starter_says_what_went_wrong(L, tmp_path, monkeypatch):
+    """The plug-in's DaemonStarter (standard library only) with stand-ins for the recorded stylebridge: one
+    that does not exist, one that fails at once (its log's last line is quoted), none recorded."""
+    import tempfile
+    from bridge import gimp_install
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))          # the daemon's log goes there
+    url = "http://127.0.0.1:9"      # nothing answers there
+    gimp_install.install(tmp_path / "p1", command=[str(tmp_path / "missing")])
+    starter = L.DaemonStarter(url, None, str(tmp_path / "p1" / "plug-ins" / "stylebridge"))
+    assert starter.command == [str(tmp_path / "missing"), "serve", "--host", "127.0.0.1", "--port", "9"]
+    assert starter.start().endswith(f"`{' '.join(starter.command)}`: No such file or directory).")
+    fails = tmp_path / "fails"
+    fails.write_text("#!/bin/sh\necho \"port 9 is in use\"\nexit 3\n")
+    fails.chmod(0o755)
+    gimp_install.install(tmp_path / "p2", command=[str(fails)])
+    starter = L.DaemonStarter(url, "tok", str(tmp_path / "p2" / "plug-ins" / "stylebridge"))
+    assert starter.start() is None
+    starter.proc.wait(timeout=30)
+    message = starter.poll()
+    assert message.startswith(L.sb_client.unreachable_message(url)) and "exited with status 3" in message
+    assert message.endswith("ends: port 9 is in use).") and (tmp_path / "stylebridge-serve-9.log").exists()
+    assert L.DaemonStarter(url, None, str(tmp_path)).start() == L.start_failed_message(url, None)

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -77,10 +80,6 @@ class UserError(Exception):
     """A problem with the arguments: reported as a CALLING_ERROR, in these words."""
 
 
-class ProtocolMismatch(sb_client.ClientError):
-    """The daemon is too old for this plug-in (see :func:`protocol_check`); nothing was sent."""
-
-
 class DaemonNotStarted(sb_client.ClientError):
     """No daemon answered and the plug-in could not start one; ``str()`` says what to do."""
 
@@ -111,6 +110,21 @@ class Options:
     def preset(self) -> str | None:
         """The preset to send, or None for the daemon's own."""
         return None if self.quality == DAEMON_DEFAULT else self.quality
+
+
+PROPS = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url", "token",
+         "extra-settings")
+
+
+def config_values(config):
+    """The procedure's arguments (a GimpProcedureConfig, or anything with get_property) as a plain dict:
+    property id -> value, what :func:`read_options` reads."""
+    return {p: config.get_property(p) for p in PROPS}
+
+
+def daemon_client(url, token, timeout=60.0):
+    """A protocol client that names the plug-in in the daemon's logs."""
+    return sb_client.Client(url, token or "", timeout=timeout, user_agent=USER_AGENT)
 
 
 def connection(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
@@ -230,14 +244,13 @@ def daemon_protocol(health: Mapping[str, Any]) -> int:
 def protocol_check(health: Mapping[str, Any], url: str,
                    ours: int = sb_client.PROTOCOL_VERSION) -> tuple[str | None, str | None]:
     """(error, warning) for a daemon's health: an error when the daemon is too old for this plug-in (nothing
-    is sent), a warning when this installed plug-in is older than the daemon (it still works)."""
+    is sent; the client's one message, as ``sb_client.DaemonTooOld`` says it), a warning when this installed
+    plug-in is older than the daemon (it still works)."""
     theirs = daemon_protocol(health)
     version = health.get("version")
     where = f"at {url}" + (f" (stylebridge {version})" if version else "")
     if theirs < ours:
-        return (f"Stylebridge: the daemon {where} speaks protocol {theirs}, this plug-in needs {ours}. Upgrade "
-                "stylebridge where the daemon runs (pip install -U stylebridge) and restart it (stylebridge serve)."
-                ), None
+        return sb_client.upgrade_message(url, theirs, ours), None
     if theirs > ours:
         return None, (f"Stylebridge: this GIMP plug-in (protocol {ours}) is older than the daemon {where}, protocol "
                       f"{theirs}. Run `stylebridge gimp-install` again and restart GIMP to update it.")
@@ -433,3 +446,257 @@ def start_failed_message(url: str, command: list[str] | None, reason: str = "") 
         return base + " (or run `stylebridge gimp-install` again: then the plug-in starts it itself)."
     why = f": {reason}" if reason else ""
     return f"{base} (the plug-in tried to start it with `{' '.join(command)}`{why})."
+
+
+class DaemonStarter:
+    """Starts ``stylebridge serve`` for a loopback URL with the command ``stylebridge gimp-install`` recorded
+    (:data:`INSTALL_FILE` in ``plugin_dir``), and follows it until ``/v1/health`` answers. Standard library
+    only: the plug-in's run and its dialog both use it."""
+
+    def __init__(self, url: str, token: str | None, plugin_dir: str) -> None:
+        self.url, self.token = url, token
+        self.command = serve_command(read_install(plugin_dir), url)
+        self.proc = None
+        self.log_path = None
+        self.started = None
+
+    def start(self) -> str | None:
+        """Spawn the daemon (it outlives GIMP). Returns None, or the message saying what to do instead."""
+        if self.command is None:
+            return start_failed_message(self.url, None)
+        port = self.command[-1]
+        self.log_path = os.path.join(tempfile.gettempdir(), f"stylebridge-serve-{port}.log")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # GIMP's, not ours
+        if self.token:
+            env[sb_client.TOKEN_ENV] = self.token
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                                             env=env, cwd=os.path.expanduser("~"))
+        except OSError as exc:
+            try:
+                if os.path.getsize(self.log_path) == 0:
+                    os.unlink(self.log_path)
+            except OSError:
+                pass
+            return start_failed_message(self.url, self.command, exc.strerror or str(exc))
+        self.started = time.monotonic()
+        return None
+
+    def poll(self) -> str | None:
+        """"up" once the daemon answers, None while starting, else the message for the user."""
+        try:
+            daemon_client(self.url, self.token, timeout=2).health(timeout=2)
+            return "up"
+        except sb_client.DaemonUnreachable:
+            pass
+        except sb_client.ClientError:
+            return "up"             # it answers (an error status is the caller's to report)
+        code = self.proc.poll() if self.proc is not None else None
+        if code not in (None, 0):
+            return start_failed_message(self.url, self.command,
+                                                 f"it exited with status {code}; {self._log_tail()}")
+        if time.monotonic() - self.started > START_TIMEOUT_S:
+            return start_failed_message(self.url, self.command,
+                                                 f"no answer after {START_TIMEOUT_S:.0f} s; its log: "
+                                                 f"{self.log_path}")
+        return None
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                lines = fh.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
+            return f"its log ({self.log_path}) ends: {lines[-1]}" if lines else f"its log: {self.log_path}"
+        except OSError:
+            return f"its log: {self.log_path}"
+
+
+# ------------------------------------------------------------------------------------------------
+# the dialog's library and file list
+# ------------------------------------------------------------------------------------------------
+
+#: Library thumbnails all get this height (so the check boxes under them line up); wide ones are cropped
+#: to THUMB_MAX_WIDTH around their centre rather than shrunk.
+THUMB_HEIGHT = 96
+THUMB_MAX_WIDTH = 160
+IMAGE_PATTERNS = ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp")
+
+
+def thumb_geometry(width: int, height: int) -> tuple[int, int, int]:
+    """(scaled width, height, crop x) for a thumbnail of ``width`` x ``height``: THUMB_HEIGHT high, at most
+    THUMB_MAX_WIDTH wide (cropped around the centre)."""
+    scaled = max(1, round(width * THUMB_HEIGHT / max(1, height)))
+    shown = min(scaled, THUMB_MAX_WIDTH)
+    return scaled, THUMB_HEIGHT, (scaled - shown) // 2
+
+
+def add_files(current: str | None, new: list[str]) -> str:
+    """The ``style-files`` value with ``new`` paths added (order kept, no duplicates)."""
+    return ";".join(dict.fromkeys(split_list(current, ";") + [p for p in new if p]))
+
+
+def remove_file(current: str | None, path: str) -> str:
+    return ";".join(p for p in split_list(current, ";") if p != path)
+
+
+def library_add_message(results: list[tuple[str, str | None]]) -> str | None:
+    """One message for the files that could not be added ((path, error or None) per file), or None."""
+    failed = [f"{os.path.basename(path)}: {error}" for path, error in results if error]
+    if not failed:
+        return None
+    return "Stylebridge: not added to the library: " + "; ".join(failed)
+
+
+#: Dialog previews: the layer goes at most this big (GIMP's own thumbnail), previews come back this big.
+PREVIEW_CONTENT_SIDE = 256
+PREVIEW_SIZE = 192
+
+
+def preview_key(url: str, style: str) -> tuple[str, str]:
+    """Previews are cached per daemon and library style (the photo does not change while the dialog is open)."""
+    return (url.rstrip("/"), style)
+
+
+# ------------------------------------------------------------------------------------------------
+# the temporary preview layer during a run
+# ------------------------------------------------------------------------------------------------
+
+#: While a job runs, a layer above the source shows the daemon's current result (GET /v1/jobs/{id}/preview),
+#: fetched at most this often; it is never in the undo history and goes when the final layers come in.
+PREVIEW_LAYER_NAME = "Stylebridge preview (temporary)"
+PREVIEW_ROLE = "temporary-preview"
+PREVIEW_EVERY_S = 1.0
+
+
+def preview_record(job_id: str) -> dict:
+    """The parasite that marks the temporary layer (so a run after GIMP killed this one removes it)."""
+    return {"plugin": PROC_NAME, "version": RECORD_VERSION, "role": PREVIEW_ROLE, "job": job_id}
+
+
+def is_preview_record(record: Mapping[str, Any] | None) -> bool:
+    return bool(record) and record.get("plugin") == PROC_NAME and record.get("role") == PREVIEW_ROLE
+
+
+def preview_due(status: Mapping[str, Any], last_fetch: float | None, now: float) -> bool:
+    """Fetch the job's preview now? Only once it has one, and at most every PREVIEW_EVERY_S."""
+    if not status.get("preview_url") or status.get("status") not in ("running", None):
+        return False
+    return last_fetch is None or now - last_fetch >= PREVIEW_EVERY_S
+
+
+# ------------------------------------------------------------------------------------------------
+# time estimate: from this daemon's measured speed on earlier runs
+# ------------------------------------------------------------------------------------------------
+
+#: The schedule settings an estimate needs, with bridge.settings.DEFAULTS' values (a test checks), and the
+#: presets (= bridge.settings.PRESETS). The daemon's health reports no speed: the plug-in measures it from the
+#: results it gets (engine seconds per unit of work) and keeps it per daemon in SPEED_FILE (GIMP's profile).
+SCHEDULE_DEFAULTS = {"size": 512, "iterations": 150, "coarse_to_fine": True, "min_size": 128,
+                     "scale_step": 2 ** 0.5, "coarse_iterations": 25}
+PRESETS = {"draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
+           "normal": {"size": 512, "iterations": 150, "coarse_iterations": 25},
+           "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75}}
+SPEED_FILE = "stylebridge-speed.json"
+SPEED_SMOOTHING = 0.5           # weight of the newest run in the kept speed
+
+
+def stage_sizes(schedule: Mapping[str, Any]) -> list[int]:
+    """Long sides of the coarse-to-fine ladder, ending at ``size`` (= bridge.settings.Settings.stage_sizes)."""
+    size, min_size, step = int(schedule["size"]), int(schedule["min_size"]), float(schedule["scale_step"])
+    if not schedule["coarse_to_fine"] or min_size >= size:
+        return [size]
+    sizes = [size]
+    while True:
+        nxt = int(round(sizes[-1] / step))
+        if nxt < min_size:
+            break
+        sizes.append(nxt)
+    return sizes[::-1]
+
+
+def schedule_for(opts: Options, daemon_preset: str | None) -> dict:
+    """The schedule a run with ``opts`` gets on a daemon started with ``daemon_preset`` (None: its defaults)."""
+    schedule = dict(SCHEDULE_DEFAULTS)
+    preset = opts.extra_settings.get("preset") or opts.preset or daemon_preset
+    schedule.update(PRESETS.get(preset, {}))
+    schedule.update({k: v for k, v in opts.extra_settings.items() if k in SCHEDULE_DEFAULTS})
+    return schedule
+
+
+def work_units(schedule: Mapping[str, Any], working: tuple[int, int], styles: int) -> float:
+    """Pixel-iterations of a run: every stage's iterations times its pixels (the last stage is ``working``)."""
+    ladder = stage_sizes(schedule)
+    pixels = max(1, int(working[0]) * int(working[1]))
+    total = 0.0
+    for i, side in enumerate(ladder):
+        iters = schedule["iterations"] if i == len(ladder) - 1 else schedule["coarse_iterations"]
+        total += float(iters) * pixels * (side / ladder[-1]) ** 2
+    return total * max(1, styles)
+
+
+def working_dims(layer_size: tuple[int, int], schedule: Mapping[str, Any]) -> tuple[int, int]:
+    """About the last stage's size for a layer: its long side at ``size``, never bigger than the layer."""
+    w, h = layer_size
+    scale = min(1.0, float(schedule["size"]) / max(w, h, 1))
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def speed_key(url: str, device: str | None) -> str:
+    return f"{url.rstrip('/')} {device or '?'}"
+
+
+def record_speed(store: dict, url: str, device: str | None, result: Mapping[str, Any], styles: int) -> dict:
+    """``store`` with this result's measured speed (engine seconds per work unit) folded in."""
+    settings = result.get("settings") or {}
+    engine_s = (result.get("timings") or {}).get("engine_s") or result.get("seconds")
+    working = result.get("working_size")
+    try:
+        schedule = {k: settings.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
+        units = work_units(schedule, (int(working[0]), int(working[1])), styles)
+        speed = float(engine_s) / units
+    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError):
+        return store
+    if not speed > 0:
+        return store
+    key = speed_key(url, device)
+    old = (store.get(key) or {}).get("s_per_unit")
+    new = speed if not isinstance(old, (int, float)) else SPEED_SMOOTHING * speed + (1 - SPEED_SMOOTHING) * old
+    out = dict(store)
+    out[key] = {"s_per_unit": new, "runs": int((store.get(key) or {}).get("runs", 0)) + 1}
+    return out
+
+
+def estimate_seconds(store: Mapping[str, Any], url: str, device: str | None, opts: Options,
+                     daemon_preset: str | None, layer_size: tuple[int, int], styles: int) -> float | None:
+    """Seconds a run would take on this daemon, from its measured speed; None before the first run."""
+    known = (store.get(speed_key(url, device)) or {}).get("s_per_unit")
+    if not isinstance(known, (int, float)) or styles < 1:
+        return None
+    schedule = schedule_for(opts, daemon_preset)
+    return known * work_units(schedule, working_dims(layer_size, schedule), styles)
+
+
+def estimate_text(seconds: float | None, device: str | None, styles: int) -> str:
+    if styles < 1:
+        return "Time: choose a style"
+    if seconds is None:
+        return f"Time: not known yet on this daemon ({device or 'its device'}): the first run measures its speed"
+    amount = f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+    return f"Time: {amount} for {styles} style{'s' if styles != 1 else ''} on this daemon ({device or '?'})"
+
+
+def read_speeds(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_speeds(path: str, store: Mapping[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(store, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)

@@ -6,9 +6,10 @@ layer (pixels, alpha, offsets) and, when asked, the selection as the job's mask,
 (``sb_client.Client.submit_job``), follows the job with GIMP's progress bar, and inserts the returned layer
 stack above the layer in one undo group. Standard library + gi only: it runs under GIMP's own Python.
 
-This file is the adapter over Gimp/Gegl/GimpUi (pixels, layers, parasites, dialog, watchdog process); every
-decision that needs no GIMP (options -> job, mask choice, protocol check, layer plan, records, progress text)
-is in ``sb_logic.py``, tested under the suite's Python. The protocol client is ``sb_client.py``
+This file is the adapter over Gimp/Gegl (pixels, layers, parasites, progress, the watchdog process); the dialog
+is ``sb_dialog.py``; every decision that needs no GIMP (options -> job, mask choice, protocol check, starting a
+daemon, layer plan, records, progress text, time estimate) is in ``sb_logic.py``, tested under the suite's
+Python. The protocol client is ``sb_client.py``
 (docs/protocol.md); PNG for GIMP buffers is ``sb_png.py``. Scripting: docs/gimp.md.
 """
 
@@ -34,15 +35,7 @@ import sb_logic  # noqa: E402
 PROC_NAME = sb_logic.PROC_NAME
 PARASITE_NAME = sb_logic.PARASITE_NAME
 UserError = sb_logic.UserError
-PROPS = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url", "token",
-         "extra-settings")
-
-
-def config_values(config):
-    """The procedure's arguments as a plain dict (property id -> value): all sb_logic needs."""
-    return {p: config.get_property(p) for p in PROPS}
-
-
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 # ------------------------------------------------------------------------------------------------
 # pixels
 # ------------------------------------------------------------------------------------------------
@@ -83,11 +76,6 @@ def selection_mask_png(image, layer):
 # the run
 # ------------------------------------------------------------------------------------------------
 
-def daemon_client(url, token, timeout=60.0):
-    """A protocol client that names the plug-in in the daemon's logs."""
-    return sb_client.Client(url, token or "", timeout=timeout, user_agent=sb_logic.USER_AGENT)
-
-
 def start_watchdog(client, job_id):
     """A separate process that cancels the job if this plug-in dies (GIMP kills a plug-in whose
     progress the user cancels). Returns the pipe's write end, or None."""
@@ -120,76 +108,15 @@ def stop_watchdog(fd, done=True):
 
 
 def check_daemon(client):
-    """The daemon's health; ProtocolMismatch (nothing sent) when its protocol is too old for this plug-in;
+    """The daemon's health; sb_client.DaemonTooOld (nothing sent) when its protocol is too old for this plug-in;
     a newer daemon (this installed plug-in is stale) is said once, and the run goes on."""
     health = client.health(timeout=10)
     error, warning = sb_logic.protocol_check(health, client.url)
     if error:
-        raise sb_logic.ProtocolMismatch(error)
+        raise sb_client.DaemonTooOld(client.url, sb_logic.daemon_protocol(health))
     if warning:
         Gimp.message(warning)
     return health
-
-
-PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class DaemonStarter:
-    """Starts ``stylebridge serve`` for a loopback URL with the command ``stylebridge gimp-install`` recorded
-    (sb_install.json beside this file), and follows it until ``/v1/health`` answers."""
-
-    def __init__(self, url, token):
-        self.url, self.token = url, token
-        self.command = sb_logic.serve_command(sb_logic.read_install(PLUGIN_DIR), url)
-        self.proc = None
-        self.log_path = None
-        self.started = None
-
-    def start(self):
-        """Spawn the daemon (it outlives GIMP). Returns None, or the message saying what to do instead."""
-        if self.command is None:
-            return sb_logic.start_failed_message(self.url, None)
-        port = self.command[-1]
-        self.log_path = os.path.join(tempfile.gettempdir(), f"stylebridge-serve-{port}.log")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # GIMP's, not ours
-        if self.token:
-            env[sb_client.TOKEN_ENV] = self.token
-        try:
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
-                                             env=env, cwd=os.path.expanduser("~"))
-        except OSError as exc:
-            return sb_logic.start_failed_message(self.url, self.command, exc.strerror or str(exc))
-        self.started = time.monotonic()
-        return None
-
-    def poll(self):
-        """"up" once the daemon answers, None while starting, else the message for the user."""
-        try:
-            daemon_client(self.url, self.token, timeout=2).health(timeout=2)
-            return "up"
-        except sb_client.DaemonUnreachable:
-            pass
-        except sb_client.ClientError:
-            return "up"             # it answers (an error status is the caller's to report)
-        code = self.proc.poll() if self.proc is not None else None
-        if code not in (None, 0):
-            return sb_logic.start_failed_message(self.url, self.command,
-                                                 f"it exited with status {code}; {self._log_tail()}")
-        if time.monotonic() - self.started > sb_logic.START_TIMEOUT_S:
-            return sb_logic.start_failed_message(self.url, self.command,
-                                                 f"no answer after {sb_logic.START_TIMEOUT_S:.0f} s; its log: "
-                                                 f"{self.log_path}")
-        return None
-
-    def _log_tail(self):
-        try:
-            with open(self.log_path, "rb") as fh:
-                lines = fh.read()[-2000:].decode("utf-8", "replace").strip().splitlines()
-            return f"its log ({self.log_path}) ends: {lines[-1]}" if lines else f"its log: {self.log_path}"
-        except OSError:
-            return f"its log: {self.log_path}"
 
 
 def ensure_daemon(client):
@@ -199,7 +126,7 @@ def ensure_daemon(client):
         return check_daemon(client)
     except sb_client.DaemonUnreachable:
         pass
-    starter = DaemonStarter(client.url, client.token)
+    starter = sb_logic.DaemonStarter(client.url, client.token, PLUGIN_DIR)
     error = starter.start()
     if error:
         raise sb_logic.DaemonNotStarted(error)
@@ -214,12 +141,131 @@ def ensure_daemon(client):
         time.sleep(0.5)
 
 
+class TempPreview:
+    """The temporary layer above the source that shows the job's current result while it runs.
+
+    Every change to it happens with the image's undo frozen (so it is never in the undo history), and undo is
+    thawed again at once: GIMP kills a plug-in whose progress is cancelled, and a kill between changes must not
+    leave the image's undo frozen. The layer goes before the final layers come in, and on cancel or error; after
+    a kill it cannot, so it carries a parasite and the next run removes such leftovers (remove_leftover_previews).
+    """
+
+    def __init__(self, image, source, job_id):
+        self.image, self.source, self.job_id = image, source, job_id
+        self.layer = None
+        self.last = None
+        self.fetched = None
+        self.shown = 0
+        self.hook = os.environ.get("STYLEBRIDGE_GIMP_PREVIEW_TEST")       # tests only: a JSON line per update
+
+    def update(self, client, status):
+        now = time.monotonic()
+        if not sb_logic.preview_due(status, self.fetched, now):
+            return
+        self.fetched = now
+        try:
+            data = client.preview(self.job_id)
+        except sb_client.ClientError:
+            return                                  # a preview is decoration; the job goes on
+        if data and data != self.last:
+            self.last = data
+            self.show(data)
+
+    def show(self, png):
+        fd, path = tempfile.mkstemp(prefix="stylebridge-preview-", suffix=".png")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(png)
+            self.image.undo_freeze()
+            try:
+                undo_while_changing = self.image.undo_is_enabled()
+                new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, self.image, Gio.File.new_for_path(path))
+                self.image.insert_layer(new, self.source.get_parent(), self.image.get_item_position(self.source))
+                w, h = self.source.get_width(), self.source.get_height()
+                if (new.get_width(), new.get_height()) != (w, h):
+                    new.scale(w, h, False)
+                _, ox, oy = self.source.get_offsets()
+                new.set_offsets(ox, oy)
+                new.attach_parasite(make_parasite(sb_logic.preview_record(self.job_id)))
+                old, self.layer = self.layer, new
+                if old is not None and old.is_valid():
+                    self.image.remove_layer(old)
+                new.set_name(sb_logic.PREVIEW_LAYER_NAME)       # after the old one went (GIMP would add " #1")
+            finally:
+                self.image.undo_thaw()
+        finally:
+            os.unlink(path)
+        self.shown += 1
+        Gimp.displays_flush()
+        if self.hook:
+            new = self.layer
+            with open(self.hook, "a") as fh:
+                fh.write(json.dumps({"name": new.get_name(), "size": [new.get_width(), new.get_height()],
+                                     "offsets": list(new.get_offsets())[1:],
+                                     "above_source": self.image.get_item_position(new) + 1
+                                     == self.image.get_item_position(self.source),
+                                     "undo_while_changing": undo_while_changing,
+                                     "undo_after": self.image.undo_is_enabled(),
+                                     "layers": [lay.get_name() for lay in self.image.get_layers()]}) + "\n")
+
+    def remove(self):
+        layer, self.layer = self.layer, None
+        if layer is not None and layer.is_valid():
+            self.image.undo_freeze()
+            try:
+                self.image.remove_layer(layer)
+            finally:
+                self.image.undo_thaw()
+            Gimp.displays_flush()
+
+
+def speeds_path():
+    return os.path.join(Gimp.directory(), sb_logic.SPEED_FILE)
+
+
+def remember_speed(opts, result, health):
+    """Fold this run's measured speed into the per-daemon speeds (for the dialog's time estimate)."""
+    try:
+        styles = len(opts.styles) + len(opts.style_files)
+        store = sb_logic.read_speeds(speeds_path())
+        sb_logic.write_speeds(speeds_path(), sb_logic.record_speed(store, opts.daemon_url, health.get("device"),
+                                                                   result, styles))
+    except OSError:
+        pass                    # an estimate is a convenience
+
+
+def remove_leftover_previews(image):
+    """Temporary preview layers left by a run GIMP killed (progress cancelled): removed, outside the undo history.
+    Should the kill have come while undo was frozen for a preview change, undo is thawed again."""
+    leftovers = []
+
+    def walk(items):
+        for item in items:
+            parasite = item.get_parasite(PARASITE_NAME)
+            if parasite is not None and sb_logic.is_preview_record(sb_logic.read_record(bytes(parasite.get_data()))):
+                leftovers.append(item)
+            elif item.is_group():
+                walk(item.get_children())
+
+    walk(image.get_layers())
+    if leftovers:
+        if not image.undo_is_enabled():
+            image.undo_thaw()
+        image.undo_freeze()
+        try:
+            for item in leftovers:
+                image.remove_layer(item)
+        finally:
+            image.undo_thaw()
+    return len(leftovers)
+
+
 def stylize(image, layer, opts):
     """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
-    image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used)."""
-    client = daemon_client(opts.daemon_url, opts.token)
+    image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used, health)."""
+    client = sb_logic.daemon_client(opts.daemon_url, opts.token)
     Gimp.progress_init("Stylebridge: sending the layer")
-    ensure_daemon(client)
+    health = ensure_daemon(client)
     Gimp.progress_set_text("Stylebridge: sending the layer")
 
     job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
@@ -241,6 +287,7 @@ def stylize(image, layer, opts):
     finished = False
     tmpdir = None
     line = sb_logic.ProgressLine()
+    preview = TempPreview(image, layer, job_id)
 
     def on_progress(status):
         text, fraction = line.update(status)
@@ -250,6 +297,7 @@ def stylize(image, layer, opts):
             Gimp.progress_pulse()
         else:
             Gimp.progress_update(fraction)
+        preview.update(client, status)
         return True
 
     try:
@@ -283,9 +331,10 @@ def stylize(image, layer, opts):
             shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
+        preview.remove()                    # before the final layers, and on cancel or error
         stop_watchdog(watchdog, done=True)
         Gimp.progress_update(1.0)
-    return result, files, tmpdir, job_id, used
+    return result, files, tmpdir, job_id, used, health
 
 
 def load_gray(path):
@@ -365,371 +414,6 @@ def insert_stack(image, layer, opts, result, files, job_id, used, inserted):
 
 
 # ------------------------------------------------------------------------------------------------
-# dialog
-# ------------------------------------------------------------------------------------------------
-
-def settings_from_layer(layer):
-    """A previous run's record if ``layer`` came out of Stylebridge (to repeat it), else None."""
-    try:
-        parasite = layer.get_parasite(PARASITE_NAME)
-    except Exception:  # noqa: BLE001
-        return None
-    return sb_logic.read_record(bytes(parasite.get_data())) if parasite is not None else None
-
-
-def prefill_config(config, record):
-    for prop, value in sb_logic.config_from_record(record).items():
-        config.set_property(prop, value)
-
-
-def show_dialog(procedure, config, layer):
-    """The GimpUi dialog: the daemon's library as check boxes, style files, quality, colours, strength, mask;
-    the connection (URL, token) in its own expander. Returns True on OK."""
-    gi.require_version("GimpUi", "3.0")
-    gi.require_version("Gtk", "3.0")
-    from gi.repository import GimpUi, Gtk
-
-    GimpUi.init(PROC_NAME)
-    record = settings_from_layer(layer)
-    if record:
-        prefill_config(config, record)
-
-    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
-    panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")))
-
-    browse = Gtk.Button(label="Add style image files...")
-
-    def on_browse(_button):
-        chooser = Gtk.FileChooserDialog(title="Style images", parent=dialog, action=Gtk.FileChooserAction.OPEN)
-        chooser.add_buttons("_Cancel", Gtk.ResponseType.CANCEL, "_Add", Gtk.ResponseType.OK)
-        chooser.set_select_multiple(True)
-        filt = Gtk.FileFilter()
-        filt.set_name("Images")
-        for pattern in ("*.png", "*.jpg", "*.jpeg", "*.tif", "*.tiff", "*.webp", "*.PNG", "*.JPG", "*.JPEG"):
-            filt.add_pattern(pattern)
-        chooser.add_filter(filt)
-        if chooser.run() == Gtk.ResponseType.OK:
-            files = sb_logic.split_list(config.get_property("style-files"), ";") + list(chooser.get_filenames())
-            config.set_property("style-files", ";".join(dict.fromkeys(files)))
-        chooser.destroy()
-
-    browse.connect("clicked", on_browse)
-
-    slider = None
-    try:    # the slider spans the 0..1 knob; a typed value above 1 (the old meaning) is still accepted
-        dialog.get_spin_scale("style-strength", 1.0).set_scale_limits(*sb_logic.STRENGTH_KNOB)
-        slider = list(sb_logic.STRENGTH_KNOB)
-    except Exception:  # noqa: BLE001 - cosmetic
-        pass
-    dialog.fill(["style-files", "preset", "preserve-colors", "style-strength", "mask-mode"])
-
-    # the connection, apart from the main form
-    expander = Gtk.Expander(label="_Connection to the stylebridge daemon", use_underline=True)
-    conn = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
-    conn.set_border_width(4)
-    for prop in ("daemon-url", "token"):
-        conn.pack_start(dialog.get_widget(prop, GObject.TYPE_NONE), False, False, 0)
-    try:
-        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry get_widget made
-        if isinstance(token_widget, GimpUi.LabelEntry):
-            token_widget.get_entry().set_visibility(False)
-    except Exception:  # noqa: BLE001 - cosmetic
-        pass
-    expander.add(conn)
-    panel.expander = expander
-
-    content = dialog.get_content_area()
-    content.pack_start(panel.frame, False, False, 0)
-    content.reorder_child(panel.frame, 0)
-    content.pack_start(browse, False, False, 0)
-    content.reorder_child(browse, 1)
-    content.pack_start(expander, False, False, 0)
-    panel.frame.show_all()
-    browse.show()
-    expander.show_all()
-    panel.load()
-
-    test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
-    if test_hook:
-        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, panel, test_hook, slider)
-
-    while True:
-        ok = dialog.run()
-        if not ok:
-            panel.close()
-            dialog.destroy()
-            return False
-        if panel.checks:
-            config.set_property("styles", ",".join(panel.chosen()))
-        if config.get_property("styles") or config.get_property("style-files"):
-            panel.close()
-            dialog.destroy()
-            return True
-        Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
-
-
-class LibraryPanel:
-    """The library frame: loads the daemon's styles for the URL and token in the config (again when they are
-    edited), starts a daemon on this machine when none answers, and keeps OK insensitive, with a Retry button,
-    while no daemon answers."""
-
-    RELOAD_DELAY_MS = 700
-
-    def __init__(self, dialog, config, chosen):
-        from gi.repository import Gtk
-
-        self.Gtk = Gtk
-        self.dialog, self.config = dialog, config
-        self._chosen = set(chosen)
-        self.checks = []
-        self.library = []
-        self.error = None
-        self.state = "loading"          # loading | starting | ready | down
-        self.loads = 0                  # finished loads (the test hook waits on it)
-        self.expander = None
-        self._pending = None
-        self._starter = None
-        self.frame = Gtk.Frame(label="Styles from the daemon's library")
-        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
-        box.set_border_width(6)
-        self.frame.add(box)
-        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-        self.status = Gtk.Label(label="")
-        self.status.set_line_wrap(True)
-        self.status.set_xalign(0.0)
-        self.status.set_max_width_chars(70)
-        self.retry = Gtk.Button(label="_Retry", use_underline=True)
-        self.retry.connect("clicked", lambda _b: self.load())
-        row.pack_start(self.status, True, True, 0)
-        row.pack_start(self.retry, False, False, 0)
-        box.pack_start(row, False, False, 0)
-        self.grid = Gtk.FlowBox()
-        self.grid.set_selection_mode(Gtk.SelectionMode.NONE)
-        self.grid.set_max_children_per_line(4)
-        self.grid.set_homogeneous(True)
-        box.pack_start(self.grid, True, True, 0)
-        self._handlers = [config.connect("notify::daemon-url", self._edited),
-                          config.connect("notify::token", self._edited)]
-
-    # -- state --------------------------------------------------------------------------------------
-    def chosen(self):
-        for name, check in self.checks:
-            if check.get_active():
-                self._chosen.add(name)
-            else:
-                self._chosen.discard(name)
-        return [name for name, _ in self.checks if name in self._chosen]
-
-    def _set_ok(self, sensitive):
-        self.dialog.set_response_sensitive(self.Gtk.ResponseType.OK, sensitive)
-
-    def _say(self, text, retry=False):
-        self.status.set_text(text)
-        self.status.set_visible(bool(text))
-        self.retry.set_visible(retry)
-
-    def close(self):
-        if self._pending is not None:
-            GLib.source_remove(self._pending)
-            self._pending = None
-        for handler in self._handlers:
-            self.config.disconnect(handler)
-        self._handlers = []
-
-    # -- loading ------------------------------------------------------------------------------------
-    def _edited(self, *_args):
-        if self._pending is not None:
-            GLib.source_remove(self._pending)
-        self._pending = GLib.timeout_add(self.RELOAD_DELAY_MS, self._reload)
-
-    def _reload(self):
-        self._pending = None
-        self.load()
-        return False
-
-    def load(self):
-        """Fetch the library for the current URL/token; start a daemon here if none answers."""
-        self.chosen()
-        url, token = sb_logic.connection(config_values(self.config))
-        self.state = "loading"
-        self._set_ok(False)
-        client = daemon_client(url, token, timeout=10)
-        try:
-            error, warning = sb_logic.protocol_check(client.health(timeout=5), client.url)
-            if error:
-                return self._down(error)
-            styles = client.styles()
-        except sb_client.DaemonUnreachable as exc:
-            if self._starter is not None and self._starter.url == url and self._starter.proc is not None \
-                    and self._starter.proc.poll() is None:
-                return self._starting()                 # already on its way
-            starter = DaemonStarter(url, token)
-            problem = starter.start()
-            if problem is None:
-                self._starter = starter
-                return self._starting()
-            return self._down(problem if starter.command is not None else str(exc) + ".")
-        except sb_client.ClientError as exc:
-            return self._down(str(exc))
-        self._show(styles, url, token, warning)
-
-    def _starting(self):
-        self.state = "starting"
-        self._say(sb_logic.START_TEXT.replace("Stylebridge: s", "S"))
-        GLib.timeout_add(500, self._poll_start, self._starter)
-
-    def _poll_start(self, starter):
-        if starter is not self._starter or self.state != "starting":
-            return False
-        result = starter.poll()
-        if result is None:
-            return True
-        if result == "up":
-            self.load()
-        else:
-            self._down(result)
-        return False
-
-    def _clear(self):
-        for child in self.grid.get_children():
-            self.grid.remove(child)
-            child.destroy()
-        self.checks = []
-        self.library = []
-
-    def _down(self, message):
-        self._clear()
-        self.state = "down"
-        self.error = message
-        self._say(message, retry=True)
-        if self.expander is not None:
-            self.expander.set_expanded(True)
-        self._set_ok(False)
-        self.loads += 1
-
-    def _show(self, styles, url, token, warning=None):
-        Gtk = self.Gtk
-        self._clear()
-        self.state = "ready"
-        self.error = None
-        self.library = styles
-        text = warning or ("" if styles else "The library is empty: add style images below.")
-        self._say(text)
-        for style in styles:
-            name = style.get("name")
-            check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
-            check.set_active(name in self._chosen)
-            thumb = _thumbnail(url, token, style.get("thumbnail_url"))
-            if thumb is not None:
-                box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-                box.pack_start(Gtk.Image.new_from_pixbuf(thumb), False, False, 0)
-                box.pack_start(check, False, False, 0)
-                self.grid.add(box)
-            else:
-                self.grid.add(check)
-            self.checks.append((name, check))
-        self.grid.show_all()
-        self._set_ok(True)
-        self.loads += 1
-
-
-def _dialog_test_hook(dialog, config, panel, path, slider=None):
-    """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
-    shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
-    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
-    "cancel" cancels, "seturl" types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL and looks again
-    once the library has reloaded (the next word answers that look)."""
-    from gi.repository import Gdk, Gtk
-
-    if panel.state in ("loading", "starting"):
-        return True                         # look again when the daemon has answered (or not)
-    try:
-        with open(path) as fh:
-            n = sum(1 for _ in fh)
-    except OSError:
-        n = 0
-    responses = (os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES") or "ok").split(",")
-    response = responses[min(n, len(responses) - 1)].strip()
-    labels = []
-
-    def walk(widget):
-        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame, Gtk.Expander)):
-            text = widget.get_label()
-            if text and widget.get_visible():
-                labels.append(text)
-        elif widget.find_property("label") is not None:          # GimpSpinScale draws its own label
-            text = widget.get_property("label")
-            if isinstance(text, str) and text:
-                labels.append(text)
-        if isinstance(widget, Gtk.Container):
-            for child in widget.get_children():
-                walk(child)
-
-    walk(dialog)
-    props = [p for p in PROPS if p != "token"]
-    ok_button = dialog.get_widget_for_response(Gtk.ResponseType.OK)
-    info = {"title": dialog.get_title(), "library": [name for name, _ in panel.checks],
-            "checked": [name for name, check in panel.checks if check.get_active()],
-            "library_error": panel.error, "state": panel.state, "labels": labels, "response": response,
-            "ok_sensitive": bool(ok_button and ok_button.get_sensitive()), "retry_visible": panel.retry.get_visible(),
-            "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
-            "config": {p: config.get_property(p) for p in props}}
-    try:
-        scale = dialog.get_widget("style-strength", GObject.TYPE_NONE)
-        adj = scale.get_adjustment()
-        info["strength_widget"] = {"range": [adj.get_lower(), adj.get_upper()], "slider": slider,
-                                   "value": adj.get_value()}
-    except Exception as exc:  # noqa: BLE001
-        info["strength_widget"] = str(exc)
-    try:
-        win = dialog.get_window()
-        shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
-        shot.savev(f"{path}.{n}.png", "png", [], [])
-        info["screenshot"] = f"{path}.{n}.png"
-    except Exception as exc:  # noqa: BLE001
-        info["screenshot_error"] = str(exc)
-    with open(path, "a") as fh:
-        fh.write(json.dumps(info) + "\n")
-    if response == "seturl":
-        loads = panel.loads
-        config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
-
-        def again():
-            if panel.loads == loads:
-                return True
-            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, path, slider)
-            return False
-
-        GLib.timeout_add(100, again)
-    elif response == "ok":
-        for _, check in panel.checks:
-            check.set_active(True)
-        dialog.response(Gtk.ResponseType.OK)
-    else:
-        dialog.response(Gtk.ResponseType.CANCEL)
-    return False
-
-
-def _thumbnail(url, token, thumb_url):
-    if not thumb_url:
-        return None
-    try:
-        from gi.repository import GdkPixbuf
-        data = daemon_client(url, token, timeout=5).get_bytes(thumb_url)
-        loader = GdkPixbuf.PixbufLoader()
-        loader.write(data)
-        loader.close()
-        pix = loader.get_pixbuf()
-        scale = 96.0 / max(pix.get_width(), pix.get_height(), 1)
-        if scale < 1.0:
-            pix = pix.scale_simple(max(1, int(pix.get_width() * scale)), max(1, int(pix.get_height() * scale)),
-                                   GdkPixbuf.InterpType.BILINEAR)
-        return pix
-    except Exception:  # noqa: BLE001 - a thumbnail is decoration
-        return None
-
-
-# ------------------------------------------------------------------------------------------------
 # procedure
 # ------------------------------------------------------------------------------------------------
 
@@ -745,13 +429,17 @@ def run(procedure, run_mode, image, drawables, config, data):
     layer = drawables[0]
 
     if run_mode == Gimp.RunMode.INTERACTIVE:
-        if not show_dialog(procedure, config, layer):
+        import sb_dialog
+        if not sb_dialog.show_dialog(procedure, config, layer, speeds_path()):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     tmpdir = None
     try:
-        opts = sb_logic.read_options(config_values(config))
-        result, files, tmpdir, job_id, used = stylize(image, layer, opts)
+        if remove_leftover_previews(image):
+            Gimp.displays_flush()
+        opts = sb_logic.read_options(sb_logic.config_values(config))
+        result, files, tmpdir, job_id, used, health = stylize(image, layer, opts)
+        remember_speed(opts, result, health)
         image.undo_group_start()
         inserted = []
         try:
@@ -772,7 +460,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     except UserError as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
-    except (sb_client.DaemonUnreachable, sb_logic.ProtocolMismatch, sb_logic.DaemonNotStarted) as exc:
+    except (sb_client.DaemonUnreachable, sb_client.DaemonTooOld, sb_logic.DaemonNotStarted) as exc:
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(exc))
     except sb_client.JobCancelled:
@@ -825,7 +513,7 @@ class Stylebridge(Gimp.PlugIn):
                                       "daemon's own (stylebridge serve --preset)", presets,
                                       sb_logic.QUALITY_DEFAULT, flags)
         # id kept for saved settings and scripts; the job calls it original_colors, as everywhere
-        procedure.add_boolean_argument("preserve-colors", "_Original colours",
+        procedure.add_boolean_argument("preserve-colors", "Ori_ginal colours",
                                        "Keep the photo's colours (transfer luminance only): original_colors",
                                        sb_logic.ORIGINAL_COLORS_DEFAULT, flags)
         procedure.add_double_argument("style-strength", "Style stre_ngth",

@@ -81,7 +81,7 @@ class Gimp:
         """Run Python ``script`` in GIMP's python-fu-eval batch interpreter, headless."""
         home = workdir / "home"
         home.mkdir(exist_ok=True)
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": self.inside(workdir),
                     "GIMP3_DIRECTORY": self.inside(profile), "HOME": self.inside(home)}
         full_env.update(env or {})
         return subprocess.run([self.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"],
@@ -164,6 +164,12 @@ def gimp_profile(gimp: Gimp) -> Path:
         yield _install_profile(base / "profile")
 
 
+def forget_last_values(profile: Path) -> None:
+    """An interactive run starts from the procedure's last-used values (GIMP keeps them in the profile), not
+    from the arguments given: forget them, so a dialog test starts from its own arguments."""
+    (profile / "plug-in-settings" / "GimpProcedureConfigRun-python-fu-stylebridge.last").unlink(missing_ok=True)
+
+
 def _install_profile(profile: Path) -> Path:
     proc = subprocess.run(stylebridge_command() + ["gimp-install", "--profile", str(profile)],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
@@ -172,7 +178,7 @@ def _install_profile(profile: Path) -> Path:
     assert str(dest) in proc.stdout, proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
     assert (dest / "sb_client.py").read_bytes() == CLIENT_SOURCE.read_bytes()
-    assert (dest / "sb_png.py").is_file() and (dest / "sb_logic.py").is_file()
+    assert all((dest / name).is_file() for name in ("sb_png.py", "sb_logic.py", "sb_dialog.py", "sb_install.json"))
     return profile
 
 

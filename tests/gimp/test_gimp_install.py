@@ -66,7 +66,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("path, extra", [
-    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic"}),
+    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic", "sb_dialog"}),
+    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # also the package's bridge.daemon.protocol_client
@@ -153,12 +154,14 @@ def test_install_records_the_running_stylebridge(tmp_path, monkeypatch):
     dest = gimp_install.install(tmp_path / "profile", command=["/x/stylebridge"])
     assert json.loads((dest / gimp_install.INSTALL_FILE).read_text())["stylebridge"] == ["/x/stylebridge"]
     import importlib
+    saved = {k: sys.modules.pop(k) for k in ("sb_logic", "sb_client") if k in sys.modules}
     sys.path.insert(0, str(dest))
-    try:
+    try:                                  # the installed plug-in reads what gimp-install wrote
         sb_logic = importlib.import_module("sb_logic")
         assert sb_logic.INSTALL_FILE == gimp_install.INSTALL_FILE
         assert sb_logic.read_install(str(dest))["stylebridge"] == ["/x/stylebridge"]
     finally:
         sys.path.remove(str(dest))
-        sys.modules.pop("sb_logic", None)
-        sys.modules.pop("sb_client", None)
+        for k in ("sb_logic", "sb_client"):
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)

@@ -16,6 +16,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, free_port, read_json  # noqa: I001
+from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
@@ -176,6 +177,10 @@ report = {}
 img, src = photo_image(96, 72)
 report["run"] = run_stylebridge(img, src, **P["args"])
 report["after"] = describe(img)
+report["undo_enabled_after"] = img.undo_is_enabled()
+# the next run removes the temporary preview layer the killed run could not remove
+report["next_run"] = run_stylebridge(img, src, **P["args2"])
+report["after_next"] = describe(img)
 img.delete()
 save_report(report)
 '''
@@ -396,20 +401,28 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
         report_path = gimp_workdir / "params-dialog-report.json"
         params["report"] = gimp.inside(report_path)
         params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok,cancel"})
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "tick,ok,cancel"})
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     finally:
         daemon.stop()
-    dialog, again = [json.loads(line) for line in hook.read_text().splitlines()]
+    dialog, ticked, again = [json.loads(line) for line in hook.read_text().splitlines()]
+    # previews: the photo in each style appears under its check box as it is ticked (POST /v1/previews)
+    assert dialog["previews_shown"] == [] and dialog["checked"] == []
+    assert ticked["checked"] == ticked["previews_shown"] == ["starry_night", "the_scream"], ticked
+    for name in ("starry_night", "the_scream"):
+        info = ticked["previews"][name]
+        assert info["shown"][1] == 96 and info["method"] and info["width"] == 96, info   # the 96x72 photo
     assert dialog["library_error"] is None
     assert dialog["library"] == ["starry_night", "the_scream"]
     labels = " ".join(dialog["labels"])
-    for text in ("Styles from the daemon's library", "Add style image files", "_Quality", "_Original colours",
-                 "Style stre_ngth", "_Mask", "_Daemon URL", "_Connection to the stylebridge daemon", "_OK"):
+    for text in ("Styles from the daemon's library", "Add style _image files", "_Add images to the library",
+                 "Style images from files (sent with the job)", "_Quality", "Ori_ginal colours",
+                 "Style stre_ngth", "_Mask", "_Daemon URL", "Conn_ection to the stylebridge daemon", "_OK"):
         assert text in labels, (text, dialog["labels"])
     assert dialog["ok_sensitive"] and not dialog["retry_visible"] and not dialog["connection_expanded"], dialog
     assert (gimp_workdir / "dialog.json.0.png").stat().st_size > 1000, dialog.get("screenshot_error")
@@ -428,6 +441,10 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     # Quality "daemon default": no preset sent, so the daemon's --preset draft applied (its coarse iterations)
     assert first["parasite"]["preset"] is None
     assert first["parasite"]["settings"]["coarse_iterations"] == 40, first["parasite"]["settings"]
+    # the time estimate: unknown until this daemon's speed was measured by a run, then from that speed
+    assert dialog["estimate"] == "Time: choose a style"
+    assert ticked["estimate"].startswith("Time: not known yet on this daemon (cpu)"), ticked["estimate"]
+    assert re.fullmatch(r"Time: about \d+ s for 2 styles on this daemon \(cpu\)", again["estimate"]), again["estimate"]
     # the second dialog, on a stylised layer, starts from the run recorded in its parasite; Cancel changes nothing
     assert again["config"]["styles"] == "starry_night,the_scream"
     assert again["checked"] == ["starry_night", "the_scream"]
@@ -549,7 +566,9 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"styles": "starry", "preset": "draft", "daemon-url": daemon.url,
-                           "extra-settings": json.dumps(long_run)}}
+                           "extra-settings": json.dumps(long_run)},
+                  "args2": {"styles": "starry", "daemon-url": daemon.url,
+                            "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
         params_path = gimp_workdir / "params-cancel.json"
         report_path = gimp_workdir / "params-cancel-report.json"
         params["report"] = gimp.inside(report_path)
@@ -557,8 +576,10 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_CANCEL
         home = gimp_workdir / "home"
         home.mkdir(exist_ok=True)
+        preview_hook = gimp_workdir / "previews.jsonl"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home)}
+               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
+               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)}
         script = gimp_workdir / "cancel.py"
         script.write_text(code)
         with open(script) as stdin:
@@ -580,6 +601,9 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
             assert gimp_proc.poll() is None, gimp_proc.stdout.read()[-4000:]
             time.sleep(0.2)
         assert job_id, "the plug-in never started its job watchdog"
+        while not preview_hook.exists() and time.monotonic() < deadline:       # a preview layer is shown
+            time.sleep(0.2)
+        assert preview_hook.exists(), "no temporary preview layer was shown"
         assert client.job(job_id)["status"] in ("queued", "running")
         plugin_pids = _find_pids(plugin_marker)
         assert plugin_pids, "plug-in process not found"
@@ -594,7 +618,14 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         out, _ = gimp_proc.communicate(timeout=120)
         report = read_json(report_path)
         assert report["run"]["status"] != "success"
-        assert [d["name"] for d in report["after"]] == ["photo"], "nothing may be inserted"
+        # GIMP killed the plug-in: only its temporary preview layer could be left, with undo working
+        assert [d["name"] for d in report["after"]] == ["Stylebridge preview (temporary)", "photo"]
+        assert report["after"][0]["parasite"]["role"] == "temporary-preview"
+        assert report["undo_enabled_after"]
+        assert report["next_run"]["status"] == "success", report["next_run"]
+        names = [d["name"] for d in report["after_next"]]
+        assert "Stylebridge preview (temporary)" not in names and names[-1] == "photo", names
+        assert len(by_role(report["after_next"], "style")) == 1
     finally:
         if gimp_proc is not None and gimp_proc.poll() is None:
             gimp_proc.kill()
@@ -653,7 +684,7 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
         home = gimp_workdir / "home"
         home.mkdir(exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home)}
+               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
         try:
             with open(script) as stdin:
                 proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
@@ -694,6 +725,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
         report_path = gimp_workdir / "params-down-report.json"
         params["report"] = gimp.inside(report_path)
         params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
@@ -708,7 +740,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
     assert down["connection_expanded"] and down["library"] == []
     assert down["library_error"].startswith(f"Stylebridge daemon not reachable at {down_url}. Start it with: "
                                             "stylebridge serve"), down["library_error"]
-    assert "_Retry" in down["labels"] and "_Connection to the stylebridge daemon" in down["labels"]
+    assert "Retr_y" in down["labels"] and "Conn_ection to the stylebridge daemon" in down["labels"]
     assert fixed["state"] == "ready" and fixed["ok_sensitive"] and not fixed["retry_visible"], fixed
     assert fixed["library"] == ["starry"] and fixed["config"]["daemon-url"] == daemon.url
     assert read_json(report_path)["run"]["status"] == "cancel"
@@ -729,3 +761,105 @@ report["run"] = {"status": res.index(0).value_nick}
 img.delete()
 save_report(report)
 """
+
+
+def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """From the dialog: add images to the daemon's library (ticked at once), remove one, add style files for
+    the job; thumbnails have one height, so the check boxes line up; OK runs with all of it."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    shutil.copy(SAMPLES["shipwreck"], gimp_workdir / "shipwreck.jpg")
+    shutil.copy(SAMPLES["the_scream"], gimp_workdir / "scream-file.jpg")     # (the runner passes no spaces)
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        client = sb_client.Client(daemon.url)
+        for name in ("starry_night", "the_scream"):
+            client.add_style(SAMPLES[name], name)
+        hook = gimp_workdir / "dialog-lib.json"
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+        params_path = gimp_workdir / "params-lib.json"
+        report_path = gimp_workdir / "params-lib-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE.replace(
+            'report["run"] = {"status": res.index(0).value_nick}',
+            'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=int(os.environ.get("T_LIB", 240)),
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,ok",
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_FILES": gimp.inside(gimp_workdir / "shipwreck.jpg")
+                               + ";" + gimp.inside(gimp_workdir / "scream-file.jpg")})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+        library_after = [s["name"] for s in client.styles()]
+    finally:
+        daemon.stop()
+    first, added, removed, with_files = [json.loads(line) for line in hook.read_text().splitlines()]
+    assert first["library"] == ["starry_night", "the_scream"] and first["files"] == []
+    assert {h for _, h in first["thumbs"].values()} == {96}, first["thumbs"]          # one height...
+    assert len(set(first["check_y"])) == 1 and None not in first["check_y"], first["check_y"]   # ...aligned
+    assert added["library"] == ["scream-file", "shipwreck", "starry_night", "the_scream"], (added, out[-3000:])
+    assert set(added["checked"]) == {"scream-file", "shipwreck"}                      # ticked when added
+    assert removed["library"] == ["shipwreck", "starry_night", "the_scream"]      # the first one removed
+    assert library_after == ["shipwreck", "starry_night", "the_scream"]
+    assert with_files["files"] == [gimp.inside(gimp_workdir / "shipwreck.jpg"),
+                                   gimp.inside(gimp_workdir / "scream-file.jpg")]
+    report = read_json(report_path)
+    assert report["run"]["status"] == "success", (report["run"], out[-3000:])
+    styles = by_role(report["after"], "style")
+    assert len(styles) == 5, [d["name"] for d in styles]          # 3 from the library (OK ticks all), 2 files
+    record = styles[0]["parasite"]
+    assert record["styles"] == ["shipwreck", "starry_night", "the_scream"]
+    assert [p.rsplit("/", 1)[-1] for p in record["style_files"]] == ["shipwreck.jpg", "scream-file.jpg"]
+
+
+RUN_PREVIEW = r"""
+report = {}
+img, src = photo_image(64, 48)
+src.add_alpha()
+src.set_offsets(5, 7)
+report["run"] = run_stylebridge(img, src, **P["args"])
+report["after"] = describe(img)
+report["undo_enabled_after"] = img.undo_is_enabled()
+img.delete()
+save_report(report)
+"""
+
+
+def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, tmp_path):
+    """While the job runs, a temporary layer above the source shows its current result (GET /v1/jobs/{id}/preview),
+    at the source's size and place, with undo frozen; the final layers replace it."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        hook = gimp_workdir / "previews.jsonl"
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
+                           "extra-settings": json.dumps({"size": 48, "iterations": 120, "coarse_to_fine": False,
+                                                         "preview_every": 5})}}
+        params_path = gimp_workdir / "params-preview.json"
+        report_path = gimp_workdir / "params-preview-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                          env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    finally:
+        daemon.stop()
+    report = read_json(report_path)
+    assert report["run"]["status"] == "success", (report["run"], out[-3000:])
+    shown = [json.loads(line) for line in hook.read_text().splitlines()]
+    assert shown, "no preview layer was shown"
+    for look in shown:
+        assert look["name"] == "Stylebridge preview (temporary)" and look["above_source"], look
+        assert look["size"] == [64, 48] and look["offsets"] == [5, 7], look
+        assert not look["undo_while_changing"], "the preview layer must stay out of the undo history"
+        assert look["undo_after"], "undo is frozen only while the preview layer changes"
+        assert look["layers"].count("Stylebridge preview (temporary)") == 1           # replaced, not stacked
+    names = [d["name"] for d in report["after"]]
+    assert "Stylebridge preview (temporary)" not in names and report["undo_enabled_after"]
+    assert len(by_role(report["after"], "style")) == 1
+    print("preview layer updates:", len(shown))

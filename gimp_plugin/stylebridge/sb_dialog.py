@@ -1,0 +1,729 @@
+"""The Stylebridge plug-in's dialog (GimpUi/Gtk): the daemon's library with previews, style files, the form,
+the connection, the time estimate. Imported by ``stylebridge.py`` only for an interactive run.
+
+Decisions that need no GIMP are in ``sb_logic.py``; this module is widgets and their wiring. The test hook at
+the end (``STYLEBRIDGE_GIMP_DIALOG_TEST``) lets tests/gimp drive and record the dialog on a virtual display.
+"""
+
+import json
+import os
+import time
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+from gi.repository import Gimp, GLib, GObject  # noqa: E402
+
+import sb_client  # noqa: E402
+import sb_logic  # noqa: E402
+
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def settings_from_layer(layer):
+    """A previous run's record if ``layer`` came out of Stylebridge (to repeat it), else None."""
+    try:
+        parasite = layer.get_parasite(sb_logic.PARASITE_NAME)
+    except Exception:  # noqa: BLE001
+        return None
+    return sb_logic.read_record(bytes(parasite.get_data())) if parasite is not None else None
+
+
+def prefill_config(config, record):
+    for prop, value in sb_logic.config_from_record(record).items():
+        config.set_property(prop, value)
+
+
+def show_dialog(procedure, config, layer, speeds_file):
+    """The GimpUi dialog: the daemon's library as check boxes, style files, quality, colours, strength, mask;
+    the connection (URL, token) in its own expander. Returns True on OK."""
+    gi.require_version("GimpUi", "3.0")
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
+
+    GimpUi.init(sb_logic.PROC_NAME)
+    record = settings_from_layer(layer)
+    if record:
+        prefill_config(config, record)
+
+    dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
+    panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")), layer)
+
+    files = FileList(dialog, config)
+
+    slider = None
+    try:    # the slider spans the 0..1 knob; a typed value above 1 (the old meaning) is still accepted
+        dialog.get_spin_scale("style-strength", 1.0).set_scale_limits(*sb_logic.STRENGTH_KNOB)
+        slider = list(sb_logic.STRENGTH_KNOB)
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+    dialog.fill(["preset", "preserve-colors", "style-strength", "mask-mode"])
+
+    # the connection, apart from the main form
+    expander = Gtk.Expander(label="Conn_ection to the stylebridge daemon", use_underline=True)
+    conn = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+    conn.set_border_width(4)
+    for prop in ("daemon-url", "token"):
+        conn.pack_start(dialog.get_widget(prop, GObject.TYPE_NONE), False, False, 0)
+    try:
+        token_widget = dialog.get_widget("token", GObject.TYPE_NONE)    # the GimpLabelEntry get_widget made
+        if isinstance(token_widget, GimpUi.LabelEntry):
+            token_widget.get_entry().set_visibility(False)
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+    expander.add(conn)
+    panel.expander = expander
+
+    content = dialog.get_content_area()
+    content.pack_start(panel.frame, False, False, 0)
+    content.reorder_child(panel.frame, 0)
+    content.pack_start(files.frame, False, False, 0)
+    content.reorder_child(files.frame, 1)
+    estimate = Gtk.Label(label="")
+    estimate.set_xalign(0.0)
+    estimate.set_line_wrap(True)
+    content.pack_start(estimate, False, False, 0)
+    content.pack_start(expander, False, False, 0)
+    speeds = sb_logic.read_speeds(speeds_file)
+
+    def update_estimate(*_args):
+        """The time the chosen quality takes on this daemon's device, from its measured speed."""
+        if panel.health is None:
+            estimate.set_text("")
+            return
+        try:
+            extra = sb_logic.parse_extra(config.get_property("extra-settings"))
+        except sb_logic.UserError:
+            extra = {}
+        chosen = panel.chosen()
+        files_ = files.paths()
+        opts = sb_logic.Options(styles=chosen, style_files=files_,
+                                quality=sb_logic.quality_choice(config.get_property("preset")), extra_settings=extra)
+        url = sb_logic.connection(sb_logic.config_values(config))[0]
+        device = panel.health.get("device")
+        count = len(chosen) + len(files_)
+        seconds = sb_logic.estimate_seconds(speeds, url, device, opts, panel.health.get("preset"),
+                                            (layer.get_width(), layer.get_height()), count)
+        estimate.set_text(sb_logic.estimate_text(seconds, device, count))
+
+    panel.on_change = update_estimate
+    files.on_change = update_estimate
+    for prop in ("preset", "extra-settings"):
+        config.connect(f"notify::{prop}", update_estimate)
+    panel.frame.show_all()
+    estimate.show()
+    files.frame.show_all()
+    expander.show_all()
+    panel.load()
+    update_estimate()
+    panel.estimate = estimate
+
+    test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
+    if test_hook:
+        GLib.timeout_add(1000, _dialog_test_hook, dialog, config, panel, files, test_hook, slider)
+
+    while True:
+        ok = dialog.run()
+        if not ok:
+            panel.close()
+            dialog.destroy()
+            return False
+        if panel.checks:
+            config.set_property("styles", ",".join(panel.chosen()))
+        if config.get_property("styles") or config.get_property("style-files"):
+            panel.close()
+            dialog.destroy()
+            return True
+        Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
+
+
+class LibraryPanel:
+    """The library frame: loads the daemon's styles for the URL and token in the config (again when they are
+    edited), starts a daemon on this machine when none answers, and keeps OK insensitive, with a Retry button,
+    while no daemon answers."""
+
+    RELOAD_DELAY_MS = 700
+
+    def __init__(self, dialog, config, chosen, layer=None):
+        from gi.repository import Gtk
+
+        self.Gtk = Gtk
+        self.dialog, self.config = dialog, config
+        self._chosen = set(chosen)
+        self.checks = []
+        self.library = []
+        self.thumbs = {}                # name -> (width, height) of its thumbnail
+        self.previewer = Previewer(layer) if layer is not None else None
+        self.preview_images = {}        # name -> the Gtk.Image under its check box
+        self.error = None
+        self.state = "loading"          # loading | starting | ready | down
+        self.loads = 0                  # finished loads (the test hook waits on it)
+        self.expander = None
+        self.health = None              # the daemon's health once it answered
+        self.on_change = None           # called when the library or the ticked styles change
+        self.estimate = None
+        self._pending = None
+        self._starter = None
+        self.frame = Gtk.Frame(label="Styles from the daemon's library")
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        box.set_border_width(6)
+        self.frame.add(box)
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        self.status = Gtk.Label(label="")
+        self.status.set_line_wrap(True)
+        self.status.set_xalign(0.0)
+        self.status.set_max_width_chars(70)
+        self.retry = Gtk.Button(label="Retr_y", use_underline=True)
+        self.retry.connect("clicked", lambda _b: self.load())
+        row.pack_start(self.status, True, True, 0)
+        row.pack_start(self.retry, False, False, 0)
+        box.pack_start(row, False, False, 0)
+        self.grid = Gtk.FlowBox()
+        self.grid.set_selection_mode(Gtk.SelectionMode.NONE)
+        self.grid.set_max_children_per_line(4)
+        self.grid.set_homogeneous(True)
+        box.pack_start(self.grid, True, True, 0)
+        self.add_button = Gtk.Button(label="_Add images to the library...", use_underline=True)
+        self.add_button.set_tooltip_text("Upload style images to the daemon's library (POST /v1/styles)")
+        self.add_button.connect("clicked", self._choose_for_library)
+        buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        buttons.pack_start(self.add_button, False, False, 0)
+        box.pack_start(buttons, False, False, 0)
+        self._handlers = [config.connect("notify::daemon-url", self._edited),
+                          config.connect("notify::token", self._edited)]
+
+    # -- state --------------------------------------------------------------------------------------
+    def chosen(self):
+        for name, check in self.checks:
+            if check.get_active():
+                self._chosen.add(name)
+            else:
+                self._chosen.discard(name)
+        return [name for name, _ in self.checks if name in self._chosen]
+
+    def _set_ok(self, sensitive):
+        self.dialog.set_response_sensitive(self.Gtk.ResponseType.OK, sensitive)
+
+    def _say(self, text, retry=False):
+        self.status.set_text(text)
+        self.status.set_visible(bool(text))
+        self.retry.set_visible(retry)
+
+    def close(self):
+        if self._pending is not None:
+            GLib.source_remove(self._pending)
+            self._pending = None
+        for handler in self._handlers:
+            self.config.disconnect(handler)
+        self._handlers = []
+        if self.previewer is not None:
+            self.previewer.stop()
+
+    # -- loading ------------------------------------------------------------------------------------
+    def _edited(self, *_args):
+        if self._pending is not None:
+            GLib.source_remove(self._pending)
+        self._pending = GLib.timeout_add(self.RELOAD_DELAY_MS, self._reload)
+
+    def _reload(self):
+        self._pending = None
+        self.load()
+        return False
+
+    def load(self):
+        """Fetch the library for the current URL/token; start a daemon here if none answers."""
+        self.chosen()
+        url, token = sb_logic.connection(sb_logic.config_values(self.config))
+        self.state = "loading"
+        self._set_ok(False)
+        client = sb_logic.daemon_client(url, token, timeout=10)
+        try:
+            health = client.health(timeout=5)
+            error, warning = sb_logic.protocol_check(health, client.url)
+            if error:
+                return self._down(error)
+            self.health = health
+            styles = client.styles()
+        except sb_client.DaemonUnreachable as exc:
+            if self._starter is not None and self._starter.url == url and self._starter.proc is not None \
+                    and self._starter.proc.poll() is None:
+                return self._starting()                 # already on its way
+            starter = sb_logic.DaemonStarter(url, token, PLUGIN_DIR)
+            problem = starter.start()
+            if problem is None:
+                self._starter = starter
+                return self._starting()
+            return self._down(problem if starter.command is not None else str(exc) + ".")
+        except sb_client.ClientError as exc:
+            return self._down(str(exc))
+        self._show(styles, url, token, warning)
+
+    def _starting(self):
+        self.state = "starting"
+        self._say(sb_logic.START_TEXT.replace("Stylebridge: s", "S"))
+        GLib.timeout_add(500, self._poll_start, self._starter)
+
+    def _poll_start(self, starter):
+        if starter is not self._starter or self.state != "starting":
+            return False
+        result = starter.poll()
+        if result is None:
+            return True
+        if result == "up":
+            self.load()
+        else:
+            self._down(result)
+        return False
+
+    def _clear(self):
+        for child in self.grid.get_children():
+            self.grid.remove(child)
+            child.destroy()
+        self.checks = []
+        self.library = []
+        self.preview_images = {}
+
+    def _changed(self):
+        if self.on_change is not None:
+            self.on_change()
+
+    def _down(self, message):
+        self.health = None
+        self._clear()
+        self.add_button.set_sensitive(False)
+        self.state = "down"
+        self.error = message
+        self._say(message, retry=True)
+        if self.expander is not None:
+            self.expander.set_expanded(True)
+        self._set_ok(False)
+        self.loads += 1
+        self._changed()
+
+    def _show(self, styles, url, token, warning=None):
+        Gtk = self.Gtk
+        self._clear()
+        self.add_button.set_sensitive(True)
+        self.state = "ready"
+        self.error = None
+        self.library = styles
+        self.thumbs = {}
+        text = warning or ("" if styles else "The library is empty: add style images below.")
+        self._say(text)
+        for style in styles:
+            name = style.get("name")
+            check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
+            check.set_active(name in self._chosen)
+            remove = Gtk.Button.new_from_icon_name("edit-delete", Gtk.IconSize.MENU)
+            remove.set_relief(Gtk.ReliefStyle.NONE)
+            remove.set_tooltip_text(f"Remove {name} from the daemon's library")
+            remove.connect("clicked", lambda _b, n=name: self.remove_style(n))
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=2)
+            row.pack_start(check, True, True, 0)
+            row.pack_start(remove, False, False, 0)
+            box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+            thumb = _thumbnail(url, token, style.get("thumbnail_url"))
+            if thumb is not None:
+                self.thumbs[name] = (thumb.get_width(), thumb.get_height())
+                image = Gtk.Image.new_from_pixbuf(thumb)
+            else:       # the same height without a picture, so the check boxes still line up
+                image = Gtk.Image()
+            image.set_size_request(-1, sb_logic.THUMB_HEIGHT)
+            box.pack_start(image, False, False, 0)
+            box.pack_start(row, False, False, 0)
+            preview = Gtk.Image()
+            preview.set_no_show_all(True)
+            box.pack_start(preview, False, False, 0)
+            self.preview_images[name] = preview
+            check.connect("toggled", self._toggled, name, url, token)
+            self.grid.add(box)
+            self.checks.append((name, check))
+        self.grid.show_all()
+        for name, check in self.checks:
+            if check.get_active():
+                self._toggled(check, name, url, token)
+        self._changed()
+        self._set_ok(True)
+        self.loads += 1
+
+    # -- previews -----------------------------------------------------------------------------------
+    def _toggled(self, check, name, url, token):
+        """The photo in this style appears under its check box as it is ticked (POST /v1/previews)."""
+        self._changed()
+        image = self.preview_images.get(name)
+        if image is None or self.previewer is None:
+            return
+        if not check.get_active():
+            image.hide()
+            return
+        self.previewer.request(url, token, name, lambda pix, why, n=name: self._preview_ready(n, pix, why))
+
+    def _preview_ready(self, name, pixbuf, why):
+        image = self.preview_images.get(name)
+        if image is None:
+            return
+        if pixbuf is not None:
+            image.set_from_pixbuf(pixbuf)
+            image.set_tooltip_text(f"{name}: a quick preview of the photo in this style (not the final result)")
+        else:
+            image.set_from_icon_name("dialog-warning", self.Gtk.IconSize.DIALOG)
+            image.set_tooltip_text(f"No preview for {name}: {why}")
+        active = dict(self.checks).get(name)
+        image.set_visible(bool(active and active.get_active()))
+
+    # -- editing the library ------------------------------------------------------------------------
+    def _client(self):
+        url, token = sb_logic.connection(sb_logic.config_values(self.config))
+        return sb_logic.daemon_client(url, token, timeout=60)
+
+    def _choose_for_library(self, _button):
+        paths = choose_images(self.dialog, "Add style images to the daemon's library", "_Add to library")
+        if paths:
+            self.add_to_library(paths)
+
+    def add_to_library(self, paths):
+        """Upload ``paths`` to the library (named after their files), tick them, reload."""
+        client = self._client()
+        results = []
+        for path in paths:
+            try:
+                entry = client.add_style(path)
+                self._chosen.add(entry.get("name"))
+                results.append((path, None))
+            except (OSError, sb_client.ClientError) as exc:
+                results.append((path, getattr(exc, "strerror", None) or str(exc)))
+        message = sb_logic.library_add_message(results)
+        if message:
+            Gimp.message(message)
+        self.load()
+
+    def remove_style(self, name, confirm=True):
+        """Remove ``name`` from the daemon's library (after asking), reload."""
+        Gtk = self.Gtk
+        if confirm:
+            ask = Gtk.MessageDialog(transient_for=self.dialog, modal=True, message_type=Gtk.MessageType.QUESTION,
+                                    buttons=Gtk.ButtonsType.OK_CANCEL,
+                                    text=f"Remove {name} from the daemon's library?")
+            ask.format_secondary_text("The image is deleted on the daemon's machine; layers made with it stay.")
+            answer = ask.run()
+            ask.destroy()
+            if answer != Gtk.ResponseType.OK:
+                return
+        try:
+            self._client().remove_style(name)
+        except sb_client.ClientError as exc:
+            Gimp.message(f"Stylebridge: {name} not removed: {exc}")
+        self._chosen.discard(name)
+        self.load()
+
+
+class Previewer:
+    """Fetches dialog previews one at a time in a worker thread (the daemon renders one request at a time) and
+    hands each to the GTK main loop; results are cached per daemon and style."""
+
+    def __init__(self, layer):
+        import queue
+        import threading
+
+        self.layer = layer
+        self.content = None             # the layer as a small PNG, made on first use (GIMP calls: main thread)
+        self.cache = {}                 # (url, style) -> (pixbuf or None, error text, info)
+        self.info = {}                  # style -> {"width", "height", "method", "seconds"} (test hook)
+        self.waiting = set()
+        self.queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _content_png(self):
+        if self.content is None:
+            from gi.repository import GdkPixbuf  # noqa: F401 - the pixbuf type the thumbnail comes as
+            side = sb_logic.PREVIEW_CONTENT_SIDE
+            w, h = self.layer.get_width(), self.layer.get_height()
+            scale = min(1.0, side / max(w, h, 1))
+            pix = self.layer.get_thumbnail(max(1, round(w * scale)), max(1, round(h * scale)),
+                                           Gimp.PixbufTransparency.KEEP_ALPHA)
+            ok, data = pix.save_to_bufferv("png", [], [])
+            self.content = bytes(data)
+        return self.content
+
+    def request(self, url, token, style, done):
+        key = sb_logic.preview_key(url, style)
+        if key in self.cache:
+            pix, why, _ = self.cache[key]
+            done(pix, why)
+            return
+        if key in self.waiting:
+            return
+        self.waiting.add(key)
+        try:
+            content = self._content_png()
+        except Exception as exc:  # noqa: BLE001 - a preview is decoration
+            self.waiting.discard(key)
+            done(None, f"the layer could not be read ({exc})")
+            return
+        self.queue.put((url, token, style, content, done))
+
+    def stop(self):
+        self.queue.put(None)
+
+    def _work(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            url, token, style, content, done = item
+            data, why, info = None, None, {}
+            for attempt in range(20):
+                try:
+                    got = sb_logic.daemon_client(url, token, timeout=120).previews(
+                        ("layer.png", content), styles=[style], size=sb_logic.PREVIEW_SIZE)
+                    if got:
+                        data = got[0]["png"]
+                        info = {k: got[0].get(k) for k in ("width", "height", "method", "seconds")}
+                    else:
+                        why = "the daemon sent none"
+                    break
+                except sb_client.DaemonError as exc:
+                    if exc.status == 429 and attempt < 19:      # busy with another preview: wait our turn
+                        time.sleep(0.5)
+                        continue
+                    why = str(exc)
+                    break
+                except sb_client.ClientError as exc:
+                    why = str(exc)
+                    break
+                except Exception as exc:  # noqa: BLE001 - never kill the worker
+                    why = f"{type(exc).__name__}: {exc}"
+                    break
+            GLib.idle_add(self._deliver, url, style, data, why, info, done)
+
+    def _deliver(self, url, style, data, why, info, done):
+        pix = None
+        if data:
+            try:
+                from gi.repository import GdkPixbuf
+                loader = GdkPixbuf.PixbufLoader()
+                loader.write(data)
+                loader.close()
+                pix = loader.get_pixbuf()
+                width, height, _ = sb_logic.thumb_geometry(pix.get_width(), pix.get_height())
+                pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
+            except Exception as exc:  # noqa: BLE001
+                pix, why = None, f"unreadable preview ({exc})"
+        key = sb_logic.preview_key(url, style)
+        self.waiting.discard(key)
+        self.cache[key] = (pix, why, info)
+        if pix is not None:
+            self.info[style] = dict(info, shown=[pix.get_width(), pix.get_height()])
+        done(pix, why)
+        return False
+
+
+def choose_images(parent, title, accept):
+    """The desktop's own file chooser (several files); the chosen paths, or [] when cancelled."""
+    from gi.repository import Gtk
+
+    chooser = Gtk.FileChooserNative.new(title, parent, Gtk.FileChooserAction.OPEN, accept, "_Cancel")
+    chooser.set_select_multiple(True)
+    filt = Gtk.FileFilter()
+    filt.set_name("Images")
+    for pattern in sb_logic.IMAGE_PATTERNS:
+        filt.add_pattern(pattern)
+        filt.add_pattern(pattern.upper())
+    chooser.add_filter(filt)
+    try:
+        if chooser.run() == Gtk.ResponseType.ACCEPT:
+            return [p for p in chooser.get_filenames() if p]
+        return []
+    finally:
+        chooser.destroy()
+
+
+class FileList:
+    """Style images from disk (uploaded with the job, not kept in the library): a list with a remove button per
+    file and the desktop's file chooser to add several at once. Kept in the ``style-files`` argument."""
+
+    def __init__(self, dialog, config):
+        from gi.repository import Gtk
+
+        self.Gtk, self.dialog, self.config = Gtk, dialog, config
+        self.on_change = None
+        self.frame = Gtk.Frame(label="Style images from files (sent with the job)")
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        box.set_border_width(6)
+        self.frame.add(box)
+        self.list = Gtk.ListBox()
+        self.list.set_selection_mode(Gtk.SelectionMode.NONE)
+        box.pack_start(self.list, False, False, 0)
+        add = Gtk.Button(label="Add style _image files...", use_underline=True)
+        add.connect("clicked", lambda _b: self.add(choose_images(dialog, "Style images", "_Add")))
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL)
+        row.pack_start(add, False, False, 0)
+        box.pack_start(row, False, False, 0)
+        self.refresh()
+
+    def paths(self):
+        return sb_logic.split_list(self.config.get_property("style-files"), ";")
+
+    def add(self, paths):
+        if paths:
+            self.config.set_property("style-files", sb_logic.add_files(self.config.get_property("style-files"), paths))
+            self.refresh()
+
+    def remove(self, path):
+        self.config.set_property("style-files", sb_logic.remove_file(self.config.get_property("style-files"), path))
+        self.refresh()
+
+    def refresh(self):
+        Gtk = self.Gtk
+        for child in self.list.get_children():
+            self.list.remove(child)
+        for path in self.paths():
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+            label = Gtk.Label(label=os.path.basename(path))
+            label.set_tooltip_text(path)
+            label.set_xalign(0.0)
+            label.set_ellipsize(3)          # Pango.EllipsizeMode.END
+            remove = Gtk.Button.new_from_icon_name("list-remove", Gtk.IconSize.MENU)
+            remove.set_relief(Gtk.ReliefStyle.NONE)
+            remove.set_tooltip_text(f"Do not use {os.path.basename(path)}")
+            remove.connect("clicked", lambda _b, p=path: self.remove(p))
+            row.pack_start(label, True, True, 0)
+            row.pack_start(remove, False, False, 0)
+            self.list.add(row)
+        self.list.set_visible(bool(self.paths()))
+        self.list.show_all()
+        if not self.paths():
+            self.list.hide()
+        if self.on_change is not None:
+            self.on_change()
+
+
+def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
+    """For the automated tests only (STYLEBRIDGE_GIMP_DIALOG_TEST=PATH): append a description of the dialog as
+    shown (one JSON line per look) to PATH, with a screenshot PATH.N.png, then act: the N-th word of
+    STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES (default "ok"): "ok" ticks every library style and presses OK,
+    "cancel" cancels, "tick" ticks every library style and looks again once their previews are in, "seturl"
+    types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
+    files in $STYLEBRIDGE_GIMP_DIALOG_TEST_FILES (';'-separated) to the library, "remove" removes the first library
+    style, "addfiles" adds those files to the job's style files; after each of these it looks again once the
+    library has reloaded (the next word answers that look)."""
+    from gi.repository import Gdk, Gtk
+
+    if panel.state in ("loading", "starting"):
+        return True                         # look again when the daemon has answered (or not)
+    try:
+        with open(path) as fh:
+            n = sum(1 for _ in fh)
+    except OSError:
+        n = 0
+    responses = (os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES") or "ok").split(",")
+    response = responses[min(n, len(responses) - 1)].strip()
+    labels = []
+
+    def walk(widget):
+        if isinstance(widget, (Gtk.Label, Gtk.Button, Gtk.Frame, Gtk.Expander)):
+            text = widget.get_label()
+            if text and widget.get_visible():
+                labels.append(text)
+        elif widget.find_property("label") is not None:          # GimpSpinScale draws its own label
+            text = widget.get_property("label")
+            if isinstance(text, str) and text:
+                labels.append(text)
+        if isinstance(widget, Gtk.Container):
+            for child in widget.get_children():
+                walk(child)
+
+    walk(dialog)
+    props = [p for p in sb_logic.PROPS if p != "token"]
+    ok_button = dialog.get_widget_for_response(Gtk.ResponseType.OK)
+    info = {"title": dialog.get_title(), "library": [name for name, _ in panel.checks],
+            "checked": [name for name, check in panel.checks if check.get_active()],
+            "library_error": panel.error, "state": panel.state, "labels": labels, "response": response,
+            "ok_sensitive": bool(ok_button and ok_button.get_sensitive()), "retry_visible": panel.retry.get_visible(),
+            "connection_expanded": bool(panel.expander and panel.expander.get_expanded()),
+            "thumbs": panel.thumbs, "files": files.paths(),
+            "previews": dict(panel.previewer.info) if panel.previewer else {},
+            "estimate": panel.estimate.get_text() if panel.estimate is not None else None,
+            "previews_shown": sorted(n for n, im in panel.preview_images.items() if im.get_visible()),
+            "check_y": [(check.translate_coordinates(panel.grid, 0, 0) or [None])[-1] for _, check in panel.checks],
+            "config": {p: config.get_property(p) for p in props}}
+    try:
+        scale = dialog.get_widget("style-strength", GObject.TYPE_NONE)
+        adj = scale.get_adjustment()
+        info["strength_widget"] = {"range": [adj.get_lower(), adj.get_upper()], "slider": slider,
+                                   "value": adj.get_value()}
+    except Exception as exc:  # noqa: BLE001
+        info["strength_widget"] = str(exc)
+    try:
+        win = dialog.get_window()
+        shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
+        shot.savev(f"{path}.{n}.png", "png", [], [])
+        info["screenshot"] = f"{path}.{n}.png"
+    except Exception as exc:  # noqa: BLE001
+        info["screenshot_error"] = str(exc)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(info) + "\n")
+    test_files = sb_logic.split_list(os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_FILES"), ";")
+    if response == "tick":                  # tick every library style, look again once their previews are in
+        for _, check in panel.checks:
+            check.set_active(True)
+        names = [name for name, _ in panel.checks]
+        started = time.monotonic()
+
+        def previews_in():
+            if panel.previewer is None:
+                return False
+            url = sb_logic.connection(sb_logic.config_values(config))[0]
+            if any(sb_logic.preview_key(url, n) not in panel.previewer.cache for n in names) \
+                    and time.monotonic() - started < 120:
+                return True
+            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, files, path, slider)
+            return False
+
+        GLib.timeout_add(200, previews_in)
+    elif response in ("seturl", "addlib", "remove", "addfiles"):
+        loads = panel.loads
+        if response == "seturl":
+            config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
+        elif response == "addlib":
+            panel.add_to_library(test_files)
+        elif response == "remove":
+            panel.remove_style(panel.checks[0][0], confirm=False)
+        else:
+            files.add(test_files)
+            panel.loads += 1                 # nothing to reload: look again now
+
+        def again():
+            if panel.loads == loads:
+                return True
+            GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, files, path, slider)
+            return False
+
+        GLib.timeout_add(100, again)
+    elif response == "ok":
+        for _, check in panel.checks:
+            check.set_active(True)
+        dialog.response(Gtk.ResponseType.OK)
+    else:
+        dialog.response(Gtk.ResponseType.CANCEL)
+    return False
+
+
+def _thumbnail(url, token, thumb_url):
+    if not thumb_url:
+        return None
+    try:
+        from gi.repository import GdkPixbuf
+        data = sb_logic.daemon_client(url, token, timeout=5).get_bytes(thumb_url)
+        loader = GdkPixbuf.PixbufLoader()
+        loader.write(data)
+        loader.close()
+        pix = loader.get_pixbuf()
+        width, height, crop_x = sb_logic.thumb_geometry(pix.get_width(), pix.get_height())
+        pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
+        if crop_x:
+            pix = pix.new_subpixbuf(crop_x, 0, min(width, sb_logic.THUMB_MAX_WIDTH), height)
+        return pix
+    except Exception:  # noqa: BLE001 - a thumbnail is decoration
+        return None
