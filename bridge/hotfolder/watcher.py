@@ -33,6 +33,7 @@ from watchdog.observers import Observer
 
 from ..engine.types import CancelToken
 from ..imaging import atomic_write, unique_path
+from ..job import JobSpec
 from ..settings import SettingsError
 from .claim import (Job, Journal, Layout, candidates, claim, clean_tmp, fit_name, is_disk_full, name_bytes,
                     name_max, place, recover, remove_stale_locks, remove_stale_parts)
@@ -405,13 +406,14 @@ class Watcher:
             tmp_dir = self.layout.job_tmp(job.job_id)
             shutil.rmtree(tmp_dir, ignore_errors=True)   # a partial write from a crashed run
             tmp_dir.mkdir(parents=True)
-            recipe = _resolve(self.layout.root, job)
-            inputs = load_inputs(job.working, Path(job.name).stem, recipe,
-                                 allow_library=self.engine.allows_library)
+            spec = _resolve(self.layout.root, job)
+            for note in spec.notes:
+                report(f"note: {note}")
+            inputs = load_inputs(job.working, spec, allow_library=self.engine.allows_library)
             # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
             scratch = tmp_dir / ("output" + output_suffix(inputs.content))
             step, free_before = "render", _free_bytes(where)
-            self.engine.render(inputs, recipe, job.working, scratch, report, self._cancel)
+            self.engine.render(inputs, job.working, scratch, report, self._cancel)
             where = self.layout.out / job.subdir
             step, free_before = "publish", _free_bytes(where)
             output = self._publish(job, scratch)
@@ -650,8 +652,8 @@ class _DiskWait:
                                                             f"({_mb(_free_bytes(self.folder))} free)")
 
 
-def _resolve(root: Path, job: Job) -> Any:
-    """The job's settings; JSON that cannot even be parsed (nested 50,000 deep, a 5,000-digit
+def _resolve(root: Path, job: Job) -> JobSpec:
+    """The job (its settings and styles); JSON that cannot even be parsed (nested 50,000 deep, a 5,000-digit
     number) is the user's settings problem, not an internal error."""
     try:
         return resolve(root, job.rel, job.sidecar, job.sidecar_name)
