@@ -17,6 +17,7 @@ to a job that names none, which a full copy of every default would hide.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -243,13 +244,10 @@ def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False) ->
         raise LimitError("styles", f"{count} styles is over the limit of {limits.max_styles} per job (max_styles)",
                          "max_styles", count)
     settings = spec.settings
-    for option, limit_name in LIMITED.items():
-        value = getattr(settings, option)
-        limit = getattr(limits, limit_name)
-        if isinstance(value, (int, float)) and value > limit and not _native(settings, option):
-            unit = " px" if limit_name == "max_size" else ""
-            raise LimitError(option, f"{value} is over the limit of {limit}{unit} ({limit_name}); use at most {limit}",
-                             limit_name, value)
+    for option in LIMITED:
+        error = None if _native(settings, option) else limit_error(option, getattr(settings, option), limits)
+        if error is not None:
+            raise error
     weights = settings.style_blend_weights
     if weights is not None and len(weights) != count:
         raise SettingsError("style_blend_weights", f"{len(weights)} weights given for {count} styles")
@@ -267,6 +265,34 @@ def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False) ->
         for src in (*spec.styles, *(m for _, m in spec.style_masks), *((spec.mask,) if spec.mask else ())):
             if src.path is not None:
                 raise SettingsError("styles", "a file path is not accepted over HTTP: upload the file instead")
+
+
+def limit_error(option: str, value: Any, limits: Limits = LIMITS) -> LimitError | None:
+    """The :class:`LimitError` for ``value`` of a :data:`LIMITED` option over its limit, else None.
+
+    :func:`check` applies it to parsed settings; a front end also applies it to a raw value that the
+    parse refused for being over the field's own (wider) range, so the user hears the limit that applies.
+    Raw values may be text or floats (``"9000"``, ``1e6``).
+    """
+    limit_name = LIMITED.get(option)
+    if limit_name is None:
+        return None
+    limit = getattr(limits, limit_name)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= limit:
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 1e18:
+            value = int(value)
+    unit = " px" if limit_name == "max_size" else ""
+    return LimitError(option, f"{value} is over the limit of {limit}{unit} ({limit_name}); use at most {limit}",
+                      limit_name, value)
 
 
 def _native(settings: Settings, option: str) -> bool:
@@ -302,4 +328,5 @@ def _short(value: Any) -> str:
 
 
 __all__ = ["PROTOCOL_VERSION", "FIXED_BY_DAEMON", "LimitError", "Source", "JobSpec", "check", "check_protocol",
+           "limit_error",
            "mask_word", "unique_names", "RENAMED"]

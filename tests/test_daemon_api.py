@@ -120,8 +120,13 @@ def test_health_and_openapi(daemon, client):
     for path in ("/v1/health", "/v1/styles", "/v1/styles/{name}/thumbnail.png", "/v1/styles/{name}", "/v1/jobs",
                  "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/preview", "/v1/jobs/{job_id}/cancel",
                  "/v1/jobs/{job_id}/result", "/v1/jobs/{job_id}/layers/{index}/image.png",
-                 "/v1/jobs/{job_id}/layers/{index}/mask.png", "/v1/jobs/{job_id}/result.psd"):
+                 "/v1/jobs/{job_id}/layers/{index}/mask.png", "/v1/jobs/{job_id}/result.psd", "/v1/previews"):
         assert path in spec["paths"], path
+    submit = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    fields = spec["components"]["schemas"][submit["$ref"].rsplit("/", 1)[1]]["properties"]
+    assert {"content", "job", "style_files", "mask", "style_mask_files"} <= set(fields)
+    assert all(fields[old].get("deprecated") for old in ("styles", "settings", "mask_mode", "name"))
+    assert not any("daemon" in str(p.get("name")) for p in spec["paths"]["/v1/health"]["get"].get("parameters", []))
 
 
 def test_status_command_up_and_down(daemon):
@@ -219,6 +224,87 @@ def test_16bit_alpha_content_and_mask(client, style_pngs):
     assert got.bit_depth == 16
     assert (got.rgb[:, :28, 0] == 65535).all() and (got.rgb[:, 28:, 0] == 0).all()
     assert result["settings"]["mask_mode"] == "mask"
+
+
+# ------------------------------------------------------------------------------------------------
+# protocol 2: one job description (bridge.job.JobSpec), the same parse as the CLI and hot folder
+# ------------------------------------------------------------------------------------------------
+
+def grey_png(width: int, height: int, left: int) -> bytes:
+    """A grey mask PNG: white on the ``left`` columns, black elsewhere."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, :left] = 255
+    buf = io.BytesIO()
+    Image.fromarray(mask, "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_protocol_2_job_with_library_upload_and_style_mask(client, content_png, style_pngs):
+    from bridge.job import JobSpec, Source
+
+    client.add_style(("starry.png", style_pngs["starry"]), name="starry", replace=True)
+    width, height = Image.open(io.BytesIO(content_png)).size
+    spec = JobSpec.build({**TINY, "reveal": "none", "device": "auto"},
+                         [Source(library="starry"), Source(upload=0, name="Mine")], name="P2",
+                         style_masks=(("Mine", Source(upload=0)),))
+    job = client.submit_job(("c.png", content_png), spec.to_json(), style_files=[("x.png", style_pngs["scream"])],
+                            style_mask_files=[("m.png", grey_png(width, height, 10))])
+    assert "notes" not in job
+    assert job["styles"] == ["starry", "Mine"] and job["working_size"] == [48, round(48 * height / width)]
+    assert job["message"].startswith("Stylebridge: ")
+    final = client.wait(job["id"], timeout=120)
+    assert final["message"] == "Stylebridge: " + ", ".join(
+        ["Mine (2/2)", f"stage {final['stage']}/{final['stages']}", f"iteration {final['iteration']}/"
+         f"{final['iterations']}", "about 0 s left"])
+    result = client.result(job["id"])
+    assert result["name"] == "P2" and result["seconds"] >= result["timings"]["engine_s"]
+    masks = {layer["name"]: np.asarray(Image.open(io.BytesIO(client.get_bytes(layer["mask_url"]))))
+             for layer in result["layers"] if layer["meta"]["role"] == "style"}
+    assert masks["starry"].max() == 0                                    # reveal none, no mask of its own
+    assert (masks["Mine"][:, :10] == 255).all() and (masks["Mine"][:, 10:] == 0).all()
+    client.delete(job["id"])
+
+
+def test_protocol_2_refusals(daemon, client, content_png, style_pngs):
+    style = [("s.png", style_pngs["starry"])]
+    newer = {"protocol": 99, "styles": [{"upload": 0}]}
+    with pytest.raises(DaemonError) as err:
+        client.submit_job(("c.png", content_png), newer, style_files=style)
+    assert err.value.status == 409 and "upgrade stylebridge where the daemon runs" in err.value.message
+    assert err.value.payload["limit"] == "protocol" and err.value.payload["value"] == 99
+    cases = [
+        ({"styles": [{"upload": 1}]}, 422, "upload 1"),
+        ({"styles": [{"upload": 0}], "settings": {"size": 5000}}, 422, "max_size"),
+        ({"styles": [{"upload": 0}], "settings": {"iterations": 10 ** 6}}, 422, "max_iterations"),
+        ({"styles": [{"upload": 0}], "settings": {"device": "cuda"}}, 422, "fixed when the daemon starts"),
+        ({"styles": [{"file": "/etc/passwd"}]}, 422, "upload the file instead"),
+        ({"styles": [{"upload": 0}], "settings": {"style_blend_weights": [1, 2]}}, 422, "2 weights"),
+        ({"styles": [{"upload": 0}], "style_masks": {"Nope": {"upload": 0}}}, 422, "no such style"),
+        ({"styles": [{"upload": 0}], "mask": {"upload": 0}}, 422, "no 'mask' file"),
+        ({"styles": [{"upload": 0}], "sttings": {}}, 422, "did you mean"),
+    ]
+    for job, status, words in cases:
+        with pytest.raises(DaemonError) as err:
+            client.submit_job(("c.png", content_png), job, style_files=style)
+        assert err.value.status == status and words in str(err.value.payload), (job, err.value.payload)
+    from bridge.daemon.client import encode_multipart
+    body, ctype = encode_multipart([("job", json.dumps({"styles": ["a"]})), ("name", "x")],
+                                   [("content", "c.png", content_png)])
+    with pytest.raises(DaemonError) as err:
+        client.request("POST", "/v1/jobs", body=body, content_type=ctype)
+    assert err.value.status == 422 and "alone" in err.value.message
+    assert httpx.get(daemon["url"] + "/v1/health").json()["protocol"] == 2
+
+
+def test_protocol_1_fields_still_work_with_a_note(client, content_png, style_pngs):
+    job = client.submit(("c.png", content_png), style_files=[("s.png", style_pngs["starry"])],
+                        settings={**TINY, "preserve_colors": True}, mask_mode="all", name="old")
+    assert any("protocol 1" in n for n in job["notes"]) and any("original-colors" in n for n in job["notes"])
+    client.wait(job["id"], timeout=120)
+    result = client.result(job["id"])
+    assert result["settings"]["original_colors"] is True and result["settings"]["reveal"] == "all"
+    assert result["settings"]["mask_mode"] == "all" and result["name"] == "old"
+    client.delete(job["id"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,12 +10,9 @@ from PIL import Image, ImageFilter
 
 from bridge.document import blend
 from bridge.document.model import Group, Layer
-from bridge.document.stack import (
-    build_stack, default_detail_radius, layer_picture, layer_records, mask_png, normalize_mask,
-    stack_items, stack_to_pictures,
-)
+from bridge.document.stack import build_stack, default_detail_radius, layer_records, normalize_mask
 from bridge.engine.types import StyledImage, StylizeResult
-from bridge.imaging import Picture
+from bridge.imaging import Picture, encode_array_png, load_image
 from bridge.settings import DocumentSettings, Settings
 
 RNG = np.random.default_rng(1234)
@@ -197,7 +194,7 @@ def test_banded_detail_equals_whole_image_blur():
 def test_layer_records_match_protocol_shape():
     st = build_stack(result(styles=("a", "b")), DocumentSettings())
     recs = layer_records(st)
-    items = stack_items(st)
+    items = [item for item, _ in st.walk()]
     assert len(recs) == len(items) == 7
     assert [r["index"] for r in recs] == list(range(7))
     group = recs[1]
@@ -213,17 +210,18 @@ def test_layer_records_match_protocol_shape():
     json.dumps(recs)          # plain JSON
 
 
-def test_pictures_and_mask_png():
+def test_layers_and_masks_as_png_keep_depth_alpha_and_metadata():
+    """What the daemon serves: each pixel layer and mask through the one PNG writer, read back exactly."""
     st = build_stack(result(depth=16, alpha=True, styles=("a",)), DocumentSettings())
-    pics = stack_to_pictures(st)
-    assert [p[0] for p in pics] == ["Original", "Styles/a", "Detail", "Original colours", "Refine"]
-    pic = layer_picture(st.items[0], st)
-    assert pic.alpha is not None and pic.rgb.shape == (16, 24, 3) and pic.dpi == (300.0, 300.0)
+    original = st.items[0]
+    back = load_image(encode_array_png(original.pixels, icc_profile=st.icc_profile, dpi=st.dpi))
+    assert back.bit_depth == 16 and back.dpi == pytest.approx((300.0, 300.0), abs=0.01)
+    assert np.array_equal(back.rgb, original.pixels[:, :, :3]) and np.array_equal(back.alpha, original.pixels[:, :, 3])
     m = st.items[1].children[0].mask
-    back = np.asarray(Image.open(io.BytesIO(mask_png(m))))
-    assert back.shape == (16, 24) and np.array_equal(back.astype(np.uint16), m)
+    grey = np.asarray(Image.open(io.BytesIO(encode_array_png(m))))
+    assert grey.shape == (16, 24) and np.array_equal(grey.astype(np.uint16), m)
     m8 = normalize_mask(np.eye(4, dtype=bool), 4, 4, np.uint8)
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(mask_png(m8)))), m8)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_array_png(m8)))), m8)
 
 
 def test_group_type_in_walk():

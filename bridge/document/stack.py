@@ -16,16 +16,14 @@ detail is computed in bands so a 24 MP photo never needs full-size float copies.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, Mapping
 
 import numpy as np
-from PIL import Image
 
 from ..engine.types import StylizeResult
-from ..imaging import Picture
-from ..settings import DocumentSettings
+from ..imaging import Picture, convert_depth
+from ..settings import DocumentSettings, Reveal
 from .model import Group, Layer, LayerStack
 
 #: Fixed layer names (the group's comes from the settings or the run name).
@@ -43,18 +41,6 @@ _BAND_ROWS = 256          # rows per band when computing the detail layer
 
 def _top(dtype: np.dtype) -> int:
     return 65535 if np.dtype(dtype) == np.uint16 else 255
-
-
-def convert_depth(arr: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
-    """uint8 <-> uint16 exactly (x*257 / round(x/257)); the same array when already right."""
-    dtype = np.dtype(dtype)
-    if arr.dtype == dtype:
-        return arr
-    if arr.dtype == np.uint8 and dtype == np.uint16:
-        return arr.astype(np.uint16) * np.uint16(257)
-    if arr.dtype == np.uint16 and dtype == np.uint8:
-        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    raise ValueError(f"cannot convert {arr.dtype} pixels to {dtype}")
 
 
 def _with_alpha(rgb: np.ndarray, alpha: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
@@ -208,7 +194,7 @@ def detail_pixels(rgb: np.ndarray, sigma: float, mode: str) -> np.ndarray:
 # the stack
 
 def _default_mask(reveal: str, index: int, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    white = reveal == "all" or (reveal == "first" and index == 0)
+    white = reveal == Reveal.ALL or (reveal == Reveal.FIRST and index == 0)
     return np.full(shape, _top(dtype) if white else 0, dtype)
 
 
@@ -220,9 +206,9 @@ def build_stack(result: StylizeResult, settings: DocumentSettings,
     ``masks``: one grayscale array for every style layer (e.g. a GIMP selection), or a mapping
     style name -> array (styles not named keep the ``settings.reveal`` default); arrays may be
     uint8/uint16/float 0..1/bool and must have the photo's size (else ``ValueError``).
-    ``run_name`` names the group (else ``settings.group_name``) and the stack.
+    ``run_name`` names the group (else ``settings.group_name``) and the stack. ``settings`` come validated
+    (they were parsed once, by :meth:`bridge.job.JobSpec.build`).
     """
-    settings = settings.validate()
     photo: Picture = result.content
     width, height = photo.width, photo.height
     depth = settings.depth or photo.bit_depth
@@ -282,7 +268,7 @@ def build_stack(result: StylizeResult, settings: DocumentSettings,
 
 
 # --------------------------------------------------------------------------------------------
-# serialising helpers (daemon, CLI PNG export)
+# the protocol's layer JSON (daemon)
 
 def layer_records(stack: LayerStack) -> list[dict[str, Any]]:
     """The protocol's layer JSON (docs/protocol.md) minus URLs, bottom to top.
@@ -314,38 +300,4 @@ def layer_records(stack: LayerStack) -> list[dict[str, Any]]:
             "has_mask": item.mask is not None,
             "meta": meta,
         })
-    return out
-
-
-def stack_items(stack: LayerStack) -> list[Layer | Group]:
-    """The items of :meth:`LayerStack.walk` as a list, so ``layer_records`` indices address them."""
-    return [item for item, _ in stack.walk()]
-
-
-def layer_picture(layer: Layer, stack: LayerStack) -> Picture:
-    """A pixel layer as a :class:`Picture` (alpha split off, the document's ICC and DPI)."""
-    if layer.pixels is None:
-        raise ValueError(f"layer {layer.name!r} has no pixels")
-    px = layer.pixels
-    alpha = px[:, :, 3] if px.shape[2] == 4 else None
-    return Picture(rgb=px[:, :, :3], alpha=alpha, icc_profile=stack.icc_profile, dpi=stack.dpi,
-                   name=layer.name)
-
-
-def mask_png(mask: np.ndarray, *, compress_level: int = 1) -> bytes:
-    """Grayscale PNG bytes of a mask (8-bit L, or 16-bit I;16 for uint16 masks)."""
-    buf = io.BytesIO()
-    arr = mask if mask.dtype == np.uint16 else mask.astype(np.uint8, copy=False)
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, "PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
-def stack_to_pictures(stack: LayerStack) -> list[tuple[str, Picture, np.ndarray | None]]:
-    """Every pixel layer as (path-like name 'Group/Layer', picture, mask or None), bottom to top."""
-    out: list[tuple[str, Picture, np.ndarray | None]] = []
-    for item, parent in stack.walk():
-        if isinstance(item, Group) or item.pixels is None:
-            continue
-        label = f"{parent.name}/{item.name}" if parent is not None else item.name
-        out.append((label, layer_picture(item, stack), item.mask))
     return out

@@ -23,6 +23,7 @@ its job: the watchdog sees the pipe close and does it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -79,6 +80,21 @@ class DaemonError(ClientError):
         self.message = message
         self.payload = payload or {}
         super().__init__(advice or message)
+
+
+def upgrade_message(url: str, daemon_protocol: int, needed: int = PROTOCOL_VERSION) -> str:
+    """The one message for a daemon older than this client."""
+    return (f"The stylebridge daemon at {url} speaks protocol {daemon_protocol}; this client needs {needed}. "
+            "Upgrade stylebridge where the daemon runs (pip install -U stylebridge) and restart it "
+            "(stylebridge serve).")
+
+
+class DaemonTooOld(ClientError):
+    """The daemon's health names an older protocol (or none: protocol 1) than a request needs."""
+
+    def __init__(self, url: str, daemon_protocol: int, needed: int = PROTOCOL_VERSION) -> None:
+        self.url, self.daemon_protocol, self.needed = url, daemon_protocol, needed
+        super().__init__(upgrade_message(url, daemon_protocol, needed))
 
 
 class JobFailed(ClientError):
@@ -186,6 +202,7 @@ class Client:
         self.user_agent = user_agent
         # Never send loopback traffic through a proxy named in the environment.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._protocol: int | None = None        # the daemon's, from its health (asked once)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _full(self, path: str) -> str:
@@ -241,6 +258,19 @@ class Client:
     def health(self, timeout: float | None = None) -> dict:
         return self.json("GET", "/v1/health", timeout=timeout)
 
+    def daemon_protocol(self) -> int:
+        """The protocol the daemon speaks (its health's ``protocol``; none there = 1), asked once."""
+        if self._protocol is None:
+            value = self.health().get("protocol")
+            self._protocol = value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
+        return self._protocol
+
+    def require_protocol(self, needed: int = PROTOCOL_VERSION) -> None:
+        """Raise :class:`DaemonTooOld` (saying to upgrade the daemon) when it speaks an older protocol."""
+        have = self.daemon_protocol()
+        if have < needed:
+            raise DaemonTooOld(self.url, have, needed)
+
     def is_running(self) -> bool:
         try:
             return self.health().get("status") == "ok"
@@ -290,6 +320,7 @@ class Client:
         ``{"upload": i}`` in the job's styles, ``mask`` and ``style_masks`` refers to the i-th file of
         ``style_files``, to ``mask`` (0), and to the i-th of ``style_mask_files``. Files are paths, bytes or
         (filename, bytes). Returns the job status (queued)."""
+        self.require_protocol(2)
         job = dict(job)
         job.setdefault("protocol", PROTOCOL_VERSION)
         files = [("content", *as_file(content, "content.png"))]
@@ -299,6 +330,28 @@ class Client:
         files += [("style_mask_files", *as_file(f, f"mask{i + 1}.png")) for i, f in enumerate(style_mask_files)]
         body, ctype = encode_multipart([("job", json.dumps(job))], files)
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
+
+    def previews(self, content: Any, *, styles: Iterable[str] = (), style_files: Iterable[Any] = (),
+                 size: int | None = None, timeout: float | None = None) -> list[dict]:
+        """POST /v1/previews: one quick preview per style (library names first, then the files), in order.
+
+        Never waits behind the daemon's jobs. Each item: ``style``, ``label`` ("<style> (preview)"),
+        ``width``, ``height``, ``method``, ``seconds`` and ``png`` (the PNG bytes). ``size``: long side in
+        pixels (16..1024, default the daemon's 512). Previews are impressions, not the Gatys result."""
+        self.require_protocol(2)
+        fields: list[tuple[str, Any]] = [("styles", s) for s in styles]
+        if size is not None:
+            fields.append(("size", int(size)))
+        files = [("content", *as_file(content, "content.png"))]
+        files += [("style_files", *as_file(f, f"style{i + 1}.png")) for i, f in enumerate(style_files)]
+        body, ctype = encode_multipart(fields, files)
+        answer = self.json("POST", "/v1/previews", body=body, content_type=ctype, timeout=timeout)
+        out = []
+        for item in answer.get("previews", []):
+            item = dict(item)
+            item["png"] = base64.b64decode(item.pop("png_base64", "") or b"")
+            out.append(item)
+        return out
 
     def job(self, job_id: str) -> dict:
         return self.json("GET", f"/v1/jobs/{_quote(job_id)}")
