@@ -335,16 +335,16 @@ class DaemonEngine:
 
     def _protocol_problem(self, health: dict) -> str | None:
         """A daemon older than protocol 2 does not read the ``job`` field: say which side to upgrade."""
+        from ..daemon.protocol_client import upgrade_message
         from ..job import PROTOCOL_VERSION
         theirs = health.get("protocol") if isinstance(health, dict) else None
         if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= PROTOCOL_VERSION:
             return None
-        return (f"the daemon at {self.url} speaks protocol {theirs or 1}, this hot folder needs "
-                f"{PROTOCOL_VERSION}: upgrade stylebridge where the daemon runs (pip install -U stylebridge) "
-                "and restart `stylebridge serve`")
+        return upgrade_message(self.url, theirs if isinstance(theirs, int) and theirs > 0 else 1)
 
     def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken) -> None:
         from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
+        from ..daemon.protocol_client import DaemonTooOld
         from ..imaging import encode_png
         from ..progress import status_line
         stem = inputs.content.name
@@ -386,6 +386,8 @@ class DaemonEngine:
                 pass
         except DaemonUnreachable as exc:
             raise Unavailable(unreachable_message(exc.url, exc.reason)) from None
+        except DaemonTooOld as exc:          # not the file's fault: it waits for the daemon's upgrade
+            raise Unavailable(str(exc)) from None
         except DaemonError as exc:
             if exc.status == 429:      # its queue is full: not the file's fault, retry later
                 raise Unavailable(f"the daemon is busy: {exc.message}") from None
