@@ -162,14 +162,17 @@ def test_both_modes_apply_the_limits_every_front_end_applies(root: Path, setting
 
 def test_daemon_mode_sends_the_same_job_with_uploads_for_files(root: Path) -> None:
     """wire_job: the validated JobSpec as the daemon's `job` field (protocol 2): file styles become
-    {"upload": i} with their PNGs, library names stay names, the settings the daemon fixes do not travel."""
+    {"upload": i} with their PNGs, library names stay names, the settings the daemon fixes (and the hot
+    folder's own contact sheet) do not travel."""
     from bridge.hotfolder.process import wire_job
     from bridge.imaging import load_image
     from bridge.job import PROTOCOL_VERSION, JobSpec
     _write(root / "preset.json", {"styles": ["styles/starry.jpg", "monet", {"file": "styles/scream.jpg",
                                                                                "name": "Munch"}],
-                                  "size": 64, "device": "cpu", "preserve_colors": True, "reveal": "all"})
+                                  "size": 64, "device": "cpu", "preserve_colors": True, "reveal": "all",
+                                  "contact_sheet": True})
     inputs = _inputs(root)
+    assert inputs.spec.document.contact_sheet is True             # made here, in both modes: not sent
     job, files = wire_job(inputs)
     assert job == {"protocol": PROTOCOL_VERSION, "name": "a",
                    "styles": [{"upload": 0, "name": "starry"}, {"library": "monet"}, {"upload": 1, "name": "Munch"}],

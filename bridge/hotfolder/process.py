@@ -276,6 +276,22 @@ class InProcessEngine:
         write_psd(stack, dest)
 
 
+#: Settings the hot folder applies itself, in both modes: not sent to the daemon.
+HERE_ONLY = ("contact_sheet",)
+
+
+def contact_sheet(inputs: Inputs) -> tuple[Picture | None, list[str]]:
+    """The photo and a fast preview of it under each style whose picture is here (bridge.preview), on one
+    sheet; and the names of the styles left out (library styles live in the daemon). None: no style here."""
+    from ..preview.sheet import contact_sheet as make_sheet
+    from ..settings import PREVIEW
+    here = [replace(s.picture, name=s.name) for s in inputs.styles]
+    left_out = [src.library for src in inputs.spec.styles if src.library is not None]
+    if not here:
+        return None, left_out
+    return make_sheet(inputs.content, here, tile=PREVIEW.size), left_out
+
+
 class Unavailable(Exception):
     """The daemon cannot be reached or its queue is full: not the file's fault, so the job waits and is retried."""
 
@@ -286,7 +302,7 @@ def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
     File and PSD-layer styles become ``{"upload": i}`` (their pictures, as PNG: already read and checked
     here); library styles stay names. The content goes up already extracted (a PSD's layer or composite),
     so ``content_layer`` does not travel; neither do the settings the daemon fixes when it starts
-    (device, weights).
+    (device, weights) nor what the hot folder does itself (the contact sheet).
     """
     from ..imaging import encode_png
     spec = inputs.spec
@@ -300,7 +316,7 @@ def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         pic = next(pictures)
         styles.append(Source(upload=len(files), name=name))
         files.append((f"{name}.png", encode_png(pic.picture)))
-    options = {k: v for k, v in spec.options.items() if k not in FIXED_BY_DAEMON}
+    options = {k: v for k, v in spec.options.items() if k not in FIXED_BY_DAEMON + HERE_ONLY}
     wire = replace(spec, styles=tuple(styles), options=options, content_layer=None)
     check(wire, LIMITS, over_http=True)      # what the daemon would refuse, said before the upload
     return wire.to_json(), files

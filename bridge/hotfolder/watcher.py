@@ -32,13 +32,14 @@ from watchdog.events import (FileClosedEvent, FileClosedNoWriteEvent, FileDelete
 from watchdog.observers import Observer
 
 from ..engine.types import CancelToken
+from ..imaging import ImageError
 from ..job import JobSpec
 from ..outputs import candidates, name_bytes, remove_stale_parts, write_bytes
 from ..settings import SettingsError
 from .claim import Job, Journal, Layout, claim, clean_tmp, is_disk_full, place, recover, remove_stale_locks
 from .presets import resolve
 from .process import (ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, Engine, JobError,
-                      Unavailable, load_inputs, output_suffix)
+                      Unavailable, contact_sheet, load_inputs, output_suffix)
 
 class _QuietStop(logging.Filter):
     """watchdog logs an ERROR when its inotify thread is stopped mid-read; it is harmless."""
@@ -416,6 +417,8 @@ class Watcher:
             step, free_before = "publish", _free_bytes(where)
             output = self._publish(job, scratch)
             report(f"wrote out/{output.relative_to(self.layout.out).as_posix()}", 100.0)
+            if spec.document.contact_sheet:
+                self._contact_sheet(output, inputs, report)
             where = self.layout.root
             step = "finish"
             self._finish(job)
@@ -568,6 +571,25 @@ class Watcher:
         self.journal.append("output-written", job.job_id, output=final.relative_to(root).as_posix())
         scratch.unlink(missing_ok=True)
         return final
+
+    def _contact_sheet(self, output: Path, inputs: Any, report: Callable[..., None]) -> None:
+        """``NAME-previews.png`` beside the published PSD (preset ``"contact_sheet": true``): fast previews
+        of the photo under each style, to choose from before the next run. A sheet that cannot be made
+        is reported; the job (its PSD) has succeeded all the same."""
+        from ..imaging import encode_png
+        from ..preview import PreviewModelError
+        try:
+            sheet, left_out = contact_sheet(inputs)
+            if sheet is None:
+                report(f"no contact sheet: its styles ({', '.join(left_out)}) are in the daemon's library, not here")
+                return
+            wanted = output.with_name(f"{Path(output.name).stem}-previews.png")
+            written = write_bytes(wanted, encode_png(sheet), fit=True)
+        except (PreviewModelError, ImageError, OSError, ValueError) as exc:
+            report(f"no contact sheet ({type(exc).__name__}: {exc}); the PSD is written")
+            return
+        extra = f" (without {', '.join(left_out)}: library styles)" if left_out else ""
+        report(f"wrote out/{written.relative_to(self.layout.out).as_posix()}{extra}", 100.0)
 
     def _finish(self, job: Job) -> None:
         self.journal.append("done-intent", job.job_id)
