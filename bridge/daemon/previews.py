@@ -18,12 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 from ..imaging import Picture
+from ..settings import PREVIEW
 from ..preview import engine as preview_engine
 from ..preview.models import PreviewModels, default_threads, load_models
 
-DEFAULT_SIZE = preview_engine.DEFAULT_LONG_SIDE     # 512
-MAX_SIZE = 1024                                     # long side of an HTTP preview
-MIN_SIZE = 16
+DEFAULT_SIZE, MIN_SIZE, MAX_SIZE = PREVIEW.size, PREVIEW.min_size, PREVIEW.max_size   # long side of a preview
 MAX_WAITING = 4                                     # previews waiting for the preview worker; more -> 429
 
 
