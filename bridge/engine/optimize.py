@@ -60,12 +60,17 @@ LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak R
 # second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
 # iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
 LBFGS_FIRST_STEP = 32.0
+# The first step after resuming mid-stage, when the L-BFGS history is gone (it is not checkpointed: 1.7 GB at
+# 24 MP): 32 px from a half-converged image costs more than it gains; 2-8 end ~7% above the uninterrupted
+# run's loss 7 iterations later on the tests' 96 px case, 32 px 29% (5 iterations later).
+LBFGS_RESUME_STEP = 8.0
 # Large stages (bench/README.md, issue 12 "print resolution"):
 WHOLE_FACTOR = 2.0         # a whole-image evaluation keeps ~2x a tiled block's activations per pixel (no in-place
                            # ReLUs): a stage is tiled when that does not fit the budget (tiled.budget_bytes)
 HISTORY_SHARE = 0.5        # of the budget for the L-BFGS history at a tiled stage (the rest: one block)
 TILED_HISTORY = (3, 10)    # pairs at a tiled stage: Galerne et al. use 10 at large scales; 3 keeps 24 MP in 8 GB
 TILED_COST = 1.6           # a tiled iteration's cost per pixel / a whole one's (measured 1.44-1.63): for the ETA
+STYLE_FACTOR = 1.0         # a style image's Gram forward (no graph) per pixel, in tiled blocks' units (_fits_whole)
 STYLE_UPSCALE_WARN = 1.25  # a style upsampled more than this for the last stage gets a StyleResolutionWarning
 
 
@@ -142,9 +147,10 @@ def ladder_dims(settings: Settings, width: int, height: int) -> tuple[list[int],
     return ladder, [stage_dims(width, height, s) for s in ladder], settings.ladder_iterations(ladder)
 
 
-def _fits_whole(height: int, width: int, budget: int, factor: float = WHOLE_FACTOR) -> bool:
+def _fits_whole(height: int, width: int, budget: int, factor: float | None = None) -> bool:
     """Whether a whole-image evaluation (forward with graph + backward, ``factor`` x a tiled block's
-    activations per pixel) of this size fits the memory budget."""
+    activations per pixel; WHOLE_FACTOR by default) of this size fits the memory budget."""
+    factor = WHOLE_FACTOR if factor is None else factor
     return tiled.FIXED_BLOCK_BYTES + factor * tiled.VALUES_PER_PIXEL * 4 * (height + 32) * (width + 32) <= budget
 
 
@@ -377,7 +383,7 @@ def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, 
             long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
             dims = stage_dims(image.shape[-1], image.shape[-2], long_side)
             scaled = (resize(image, dims) * 255.0).to(device)
-            if _fits_whole(*dims, budget, factor=1.0):
+            if _fits_whole(*dims, budget, factor=STYLE_FACTOR):
                 grams.append(style_grams(vgg, scaled, settings.style_layers))
             else:
                 before, after = tiled.margins(vgg, tuple(settings.style_layers))
@@ -576,7 +582,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
 
         if isinstance(opt, torch.optim.LBFGS):
             primed.append(closure())
-            _scale_first_step(opt, x.grad)
+            _scale_first_step(opt, x.grad, LBFGS_RESUME_STEP if start > 0 else LBFGS_FIRST_STEP)
         for i in range(start + 1, iterations + 1):
             if i == start + 2 and isinstance(opt, torch.optim.LBFGS):
                 opt.param_groups[0]["lr"] = 1.0     # from here on L-BFGS sizes its own steps
@@ -596,7 +602,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
     return best["image"], best["parts"], None
 
 
-def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None) -> None:
+def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None, step: float = LBFGS_FIRST_STEP) -> None:
     """Set lr so that L-BFGS's first step (t = lr * min(1, 1/|g|_1) along -g) moves the pixel with the
     largest gradient by LBFGS_FIRST_STEP; see that constant for why."""
     if grad is None:
@@ -605,4 +611,4 @@ def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None) -> None
     total = float(grad.abs().sum())
     if not (math.isfinite(largest) and math.isfinite(total)) or largest == 0.0:
         return
-    opt.param_groups[0]["lr"] = LBFGS_FIRST_STEP / (largest * min(1.0, 1.0 / total))
+    opt.param_groups[0]["lr"] = step / (largest * min(1.0, 1.0 / total))
