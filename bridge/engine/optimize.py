@@ -8,7 +8,8 @@ Shape of a run (``stylize``):
 2. per stage, a plan (:func:`plan_stages`): the whole image by autograd when it fits the memory budget
    (``tiled.budget_bytes``: ``block_memory``, or a share of free memory), else the exact tiled objective
    (``tiled.TiledObjective``: same loss and gradient, in blocks), with an L-BFGS history sized from the
-   same budget. The photo's content features once per stage (shared by every style), each style's Gram
+   same budget. The photo's content features once per stage (shared by every style; a tiled stage's are
+   recomputed per style rather than kept: 768 MB at 24 MP), each style's Gram
    matrices once (style image at ``style_scale`` x the stage size, in blocks when it is large; a style
    smaller than needed gets a StyleResolutionWarning); the blend's targets are the Grams mixed by
    ``style_blend_weights``.
@@ -50,7 +51,7 @@ from .eta import RunEstimator, cost_model
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StyleResolutionWarning,
                     StylizeResult)
-from .vgg import VGGFeatures, load_vgg
+from .vgg import VGGFeatures, layer_stride, load_vgg
 
 MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
@@ -185,6 +186,27 @@ def plan_stages(vgg: VGGFeatures, settings: Settings, dims: list[tuple[int, int]
     return plans
 
 
+# Image-sized float32 RGB buffers alive during a tiled stage: the image, its gradient, the best image, the
+# photo at that size (0..1, and x255 while targets are computed), L-BFGS's flat gradient, previous gradient,
+# direction and two temporaries of its two-loop recursion.
+TILED_IMAGE_BUFFERS = 9
+
+
+def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = (80, 70)) -> int:
+    """Estimated peak bytes of a tiled stage (``plan.inner`` set), for front ends that refuse jobs by
+    memory (daemon): image-sized buffers, the photo's content features, the L-BFGS history, one block.
+    ``margins``: tiled.margins() of the network (80, 70 for VGG-19 to relu5_1 with the mirrored frame)."""
+    h, w = plan.dims
+    pixels = h * w
+    content = sum(_CHANNELS[k] * 4 * pixels / layer_stride(k) ** 2 for k in settings.content_layers)
+    side = plan.inner or 0
+    block = tiled.block_bytes(side + -(-margins[0] // tiled.ALIGN) * tiled.ALIGN + margins[1])
+    return int(TILED_IMAGE_BUFFERS * 12 * pixels + content + plan.history * 2 * 12 * pixels + block)
+
+
+_CHANNELS = {f"relu{b}_{i}": c for b, c in ((1, 64), (2, 128), (3, 256), (4, 512), (5, 512)) for i in range(1, 5)}
+
+
 def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None, *,
             checkpoint: Checkpoint | None = None) -> StylizeResult:
@@ -266,6 +288,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         if resume_here:
             k0, i0 = state.stage, state.iteration
             x = torch.from_numpy(state.image)[None].to(device)
+            state.image = np.empty((3, 0, 0), np.float32)    # x may be that very array: not two references
         else:
             x = _initial(settings, guides[0], init_file, seed, device)
         best, losses, stage_used = x, {}, k0
@@ -288,6 +311,8 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             best, parts, stop = _optimise(x, objective, settings, iters[k], reporter, start=start,
                                           history=plan.history, saver=saver)
             del x, objective
+            if plan.inner is not None:
+                content_feats[k] = None   # a tiled stage's targets (768 MB at 24 MP): recomputed per style instead
             estimator.end_stage()
             losses = parts or losses
             if stop == "pause":
@@ -300,7 +325,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             saver.save(iters[k], best)
         if paused:
             break
-        if not cancelled:
+        if not cancelled and checkpoint is not None:     # (at 24 MP each is 288 MB: only kept to be saved)
             finished.append(best[0].detach().float().cpu().numpy())
         images.append(_deliver(best, content, guides[stage_used], settings, job.name, losses))
         if cancelled:
@@ -399,7 +424,7 @@ def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, 
                     f"{needed / own:.1f}x and the painted texture can be no finer than the style image: use a scan "
                     f"of at least {needed} px for this size")
             notes.append(text)
-            warnings.warn(text, StyleResolutionWarning, stacklevel=3)
+            warnings.warn(text, StyleResolutionWarning, stacklevel=4)   # the caller of bridge.engine.stylize
         per_style.append(grams)
     jobs = [_Job(style.name, grams) for style, grams in zip(styles, per_style)]
     blend = settings.style_blend_weights
@@ -530,8 +555,8 @@ class _TiledObjective:
 def _objective(vgg: VGGFeatures, guide: torch.Tensor, content_feats: list[dict[str, torch.Tensor] | None], k: int,
                grams: dict[str, torch.Tensor], settings: Settings, plan: StagePlan, device: torch.device,
                reporter: _Reporter) -> _WholeObjective | _TiledObjective:
-    """The stage's objective; a tiled stage's content targets are computed on first use and kept (every
-    style shares them)."""
+    """The stage's objective; a tiled stage's content targets are computed here (and dropped at the stage's
+    end: they are large, and a no-grad pass costs ~1/3 of an iteration)."""
     if plan.inner is None:
         return _WholeObjective(vgg, content_feats[k] or {}, grams, settings, reporter)
     photo255 = (guide * 255.0).to(device)
@@ -547,7 +572,8 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
     """One stage for one style, its iterations ``start + 1 .. iterations`` (``start`` > 0: resumed from a
     checkpoint). Returns (best image 0..255, its losses, None / "cancel" / "pause")."""
     s = settings
-    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+    # x0 itself becomes the parameter (at 24 MP a copy is 288 MB): the caller does not use it afterwards
+    x = x0.detach().contiguous().requires_grad_(True)
     del x0
     best: dict = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
     reporter.done_in_stage = start
