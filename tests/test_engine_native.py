@@ -148,5 +148,8 @@ def test_plan_at_24_megapixels_fits_the_budget(vgg) -> None:
     assert low.inner is None and low.history == int(optimize.LBFGS_HISTORY_BYTES // (8 * 3 * 341 * 512))
     assert top.inner is not None and top.history == 3
     assert top.history * 8 * 3 * 6000 * 4000 + tiled.block_bytes(top.inner + 150) <= 4096 << 20
+    assert optimize.plan_stages(None, s, [(4000, 6000), (341, 512)], [10, 150], torch.device("cpu")) == plans
+    assert optimize.VGG19_MARGINS == tiled.margins(vgg, tuple(dict.fromkeys([*s.content_layers, *s.style_layers])))
+    assert 6 << 30 < optimize.tiled_stage_bytes(top, s) < 8 << 30          # what a daemon would count (+ torch)
     with pytest.raises(SettingsError, match="history needs 1648 MB"):
         optimize.plan_stages(vgg, s.replace(block_memory=1500), [(4000, 6000)], [10], torch.device("cpu"))

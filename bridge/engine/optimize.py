@@ -155,14 +155,15 @@ def _fits_whole(height: int, width: int, budget: int, factor: float | None = Non
     return tiled.FIXED_BLOCK_BYTES + factor * tiled.VALUES_PER_PIXEL * 4 * (height + 32) * (width + 32) <= budget
 
 
-def plan_stages(vgg: VGGFeatures, settings: Settings, dims: list[tuple[int, int]], iterations: list[int],
+def plan_stages(vgg: VGGFeatures | None, settings: Settings, dims: list[tuple[int, int]], iterations: list[int],
                 device: torch.device) -> list[StagePlan]:
     """Per stage: whole image or tiled (when it does not fit the budget whole), the block side and the
     L-BFGS history. A tiled stage gives up to HISTORY_SHARE of the budget to the history (TILED_HISTORY
-    pairs at most/least), the rest to one block. SettingsError when the budget cannot hold a stage."""
+    pairs at most/least), the rest to one block. SettingsError when the budget cannot hold a stage.
+    ``vgg`` None (a front end estimating memory without loading weights): VGG-19's margins to relu5_1."""
     budget = tiled.budget_bytes(settings, device)
     layers = tuple(dict.fromkeys([*settings.content_layers, *settings.style_layers]))
-    before, after = tiled.margins(vgg, layers)
+    before, after = tiled.margins(vgg, layers) if vgg is not None else VGG19_MARGINS
     plans = []
     for (h, w), n in zip(dims, iterations):
         numel = 3 * h * w
@@ -190,9 +191,10 @@ def plan_stages(vgg: VGGFeatures, settings: Settings, dims: list[tuple[int, int]
 # photo at that size (0..1, and x255 while targets are computed), L-BFGS's flat gradient, previous gradient,
 # direction and two temporaries of its two-loop recursion.
 TILED_IMAGE_BUFFERS = 9
+VGG19_MARGINS = (70, 70)   # tiled.margins() of VGG-19 to relu5_1 (with the 16 px mirrored frame): the deepest default
 
 
-def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = (80, 70)) -> int:
+def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = VGG19_MARGINS) -> int:
     """Estimated peak bytes of a tiled stage (``plan.inner`` set), for front ends that refuse jobs by
     memory (daemon): image-sized buffers, the photo's content features, the L-BFGS history, one block.
     ``margins``: tiled.margins() of the network (80, 70 for VGG-19 to relu5_1 with the mirrored frame)."""
