@@ -307,7 +307,7 @@ def test_lbfgs_stage_starts_do_not_blow_up(photo, starry, monkeypatch, scaled) -
     original = optimize.load_vgg
     monkeypatch.setattr(optimize, "load_vgg", lambda w, p, d: original(w, p, d, padding="zeros"))
     if not scaled:
-        monkeypatch.setattr(optimize, "_scale_first_step", lambda opt, grad: None)
+        monkeypatch.setattr(optimize, "_scale_first_step", lambda opt, grad, step=None: None)
     events = []
     run(photo, [starry], size=96, coarse_to_fine=True, min_size=48, iterations=6, coarse_iterations=6,
         progress=events.append)

@@ -25,6 +25,8 @@ import logging
 import os
 import tempfile
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -156,7 +158,7 @@ class FileCheckpoint:
             _check(state)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             if not self.path.exists():
                 return None
             self._set_aside(exc)

@@ -8,7 +8,8 @@ Shape of a run (``stylize``):
 2. per stage, a plan (:func:`plan_stages`): the whole image by autograd when it fits the memory budget
    (``tiled.budget_bytes``: ``block_memory``, or a share of free memory), else the exact tiled objective
    (``tiled.TiledObjective``: same loss and gradient, in blocks), with an L-BFGS history sized from the
-   same budget. The photo's content features once per stage (shared by every style), each style's Gram
+   same budget. The photo's content features once per stage (shared by every style; a tiled stage's are
+   recomputed per style rather than kept: 768 MB at 24 MP), each style's Gram
    matrices once (style image at ``style_scale`` x the stage size, in blocks when it is large; a style
    smaller than needed gets a StyleResolutionWarning); the blend's targets are the Grams mixed by
    ``style_blend_weights``.
@@ -50,7 +51,7 @@ from .eta import RunEstimator, cost_model
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StyleResolutionWarning,
                     StylizeResult)
-from .vgg import VGGFeatures, load_vgg
+from .vgg import VGGFeatures, layer_stride, load_vgg
 
 MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
@@ -60,12 +61,17 @@ LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak R
 # second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
 # iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
 LBFGS_FIRST_STEP = 32.0
+# The first step after resuming mid-stage, when the L-BFGS history is gone (it is not checkpointed: 1.7 GB at
+# 24 MP): 32 px from a half-converged image costs more than it gains; 2-8 end ~7% above the uninterrupted
+# run's loss 7 iterations later on the tests' 96 px case, 32 px 29% (5 iterations later).
+LBFGS_RESUME_STEP = 8.0
 # Large stages (bench/README.md, issue 12 "print resolution"):
 WHOLE_FACTOR = 2.0         # a whole-image evaluation keeps ~2x a tiled block's activations per pixel (no in-place
                            # ReLUs): a stage is tiled when that does not fit the budget (tiled.budget_bytes)
 HISTORY_SHARE = 0.5        # of the budget for the L-BFGS history at a tiled stage (the rest: one block)
 TILED_HISTORY = (3, 10)    # pairs at a tiled stage: Galerne et al. use 10 at large scales; 3 keeps 24 MP in 8 GB
 TILED_COST = 1.6           # a tiled iteration's cost per pixel / a whole one's (measured 1.44-1.63): for the ETA
+STYLE_FACTOR = 1.0         # a style image's Gram forward (no graph) per pixel, in tiled blocks' units (_fits_whole)
 STYLE_UPSCALE_WARN = 1.25  # a style upsampled more than this for the last stage gets a StyleResolutionWarning
 
 
@@ -142,20 +148,22 @@ def ladder_dims(settings: Settings, width: int, height: int) -> tuple[list[int],
     return ladder, [stage_dims(width, height, s) for s in ladder], settings.ladder_iterations(ladder)
 
 
-def _fits_whole(height: int, width: int, budget: int, factor: float = WHOLE_FACTOR) -> bool:
+def _fits_whole(height: int, width: int, budget: int, factor: float | None = None) -> bool:
     """Whether a whole-image evaluation (forward with graph + backward, ``factor`` x a tiled block's
-    activations per pixel) of this size fits the memory budget."""
+    activations per pixel; WHOLE_FACTOR by default) of this size fits the memory budget."""
+    factor = WHOLE_FACTOR if factor is None else factor
     return tiled.FIXED_BLOCK_BYTES + factor * tiled.VALUES_PER_PIXEL * 4 * (height + 32) * (width + 32) <= budget
 
 
-def plan_stages(vgg: VGGFeatures, settings: Settings, dims: list[tuple[int, int]], iterations: list[int],
+def plan_stages(vgg: VGGFeatures | None, settings: Settings, dims: list[tuple[int, int]], iterations: list[int],
                 device: torch.device) -> list[StagePlan]:
     """Per stage: whole image or tiled (when it does not fit the budget whole), the block side and the
     L-BFGS history. A tiled stage gives up to HISTORY_SHARE of the budget to the history (TILED_HISTORY
-    pairs at most/least), the rest to one block. SettingsError when the budget cannot hold a stage."""
+    pairs at most/least), the rest to one block. SettingsError when the budget cannot hold a stage.
+    ``vgg`` None (a front end estimating memory without loading weights): VGG-19's margins to relu5_1."""
     budget = tiled.budget_bytes(settings, device)
     layers = tuple(dict.fromkeys([*settings.content_layers, *settings.style_layers]))
-    before, after = tiled.margins(vgg, layers)
+    before, after = tiled.margins(vgg, layers) if vgg is not None else VGG19_MARGINS
     plans = []
     for (h, w), n in zip(dims, iterations):
         numel = 3 * h * w
@@ -177,6 +185,28 @@ def plan_stages(vgg: VGGFeatures, settings: Settings, dims: list[tuple[int, int]
                                 "free memory), or a smaller size")
         plans.append(StagePlan((h, w), n, tiled.inner_side(budget - pairs * pair, before, after), pairs))
     return plans
+
+
+# Image-sized float32 RGB buffers alive during a tiled stage: the image, its gradient, the best image, the
+# photo at that size (0..1, and x255 while targets are computed), L-BFGS's flat gradient, previous gradient,
+# direction and two temporaries of its two-loop recursion.
+TILED_IMAGE_BUFFERS = 9
+VGG19_MARGINS = (70, 70)   # tiled.margins() of VGG-19 to relu5_1 (with the 16 px mirrored frame): the deepest default
+
+
+def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = VGG19_MARGINS) -> int:
+    """Estimated peak bytes of a tiled stage (``plan.inner`` set), for front ends that refuse jobs by
+    memory (daemon): image-sized buffers, the photo's content features, the L-BFGS history, one block.
+    ``margins``: tiled.margins() of the network (80, 70 for VGG-19 to relu5_1 with the mirrored frame)."""
+    h, w = plan.dims
+    pixels = h * w
+    content = sum(_CHANNELS[k] * 4 * pixels / layer_stride(k) ** 2 for k in settings.content_layers)
+    side = plan.inner or 0
+    block = tiled.block_bytes(side + -(-margins[0] // tiled.ALIGN) * tiled.ALIGN + margins[1])
+    return int(TILED_IMAGE_BUFFERS * 12 * pixels + content + plan.history * 2 * 12 * pixels + block)
+
+
+_CHANNELS = {f"relu{b}_{i}": c for b, c in ((1, 64), (2, 128), (3, 256), (4, 512), (5, 512)) for i in range(1, 5)}
 
 
 def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
@@ -260,6 +290,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         if resume_here:
             k0, i0 = state.stage, state.iteration
             x = torch.from_numpy(state.image)[None].to(device)
+            state.image = np.empty((3, 0, 0), np.float32)    # x may be that very array: not two references
         else:
             x = _initial(settings, guides[0], init_file, seed, device)
         best, losses, stage_used = x, {}, k0
@@ -282,6 +313,8 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             best, parts, stop = _optimise(x, objective, settings, iters[k], reporter, start=start,
                                           history=plan.history, saver=saver)
             del x, objective
+            if plan.inner is not None:
+                content_feats[k] = None   # a tiled stage's targets (768 MB at 24 MP): recomputed per style instead
             estimator.end_stage()
             losses = parts or losses
             if stop == "pause":
@@ -294,7 +327,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             saver.save(iters[k], best)
         if paused:
             break
-        if not cancelled:
+        if not cancelled and checkpoint is not None:     # (at 24 MP each is 288 MB: only kept to be saved)
             finished.append(best[0].detach().float().cpu().numpy())
         images.append(_deliver(best, content, guides[stage_used], settings, job.name, losses))
         if cancelled:
@@ -377,7 +410,7 @@ def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, 
             long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
             dims = stage_dims(image.shape[-1], image.shape[-2], long_side)
             scaled = (resize(image, dims) * 255.0).to(device)
-            if _fits_whole(*dims, budget, factor=1.0):
+            if _fits_whole(*dims, budget, factor=STYLE_FACTOR):
                 grams.append(style_grams(vgg, scaled, settings.style_layers))
             else:
                 before, after = tiled.margins(vgg, tuple(settings.style_layers))
@@ -393,7 +426,7 @@ def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, 
                     f"{needed / own:.1f}x and the painted texture can be no finer than the style image: use a scan "
                     f"of at least {needed} px for this size")
             notes.append(text)
-            warnings.warn(text, StyleResolutionWarning, stacklevel=3)
+            warnings.warn(text, StyleResolutionWarning, stacklevel=4)   # the caller of bridge.engine.stylize
         per_style.append(grams)
     jobs = [_Job(style.name, grams) for style, grams in zip(styles, per_style)]
     blend = settings.style_blend_weights
@@ -524,8 +557,8 @@ class _TiledObjective:
 def _objective(vgg: VGGFeatures, guide: torch.Tensor, content_feats: list[dict[str, torch.Tensor] | None], k: int,
                grams: dict[str, torch.Tensor], settings: Settings, plan: StagePlan, device: torch.device,
                reporter: _Reporter) -> _WholeObjective | _TiledObjective:
-    """The stage's objective; a tiled stage's content targets are computed on first use and kept (every
-    style shares them)."""
+    """The stage's objective; a tiled stage's content targets are computed here (and dropped at the stage's
+    end: they are large, and a no-grad pass costs ~1/3 of an iteration)."""
     if plan.inner is None:
         return _WholeObjective(vgg, content_feats[k] or {}, grams, settings, reporter)
     photo255 = (guide * 255.0).to(device)
@@ -541,7 +574,8 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
     """One stage for one style, its iterations ``start + 1 .. iterations`` (``start`` > 0: resumed from a
     checkpoint). Returns (best image 0..255, its losses, None / "cancel" / "pause")."""
     s = settings
-    x = x0.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
+    # x0 itself becomes the parameter (at 24 MP a copy is 288 MB): the caller does not use it afterwards
+    x = x0.detach().contiguous().requires_grad_(True)
     del x0
     best: dict = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
     reporter.done_in_stage = start
@@ -576,7 +610,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
 
         if isinstance(opt, torch.optim.LBFGS):
             primed.append(closure())
-            _scale_first_step(opt, x.grad)
+            _scale_first_step(opt, x.grad, LBFGS_RESUME_STEP if start > 0 else LBFGS_FIRST_STEP)
         for i in range(start + 1, iterations + 1):
             if i == start + 2 and isinstance(opt, torch.optim.LBFGS):
                 opt.param_groups[0]["lr"] = 1.0     # from here on L-BFGS sizes its own steps
@@ -596,7 +630,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
     return best["image"], best["parts"], None
 
 
-def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None) -> None:
+def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None, step: float = LBFGS_FIRST_STEP) -> None:
     """Set lr so that L-BFGS's first step (t = lr * min(1, 1/|g|_1) along -g) moves the pixel with the
     largest gradient by LBFGS_FIRST_STEP; see that constant for why."""
     if grad is None:
@@ -605,4 +639,4 @@ def _scale_first_step(opt: torch.optim.LBFGS, grad: torch.Tensor | None) -> None
     total = float(grad.abs().sum())
     if not (math.isfinite(largest) and math.isfinite(total)) or largest == 0.0:
         return
-    opt.param_groups[0]["lr"] = LBFGS_FIRST_STEP / (largest * min(1.0, 1.0 / total))
+    opt.param_groups[0]["lr"] = step / (largest * min(1.0, 1.0 / total))
