@@ -81,11 +81,12 @@ class SettingsError(ValueError):
 
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
          minimum: float | None = None, maximum: float | None = None, cli: bool = True,
-         special: tuple[Any, ...] = ()) -> Any:
+         special: tuple[Any, ...] = (), special_hint: str = "") -> Any:
     """A dataclass field carrying its help text and limits, used by the CLI and validation.
 
     ``special``: values with a meaning of their own outside the range (``size`` 0 = "native")."""
-    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "cli": cli, "special": special}
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "cli": cli, "special": special,
+            "special_hint": special_hint}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -100,7 +101,7 @@ class Settings:
     size: int = _opt(512, "working size: long side in pixels of the last optimisation stage, or 'native' = the "
                      "photo's own size (no upsampling: the texture is painted at print resolution; hours on a CPU); "
                      "results are always returned at the photo's native size", minimum=16,
-                     special=(NATIVE_SIZE,))
+                     special=(NATIVE_SIZE,), special_hint=" (or 'native' for the photo's size)")
     # Sizes and iteration counts have no maximum here: the machine's limits (Limits.max_size,
     # max_iterations) are applied to every job by bridge.job.check, the same for every front end.
     # Coarse stages of 25 iterations, then 150 at the working size, reach the loss of 300 single-size
@@ -383,7 +384,7 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             if isinstance(v, int) and abs(v) >= 10 ** 30:   # str() of a huge int is refused past 4300 digits
                 shown = f"a number of {len(str(abs(v))) if v.bit_length() < 14000 else 'thousands of'} digits"
             if lo is not None and v < lo:
-                raise SettingsError(f.name, f"{shown} is below the minimum {lo}")
+                raise SettingsError(f.name, f"{shown} is below the minimum {lo}{meta.get('special_hint', '')}")
             if hi is not None and v > hi:
                 raise SettingsError(f.name, f"{shown} is above the maximum {hi}")
 
