@@ -41,10 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _show_notes(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """Metadata dropped from an input (a bomb or broken ICC profile, EXIF...) is news for the user, not a
-    Python warning with a source line: print it as one plain line; other warnings as Python would."""
+    """Metadata dropped from an input (a bomb or broken ICC profile, EXIF...) or a style image smaller than
+    a stage needs is news for the user, not a Python warning with a source line: print it as one plain
+    line; other warnings as Python would."""
+    from .engine.types import StyleResolutionWarning
     from .imaging import MetadataWarning
-    if issubclass(category, MetadataWarning):
+    if issubclass(category, (MetadataWarning, StyleResolutionWarning)):
         print(f"stylebridge: note: {message}", file=file or sys.stderr)
     else:
         _python_showwarning(message, category, filename, lineno, file, line)

@@ -249,3 +249,25 @@ def test_ctrl_c_writes_best_so_far_and_exits_130(tmp_path, inputs) -> None:
     written = out / "tubingen_starry_night.png"
     assert written.is_file() and str(written) in stdout
     assert load_image(written).width == 96
+
+
+def test_native_size_pixel_cap_and_style_resolution_note(tmp_path, inputs, capsys, monkeypatch) -> None:
+    """size native: over max_native_pixels -> exit 2 before any work; a style smaller than the native stage
+    needs is one 'stylebridge: note:' line (the texture can be no finer than the style image)."""
+    import dataclasses as dc
+
+    from bridge.commands import stylize as stylize_command
+    small = dc.replace(stylize_command.LIMITS, max_native_pixels=1000)
+    monkeypatch.setattr(stylize_command, "LIMITS", small)
+    code, _, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "--size", "native", "-o", tmp_path / "o/"], capsys)
+    assert code == 2 and "max_native_pixels" in err and "working size" in err, err
+    assert not (tmp_path / "o").exists()
+    monkeypatch.undo()
+    from PIL import Image
+    tiny_style = tmp_path / "tiny.png"
+    Image.open(inputs["starry"]).convert("RGB").resize((24, 24)).save(tiny_style)
+    code, _, err = cli(["stylize", inputs["photo"], "-s", tiny_style, "--size", "native", "--min-size", "48", "--iterations", "2",
+                        "--coarse-iterations", "1", "--quiet", "-o", tmp_path / "n/"], capsys)
+    assert code == 0, err
+    assert "stylebridge: note:" in err and "tiny" in err and "Warning" not in err, err
+

@@ -203,6 +203,8 @@ def _prepare(args: argparse.Namespace) -> _Job:
     if settings.init == "file":
         load_image(settings.init_image or "")
     content = load_image(args.content)
+    if settings.native:        # size native: its pixel cap needs the photo's size (the rest was checked above)
+        check(spec, LIMITS, content_size=(content.width, content.height))
     styles: list[StyleInput] = []
     for src, name in zip(spec.styles, spec.style_names):
         pic = load_image(src.path or "")
