@@ -593,3 +593,22 @@ def test_malformed_requests(daemon, client, content_png, style_pngs):
         assert r.json().get("error"), (method, path, r.text)
     assert client.health()["status"] == "ok"
     assert client.layer_image(jid, 2)                                                   # still served
+
+
+def test_a_24_mp_print_job_is_planned_in_blocks_not_refused_for_memory(client, style_pngs):
+    """Native size is computed in blocks (bridge/engine/tiled.py), so the memory estimate is the engine's
+    tiled plan (~8 GB at 24 MP), not a whole-image optimisation at 24 MP (~60 GB, a certain 413)."""
+    from bridge.daemon.jobs import ImageShape, estimate_job_memory
+    from bridge.settings import settings_from_mapping
+    settings, document, _ = settings_from_mapping({"preset": "print"})
+    estimate = estimate_job_memory(ImageShape(6000, 4000), [ImageShape(1024, 768)], settings, document)
+    assert 2 * 2 ** 30 < estimate < 12 * 2 ** 30, estimate / 2 ** 30
+    health = client.health()
+    if health["limits"]["max_job_memory"] < estimate:
+        pytest.skip("this machine's half of RAM is below a 24 MP print job's estimate")
+    status = client.submit_job(("big.png", huge_png_header(6000, 4000)),
+                               {"styles": [{"upload": 0}], "settings": {"preset": "print"}},
+                               style_files=[("s.png", style_pngs["starry"])])
+    assert status["status"] in ("queued", "running", "failed"), status    # accepted (the fake pixels then fail)
+    assert status["working_size"] == [6000, 4000]
+    client.cancel(status["id"])

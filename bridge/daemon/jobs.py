@@ -135,8 +135,6 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     are 0.4-0.8 of it: bench/bench_daemon_memory.py); it is computed from headers, before anything
     is decoded.
     """
-    from ..engine.optimize import LBFGS_HISTORY_BYTES
-
     b = 2 if content.bit_depth == 16 else 1
     b_doc = (document.depth or content.bit_depth) // 8
     pixels = content.pixels
@@ -147,10 +145,7 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
         total += max(s.pixels for s in styles) * NATIVE_FLOAT_BYTES + max(s.file_bytes for s in styles)
     total += ENGINE_BASE_BYTES
     if on_cpu:
-        w, h = working_size(content, settings)
-        values = 3 * h * w
-        pairs = max(5, min(100, int(LBFGS_HISTORY_BYTES / (2 * 4 * values))))
-        total += h * w * WORKING_BYTES + pairs * 2 * 4 * values
+        total += optimisation_bytes(content, settings)
     total += pixels * NATIVE_FLOAT_BYTES
     outputs = len(styles) + (1 if settings.style_blend_weights is not None else 0)
     alpha = 4 if content.alpha else 0
@@ -161,6 +156,30 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
     if mask is not None:
         total += mask.pixels * (4 + b_doc) + mask.file_bytes
     return int(total)
+
+
+def optimisation_bytes(content: ImageShape, settings: Settings) -> int:
+    """The largest stage of the optimisation: a whole-image stage at WORKING_BYTES a pixel plus its L-BFGS
+    history, or a tiled one (native size, large working sizes) as the engine plans it: one block from the
+    memory budget, image-sized buffers and a short history (``tiled_stage_bytes``). SettingsError when
+    the budget cannot hold a stage (the message says what to do)."""
+    import torch
+
+    from ..engine.optimize import LBFGS_HISTORY_BYTES, plan_stages, stage_dims, tiled_stage_bytes, working_ladder
+
+    ladder = working_ladder(settings, content.width, content.height)
+    dims = [stage_dims(content.width, content.height, side) for side in ladder]
+    plans = plan_stages(None, settings, dims, settings.ladder_iterations(ladder), torch.device("cpu"))
+    peak = 0
+    for plan in plans:
+        h, w = plan.dims
+        if plan.inner:
+            peak = max(peak, tiled_stage_bytes(plan, settings))
+        else:
+            values = 3 * h * w
+            pairs = max(5, min(100, int(LBFGS_HISTORY_BYTES / (2 * 4 * values))))
+            peak = max(peak, h * w * WORKING_BYTES + pairs * 2 * 4 * values)
+    return int(peak)
 
 
 def working_size(content: ImageShape, settings: Settings) -> tuple[int, int]:
