@@ -79,6 +79,39 @@ class SettingsError(ValueError):
         super().__init__(f"{option.replace('_', '-')}: {message}")
 
 
+def _show(value: Any) -> str:
+    """A value for a message: short, and safe for huge numbers (repr refuses ints past 4300 digits)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a huge number" if isinstance(value, int) else f"a {type(value).__name__} holding a huge number"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    choices = meta.get("choices")
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if choices and isinstance(v, str) and v not in choices:
+            raise SettingsError(f.name, f"{_show(v)} is not one of {', '.join(choices)}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, float) and not math.isfinite(v):     # (isfinite of a huge int overflows)
+                raise SettingsError(f.name, "must be a finite number")
+            if v in meta.get("special", ()) and type(v) is int:
+                continue
+            lo, hi = meta.get("min"), meta.get("max")
+            shown: Any = v
+            if isinstance(v, int) and abs(v) >= 10 ** 30:   # str() of a huge int is refused past 4300 digits
+                shown = f"a number of {len(str(abs(v))) if v.bit_length() < 14000 else 'thousands of'} digits"
+            if lo is not None and v < lo:
+                raise SettingsError(f.name, f"{shown} is below the minimum {lo}{meta.get('special_hint', '')}")
+            if hi is not None and v > hi:
+                raise SettingsError(f.name, f"{shown} is above the maximum {hi}")
+
+
 def _opt(default: Any, help: str, *, choices: tuple[str, ...] | None = None,
          minimum: float | None = None, maximum: float | None = None, cli: bool = True,
          special: tuple[Any, ...] = (), special_hint: str = "") -> Any:
@@ -170,6 +203,9 @@ class Settings:
     preview_every: int = _opt(10, "iterations between preview images sent to progress listeners",
                               minimum=0, maximum=100000)
 
+    def __post_init__(self) -> None:
+        self.validate()        # a Settings that exists is valid: nothing downstream validates again
+
     def validate(self) -> "Settings":
         """Raise :class:`SettingsError` for the first invalid value; return self for chaining."""
         for f in fields(self):
@@ -191,7 +227,7 @@ class Settings:
         return self
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes).validate()
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -265,6 +301,9 @@ class DocumentSettings:
                              choices=None, minimum=8, maximum=16)
     contact_sheet: bool = _opt(False, "hot folder: also write NAME-previews.png beside the PSD, fast previews of "
                                "the photo under each style (bridge.preview)", cli=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> "DocumentSettings":
         for f in fields(self):
@@ -354,39 +393,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Old option names that still work for one release, with a note saying the new name.
 RENAMED: dict[str, str] = {"preserve_colors": "original_colors"}
-
-
-def _show(value: Any) -> str:
-    """A value for a message: short, and safe for huge numbers (repr refuses ints past 4300 digits)."""
-    try:
-        text = repr(value)
-    except ValueError:
-        return "a huge number" if isinstance(value, int) else f"a {type(value).__name__} holding a huge number"
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _check_field(f: dataclasses.Field, value: Any) -> None:
-    meta = f.metadata
-    if value is None:
-        return
-    choices = meta.get("choices")
-    values = value if isinstance(value, tuple) else (value,)
-    for v in values:
-        if choices and isinstance(v, str) and v not in choices:
-            raise SettingsError(f.name, f"{_show(v)} is not one of {', '.join(choices)}")
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            if isinstance(v, float) and not math.isfinite(v):     # (isfinite of a huge int overflows)
-                raise SettingsError(f.name, "must be a finite number")
-            if v in meta.get("special", ()) and type(v) is int:
-                continue
-            lo, hi = meta.get("min"), meta.get("max")
-            shown: Any = v
-            if isinstance(v, int) and abs(v) >= 10 ** 30:   # str() of a huge int is refused past 4300 digits
-                shown = f"a number of {len(str(abs(v))) if v.bit_length() < 14000 else 'thousands of'} digits"
-            if lo is not None and v < lo:
-                raise SettingsError(f.name, f"{shown} is below the minimum {lo}{meta.get('special_hint', '')}")
-            if hi is not None and v > hi:
-                raise SettingsError(f.name, f"{shown} is above the maximum {hi}")
 
 
 def _to_dict(obj: Any) -> dict[str, Any]:
@@ -517,8 +523,7 @@ def settings_from_mapping(values: Mapping[str, Any], *, base: Settings = DEFAULT
         else:
             raise SettingsError(key, unknown_option_message(key, (*engine_names, *doc_names, *allow_extra,
                                                                    "preset")))
-    return (dataclasses.replace(base, **engine).validate(),
-            dataclasses.replace(document_base, **doc).validate(), extra)
+    return dataclasses.replace(base, **engine), dataclasses.replace(document_base, **doc), extra   # validated
 
 
 class JsonLimitError(SettingsError):

@@ -216,8 +216,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
 
     With ``checkpoint`` the run resumes from a matching saved state and saves its own (see checkpoint.py);
     ``cancel.pause()`` then stops it with ``paused=True`` and no images."""
-    started = time.perf_counter()
-    settings = settings.validate()
+    started = time.perf_counter()            # (a Settings is valid once it exists: bridge.settings)
     if not styles:
         raise SettingsError("style", "at least one style image is needed")
     blend = settings.style_blend_weights
