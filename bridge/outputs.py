@@ -231,7 +231,7 @@ def publish(src: str | os.PathLike, wanted: str | os.PathLike, *, keep_source: b
                 staged = None
             if copied and not keep_source:
                 os.unlink(src)                          # the copy was published; the original goes
-            _fsync_dir(cand.parent)
+            fsync_dir(cand.parent)
             return cand
         raise FileExistsError(errno.EEXIST, f"{MAX_CANDIDATES} names like this one are taken", str(wanted))
     finally:
@@ -388,7 +388,7 @@ def output_file(wanted: str | os.PathLike, *, unique: bool = True, fit: bool = F
             pending.path = publish(tmp, wanted, fit=fit)
         else:
             os.replace(tmp, wanted)
-            _fsync_dir(wanted.parent)
+            fsync_dir(wanted.parent)
             pending.path = wanted
         done = True
     finally:
@@ -428,7 +428,7 @@ def _umask() -> int:
     return 0o022
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (best effort: not every platform can open a folder)."""
     try:
         dfd = os.open(folder, os.O_RDONLY)

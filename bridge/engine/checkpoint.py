@@ -34,6 +34,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..imaging import Picture
+from ..outputs import fsync_dir
 from ..settings import Settings
 from .types import StyleInput
 
@@ -127,7 +128,7 @@ class FileCheckpoint:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
             tmp = None
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             if not self.failed:
                 self.failed = True
@@ -192,16 +193,3 @@ def _check(state: EngineState) -> None:
         if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
             raise ValueError(f"image of shape {image.shape}, not 3 x H x W")
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
