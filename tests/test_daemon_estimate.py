@@ -4,14 +4,11 @@ run whose stage-weighted percent and ETA come from the tiled stages' costs."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
-import numpy as np
 import pytest
 
 from bridge.daemon import speed
-from bridge.daemon.client import DaemonClient, DaemonError
+from bridge.daemon.client import DaemonClient
 from bridge.engine.eta import cost_model
 from bridge.engine.optimize import TILED_COST, ladder_dims
 from bridge.settings import PRESETS, settings_from_mapping
