@@ -78,10 +78,21 @@ def test_bad_input_is_422_saying_what(daemon, body, words):
     assert words in r.text
 
 
+def test_hostile_json_is_422_naming_the_cap(daemon):
+    for body, limit in (('{"width": 9, "height": 9, "settings": ' + "[" * 500 + "]" * 500 + "}", "max_json_depth"),
+                        ('{"width": 9, "height": 9, "settings": {"iterations": ' + "9" * 5000 + "}}", "max_json_digits")):
+        r = httpx.post(daemon + "/v1/estimate", content=body, headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 422 and r.json()["limit"] == limit, r.text
+    r = httpx.post(daemon + "/v1/estimate", content="nope", headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+
+
 def test_estimate_is_in_the_openapi_schema(daemon):
     schema = httpx.get(daemon + "/openapi.json", timeout=30).json()
     assert "post" in schema["paths"]["/v1/estimate"]
     assert "seconds" in schema["components"]["schemas"]["EstimateAnswer"]["properties"]
+    asked = schema["paths"]["/v1/estimate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"width", "height", "styles", "settings"} <= set(asked["properties"])
 
 
 def test_a_finished_job_corrects_the_speed(client):

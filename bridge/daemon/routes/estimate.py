@@ -11,11 +11,13 @@ import dataclasses
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ...job import JobSpec, check
-from ...settings import SettingsError
+from ...settings import SettingsError, load_settings_json
 from .. import speed
 from ..context import DaemonDep
 from ..web import ApiError, json_response, settings_error
@@ -53,8 +55,23 @@ def speed_meter(request: Request, d: Any) -> speed.SpeedMeter:
     return meter
 
 
-@router.post("/v1/estimate", summary="How long a job would take on this daemon", response_model=EstimateAnswer)
-def estimate(body: EstimateRequest, request: Request, d: DaemonDep) -> Response:
+@router.post("/v1/estimate", summary="How long a job would take on this daemon", response_model=EstimateAnswer,
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": EstimateRequest.model_json_schema()}}}})
+async def estimate(request: Request, d: DaemonDep) -> Response:
+    # The body is read with the daemon's JSON caps (size, nesting, digits), as a job's settings are.
+    limits = d.config.limits
+    try:
+        data = load_settings_json(await request.body(), "estimate", limits)
+        body = EstimateRequest.model_validate(data)
+    except SettingsError as exc:
+        raise settings_error(exc, None, limits) from None
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    return await run_in_threadpool(_estimate, body, request, d)
+
+
+def _estimate(body: EstimateRequest, request: Request, d: Any) -> Response:
     limits = d.config.limits
     if body.width * body.height > limits.max_pixels:
         raise ApiError(422, f"{body.width}x{body.height} is over the limit of {limits.max_pixels:,} pixels "
