@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bridge.daemon import speed
     from bridge.engine import StyleInput, stylize
+    from bridge.engine.eta import cost_model
     from bridge.engine.vgg import load_vgg
     from bridge.imaging import load_image
     from bridge.settings import DEFAULTS, settings_from_mapping
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     meter = speed.SpeedMeter("cpu", probe_spp=speed.measure(vgg, "cpu", DEFAULTS))
     print(f"photo {photo.width}x{photo.height}; probe {time.perf_counter() - t:.1f} s, "
-          f"{meter.probe_spp:.3g} s/px-equivalent (cpu prior {meter.model().seconds_per_pixel / meter.factor:.3g}); "
+          f"{meter.probe_spp:.3g} s/px-equivalent (cpu prior {cost_model('cpu').seconds_per_pixel:.3g}); "
           f"load {load_avg()}")
     rows = []
     for preset in args.presets.split(","):
