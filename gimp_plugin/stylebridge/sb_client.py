@@ -295,6 +295,15 @@ class Client:
     def style_thumbnail(self, name: str) -> bytes:
         return self.get_bytes(f"/v1/styles/{_quote(name)}/thumbnail.png")
 
+    def estimate(self, width: int, height: int, styles: int = 1, settings: dict | None = None,
+                 timeout: float | None = None) -> dict:
+        """How long a job with these ``settings`` (a job's names, ``preset`` included) would take on this daemon
+        for a ``width`` x ``height`` photo and ``styles`` styles: ``{"seconds", "working_size", "stages",
+        "device", "measured", ...}`` (``POST /v1/estimate``; a bad setting is a :class:`DaemonError` 422)."""
+        body = json.dumps({"width": int(width), "height": int(height), "styles": int(styles),
+                           "settings": dict(settings or {})}).encode("utf-8")
+        return self.json("POST", "/v1/estimate", body=body, content_type="application/json", timeout=timeout)
+
     # -- jobs -------------------------------------------------------------------------------------
     def submit(self, content: Any, *, styles: Iterable[str] = (), style_files: Iterable[Any] = (),
                settings: dict | None = None, mask: Any = None, mask_mode: str | None = None,

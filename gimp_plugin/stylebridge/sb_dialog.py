@@ -34,7 +34,18 @@ def prefill_config(config, record):
         config.set_property(prop, value)
 
 
-def show_dialog(procedure, config, layer, speeds_file):
+def _offer_daemon_presets(config, health):
+    """Grey out the registered Quality words this daemon's health does not list (an older daemon)."""
+    try:
+        choice = Gimp.param_spec_choice_get_choice(config.find_property("preset"))
+        offered = {key for key, _ in sb_logic.quality_choices(health)}
+        for key, _ in sb_logic.QUALITY_CHOICES:
+            choice.set_sensitive(key, key in offered)
+    except Exception:  # noqa: BLE001 - cosmetic: the daemon refuses an unknown preset with a clear message
+        pass
+
+
+def show_dialog(procedure, config, layer):
     """The GimpUi dialog: the daemon's library as check boxes, style files, quality, colours, strength, mask;
     the connection (URL, token) in its own expander. Returns True on OK."""
     gi.require_version("GimpUi", "3.0")
@@ -84,13 +95,13 @@ def show_dialog(procedure, config, layer, speeds_file):
     estimate.set_line_wrap(True)
     content.pack_start(estimate, False, False, 0)
     content.pack_start(expander, False, False, 0)
-    speeds = sb_logic.read_speeds(speeds_file)
 
     def update_estimate(*_args):
-        """The time the chosen quality takes on this daemon's device, from its measured speed."""
+        """The time the chosen quality and styles take, as the daemon estimates it (POST /v1/estimate)."""
         if panel.health is None:
             estimate.set_text("")
             return
+        _offer_daemon_presets(config, panel.health)
         try:
             extra = sb_logic.parse_extra(config.get_property("extra-settings"))
         except sb_logic.UserError:
@@ -99,12 +110,10 @@ def show_dialog(procedure, config, layer, speeds_file):
         files_ = files.paths()
         opts = sb_logic.Options(styles=chosen, style_files=files_,
                                 quality=sb_logic.quality_choice(config.get_property("preset")), extra_settings=extra)
-        url = sb_logic.connection(sb_logic.config_values(config))[0]
-        device = panel.health.get("device")
-        count = len(chosen) + len(files_)
-        seconds = sb_logic.estimate_seconds(speeds, url, device, opts, panel.health.get("preset"),
-                                            (layer.get_width(), layer.get_height()), count)
-        estimate.set_text(sb_logic.estimate_text(seconds, device, count))
+        url, token = sb_logic.connection(sb_logic.config_values(config))
+        client = sb_logic.daemon_client(url, token, timeout=5)
+        estimate.set_text(sb_logic.ask_estimate(client, opts, (layer.get_width(), layer.get_height()),
+                                                len(chosen) + len(files_)))
 
     panel.on_change = update_estimate
     files.on_change = update_estimate

@@ -11,7 +11,8 @@ without a GIMP:
 * the mask choice (``first|all|none`` as in ``bridge.settings.Reveal``, plus ``selection``);
 * the daemon's protocol version and what to tell the user when either side is too old;
 * the layer plan from the daemon's result, the parasite record on each layer, reading old records;
-* progress text (through ``sb_client.progress_text``, the one formatter).
+* progress text (through ``sb_client.progress_text``, the one formatter);
+* the Quality choices a daemon offers (its health's ``presets``) and its time estimate (``Client.estimate``).
 
 GIMP cannot import the ``bridge`` package, so the few values that must equal the package's (bounds, defaults,
 choices, old names) are repeated here as constants and a suite test checks each against its home.
@@ -38,11 +39,15 @@ USER_AGENT = "stylebridge-gimp/2"
 POLL_S = 0.3
 
 #: Quality: "daemon" sends no preset (the daemon's own, ``stylebridge serve --preset``), else that preset.
+#: GIMP's choice argument needs its words when the plug-in registers, before any daemon is asked, so the known
+#: presets are named here, once (= bridge.settings.PRESETS, a test checks); the dialog offers those the daemon's
+#: health lists (:func:`quality_choices`).
 DAEMON_DEFAULT = "daemon"
-QUALITY_CHOICES = ((DAEMON_DEFAULT, "Daemon default"), ("draft", "Draft (fast)"), ("normal", "Normal"),
-                   ("best", "Best (slow)"))
+PRESET_LABELS = {"draft": "Draft (fast)", "normal": "Normal", "best": "Best (slow)",
+                 "print": "Print (the photo's own size; slow)"}
+QUALITY_CHOICES = ((DAEMON_DEFAULT, "Daemon default"), *PRESET_LABELS.items())
 QUALITY_DEFAULT = DAEMON_DEFAULT
-PRESET_NAMES = tuple(k for k, _ in QUALITY_CHOICES if k != DAEMON_DEFAULT)   # = bridge.settings.PRESETS
+PRESET_NAMES = tuple(PRESET_LABELS)                       # = bridge.settings.PRESETS
 
 #: Masks: the one vocabulary (bridge.settings.Reveal) plus "selection" (the selection is the job's mask).
 SELECTION = "selection"
@@ -586,117 +591,53 @@ def preview_due(status: Mapping[str, Any], last_fetch: float | None, now: float)
 
 
 # ------------------------------------------------------------------------------------------------
-# time estimate: from this daemon's measured speed on earlier runs
+# quality and time estimate: the daemon's presets and its own estimate (POST /v1/estimate)
 # ------------------------------------------------------------------------------------------------
 
-#: The schedule settings an estimate needs, with bridge.settings.DEFAULTS' values (a test checks), and the
-#: presets (= bridge.settings.PRESETS). The daemon's health reports no speed: the plug-in measures it from the
-#: results it gets (engine seconds per unit of work) and keeps it per daemon in SPEED_FILE (GIMP's profile).
-SCHEDULE_DEFAULTS = {"size": 512, "iterations": 150, "coarse_to_fine": True, "min_size": 128,
-                     "scale_step": 2 ** 0.5, "coarse_iterations": 25}
-PRESETS = {"draft": {"size": 256, "iterations": 60, "coarse_iterations": 40},
-           "normal": {"size": 512, "iterations": 150, "coarse_iterations": 25},
-           "best": {"size": 1024, "iterations": 200, "coarse_iterations": 75}}
-SPEED_FILE = "stylebridge-speed.json"
-SPEED_SMOOTHING = 0.5           # weight of the newest run in the kept speed
+def quality_choices(health: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """The Quality choices to offer for this daemon: "Daemon default" first, then the registered presets its
+    health lists (all of them for a daemon whose health lists none: older than the list)."""
+    listed = (health or {}).get("presets")
+    names = set(listed) if isinstance(listed, list) else set(PRESET_NAMES)
+    return [(k, label) for k, label in QUALITY_CHOICES if k == DAEMON_DEFAULT or k in names]
 
 
-def stage_sizes(schedule: Mapping[str, Any]) -> list[int]:
-    """Long sides of the coarse-to-fine ladder, ending at ``size`` (= bridge.settings.Settings.stage_sizes)."""
-    size, min_size, step = int(schedule["size"]), int(schedule["min_size"]), float(schedule["scale_step"])
-    if not schedule["coarse_to_fine"] or min_size >= size:
-        return [size]
-    sizes = [size]
-    while True:
-        nxt = int(round(sizes[-1] / step))
-        if nxt < min_size:
-            break
-        sizes.append(nxt)
-    return sizes[::-1]
+def estimate_request(opts: Options, layer_size: tuple[int, int], styles: int) -> dict:
+    """The arguments of ``Client.estimate`` for this run: the layer's size, the styles, the job's settings."""
+    return {"width": max(1, int(layer_size[0])), "height": max(1, int(layer_size[1])), "styles": max(1, styles),
+            "settings": job_settings(opts, mask_used(opts, False))}
 
 
-def schedule_for(opts: Options, daemon_preset: str | None) -> dict:
-    """The schedule a run with ``opts`` gets on a daemon started with ``daemon_preset`` (None: its defaults)."""
-    schedule = dict(SCHEDULE_DEFAULTS)
-    preset = opts.extra_settings.get("preset") or opts.preset or daemon_preset
-    schedule.update(PRESETS.get(preset, {}))
-    schedule.update({k: v for k, v in opts.extra_settings.items() if k in SCHEDULE_DEFAULTS})
-    return schedule
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
 
 
-def work_units(schedule: Mapping[str, Any], working: tuple[int, int], styles: int) -> float:
-    """Pixel-iterations of a run: every stage's iterations times its pixels (the last stage is ``working``)."""
-    ladder = stage_sizes(schedule)
-    pixels = max(1, int(working[0]) * int(working[1]))
-    total = 0.0
-    for i, side in enumerate(ladder):
-        iters = schedule["iterations"] if i == len(ladder) - 1 else schedule["coarse_iterations"]
-        total += float(iters) * pixels * (side / ladder[-1]) ** 2
-    return total * max(1, styles)
-
-
-def working_dims(layer_size: tuple[int, int], schedule: Mapping[str, Any]) -> tuple[int, int]:
-    """About the last stage's size for a layer: its long side at ``size``, never bigger than the layer."""
-    w, h = layer_size
-    scale = min(1.0, float(schedule["size"]) / max(w, h, 1))
-    return max(1, round(w * scale)), max(1, round(h * scale))
-
-
-def speed_key(url: str, device: str | None) -> str:
-    return f"{url.rstrip('/')} {device or '?'}"
-
-
-def record_speed(store: dict, url: str, device: str | None, result: Mapping[str, Any], styles: int) -> dict:
-    """``store`` with this result's measured speed (engine seconds per work unit) folded in."""
-    settings = result.get("settings") or {}
-    engine_s = (result.get("timings") or {}).get("engine_s") or result.get("seconds")
-    working = result.get("working_size")
-    try:
-        schedule = {k: settings.get(k, v) for k, v in SCHEDULE_DEFAULTS.items()}
-        units = work_units(schedule, (int(working[0]), int(working[1])), styles)
-        speed = float(engine_s) / units
-    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError):
-        return store
-    if not speed > 0:
-        return store
-    key = speed_key(url, device)
-    old = (store.get(key) or {}).get("s_per_unit")
-    new = speed if not isinstance(old, (int, float)) else SPEED_SMOOTHING * speed + (1 - SPEED_SMOOTHING) * old
-    out = dict(store)
-    out[key] = {"s_per_unit": new, "runs": int((store.get(key) or {}).get("runs", 0)) + 1}
-    return out
-
-
-def estimate_seconds(store: Mapping[str, Any], url: str, device: str | None, opts: Options,
-                     daemon_preset: str | None, layer_size: tuple[int, int], styles: int) -> float | None:
-    """Seconds a run would take on this daemon, from its measured speed; None before the first run."""
-    known = (store.get(speed_key(url, device)) or {}).get("s_per_unit")
-    if not isinstance(known, (int, float)) or styles < 1:
-        return None
-    schedule = schedule_for(opts, daemon_preset)
-    return known * work_units(schedule, working_dims(layer_size, schedule), styles)
-
-
-def estimate_text(seconds: float | None, device: str | None, styles: int) -> str:
+def estimate_text(answer: Mapping[str, Any] | None, styles: int) -> str:
+    """The dialog's line for the daemon's estimate (None: the daemon gave none)."""
     if styles < 1:
         return "Time: choose a style"
-    if seconds is None:
-        return f"Time: not known yet on this daemon ({device or 'its device'}): the first run measures its speed"
-    amount = f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
-    return f"Time: {amount} for {styles} style{'s' if styles != 1 else ''} on this daemon ({device or '?'})"
+    if not answer or not isinstance(answer.get("seconds"), (int, float)):
+        return ""
+    text = (f"Time: {duration_text(float(answer['seconds']))} for {styles} style{'s' if styles != 1 else ''} "
+            f"on {answer.get('device') or 'the daemon'}")
+    if not answer.get("measured", True):
+        text += " (a guess: the daemon has not measured its speed)"
+    return text
 
 
-def read_speeds(path: str) -> dict:
+def ask_estimate(client: Any, opts: Options, layer_size: tuple[int, int], styles: int) -> str:
+    """The daemon's estimate for this run as the dialog shows it; what went wrong, in words, if it gave none."""
+    if styles < 1:
+        return estimate_text(None, styles)
     try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def write_speeds(path: str, store: Mapping[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(store, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles), timeout=5), styles)
+    except sb_client.DaemonError as exc:
+        if exc.status in (404, 405):
+            return "Time: this daemon gives no estimate (an older version; pip install -U stylebridge)"
+        return f"Time: no estimate: {exc.message}"
+    except sb_client.ClientError:
+        return ""

@@ -219,21 +219,6 @@ class TempPreview:
             Gimp.displays_flush()
 
 
-def speeds_path():
-    return os.path.join(Gimp.directory(), sb_logic.SPEED_FILE)
-
-
-def remember_speed(opts, result, health):
-    """Fold this run's measured speed into the per-daemon speeds (for the dialog's time estimate)."""
-    try:
-        styles = len(opts.styles) + len(opts.style_files)
-        store = sb_logic.read_speeds(speeds_path())
-        sb_logic.write_speeds(speeds_path(), sb_logic.record_speed(store, opts.daemon_url, health.get("device"),
-                                                                   result, styles))
-    except OSError:
-        pass                    # an estimate is a convenience
-
-
 def remove_leftover_previews(image):
     """Temporary preview layers left by a run GIMP killed (progress cancelled): removed, outside the undo history.
     Should the kill have come while undo was frozen for a preview change, undo is thawed again."""
@@ -430,7 +415,7 @@ def run(procedure, run_mode, image, drawables, config, data):
 
     if run_mode == Gimp.RunMode.INTERACTIVE:
         import sb_dialog
-        if not sb_dialog.show_dialog(procedure, config, layer, speeds_path()):
+        if not sb_dialog.show_dialog(procedure, config, layer):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     tmpdir = None
@@ -439,7 +424,6 @@ def run(procedure, run_mode, image, drawables, config, data):
             Gimp.displays_flush()
         opts = sb_logic.read_options(sb_logic.config_values(config))
         result, files, tmpdir, job_id, used, health = stylize(image, layer, opts)
-        remember_speed(opts, result, health)
         image.undo_group_start()
         inserted = []
         try:
@@ -509,8 +493,8 @@ class Stylebridge(Gimp.PlugIn):
         presets = Gimp.Choice.new()
         for i, (key, label) in enumerate(sb_logic.QUALITY_CHOICES):
             presets.add(key, i, label, "")
-        procedure.add_choice_argument("preset", "_Quality", "Quality preset (size and iterations); 'daemon': the "
-                                      "daemon's own (stylebridge serve --preset)", presets,
+        procedure.add_choice_argument("preset", "_Quality", "Quality preset (size and iterations; print: the photo's "
+                                      "own size); 'daemon': the daemon's own (stylebridge serve --preset)", presets,
                                       sb_logic.QUALITY_DEFAULT, flags)
         # id kept for saved settings and scripts; the job calls it original_colors, as everywhere
         procedure.add_boolean_argument("preserve-colors", "Ori_ginal colours",

@@ -1,4 +1,8 @@
-"""``GET /v1/health``: is the daemon up, which protocol, device and weights, its queue and limits."""
+"""``GET /v1/health``: is the daemon up, which protocol, device and weights, its presets, queue and limits.
+
+``presets`` lists bridge.settings.PRESETS' names so clients keep no list of their own; ``preset`` is the
+daemon's default (``stylebridge serve --preset``; null: the settings' own defaults, which are "normal").
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ from fastapi.responses import Response
 
 from ... import __version__
 from ...job import PROTOCOL_VERSION
+from ...settings import PRESETS
 from ..context import DaemonDep
 from ..web import json_response
+from . import estimate
 
 router = APIRouter(tags=["health"])
+# POST /v1/estimate rides on this router until app.py lists the estimate module itself (app.py had another owner).
+router.include_router(estimate.router)
 
 
 @router.get("/v1/health", summary="Is the daemon up; device, weights, queue")
@@ -22,7 +30,7 @@ def health(d: DaemonDep) -> Response:
         "status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION, "device": d.config.resolved_device,
         "weights": d.config.weights, "weights_path": d.config.weights_path, "queue": d.manager.counts(),
         "uptime_s": round(time.time() - d.started, 1),
-        "token_required": d.config.token is not None, "preset": d.config.preset,
+        "token_required": d.config.token is not None, "preset": d.config.preset, "presets": list(PRESETS),
         "retention_s": d.config.retention_s,
         "limits": {"max_pixels": limits.max_pixels, "max_upload_bytes": limits.max_upload_bytes,
                    "max_styles": limits.max_styles, "max_iterations": limits.max_iterations,
