@@ -26,7 +26,7 @@ from .context import Daemon, DaemonConfig
 from .jobs import JobManager, Runner, default_job_memory, run_engine
 from .library import StyleLibrary
 from .previews import PreviewService, preview_threads
-from .routes import health, jobs, previews, styles
+from .routes import estimate, health, jobs, previews, styles
 from .security import Guard, allowed_host_names
 from .web import ApiError, form_limits, json_response
 
@@ -70,7 +70,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine, preview_servic
     app.add_middleware(Guard, token=config.token,
                        allowed_hosts=allowed_host_names(config.host, config.extra_hosts),
                        max_body=config.limits.max_upload_bytes)
-    for module in (health, styles, jobs, previews):
+    for module in (health, styles, jobs, previews, estimate):
         app.include_router(module.router)
     _error_handlers(app, config)
     return app

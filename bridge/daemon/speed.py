@@ -94,12 +94,11 @@ def estimate(settings: Settings, width: int, height: int, styles: int, meter: Sp
     run it (same ladder, same tiled stages, same per-stage cost weights as its RunEstimator)."""
     import torch
 
-    from ..engine import tiled
-    from ..engine.optimize import TILED_COST, _fits_whole, ladder_dims
+    from ..engine.optimize import TILED_COST, ladder_dims, plan_stages
 
     ladder, dims, iters = ladder_dims(settings, width, height)
-    budget = tiled.budget_bytes(settings, torch.device(meter.device))
-    blocks = [not _fits_whole(h, w, budget) for h, w in dims]
+    # the engine's own plan: which stages are tiled, and a SettingsError where the budget cannot hold one
+    blocks = [plan.inner is not None for plan in plan_stages(None, settings, dims, iters, torch.device(meter.device))]
     model = meter.model(corrected)
     runs = style_runs(styles, settings)
     per_run = sum(n * model.seconds(int(h * w * (TILED_COST if b else 1.0)))

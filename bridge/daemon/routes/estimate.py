@@ -76,11 +76,9 @@ def _estimate(body: EstimateRequest, request: Request, d: Any) -> Response:
     if body.width * body.height > limits.max_pixels:
         raise ApiError(422, f"{body.width}x{body.height} is over the limit of {limits.max_pixels:,} pixels "
                             "(max_pixels)", limit="max_pixels", value=body.width * body.height)
-    if body.styles > limits.max_styles:
-        raise ApiError(422, f"{body.styles} styles is over the limit of {limits.max_styles} per job (max_styles)",
-                       limit="max_styles", value=body.styles)
-    try:
-        spec = JobSpec.from_json({"styles": [f"style {i}" for i in range(body.styles)], "settings": body.settings},
+    try:                                                    # (max_styles: check() has it, as for a job)
+        spec = JobSpec.from_json({"styles": [f"style {i}" for i in range(min(body.styles, limits.max_styles + 1))],
+                                  "settings": body.settings},
                                  base=d.base_settings)
         check(spec, limits, over_http=True, content_size=(body.width, body.height))
     except SettingsError as exc:
@@ -88,4 +86,8 @@ def _estimate(body: EstimateRequest, request: Request, d: Any) -> Response:
     settings = dataclasses.replace(spec.settings, device=d.base_settings.device)   # the daemon's own device
     meter = speed_meter(request, d)
     speed.learn_from_jobs(meter, d.manager.jobs())
-    return json_response(speed.estimate(settings, body.width, body.height, body.styles, meter).to_json())
+    try:
+        answer = speed.estimate(settings, body.width, body.height, body.styles, meter)
+    except SettingsError as exc:       # the engine's plan: a block_memory too small for a stage, as a job hears it
+        raise settings_error(exc, body.settings, limits) from None
+    return json_response(answer.to_json())

@@ -16,11 +16,8 @@ from ...job import PROTOCOL_VERSION
 from ...settings import PRESETS
 from ..context import DaemonDep
 from ..web import json_response
-from . import estimate
 
 router = APIRouter(tags=["health"])
-# POST /v1/estimate rides on this router until app.py lists the estimate module itself (app.py had another owner).
-router.include_router(estimate.router)
 
 
 @router.get("/v1/health", summary="Is the daemon up; device, weights, queue")
