@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..daemon.protocol_client import TOKEN_ENV
+from ..settings import SERVICE
 from .watcher import DEFAULT_STABLE_SECONDS
 
 
@@ -23,10 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="process what is there (including interrupted jobs) and exit: 0 if all succeeded, "
                         "1 if any went to error/")
     p.add_argument("--daemon", metavar="URL", default=None,
-                   help="send the work to a running `stylebridge serve` (e.g. http://127.0.0.1:8765) "
+                   help=f"send the work to a running `stylebridge serve` (e.g. {SERVICE.url}) "
                         "instead of stylizing in this process")
     p.add_argument("--token", metavar="T", default=None,
-                   help="the daemon's bearer token (default: $STYLEBRIDGE_TOKEN)")
+                   help=f"the daemon's bearer token (default: ${TOKEN_ENV})")
     p.add_argument("--stable-seconds", metavar="S", type=float, default=DEFAULT_STABLE_SECONDS,
                    help="a file is picked up once its size and date have not changed for S seconds "
                         f"(default {DEFAULT_STABLE_SECONDS:g})")

@@ -1,7 +1,7 @@
 """PNG for the GIMP plug-in, standard library only (GIMP's Python has no Pillow).
 
-Writes 8/16-bit gray/RGB/RGBA from a GIMP buffer's raw bytes (fast: zlib does the work) and reads
-the same back (pure Python, slow: for tests and small masks). The protocol client is ``sb_client.py``
+Writes 8/16-bit gray/RGB/RGBA from a GIMP buffer's raw bytes (fast: zlib does the work); GIMP reads the
+daemon's PNGs with its own loader, so there is no decoder here. The protocol client is ``sb_client.py``
 beside this file (the package imports it as ``bridge.daemon.protocol_client``).
 """
 
@@ -37,65 +37,6 @@ def png_size(data: bytes) -> tuple[int, int]:
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         raise ValueError("not a PNG")
     return struct.unpack(">II", data[16:24])
-
-
-def png_decode(data: bytes) -> tuple[int, int, int, int, bytes]:
-    """Decode a non-interlaced, non-palette PNG -> (width, height, channels, depth, raw bytes).
-
-    Pure Python (slow for big images): for tests and small masks.
-    """
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    pos, idat = 8, []
-    width = height = depth = ctype = interlace = None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        tag = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if tag == b"IHDR":
-            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-    if ctype not in _CHANNELS or interlace or depth not in (8, 16):
-        raise ValueError(f"png_decode: unsupported PNG (colour type {ctype}, depth {depth}, interlace {interlace})")
-    channels = _CHANNELS[ctype]
-    bpp = channels * depth // 8
-    stride = width * bpp
-    raw = zlib.decompress(b"".join(idat))
-    out = bytearray(stride * height)
-    prev = bytearray(stride)
-    src = 0
-    for y in range(height):
-        ftype = raw[src]
-        line = bytearray(raw[src + 1:src + 1 + stride])
-        src += 1 + stride
-        if ftype == 1:
-            for i in range(bpp, stride):
-                line[i] = (line[i] + line[i - bpp]) & 0xFF
-        elif ftype == 2:
-            for i in range(stride):
-                line[i] = (line[i] + prev[i]) & 0xFF
-        elif ftype == 3:
-            for i in range(stride):
-                left = line[i - bpp] if i >= bpp else 0
-                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
-        elif ftype == 4:
-            for i in range(stride):
-                a = line[i - bpp] if i >= bpp else 0
-                b = prev[i]
-                c = prev[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-                line[i] = (line[i] + pred) & 0xFF
-        elif ftype != 0:
-            raise ValueError(f"png_decode: bad filter {ftype}")
-        out[y * stride:(y + 1) * stride] = line
-        prev = line
-    return width, height, channels, depth, bytes(out)
 
 
 def swap16(data: bytes) -> bytes:
