@@ -279,7 +279,7 @@ class RunContext:
     cancel: CancelToken
     set_phase: Callable[[str], None]
     wanted: Callable[[], bool]        # False once the client cancelled without keeping the result
-    checkpoint: Any = None            # the job's engine Checkpoint (persist.JobCheckpoint): resume, pause
+    checkpoint: Any = None            # the job's engine Checkpoint (persist.ReportingCheckpoint): resume, pause
 
 
 #: runner(request, ctx) -> (stack, settings JSON, partial) or None when there is nothing to keep
@@ -678,13 +678,14 @@ class JobManager:
             with self._lock:
                 return job.status is JobState.RUNNING and (job.keep_result or not job.cancel.cancelled)
 
-        def checkpoint_failed(message: str) -> None:
+        def checkpoint_failed(path: Path) -> None:
+            message = persist.checkpoint_failure_text(path, "in the daemon's data folder")
             log.warning("job %s: %s", job.id, message)
             with self._lock:
                 if message not in job.warnings:
                     job.warnings.append(message)
 
-        checkpoint = persist.JobCheckpoint(persist.checkpoint_path(files.folder), self.checkpoint_s,
+        checkpoint = persist.ReportingCheckpoint(persist.checkpoint_path(files.folder), self.checkpoint_s,
                                            on_failure=checkpoint_failed)
         outcome = None
         if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return

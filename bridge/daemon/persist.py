@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..engine.checkpoint import FileCheckpoint
 from ..outputs import atomic_write
@@ -37,9 +37,6 @@ JOB_FILE = "job.json"
 CHECKPOINT_FILE = "checkpoint.npz"
 FORMAT = 1
 
-#: What the user is told when a checkpoint cannot be written (the run goes on).
-CHECKPOINT_ADVICE = ("free some disk space in the daemon's data folder: until then a restart of the daemon "
-                     "would resume this job from its last saved checkpoint, not from where it is now")
 
 
 @dataclass
@@ -51,13 +48,14 @@ class Stored:
     files: "JobFiles"
 
 
-class JobCheckpoint(FileCheckpoint):
-    """The job's :class:`FileCheckpoint` that also tells the job when a save failed (a full disk).
+class ReportingCheckpoint(FileCheckpoint):
+    """A :class:`FileCheckpoint` that also tells its front end when a save failed (a full disk).
 
-    The engine logs and warns once and goes on with the previous checkpoint kept; ``on_failure(message)``
-    lets the daemon put one clear line in the job's status ``warnings``."""
+    The engine logs and warns once and goes on with the previous checkpoint kept; ``on_failure(path)``
+    lets the daemon put one clear line in the job's status ``warnings`` and the hot folder one on its
+    terminal (:func:`checkpoint_failure_text`)."""
 
-    def __init__(self, path: Path, interval_s: float, on_failure: Any = None) -> None:
+    def __init__(self, path: Path, interval_s: float, on_failure: Callable[[Path], None] | None = None) -> None:
         super().__init__(path, interval_s)
         self.on_failure = on_failure
 
@@ -65,13 +63,14 @@ class JobCheckpoint(FileCheckpoint):
         before = self.failed
         super().save(state)
         if self.failed and not before and self.on_failure is not None:
-            self.on_failure(checkpoint_failure_text(self.path))
+            self.on_failure(self.path)
 
 
-def checkpoint_failure_text(path: Path) -> str:
-    """The one message for a checkpoint that could not be written, with what to do."""
-    free = _free_text(path.parent)
-    return f"the job's checkpoint could not be saved ({free}): the job goes on; {CHECKPOINT_ADVICE}"
+def checkpoint_failure_text(path: Path, where: str) -> str:
+    """The one message for a checkpoint that could not be written: what happened and what to do."""
+    return (f"the job's checkpoint could not be saved ({_free_text(path.parent)}): the job goes on, but until "
+            f"you free some disk space {where} a restart would resume it from its last saved checkpoint, "
+            "not from where it is now")
 
 
 def _free_text(folder: Path) -> str:
@@ -80,8 +79,8 @@ def _free_text(folder: Path) -> str:
             st = os.statvfs(p)
         except OSError:
             continue
-        return f"{st.f_bavail * st.f_frsize / 1e6:.1f} MB free on its disk"
-    return "the disk is full or not writable"
+        return f"disk full or not writable: {st.f_bavail * st.f_frsize / 1e6:.1f} MB free"
+    return "disk full or not writable"
 
 
 def checkpoint_path(folder: Path) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
+from ..engine.checkpoint import Checkpoint
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import ImageError, Picture, load_image
 from ..settings import LIMITS, SettingsError
@@ -212,8 +213,9 @@ class Engine(Protocol):
     allows_library: bool
 
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
-               report: ReportFn, cancel: CancelToken) -> None:
-        """Write the fusion PSD for ``inputs`` to ``dest`` or raise JobError/Cancelled."""
+               report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
+        """Write the fusion PSD for ``inputs`` to ``dest`` or raise JobError/Cancelled (also when
+        ``cancel`` is paused: the watcher stops). ``checkpoint``: the job's, to go on from after a restart."""
 
 
 def progress_reporter(report: ReportFn) -> Callable[[Progress], None]:
@@ -235,14 +237,16 @@ class InProcessEngine:
     allows_library = False
 
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
-               report: ReportFn, cancel: CancelToken) -> None:
+               report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
         from ..engine import stylize
+        from .resume import announcing
         from ..document.stack import build_stack
         from ..document.psd import write_psd
         report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
         try:
             result = stylize(inputs.content, inputs.styles, recipe.settings,
-                             progress=progress_reporter(report), cancel=cancel)
+                             progress=announcing(progress_reporter(report), report), cancel=cancel,
+                             checkpoint=checkpoint)
         except (ImageError, SettingsError) as exc:
             raise JobError(str(exc), ADVICE_SETTINGS) from None
         except MemoryError:
@@ -255,7 +259,7 @@ class InProcessEngine:
             if "out of memory" in str(exc).lower():        # torch.cuda.OutOfMemoryError and friends
                 raise JobError(f"out of memory while stylizing ({type(exc).__name__})", ADVICE_MEMORY) from None
             raise
-        if result.cancelled or cancel.cancelled:
+        if result.cancelled or result.paused or cancel.cancelled:
             raise Cancelled()
         report("writing PSD", 100.0, "")
         stack = build_stack(result, recipe.document)
@@ -294,7 +298,7 @@ class DaemonEngine:
             return str(exc)
 
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
-               report: ReportFn, cancel: CancelToken) -> None:
+               report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
         from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
         from ..imaging import encode_png
         stem = inputs.content.name
@@ -308,7 +312,7 @@ class DaemonEngine:
         state = {"last": None}
 
         def on_progress(status: dict) -> bool:
-            if cancel.cancelled:
+            if cancel.cancelled or cancel.paused:       # the watcher stops
                 return False
             key = (status.get("status"), status.get("stage"), int((status.get("percent") or 0) // 5))
             if key != state["last"]:
