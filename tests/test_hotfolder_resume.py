@@ -5,17 +5,19 @@ real engine on tiny images (64 px photo, size 48, one stage)."""
 from __future__ import annotations
 
 import io
-import json
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from bridge.engine.checkpoint import FileCheckpoint
-from bridge.hotfolder.process import InProcessEngine
+from bridge.daemon.client import DaemonClient, DaemonUnreachable
+from bridge.hotfolder.process import DaemonEngine, InProcessEngine
 from bridge.hotfolder.watcher import Reporter, Watcher
 
-from test_hotfolder_watch import REPO, STABLE, _Lines, _watch_cmd, events, files, make_hot, make_photo
+from test_hotfolder_watch import (REPO, STABLE, _free_port, _Lines, _watch_cmd, events, files, make_hot, make_photo,
+                                  start_serve)
 
 ITERATIONS = 50
 FAST = ("--checkpoint-seconds", "0.3")
@@ -104,3 +106,45 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_line_and_the_job_finis
     assert files(root / "out") == ["photo.psd"] and files(root / "error") == []
     assert (root / ".stylebridge" / "checkpoints").read_text() == "in the way"
     assert not list((root / ".stylebridge").glob("**/*.tmp"))
+
+
+def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Path) -> None:
+    """`watch --daemon`: the daemon is killed mid-job and started again on the same data folder; it takes
+    the job over (same id, from its checkpoint) and the watcher follows it on instead of sending it again."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    data = tmp_path / "daemon"
+    root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
+    make_photo(root / "in" / "photo.jpg", 64)
+    serve = start_serve(port, data, *FAST)
+    stream = io.StringIO()
+    watcher = Watcher(root, DaemonEngine(url, ""), stable_seconds=STABLE, reporter=Reporter(stream))
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    client = DaemonClient(url, token="", timeout=10)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, stream.getvalue()
+            jobs = client.json("GET", "/v1/jobs")["jobs"]
+            if jobs and (jobs[0].get("iteration") or 0) >= 5 and list(data.glob("jobs/*/uploads/*/checkpoint.npz")):
+                break
+            time.sleep(0.1)
+        [job] = jobs
+        assert job["priority"] == "batch"                       # the hot folder never makes an artist wait
+        serve.kill()                                            # SIGKILL
+        serve.wait(timeout=30)
+        serve = start_serve(port, data, *FAST)                  # same port, same data folder
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (root / "done" / "photo.jpg").exists():
+            time.sleep(0.2)
+    finally:
+        watcher.stop()
+        runner.join(timeout=60)
+        serve.terminate()
+        serve.wait(timeout=30)
+    text = stream.getvalue()
+    assert files(root / "out") == ["photo.psd"] and files(root / "error") == [], text
+    assert text.count("sent to ") == 1, text                    # followed on, never sent again
+    assert "the daemon is back" in text, text
+    assert f"as job {job['id']}" in text

@@ -300,6 +300,7 @@ class DaemonEngine:
     def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
                report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
         from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
+        from .resume import follow
         from ..imaging import encode_png
         stem = inputs.content.name
         if inputs.source_kind in ("psd", "psb"):
@@ -332,7 +333,8 @@ class DaemonEngine:
                                      settings=settings, name=stem)
             report(f"sent to {self.url} as job {job.get('id')}", 0.0, ", ".join(names))
             try:
-                self.client.wait(job["id"], on_progress=on_progress, poll=self.poll_seconds)
+                follow(self.client, job["id"], on_progress=on_progress, poll=self.poll_seconds, cancel=cancel,
+                       say=lambda text: report(text, None, ""))      # across a restart of the daemon
             except JobFailed as exc:
                 if cancel.cancelled or exc.status.get("status") == "cancelled":
                     raise Cancelled() from None

@@ -67,3 +67,44 @@ def announcing(on_progress: Callable[[Progress], None], report: Callable[..., No
                    "already done", 100.0 * p.fraction, "")
         on_progress(p)
     return wrapped
+
+
+#: Daemon mode: how long a job is followed while its daemon does not answer (a restart takes seconds to a
+#: minute: it loads the weights, then takes over the unfinished jobs under the same ids).
+REATTACH_SECONDS = 300.0
+
+
+def follow(client, job_id: str, *, on_progress: Callable[[dict], bool], poll: float, cancel,
+           say: Callable[[str], None], patience_s: float = REATTACH_SECONDS) -> dict:
+    """``client.wait(job_id)`` that survives a restart of the daemon: a daemon that starts takes over the
+    unfinished jobs of the one that is gone under the same ids (docs/protocol.md), so the job is followed
+    on instead of being sent again (which would redo its work). :class:`~.process.Unavailable` when the
+    daemon stays away longer than ``patience_s`` or comes back without the job (the file is then retried)."""
+    import time
+
+    from ..daemon.client import DaemonError, DaemonUnreachable
+    from .process import Cancelled, Unavailable
+
+    while True:
+        try:
+            return client.wait(job_id, on_progress=on_progress, poll=poll)
+        except DaemonUnreachable as exc:
+            say(f"the daemon does not answer ({exc.reason}); waiting up to {patience_s:g} s for it to come back "
+                "and resume this job")
+            lost = time.monotonic()
+            while True:
+                if cancel.cancelled or cancel.paused:
+                    raise Cancelled() from None
+                if time.monotonic() - lost > patience_s:
+                    raise
+                time.sleep(max(poll, 0.5))
+                try:
+                    client.job(job_id)
+                except DaemonUnreachable:
+                    continue
+                except DaemonError as gone:
+                    if gone.status == 404:
+                        raise Unavailable("the daemon restarted without this job; it is sent again") from None
+                    raise
+                say("the daemon is back; following the job on")
+                break
