@@ -79,8 +79,10 @@ def start_daemon(data: Path) -> tuple[subprocess.Popen, str]:
 
 def one_run(client: DaemonClient, content: bytes, style: bytes, args: argparse.Namespace) -> dict[str, float]:
     settings = {"size": args.size, "iterations": args.iterations, "coarse_to_fine": False}
+    client.require_protocol()          # asked once per client: not part of the submission's time
     t0 = time.time()
-    job = client.submit(("photo.png", content), style_files=[("starry.png", style)], settings=settings, name="bench")
+    job = client.submit_job(("photo.png", content), {"styles": [{"upload": 0}], "settings": settings, "name": "bench"},
+                            style_files=[("starry.png", style)])
     t_submitted = time.time()
     while True:
         status = client.job(job["id"])

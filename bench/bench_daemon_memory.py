@@ -80,7 +80,8 @@ def flat_png(width: int, height: int) -> bytes:
 def submit(url: str, content: bytes, styles: list[bytes], settings: dict) -> dict:
     files = [("content", ("photo.png", content, "image/png"))]
     files += [("style_files", (f"s{i}.png", s, "image/png")) for i, s in enumerate(styles)]
-    r = httpx.post(url + "/v1/jobs", files=files, data={"settings": json.dumps(settings)}, timeout=600)
+    job = {"protocol": 2, "styles": [{"upload": i} for i in range(len(styles))], "settings": settings}
+    r = httpx.post(url + "/v1/jobs", files=files, data={"job": json.dumps(job)}, timeout=600)
     if r.status_code != 202:
         raise SystemExit(f"submit failed: {r.status_code} {r.text}")
     return r.json()

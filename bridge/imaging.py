@@ -30,13 +30,11 @@ orientation tag. Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False: a truncated f
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import os
 import re
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, replace
@@ -748,7 +746,7 @@ def _png_rows(band: np.ndarray, pixel_bytes: int, above: np.ndarray | None = Non
         out[:, 0] = 0
         out[:, 1:] = raw
         return memoryview(out).cast("B")
-    x = raw.astype(np.int16)
+    x = raw
     up = np.empty_like(x)
     up[0] = _big_endian_bytes(above)[0] if above is not None else 0
     up[1:] = x[:-1]
@@ -756,11 +754,16 @@ def _png_rows(band: np.ndarray, pixel_bytes: int, above: np.ndarray | None = Non
     left[:, pixel_bytes:] = x[:, :-pixel_bytes]
     corner = np.zeros_like(x)
     corner[:, pixel_bytes:] = up[:, :-pixel_bytes]
-    p = left + up - corner
-    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - corner)
+    a, b, c = left.astype(np.int16), up.astype(np.int16), corner.astype(np.int16)
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)     # |p - a|, |p - b|, |p - c|, p = a + b - c
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner))
-    candidates = np.stack([x, x - left, x - up, x - (left + up) // 2, x - paeth]).astype(np.uint8)
-    cost = np.abs(candidates.view(np.int8).astype(np.int32)).sum(axis=2)     # filters x rows
+    candidates = np.empty((5, n, length), np.uint8)     # uint8 arithmetic wraps modulo 256, as PNG's does
+    candidates[0] = x
+    np.subtract(x, left, out=candidates[1])
+    np.subtract(x, up, out=candidates[2])
+    np.subtract(x, (left & up) + ((left ^ up) >> 1), out=candidates[3])      # floor((a + b) / 2) in 8 bits
+    np.subtract(x, paeth, out=candidates[4])
+    cost = np.abs(candidates.view(np.int8)).view(np.uint8).sum(axis=2, dtype=np.uint32)   # filters x rows
     best = cost.argmin(axis=0)
     out[:, 0] = best
     out[:, 1:] = candidates[best, np.arange(n)]

@@ -2,14 +2,18 @@
 
 Everything that writes a file a user will see goes through here, so there is one rule for each thing:
 
-- one naming rule, :func:`candidates`: ``NAME.ext``, then ``NAME-2.ext``, ``NAME-3.ext``...;
+- one naming rule, :func:`candidates`: ``NAME.ext``, then ``NAME-2.ext``, ``NAME-3.ext``... (with
+  ``fit=True``, as the hot folder asks, each shortened to the file system's NAME_MAX: :func:`fit_name`);
 - one way to put a finished file under its name, :func:`publish`: a *no-replace* rename or hard link that
   claims the first free candidate atomically, so two writers that want the same name both succeed, under
   different names, and each learns the name it really got (choosing a free name first and renaming later
-  would let the second writer replace the first one's file);
+  would let the second writer replace the first one's file); across file systems a hidden copy is claimed
+  the same way; symbolic links are moved as links, never followed;
 - one way to write, :func:`output_file`: the bytes go to a hidden temporary file in the target folder
   (same file system, so publishing is a rename), which is removed in ``finally`` on any failure
   (exception, Ctrl-C, disk full);
+- one name for temporary files, ``.NAME.[XXXXXXXX.]PID.part``: hidden, ignored by the hot folder, and
+  removable by :func:`remove_stale_parts` once the process PID that wrote it is gone (``kill -9``);
 - the checks a long job runs *before* its work (:func:`probe_writable`, :func:`check_name`), so that a
   read-only folder or a name that is too long is reported in a second, not after an hour of work.
 """
@@ -21,15 +25,19 @@ import ctypes
 import dataclasses
 import errno
 import os
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 MAX_CANDIDATES = 10_000          # NAME-2 ... NAME-10000, then give up (a folder that full is a mistake)
-_TEMP_SUFFIX = ".part"
-_TEMP_EXTRA = 1 + 1 + 8 + len(_TEMP_SUFFIX)    # "." + NAME + "." + mkstemp's 8 random characters + ".part"
+DEFAULT_NAME_MAX = 255
+MAX_KEPT_SUFFIX = 16             # an "extension" longer than this is part of the stem
+PART_SUFFIX = ".part"
+_RANDOM = 8                      # mkstemp's random characters
+_PART_RE = re.compile(r"^\..*\.(\d+)\.part$", re.DOTALL)
 # errors of os.link that mean "no hard links here" (FAT, some network shares, another file system)
 _NO_LINK = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS})
 
@@ -40,32 +48,68 @@ class OutputError(Exception):
 
 # ------------------------------------------------------------------------------------------ names
 
-def candidates(wanted: str | os.PathLike) -> Iterator[Path]:
-    """``wanted``, then ``stem-2.ext``, ``stem-3.ext``...: the one rule for a free name beside a taken one."""
-    wanted = Path(wanted)
-    yield wanted
-    for n in range(2, MAX_CANDIDATES + 1):
-        yield wanted.with_name(f"{wanted.stem}-{n}{wanted.suffix}")
-
-
-def unique_path(path: str | os.PathLike) -> Path:
-    """The first candidate of ``path`` that does not exist *now*.
-
-    Only a guess (another writer can take it a moment later): use it to show or check a name, and
-    :func:`publish` / :func:`output_file` to actually claim one.
-    """
-    for cand in candidates(path):
-        if not os.path.lexists(cand):
-            return cand
-    raise FileExistsError(errno.EEXIST, f"{MAX_CANDIDATES} names like this one are taken", str(path))
-
-
 def name_max(folder: str | os.PathLike) -> int:
     """The longest file name (in bytes) the file system holding ``folder`` (or its nearest existing parent) allows."""
     try:
         return int(os.pathconf(nearest_existing(Path(folder)), "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
-        return 255
+        return DEFAULT_NAME_MAX
+
+
+def name_bytes(name: str) -> int:
+    """Length of ``name`` as the file system sees it (UTF-8; undecodable bytes kept as they were)."""
+    return len(os.fsencode(name))
+
+
+def fit_name(name: str, limit: int = DEFAULT_NAME_MAX) -> str:
+    """``name`` shortened to at most ``limit`` bytes: the stem is cut on a character boundary and
+    the extension kept, so ``fit_name("<300 bytes>.jpg", 255)`` still ends in ``.jpg``."""
+    if name_bytes(name) <= limit:
+        return name
+    suffix = Path(name).suffix
+    if not suffix or name_bytes(suffix) > min(MAX_KEPT_SUFFIX, limit // 2):
+        suffix = ""
+    stem = name[:len(name) - len(suffix)] if suffix else name
+    budget = limit - name_bytes(suffix)
+    out: list[str] = []
+    used = 0
+    for ch in stem:
+        size = name_bytes(ch)
+        if used + size > budget:
+            break
+        out.append(ch)
+        used += size
+    return "".join(out) + suffix
+
+
+def candidates(wanted: str | os.PathLike, *, fit: bool = False) -> Iterator[Path]:
+    """``wanted``, then ``stem-2.ext``, ``stem-3.ext``...: the one rule for a free name beside a taken one.
+
+    ``fit``: each name shortened to the folder's NAME_MAX (the stem is cut, ``-N.ext`` kept), for a writer
+    that must never refuse a name (the hot folder); without it a name that is too long stays too long
+    and the write says so (the CLI checks first: :func:`check_name`).
+    """
+    wanted = Path(wanted)
+    limit = name_max(wanted.parent) if fit else None
+    first = fit_name(wanted.name, limit) if limit else wanted.name
+    yield wanted.with_name(first)
+    suffix = Path(first).suffix
+    stem = first[:-len(suffix)] if suffix else first
+    for n in range(2, MAX_CANDIDATES + 1):
+        tail = f"-{n}{suffix}"
+        yield wanted.with_name((fit_name(stem, limit - name_bytes(tail)) if limit else stem) + tail)
+
+
+def unique_path(path: str | os.PathLike, *, fit: bool = False) -> Path:
+    """The first candidate of ``path`` that does not exist *now*.
+
+    Only a guess (another writer can take it a moment later): use it to show or check a name, and
+    :func:`publish` / :func:`output_file` to actually claim one.
+    """
+    for cand in candidates(path, fit=fit):
+        if not os.path.lexists(cand):
+            return cand
+    raise FileExistsError(errno.EEXIST, f"{MAX_CANDIDATES} names like this one are taken", str(path))
 
 
 def nearest_existing(path: Path) -> Path:
@@ -88,10 +132,24 @@ def check_name(folder: str | os.PathLike, name: str, *, what: str = "output name
                               "choose a shorter name")
 
 
+def part_name(name: str, folder: str | os.PathLike, *, random: int = 0) -> str:
+    """``.NAME.PID.part``, NAME cut (at a character, on the file system's terms) so it always fits NAME_MAX.
+
+    ``random`` > 0: the prefix ``.NAME.`` of ``.NAME.XXXXXXXX.PID.part``, leaving room for mkstemp's characters.
+    """
+    tail = f".{os.getpid()}{PART_SUFFIX}"
+    extra = 1 + name_bytes(tail) + (1 + random if random else 0)
+    base = "." + fit_name(name, max(1, name_max(folder) - extra))
+    return base + "." if random else base + tail
+
+
 def _temp_prefix(wanted: Path) -> str:
-    """``.NAME.``, NAME cut (at a byte, on the file system's terms) so the temporary name always fits."""
-    room = max(1, name_max(wanted.parent) - _TEMP_EXTRA)
-    return "." + os.fsdecode(os.fsencode(wanted.name)[:room]) + "."
+    """mkstemp's prefix ``.NAME.`` for a ``.NAME.XXXXXXXX.PID.part`` temporary file that fits NAME_MAX."""
+    return part_name(wanted.name, wanted.parent, random=_RANDOM)
+
+
+def _temp_suffix() -> str:
+    return f".{os.getpid()}{PART_SUFFIX}"
 
 
 # ---------------------------------------------------------------------------------- checks first
@@ -103,7 +161,7 @@ def probe_writable(folder: str | os.PathLike) -> None:
     """
     folder = Path(folder)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".stylebridge-probe-", suffix=_TEMP_SUFFIX, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".stylebridge-probe.", suffix=_temp_suffix(), dir=folder)
     except OSError as exc:
         raise OutputError(f"cannot write in {folder}: {explain(exc)}") from None
     os.close(fd)
@@ -129,26 +187,33 @@ def explain(exc: OSError) -> str:
 
 # ------------------------------------------------------------------------------------ publishing
 
-def publish(src: str | os.PathLike, wanted: str | os.PathLike, *, keep_source: bool = False) -> Path:
+def publish(src: str | os.PathLike, wanted: str | os.PathLike, *, keep_source: bool = False,
+            fit: bool = False) -> Path:
     """Put the finished file ``src`` at ``wanted`` or its first free ``stem-N`` name; never replace anything.
 
-    Each name is claimed by one atomic no-replace operation (``renameat2(RENAME_NOREPLACE)``, else a hard
-    link, else an exclusive create of the name followed by a rename over that empty placeholder), and
-    on "exists" the next name is tried. Returns the name taken. ``src`` is moved, or left in place with
-    ``keep_source``; when it is on another file system it is first copied to a temporary file beside
-    ``wanted``, which never survives a failure.
+    Each name is claimed by one atomic no-replace operation, and on "exists" the next name is tried:
+
+    1. ``keep_source``: a hard link (the published file *is* ``src``: a crashed caller can recognise it);
+       else a no-replace rename (:func:`rename_noreplace`, else a hard link, else an exclusive create of
+       the name followed by a rename over that empty placeholder);
+    2. on another file system, or where there are no hard links: a complete, fsync'd copy to a hidden
+       ``.NAME.PID.part`` beside ``wanted``, claimed the same way; it never survives a failure (full disk,
+       Ctrl-C), and a FIFO is refused, never opened.
+
+    Returns the name taken. ``src`` is moved, or left in place with ``keep_source``. Symbolic links are
+    moved as links, never followed. ``fit``: names shortened to NAME_MAX (see :func:`candidates`).
     """
     src, wanted = Path(src), Path(wanted)
     staged: Path | None = None
     copied = False
     try:
-        for cand in candidates(wanted):
+        for cand in candidates(wanted, fit=fit):
             try:
                 if staged is not None:
                     _rename_noreplace(staged, cand)
                     staged = None
                 elif keep_source:
-                    os.link(src, cand)
+                    os.link(src, cand, follow_symlinks=False)
                 else:
                     _rename_noreplace(src, cand)
             except FileExistsError:
@@ -156,7 +221,8 @@ def publish(src: str | os.PathLike, wanted: str | os.PathLike, *, keep_source: b
             except OSError as exc:
                 if staged is not None or exc.errno not in _NO_LINK:
                     raise
-                staged = _copy_beside(src, wanted)      # another file system / no hard links: copy, then claim
+                staged = cand.with_name(part_name(cand.name, cand.parent))
+                _copy(src, staged)                      # another file system / no hard links: copy, then claim
                 copied = True
                 try:
                     _rename_noreplace(staged, cand)
@@ -174,21 +240,25 @@ def publish(src: str | os.PathLike, wanted: str | os.PathLike, *, keep_source: b
                 os.unlink(staged)
 
 
-def _copy_beside(src: Path, wanted: Path) -> Path:
-    """A complete, fsync'd copy of ``src`` under a temporary name in ``wanted``'s folder."""
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(wanted), suffix=_TEMP_SUFFIX, dir=wanted.parent)
+def _copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` (a link as a link) to ``dest``, flushed to disk before it is claimed; never opens a FIFO
+    (shutil refuses special files from their ``stat``)."""
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dest)
+            return
+        shutil.copyfile(src, dest, follow_symlinks=False)
         with contextlib.suppress(OSError):
-            shutil.copymode(src, tmp)
+            shutil.copymode(src, dest)
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(dest)
         raise
-    return Path(tmp)
 
 
 def _load_renameat2():  # -> ctypes function or None
@@ -208,19 +278,30 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
+def rename_noreplace(src: str | os.PathLike, dst: str | os.PathLike) -> bool | None:
+    """``renameat2(RENAME_NOREPLACE)``: True done, False ``dst`` exists, None if the system cannot do it."""
+    if _RENAMEAT2 is None:
+        return None
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return None
+    raise OSError(err, os.strerror(err), str(src), None, str(dst))
+
+
 def _rename_noreplace(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst`` unless ``dst`` exists (FileExistsError), atomically."""
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise FileExistsError(err, os.strerror(err), str(dst))
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise OSError(err, os.strerror(err), str(src), None, str(dst))
-        # this file system does not know the flag: fall through
+    done = rename_noreplace(src, dst)
+    if done is True:
+        return
+    if done is False:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    # this file system does not know the flag: a hard link, else a placeholder
     try:
-        os.link(src, dst)                       # fails with EEXIST if taken
+        os.link(src, dst, follow_symlinks=False)           # fails with EEXIST if taken
     except FileExistsError:
         raise
     except OSError as exc:
@@ -238,6 +319,40 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
+def remove_stale_parts(folders: Iterable[Path]) -> list[Path]:
+    """Delete ``.NAME.[XXXXXXXX.]PID.part`` files whose writer (PID on this machine) is dead; returns them.
+
+    A process killed mid-copy or mid-write (``kill -9``, a power cut) leaves such a file behind; it would
+    keep the disk full for the next file.
+    """
+    removed: list[Path] = []
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            for name in filenames:
+                m = _PART_RE.match(name)
+                if m is None or _pid_alive(int(m.group(1))):
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True                               # not ours to judge
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 # --------------------------------------------------------------------------------------- writing
 
 @dataclasses.dataclass
@@ -249,17 +364,18 @@ class PendingOutput:
 
 
 @contextlib.contextmanager
-def output_file(wanted: str | os.PathLike, *, unique: bool = True) -> Iterator[PendingOutput]:
+def output_file(wanted: str | os.PathLike, *, unique: bool = True, fit: bool = False) -> Iterator[PendingOutput]:
     """Write a file that appears complete or not at all.
 
-    The data goes to a hidden ``.NAME.XXXXXXXX.part`` file in ``wanted``'s folder, is fsync'd, gets the
+    The data goes to a hidden ``.NAME.XXXXXXXX.PID.part`` file in ``wanted``'s folder, is fsync'd, gets the
     usual permissions (0666 minus the umask, not mkstemp's 0600), then is published: with ``unique``
     (the default) at ``wanted`` or its first free ``stem-N`` name, never replacing anything (see
-    :func:`publish`); with ``unique=False`` it atomically replaces ``wanted`` (for files the program owns).
+    :func:`publish`; ``fit``: names shortened to NAME_MAX); with ``unique=False`` it atomically replaces
+    ``wanted`` (for files the program owns).
     On any error, Ctrl-C included, the temporary file is removed and nothing else is touched.
     """
     wanted = Path(wanted)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(wanted), suffix=_TEMP_SUFFIX, dir=wanted.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(wanted), suffix=_temp_suffix(), dir=wanted.parent)
     pending = PendingOutput(file=os.fdopen(fd, "wb"), temp=Path(tmp))
     done = False
     try:
@@ -269,7 +385,7 @@ def output_file(wanted: str | os.PathLike, *, unique: bool = True) -> Iterator[P
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         if unique:
-            pending.path = publish(tmp, wanted)
+            pending.path = publish(tmp, wanted, fit=fit)
         else:
             os.replace(tmp, wanted)
             _fsync_dir(wanted.parent)
@@ -281,9 +397,9 @@ def output_file(wanted: str | os.PathLike, *, unique: bool = True) -> Iterator[P
                 os.unlink(tmp)
 
 
-def write_bytes(wanted: str | os.PathLike, data: bytes, *, unique: bool = True) -> Path:
+def write_bytes(wanted: str | os.PathLike, data: bytes, *, unique: bool = True, fit: bool = False) -> Path:
     """:func:`output_file` for bytes in memory; returns the path written."""
-    with output_file(wanted, unique=unique) as out:
+    with output_file(wanted, unique=unique, fit=fit) as out:
         out.file.write(data)
     assert out.path is not None
     return out.path

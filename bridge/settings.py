@@ -254,6 +254,8 @@ class DocumentSettings:
     refine_layer: bool = _opt(True, "add an empty top layer to paint on")
     depth: int | None = _opt(None, "document bit depth (8 or 16; default: the photo's)",
                              choices=None, minimum=8, maximum=16)
+    contact_sheet: bool = _opt(False, "hot folder: also write NAME-previews.png beside the PSD, fast previews of "
+                               "the photo under each style (bridge.preview)", cli=False)
 
     def validate(self) -> "DocumentSettings":
         for f in fields(self):
@@ -325,10 +327,20 @@ class ServiceDefaults:
         return f"http://{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class PreviewDefaults:
+    """Fast feed-forward previews (bridge/preview): ``stylebridge preview``, the hot folder's contact sheet."""
+
+    size: int = 512                     # long side of each preview, px
+    min_size: int = 16
+    max_size: int = 1024                # a sheet's tile; the network itself runs at 384 px
+
+
 DEFAULTS = Settings()
 DOCUMENT_DEFAULTS = DocumentSettings()
 LIMITS = Limits()
 SERVICE = ServiceDefaults()
+PREVIEW = PreviewDefaults()
 
 #: Old option names that still work for one release, with a note saying the new name.
 RENAMED: dict[str, str] = {"preserve_colors": "original_colors"}

@@ -133,3 +133,37 @@ def test_an_old_daemon_is_told_to_upgrade(blocked_daemon, monkeypatch):
     assert "pip install -U stylebridge" in str(err.value) and "stylebridge serve" in str(err.value)
     with pytest.raises(protocol_client.DaemonTooOld):
         client.submit_job(b"x", {"styles": ["a"]})
+
+
+def test_preview_worker_is_one_at_a_time_and_bounded():
+    """One request renders at a time (its images decoded in the worker); MAX_WAITING more wait; then 429."""
+    from bridge.daemon.previews import MAX_WAITING, PreviewBusy
+    from bridge.imaging import Picture
+
+    gate, inside, active, peak = threading.Event(), threading.Semaphore(0), [0], [0]
+    service = PreviewService(threads=1, loader=lambda threads: None)
+
+    def load():
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        inside.release()
+        gate.wait(30)
+        active[0] -= 1
+        return Picture(rgb=np.zeros((4, 4, 3), np.uint8)), []          # no styles: nothing to render
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(service.render(load))) for _ in range(1 + MAX_WAITING)]
+    for t in threads:
+        t.start()
+    assert inside.acquire(timeout=10)
+    deadline = time.monotonic() + 10
+    while service._waiting._value > 0:          # until all of them hold a place (one inside, the rest waiting)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(PreviewBusy):
+        service.render(load)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert results == [[]] * (1 + MAX_WAITING) and peak[0] == 1
+    service.close()

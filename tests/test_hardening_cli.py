@@ -307,3 +307,36 @@ def test_full_disk_the_result_is_saved_elsewhere_and_said_so(tmp_path, pics, mou
     assert done.returncode == 1
     assert "this result is lost" in done.stderr and "No space left on device" in done.stderr
     assert not [p for p in full.rglob("*") if p.is_file()] and not leftovers(full, spare)
+
+
+def test_one_temporary_name_everywhere_and_stale_ones_are_found(tmp_path) -> None:
+    """Every temporary file a writer makes is .NAME.[XXXXXXXX.]PID.part: output_file's (the CLI, PSDs, the
+    hot folder's notes) and publish's cross-disk copies alike; remove_stale_parts removes those whose
+    process is gone (kill -9) and keeps a live writer's."""
+    from bridge.outputs import part_name, remove_stale_parts
+    with output_file(tmp_path / "x.png") as out:
+        assert out.temp.name.startswith(".x.png.") and out.temp.name.endswith(f".{os.getpid()}.part")
+        out.file.write(b"data")
+    assert part_name("y.psd", tmp_path) == f".y.psd.{os.getpid()}.part"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".x.png.ab12cd34.{dead}.part"
+    stale.write_bytes(b"left by a killed run")
+    live = tmp_path / part_name("z.png", tmp_path)
+    live.write_bytes(b"being written")
+    assert remove_stale_parts([tmp_path]) == [stale]
+    assert live.exists() and (tmp_path / "x.png").read_bytes() == b"data"
+
+
+def test_publish_fit_shortens_names_that_the_cli_refuses(tmp_path) -> None:
+    """One rule, two needs: the CLI refuses a name that does not fit (check_name, before the work); the
+    hot folder (fit=True) shortens it, keeping -N and the extension."""
+    name = "a" * 251 + ".psd"                                    # 255 bytes: legal, but NAME-2 is not
+    (tmp_path / name).write_bytes(b"the user's own")
+    src = tmp_path / "src.psd"
+    src.write_bytes(b"ours")
+    got = publish(src, tmp_path / name, keep_source=True, fit=True)
+    assert got.name == "a" * 249 + "-2.psd" and got.read_bytes() == b"ours" and src.exists()
+    with pytest.raises(OSError):
+        publish(src, tmp_path / name, keep_source=True)          # unfitted: NAME-2 is too long
+    assert (tmp_path / name).read_bytes() == b"the user's own" and not leftovers(tmp_path)

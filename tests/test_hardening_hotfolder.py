@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge.hotfolder.claim import Journal, fit_name, name_bytes, place, rename_noreplace
+from bridge.hotfolder.claim import Journal, place
+from bridge.outputs import fit_name, name_bytes, rename_noreplace
 from bridge.hotfolder.command import STOP_GRACE_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,15 +30,15 @@ def root(tmp_path: Path) -> Path:
 
 def test_no_preset_gives_defaults_and_no_styles(root: Path) -> None:
     r = resolve(root, "a.jpg")
-    assert r.settings == DEFAULTS and r.styles == [] and r.sources == []
+    assert r.settings == DEFAULTS and r.styles == () and r.options == {} and r.name == "a"
 
 
 def test_root_preset_relative_styles_and_hyphen_keys(root: Path) -> None:
     _write(root / "preset.json", {"styles": ["styles/starry.jpg"], "content-weight": 7, "size": 64,
                                   "reveal": "all", "comment": "for the shop"})
     r = resolve(root, "a.jpg")
-    assert [s.name for s in r.styles] == ["starry"]
-    assert r.styles[0].path == (root / "styles" / "starry.jpg").resolve()
+    assert r.style_names == ["starry"]
+    assert r.styles[0].path == str((root / "styles" / "starry.jpg").resolve())
     assert r.settings.content_weight == 7.0 and r.settings.size == 64
     assert r.document.reveal == "all"
 
@@ -48,11 +48,11 @@ def test_subfolder_preset_overrides_root_and_inherits(root: Path) -> None:
     _write(root / "in" / "scream" / "preset.json", {"styles": ["../../styles/scream.jpg"], "iterations": 9})
     top = resolve(root, "a.jpg")
     sub = resolve(root, "scream/a.jpg")
-    assert [s.name for s in top.styles] == ["starry"] and top.settings.iterations == 5
-    assert [s.name for s in sub.styles] == ["scream"] and sub.settings.iterations == 9
+    assert top.style_names == ["starry"] and top.settings.iterations == 5
+    assert sub.style_names == ["scream"] and sub.settings.iterations == 9
     assert sub.settings.size == 64            # inherited from the root preset
     # A deeper folder without its own preset uses its parent's.
-    assert [s.name for s in resolve(root, "scream/deeper/a.jpg").styles] == ["scream"]
+    assert resolve(root, "scream/deeper/a.jpg").style_names == ["scream"]
 
 
 def test_sidecar_overrides_for_one_file_with_paths_from_its_original_folder(root: Path, tmp_path: Path) -> None:
@@ -62,10 +62,9 @@ def test_sidecar_overrides_for_one_file_with_paths_from_its_original_folder(root
                   {"styles": ["../../styles/scream.jpg", {"library": "monet", "name": "Monet"}],
                    "original_colors": True})
     r = resolve(root, "sub/a.jpg", side, "a.json")
-    assert [(s.name, s.library) for s in r.styles] == [("scream", None), ("Monet", "monet")]
+    assert [(s.label, s.library) for s in r.styles] == [("scream", None), ("Monet", "monet")]
     assert r.settings.original_colors and r.settings.size == 64
     assert r.settings.coarse_iterations == PRESETS["draft"]["coarse_iterations"]
-    assert r.sources[-1] == str(root / "in" / "sub" / "a.json")     # named where the user wrote it
 
 
 def test_bare_name_is_a_library_style(root: Path) -> None:
@@ -84,6 +83,9 @@ def test_bare_name_is_a_library_style(root: Path) -> None:
     ('{"styles": 3}', "styles"),
     ('{"optimizer": "sgd"}', "optimizer"),
     ('{"content_layer": 5}', "content-layer"),
+    ('{"style": "styles/starry.jpg"}', "did you mean 'styles'?"),
+    ('{"content_layr": "x"}', "did you mean 'content-layer'?"),
+    ('{"reveal": "show-some"}', "reveal"),
 ])
 def test_bad_presets_raise_settings_error_naming_the_problem(root: Path, content: str, fragment: str) -> None:
     (root / "preset.json").write_text(content)
@@ -102,3 +104,80 @@ def test_sidecar_errors_name_the_file_where_the_user_wrote_it(root: Path, tmp_pa
     with pytest.raises(SettingsError) as info:
         resolve(root, "a.jpg", side, "a.json")
     assert str(root / "in" / "a.json") in str(info.value) and "ID--" not in str(info.value)
+
+
+def test_the_preset_is_one_job_spec_with_what_the_user_gave(root: Path) -> None:
+    """resolve builds the JobSpec every front end builds: options as given (what a daemon receives),
+    styles as Sources, the content layer and the file's stem as the job's name."""
+    _write(root / "preset.json", {"styles": ["styles/starry.jpg", "monet"], "preset": "draft", "size": 64,
+                                  "content_layer": "Photo"})
+    spec = resolve(root, "sub/shot.psd")
+    assert spec.options == {"preset": "draft", "size": 64}
+    assert [s.to_json() for s in spec.styles] == [{"file": str((root / "styles" / "starry.jpg").resolve())},
+                                                  {"library": "monet"}]
+    assert spec.content_layer == "Photo" and spec.name == "shot" and spec.notes == ()
+
+
+@pytest.mark.parametrize("given, reveal, note", [
+    ({"mask_mode": "all"}, "all", "'mask-mode' is now called 'reveal'"),
+    ({"mask-mode": "reveal-all"}, "all", "'reveal-all' is now 'all'"),
+    ({"reveal": "hide-all"}, "none", "'hide-all' is now 'none'"),
+    ({"reveal": "auto"}, "first", "'auto' is now 'first'"),
+    ({"preserve_colors": True}, "first", "'preserve-colors' is now called 'original-colors'"),
+])
+def test_old_mask_words_and_names_map_with_a_note(root: Path, given: dict, reveal: str, note: str) -> None:
+    _write(root / "preset.json", {"styles": ["styles/starry.jpg"], **given})
+    spec = resolve(root, "a.jpg")
+    assert spec.document.reveal == reveal
+    assert any(note in n for n in spec.notes), spec.notes
+    assert "mask_mode" not in spec.options and "preserve_colors" not in spec.options
+
+
+def _inputs(root: Path, rel: str = "a.jpg"):
+    """load_inputs on a real photo dropped as in/REL (no engine)."""
+    from bridge.hotfolder.process import load_inputs
+    photo = root / "in" / rel
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    photo.write_bytes(SAMPLES["coffee"].read_bytes())
+    return load_inputs(photo, resolve(root, rel), allow_library=True)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"size": 5000}, "size: 5000 is over the limit of 4096 px (max_size)"),
+    ({"iterations": 6000}, "iterations: 6000 is over the limit of 5000 (max_iterations)"),
+    ({"min_size": 4500, "size": 4600}, "over the limit of 4096 px (max_size)"),
+])
+def test_both_modes_apply_the_limits_every_front_end_applies(root: Path, settings: dict, fragment: str) -> None:
+    """The in-process hot folder once applied no size or iteration limit; now bridge.job.check runs for
+    every job, before any work (a LimitError is a SettingsError: the watcher's "bad settings", error/)."""
+    from bridge.job import LimitError
+    _write(root / "preset.json", {"styles": ["styles/starry.jpg"], **settings})
+    with pytest.raises(LimitError) as info:
+        _inputs(root)
+    assert fragment in str(info.value)
+    _write(root / "preset.json", {"styles": ["styles/starry.jpg"] * 17})
+    with pytest.raises(LimitError, match="17 styles is over the limit of 16"):
+        _inputs(root)
+
+
+def test_daemon_mode_sends_the_same_job_with_uploads_for_files(root: Path) -> None:
+    """wire_job: the validated JobSpec as the daemon's `job` field (protocol 2): file styles become
+    {"upload": i} with their PNGs, library names stay names, the settings the daemon fixes (and the hot
+    folder's own contact sheet) do not travel."""
+    from bridge.hotfolder.process import wire_job
+    from bridge.imaging import load_image
+    from bridge.job import PROTOCOL_VERSION, JobSpec
+    _write(root / "preset.json", {"styles": ["styles/starry.jpg", "monet", {"file": "styles/scream.jpg",
+                                                                               "name": "Munch"}],
+                                  "size": 64, "device": "cpu", "preserve_colors": True, "reveal": "all",
+                                  "contact_sheet": True})
+    inputs = _inputs(root)
+    assert inputs.spec.document.contact_sheet is True             # made here, in both modes: not sent
+    job, files = wire_job(inputs)
+    assert job == {"protocol": PROTOCOL_VERSION, "name": "a",
+                   "styles": [{"upload": 0, "name": "starry"}, {"library": "monet"}, {"upload": 1, "name": "Munch"}],
+                   "settings": {"size": 64, "original_colors": True, "reveal": "all"}}
+    assert [name for name, _ in files] == ["starry.png", "Munch.png"]
+    assert load_image(files[1][1]).width == inputs.styles[1].picture.width
+    back = JobSpec.from_json(job)                      # what the daemon rebuilds: the same job
+    assert back.style_names == inputs.spec.style_names and back.settings.size == 64

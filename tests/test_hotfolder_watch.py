@@ -94,6 +94,26 @@ def test_good_photo_becomes_a_valid_layered_psd(tmp_path: Path) -> None:
     assert not any((root / ".stylebridge" / "tmp").iterdir())
 
 
+def test_contact_sheet_beside_the_psd_and_notes_for_old_names(tmp_path: Path, capsys) -> None:
+    """preset "contact_sheet": true -> out/NAME-previews.png (the fast previews of bridge.preview: the photo
+    and one tile per style) beside out/NAME.psd; an old option name still works and the watcher says so.
+    A second file with the same name gets NAME-2.psd and NAME-2-previews.png: nothing is replaced."""
+    root = make_hot(tmp_path, contact_sheet=True, preserve_colors=False, styles=["styles/starry.jpg",
+                                                                               "styles/scream.jpg"])
+    make_photo(root / "in" / "photo.jpg")
+    (root / "out").mkdir()
+    (root / "out" / "photo-previews.png").write_bytes(b"the user's own")
+    assert run_once(root) == 0
+    out = capsys.readouterr().out
+    assert files(root / "out") == ["photo-previews-2.png", "photo-previews.png", "photo.psd"], out
+    assert (root / "out" / "photo-previews.png").read_bytes() == b"the user's own"
+    sheet = Image.open(root / "out" / "photo-previews-2.png")
+    assert sheet.width > 2 * 512 and sheet.height > 512          # the photo + 2 previews of 512 px
+    assert "wrote out/photo-previews-2.png" in out
+    assert "note: 'preserve-colors' is now called 'original-colors'" in out
+    assert "starry (1/2), stage 1/1" in out                       # the one progress text
+
+
 def test_slow_chunked_copy_is_processed_once_after_it_is_complete(tmp_path: Path) -> None:
     root = make_hot(tmp_path)
     data = make_photo(tmp_path / "src.png", 160, "PNG").read_bytes()   # ~40 KB: several chunks

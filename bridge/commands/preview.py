@@ -16,10 +16,9 @@ from pathlib import Path
 
 from ..imaging import ImageError, Picture, load_image, save_image
 from ..outputs import OutputError, explain, nearest_existing, probe_writable
-from ..settings import LIMITS
+from ..settings import LIMITS, PREVIEW
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
-MAX_TILE = 1024
 
 
 class CliError(Exception):
@@ -27,7 +26,7 @@ class CliError(Exception):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..preview.engine import DEFAULT_LONG_SIDE, METHODS
+    from ..preview.engine import METHODS
 
     p = subparsers.add_parser(
         "preview", help="contact sheet of fast previews of the photo under each style (not the result)",
@@ -40,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="SHEET",
                    help="the sheet image (.png, .jpg, .tif, .webp), or a folder for PHOTO_preview.png; "
                         "an existing file is never overwritten")
-    p.add_argument("--size", type=int, default=DEFAULT_LONG_SIDE, metavar="PX",
-                   help=f"long side of each preview in pixels (default: {DEFAULT_LONG_SIDE}, at most {MAX_TILE})")
+    p.add_argument("--size", type=int, default=PREVIEW.size, metavar="PX",
+                   help=f"long side of each preview in pixels (default: {PREVIEW.size}, at most {PREVIEW.max_size})")
     p.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="how previews reach their size from the 384 px network: one run + photo-guided "
                         "upsampling, overlapping tiles, or auto: guided up to 576 px, tiles above "
@@ -92,8 +91,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Picture, list[Picture], Path]:
     """Everything that can be wrong with the input is found here, before any work or any file is written."""
     if len(args.styles) > LIMITS.max_styles:
         raise CliError(f"{len(args.styles)} styles given; at most {LIMITS.max_styles} per run")
-    if not 16 <= args.size <= MAX_TILE:
-        raise CliError(f"--size {args.size}: must be between 16 and {MAX_TILE}")
+    if not PREVIEW.min_size <= args.size <= PREVIEW.max_size:
+        raise CliError(f"--size {args.size}: must be between {PREVIEW.min_size} and {PREVIEW.max_size}")
     photo = load_image(args.content)
     styles = [load_image(path) for path in args.styles]
     output = Path(args.output)

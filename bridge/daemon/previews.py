@@ -27,6 +27,18 @@ MIN_SIZE = 16
 MAX_WAITING = 4                                     # previews waiting for the preview worker; more -> 429
 
 
+STYLE_SIDE = 1024      # styles are reduced to this long side once decoded (the network sees 256 px of them)
+
+
+def reduced(picture: Picture, long_side: int) -> Picture:
+    """The picture at most ``long_side`` on its long side, 8-bit RGB over white (what a preview uses of it),
+    so a decoded upload is freed at once instead of held at full size while the others decode."""
+    if max(picture.width, picture.height) <= long_side:
+        return picture
+    size = preview_engine.preview_size(picture.width, picture.height, long_side)
+    return Picture(rgb=preview_engine.resized(preview_engine.rgb8(picture), size), name=picture.name)
+
+
 class PreviewBusy(Exception):
     """Too many previews are waiting already."""
 
@@ -56,17 +68,23 @@ class PreviewService:
                 self._models = self._loader(threads=self.threads)
             return self._models
 
-    def render(self, photo: Picture, styles: Sequence[tuple[str, Picture]],
+    def render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, Picture]]]],
                long_side: int = DEFAULT_SIZE) -> list[preview_engine.StylePreview]:
-        """One preview per (name, style image), in order; blocks the calling (request) thread only."""
+        """One preview per (name, style image) that ``load`` decodes, in order.
+
+        ``load`` runs in the preview worker too, so only one request's images are ever decoded at a time
+        (waiting requests hold their uploads, spooled to disk). Blocks the calling (request) thread only;
+        :class:`PreviewBusy` when ``MAX_WAITING`` requests wait already."""
         if not self._waiting.acquire(blocking=False):
             raise PreviewBusy()
         try:
-            return self._executor.submit(self._render, photo, list(styles), long_side).result()
+            return self._executor.submit(self._render, load, long_side).result()
         finally:
             self._waiting.release()
 
-    def _render(self, photo: Picture, styles: list[tuple[str, Picture]], long_side: int) -> list[Any]:
+    def _render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, Picture]]]],
+                long_side: int) -> list[Any]:
+        photo, styles = load()
         models = self.models()
         return [preview_engine.preview(photo, style, style_name=name, long_side=long_side, models=models)
                 for name, style in styles]

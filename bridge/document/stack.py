@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engine.types import StylizeResult
 from ..imaging import Picture, convert_depth
-from ..settings import DocumentSettings
+from ..settings import DocumentSettings, Reveal
 from .model import Group, Layer, LayerStack
 
 #: Fixed layer names (the group's comes from the settings or the run name).
@@ -194,7 +194,7 @@ def detail_pixels(rgb: np.ndarray, sigma: float, mode: str) -> np.ndarray:
 # the stack
 
 def _default_mask(reveal: str, index: int, shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-    white = reveal == "all" or (reveal == "first" and index == 0)
+    white = reveal == Reveal.ALL or (reveal == Reveal.FIRST and index == 0)
     return np.full(shape, _top(dtype) if white else 0, dtype)
 
 

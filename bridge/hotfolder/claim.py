@@ -14,22 +14,20 @@ Why each piece exists:
   (``claim``, ``started``, ``output-intent``, ``output-written``, ``done-intent``, ``done``,
   ``error``).  A restart replays it so finished work is neither lost nor redone: when the output was
   published but the original not yet moved, the restart only moves the original.
-* **No-overwrite moves** (:func:`place`): ``os.link`` + ``unlink`` fails instead of replacing an
-  existing file, so outputs, done/ and error/ never clobber anything even with two watchers; across
-  file systems a hidden ``.NAME.PID.part`` copy is claimed the same way and never outlives a failure.
-* **Names that fit** (:func:`fit_name`): ``ID--``, ``-2`` or ``.txt`` can push a legal 255-byte
-  name over NAME_MAX; such names are shortened (extension kept), the journal keeps the original.
+* **No-overwrite moves** (:func:`place` = :func:`bridge.outputs.publish`, the one rule for every writer):
+  each name is claimed atomically and never replaces an existing file, so outputs, done/ and error/
+  never clobber anything even with two watchers; across file systems a hidden ``.NAME.PID.part`` copy
+  is claimed the same way and never outlives a failure.
+* **Names that fit** (:func:`bridge.outputs.fit_name`): ``ID--``, ``-2`` or ``.txt`` can push a legal
+  255-byte name over NAME_MAX; such names are shortened (extension kept), the journal keeps the original.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 import stat
 import time
@@ -37,6 +35,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from ..outputs import fit_name, name_bytes, name_max, part_name, publish
 
 STATE_DIR = ".stylebridge"
 
@@ -52,48 +52,6 @@ def is_ignored(name: str) -> bool:
     low = name.lower()
     return (low in IGNORED_NAMES or low.startswith(IGNORED_PREFIXES)
             or low.endswith(IGNORED_SUFFIXES) or low.endswith(SETTINGS_SUFFIX))
-
-
-# --------------------------------------------------------------------------------------------
-# Names that always fit (NAME_MAX counts bytes, and a legal 255-byte name in in/ grows when the
-# watcher adds "ID--", "-2", ".txt" or ".psd": such a name must be shortened, never refused)
-
-DEFAULT_NAME_MAX = 255
-MAX_KEPT_SUFFIX = 16          # an "extension" longer than this is part of the stem
-
-
-def name_max(folder: Path) -> int:
-    """The longest file name (in bytes) ``folder``'s file system allows (255 almost everywhere)."""
-    try:
-        return int(os.pathconf(folder, "PC_NAME_MAX"))
-    except (OSError, ValueError):
-        return DEFAULT_NAME_MAX
-
-
-def name_bytes(name: str) -> int:
-    """Length of ``name`` as the file system sees it (UTF-8; undecodable bytes kept as they were)."""
-    return len(os.fsencode(name))
-
-
-def fit_name(name: str, limit: int = DEFAULT_NAME_MAX) -> str:
-    """``name`` shortened to at most ``limit`` bytes: the stem is cut on a character boundary and
-    the extension kept, so ``fit_name("<300 bytes>.jpg", 255)`` still ends in ``.jpg``."""
-    if name_bytes(name) <= limit:
-        return name
-    suffix = Path(name).suffix
-    if not suffix or name_bytes(suffix) > min(MAX_KEPT_SUFFIX, limit // 2):
-        suffix = ""
-    stem = name[:len(name) - len(suffix)] if suffix else name
-    budget = limit - name_bytes(suffix)
-    out: list[str] = []
-    used = 0
-    for ch in stem:
-        size = name_bytes(ch)
-        if used + size > budget:
-            break
-        out.append(ch)
-        used += size
-    return "".join(out) + suffix
 
 
 @dataclass(frozen=True)
@@ -538,196 +496,17 @@ def remove_stale_locks(layout: Layout) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Moving files without overwriting
-
-
-def candidates(wanted: Path) -> Iterator[Path]:
-    """``wanted``, then ``stem-2.ext``, ``stem-3.ext``… (same rule as bridge.imaging.unique_path),
-    each shortened to fit the folder's NAME_MAX (the stem is cut, ``-N.ext`` kept)."""
-    limit = name_max(wanted.parent) if wanted.parent.is_dir() else DEFAULT_NAME_MAX
-    first = fit_name(wanted.name, limit)
-    yield wanted.with_name(first)
-    stem, suffix = (first[:-len(Path(first).suffix)], Path(first).suffix) if Path(first).suffix else (first, "")
-    n = 2
-    while True:
-        tail = f"-{n}{suffix}"
-        yield wanted.with_name(fit_name(stem, limit - name_bytes(tail)) + tail)
-        n += 1
-
-
-# errnos of "no hard link from src to this folder": another file system, or none supported
-NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK,
-                            errno.ENOSYS})
-PART_SUFFIX = ".part"
-_PART_RE = re.compile(r"^\..*\.(\d+)\.part$", re.DOTALL)
+# Moving files without overwriting: bridge.outputs is the one home of the rule
 
 
 def place(src: Path, wanted: Path, *, keep_source: bool = False) -> Path:
     """Put ``src`` at ``wanted`` or the first free ``stem-N`` name beside it; never overwrite.
 
-    Every way of taking a name is exclusive, so two writers (two watchers, a watcher and a user)
-    both succeed under different names:
-
-    1. ``os.link`` (same file system): atomic, fails if the name exists;
-    2. otherwise (out/ on another disk, or no hard links there): a copy to a hidden
-       ``.NAME.PID.part`` in the target folder (removed in ``finally`` on any failure, so a full disk
-       leaves nothing behind), then claimed by ``link`` or ``renameat2(RENAME_NOREPLACE)``.  A file
-       system with neither falls back to check-then-rename (a tiny race, documented).
-
-    ``keep_source`` leaves ``src`` in place (the caller removes it after journalling); else ``src``
-    is moved (removed once the target exists).  Symbolic links are moved as links, never followed.
+    :func:`bridge.outputs.publish` (atomic no-replace claims, a hidden ``.NAME.PID.part`` copy across
+    file systems, links moved as links), with the hot folder's two needs: the folder (``out/SUB``) is
+    created, and names are shortened to NAME_MAX instead of refused (``fit``). ``keep_source`` leaves
+    ``src`` in place (the caller removes it after journalling), and the published file is then the same
+    inode (a hard link) wherever the disk allows, which is how a restart recognises its own output.
     """
     wanted.parent.mkdir(parents=True, exist_ok=True)
-    names = candidates(wanted)
-    cand = next(names)
-    while True:                                   # 1. hard link
-        try:
-            os.link(src, cand, follow_symlinks=False)
-        except FileExistsError:
-            cand = next(names)
-            continue
-        except OSError as exc:
-            if exc.errno not in NO_LINK_ERRNOS:
-                raise
-            break
-        if not keep_source:
-            os.unlink(src)
-        return cand
-    # 2. no hard link: stage a copy (or, moving on one file system, src itself) and claim a name
-    moving_in_place = not keep_source and _same_device(src, cand.parent)
-    part = cand.with_name(part_name(cand.name, cand.parent))
-    staged = src if moving_in_place else part
-    try:
-        if not moving_in_place:
-            _copy(src, part)
-        while not _claim_name(staged, cand):
-            cand = next(names)
-        if not keep_source and staged is part:
-            os.unlink(src)
-        return cand
-    finally:
-        if staged is part:
-            try:
-                os.unlink(part)               # nothing left behind, whatever failed
-            except FileNotFoundError:
-                pass
-
-
-def part_name(name: str, folder: Path) -> str:
-    """``.NAME.PID.part`` (hidden and ignored everywhere), shortened to fit NAME_MAX."""
-    tail = f".{os.getpid()}{PART_SUFFIX}"
-    return "." + fit_name(name, name_max(folder) - name_bytes(tail) - 1) + tail
-
-
-def _same_device(src: Path, folder: Path) -> bool:
-    try:
-        return os.lstat(src).st_dev == os.stat(folder).st_dev
-    except OSError:
-        return False
-
-
-def _copy(src: Path, dest: Path) -> None:
-    """Copy ``src`` (a link as a link) to a new ``dest``, flushed to disk before it is claimed."""
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), dest)
-        return
-    shutil.copyfile(src, dest, follow_symlinks=False)   # raises SpecialFileError for a FIFO
-    fd = os.open(dest, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _claim_name(staged: Path, cand: Path) -> bool:
-    """Give ``staged`` the name ``cand`` unless it is taken (False); ``staged`` is gone on True."""
-    try:
-        os.link(staged, cand, follow_symlinks=False)
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in NO_LINK_ERRNOS:
-            raise
-    else:
-        os.unlink(staged)
-        return True
-    done = rename_noreplace(staged, cand)
-    if done is not None:
-        return done
-    if os.path.lexists(cand):                     # no exclusive rename here at all: check, then rename
-        return False
-    os.rename(staged, cand)
-    return True
-
-
-_RENAME_NOREPLACE = 1
-_AT_FDCWD = -100
-
-
-def _load_renameat2() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_renameat2 = _load_renameat2()
-
-
-def rename_noreplace(src: Path, dest: Path) -> bool | None:
-    """Rename unless ``dest`` exists: True done, False taken, None if the system cannot do it."""
-    if _renameat2 is None:
-        return None
-    if _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dest), _RENAME_NOREPLACE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err == errno.EEXIST:
-        return False
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return None
-    raise OSError(err, os.strerror(err), str(src), None, str(dest))
-
-
-def remove_stale_parts(folders: Iterable[Path]) -> list[Path]:
-    """Delete ``.NAME.PID.part`` copies whose writer (PID on this machine) is dead; returns them.
-
-    A watcher killed mid-copy (or one whose copy hit a full disk before this version cleaned up)
-    leaves such a file behind; it would keep the disk full for the next file.
-    """
-    removed: list[Path] = []
-    for folder in folders:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            for name in filenames:
-                m = _PART_RE.match(name)
-                if m is None or _pid_alive(int(m.group(1))):
-                    continue
-                path = Path(dirpath) / name
-                try:
-                    path.unlink()
-                    removed.append(path)
-                except OSError:
-                    pass
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True                               # not ours to judge
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+    return publish(src, wanted, keep_source=keep_source, fit=True)

@@ -13,41 +13,31 @@ Every layer is a JSON object with the CLI's long option names (hyphens or unders
   absolute), or a daemon library name, or ``{"file": PATH, "name": NAME}`` / ``{"library": NAME}``;
 * ``content_layer``: for PSD/PSB inputs, the layer to stylise instead of the composite;
 * ``comment``: free text, ignored.
+
+The result is one :class:`bridge.job.JobSpec` (built by :meth:`JobSpec.build`, the one parse every
+front end uses); old names still work for one release and leave a note in ``spec.notes`` (the watcher
+prints them): ``preserve_colors``, ``mask_mode``, and the mask words ``reveal-all``/``hide-all``/``auto``.
+An unknown key names the closest valid one (``"style"``: did you mean ``styles``?).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..settings import DocumentSettings, Settings, SettingsError, load_settings_json, settings_from_mapping
+from ..job import OLD_MASK_WORDS, JobSpec, Source, mask_word
+from ..settings import RENAMED, DocumentSettings, Settings, SettingsError, load_settings_json, \
+    unknown_option_message
 
 PRESET_NAME = "preset.json"
 EXTRA_KEYS = ("styles", "content_layer", "comment")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".psd", ".psb", ".webp", ".bmp", ".gif")
-
-
-@dataclass(frozen=True)
-class StyleRef:
-    """A style as named by a preset: an image file, or a name in the daemon's library."""
-
-    name: str
-    path: Path | None = None
-    library: str | None = None
-
-
-@dataclass
-class Recipe:
-    """Everything a job needs to know about *how* to process its file."""
-
-    settings: Settings
-    document: DocumentSettings
-    styles: list[StyleRef]
-    content_layer: str | None = None
-    sources: list[str] = field(default_factory=list)   # the JSON files that contributed, for messages
-    raw: dict[str, Any] = field(default_factory=dict)  # merged engine/document options (daemon mode)
+#: Every key a preset layer may hold: settings, the preset's own fields, old names that still work.
+VALID_KEYS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(Settings)),
+                               *(f.name for f in dataclasses.fields(DocumentSettings)),
+                               "preset", *EXTRA_KEYS, *RENAMED, "mask_mode")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -66,55 +56,59 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _style_refs(value: Any, base: Path, source: Path) -> list[StyleRef]:
+def _styles(value: Any, base: Path, source: Path) -> list[Source]:
+    """A layer's ``styles``: file paths (relative to ``base``) and daemon library names, as job Sources."""
     if isinstance(value, (str, dict)):
         value = [value]
     if not isinstance(value, list):
         raise SettingsError("styles", f"{source}: must be a list of style files or library names")
-    refs: list[StyleRef] = []
+    out: list[Source] = []
     for item in value:
         if isinstance(item, dict):
             unknown = set(item) - {"file", "library", "name"}
             if unknown or ("file" in item) == ("library" in item):
                 raise SettingsError("styles", f"{source}: each object needs exactly one of \"file\" or "
                                     f"\"library\" (and optionally \"name\"), got {sorted(item)}")
+            name = str(item["name"]).strip() if item.get("name") else None
             if "file" in item:
-                ref = _file_ref(str(item["file"]), base, source, must_exist=True)
-                refs.append(StyleRef(str(item.get("name") or ref.name), path=ref.path))
+                out.append(dataclasses.replace(_file_source(str(item["file"]), base, source, must_exist=True),
+                                               name=name))
             else:
-                lib = str(item["library"])
-                refs.append(StyleRef(str(item.get("name") or lib), library=lib))
+                out.append(Source(library=str(item["library"]), name=name))
         elif isinstance(item, str) and item.strip():
-            refs.append(_file_ref(item.strip(), base, source, must_exist=False))
+            out.append(_file_source(item.strip(), base, source, must_exist=False))
         else:
             raise SettingsError("styles", f"{source}: {item!r} is neither a file path nor a library name")
-    return refs
+    return out
 
 
-def _file_ref(text: str, base: Path, source: Path, *, must_exist: bool) -> StyleRef:
+def _file_source(text: str, base: Path, source: Path, *, must_exist: bool) -> Source:
     """A path if the file exists (or the text clearly is a path); otherwise a library name."""
     path = Path(text).expanduser()
     # Lexical normalisation: the sidecar's original folder in in/ may be gone by now.
     path = path if path.is_absolute() else Path(os.path.normpath(base / path))
     if path.is_file():
-        return StyleRef(path.stem, path=path.resolve())
+        return Source(path=str(path.resolve()))
     looks_like_path = must_exist or "/" in text or "\\" in text or text.lower().endswith(IMAGE_SUFFIXES)
     if looks_like_path:
         raise SettingsError("styles", f"{source}: style file {text!r} not found (looked for {path})")
-    return StyleRef(text, library=text)
+    return Source(library=text)
 
 
 def _layer(path: Path, *, base: Path | None = None, label: str | None = None
-           ) -> tuple[dict[str, Any], list[StyleRef] | None]:
+           ) -> tuple[dict[str, Any], list[Source] | None]:
     """One JSON layer: its options (keys normalised to underscores) and its styles if it names any.
 
     ``label`` is how messages name the file (a sidecar is read from working/ but the user wrote it
     in in/)."""
     try:
         data = {str(k).replace("-", "_"): v for k, v in _read_json(path).items()}
+        for key in data:
+            if key not in VALID_KEYS:     # "style" -> did you mean 'styles'?
+                raise SettingsError(key, f"{unknown_option_message(key, VALID_KEYS)} (in {path})")
         styles = None
         if "styles" in data:
-            styles = _style_refs(data.pop("styles"), base or path.parent, path)
+            styles = _styles(data.pop("styles"), base or path.parent, path)
         return data, styles
     except SettingsError as exc:
         if label is None:
@@ -132,36 +126,52 @@ def preset_files(root: Path, rel: str) -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def resolve(root: Path, rel: str, sidecar: Path | None = None, sidecar_name: str | None = None) -> Recipe:
-    """The recipe for ``in/REL`` (sidecar = the file's own JSON, wherever it lies now).
+def _mask_words(merged: dict[str, Any], notes: list[str]) -> None:
+    """Old mask words (``mask_mode``, ``reveal-all``...) -> ``reveal`` in the one vocabulary, with a note."""
+    if "mask_mode" in merged:
+        if "reveal" in merged:
+            raise SettingsError("mask_mode", "old name of 'reveal': give only 'reveal'")
+        merged["reveal"] = merged.pop("mask_mode")
+        notes.append("'mask-mode' is now called 'reveal'; the old name works in this release only")
+    word = merged.get("reveal")
+    if isinstance(word, str) and word in OLD_MASK_WORDS:
+        merged["reveal"] = mask_word(word)
+        notes.append(f"reveal {word!r} is now {merged['reveal']!r}; the old word works in this release only")
+
+
+def resolve(root: Path, rel: str, sidecar: Path | None = None, sidecar_name: str | None = None) -> JobSpec:
+    """The job for ``in/REL`` (sidecar = the file's own JSON, wherever it lies now), parsed once.
 
     Relative style paths in a sidecar resolve against the input's original folder in ``in/``,
-    where the user wrote it, not against ``working/``.
+    where the user wrote it, not against ``working/``. The job's ``name`` is the file's stem; styles a
+    PSD input carries as layers are added when it is read (:func:`bridge.hotfolder.process.load_inputs`).
     """
     merged: dict[str, Any] = {}
-    styles: list[StyleRef] = []
+    styles: list[Source] = []
     sources: list[str] = []
     layers: list[tuple[Path, Path | None, str | None]] = [(p, None, None) for p in preset_files(root, rel)]
     if sidecar is not None:
         origin = root / "in" / Path(rel).parent
         layers.append((sidecar, origin, str(origin / (sidecar_name or sidecar.name))))
     for path, base, label in layers:
-        data, refs = _layer(path, base=base, label=label)
+        data, found = _layer(path, base=base, label=label)
         merged.update(data)
-        if refs is not None:
-            styles = refs
+        if found is not None:
+            styles = found
         sources.append(label or str(path))
     merged.pop("comment", None)
+    content_layer = merged.pop("content_layer", None)
+    notes: list[str] = []
     try:
-        settings, document, extra = settings_from_mapping(merged, allow_extra=EXTRA_KEYS)
+        if content_layer is not None and not isinstance(content_layer, str):
+            raise SettingsError("content_layer", "must be a layer name (text)")
+        _mask_words(merged, notes)
+        spec = JobSpec.build(merged, styles, name=Path(rel).stem, content_layer=content_layer or None,
+                             notes=notes)
     except SettingsError as exc:
         where = ", ".join(_short(s, root) for s in sources) or "the defaults"
         raise SettingsError(exc.option, f"{str(exc).split(': ', 1)[-1]} (settings from {where})") from None
-    content_layer = extra.get("content_layer")
-    if content_layer is not None and not isinstance(content_layer, str):
-        raise SettingsError("content_layer", "must be a layer name (text)")
-    raw = {k: v for k, v in merged.items() if k not in EXTRA_KEYS}
-    return Recipe(settings, document, styles, content_layer or None, sources, raw)
+    return spec
 
 
 def _short(path: str, root: Path) -> str:

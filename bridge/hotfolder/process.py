@@ -13,13 +13,13 @@ import stat
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from ..engine.checkpoint import Checkpoint
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import ImageError, Picture, load_image
+from ..job import FIXED_BY_DAEMON, JobSpec, Priority, Source, check
 from ..settings import LIMITS, SettingsError
-from .presets import Recipe, StyleRef
 
 ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
                 "then drop it into in/ again.")
@@ -129,38 +129,49 @@ def _describe(head: bytes) -> str:
 
 @dataclass
 class Inputs:
+    """One job, read: ``spec`` is the complete job (the preset's styles plus a PSD's ``style:`` layers,
+    checked against the limits); ``styles`` the pictures of its non-library styles, in order."""
+
     content: Picture
     styles: list[StyleInput]
-    library: list[str]            # daemon library names (daemon mode only)
+    spec: JobSpec
     source_kind: str
 
+    @property
+    def names(self) -> list[str]:
+        return self.spec.style_names
 
-def load_inputs(path: Path, stem: str, recipe: Recipe, *, allow_library: bool) -> Inputs:
-    """The content picture and the style pictures for one job, or JobError."""
+
+def load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
+    """The content picture and the style pictures for one job, or JobError.
+
+    The limits every front end applies (:func:`bridge.job.check`) are checked here, in both modes, once
+    the PSD's own style layers are known.
+    """
     kind = sniff(path)
+    stem = spec.name or path.stem
     psd_styles: list[StyleInput] = []
     if kind.kind in ("psd", "psb"):
         if kind.width and kind.height and kind.width * kind.height > LIMITS.max_pixels:
             raise JobError(f"{kind.width}x{kind.height} is {kind.width * kind.height:,} pixels, over the limit "
                            f"of {LIMITS.max_pixels:,}", ADVICE_SIZE)
-        content, psd_styles = _load_psd(path, stem, recipe.content_layer)
+        content, psd_styles = _load_psd(path, stem, spec.content_layer)
     else:
-        if recipe.content_layer:
-            raise JobError(f"content_layer {recipe.content_layer!r} is set but the file is a {kind.kind.upper()}, "
+        if spec.content_layer:
+            raise JobError(f"content_layer {spec.content_layer!r} is set but the file is a {kind.kind.upper()}, "
                            "which has no layers", ADVICE_SETTINGS)
         try:
             content = load_image(path, max_pixels=LIMITS.max_pixels, name=stem)
         except ImageError as exc:
             raise JobError(_strip_path(str(exc), path), _image_advice(str(exc))) from None
-    styles, library = load_styles(recipe.styles, allow_library=allow_library)
-    styles = styles + psd_styles
-    if not styles and not library:
+    if not spec.styles and not psd_styles:
         raise JobError("no style images: name them in preset.json (\"styles\": [\"styles/starry.jpg\"]), "
                        "in a sidecar NAME.json, or as PSD layers named \"style: NAME\"", ADVICE_SETTINGS)
-    if len(styles) + len(library) > LIMITS.max_styles:
-        raise JobError(f"{len(styles) + len(library)} styles, over the limit of {LIMITS.max_styles}",
-                       ADVICE_SETTINGS)
-    return Inputs(content, styles, library, kind.kind)
+    # a PSD's style layers travel as uploads in daemon mode; here they are styles like the preset's
+    spec = replace(spec, styles=spec.styles + tuple(Source(upload=i, name=s.name) for i, s in enumerate(psd_styles)))
+    check(spec, LIMITS)                        # SettingsError: the watcher's "bad settings" (error/)
+    styles = load_styles(spec, psd_styles, allow_library=allow_library)
+    return Inputs(content, styles, spec, kind.kind)
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -173,24 +184,27 @@ def _image_advice(message: str) -> str:
     return ADVICE_SIZE if "pixels" in message and "limit" in message else ADVICE_IMAGE
 
 
-def load_styles(refs: list[StyleRef], *, allow_library: bool) -> tuple[list[StyleInput], list[str]]:
+def load_styles(spec: JobSpec, psd_styles: list[StyleInput], *, allow_library: bool) -> list[StyleInput]:
+    """The pictures of the job's file and PSD-layer styles, named ``spec.style_names`` (library styles: the
+    daemon's, so none here)."""
     styles: list[StyleInput] = []
-    library: list[str] = []
-    for ref in refs:
-        if ref.library is not None:
+    layers = iter(psd_styles)
+    for src, name in zip(spec.styles, spec.style_names):
+        if src.library is not None:
             if not allow_library:
-                raise JobError(f"style {ref.library!r} is not a file; library styles need the daemon "
+                raise JobError(f"style {src.library!r} is not a file; library styles need the daemon "
                                "(stylebridge watch DIR --daemon URL) — or give a path to an image file",
                                ADVICE_SETTINGS)
-            library.append(ref.library)
             continue
-        assert ref.path is not None
+        if src.path is None:                      # a PSD's own "style: NAME" layer
+            styles.append(replace(next(layers), name=name))
+            continue
         try:
-            pic = load_image(ref.path, max_pixels=LIMITS.max_pixels, name=ref.name)
+            pic = load_image(src.path, max_pixels=LIMITS.max_pixels, name=name)
         except ImageError as exc:
             raise JobError(f"style image {exc}", ADVICE_SETTINGS) from None
-        styles.append(StyleInput(ref.name, pic))
-    return styles, library
+        styles.append(StyleInput(name, pic))
+    return styles
 
 
 def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture, list[StyleInput]]:
@@ -212,14 +226,15 @@ def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture
 class Engine(Protocol):
     allows_library: bool
 
-    def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
-               report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
+    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
+               checkpoint: Checkpoint | None = None) -> None:
         """Write the fusion PSD for ``inputs`` to ``dest`` or raise JobError/Cancelled (also when
         ``cancel`` is paused: the watcher stops). ``checkpoint``: the job's, to go on from after a restart."""
 
 
 def progress_reporter(report: ReportFn) -> Callable[[Progress], None]:
-    """Engine progress -> the watcher's one-line reports (at most one per 5 % step or stage)."""
+    """Engine progress -> the watcher's lines (at most one per 5 % step or stage), in the one progress text."""
+    from ..progress import progress_line
     last: dict[str, object] = {"key": None}
 
     def on_progress(p: Progress) -> None:
@@ -227,7 +242,7 @@ def progress_reporter(report: ReportFn) -> Callable[[Progress], None]:
         key = (p.style_index, p.stage, int(pct // 5))
         if key != last["key"]:
             last["key"] = key
-            report(f"stage {p.stage}/{p.stages} {p.stage_size}px", pct, p.style_name)
+            report(progress_line(p), pct, "")
     return on_progress
 
 
@@ -236,15 +251,16 @@ class InProcessEngine:
 
     allows_library = False
 
-    def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
-               report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
+    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
+               checkpoint: Checkpoint | None = None) -> None:
         from ..engine import stylize
         from .resume import announcing
         from ..document.stack import build_stack
         from ..document.psd import write_psd
+        spec = inputs.spec
         report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
         try:
-            result = stylize(inputs.content, inputs.styles, recipe.settings,
+            result = stylize(inputs.content, inputs.styles, spec.settings,
                              progress=announcing(progress_reporter(report), report), cancel=cancel,
                              checkpoint=checkpoint)
         except (ImageError, SettingsError) as exc:
@@ -262,18 +278,62 @@ class InProcessEngine:
         if result.cancelled or result.paused or cancel.cancelled:
             raise Cancelled()
         report("writing PSD", 100.0, "")
-        stack = build_stack(result, recipe.document)
+        stack = build_stack(result, spec.document)
         write_psd(stack, dest)
+
+
+#: Settings the hot folder applies itself, in both modes: not sent to the daemon.
+HERE_ONLY = ("contact_sheet",)
+
+
+def contact_sheet(inputs: Inputs) -> tuple[Picture | None, list[str]]:
+    """The photo and a fast preview of it under each style whose picture is here (bridge.preview), on one
+    sheet; and the names of the styles left out (library styles live in the daemon). None: no style here."""
+    from ..preview.sheet import contact_sheet as make_sheet
+    from ..settings import PREVIEW
+    here = [replace(s.picture, name=s.name) for s in inputs.styles]
+    left_out = [src.library for src in inputs.spec.styles if src.library is not None]
+    if not here:
+        return None, left_out
+    return make_sheet(inputs.content, here, tile=PREVIEW.size), left_out
 
 
 class Unavailable(Exception):
     """The daemon cannot be reached or its queue is full: not the file's fault, so the job waits and is retried."""
 
 
+def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+    """The job as the daemon's ``job`` field carries it, and the style files it uploads.
+
+    File and PSD-layer styles become ``{"upload": i}`` (their pictures, as PNG: already read and checked
+    here); library styles stay names. The content goes up already extracted (a PSD's layer or composite),
+    so ``content_layer`` does not travel; neither do the settings the daemon fixes when it starts
+    (device, weights) nor what the hot folder does itself (the contact sheet).
+    """
+    from ..imaging import encode_png
+    spec = inputs.spec
+    pictures = iter(inputs.styles)
+    styles: list[Source] = []
+    files: list[tuple[str, bytes]] = []
+    for src, name in zip(spec.styles, spec.style_names):
+        if src.library is not None:
+            styles.append(Source(library=src.library, name=name if name != src.library else None))
+            continue
+        pic = next(pictures)
+        styles.append(Source(upload=len(files), name=name))
+        files.append((f"{name}.png", encode_png(pic.picture)))
+    options = {k: v for k, v in spec.options.items() if k not in FIXED_BY_DAEMON + HERE_ONLY}
+    # batch: an artist's job (GIMP, interactive) arriving meanwhile runs first; this one pauses and resumes after
+    wire = replace(spec, styles=tuple(styles), options=options, content_layer=None, priority=Priority.BATCH)
+    check(wire, LIMITS, over_http=True)      # what the daemon would refuse, said before the upload
+    return wire.to_json(), files
+
+
 class DaemonEngine:
     """Sends the job to a running ``stylebridge serve`` so every front end shares one GPU.
 
-    Photos go up as their own file bytes (the daemon keeps 16-bit and ICC); PSD content and
+    One job description (:func:`wire_job`: the same JobSpec, as ``JobSpec.to_json()``) with the files it
+    names. Photos go up as their own file bytes (the daemon keeps 16-bit and ICC); PSD content and
     PSD style layers go up as PNG.  The daemon builds the layer stack and the PSD itself
     (``GET /v1/jobs/{id}/result.psd``), so it is written with the same document settings.
     """
@@ -287,29 +347,39 @@ class DaemonEngine:
         self.poll_seconds = poll_seconds
 
     def check(self) -> str | None:
-        """None if the daemon answers /v1/health, else a message for the terminal."""
+        """None if the daemon answers /v1/health and speaks this protocol, else a message for the terminal."""
         from ..daemon.client import ClientError, DaemonUnreachable, unreachable_message
         try:
-            self.client.health()
-            return None
+            return self._protocol_problem(self.client.health())
         except DaemonUnreachable as exc:
             return unreachable_message(exc.url, exc.reason)
         except ClientError as exc:
             return str(exc)
 
-    def render(self, inputs: Inputs, recipe: Recipe, source: Path, dest: Path,
-               report: ReportFn, cancel: CancelToken, *, checkpoint: Checkpoint | None = None) -> None:
+    def _protocol_problem(self, health: dict) -> str | None:
+        """A daemon older than protocol 2 does not read the ``job`` field: say which side to upgrade."""
+        from ..daemon.protocol_client import upgrade_message
+        from ..job import PROTOCOL_VERSION
+        theirs = health.get("protocol") if isinstance(health, dict) else None
+        if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= PROTOCOL_VERSION:
+            return None
+        return upgrade_message(self.url, theirs if isinstance(theirs, int) and theirs > 0 else 1)
+
+    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
+               checkpoint: Checkpoint | None = None) -> None:
         from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
+        from ..daemon.protocol_client import DaemonTooOld
         from .resume import follow
         from ..imaging import encode_png
+        from ..progress import status_line
         stem = inputs.content.name
         if inputs.source_kind in ("psd", "psb"):
             content: tuple[str, bytes] = (f"{stem}.png", encode_png(inputs.content))
         else:
             ext = {"jpeg": "jpg", "tiff": "tif"}.get(inputs.source_kind, inputs.source_kind)
             content = (f"{stem}.{ext}", source.read_bytes())
-        style_files = [(f"{s.name}.png", encode_png(s.picture)) for s in inputs.styles]
-        names = [s.name for s in inputs.styles] + inputs.library
+        job_json, style_files = wire_job(inputs)
+        names = ", ".join(inputs.names)
         state = {"last": None}
 
         def on_progress(status: dict) -> bool:
@@ -318,20 +388,15 @@ class DaemonEngine:
             key = (status.get("status"), status.get("stage"), int((status.get("percent") or 0) // 5))
             if key != state["last"]:
                 state["last"] = key
-                where = status.get("status", "")
-                if status.get("status") == "queued" and status.get("queue_position") is not None:
-                    where = f"queued (position {status['queue_position']})"
-                elif status.get("stage"):
-                    where = f"stage {status.get('stage')}/{status.get('stages')}"
-                report(f"daemon {where}", float(status.get("percent") or 0.0), ", ".join(names))
+                report(f"daemon: {status_line(status)}", float(status.get("percent") or 0.0), "")
             return True
 
         try:
-            # device and weights are the daemon's own choice (fixed when it starts).
-            settings = {k: v for k, v in recipe.raw.items() if k not in ("device", "weights")}
-            job = self.client.submit(content, styles=inputs.library, style_files=style_files,
-                                     settings=settings, name=stem)
-            report(f"sent to {self.url} as job {job.get('id')}", 0.0, ", ".join(names))
+            problem = self._protocol_problem(self.client.health())
+            if problem is not None:
+                raise Unavailable(problem)
+            job = self.client.submit_job(content, job_json, style_files=style_files)
+            report(f"sent to {self.url} as job {job.get('id')}", 0.0, names)
             try:
                 follow(self.client, job["id"], on_progress=on_progress, poll=self.poll_seconds, cancel=cancel,
                        say=lambda text: report(text, None, ""))      # across a restart of the daemon
@@ -347,6 +412,8 @@ class DaemonEngine:
                 pass
         except DaemonUnreachable as exc:
             raise Unavailable(unreachable_message(exc.url, exc.reason)) from None
+        except DaemonTooOld as exc:          # not the file's fault: it waits for the daemon's upgrade
+            raise Unavailable(str(exc)) from None
         except DaemonError as exc:
             if exc.status == 429:      # its queue is full: not the file's fault, retry later
                 raise Unavailable(f"the daemon is busy: {exc.message}") from None

@@ -32,14 +32,15 @@ from watchdog.events import (FileClosedEvent, FileClosedNoWriteEvent, FileDelete
 from watchdog.observers import Observer
 
 from ..engine.types import CancelToken
-from ..imaging import atomic_write, unique_path
+from ..imaging import ImageError
+from ..job import JobSpec
+from ..outputs import candidates, name_bytes, remove_stale_parts, write_bytes
 from ..settings import SERVICE, SettingsError
-from .claim import (Job, Journal, Layout, candidates, claim, clean_tmp, fit_name, is_disk_full, name_bytes,
-                    name_max, place, recover, remove_stale_locks, remove_stale_parts)
 from . import resume
+from .claim import Job, Journal, Layout, claim, clean_tmp, is_disk_full, place, recover, remove_stale_locks
 from .presets import resolve
 from .process import (ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, Engine, JobError,
-                      Unavailable, load_inputs, output_suffix)
+                      Unavailable, contact_sheet, load_inputs, output_suffix)
 
 class _QuietStop(logging.Filter):
     """watchdog logs an ERROR when its inotify thread is stopped mid-read; it is harmless."""
@@ -58,7 +59,6 @@ DISK_MARGIN_BYTES = 64 * 1024  # a job that hit a full disk is retried once this
 DISK_RETRY_SECONDS = 60.0     # ...or after this long (doubling per failed try, up to the maximum)
 DISK_RETRY_MAX_SECONDS = 900.0
 NEVER_FITS_FRACTION = 0.9     # ENOSPC although this share of the disk was free: it can never fit there
-NOTE_TMP_BYTES = 16           # atomic_write's ".NAME.XXXXXXXX.part" adds this much to a name
 ADVICE_TOO_BIG_FOR_DISK = ("Put the hot folder (or out/) on a larger disk, or lower \"size\" in preset.json or "
                            "the file's sidecar, then move the file from error/ back into in/.")
 
@@ -410,18 +410,21 @@ class Watcher:
             tmp_dir = self.layout.job_tmp(job.job_id)
             shutil.rmtree(tmp_dir, ignore_errors=True)   # a partial write from a crashed run
             tmp_dir.mkdir(parents=True)
-            recipe = _resolve(self.layout.root, job)
-            inputs = load_inputs(job.working, Path(job.name).stem, recipe,
-                                 allow_library=self.engine.allows_library)
+            spec = _resolve(self.layout.root, job)
+            for note in spec.notes:
+                report(f"note: {note}")
+            inputs = load_inputs(job.working, spec, allow_library=self.engine.allows_library)
             # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
             scratch = tmp_dir / ("output" + output_suffix(inputs.content))
             step, free_before = "render", _free_bytes(where)
             checkpoint = resume.job_checkpoint(self.layout, job.job_id, self.checkpoint_seconds, report)
-            self.engine.render(inputs, recipe, job.working, scratch, report, self._cancel, checkpoint=checkpoint)
+            self.engine.render(inputs, job.working, scratch, report, self._cancel, checkpoint=checkpoint)
             where = self.layout.out / job.subdir
             step, free_before = "publish", _free_bytes(where)
             output = self._publish(job, scratch)
             report(f"wrote out/{output.relative_to(self.layout.out).as_posix()}", 100.0)
+            if spec.document.contact_sheet:
+                self._contact_sheet(output, inputs, report)
             where = self.layout.root
             step = "finish"
             self._finish(job)
@@ -530,15 +533,12 @@ class Watcher:
         assert st is not None
         # Died between linking the original into done/ or error/ and unlinking it from working/?
         for folder in (self.layout.done, self.layout.error):
-            twin = _find_same(folder / job.subdir / job.name, job.working)
-            if twin is not None:
-                job.working.unlink()
-                if job.sidecar is not None and job.sidecar.exists():
-                    place(job.sidecar, folder / job.subdir / (job.sidecar_name or job.sidecar.name))
+            if _find_same(folder / job.subdir / job.name, job.working) is not None:
+                twin = self._settle(job, folder)
+                assert twin is not None
                 self.journal.append("done" if folder == self.layout.done else "error", job.job_id,
                                     recovered=twin.relative_to(self.layout.root).as_posix())
-                shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
-                job.lock.release(remove=True)
+                self._release(job)
                 report(f"was already moved to {folder.name}/; tidied up")
                 return True
         if "output-written" in st.events:
@@ -579,23 +579,30 @@ class Watcher:
         resume.remove(self.layout, job.job_id)      # published: the run is not needed any more
         return final
 
+    def _contact_sheet(self, output: Path, inputs: Any, report: Callable[..., None]) -> None:
+        """``NAME-previews.png`` beside the published PSD (preset ``"contact_sheet": true``): fast previews
+        of the photo under each style, to choose from before the next run. A sheet that cannot be made
+        is reported; the job (its PSD) has succeeded all the same."""
+        from ..imaging import encode_png
+        from ..preview import PreviewModelError
+        try:
+            sheet, left_out = contact_sheet(inputs)
+            if sheet is None:
+                report(f"no contact sheet: its styles ({', '.join(left_out)}) are in the daemon's library, not here")
+                return
+            wanted = output.with_name(f"{Path(output.name).stem}-previews.png")
+            written = write_bytes(wanted, encode_png(sheet), fit=True)
+        except (PreviewModelError, ImageError, OSError, ValueError) as exc:
+            report(f"no contact sheet ({type(exc).__name__}: {exc}); the PSD is written")
+            return
+        extra = f" (without {', '.join(left_out)}: library styles)" if left_out else ""
+        report(f"wrote out/{written.relative_to(self.layout.out).as_posix()}{extra}", 100.0)
+
     def _finish(self, job: Job) -> None:
-        wanted = self.layout.done / job.subdir / job.name
         self.journal.append("done-intent", job.job_id)
-        if os.path.lexists(job.working):
-            final = _find_same(wanted, job.working)
-            if final is not None:               # linked into done/ before a crash: just drop working/
-                job.working.unlink()
-            else:
-                final = place(job.working, wanted)
-        else:
-            final = wanted
-        if job.sidecar is not None and job.sidecar.exists():
-            place(job.sidecar, self.layout.done / job.subdir / (job.sidecar_name or job.sidecar.name))
+        final = self._settle(job, self.layout.done) or self.layout.done / job.subdir / job.name
         self.journal.append("done", job.job_id, done=final.relative_to(self.layout.root).as_posix())
-        shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
-        job.lock.release(remove=True)
-        self._disk_jobs.pop(job.job_id, None)
+        self._release(job)
         self.succeeded += 1
 
     def _fail(self, job: Job, reason: str, advice: str) -> None:
@@ -605,21 +612,13 @@ class Watcher:
         :meth:`_run_job`: the file stays in working/ and is not retried in a loop.
         """
         self.reporter.line(job.rel, f"FAILED: {reason}")
-        final: Path | None = None
-        if os.path.lexists(job.working):
-            final = place(job.working, self.layout.error / job.subdir / job.name)
+        final = self._settle(job, self.layout.error, report=lambda text: self.reporter.line(job.rel, text))
         self.failed += 1
-        self._disk_jobs.pop(job.job_id, None)
         try:
-            if job.sidecar is not None and job.sidecar.exists():
-                place(job.sidecar, self.layout.error / job.subdir / (job.sidecar_name or job.sidecar.name))
             target = final or (self.layout.error / job.subdir / job.name)
-            # atomic_write adds ".NAME.XXXXXXXX.part" around the name: leave room for it.
-            note_name = fit_name(target.name + ".txt", name_max(target.parent) - NOTE_TMP_BYTES)
-            note = unique_path(target.with_name(note_name))
             text = (f"stylebridge could not process {job.rel}\n\nWhy: {reason}\n\nWhat to do: {advice}\n\n"
                     f"(job {job.job_id}, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-            atomic_write(note, text.encode("utf-8", "backslashreplace"))
+            write_bytes(target.with_name(target.name + ".txt"), text.encode("utf-8", "backslashreplace"), fit=True)
         except OSError as exc:
             self.reporter.line(job.rel, f"could not write the error note: {exc}")
         try:
@@ -627,9 +626,38 @@ class Watcher:
                                 error_file=final.relative_to(self.layout.root).as_posix() if final else None)
         except OSError as exc:
             self.reporter.line(job.rel, f"could not journal the error: {exc}")
+        self._release(job)
+
+    def _settle(self, job: Job, folder: Path, report: Callable[[str], None] | None = None) -> Path | None:
+        """Move the original, then its sidecar, from working/ to ``folder``/SUBDIR under free names (the one
+        no-replace rule, :func:`bridge.outputs.publish`); returns where the original is now (None: it was
+        already gone). An original linked there before a crash is only dropped from working/.
+
+        ``report``: a sidecar that cannot be moved is reported, not raised (the original is safe).
+        """
+        final: Path | None = None
+        if os.path.lexists(job.working):
+            wanted = folder / job.subdir / job.name
+            final = _find_same(wanted, job.working)
+            if final is not None:
+                job.working.unlink()
+            else:
+                final = place(job.working, wanted)
+        if job.sidecar is not None and job.sidecar.exists():
+            try:
+                place(job.sidecar, folder / job.subdir / (job.sidecar_name or job.sidecar.name))
+            except OSError as exc:
+                if report is None:
+                    raise
+                report(f"could not move the settings file {job.sidecar_name}: {exc}")
+        return final
+
+    def _release(self, job: Job) -> None:
+        """The job is settled (journalled done or error): drop its scratch folder and its lock."""
         shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
         resume.remove(self.layout, job.job_id)
         job.lock.release(remove=True)
+        self._disk_jobs.pop(job.job_id, None)
 
 
 @dataclass
@@ -658,8 +686,8 @@ class _DiskWait:
                                                             f"({_mb(_free_bytes(self.folder))} free)")
 
 
-def _resolve(root: Path, job: Job) -> Any:
-    """The job's settings; JSON that cannot even be parsed (nested 50,000 deep, a 5,000-digit
+def _resolve(root: Path, job: Job) -> JobSpec:
+    """The job (its settings and styles); JSON that cannot even be parsed (nested 50,000 deep, a 5,000-digit
     number) is the user's settings problem, not an internal error."""
     try:
         return resolve(root, job.rel, job.sidecar, job.sidecar_name)
@@ -725,7 +753,7 @@ def _find_same(wanted: Path, src: Path) -> Path | None:
     """A file named like ``wanted`` (or ``stem-N``) that is the very same inode as ``src``."""
     if not os.path.lexists(src) or not wanted.parent.is_dir():
         return None
-    first = next(candidates(wanted))
+    first = next(candidates(wanted, fit=True))
     stem = first.stem[:-6] if name_bytes(first.name) > 200 else first.stem   # "-N" shortens long stems
     for cand in wanted.parent.glob(f"{_glob_escape(stem)}*{_glob_escape(first.suffix)}"):
         if _same_inode(cand, src):
@@ -734,7 +762,7 @@ def _find_same(wanted: Path, src: Path) -> Path | None:
 
 
 def _same_inode(a: Path, b: Path) -> bool:
-    """Like same_file, without following links (a moved symbolic link is the same link)."""
+    """os.path.samefile without following links (a moved symbolic link is the same link)."""
     try:
         sa, sb = os.lstat(a), os.lstat(b)
     except OSError:

@@ -31,9 +31,10 @@ import numpy as np
 from PIL import Image
 
 from ..imaging import Picture, to_dtype
+from ..settings import PREVIEW
 from .models import NETWORK_SIZE, STYLE_SIZE, PreviewModels, load_models
 
-DEFAULT_LONG_SIDE = 512
+DEFAULT_LONG_SIDE = PREVIEW.size            # its home: bridge.settings.PREVIEW
 MAX_LONG_SIDE = 4096
 METHODS = ("auto", "guided", "tiles")
 AUTO_GUIDED_MAX = NETWORK_SIZE * 3 // 2   # auto: guided up to here, tiles above

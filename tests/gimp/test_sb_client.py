@@ -48,6 +48,19 @@ def test_png_readable_by_pillow_and_back(sb_png):
     assert sb_png.png_decode(buf.getvalue())[4] == photo.tobytes()
 
 
+def test_png_reads_the_daemons_writer_at_every_level(sb_png):
+    """What the daemon sends (layers stored or level 1, previews level 6 with row filters) the plug-in reads."""
+    np = pytest.importorskip("numpy")
+    from bridge.imaging import encode_array_png
+    rng = np.random.default_rng(3)
+    photo = np.cumsum(rng.integers(-3, 4, (30, 41, 3)), axis=1).clip(0, 255).astype(np.uint8)
+    for arr in (photo, photo.astype(np.uint16) * 257, np.dstack([photo, photo[:, :, 0]]), photo[:, :, 1]):
+        for level in (None, 0, 1, 6):
+            w, h, channels, depth, raw = sb_png.png_decode(encode_array_png(arr, level))
+            expected = arr.astype(">u2").tobytes() if arr.dtype == np.uint16 else arr.tobytes()
+            assert (w, h, depth) == (41, 30, 8 * arr.itemsize) and raw == expected, (arr.shape, level)
+
+
 def test_swap16(sb_png):
     assert sb_png.swap16(b"\x01\x02\x03\x04") == b"\x02\x01\x04\x03"
 
@@ -59,6 +72,7 @@ def test_swap16(sb_png):
 class _Recorder(BaseHTTPRequestHandler):
     calls: list = []
     script: list = []          # statuses GET /v1/jobs/seq answers in turn (the last one repeats)
+    health: dict = {"status": "ok"}       # a protocol-1 daemon unless a test says otherwise
 
     def log_message(self, *args):
         pass
@@ -74,7 +88,7 @@ class _Recorder(BaseHTTPRequestHandler):
     def do_GET(self):
         self.calls.append(("GET", self.path, dict(self.headers)))
         if self.path == "/v1/health":
-            return self._send(200, {"status": "ok"})
+            return self._send(200, self.health)
         if self.path == "/v1/styles":
             return self._send(401, {"error": "missing or wrong token"})
         if self.path == "/v1/jobs/fastapi":
@@ -89,12 +103,16 @@ class _Recorder(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.calls.append(("POST", self.path, dict(self.headers), body))
+        if self.path == "/v1/previews":
+            return self._send(200, {"previews": [{"style": "a", "label": "a (preview)", "width": 2, "height": 1,
+                                                  "png_base64": "UE5HREFUQQ=="}]})
         return self._send(200, {"id": "x", "status": "cancelled"})
 
 
 @pytest.fixture
 def recorder():
     _Recorder.calls = []
+    _Recorder.health = {"status": "ok"}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -224,6 +242,40 @@ def test_progress_text(sb_client):
     assert sb_client.progress_text({"status": "running", "phase": "finishing"}) == "Stylebridge: finishing"
     assert sb_client.progress_fraction({"percent": 50}) == 0.5
     assert sb_client.progress_fraction({"percent": None}) == 0.0
+
+
+def _parts(headers: dict, body: bytes) -> list:
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + headers["Content-Type"].encode() + b"\r\n\r\n" + body)
+    return [(p.get_param("name", header="content-disposition"), p.get_param("filename", header="content-disposition"),
+             p.get_payload(decode=True)) for p in msg.iter_parts()]
+
+
+def test_previews_and_submit_job_need_protocol_2(sb_client, recorder):
+    url, calls = recorder
+    old = sb_client.Client(url)
+    with pytest.raises(sb_client.DaemonTooOld) as info:          # health without "protocol": protocol 1
+        old.previews(b"PHOTO", styles=["a"])
+    assert "speaks protocol 1; this client needs 2" in str(info.value)
+    assert "pip install -U stylebridge" in str(info.value) and "stylebridge serve" in str(info.value)
+    with pytest.raises(sb_client.DaemonTooOld):
+        old.submit_job(b"PHOTO", {"styles": ["a"]})
+    assert not [c for c in calls if c[0] == "POST"]              # nothing was sent to the old daemon
+
+    _Recorder.health = {"status": "ok", "protocol": 2}
+    client = sb_client.Client(url)
+    got = client.previews(("photo.png", b"PHOTO"), styles=["a"], style_files=[("s.jpg", b"JPEG")], size=256)
+    assert got == [{"style": "a", "label": "a (preview)", "width": 2, "height": 1, "png": b"PNGDATA"}]
+    method, path, headers, body = calls[-1]
+    assert (method, path) == ("POST", "/v1/previews")
+    parts = _parts(headers, body)
+    assert ("styles", None, b"a") in parts and ("size", None, b"256") in parts
+    assert ("content", "photo.png", b"PHOTO") in parts and ("style_files", "s.jpg", b"JPEG") in parts
+    client.submit_job(b"PHOTO", {"styles": [{"upload": 0}]}, style_files=[b"S"], style_mask_files=[b"M"])
+    parts = _parts(*calls[-1][2:])
+    job = json.loads(next(v for n, f, v in parts if n == "job"))
+    assert job == {"styles": [{"upload": 0}], "protocol": sb_client.PROTOCOL_VERSION}
+    assert ("style_mask_files", "mask1.png", b"M") in parts
+    assert [c[1] for c in calls].count("/v1/health") == 2        # asked once per client
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from ...document.model import Group, Layer
 from ...imaging import iter_png
 from ...job import FIXED_BY_DAEMON, JobSpec, Source, check, mask_word
-from ...settings import SERVICE, Limits, Settings, SettingsError
+from ...settings import REVEAL_CHOICES, SERVICE, Limits, Settings, SettingsError
 from ..context import Daemon, DaemonDep
 from ..jobs import ImageShape, Job, JobFiles, JobResult, QueueFull, default_job_memory, estimate_job_memory
 from ..library import LibraryError, name_from_filename
@@ -50,8 +50,8 @@ def legacy_job(names: list[str], uploads: int, settings: str | None, mask_mode: 
         word = str(key).replace("-", "_")
         (extra if word in LEGACY_EXTRA else options)[key if word not in LEGACY_EXTRA else word] = value
     mode = mask_mode if mask_mode is not None else extra.get("mask_mode")
-    run_name = name if name is not None else extra.get("name")
-    if run_name is not None and not isinstance(run_name, str):
+    title = name if name is not None else extra.get("name")
+    if title is not None and not isinstance(title, str):
         raise ApiError(422, "name: must be text", option="name")
     job: dict[str, Any] = {"protocol": 1, "settings": options,
                            "styles": [{"library": n.strip()} for n in names if n is not None and str(n).strip()]
@@ -62,15 +62,18 @@ def legacy_job(names: list[str], uploads: int, settings: str | None, mask_mode: 
                 raise ApiError(422, "mask_mode 'mask' needs a mask file", option="mask_mode")
             job["mask"] = {"upload": 0}
         else:
+            bad = ApiError(422, f"mask_mode: {str(mode)[:40]!r} is not one of {', '.join(REVEAL_CHOICES)}, mask",
+                           option="mask_mode")
+            if not isinstance(mode, str):
+                raise bad
             try:
-                options["reveal"] = mask_word(mode) if isinstance(mode, str) else mask_word("?")
+                options["reveal"] = mask_word(mode)
             except SettingsError:
-                raise ApiError(422, f"mask_mode: {str(mode)[:40]!r} is not one of first, all, none, mask",
-                               option="mask_mode") from None
+                raise bad from None
     elif has_mask:
         job["mask"] = {"upload": 0}
-    if run_name:
-        job["name"] = run_name
+    if title:
+        job["name"] = title
     return job
 
 
@@ -121,7 +124,6 @@ def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int) -> 
 
 
 @router.post("/v1/jobs", status_code=202, summary="Submit a stylisation job")
-
 def submit_job(
     d: DaemonDep,
     content: Annotated[UploadFile, File(description="the photo: PNG/TIFF/JPEG/WebP, 8/16-bit, alpha kept")],
@@ -228,7 +230,7 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
     engine, document = spec.settings, spec.document
     estimate = estimate_job_memory(shape, style_shapes, engine, document, mask=mask_shape,
                                    on_cpu=d.config.resolved_device == "cpu")
-    estimate += len(style_masks) * shape.pixels * 2
+    estimate += len(style_masks) * shape.pixels * 2      # each style's own mask, decoded at up to 16 bits
     budget = int(limits.max_job_memory or default_job_memory())
     if estimate > budget:
         raise ApiError(413, f"this job would need about {gib(estimate)} of memory ({shape.width}x{shape.height} "
@@ -248,20 +250,17 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
 
 
 @router.get("/v1/jobs", summary="All jobs the daemon holds (queued, running, kept)")
-
 def list_jobs(d: DaemonDep) -> Response:
     return json_response({"jobs": [d.manager.status(j) for j in d.manager.jobs()]})
 
 
 @router.get("/v1/jobs/{job_id}", summary="Follow a job")
-
 def job_status(job_id: str, d: DaemonDep) -> Response:
     return json_response(d.manager.status(d.job(job_id)))
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=204, response_class=Response,
-            summary="Cancel a job if needed and drop it and its result now")
-
+               summary="Cancel a job if needed and drop it and its result now")
 def delete_job(job_id: str, d: DaemonDep) -> Response:
     d.job(job_id)
     d.manager.cancel(job_id)
@@ -270,8 +269,7 @@ def delete_job(job_id: str, d: DaemonDep) -> Response:
 
 
 @router.get("/v1/jobs/{job_id}/preview", summary="PNG of the current state (404 until one exists)",
-         response_class=Response, responses={200: {"content": {PNG: {}}}})
-
+            response_class=Response, responses={200: {"content": {PNG: {}}}})
 def job_preview(job_id: str, d: DaemonDep) -> Response:
     data = d.manager.preview_png(d.job(job_id))
     if data is None:
@@ -280,7 +278,6 @@ def job_preview(job_id: str, d: DaemonDep) -> Response:
 
 
 @router.post("/v1/jobs/{job_id}/cancel", summary="Cancel a queued or running job")
-
 def cancel_job(job_id: str, d: DaemonDep, keep_result: Annotated[bool, Query()] = False) -> Response:
     d.job(job_id)
     job = d.manager.cancel(job_id, keep_result=keep_result)
@@ -290,7 +287,6 @@ def cancel_job(job_id: str, d: DaemonDep, keep_result: Annotated[bool, Query()] 
 
 
 @router.get("/v1/jobs/{job_id}/result", summary="The layer stack as JSON")
-
 def job_result(job_id: str, d: DaemonDep) -> Response:
     job, result = d.result(job_id)
     if result.json_cache is None:
@@ -322,8 +318,7 @@ def _item(d: Daemon, job_id: str, index: int) -> tuple[Job, JobResult, Layer | G
 
 
 @router.get("/v1/jobs/{job_id}/layers/{index}/image.png", summary="A layer's pixels as PNG at the document depth",
-         response_class=Response, responses={200: {"content": {PNG: {}}}})
-
+            response_class=Response, responses={200: {"content": {PNG: {}}}})
 def layer_image(job_id: str, index: int, d: DaemonDep,
                 level: Annotated[int | None, Query(ge=0, le=9, description="zlib level")] = None) -> Response:
     job, result, item = _item(d, job_id, index)
@@ -331,13 +326,12 @@ def layer_image(job_id: str, index: int, d: DaemonDep,
     if pixels is None:
         raise ApiError(404, f"layer {index} ({item.name!r}) has no image")
     return StreamingResponse(iter_png(pixels, d.config.png_level if level is None else level,
-                                            icc_profile=result.stack.icc_profile, dpi=result.stack.dpi),
+                                      icc_profile=result.stack.icc_profile, dpi=result.stack.dpi),
                              media_type=PNG)
 
 
 @router.get("/v1/jobs/{job_id}/layers/{index}/mask.png", summary="A layer's mask as grey PNG",
-         response_class=Response, responses={200: {"content": {PNG: {}}}})
-
+            response_class=Response, responses={200: {"content": {PNG: {}}}})
 def layer_mask(job_id: str, index: int, d: DaemonDep,
                level: Annotated[int | None, Query(ge=0, le=9, description="zlib level")] = None) -> Response:
     job, result, item = _item(d, job_id, index)
@@ -348,8 +342,7 @@ def layer_mask(job_id: str, index: int, d: DaemonDep,
 
 
 @router.get("/v1/jobs/{job_id}/result.psd", summary="The layered PSD (PSB when a side is over 30000 px)",
-         response_class=Response, responses={200: {"content": {"image/vnd.adobe.photoshop": {}}}})
-
+            response_class=Response, responses={200: {"content": {"image/vnd.adobe.photoshop": {}}}})
 def result_psd(job_id: str, d: DaemonDep) -> Response:
     from ...document.psd import psd_suffix, write_psd
     job, result = d.result(job_id)

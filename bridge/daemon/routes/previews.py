@@ -9,6 +9,7 @@ limits on styles and pixels, and 422 for an image that cannot be read.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
@@ -18,7 +19,7 @@ from ...imaging import ImageError, Picture, encode_png, load_image
 from ...preview import PreviewModelError
 from ..context import DaemonDep
 from ..library import LibraryError, name_from_filename
-from ..previews import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, PreviewBusy
+from ..previews import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, STYLE_SIDE, PreviewBusy, reduced
 from ..web import ApiError, decode_upload, json_response, read_upload, strip_label
 
 router = APIRouter(tags=["previews"])
@@ -44,25 +45,32 @@ def make_previews(
     if count > limits.max_styles:
         raise ApiError(422, f"styles: {count} styles is over the limit of {limits.max_styles} (max_styles)",
                        option="styles", limit="max_styles", value=count)
-    photo = decode_upload(read_upload(content, "content"), "content", limits,
-                          name=name_from_filename(content.filename, "image"))
-    chosen: list[tuple[str, Picture]] = []
+    library: list[tuple[str, Path]] = []
     for name in names:
         try:
-            path = d.library.path(name)
+            library.append((name, d.library.path(name)))
         except LibraryError as exc:
             raise ApiError(422, f"unknown style {name!r}: not in the library (GET /v1/styles lists them)"
                            if exc.status == 404 else str(exc), style=name) from None
-        try:
-            chosen.append((name, load_image(path, max_pixels=limits.max_pixels, name=name)))
-        except ImageError as exc:
-            raise ApiError(422, f"style {name!r}: {strip_label(str(exc))}", style=name) from None
-    for upload in files:
-        label = name_from_filename(upload.filename)
-        chosen.append((label, decode_upload(read_upload(upload, f"style file {upload.filename!r}"),
-                                            f"style file {upload.filename!r}", limits, name=label)))
+
+    def load() -> tuple[Picture, list[tuple[str, Picture]]]:
+        """Decode (in the preview worker, one request at a time) and reduce at once to what previews use."""
+        photo = reduced(decode_upload(read_upload(content, "content"), "content", limits,
+                                      name=name_from_filename(content.filename, "image")), size)
+        chosen: list[tuple[str, Picture]] = []
+        for name, path in library:
+            try:
+                chosen.append((name, reduced(load_image(path, max_pixels=limits.max_pixels, name=name), STYLE_SIDE)))
+            except (ImageError, OSError) as exc:
+                raise ApiError(422, f"style {name!r}: {strip_label(str(exc))}", style=name) from None
+        for upload in files:
+            label, what = name_from_filename(upload.filename), f"style file {upload.filename!r}"
+            chosen.append((label, reduced(decode_upload(read_upload(upload, what), what, limits, name=label),
+                                          STYLE_SIDE)))
+        return photo, chosen
+
     try:
-        rendered = d.previews.render(photo, chosen, size)
+        rendered = d.previews.render(load, size)
     except PreviewBusy:
         raise ApiError(429, "the daemon is busy with other previews; try again in a moment",
                        limit="max_waiting_previews") from None
