@@ -11,15 +11,17 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
-from bridge.daemon.client import DaemonClient, DaemonUnreachable
 from bridge.hotfolder.process import DaemonEngine, InProcessEngine
 from bridge.hotfolder.watcher import Reporter, Watcher
 
 from test_hotfolder_watch import (REPO, STABLE, _free_port, _Lines, _watch_cmd, events, files, make_hot, make_photo,
                                   start_serve)
 
-ITERATIONS = 50
+ITERATIONS = 30
 FAST = ("--checkpoint-seconds", "0.3")
 
 
@@ -56,7 +58,7 @@ def test_kill_9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path: Path)
     out = _Lines(proc)
     try:
         deadline = time.monotonic() + 120
-        while not checkpoints(root) or saved_iteration(root) < 5:
+        while not checkpoints(root) or saved_iteration(root) < 4:
             assert time.monotonic() < deadline and proc.poll() is None, "".join(out.lines)
             time.sleep(0.1)
     finally:
@@ -99,7 +101,8 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_line_and_the_job_finis
     stream = io.StringIO()
     watcher = Watcher(root, InProcessEngine(), stable_seconds=STABLE, once=True, reporter=Reporter(stream),
                       checkpoint_seconds=0.05)
-    assert watcher.run() == 0, stream.getvalue()
+    with pytest.warns(RuntimeWarning, match="could not be saved"):     # the engine's own warning, once
+        assert watcher.run() == 0, stream.getvalue()
     lines = [line for line in stream.getvalue().splitlines() if "checkpoint could not be saved" in line]
     assert len(lines) == 1, stream.getvalue()                # said once, not at every save
     assert "warning:" in lines[0] and "free some disk space" in lines[0]
