@@ -1,7 +1,7 @@
 """Resume after kill -9 (issue 12, item 4): work lost and the final result against an uninterrupted run.
 
     .venv/bin/python bench/bench_resume.py [--side 96] [--min-size 48] [--iterations 40] [--coarse 15]
-                                          [--checkpoint-seconds 5] [--kill-at 0.6] [--seed 1]
+                                          [--checkpoint-seconds 5] [--kill-at 0.6] [--seed 1] [--repeat]
 
 A photo (the repository's coffee sample, long side ``--side``) and one style (Starry Night, 128 px) at
 ``size "native"``: a coarse-to-fine ladder from ``--min-size`` up to the photo's own size, the last stage
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-seconds", type=float, default=5.0)
     parser.add_argument("--kill-at", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", action="store_true",
+                        help="run the reference twice (its run-to-run spread, to compare the resumed loss with)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--photo", help=argparse.SUPPRESS)
     parser.add_argument("--style", help=argparse.SUPPRESS)
@@ -127,6 +129,10 @@ def main() -> None:
     stages = sorted({(l["stage"], l["size"], l["its"]) for l in ref_lines})
     print(f"stages: {', '.join(f'{s}: {size} px x {its} it' for s, size, its in stages)}")
     print(f"reference: {ref['seconds']:.1f} s optimising ({ref_wall:.1f} s wall), final loss {ref['loss']:.4g}")
+    if args.repeat:
+        _, again, _ = run_child(base, [])
+        assert again is not None
+        print(f"reference again: final loss {again['loss']:.4g} (x{again['loss'] / ref['loss']:.4f})")
 
     cp_path = work / "checkpoint.npz"
     killed_lines, killed, killed_wall = run_child(base, ["--checkpoint", str(cp_path)], kill_at=args.kill_at)

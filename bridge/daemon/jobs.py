@@ -383,13 +383,19 @@ class JobManager:
         can be taken is an orphan even when its process id has been reused meanwhile."""
         parent = self.folder
         parent.mkdir(parents=True, exist_ok=True)
-        orphans = [child for child in parent.iterdir()
-                   if child.is_dir() and child.name.isdigit() and _orphaned(child)]
+        # Orphans stay locked by this daemon while it takes them over: two daemons starting at once never
+        # both move (or one remove) the same unfinished job.
+        held: dict[Path, Any] = {}
+        for child in parent.iterdir():
+            if child.is_dir() and (child.name.isdigit() or child.name.startswith("previous-")):
+                taken, handle = _hold_orphan(child)
+                if taken:
+                    held[child] = handle
         self.folder = parent / str(os.getpid())
-        if self.folder in orphans:       # a previous daemon with our process id (containers): take it over too
+        if self.folder in held:          # a previous daemon with our process id (containers): take it over too
             aside = parent / f"previous-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(self.folder, aside)
-            orphans[orphans.index(self.folder)] = aside
+            held[aside] = held.pop(self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
         self._lock_file = open(self.folder / ".lock", "wb")     # noqa: SIM115 - held until the process ends
@@ -398,9 +404,13 @@ class JobManager:
         self.uploads = self.folder / "uploads"     # queued jobs' files; one sub-folder per job
         self.uploads.mkdir()
         adopted: list[Path] = []
-        for orphan in sorted(orphans, key=lambda p: p.stat().st_mtime if p.exists() else 0.0):
-            adopted += persist.adopt(orphan, self.uploads)
-            shutil.rmtree(orphan, ignore_errors=True)
+        for orphan in sorted(held, key=lambda p: p.stat().st_mtime if p.exists() else 0.0):
+            try:
+                adopted += persist.adopt(orphan, self.uploads)
+                shutil.rmtree(orphan, ignore_errors=True)
+            finally:
+                if held[orphan] is not None:
+                    held[orphan].close()
         return adopted
 
     def _adopt(self, folders: list[Path], fixed: dict[str, Any] | None) -> None:
@@ -804,20 +814,24 @@ def default_job_memory() -> int:
     return total // 2 if total else 8 * 2 ** 30
 
 
-def _orphaned(folder: Path) -> bool:
-    """True when the daemon that made ``folder`` is gone: its lock is free (or, for a folder without
-    one, its process does not exist)."""
+def _hold_orphan(folder: Path) -> tuple[bool, Any]:
+    """(True, the open lock file, held: close it when done) when ``folder``'s daemon is gone, else
+    (False, None). Each daemon holds its folder's ``.lock`` for its lifetime, so a lock that can be taken
+    means the daemon is gone even when its process id was reused; a folder without one (or no ``fcntl``):
+    its process id is not alive. The lock stays taken while the folder is taken over."""
     lock = folder / ".lock"
     if fcntl is None or not lock.is_file():
-        return not _alive(int(folder.name))
+        return (not folder.name.isdigit() or not _alive(int(folder.name))), None
     try:
-        with open(lock, "rb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released when closed
-    except BlockingIOError:
-        return False
+        handle = open(lock, "rb")       # noqa: SIM115 - returned to the caller, who closes it
     except OSError:
-        return not _alive(int(folder.name))
-    return True
+        return False, None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False, None
+    return True, handle
 
 
 def _alive(pid: int) -> bool:
