@@ -207,5 +207,6 @@ def status_command(args: argparse.Namespace) -> int:
         return 0
     queue = health.get("queue") or {}
     print(f"stylebridge daemon {health.get('version')} running at {client.url}: device {health.get('device')}, "
-          f"weights {health.get('weights')}, {queue.get('running', 0)} running, {queue.get('queued', 0)} queued")
+          f"weights {health.get('weights')}, {queue.get('running', 0)} running, {queue.get('queued', 0)} queued"
+          + (f" ({queue['paused']} paused)" if queue.get("paused") else ""))
     return 0
