@@ -118,6 +118,27 @@ def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path):
     assert "Traceback" not in out, out
 
 
+def test_cancel_keeping_the_result_of_a_paused_job_gives_its_best_image(tmp_path):
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        batch = client.submit_job(("batch.png", CONTENT), job_json(2000, "batch", "batch"), style_files=STYLE)
+        wait_status(client, batch["id"], lambda s: (s.get("iteration") or 0) >= 3)
+        quick = client.submit_job(("quick.png", CONTENT), job_json(8, name="quick"), style_files=STYLE)
+        paused = wait_status(client, batch["id"], lambda s: s["status"] == "paused", timeout=30)
+        answer = client.cancel(batch["id"], keep_result=True)
+        assert answer["status"] == "paused" and answer["phase"] == "finishing"
+        assert client.wait(quick["id"], timeout=120)["status"] == "done"     # the artist's job still goes first
+        done = client.wait(batch["id"], timeout=120)
+        assert done["status"] == "done" and done["partial"] is True
+        assert paused["iteration"] <= done["iteration"] < 2000              # from where it was, not from zero
+        result = client.result(batch["id"])
+        assert [layer["name"] for layer in result["layers"] if layer["meta"].get("role") == "style"] == ["starry"]
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out, out
+
+
 def test_a_stopping_daemon_keeps_its_unfinished_job_for_the_next_one(tmp_path):
     proc, url = start_daemon(tmp_path, *CHECKPOINT)
     client = DaemonClient(url, token="", timeout=30)

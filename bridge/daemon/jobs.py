@@ -339,6 +339,7 @@ class Job:
     priority: str = "interactive"
     warnings: list[str] = field(default_factory=list)   # e.g. a checkpoint that could not be saved
     resumed: bool = False              # taken over from a daemon that is gone (or paused): goes on from a checkpoint
+    finish_on_resume: bool = False     # cancelled with keep_result while waiting: runs to its first iteration, ends
 
 
 class QueueFull(Exception):
@@ -515,12 +516,21 @@ class JobManager:
     def cancel(self, job_id: str, keep_result: bool = False) -> Job | None:
         """Queued: cancelled at once. Running: the engine stops at its next iteration; with
         ``keep_result`` the job then ends ``done`` with ``partial: true`` and the best image so far,
-        otherwise it is ``cancelled`` at once. Finished jobs are left as they are."""
+        otherwise it is ``cancelled`` at once. Waiting with a checkpoint (paused, or taken over after a
+        restart) and ``keep_result``: it runs next just long enough to get its best image back, then ends
+        like a running one. Finished jobs are left as they are."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.status.terminal:
                 return job
-            if job.status in (JobState.QUEUED, JobState.PAUSED) and job in self._queue:
+            if (job.status in (JobState.QUEUED, JobState.PAUSED) and job in self._queue and keep_result
+                    and job.files is not None and persist.checkpoint_path(job.files.folder).is_file()):
+                # Its best image so far is in its checkpoint: it runs next, stops at its first iteration
+                # and ends done, partial, with that image (the engine returns images only from a run).
+                job.keep_result = job.finish_on_resume = True
+                job.phase = "finishing"
+                self._wake.notify_all()
+            elif job.status in (JobState.QUEUED, JobState.PAUSED) and job in self._queue:
                 self._queue.remove(job)
                 self._finish(job, JobState.CANCELLED)
             else:
@@ -545,7 +555,7 @@ class JobManager:
 
     def _order(self) -> list[Job]:
         """The queue in the order the worker takes it: interactive jobs first (FIFO), then batch jobs."""
-        return sorted(self._queue, key=lambda j: j.priority == "batch")
+        return sorted(self._queue, key=lambda j: (not j.finish_on_resume, j.priority == "batch"))
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -647,7 +657,7 @@ class JobManager:
                 self._queue.remove(job)
                 files = job.files
                 job.status = JobState.RUNNING
-                job.phase = "starting"
+                job.phase = "finishing" if job.finish_on_resume else "starting"
                 job.started = time.time()
                 self._current = job
             try:
@@ -676,6 +686,8 @@ class JobManager:
                     job.preview = np.array(progress.preview, dtype=np.float32, copy=True)
                     job.preview_serial += 1
                 job.progress = replace(progress, preview=None)
+                if job.finish_on_resume and not job.cancel.cancelled:
+                    job.cancel.cancel()          # the run has its best image back: stop and keep it
                 if job.status is JobState.RUNNING and not job.cancel.cancelled and not job.cancel.paused:
                     job.phase = "optimizing"
 
