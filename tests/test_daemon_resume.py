@@ -4,7 +4,6 @@ on tiny images (48 px, size 48, one stage) with a checkpoint every 0.3 s."""
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import subprocess
@@ -13,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
