@@ -272,10 +272,10 @@ def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False) ->
     weights = settings.style_blend_weights
     if weights is not None and len(weights) != count:
         raise SettingsError("style_blend_weights", f"{len(weights)} weights given for {count} styles")
-    names = set(spec.style_names)
+    layers = spec.style_names + (["blend"] if weights is not None else [])     # the blended result has a layer too
     for style, _ in spec.style_masks:
-        if style not in names:
-            raise SettingsError("style_masks", f"{style!r}: no such style (styles: {', '.join(spec.style_names)})")
+        if style not in layers:
+            raise SettingsError("style_masks", f"{style!r}: no such style (styles: {', '.join(layers)})")
     if over_http:
         for option in PATH_OPTIONS:
             if option in spec.options:

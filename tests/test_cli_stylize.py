@@ -206,6 +206,11 @@ def test_psd_output_with_masks(tmp_path, inputs, photo, capsys) -> None:
     doc = PSDImage.open(target)
     names = [layer.name for layer in doc.descendants()]
     assert "starry_night" in names and "the_scream" in names
+    # the blended result's layer takes a mask too (its name is "blend")
+    code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-s", inputs["scream"],
+                             "--style-blend-weights", "1,1", "-o", tmp_path / "blend.psd", *FAST,
+                             "--style-mask", f"blend={mask_path}"], capsys)
+    assert code == 0, err
     # second run: a new name, the first document untouched
     code, stdout, err = cli(["stylize", inputs["photo"], "-s", inputs["starry"], "-o", target, *FAST], capsys)
     assert code == 0, err
