@@ -356,6 +356,9 @@ class ServiceDefaults:
     port: int = DEFAULT_PORT            # the protocol client's (it runs inside GIMP, without this package)
     keep_results_minutes: float = 60.0  # finished results are dropped after this
     device: str = "auto"                # resolved once when the daemon starts (cuda, mps, else cpu)
+    # Long jobs (daemon and hot folder): the engine's checkpoint is saved at each stage's end and at least
+    # this often, so a crash or kill -9 loses at most this much work (``serve``/``watch`` --checkpoint-seconds).
+    checkpoint_seconds: float = 120.0
 
     @property
     def url(self) -> str:

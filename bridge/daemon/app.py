@@ -51,7 +51,8 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine, preview_servic
         config=config, base_settings=base_settings,
         library=StyleLibrary(data_dir / "styles", max_pixels=config.limits.max_pixels),
         manager=JobManager(runner, data_dir / "jobs", retention_s=config.retention_s,
-                           memory_budget=config.limits.memory_budget),
+                           memory_budget=config.limits.memory_budget, checkpoint_s=config.checkpoint_s,
+                           fixed={"device": config.resolved_device, "weights": config.weights}),
         previews=preview_service or PreviewService(threads=preview_threads(config.resolved_device)))
 
     @asynccontextmanager

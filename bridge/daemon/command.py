@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="default preset for jobs that name none (default: the settings' own defaults)")
     serve.add_argument("--keep-results", type=float, default=SERVICE.keep_results_minutes, metavar="MINUTES",
                        help=f"how long finished results are kept (default {SERVICE.keep_results_minutes:g} minutes)")
+    serve.add_argument("--checkpoint-seconds", type=float, default=SERVICE.checkpoint_seconds, metavar="S",
+                       help=f"save a running job's checkpoint at least this often (and at each stage's end), so that "
+                            f"after a crash or restart it resumes losing at most this much work "
+                            f"(default {SERVICE.checkpoint_seconds:g})")
     serve.add_argument("--memory-budget-mb", type=int, default=LIMITS.memory_budget // 2 ** 20, metavar="MB",
                        help=f"finished results held in RAM beyond this go to disk in the data folder "
                             f"(default {LIMITS.memory_budget // 2 ** 20})")
@@ -107,6 +111,8 @@ def serve_command(args: argparse.Namespace) -> int:
         return _fail("--max-upload-mb must be > 0")
     if args.max_queued_jobs < 1:
         return _fail("--max-queued-jobs must be >= 1")
+    if not args.checkpoint_seconds > 0:
+        return _fail("--checkpoint-seconds must be > 0")
     if args.memory_budget_mb < 0:
         return _fail("--memory-budget-mb must be >= 0")
     if args.max_job_memory_mb is not None and args.max_job_memory_mb < 1:
@@ -166,7 +172,7 @@ def serve_command(args: argparse.Namespace) -> int:
     config = DaemonConfig(
         data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, resolved_device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,
-        retention_s=args.keep_results * 60.0, limits=limits, extra_hosts=tuple(args.allow_host),
+        retention_s=args.keep_results * 60.0, checkpoint_s=args.checkpoint_seconds, limits=limits, extra_hosts=tuple(args.allow_host),
         png_level=args.png_level)
     app = create_app(config)
     app.state.speed = meter
@@ -210,5 +216,6 @@ def status_command(args: argparse.Namespace) -> int:
         return 0
     queue = health.get("queue") or {}
     print(f"stylebridge daemon {health.get('version')} running at {client.url}: device {health.get('device')}, "
-          f"weights {health.get('weights')}, {queue.get('running', 0)} running, {queue.get('queued', 0)} queued")
+          f"weights {health.get('weights')}, {queue.get('running', 0)} running, {queue.get('queued', 0)} queued"
+          + (f" ({queue['paused']} paused)" if queue.get("paused") else ""))
     return 0

@@ -39,6 +39,7 @@ class DaemonConfig:
     weights_path: str | None = None
     preset: str | None = None              # default preset for jobs that name none
     retention_s: float = SERVICE.keep_results_minutes * 60.0
+    checkpoint_s: float = SERVICE.checkpoint_seconds    # a running job's checkpoint is saved at least this often
     limits: Limits = field(default_factory=lambda: LIMITS)
     extra_hosts: tuple[str, ...] = ()
     png_level: int | None = None           # zlib level of layer PNGs; None = per layer (0 or 1)

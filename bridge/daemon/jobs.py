@@ -38,7 +38,7 @@ from ..document.model import Group, Layer, LayerStack
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import Picture, encode_array_png, to_dtype
 from ..settings import LIMITS, SERVICE, DocumentSettings, Settings
-from . import protocol_client
+from . import persist, protocol_client
 from .protocol_client import progress_text
 
 log = logging.getLogger("stylebridge.daemon")
@@ -51,6 +51,7 @@ class JobState(str, enum.Enum):
     """Where a job is: the ``status`` of the protocol's job JSON."""
 
     QUEUED = "queued"
+    PAUSED = "paused"          # a batch job stopped at a checkpoint for an interactive one; resumes after it
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
@@ -210,6 +211,8 @@ class JobFiles:
     name: str | None = None
     estimate: int = 0
     max_pixels: int = 200_000_000
+    priority: str = "interactive"        # bridge.job.Priority: a batch job pauses for an interactive one
+    spec: dict[str, Any] | None = None   # the job as submitted (JobSpec.to_json), kept in its job.json
 
     def load(self) -> JobRequest:
         """Decode the uploads: the photo, each style, the mask (ImageError names which one failed)."""
@@ -295,6 +298,7 @@ class RunContext:
     cancel: CancelToken
     set_phase: Callable[[str], None]
     wanted: Callable[[], bool]        # False once the client cancelled without keeping the result
+    checkpoint: Any = None            # the job's engine Checkpoint (persist.ReportingCheckpoint): resume, pause
 
 
 #: runner(request, ctx) -> (stack, settings JSON, partial) or None when there is nothing to keep
@@ -307,9 +311,10 @@ def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[s
     from ..engine import stylize
 
     started = time.perf_counter()
-    result = stylize(request.content, request.styles, request.settings, ctx.progress, ctx.cancel)
+    result = stylize(request.content, request.styles, request.settings, ctx.progress, ctx.cancel,
+                     checkpoint=ctx.checkpoint)
     engine_s = time.perf_counter() - started
-    if not ctx.wanted() or not result.images:
+    if result.paused or not ctx.wanted() or not result.images:
         return None
     ctx.set_phase("building layers")
     document = request.document
@@ -350,6 +355,10 @@ class Job:
     styles: list[str] = field(default_factory=list)
     estimate: int = 0                  # bytes, estimate_job_memory at submission
     working_size: tuple[int, int] | None = None   # (w, h) of the last optimisation stage
+    priority: str = "interactive"
+    warnings: list[str] = field(default_factory=list)   # e.g. a checkpoint that could not be saved
+    resumed: bool = False              # taken over from a daemon that is gone (or paused): goes on from a checkpoint
+    finish_on_resume: bool = False     # cancelled with keep_result while waiting: runs to its first iteration, ends
 
 
 class QueueFull(Exception):
@@ -364,11 +373,15 @@ class JobManager:
     """FIFO queue + one worker thread + a janitor for expired results."""
 
     def __init__(self, runner: Runner, folder: Path, *, retention_s: float = SERVICE.keep_results_minutes * 60.0,
-                 memory_budget: int = LIMITS.memory_budget) -> None:
+                 memory_budget: int = LIMITS.memory_budget, checkpoint_s: float = SERVICE.checkpoint_seconds,
+                 fixed: dict[str, Any] | None = None) -> None:
+        """``checkpoint_s``: how often a running job's checkpoint is saved at least; ``fixed``: the settings
+        this daemon fixes (device, weights), applied to the unfinished jobs it takes over."""
         self.runner = runner
         self.folder = Path(folder)
         self.retention_s = retention_s
         self.memory_budget = memory_budget
+        self.checkpoint_s = float(checkpoint_s)
         self._jobs: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._lock = threading.RLock()
@@ -376,22 +389,33 @@ class JobManager:
         self._stop = threading.Event()
         self._current: Job | None = None
         self.completed = 0
-        self._reset_folder()
+        adopted = self._reset_folder()
+        self._adopt(adopted, fixed)
         self._worker = threading.Thread(target=self._work, name="stylebridge-engine", daemon=True)
         self._janitor = threading.Thread(target=self._clean_loop, name="stylebridge-janitor", daemon=True)
 
-    def _reset_folder(self) -> None:
-        """One sub-folder per daemon process (two daemons may share a data folder); the folders of
-        daemons that are gone (results, queued uploads) are removed: they cannot be served again.
+    def _reset_folder(self) -> list[Path]:
+        """One sub-folder per daemon process (two daemons may share a data folder). The unfinished jobs
+        of daemons that are gone (killed, crashed, stopped) are taken over (:func:`persist.adopt`: their
+        folders move into this daemon's); the rest of their folders (finished results) is removed.
 
         Each daemon holds a lock on its folder's ``.lock`` for its lifetime, so a folder whose lock
         can be taken is an orphan even when its process id has been reused meanwhile."""
         parent = self.folder
         parent.mkdir(parents=True, exist_ok=True)
+        # Orphans stay locked by this daemon while it takes them over: two daemons starting at once never
+        # both move (or one remove) the same unfinished job.
+        held: dict[Path, Any] = {}
         for child in parent.iterdir():
-            if child.is_dir() and child.name.isdigit() and _orphaned(child):
-                shutil.rmtree(child, ignore_errors=True)
+            if child.is_dir() and (child.name.isdigit() or child.name.startswith("previous-")):
+                taken, handle = _hold_orphan(child)
+                if taken:
+                    held[child] = handle
         self.folder = parent / str(os.getpid())
+        if self.folder in held:          # a previous daemon with our process id (containers): take it over too
+            aside = parent / f"previous-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.folder, aside)
+            held[aside] = held.pop(self.folder)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir()
         self._lock_file = open(self.folder / ".lock", "wb")     # noqa: SIM115 - held until the process ends
@@ -399,6 +423,32 @@ class JobManager:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.uploads = self.folder / "uploads"     # queued jobs' files; one sub-folder per job
         self.uploads.mkdir()
+        adopted: list[Path] = []
+        for orphan in sorted(held, key=lambda p: p.stat().st_mtime if p.exists() else 0.0):
+            try:
+                adopted += persist.adopt(orphan, self.uploads)
+                shutil.rmtree(orphan, ignore_errors=True)
+            finally:
+                if held[orphan] is not None:
+                    held[orphan].close()
+        return adopted
+
+    def _adopt(self, folders: list[Path], fixed: dict[str, Any] | None) -> None:
+        """Queue the unfinished jobs taken over from dead daemons, oldest first, under their own ids."""
+        for stored in persist.load_adopted(folders, fixed):
+            files = stored.files
+            job = self._new_job(stored.job_id, files)
+            job.created, job.resumed, job.phase = stored.created or job.created, True, "queued (resumes)"
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            log.info("job %s taken over from a previous daemon: %s, resumes from its checkpoint", job.id, job.name)
+
+    @staticmethod
+    def _new_job(job_id: str, files: JobFiles) -> Job:
+        return Job(id=job_id, files=files, name=files.name or files.content_name,
+                   width=files.content_shape.width, height=files.content_shape.height,
+                   styles=[name for name, _ in files.styles], estimate=files.estimate,
+                   working_size=working_size(files.content_shape, files.settings), priority=files.priority)
 
     def upload_folder(self) -> Path:
         """A new empty folder for one submission's files (removed by the job, or by the caller if the
@@ -412,32 +462,64 @@ class JobManager:
         self._janitor.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel everything and wait a little for the worker (the engine stops at its next iteration)."""
+        """Stop the worker; unfinished jobs stay on disk for the next daemon (:mod:`.persist`).
+
+        The running job pauses (the engine saves its checkpoint at its next iteration); if it has not
+        stopped after half of ``timeout`` it is cancelled. Queued and paused jobs keep their folders
+        (description, uploads, checkpoint); finished results are removed."""
         self._stop.set()
         with self._lock:
-            for job in self._queue:
-                self._finish(job, JobState.CANCELLED, error="the daemon stopped")
-            self._queue.clear()
             if self._current is not None:
-                self._current.cancel.cancel()
+                self._current.cancel.pause()
             self._wake.notify_all()
         if self._worker.is_alive():
-            self._worker.join(timeout)
-        shutil.rmtree(self.folder, ignore_errors=True)
+            self._worker.join(timeout / 2)
+            if self._worker.is_alive():
+                with self._lock:
+                    if self._current is not None:
+                        self._current.cancel.cancel()
+                self._worker.join(timeout / 2)
+        with self._lock:
+            keep = {job.files.folder.name for job in self._jobs.values()
+                    if not job.status.terminal and job.files is not None
+                    and (job.files.folder / persist.JOB_FILE).is_file()}
+        if not keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            for child in self.folder.iterdir():
+                if child.name not in (".lock", "uploads"):
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+            for child in self.uploads.iterdir():
+                if child.name not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
+            log.info("%d unfinished job(s) kept in %s: the next daemon on this data folder resumes them",
+                     len(keep), self.folder)
         self._lock_file.close()
 
     # -- client side ---------------------------------------------------------------------------
     def submit(self, files: JobFiles, max_queued: int | None = None) -> Job:
         """Queue a job; :class:`QueueFull` when ``max_queued`` jobs already wait (their uploads on disk)."""
-        job = Job(id=uuid.uuid4().hex, files=files, name=files.name or files.content_name,
-                  width=files.content_shape.width, height=files.content_shape.height,
-                  styles=[name for name, _ in files.styles], estimate=files.estimate,
-                  working_size=working_size(files.content_shape, files.settings))
+        job = self._new_job(uuid.uuid4().hex, files)
+        with self._lock:
+            if max_queued is not None and len(self._queue) >= max_queued:
+                raise QueueFull(len(self._queue))
+        try:
+            persist.save(files.folder, job.id, job.created, files)
+        except OSError as exc:       # e.g. a full disk: the job runs, but would not survive a restart
+            job.warnings.append(f"the job's description could not be saved ({exc.strerror or exc}): it runs, but "
+                                "would not be resumed after a restart of the daemon; free some disk space in the "
+                                "daemon's data folder")
         with self._lock:
             if max_queued is not None and len(self._queue) >= max_queued:
                 raise QueueFull(len(self._queue))
             self._jobs[job.id] = job
             self._queue.append(job)
+            current = self._current
+            if (job.priority != "batch" and current is not None and current.priority == "batch"
+                    and current.status is JobState.RUNNING and not current.cancel.cancelled):
+                current.cancel.pause()       # it stops at a checkpoint and resumes after this one
+                current.phase = "pausing"
+                log.info("job %s pauses for interactive job %s", current.id, job.id)
             self._wake.notify_all()
         log.info("job %s queued: %s, %dx%d, styles %s", job.id, job.name, job.width, job.height, job.styles)
         return job
@@ -453,12 +535,21 @@ class JobManager:
     def cancel(self, job_id: str, keep_result: bool = False) -> Job | None:
         """Queued: cancelled at once. Running: the engine stops at its next iteration; with
         ``keep_result`` the job then ends ``done`` with ``partial: true`` and the best image so far,
-        otherwise it is ``cancelled`` at once. Finished jobs are left as they are."""
+        otherwise it is ``cancelled`` at once. Waiting with a checkpoint (paused, or taken over after a
+        restart) and ``keep_result``: it runs next just long enough to get its best image back, then ends
+        like a running one. Finished jobs are left as they are."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.status.terminal:
                 return job
-            if job.status is JobState.QUEUED:
+            if (job.status in (JobState.QUEUED, JobState.PAUSED) and job in self._queue and keep_result
+                    and job.files is not None and persist.checkpoint_path(job.files.folder).is_file()):
+                # Its best image so far is in its checkpoint: it runs next, stops at its first iteration
+                # and ends done, partial, with that image (the engine returns images only from a run).
+                job.keep_result = job.finish_on_resume = True
+                job.phase = "finishing"
+                self._wake.notify_all()
+            elif job.status in (JobState.QUEUED, JobState.PAUSED) and job in self._queue:
                 self._queue.remove(job)
                 self._finish(job, JobState.CANCELLED)
             else:
@@ -472,19 +563,24 @@ class JobManager:
             return job
 
     def queue_position(self, job: Job) -> int | None:
-        """1 = next to run; None when not queued."""
+        """1 = next to run (interactive jobs first, then batch ones); None when not waiting."""
         with self._lock:
-            if job.status is not JobState.QUEUED:
+            if job.status not in (JobState.QUEUED, JobState.PAUSED):
                 return None
-            for i, queued in enumerate(self._queue):
+            for i, queued in enumerate(self._order()):
                 if queued is job:
                     return i + 1
             return None
 
+    def _order(self) -> list[Job]:
+        """The queue in the order the worker takes it: interactive jobs first (FIFO), then batch jobs."""
+        return sorted(self._queue, key=lambda j: (not j.finish_on_resume, j.priority == "batch"))
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             out = {"queued": len(self._queue), "running": int(self._current is not None
-                                                              and self._current.status is JobState.RUNNING)}
+                                                              and self._current.status is JobState.RUNNING),
+                   "paused": sum(1 for j in self._queue if j.status is JobState.PAUSED)}
             out["kept"] = sum(1 for j in self._jobs.values() if j.status.terminal)
             return out
 
@@ -538,6 +634,9 @@ class JobManager:
                 "result_url": f"{base}/result" if job.result is not None else None,
                 "psd_url": f"{base}/result.psd" if job.result is not None else None,
                 "working_size": list(job.working_size) if job.working_size else None,
+                "priority": job.priority,
+                "resumed": job.resumed,
+                "warnings": list(job.warnings),
             }
         out["message"] = progress_text(out)     # the same words in every client
         return out
@@ -573,10 +672,11 @@ class JobManager:
                     self._wake.wait(timeout=5.0)
                 if self._stop.is_set():
                     return
-                job = self._queue.popleft()
+                job = self._order()[0]
+                self._queue.remove(job)
                 files = job.files
                 job.status = JobState.RUNNING
-                job.phase = "starting"
+                job.phase = "finishing" if job.finish_on_resume else "starting"
                 job.started = time.time()
                 self._current = job
             try:
@@ -605,7 +705,9 @@ class JobManager:
                     job.preview = np.array(progress.preview, dtype=np.float32, copy=True)
                     job.preview_serial += 1
                 job.progress = replace(progress, preview=None)
-                if job.status is JobState.RUNNING and not job.cancel.cancelled:
+                if job.finish_on_resume and not job.cancel.cancelled:
+                    job.cancel.cancel()          # the run has its best image back: stop and keep it
+                if job.status is JobState.RUNNING and not job.cancel.cancelled and not job.cancel.paused:
                     job.phase = "optimizing"
 
         def set_phase(phase: str) -> None:
@@ -617,9 +719,20 @@ class JobManager:
             with self._lock:
                 return job.status is JobState.RUNNING and (job.keep_result or not job.cancel.cancelled)
 
+        def checkpoint_failed(path: Path) -> None:
+            message = persist.checkpoint_failure_text(path, "in the daemon's data folder")
+            log.warning("job %s: %s", job.id, message)
+            with self._lock:
+                if message not in job.warnings:
+                    job.warnings.append(message)
+
+        checkpoint = persist.ReportingCheckpoint(persist.checkpoint_path(files.folder), self.checkpoint_s,
+                                           on_failure=checkpoint_failed)
         outcome = None
         if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return
-            outcome = self.runner(files.load(), RunContext(on_progress, job.cancel, set_phase, wanted))
+            outcome = self.runner(files.load(), RunContext(on_progress, job.cancel, set_phase, wanted, checkpoint))
+        if outcome is None and self._paused(job):
+            return
         result = None
         if outcome is not None and wanted():
             result = JobResult.from_stack(outcome[0], outcome[1], self.folder / job.id)
@@ -638,6 +751,21 @@ class JobManager:
             self._finish(job, JobState.DONE)
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
+
+    def _paused(self, job: Job) -> bool:
+        """After a run that returned nothing: a paused job (for an interactive one, or because the daemon
+        stops) waits again, first of the batch jobs, with a fresh token; True if so."""
+        with self._lock:
+            if job.status.terminal or job.cancel.cancelled or not job.cancel.paused:
+                return False
+            job.status, job.phase = JobState.PAUSED, "paused"
+            job.cancel = CancelToken()
+            job.resumed = True
+            if not self._stop.is_set():
+                self._queue.appendleft(job)
+                self._wake.notify_all()
+            log.info("job %s paused at its checkpoint", job.id)
+            return True
 
     def _enforce_budget(self, new: JobResult) -> None:
         """Spill in-memory results to disk, oldest first (``new`` last), while over the budget."""
@@ -717,20 +845,24 @@ def default_job_memory() -> int:
     return total // 2 if total else 8 * 2 ** 30
 
 
-def _orphaned(folder: Path) -> bool:
-    """True when the daemon that made ``folder`` is gone: its lock is free (or, for a folder without
-    one, its process does not exist)."""
+def _hold_orphan(folder: Path) -> tuple[bool, Any]:
+    """(True, the open lock file, held: close it when done) when ``folder``'s daemon is gone, else
+    (False, None). Each daemon holds its folder's ``.lock`` for its lifetime, so a lock that can be taken
+    means the daemon is gone even when its process id was reused; a folder without one (or no ``fcntl``):
+    its process id is not alive. The lock stays taken while the folder is taken over."""
     lock = folder / ".lock"
     if fcntl is None or not lock.is_file():
-        return not _alive(int(folder.name))
+        return (not folder.name.isdigit() or not _alive(int(folder.name))), None
     try:
-        with open(lock, "rb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released when closed
-    except BlockingIOError:
-        return False
+        handle = open(lock, "rb")       # noqa: SIM115 - returned to the caller, who closes it
     except OSError:
-        return not _alive(int(folder.name))
-    return True
+        return False, None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False, None
+    return True, handle
 
 
 def _alive(pid: int) -> bool:

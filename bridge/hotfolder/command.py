@@ -32,6 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stable-seconds", metavar="S", type=float, default=DEFAULT_STABLE_SECONDS,
                    help="a file is picked up once its size and date have not changed for S seconds "
                         f"(default {DEFAULT_STABLE_SECONDS:g})")
+    p.add_argument("--checkpoint-seconds", metavar="S", type=float, default=SERVICE.checkpoint_seconds,
+                   help="save a running job's checkpoint at least this often (and at each stage's end): after a "
+                        f"crash or restart it resumes losing at most this much work (default "
+                        f"{SERVICE.checkpoint_seconds:g})")
     p.set_defaults(func=run)
 
 
@@ -42,13 +46,17 @@ def run(args: argparse.Namespace) -> int:
     if args.stable_seconds < 0:
         print("stylebridge watch: --stable-seconds must be >= 0", file=sys.stderr)
         return 2
+    if not args.checkpoint_seconds > 0:
+        print("stylebridge watch: --checkpoint-seconds must be > 0", file=sys.stderr)
+        return 2
     if args.dir.exists() and not args.dir.is_dir():
         print(f"stylebridge watch: {args.dir} is a file, not a folder", file=sys.stderr)
         return 2
     token = args.token or os.environ.get("STYLEBRIDGE_TOKEN")
     engine = DaemonEngine(args.daemon, token) if args.daemon else InProcessEngine()
     try:
-        watcher = Watcher(args.dir, engine, stable_seconds=args.stable_seconds, once=args.once)
+        watcher = Watcher(args.dir, engine, stable_seconds=args.stable_seconds, once=args.once,
+                          checkpoint_seconds=args.checkpoint_seconds)
     except OSError as exc:
         print(f"stylebridge watch: cannot set up {args.dir}: {exc}", file=sys.stderr)
         return 2

@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from ..engine.checkpoint import Checkpoint
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import ImageError, Picture, load_image
-from ..job import FIXED_BY_DAEMON, JobSpec, Source, check
+from ..job import FIXED_BY_DAEMON, JobSpec, Priority, Source, check
 from ..settings import LIMITS, SettingsError
 
 ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
@@ -225,8 +226,10 @@ def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture
 class Engine(Protocol):
     allows_library: bool
 
-    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken) -> None:
-        """Write the fusion PSD for ``inputs`` to ``dest`` or raise JobError/Cancelled."""
+    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
+               checkpoint: Checkpoint | None = None) -> None:
+        """Write the fusion PSD for ``inputs`` to ``dest`` or raise JobError/Cancelled (also when
+        ``cancel`` is paused: the watcher stops). ``checkpoint``: the job's, to go on from after a restart."""
 
 
 def progress_reporter(report: ReportFn) -> Callable[[Progress], None]:
@@ -248,15 +251,18 @@ class InProcessEngine:
 
     allows_library = False
 
-    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken) -> None:
+    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
+               checkpoint: Checkpoint | None = None) -> None:
         from ..engine import stylize
+        from .resume import announcing
         from ..document.stack import build_stack
         from ..document.psd import write_psd
         spec = inputs.spec
         report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
         try:
             result = stylize(inputs.content, inputs.styles, spec.settings,
-                             progress=progress_reporter(report), cancel=cancel)
+                             progress=announcing(progress_reporter(report), report), cancel=cancel,
+                             checkpoint=checkpoint)
         except (ImageError, SettingsError) as exc:
             raise JobError(str(exc), ADVICE_SETTINGS) from None
         except MemoryError:
@@ -269,7 +275,7 @@ class InProcessEngine:
             if "out of memory" in str(exc).lower():        # torch.cuda.OutOfMemoryError and friends
                 raise JobError(f"out of memory while stylizing ({type(exc).__name__})", ADVICE_MEMORY) from None
             raise
-        if result.cancelled or cancel.cancelled:
+        if result.cancelled or result.paused or cancel.cancelled:
             raise Cancelled()
         report("writing PSD", 100.0, "")
         stack = build_stack(result, spec.document)
@@ -317,7 +323,8 @@ def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         styles.append(Source(upload=len(files), name=name))
         files.append((f"{name}.png", encode_png(pic.picture)))
     options = {k: v for k, v in spec.options.items() if k not in FIXED_BY_DAEMON + HERE_ONLY}
-    wire = replace(spec, styles=tuple(styles), options=options, content_layer=None)
+    # batch: an artist's job (GIMP, interactive) arriving meanwhile runs first; this one pauses and resumes after
+    wire = replace(spec, styles=tuple(styles), options=options, content_layer=None, priority=Priority.BATCH)
     check(wire, LIMITS, over_http=True)      # what the daemon would refuse, said before the upload
     return wire.to_json(), files
 
@@ -358,9 +365,11 @@ class DaemonEngine:
             return None
         return upgrade_message(self.url, theirs if isinstance(theirs, int) and theirs > 0 else 1)
 
-    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken) -> None:
+    def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
+               checkpoint: Checkpoint | None = None) -> None:
         from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
         from ..daemon.protocol_client import DaemonTooOld
+        from .resume import follow
         from ..imaging import encode_png
         from ..progress import status_line
         stem = inputs.content.name
@@ -374,7 +383,7 @@ class DaemonEngine:
         state = {"last": None}
 
         def on_progress(status: dict) -> bool:
-            if cancel.cancelled:
+            if cancel.cancelled or cancel.paused:       # the watcher stops
                 return False
             key = (status.get("status"), status.get("stage"), int((status.get("percent") or 0) // 5))
             if key != state["last"]:
@@ -389,7 +398,8 @@ class DaemonEngine:
             job = self.client.submit_job(content, job_json, style_files=style_files)
             report(f"sent to {self.url} as job {job.get('id')}", 0.0, names)
             try:
-                self.client.wait(job["id"], on_progress=on_progress, poll=self.poll_seconds)
+                follow(self.client, job["id"], on_progress=on_progress, poll=self.poll_seconds, cancel=cancel,
+                       say=lambda text: report(text, None, ""))      # across a restart of the daemon
             except JobFailed as exc:
                 if cancel.cancelled or exc.status.get("status") == "cancelled":
                     raise Cancelled() from None

@@ -35,7 +35,8 @@ from ..engine.types import CancelToken
 from ..imaging import ImageError
 from ..job import JobSpec
 from ..outputs import candidates, name_bytes, remove_stale_parts, write_bytes
-from ..settings import SettingsError
+from ..settings import SERVICE, SettingsError
+from . import resume
 from .claim import Job, Journal, Layout, claim, clean_tmp, is_disk_full, place, recover, remove_stale_locks
 from .presets import resolve
 from .process import (ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, Engine, JobError,
@@ -187,10 +188,12 @@ class Watcher:
     """
 
     def __init__(self, root: Path, engine: Engine, *, stable_seconds: float = DEFAULT_STABLE_SECONDS,
-                 once: bool = False, poll_seconds: float | None = None, reporter: Reporter | None = None) -> None:
+                 once: bool = False, poll_seconds: float | None = None, reporter: Reporter | None = None,
+                 checkpoint_seconds: float = SERVICE.checkpoint_seconds) -> None:
         self.layout = Layout(Path(root).resolve()).create()
         self.engine = engine
         self.once = once
+        self.checkpoint_seconds = checkpoint_seconds     # the engine's checkpoint (resume.py) at least this often
         self.poll_seconds = poll_seconds if poll_seconds is not None else min(0.5, max(0.05, stable_seconds / 4))
         self.tracker = StabilityTracker(stable_seconds)
         self.reporter = reporter or Reporter()
@@ -210,11 +213,12 @@ class Watcher:
     # -- control --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop after (cancelling) the current job; callable from a signal handler or thread."""
+        """Stop after pausing the current job (its checkpoint is saved: it resumes from there at the next
+        start); callable from a signal handler or thread."""
         self._stop.set()
         cancel = self._cancel
         if cancel is not None:
-            cancel.cancel()
+            cancel.pause()
 
     @property
     def stopping(self) -> bool:
@@ -318,6 +322,7 @@ class Watcher:
         self._guard("resume", self._resume_orphans)      # first: it locks (or finishes) jobs whose tmp/ counts
         self._guard("tidy-up", lambda: clean_tmp(self.layout))
         self._guard("tidy-up", lambda: remove_stale_locks(self.layout))
+        self._guard("tidy-up", lambda: resume.clean(self.layout))
 
     def _resume_orphans(self) -> None:
         if self._stop.is_set() or self._disk_all is not None:
@@ -392,7 +397,7 @@ class Watcher:
         report = lambda stage, pct=None, style="": self.reporter.line(job.rel, stage, pct, style)  # noqa: E731
         self._cancel = CancelToken()
         if self._stop.is_set():
-            self._cancel.cancel()
+            self._cancel.pause()
         step = "start"
         where = self.layout.root
         free_before = _free_bytes(where)
@@ -412,7 +417,8 @@ class Watcher:
             # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
             scratch = tmp_dir / ("output" + output_suffix(inputs.content))
             step, free_before = "render", _free_bytes(where)
-            self.engine.render(inputs, job.working, scratch, report, self._cancel)
+            checkpoint = resume.job_checkpoint(self.layout, job.job_id, self.checkpoint_seconds, report)
+            self.engine.render(inputs, job.working, scratch, report, self._cancel, checkpoint=checkpoint)
             where = self.layout.out / job.subdir
             step, free_before = "publish", _free_bytes(where)
             output = self._publish(job, scratch)
@@ -570,6 +576,7 @@ class Watcher:
             final = existing
         self.journal.append("output-written", job.job_id, output=final.relative_to(root).as_posix())
         scratch.unlink(missing_ok=True)
+        resume.remove(self.layout, job.job_id)      # published: the run is not needed any more
         return final
 
     def _contact_sheet(self, output: Path, inputs: Any, report: Callable[..., None]) -> None:
@@ -648,6 +655,7 @@ class Watcher:
     def _release(self, job: Job) -> None:
         """The job is settled (journalled done or error): drop its scratch folder and its lock."""
         shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
+        resume.remove(self.layout, job.job_id)
         job.lock.release(remove=True)
         self._disk_jobs.pop(job.job_id, None)
 

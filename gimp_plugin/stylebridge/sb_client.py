@@ -44,6 +44,8 @@ URL_ENV = "STYLEBRIDGE_URL"
 TOKEN_ENV = "STYLEBRIDGE_TOKEN"          # = bridge.daemon.security.TOKEN_ENV (a test checks)
 USER_AGENT = "stylebridge-client/1"
 TERMINAL = ("done", "failed", "cancelled")
+#: Every job state: "paused" is a batch job stopped at a checkpoint while an interactive job runs (it resumes after).
+STATES = ("queued", "paused", "running", *TERMINAL)
 
 ProgressFn = Callable[[dict], Any]
 
@@ -455,6 +457,8 @@ def progress_text(status: dict) -> str:
     if state == "queued":
         pos = status.get("queue_position")
         return f"Stylebridge: queued{f' (position {pos})' if pos not in (None, '') else ''}"
+    if state == "paused":
+        return "Stylebridge: paused for an interactive job; resumes after it"
     parts = []
     style = status.get("style_name")
     if style:

@@ -255,7 +255,8 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
     request = JobFiles(folder=folder, content=content_path,
                        content_name=name_from_filename(content.filename, "image"), content_shape=shape,
                        styles=style_paths, settings=engine, document=document, mask=mask_path,
-                       style_masks=style_masks, name=spec.name, estimate=estimate, max_pixels=limits.max_pixels)
+                       style_masks=style_masks, name=spec.name, estimate=estimate, max_pixels=limits.max_pixels,
+                       priority=spec.priority.value, spec=spec.to_json())
     try:
         return d.manager.submit(request, max_queued=limits.max_queued_jobs)
     except QueueFull as exc:

