@@ -35,13 +35,13 @@ import numpy as np
 
 from ..imaging import Picture
 from ..outputs import fsync_dir
-from ..settings import Settings
+from ..settings import SERVICE, Settings
 from .types import StyleInput
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1                     # bumped when the file's layout changes (older files are then ignored)
-DEFAULT_INTERVAL_S = 120.0
+DEFAULT_INTERVAL_S = SERVICE.checkpoint_seconds   # the one home of the interval: bridge.settings
 # Settings that only change what happens after the optimisation (or how fast it runs), not its images:
 # a checkpoint stays valid when they change. The seed is checked apart (None = the checkpoint's).
 OUTPUT_ONLY = frozenset({"device", "preview_every", "block_memory", "upsample", "guided_radius", "guided_eps",
