@@ -212,7 +212,10 @@ def test_queued_uploads_wait_on_disk_not_in_memory(daemon, small):
 
 def test_a_job_that_cannot_fit_is_refused_with_its_estimate(daemon, small):
     big = flat_png(BIG, BIG)
-    r = submit(daemon["url"], ("big.png", big), [("s.png", small["style"])], {"size": 4096})
+    # 8 styles: 8 full-size result layers and masks at 196 MP (~12 GB) beyond the photo's own work, over 16 GB
+    # whatever the optimisation's plan (its tiled stages follow the free memory, so they alone do not decide)
+    styles = [(f"s{i}.png", small["style"]) for i in range(8)]
+    r = submit(daemon["url"], ("big.png", big), styles, {"size": 4096})
     assert r.status_code == 413, r.text
     payload = r.json()
     assert payload["limit"] == "max_job_memory" and payload["value"] > JOB_MEMORY_MB * 2 ** 20

@@ -174,7 +174,7 @@ def test_daemon_mode_sends_the_same_job_with_uploads_for_files(root: Path) -> No
     inputs = _inputs(root)
     assert inputs.spec.document.contact_sheet is True             # made here, in both modes: not sent
     job, files = wire_job(inputs)
-    assert job == {"protocol": PROTOCOL_VERSION, "name": "a",
+    assert job == {"protocol": PROTOCOL_VERSION, "name": "a", "priority": "batch",     # a hot folder is a batch
                    "styles": [{"upload": 0, "name": "starry"}, {"library": "monet"}, {"upload": 1, "name": "Munch"}],
                    "settings": {"size": 64, "original_colors": True, "reveal": "all"}}
     assert [name for name, _ in files] == ["starry.png", "Munch.png"]
