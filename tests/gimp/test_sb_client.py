@@ -29,8 +29,8 @@ from .conftest import SAMPLES, Daemon, free_port
 def test_png_encode_is_read_back_exactly_by_an_independent_decoder(sb_png, channels, depth):
     """The plug-in only writes PNG (GIMP reads the daemon's layers with its own loader): what it writes
     decodes, byte for byte, with imagecodecs (libpng)."""
-    np = pytest.importorskip("numpy")
-    imagecodecs = pytest.importorskip("imagecodecs")
+    import imagecodecs
+    import numpy as np
     w, h = 7, 5
     nbytes = w * h * channels * depth // 8
     raw = bytes((i * 37 + 11) % 256 for i in range(nbytes))
@@ -42,7 +42,7 @@ def test_png_encode_is_read_back_exactly_by_an_independent_decoder(sb_png, chann
 
 
 def test_png_readable_by_pillow(sb_png):
-    Image = pytest.importorskip("PIL.Image")
+    from PIL import Image
     w, h = 13, 9
     raw = bytes((x * 20 + y * 7 + c * 50) % 256 for y in range(h) for x in range(w) for c in range(4))
     img = Image.open(io.BytesIO(sb_png.png_encode(w, h, raw, 4)))
