@@ -2,8 +2,8 @@
 
 GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
 to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py``, the adapter
-over GIMP; ``sb_dialog.py``, its dialog; ``sb_logic.py``, its decisions, tested without GIMP; the PNG codec
-``sb_png.py``) and its protocol
+over GIMP; ``sb_dialog.py``, its dialog; ``sb_progress.py``, its progress window with Cancel; ``sb_logic.py``, its
+decisions, tested without GIMP; the PNG codec ``sb_png.py``) and its protocol
 client ``sb_client.py``, which the package imports as ``bridge.daemon.protocol_client``: one file, so the plug-in folder runs as it stands.
 """
 
@@ -21,7 +21,7 @@ from typing import Mapping
 PLUGIN_NAME = "stylebridge"
 CLIENT_FILE = "sb_client.py"                            # the protocol client (bridge.daemon.protocol_client)
 #: gimp_plugin/stylebridge's files (= pyproject's data-files)
-PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_png.py", CLIENT_FILE)
+PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_png.py", "sb_progress.py", CLIENT_FILE)
 DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target
 PLUGIN_DIR_ENV = "STYLEBRIDGE_GIMP_PLUGIN_DIR"
 #: Written beside the plug-in: the command that runs this stylebridge, so the plug-in can start

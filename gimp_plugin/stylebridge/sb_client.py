@@ -397,13 +397,13 @@ class Client:
         return self.get_bytes(f"/v1/jobs/{_quote(job_id)}/layers/{int(index)}/mask.png", level=level)
 
     def wait(self, job_id: str, *, on_progress: ProgressFn | None = None, poll: float = 0.25,
-             timeout: float | None = None) -> dict:
+             timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> dict:
         """Poll until the job ends and return its final status if ``done``.
 
         ``on_progress(status)`` is called on every poll; returning False cancels the job (once), after
         which the job is followed to its end: :class:`JobCancelled` (or ``done``, if it finished first).
         A failed job raises :class:`JobFailed`; after ``timeout`` seconds the job is cancelled and
-        :class:`JobFailed` raised.
+        :class:`JobFailed` raised. ``sleep`` waits between polls (a GUI passes one that keeps its window live).
         """
         start = time.monotonic()
         cancelling = False
@@ -423,7 +423,7 @@ class Client:
             if timeout is not None and time.monotonic() - start > timeout:
                 self._cancel_quietly(job_id)
                 raise JobFailed({**status, "error": f"no result after {timeout:.0f} s"})
-            time.sleep(poll)
+            sleep(poll)
 
     def _cancel_quietly(self, job_id: str) -> None:
         try:

@@ -3,7 +3,8 @@
 
 The style transfer itself runs in the stylebridge daemon (``stylebridge serve``); this plug-in sends it the
 layer (pixels, alpha, offsets) and, when asked, the selection as the job's mask, in ONE job description
-(``sb_client.Client.submit_job``), follows the job with GIMP's progress bar, and inserts the returned layer
+(``sb_client.Client.submit_job``), follows the job (its own progress window with Cancel in an interactive run,
+``sb_progress.py``; GIMP's progress bar in a script), and inserts the returned layer
 stack above the layer in one undo group. Standard library + gi only: it runs under GIMP's own Python.
 
 This file is the adapter over Gimp/Gegl (pixels, layers, parasites, progress, the watchdog process); the dialog
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sb_client  # noqa: E402
 import sb_png  # noqa: E402
 import sb_logic  # noqa: E402
+import sb_progress  # noqa: E402
 
 PROC_NAME = sb_logic.PROC_NAME
 PARASITE_NAME = sb_logic.PARASITE_NAME
@@ -119,9 +121,10 @@ def check_daemon(client):
     return health
 
 
-def ensure_daemon(client):
+def ensure_daemon(client, progress):
     """The daemon's health (check_daemon); when nothing answers on this machine, start one and wait for it, with
-    GIMP's progress text saying so. DaemonNotStarted says what to do when that is not possible."""
+    the progress text saying so. DaemonNotStarted says what to do when that is not possible; JobCancelled when
+    the artist cancels the wait."""
     try:
         return check_daemon(client)
     except sb_client.DaemonUnreachable:
@@ -130,15 +133,17 @@ def ensure_daemon(client):
     error = starter.start()
     if error:
         raise sb_logic.DaemonNotStarted(error)
-    Gimp.progress_set_text(sb_logic.START_TEXT)
+    progress.text(sb_logic.START_TEXT)
     while True:
+        if progress.cancelled:
+            raise sb_client.JobCancelled({}, "cancelled while the daemon was starting")
         state = starter.poll()
         if state == "up":
             return check_daemon(client)
         if state:
             raise sb_logic.DaemonNotStarted(state)
-        Gimp.progress_pulse()
-        time.sleep(0.5)
+        progress.pulse()
+        progress.sleep(0.5)
 
 
 class TempPreview:
@@ -245,13 +250,15 @@ def remove_leftover_previews(image):
     return len(leftovers)
 
 
-def stylize(image, layer, opts):
+def stylize(image, layer, opts, progress):
     """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
-    image. Returns (result_json, {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used, health)."""
+    image (the temporary preview layer comes and goes outside the undo history). Returns (result_json,
+    {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used, health). ``progress``: an sb_progress
+    sink; its Cancel cancels the job (JobCancelled) with the preview layer removed."""
     client = sb_logic.daemon_client(opts.daemon_url, opts.token)
-    Gimp.progress_init("Stylebridge: sending the layer")
-    health = ensure_daemon(client)
-    Gimp.progress_set_text("Stylebridge: sending the layer")
+    progress.start("Stylebridge: sending the layer")
+    health = ensure_daemon(client, progress)
+    progress.text("Stylebridge: sending the layer")
 
     job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
     mask = selection_mask_png(image, layer) if "mask" in job else None
@@ -275,19 +282,23 @@ def stylize(image, layer, opts):
     preview = TempPreview(image, layer, job_id)
 
     def on_progress(status):
+        if progress.cancelled:
+            preview.remove()                # at once: the daemon may need a step to stop
+            return False
         text, fraction = line.update(status)
         if text is not None:
-            Gimp.progress_set_text(text)
+            progress.text(text)
         if fraction is None:
-            Gimp.progress_pulse()
+            progress.pulse()
         else:
-            Gimp.progress_update(fraction)
+            progress.fraction(fraction)
         preview.update(client, status)
-        return True
+        progress.look(preview_layers=preview.shown, job_id=job_id)
+        return not progress.cancelled
 
     try:
-        client.wait(job_id, on_progress=on_progress, poll=sb_logic.POLL_S)
-        Gimp.progress_set_text("Stylebridge: fetching the layers")
+        client.wait(job_id, on_progress=on_progress, poll=sb_logic.POLL_S, sleep=progress.sleep)
+        progress.text("Stylebridge: fetching the layers")
         result = client.result(job_id)
         tmpdir = tempfile.mkdtemp(prefix="stylebridge-")
         files = {}
@@ -301,6 +312,8 @@ def stylize(image, layer, opts):
                         fh.write(client.get_bytes(url))
                     paths[k] = path
             files[step.index] = tuple(paths)
+            if progress.cancelled:          # Cancel clicked while the layers came: nothing goes in
+                raise sb_client.JobCancelled({"id": job_id}, "cancelled")
         finished = True
         try:
             client.delete(job_id)           # the layers are here now; free the daemon's memory
@@ -318,7 +331,7 @@ def stylize(image, layer, opts):
     finally:
         preview.remove()                    # before the final layers, and on cancel or error
         stop_watchdog(watchdog, done=True)
-        Gimp.progress_update(1.0)
+        progress.fraction(1.0)
     return result, files, tmpdir, job_id, used, health
 
 
@@ -419,11 +432,14 @@ def run(procedure, run_mode, image, drawables, config, data):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     tmpdir = None
+    progress = None
     try:
         if remove_leftover_previews(image):
             Gimp.displays_flush()
         opts = sb_logic.read_options(sb_logic.config_values(config))
-        result, files, tmpdir, job_id, used, health = stylize(image, layer, opts)
+        # an interactive run gets a window whose Cancel the plug-in hears (GIMP's own Cancel kills it)
+        progress = sb_progress.progress_for(run_mode == Gimp.RunMode.INTERACTIVE)
+        result, files, tmpdir, job_id, used, health = stylize(image, layer, opts, progress)
         image.undo_group_start()
         inserted = []
         try:
@@ -460,7 +476,8 @@ def run(procedure, run_mode, image, drawables, config, data):
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-        Gimp.progress_end()
+        if progress is not None:
+            progress.end()
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 

@@ -863,3 +863,78 @@ def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, tmp_path
     assert "Stylebridge preview (temporary)" not in names and report["undo_enabled_after"]
     assert len(by_role(report["after"], "style")) == 1
     print("preview layer updates:", len(shown))
+
+
+RUN_WINDOW = r'''
+report = {}
+img, src = photo_image(96, 72)
+proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", img)
+cfg.set_core_object_array("drawables", [src])
+for k, v in P["args"].items():
+    cfg.set_property(k, v)
+res = proc.run(cfg)
+report["run"] = {"status": res.index(0).value_nick}
+report["after"] = describe(img)
+report["undo_enabled_after"] = img.undo_is_enabled()
+img.delete()
+save_report(report)
+'''
+
+
+def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+    """An interactive run shows the plug-in's own progress window; its Cancel (clicked once the canvas shows the
+    temporary preview layer) cancels the job on the daemon and leaves the image's layers as they were: no preview
+    layer, undo enabled. (GIMP's own progress Cancel would kill the plug-in.)"""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        client = sb_client.Client(daemon.url)
+        client.add_style(SAMPLES["starry_night"], "starry")
+        window_hook = gimp_workdir / "window.jsonl"
+        preview_hook = gimp_workdir / "previews.jsonl"
+        long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(long_run)}}
+        params_path = gimp_workdir / "params-window.json"
+        report_path = gimp_workdir / "params-window-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        forget_last_values(gimp_profile)
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_WINDOW
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(gimp_workdir / "d.json"),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok",
+                               "STYLEBRIDGE_GIMP_RUN_TEST": gimp.inside(window_hook),
+                               "STYLEBRIDGE_GIMP_RUN_TEST_CANCEL": "after-preview",
+                               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+        looks = [json.loads(line) for line in window_hook.read_text().splitlines()]
+        assert looks, "the progress window was never shown"
+        job_id = looks[-1]["job_id"]
+        deadline = time.monotonic() + 30
+        status = client.job(job_id)["status"]
+        while status not in ("cancelled", "failed", "done") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = client.job(job_id)["status"]
+    finally:
+        daemon.stop()
+    report = read_json(report_path)
+    # the window: the job's progress, then Cancel once the canvas showed the preview layer
+    assert all(look["title"] == "Stylebridge" and look["visible"] for look in looks), looks[-1]
+    assert all(look["cancel_label"] == "_Cancel" for look in looks)
+    running = [look for look in looks if re.search(r"stage 1/1, iteration \d+/5000, about \d+ s left", look["text"])]
+    assert running, looks[-3:]
+    assert looks[-1]["preview_layers"] >= 1 and looks[-1]["cancelled"], looks[-1]
+    assert all(not look["cancelled"] and look["cancel_sensitive"] for look in looks[:-1])
+    assert looks[-1]["text"].startswith("Stylebridge: cancelling") and not looks[-1]["cancel_sensitive"]
+    assert (gimp_workdir / "window.jsonl.0.png").stat().st_size > 500
+    assert preview_hook.exists(), "no temporary preview layer was shown before Cancel"
+    # cancelled on the daemon, and the image as it was
+    assert status == "cancelled", status
+    assert report["run"]["status"] == "cancel", (report["run"], out[-3000:])
+    assert [d["name"] for d in report["after"]] == ["photo"], report["after"]
+    assert report["undo_enabled_after"]
