@@ -282,6 +282,25 @@ def test_library_and_file_list_helpers(L):
         "Stylebridge: not added to the library: b.png: exists"
 
 
+def test_file_preview_key(L, tmp_path):
+    """A style file's preview is cached per daemon and file version; a missing file says why."""
+    f = tmp_path / "style.png"
+    f.write_bytes(b"one")
+    key = L.file_preview_key("http://127.0.0.1:8765/", str(f))
+    assert key == L.file_preview_key("http://127.0.0.1:8765", str(f))        # the same file again: a cache hit
+    assert key != L.file_preview_key("http://127.0.0.1:8766", str(f))        # another daemon
+    assert key != L.preview_key("http://127.0.0.1:8765", str(f))            # never a library style's key
+    f.write_bytes(b"other")                                                  # edited: previewed anew
+    assert L.file_preview_key("http://127.0.0.1:8765", str(f)) != key
+    with pytest.raises(OSError) as missing:
+        L.file_preview_key("http://127.0.0.1:8765", str(tmp_path / "gone.png"))
+    assert L.unreadable_file_text(missing.value) == \
+        "the file cannot be read (No such file or directory): remove it from the list or choose it again"
+    with pytest.raises(OSError) as folder:
+        L.file_preview_key("http://127.0.0.1:8765", str(tmp_path))
+    assert "not a file" in L.unreadable_file_text(folder.value)
+
+
 def test_temporary_preview_helpers(L):
     running = {"status": "running", "preview_url": "/v1/jobs/1/preview"}
     assert not L.preview_due({"status": "running"}, None, 5.0)              # none yet

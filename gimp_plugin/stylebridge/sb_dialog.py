@@ -60,7 +60,8 @@ def show_dialog(procedure, config, layer):
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
     panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")), layer)
 
-    files = FileList(dialog, config)
+    files = FileList(dialog, config, panel)
+    panel.on_ready = files.load_previews
 
     slider = None
     try:    # the slider spans the 0..1 knob; a typed value above 1 (the old meaning) is still accepted
@@ -170,6 +171,7 @@ class LibraryPanel:
         self.expander = None
         self.health = None              # the daemon's health once it answered
         self.on_change = None           # called when the library or the ticked styles change
+        self.on_ready = None            # called when a load ended (ready or down): the style files' previews
         self.estimate = None
         self._pending = None
         self._starter = None
@@ -296,6 +298,10 @@ class LibraryPanel:
         if self.on_change is not None:
             self.on_change()
 
+    def _ready(self):
+        if self.on_ready is not None:
+            self.on_ready()
+
     def _down(self, message):
         self.health = None
         self._clear()
@@ -306,6 +312,7 @@ class LibraryPanel:
         if self.expander is not None:
             self.expander.set_expanded(True)
         self._set_ok(False)
+        self._ready()
         self.loads += 1
         self._changed()
 
@@ -353,6 +360,7 @@ class LibraryPanel:
                 self._toggled(check, name, url, token)
         self._changed()
         self._set_ok(True)
+        self._ready()
         self.loads += 1
 
     # -- previews -----------------------------------------------------------------------------------
@@ -428,7 +436,8 @@ class LibraryPanel:
 
 class Previewer:
     """Fetches dialog previews one at a time in a worker thread (the daemon renders one request at a time) and
-    hands each to the GTK main loop; results are cached per daemon and style."""
+    hands each to the GTK main loop; results are cached per daemon and library style, or per daemon and
+    style file version (sb_logic.file_preview_key)."""
 
     def __init__(self, layer):
         import queue
@@ -436,8 +445,10 @@ class Previewer:
 
         self.layer = layer
         self.content = None             # the layer as a small PNG, made on first use (GIMP calls: main thread)
-        self.cache = {}                 # (url, style) -> (pixbuf or None, error text, info)
-        self.info = {}                  # style -> {"width", "height", "method", "seconds"} (test hook)
+        self.cache = {}                 # key -> (pixbuf or None, error text, info)
+        self.info = {}                  # library style -> {"width", "height", "method", "seconds", "shown"}
+        self.file_info = {}             # style file path -> the same (test hook)
+        self.sent = 0                   # requests sent to the daemon (the test hook: a cache hit sends none)
         self.waiting = set()
         self.queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, daemon=True)
@@ -455,8 +466,25 @@ class Previewer:
             self.content = bytes(data)
         return self.content
 
+    def shape(self):
+        """(width, height) a preview of the photo is shown at, so a row keeps its place while it loads."""
+        width, height, _ = sb_logic.thumb_geometry(self.layer.get_width(), self.layer.get_height())
+        return width, height
+
     def request(self, url, token, style, done):
-        key = sb_logic.preview_key(url, style)
+        """``done(pixbuf, None)`` or ``done(None, why)`` for library style ``style``, now if cached."""
+        self._ask(sb_logic.preview_key(url, style), url, token, style, None, done)
+
+    def request_file(self, url, token, path, done):
+        """The same for the style image file ``path`` (uploaded with the request, as the job uploads it)."""
+        try:
+            key = sb_logic.file_preview_key(url, path)
+        except OSError as exc:
+            done(None, sb_logic.unreadable_file_text(exc))
+            return
+        self._ask(key, url, token, None, path, done)
+
+    def _ask(self, key, url, token, style, path, done):
         if key in self.cache:
             pix, why, _ = self.cache[key]
             done(pix, why)
@@ -470,7 +498,7 @@ class Previewer:
             self.waiting.discard(key)
             done(None, f"the layer could not be read ({exc})")
             return
-        self.queue.put((url, token, style, content, done))
+        self.queue.put((key, url, token, style, path, content, done))
 
     def stop(self):
         self.queue.put(None)
@@ -480,12 +508,23 @@ class Previewer:
             item = self.queue.get()
             if item is None:
                 return
-            url, token, style, content, done = item
+            key, url, token, style, path, content, done = item
             data, why, info = None, None, {}
+            if path is None:
+                ask = {"styles": [style]}
+            else:
+                try:
+                    with open(path, "rb") as fh:
+                        ask = {"style_files": [(os.path.basename(path), fh.read())]}
+                except OSError as exc:
+                    GLib.idle_add(self._deliver, key, style, path, None, sb_logic.unreadable_file_text(exc), {},
+                                  done, False)          # not kept: the artist may fix the file's permissions
+                    continue
             for attempt in range(20):
                 try:
+                    self.sent += 1
                     got = sb_logic.daemon_client(url, token, timeout=120).previews(
-                        ("layer.png", content), styles=[style], size=sb_logic.PREVIEW_SIZE)
+                        ("layer.png", content), size=sb_logic.PREVIEW_SIZE, **ask)
                     if got:
                         data = got[0]["png"]
                         info = {k: got[0].get(k) for k in ("width", "height", "method", "seconds")}
@@ -504,9 +543,9 @@ class Previewer:
                 except Exception as exc:  # noqa: BLE001 - never kill the worker
                     why = f"{type(exc).__name__}: {exc}"
                     break
-            GLib.idle_add(self._deliver, url, style, data, why, info, done)
+            GLib.idle_add(self._deliver, key, style, path, data, why, info, done)
 
-    def _deliver(self, url, style, data, why, info, done):
+    def _deliver(self, key, style, path, data, why, info, done, keep=True):
         pix = None
         if data:
             try:
@@ -519,11 +558,15 @@ class Previewer:
                 pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
             except Exception as exc:  # noqa: BLE001
                 pix, why = None, f"unreadable preview ({exc})"
-        key = sb_logic.preview_key(url, style)
         self.waiting.discard(key)
-        self.cache[key] = (pix, why, info)
+        if keep:
+            self.cache[key] = (pix, why, info)
         if pix is not None:
-            self.info[style] = dict(info, shown=[pix.get_width(), pix.get_height()])
+            shown = dict(info, shown=[pix.get_width(), pix.get_height()])
+            if path is None:
+                self.info[style] = shown
+            else:
+                self.file_info[path] = shown
         done(pix, why)
         return False
 
@@ -550,20 +593,30 @@ def choose_images(parent, title, accept):
 
 class FileList:
     """Style images from disk (uploaded with the job, not kept in the library): a list with a remove button per
-    file and the desktop's file chooser to add several at once. Kept in the ``style-files`` argument."""
+    file and the desktop's file chooser to add several at once. Kept in the ``style-files`` argument. Each row
+    shows the photo in that file's style (a quick preview, POST /v1/previews) once the daemon answers."""
 
-    def __init__(self, dialog, config):
+    MAX_ROWS_SHOWN = 3
+
+    def __init__(self, dialog, config, panel=None):
         from gi.repository import Gtk
 
-        self.Gtk, self.dialog, self.config = Gtk, dialog, config
+        self.Gtk, self.dialog, self.config, self.panel = Gtk, dialog, config, panel
         self.on_change = None
+        self.preview_images = {}        # path -> the Gtk.Image in its row
+        self.previews = {}              # path -> {"error": why} or the preview's info, once in (the test hook)
         self.frame = Gtk.Frame(label="Style images from files (sent with the job)")
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
         box.set_border_width(6)
         self.frame.add(box)
         self.list = Gtk.ListBox()
         self.list.set_selection_mode(Gtk.SelectionMode.NONE)
-        box.pack_start(self.list, False, False, 0)
+        scroller = Gtk.ScrolledWindow()     # rows are preview-high: beyond a few, scroll (the dialog fits the screen)
+        scroller.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
+        scroller.set_propagate_natural_height(True)
+        scroller.set_max_content_height(self.MAX_ROWS_SHOWN * (sb_logic.THUMB_HEIGHT + 4))
+        scroller.add(self.list)
+        box.pack_start(scroller, False, False, 0)
         add = Gtk.Button(label="Add style _image files...", use_underline=True)
         add.connect("clicked", lambda _b: self.add(choose_images(dialog, "Style images", "_Add")))
         row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL)
@@ -583,29 +636,84 @@ class FileList:
         self.config.set_property("style-files", sb_logic.remove_file(self.config.get_property("style-files"), path))
         self.refresh()
 
+    def _previewer(self):
+        panel = self.panel
+        return panel.previewer if panel is not None else None
+
     def refresh(self):
         Gtk = self.Gtk
         for child in self.list.get_children():
             self.list.remove(child)
+            child.destroy()
+        self.preview_images = {}
+        previewer = self._previewer()
         for path in self.paths():
+            name = os.path.basename(path)
             row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-            label = Gtk.Label(label=os.path.basename(path))
+            if previewer is not None:   # the library previews' size: the rows keep their place while it loads
+                image = Gtk.Image()
+                image.set_size_request(*previewer.shape())
+                image.set_tooltip_text(f"{name}: a quick preview of the photo in this style is on its way")
+                row.pack_start(image, False, False, 0)
+                self.preview_images[path] = image
+            label = Gtk.Label(label=name)
             label.set_tooltip_text(path)
             label.set_xalign(0.0)
             label.set_ellipsize(3)          # Pango.EllipsizeMode.END
             remove = Gtk.Button.new_from_icon_name("list-remove", Gtk.IconSize.MENU)
             remove.set_relief(Gtk.ReliefStyle.NONE)
-            remove.set_tooltip_text(f"Do not use {os.path.basename(path)}")
+            remove.set_valign(Gtk.Align.CENTER)
+            remove.set_tooltip_text(f"Do not use {name}")
             remove.connect("clicked", lambda _b, p=path: self.remove(p))
             row.pack_start(label, True, True, 0)
             row.pack_start(remove, False, False, 0)
             self.list.add(row)
+        self.previews = {}              # refilled at once from the previewer's cache
         self.list.set_visible(bool(self.paths()))
         self.list.show_all()
         if not self.paths():
             self.list.hide()
+        self.load_previews()
         if self.on_change is not None:
             self.on_change()
+
+    def load_previews(self):
+        """Ask for each file's preview once the library panel reached a daemon (again when it reloads: the URL
+        may have changed); while none answers the rows show no picture."""
+        previewer, panel = self._previewer(), self.panel
+        if previewer is None:
+            return
+        if panel.state != "ready":
+            self.previews = {}
+            text = "No preview: no daemon answers" if panel.state == "down" else "Preview: waiting for the daemon"
+            for image in self.preview_images.values():
+                image.clear()
+                image.set_tooltip_text(text)
+            return
+        url, token = sb_logic.connection(sb_logic.config_values(self.config))
+        for path in self.preview_images:
+            previewer.request_file(url, token, path, lambda pix, why, p=path: self._preview_ready(p, pix, why))
+
+    def waiting(self):
+        """Paths whose preview has not come in yet (the test hook waits on them)."""
+        if self._previewer() is None or self.panel.state != "ready":
+            return []
+        return [p for p in self.preview_images if p not in self.previews]
+
+    def _preview_ready(self, path, pixbuf, why):
+        image = self.preview_images.get(path)
+        if image is None:               # taken off the list meanwhile
+            return
+        name = os.path.basename(path)
+        if pixbuf is not None:
+            image.set_from_pixbuf(pixbuf)
+            image.set_tooltip_text(f"{name}: a quick preview of the photo in this style (not the final result)")
+            self.previews[path] = dict(self._previewer().file_info.get(path, {}),
+                                       shown=[pixbuf.get_width(), pixbuf.get_height()])
+        else:
+            image.set_from_icon_name("dialog-warning", self.Gtk.IconSize.DIALOG)
+            image.set_tooltip_text(f"No preview for {name}: {why}")
+            self.previews[path] = {"error": why}
 
 
 def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
@@ -615,8 +723,10 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
     "cancel" cancels, "tick" ticks every library style and looks again once their previews are in, "seturl"
     types $STYLEBRIDGE_GIMP_DIALOG_TEST_URL as the daemon URL, "addlib" adds the
     files in $STYLEBRIDGE_GIMP_DIALOG_TEST_FILES (';'-separated) to the library, "remove" removes the first library
-    style, "addfiles" adds those files to the job's style files; after each of these it looks again once the
-    library has reloaded (the next word answers that look)."""
+    style, "addfiles" adds those files and those in $STYLEBRIDGE_GIMP_DIALOG_TEST_BAD_FILES to the job's style
+    files (looking again once their previews are in), "dropfiles" takes the bad files off the list and the last
+    file off and on again (looking again at once: a cached preview shows without a request); after each of these
+    it looks again once the library has reloaded (the next word answers that look)."""
     from gi.repository import Gdk, Gtk
 
     if panel.state in ("loading", "starting"):
@@ -656,7 +766,11 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
             "estimate": panel.estimate.get_text() if panel.estimate is not None else None,
             "previews_shown": sorted(n for n, im in panel.preview_images.items() if im.get_visible()),
             "check_y": [(check.translate_coordinates(panel.grid, 0, 0) or [None])[-1] for _, check in panel.checks],
-            "config": {p: config.get_property(p) for p in props}}
+            "config": {p: config.get_property(p) for p in props},
+            "file_previews": _file_previews_shown(files, Gtk),
+            "file_preview_x": [(im.translate_coordinates(files.list, 0, 0) or [None])[0]
+                               for im in files.preview_images.values()],
+            "preview_requests": panel.previewer.sent if panel.previewer else None}
     try:
         scale = dialog.get_widget("style-strength", GObject.TYPE_NONE)
         adj = scale.get_adjustment()
@@ -691,20 +805,29 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
             return False
 
         GLib.timeout_add(200, previews_in)
-    elif response in ("seturl", "addlib", "remove", "addfiles"):
-        loads = panel.loads
+    elif response in ("seturl", "addlib", "remove", "addfiles", "dropfiles"):
+        loads, started = panel.loads, time.monotonic()
+        bad_files = sb_logic.split_list(os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_BAD_FILES"), ";")
         if response == "seturl":
             config.set_property("daemon-url", os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST_URL", ""))
         elif response == "addlib":
             panel.add_to_library(test_files)
         elif response == "remove":
             panel.remove_style(panel.checks[0][0], confirm=False)
+        elif response == "addfiles":
+            files.add(test_files + bad_files)
+            panel.loads += 1                 # nothing to reload: look again once the previews are in
         else:
-            files.add(test_files)
-            panel.loads += 1                 # nothing to reload: look again now
+            for bad in bad_files:
+                files.remove(bad)
+            last = files.paths()[-1]
+            files.remove(last)
+            files.add([last])
+            panel.loads += 1
 
         def again():
-            if panel.loads == loads:
+            if panel.loads == loads or (response == "addfiles" and files.waiting()
+                                        and time.monotonic() - started < 120):
                 return True
             GLib.timeout_add(300, _dialog_test_hook, dialog, config, panel, files, path, slider)
             return False
@@ -717,6 +840,22 @@ def _dialog_test_hook(dialog, config, panel, files, path, slider=None):
     else:
         dialog.response(Gtk.ResponseType.CANCEL)
     return False
+
+
+def _file_previews_shown(files, Gtk):
+    """{file name: what its row's preview shows} (the test hook): the picture's size with the preview's info, or
+    the warning icon's reason; the tooltip either way."""
+    shown = {}
+    for path, image in files.preview_images.items():
+        look = {"tooltip": image.get_tooltip_text(), "visible": image.get_visible()}
+        if image.get_storage_type() == Gtk.ImageType.PIXBUF:
+            pix = image.get_pixbuf()
+            look.update({k: v for k, v in files.previews.get(path, {}).items() if k in ("method", "width", "height")},
+                        shown=[pix.get_width(), pix.get_height()])
+        elif image.get_storage_type() == Gtk.ImageType.ICON_NAME:
+            look.update(icon=image.get_icon_name()[0], error=files.previews.get(path, {}).get("error"))
+        shown[os.path.basename(path)] = look
+    return shown
 
 
 def _thumbnail(url, token, thumb_url):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -561,6 +562,22 @@ PREVIEW_SIZE = 192
 def preview_key(url: str, style: str) -> tuple[str, str]:
     """Previews are cached per daemon and library style (the photo does not change while the dialog is open)."""
     return (url.rstrip("/"), style)
+
+
+def file_preview_key(url: str, path: str) -> tuple[str, str, int, int]:
+    """The cache key of a style file's preview: the daemon, the file and its version (modification time and
+    size), so a file taken off the list and added again shows at once while an edited file is previewed anew.
+    Raises OSError when there is no file to read (missing, or a folder)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise IsADirectoryError(21, "not a file", path)
+    return (url.rstrip("/"), os.path.abspath(path), st.st_mtime_ns, st.st_size)
+
+
+def unreadable_file_text(exc: OSError) -> str:
+    """Why a style file gets no preview (it would fail the job too), and what to do."""
+    why = exc.strerror or str(exc)
+    return f"the file cannot be read ({why}): remove it from the list or choose it again"
 
 
 # ------------------------------------------------------------------------------------------------

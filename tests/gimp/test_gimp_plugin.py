@@ -765,10 +765,13 @@ save_report(report)
 
 def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """From the dialog: add images to the daemon's library (ticked at once), remove one, add style files for
-    the job; thumbnails have one height, so the check boxes line up; OK runs with all of it."""
+    the job, each shown with a quick preview of the photo in its style (a file that cannot be read shows why);
+    thumbnails have one height, so the check boxes line up; OK runs with all of it."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     shutil.copy(SAMPLES["shipwreck"], gimp_workdir / "shipwreck.jpg")
     shutil.copy(SAMPLES["the_scream"], gimp_workdir / "scream-file.jpg")     # (the runner passes no spaces)
+    (gimp_workdir / "broken.jpg").write_bytes(b"not a picture")              # the daemon cannot read it
+    missing = gimp_workdir / "missing.jpg"                                    # gone since it was chosen
     daemon = Daemon(tmp_path / "daemon").start()
     try:
         client = sb_client.Client(daemon.url)
@@ -787,15 +790,17 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, 
             'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=int(os.environ.get("T_LIB", 240)),
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,ok",
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,dropfiles,ok",
                                "STYLEBRIDGE_GIMP_DIALOG_TEST_FILES": gimp.inside(gimp_workdir / "shipwreck.jpg")
-                               + ";" + gimp.inside(gimp_workdir / "scream-file.jpg")})
+                               + ";" + gimp.inside(gimp_workdir / "scream-file.jpg"),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_BAD_FILES": gimp.inside(missing) + ";"
+                               + gimp.inside(gimp_workdir / "broken.jpg")})
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0 and report_path.exists(), out[-5000:]
         library_after = [s["name"] for s in client.styles()]
     finally:
         daemon.stop()
-    first, added, removed, with_files = [json.loads(line) for line in hook.read_text().splitlines()]
+    first, added, removed, with_files, dropped = [json.loads(line) for line in hook.read_text().splitlines()]
     assert first["library"] == ["starry_night", "the_scream"] and first["files"] == []
     assert {h for _, h in first["thumbs"].values()} == {96}, first["thumbs"]          # one height...
     assert len(set(first["check_y"])) == 1 and None not in first["check_y"], first["check_y"]   # ...aligned
@@ -803,8 +808,27 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, 
     assert set(added["checked"]) == {"scream-file", "shipwreck"}                      # ticked when added
     assert removed["library"] == ["shipwreck", "starry_night", "the_scream"]      # the first one removed
     assert library_after == ["shipwreck", "starry_night", "the_scream"]
-    assert with_files["files"] == [gimp.inside(gimp_workdir / "shipwreck.jpg"),
-                                   gimp.inside(gimp_workdir / "scream-file.jpg")]
+    assert with_files["files"] == [gimp.inside(gimp_workdir / p) for p in
+                                   ("shipwreck.jpg", "scream-file.jpg", "missing.jpg", "broken.jpg")]
+    # each style file's row shows the 48x36 photo in its style, as big as the library's previews (96 high)
+    shown = with_files["file_previews"]
+    assert set(shown) == {"shipwreck.jpg", "scream-file.jpg", "missing.jpg", "broken.jpg"}, shown
+    for name in ("shipwreck.jpg", "scream-file.jpg"):
+        look = shown[name]
+        assert look["visible"] and look["shown"] == [128, 96] and [look["width"], look["height"]] == [48, 36], look
+        assert look["method"] and "quick preview" in look["tooltip"] and "not the final result" in look["tooltip"]
+    # ...one that cannot be read shows the warning icon and why
+    assert shown["missing.jpg"]["icon"] == "dialog-warning" and "shown" not in shown["missing.jpg"], shown
+    assert "No such file or directory" in shown["missing.jpg"]["tooltip"], shown["missing.jpg"]
+    assert "remove it from the list" in shown["missing.jpg"]["tooltip"]
+    assert shown["broken.jpg"]["icon"] == "dialog-warning" and "broken.jpg" in shown["broken.jpg"]["error"], shown
+    assert len(set(with_files["file_preview_x"])) == 1, with_files["file_preview_x"]      # the rows line up
+    assert (gimp_workdir / "dialog-lib.json.3.png").stat().st_size > 1000, with_files.get("screenshot_error")
+    # taken off the list, a file's preview goes; one added again shows at once, from the cache (no request)
+    assert dropped["files"] == [gimp.inside(gimp_workdir / p) for p in ("shipwreck.jpg", "scream-file.jpg")]
+    assert set(dropped["file_previews"]) == {"shipwreck.jpg", "scream-file.jpg"}, dropped["file_previews"]
+    assert dropped["file_previews"]["scream-file.jpg"]["shown"] == [128, 96], dropped["file_previews"]
+    assert dropped["preview_requests"] == with_files["preview_requests"], (dropped, with_files)
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-3000:])
     styles = by_role(report["after"], "style")
