@@ -962,3 +962,49 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path
     assert report["run"]["status"] == "cancel", (report["run"], out[-3000:])
     assert [d["name"] for d in report["after"]] == ["photo"], report["after"]
     assert report["undo_enabled_after"]
+
+
+def test_preview_layer_gone_after_an_error(gimp, gimp_workdir, gimp_profile, tmp_path):
+    """The daemon dies (kill -9) while the canvas shows the temporary preview layer: the run ends with the daemon's
+    'unreachable' message, and the preview layer is gone (the image's layers as they were, undo enabled)."""
+    shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    gimp_proc = None
+    try:
+        hook = gimp_workdir / "previews.jsonl"
+        long_run = {"size": 64, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
+                           "extra-settings": json.dumps(long_run)}}
+        params_path = gimp_workdir / "params-error.json"
+        report_path = gimp_workdir / "params-error-report.json"
+        params["report"] = gimp.inside(report_path)
+        params_path.write_text(json.dumps(params))
+        script = gimp_workdir / "error.py"
+        script.write_text(f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW)
+        home = gimp_workdir / "home"
+        home.mkdir(exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
+               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
+               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)}
+        with open(script) as stdin:
+            gimp_proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
+                                          "--quit"], stdin=stdin, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + 180
+        while not hook.exists() and time.monotonic() < deadline:          # the preview layer is on the canvas
+            assert gimp_proc.poll() is None, gimp_proc.stdout.read()[-4000:]
+            time.sleep(0.2)
+        assert hook.exists(), "no temporary preview layer was shown"
+        os.killpg(daemon.proc.pid, signal.SIGKILL)                        # the daemon dies mid-job
+        out, _ = gimp_proc.communicate(timeout=120)
+    finally:
+        if gimp_proc is not None and gimp_proc.poll() is None:
+            gimp_proc.kill()
+            gimp_proc.wait()
+        daemon.stop()
+    report = read_json(report_path)
+    assert report["run"]["status"] == "execution-error", (report["run"], out[-3000:])
+    assert "stylebridge serve" in report["run"]["error"] or "daemon" in report["run"]["error"], report["run"]
+    assert [d["name"] for d in report["after"]] == ["photo"], report["after"]
+    assert report["undo_enabled_after"]
