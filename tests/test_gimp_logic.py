@@ -386,3 +386,15 @@ def test_daemon_starter_says_what_went_wrong(L, tmp_path, monkeypatch):
     assert message.startswith(L.sb_client.unreachable_message(url)) and "exited with status 3" in message
     assert message.endswith("ends: port 9 is in use).") and (tmp_path / "stylebridge-serve-9.log").exists()
     assert L.DaemonStarter(url, None, str(tmp_path)).start() == L.start_failed_message(url, None)
+
+
+def test_unreadable_files_message(L, tmp_path):
+    """OK with a style file that cannot be read keeps the dialog and names the file and what to do."""
+    good = tmp_path / "good.png"
+    good.write_bytes(b"png")
+    assert L.unreadable_files_message([str(good)]) is None
+    assert L.unreadable_files_message([]) is None
+    msg = L.unreadable_files_message([str(good), str(tmp_path / "gone.jpg"), str(tmp_path)])
+    assert msg.startswith("Stylebridge: gone.jpg: the file cannot be read (No such file or directory)"), msg
+    assert f"{tmp_path.name}: the file cannot be read" in msg and "remove it from the list" in msg
+    assert "good.png" not in msg

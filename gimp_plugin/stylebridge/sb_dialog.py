@@ -140,6 +140,10 @@ def show_dialog(procedure, config, layer):
             return False
         if panel.checks:
             config.set_property("styles", ",".join(panel.chosen()))
+        unreadable = sb_logic.unreadable_files_message(files.paths())
+        if unreadable:                      # the job would fail: say so and keep the dialog
+            Gimp.message(unreadable)
+            continue
         if config.get_property("styles") or config.get_property("style-files"):
             panel.close()
             dialog.destroy()

@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import sb_client
 
@@ -578,6 +578,19 @@ def unreadable_file_text(exc: OSError) -> str:
     """Why a style file gets no preview (it would fail the job too), and what to do."""
     why = exc.strerror or str(exc)
     return f"the file cannot be read ({why}): remove it from the list or choose it again"
+
+
+def unreadable_files_message(paths: Iterable[str]) -> str | None:
+    """The dialog's answer to OK when a listed style file cannot be read (the job would fail): None when all can."""
+    bad = []
+    for path in paths:
+        try:
+            file_preview_key("", path)
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            bad.append(f"{os.path.basename(path)}: {unreadable_file_text(exc)}")
+    return ("Stylebridge: " + "; ".join(bad)) if bad else None
 
 
 # ------------------------------------------------------------------------------------------------
