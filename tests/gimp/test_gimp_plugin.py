@@ -748,7 +748,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
 
 RUN_DIALOG_ONCE = r"""
 report = {}
-img, src = photo_image(48, 36)
+img, src = photo_image(*P.get("photo_size", (48, 36)))
 proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
 cfg = proc.create_config()
 cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
@@ -758,6 +758,8 @@ for k, v in P["args"].items():
     cfg.set_property(k, v)
 res = proc.run(cfg)
 report["run"] = {"status": res.index(0).value_nick}
+report["after"] = describe(img)
+report["undo_enabled_after"] = img.undo_is_enabled()
 img.delete()
 save_report(report)
 """
@@ -889,25 +891,6 @@ def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, tmp_path
     print("preview layer updates:", len(shown))
 
 
-RUN_WINDOW = r'''
-report = {}
-img, src = photo_image(96, 72)
-proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
-cfg = proc.create_config()
-cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
-cfg.set_property("image", img)
-cfg.set_core_object_array("drawables", [src])
-for k, v in P["args"].items():
-    cfg.set_property(k, v)
-res = proc.run(cfg)
-report["run"] = {"status": res.index(0).value_nick}
-report["after"] = describe(img)
-report["undo_enabled_after"] = img.undo_is_enabled()
-img.delete()
-save_report(report)
-'''
-
-
 def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
     """An interactive run shows the plug-in's own progress window; its Cancel (clicked once the canvas shows the
     temporary preview layer) cancels the job on the daemon and leaves the image's layers as they were: no preview
@@ -920,14 +903,14 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path
         window_hook = gimp_workdir / "window.jsonl"
         preview_hook = gimp_workdir / "previews.jsonl"
         long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "photo_size": [96, 72],
                   "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(long_run)}}
         params_path = gimp_workdir / "params-window.json"
         report_path = gimp_workdir / "params-window-report.json"
         params["report"] = gimp.inside(report_path)
         params_path.write_text(json.dumps(params))
         forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_WINDOW
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(gimp_workdir / "d.json"),
                                "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok",
