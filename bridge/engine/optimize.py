@@ -14,7 +14,9 @@ Shape of a run (``stylize``):
    smaller than needed gets a StyleResolutionWarning); the blend's targets are the Grams mixed by
    ``style_blend_weights``.
 3. per style (then the blend): L-BFGS or Adam at each stage, warm-started from the previous stage's best
-   image upsampled; progress every iteration, cancel/pause checked every iteration (and every block).
+   image upsampled; progress every iteration and, at a tiled stage, every block of its evaluation
+   (``Progress.block``: percent and ETA count the iteration in flight in part); cancel/pause checked every
+   iteration (and every block).
    With a checkpoint (checkpoint.py): resumed from a matching saved state, saved at stage ends, every
    ``interval_s`` and on pause (the result is then ``paused`` with no images). Mid-stage saves hold the
    optimiser's state (its iterate and L-BFGS history) while it is below RESUME_STATE_BYTES, so a resumed run
@@ -578,6 +580,7 @@ class _Reporter:
         self.guide = guide   # the photo at this stage (0..1): previews show the strength the result will have
         self.resumed = resumed
         self.done_in_stage = 0   # iterations of this stage finished (a paused run saves this)
+        self.best_loss: float | None = None   # the stage's lowest loss so far (block events repeat it)
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.cancelled:
@@ -585,10 +588,27 @@ class _Reporter:
         if self.cancel is not None and self.cancel.paused:
             raise _Paused
 
+    def block(self, pass_: int, done: int, blocks: int) -> None:
+        """A block of a tiled evaluation is done (tiled.TiledObjective.on_block): stop if asked, else a
+        Progress with the iteration in flight counted in part (tiled.PASS1_SHARE of it is pass 1)."""
+        self.check()
+        if self.callback is None:
+            return
+        share = tiled.PASS1_SHARE
+        fraction = share * done / blocks if pass_ == 1 else share + (1.0 - share) * done / blocks
+        estimate = self.estimator.partial(fraction)
+        self.callback(Progress(stage=self.stage + 1, stages=self.stages, stage_size=self.size,
+                               style_index=self.job, styles=self.jobs, iteration=self.done_in_stage,
+                               stage_iterations=self.estimator.iterations[self.stage],
+                               done_iterations=self.counter.done, total_iterations=self.counter.total, loss=None,
+                               style_name=self.name, percent=estimate.percent, eta_seconds=estimate.eta_seconds,
+                               best_loss=self.best_loss, resumed=self.resumed, block=(pass_, done, blocks)))
+
     def report(self, iteration: int, stage_iterations: int, loss: float, image: torch.Tensor,
                best_loss: float | None = None) -> None:
         self.counter.done += 1
         self.done_in_stage = iteration
+        self.best_loss = best_loss if best_loss is not None and math.isfinite(best_loss) else None
         estimate = self.estimator.iteration(iteration)
         if self.callback is None:
             return
@@ -602,8 +622,7 @@ class _Reporter:
                                total_iterations=self.counter.total, loss=loss, preview=preview,
                                style_name=self.name, percent=estimate.percent,
                                eta_seconds=estimate.eta_seconds,
-                               best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None,
-                               resumed=self.resumed))
+                               best_loss=self.best_loss, resumed=self.resumed))
 
 
 def _preview(image: torch.Tensor, guide: torch.Tensor, mix: float = 1.0) -> np.ndarray:
@@ -646,12 +665,12 @@ class _WholeObjective:
 
 
 class _TiledObjective:
-    """The same loss and gradient computed in blocks (tiled.TiledObjective); checks for cancel/pause after
-    every block (a 24 MP evaluation takes many minutes on a CPU)."""
+    """The same loss and gradient computed in blocks (tiled.TiledObjective); after every block checks for
+    cancel/pause and sends a Progress (a 24 MP evaluation takes many minutes on a CPU)."""
 
     def __init__(self, objective: tiled.TiledObjective, reporter: _Reporter) -> None:
         self.objective, self.reporter = objective, reporter
-        objective.on_block = lambda _pass, _done, _total: reporter.check()
+        objective.on_block = reporter.block
         self.parts: dict[str, float] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -691,6 +710,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
     else:
         best = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
     reporter.done_in_stage = start
+    reporter.best_loss = best["loss"] if math.isfinite(best["loss"]) else None
     opt: torch.optim.Optimizer | None = None
 
     def save(iteration: int) -> None:

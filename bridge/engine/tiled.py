@@ -54,6 +54,10 @@ AUTO_CAP_BYTES = 4 << 30    # bigger blocks gain little (the margins are already
 # 640 leaves a 25% margin.
 VALUES_PER_PIXEL = 640
 FIXED_BLOCK_BYTES = 64 << 20   # weights, allocator slack
+# Share of one evaluation's time spent in pass 1 (forwards without graph, but the last block's), for progress
+# within an iteration (optimize.py): measured 0.31-0.36 (bench/bench_pass_share.py: 256 and 512 px, 6 and 12
+# blocks, 1 thread); pass 2 (forward with graph and backward per block) is the rest.
+PASS1_SHARE = 1.0 / 3.0
 
 
 def context(features: nn.Sequential, last: int) -> tuple[int, int]:
