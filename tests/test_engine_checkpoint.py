@@ -274,6 +274,38 @@ def test_above_the_size_bound_a_checkpoint_keeps_the_best_image_only(tmp_path, p
     assert abs(resumed_loss - full_loss) <= 0.12 * full_loss
 
 
+def test_cancelled_before_it_starts_a_run_returns_what_its_checkpoint_holds(tmp_path, photo, starry, scream,
+                                                                             uninterrupted) -> None:
+    """As a cancel during the run keeps the best so far: the finished styles, then the best image of the style
+    reached (here mid-way through the last stage), without optimising."""
+    path = tmp_path / "job.npz"
+    with pytest.raises(Killed):
+        stylize(photo, styles_of(starry, scream), SETTINGS, progress=kill_at(1, 2, 6),
+                checkpoint=FileCheckpoint(path, interval_s=0.0))
+    saved = FileCheckpoint(path).load()
+    token = CancelToken()
+    token.cancel()
+    events: list = []
+    r = stylize(photo, styles_of(starry, scream), SETTINGS, progress=events.append, cancel=token,
+                checkpoint=FileCheckpoint(path))
+    assert r.cancelled and r.resumed and events == [] and [i.name for i in r.images] == ["s0", "s1"]
+    assert np.array_equal(r.images[0].picture.rgb, uninterrupted.images[0].picture.rgb)
+    best = r.images[1]
+    assert best.losses == saved.losses and best.losses["total"] == saved.best_loss
+    assert (best.picture.width, best.picture.height) == (photo.width, photo.height)
+    want = np.clip(saved.image.transpose(1, 2, 0), 0, 255)
+    assert np.abs(best.picture.rgb.astype(float) - want).max() <= 1.0          # the saved best image, as it is
+    assert FileCheckpoint(path).load().iteration == saved.iteration             # the checkpoint is left as it was
+    # in the first stage of the first style: that style's best so far, at the photo's size
+    early = tmp_path / "early.npz"
+    with pytest.raises(Killed):
+        stylize(photo, styles_of(starry, scream), SETTINGS, progress=kill_at(0, 1, 3),
+                checkpoint=FileCheckpoint(early, interval_s=0.0))
+    r = stylize(photo, styles_of(starry, scream), SETTINGS, cancel=token, checkpoint=FileCheckpoint(early))
+    assert r.cancelled and [i.name for i in r.images] == ["s0"]
+    assert (r.images[0].picture.width, r.images[0].picture.height) == (photo.width, photo.height)
+
+
 def test_a_changed_setting_starts_afresh(tmp_path, photo, starry) -> None:
     path = tmp_path / "job.npz"
     stylize(photo, styles_of(starry), SETTINGS, checkpoint=FileCheckpoint(path))

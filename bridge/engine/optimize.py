@@ -24,7 +24,8 @@ Shape of a run (``stylize``):
 4. the best image of the last stage goes to the photo's native size (``upsample.to_native``; at native
    size as it is), with the photo's chroma if ``original_colors``, then is mixed with the photo by
    ``style_strength`` (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
-   Cancel keeps the best image of the stage reached.
+   Cancel keeps the best image of the stage reached (a call cancelled before it starts: those its checkpoint
+   holds, without optimising).
 
 Progress carries a stage-weighted percent and an ETA from the measured speed (``eta.RunEstimator``; tiled
 stages weighted by TILED_COST).
@@ -229,7 +230,8 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     """Stylise ``content`` once per style (plus a blend if ``style_blend_weights``); see the module doc.
 
     With ``checkpoint`` the run resumes from a matching saved state and saves its own (see checkpoint.py);
-    ``cancel.pause()`` then stops it with ``paused=True`` and no images."""
+    ``cancel.pause()`` then stops it with ``paused=True`` and no images; a ``cancel`` already cancelled returns
+    the saved state's images (finished styles, then the best so far of the style reached) at once."""
     started = time.perf_counter()            # (a Settings is valid once it exists: bridge.settings)
     if not styles:
         raise SettingsError("style", "at least one style image is needed")
@@ -253,31 +255,36 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     if strength.amount(settings.style_strength) == 0.0:     # the photo itself: nothing to optimise
         return _photo_only(content, styles, settings, started)
     device = resolve_device(settings.device)
-    vgg = load_vgg(settings.weights, settings.pooling, device)
-
     ladder, dims, iters = ladder_dims(settings, content.width, content.height)
-    plans = plan_stages(vgg, settings, dims, iters, device)
     # The photo as each stage sees it (0..1): native -> working size once, then down from there
     # (resampling a 24 MP photo costs seconds; doing it once per stage would cost that many times more).
     working = resize(picture_tensor(content), dims[-1])
     guides = [resize(working, d) for d in dims[:-1]] + [working]
-    # whole stages: the photo's content features now; tiled ones: when first needed (tiled_features)
-    content_feats: list[dict[str, torch.Tensor] | None] = [
-        content_targets(vgg, (g * 255.0).to(device), settings.content_layers) if p.inner is None else None
-        for g, p in zip(guides, plans)]
-    notes: list[str] = []
-    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes)
+    names = [s.name for s in styles] + (["blend"] if blend is not None else [])
     working_size = (dims[-1][1], dims[-1][0])
-    if state is not None and not _state_fits(state, dims, iters, len(jobs or [])):
+    if state is not None and not _state_fits(state, dims, iters, len(names)):
         state = None
     resumed = state is not None
     elapsed0 = state.elapsed_s if state is not None else 0.0
+    notes: list[str] = []
 
     def result(images: list[StyledImage], **flags: bool) -> StylizeResult:
         return StylizeResult(content=content, images=images, settings=settings, working_size=working_size,
                              seconds=elapsed0 + time.perf_counter() - started, resumed=resumed,
                              warnings=list(notes), **flags)
 
+    if state is not None and cancel is not None and cancel.cancelled:   # cancelled before it started: the
+        return result(_saved_images(state, content, guides, settings, names), cancelled=True)   # best so far
+
+    vgg = load_vgg(settings.weights, settings.pooling, device)
+    plans = plan_stages(vgg, settings, dims, iters, device)
+    # whole stages: the photo's content features now; tiled ones: when first needed (tiled_features)
+    content_feats: list[dict[str, torch.Tensor] | None] = [
+        content_targets(vgg, (g * 255.0).to(device), settings.content_layers) if p.inner is None else None
+        for g, p in zip(guides, plans)]
+    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes)
+    if jobs is None and state is not None and cancel is not None and cancel.cancelled:
+        return result(_saved_images(state, content, guides, settings, names), cancelled=True)
     if jobs is None:
         return result([], paused=True) if cancel is not None and cancel.paused else result([], cancelled=True)
 
@@ -358,6 +365,18 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     if paused:
         return result([], paused=True)
     return result(images, cancelled=cancelled)
+
+
+def _saved_images(state: EngineState, content: Picture, guides: list[torch.Tensor], settings: Settings,
+                 names: list[str]) -> list[StyledImage]:
+    """What a run cancelled before it went on from ``state`` gives, as a cancel during the run would: the
+    finished jobs' images, then the best image of the job it had reached (at the stage it had reached)."""
+    images = [_deliver(torch.from_numpy(image)[None], content, guides[-1], settings, names[j], {})
+              for j, image in enumerate(state.finished)]
+    if state.style_index < len(names):
+        images.append(_deliver(torch.from_numpy(state.image)[None], content, guides[state.stage], settings,
+                               names[state.style_index], dict(state.losses)))
+    return images
 
 
 def _state_fits(state: EngineState, dims: list[tuple[int, int]], iters: list[int], jobs: int) -> bool:
