@@ -250,6 +250,19 @@ def test_killed_mid_stage_resumes_exactly_with_the_optimisers_state(tmp_path, ph
         assert np.array_equal(got.picture.rgb, want.picture.rgb)
 
 
+def test_adam_resumes_exactly_too(tmp_path, photo, starry) -> None:
+    settings = SETTINGS.replace(optimizer="adam", coarse_to_fine=False, size=48, iterations=8)
+    full = stylize(photo, styles_of(starry), settings)
+    path = tmp_path / "job.npz"
+    with pytest.raises(Killed):
+        stylize(photo, styles_of(starry), settings, progress=kill_at(0, 1, 4),
+                checkpoint=FileCheckpoint(path, interval_s=0.0))
+    saved = FileCheckpoint(path).load()
+    assert saved.iteration == 3 and set(saved.optimizer) == {"step", "exp_avg", "exp_avg_sq"}
+    r = stylize(photo, styles_of(starry), settings, checkpoint=FileCheckpoint(path))
+    assert r.resumed and np.array_equal(r.images[0].picture.rgb, full.images[0].picture.rgb)
+
+
 def test_above_the_size_bound_a_checkpoint_keeps_the_best_image_only(tmp_path, photo, starry, scream,
                                                                       uninterrupted, monkeypatch, caplog) -> None:
     monkeypatch.setattr(optimize, "RESUME_STATE_BYTES", 1000)     # this 96 px stage's state is ~30 KB

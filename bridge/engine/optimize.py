@@ -424,18 +424,17 @@ class _Saver:
         when it is below RESUME_STATE_BYTES (else the best image only, as said once per stage in the log)."""
         if self.checkpoint is None:
             return
-        arrays = _optimizer_state(optimizer, current) if current is not None and optimizer is not None else None
-        if arrays is not None:
-            size = current.numel() * current.element_size() + sum(
-                sum(a.nbytes for a in v) if isinstance(v, list) else getattr(v, "nbytes", 8) for v in arrays.values())
+        arrays = None
+        if current is not None and optimizer is not None and optimizer.state.get(current):
+            size = _tensor_bytes(current) + sum(_tensor_bytes(v) for v in optimizer.state[current].values())
             if not self.told:
                 self.told = True
                 log.info("checkpoint of stage %d: the optimiser's state is %.0f MB, %s", self.stage + 1,
                          size / (1 << 20), "saved with it (a resume continues exactly)" if size <= RESUME_STATE_BYTES
                          else f"above {RESUME_STATE_BYTES >> 20} MB (RESUME_STATE_BYTES): the best image only (a "
                               "resume restarts the optimiser)")
-            if size > RESUME_STATE_BYTES:
-                arrays = None
+            if size <= RESUME_STATE_BYTES:      # (measured before any copy: on a GPU each is one)
+                arrays = _optimizer_state(optimizer, current)
         self.checkpoint.save(EngineState(
             fingerprint=self.print_ or "", style_index=self.job, stage=self.stage, iteration=iteration,
             image=best[0].detach().float().cpu().numpy(), finished=list(self.finished), seed=self.seed,
@@ -444,6 +443,15 @@ class _Saver:
             best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None,
             losses=dict(losses or {}), optimizer=arrays))
         self.last = time.perf_counter()
+
+
+def _tensor_bytes(value: object) -> int:
+    """Bytes of a tensor, or of the tensors in a list (0 for numbers)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, list):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 # torch.optim state entries not saved: L-BFGS's two-loop scratch list (rebuilt by step(), written before read)
