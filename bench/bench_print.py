@@ -107,6 +107,8 @@ class Clock:
         self.t0, self.c0 = time.perf_counter(), time.process_time()
 
     def __call__(self, p) -> None:
+        if p.block is not None:          # progress within a tiled iteration: this clock times whole iterations
+            return
         _sync(self.device)
         self.events.append((p.stage, p.iteration, time.perf_counter() - self.t0, time.process_time() - self.c0))
         print(f"    stage {p.stage}/{p.stages} ({p.stage_size} px) iteration {p.iteration}/{p.stage_iterations}: "

@@ -12,6 +12,8 @@ being the native one. Three runs of the real engine, each in its own process (sa
    bench sends SIGKILL once the native stage is ``--kill-at`` of the way through;
 3. resumed: the same command on the same checkpoint, to the end.
 
+The checkpoint holds the optimiser's state (L-BFGS iterate and history) below ``RESUME_STATE_BYTES``, so the
+resumed run should end exactly as the reference; the bench says what the checkpoint held.
 Work lost = the killed run's optimisation seconds at the kill minus those its checkpoint had saved (the
 engine's ``EngineState.elapsed_s``, counted the same way); also in iterations. The final loss is the total
 loss of the last stage's best image (working size = native size here), resumed vs reference. Prints figures;
@@ -147,6 +149,10 @@ def main() -> None:
           f"{state.stage + 1} iteration {state.iteration} ({done_at_save} done), {state.elapsed_s:.1f} s in")
     print(f"work lost: {lost_s:.1f} s ({last['done'] - done_at_save} iterations), interval "
           f"{args.checkpoint_seconds:g} s")
+    kept = ("with the optimiser's state (" + ", ".join(f"{k} {len(v)}" if isinstance(v, list) else k
+                                                        for k, v in state.optimizer.items()) + ")"
+            if state.optimizer is not None else "best image only (no optimiser state)")
+    print(f"checkpoint file: {cp_path.stat().st_size / 1024:.0f} KB, {kept}")
 
     res_lines, resumed, res_wall = run_child(base, ["--checkpoint", str(cp_path)])
     assert resumed is not None

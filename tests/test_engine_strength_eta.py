@@ -134,6 +134,32 @@ def test_eta_follows_the_machine_when_it_slows_down(monkeypatch) -> None:
     assert e.eta_seconds <= 10 * 2.0 + 1e-9
 
 
+def test_an_iteration_in_flight_counts_in_part() -> None:
+    """A tiled stage's first iteration (minutes at 24 MP): its blocks move the percent by the fraction done,
+    never past the iteration's own event, and its seconds so far correct the prediction of the stage's speed."""
+    clock = FakeClock()
+    model = CostModel(seconds_per_pixel=0.01, overhead_pixels=0.0)
+    est = RunEstimator([100, 400], [10, 10], jobs=1, model=model, clock=clock)
+    est.start_stage(0, 0)
+    for i in range(1, 11):
+        clock.now += 1.0                              # stage 1 as the prior says: 1 s per iteration
+        est.iteration(i)
+    est.end_stage()
+    est.start_stage(0, 1)                             # predicted 4 s per iteration; it takes 40
+    before = est.percent
+    clock.now += 20.0
+    half = est.partial(0.5)
+    assert half.percent == pytest.approx(before + 0.5 * (100.0 - before) / 10)
+    # 0.5 iteration in 20 s, blended with the 4 s prediction for the rest of PRIOR_ITERATIONS (3)
+    rate = (20.0 + 2.5 * 4.0) / 3.0
+    assert half.eta_seconds == pytest.approx(9.5 * rate)
+    assert half.eta_seconds > 10 * 4.0                # the prediction alone would say 40 s left
+    clock.now += 20.0
+    assert est.partial(2.0).percent == pytest.approx(before + (100.0 - before) / 10)   # at most the iteration
+    assert est.partial(0.2).percent == pytest.approx(before + (100.0 - before) / 10)   # never back
+    assert est.iteration(1).percent == pytest.approx(before + (100.0 - before) / 10)
+
+
 def test_a_stage_that_stops_early_counts_as_done() -> None:
     est = RunEstimator([100, 100], [10, 10], jobs=1, model=CostModel(1e-3, 0.0), clock=FakeClock())
     est.start_stage(0, 0)

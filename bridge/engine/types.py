@@ -44,6 +44,11 @@ class Progress:
     eta_seconds: float | None = None
     best_loss: float | None = None
     resumed: bool = False    # this run went on from a checkpoint (a paused or interrupted run) instead of from 0
+    # Within an iteration of a tiled stage (one evaluation takes minutes at 24 MP): (pass 1 or 2, blocks done in
+    # that pass, blocks), with ``iteration`` the iterations done so far, ``loss`` None and no preview; percent
+    # and ETA count the iteration in flight in part. None on the event that ends an iteration (one per
+    # iteration, as before): a consumer that wants one event per iteration skips the others.
+    block: tuple[int, int, int] | None = None
 
     @property
     def fraction(self) -> float:
