@@ -1,7 +1,7 @@
 """Figures for print resolution (issue 12): optimising at the photo's native size through stylize().
 
     .venv/bin/python bench/bench_print.py native  [--megapixels 24] [--iterations 2] [--device cpu] [--budget MB]
-    .venv/bin/python bench/bench_print.py quality [--long-side 1024] [--device cpu]
+    .venv/bin/python bench/bench_print.py quality [--long-side 1024 | --photo P] [--style S] [--device cpu]
     .venv/bin/python bench/bench_print.py stages  [--megapixels 6] [--iterations 2] [--device cpu]
     .venv/bin/python bench/bench_print.py all --device cuda        # every figure, each in its own process
 
@@ -131,8 +131,8 @@ class Clock:
         return out
 
 
-def _style() -> list[StyleInput]:
-    return [StyleInput("starry_night", load_image(STYLE))]
+def _style(path: Path = STYLE) -> list[StyleInput]:
+    return [StyleInput(path.stem, load_image(path))]
 
 
 def whole512(device: str, iterations: int = 4) -> dict[str, float]:
@@ -210,9 +210,14 @@ def _crops(image: np.ndarray, side: int) -> list[tuple[int, int]]:
 
 
 def cmd_quality(args: argparse.Namespace) -> dict:
-    width = args.long_side
-    height = int(round(width * 341 / 512))
-    photo = photo_of(width, height, noise=0.0)
+    style_path = args.style or STYLE
+    if args.photo:          # a real photo at its own size (an upscaled one has no fine detail to paint)
+        photo = load_image(args.photo)
+        width, height = photo.width, photo.height
+    else:
+        width = args.long_side
+        height = int(round(width * 341 / 512))
+        photo = photo_of(width, height, noise=0.0)
     shorter = {k: v for k, v in (("iterations", args.iterations), ("coarse_iterations", args.coarse_iterations),
                                  ("large_iterations", args.large_iterations)) if v is not None}
     settings, _, _ = settings_from_mapping({"preset": "print", "seed": 3, "preview_every": 0, "device": args.device,
@@ -222,7 +227,7 @@ def cmd_quality(args: argparse.Namespace) -> dict:
     keep = _Keep(base)
     clock = Clock(args.device)
     t = time.perf_counter()
-    result = stylize(photo, _style(), settings, progress=clock, checkpoint=keep)
+    result = stylize(photo, _style(style_path), settings, progress=clock, checkpoint=keep)
     seconds = time.perf_counter() - t
     assert keep.state is not None and keep.state.iteration == settings.iterations
     # today's result: the normal preset's last stage (512 px), upsampled to native size as stylize() does it
@@ -232,7 +237,7 @@ def cmd_quality(args: argparse.Namespace) -> dict:
                                mode=settings.upsample, eps=settings.guided_eps)
     printed = result.images[0].picture
     vgg = load_vgg(settings.weights, settings.pooling, args.device)
-    style = picture_tensor(load_image(STYLE))
+    style = picture_tensor(load_image(style_path))
     sdims = optimize.stage_dims(style.shape[-1], style.shape[-2], int(round(width * settings.style_scale)))
     with torch.no_grad():
         target = {k: gram_matrix(v) for k, v in vgg((resize(style, sdims) * 255.0).to(args.device),
@@ -273,6 +278,7 @@ def cmd_quality(args: argparse.Namespace) -> dict:
     print(f"print / upsampled style distance (mean over {len(rows)} crops of {side} px): {ratio:.3f} (target "
           f"<= 0.2); run {seconds:.0f} s; crops in {out.relative_to(REPO)}; {_load()}", flush=True)
     return {"width": width, "height": height, "ladder": ladder, "iterations": settings.ladder_iterations(ladder),
+            "photo_file": str(args.photo or "samples/photo.jpg upscaled"), "style_file": str(style_path),
             "overrides": shorter, "crops": rows, "ratio": ratio, "run_s": seconds, "per_stage": clock.per_stage(),
             "warnings": result.warnings, "losses": result.images[0].losses}
 
@@ -351,6 +357,9 @@ def main() -> None:
             p.add_argument("--style-scale", type=float, default=1.0)
         if name == "quality":
             p.add_argument("--long-side", type=int, default=1024)
+            p.add_argument("--photo", type=Path, help="a photo at its own size instead of samples/photo.jpg upscaled")
+            p.add_argument("--style", type=Path, help=f"the style image (default {STYLE.relative_to(REPO)}); use "
+                           "one at least as large as the photo")
             p.add_argument("--iterations", type=int, help="override the preset's (a shorter run on a busy CPU)")
             p.add_argument("--coarse-iterations", type=int)
             p.add_argument("--large-iterations", help="e.g. 10 (comma-separated)")
