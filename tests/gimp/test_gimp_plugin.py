@@ -922,7 +922,7 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path
         looks = [json.loads(line) for line in window_hook.read_text().splitlines()]
         assert looks, "the progress window was never shown"
         job_id = looks[-1]["job_id"]
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         status = client.job(job_id)["status"]
         while status not in ("cancelled", "failed", "done") and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -933,8 +933,9 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path
     # the window: the job's progress, then Cancel once the canvas showed the preview layer
     assert all(look["title"] == "Stylebridge" and look["visible"] for look in looks), looks[-1]
     assert all(look["cancel_label"] == "_Cancel" for look in looks)
-    running = [look for look in looks if re.search(r"stage 1/1, iteration \d+/5000, about \d+ s left", look["text"])]
+    running = [look for look in looks if re.search(r"stage 1/1, iteration \d+/5000", look["text"])]
     assert running, looks[-3:]
+    assert all(re.search(r"iteration \d+/5000(, about \d+ s left)?$", look["text"]) for look in running), running
     assert looks[-1]["preview_layers"] >= 1 and looks[-1]["cancelled"], looks[-1]
     assert all(not look["cancelled"] and look["cancel_sensitive"] for look in looks[:-1])
     assert looks[-1]["text"].startswith("Stylebridge: cancelling") and not looks[-1]["cancel_sensitive"]
