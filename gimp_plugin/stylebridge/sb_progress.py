@@ -158,16 +158,18 @@ class ProgressWindow:
         window an iteration."""
         if not self.test_hook:
             return
+        shown = self.label.get_text()
         if (os.environ.get("STYLEBRIDGE_GIMP_RUN_TEST_CANCEL") == "after-preview" and facts.get("preview_layers")
-                and "iteration" in self.label.get_text() and not self.cancelled):
+                and "iteration" in shown and not self.cancelled):
             self.cancel_button.clicked()         # what the artist's click does
             self.pump()
+            facts = dict(facts, text_after_cancel=self.label.get_text())
         try:
             with open(self.test_hook) as fh:
                 n = sum(1 for _ in fh)
         except OSError:
             n = 0
-        info = dict(facts, text=self.label.get_text(), fraction=round(self.bar.get_fraction(), 4),
+        info = dict(facts, text=shown, fraction=round(self.bar.get_fraction(), 4),
                     title=self.window.get_title(), visible=self.window.get_visible(),
                     cancel_label=self.cancel_button.get_label(), cancel_sensitive=self.cancel_button.get_sensitive(),
                     cancelled=self.cancelled)

@@ -938,7 +938,7 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path
     assert all(re.search(r"iteration \d+/5000(, about \d+ s left)?$", look["text"]) for look in running), running
     assert looks[-1]["preview_layers"] >= 1 and looks[-1]["cancelled"], looks[-1]
     assert all(not look["cancelled"] and look["cancel_sensitive"] for look in looks[:-1])
-    assert looks[-1]["text"].startswith("Stylebridge: cancelling") and not looks[-1]["cancel_sensitive"]
+    assert looks[-1]["text_after_cancel"].startswith("Stylebridge: cancelling") and not looks[-1]["cancel_sensitive"]
     assert (gimp_workdir / "window.jsonl.0.png").stat().st_size > 500
     assert preview_hook.exists(), "no temporary preview layer was shown before Cancel"
     # cancelled on the daemon, and the image as it was
