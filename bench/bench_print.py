@@ -135,6 +135,17 @@ def _style(path: Path = STYLE) -> list[StyleInput]:
     return [StyleInput(path.stem, load_image(path))]
 
 
+def timed_stylize(photo: Picture, styles: list[StyleInput], settings: Settings, device: str,
+                  **kwargs) -> tuple[object, float, "Clock"]:
+    """One stylize() with the peak memory counter reset (CUDA) and its progress clocked: (result, seconds, clock)."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    clock = Clock(device)
+    t = time.perf_counter()
+    result = stylize(photo, styles, settings, progress=clock, **kwargs)
+    return result, time.perf_counter() - t, clock
+
+
 def whole512(device: str, iterations: int = 4) -> dict[str, float]:
     """Seconds per iteration of a whole-image stylize() at 512 px (one stage), median of the further ones."""
     photo = photo_of(512, 341)
@@ -159,12 +170,7 @@ def cmd_native(args: argparse.Namespace) -> dict:
                                          height, width, plan.inner) if plan.inner else 1)
     print(f"{width}x{height} ({width * height / 1e6:.1f} MP): plan {plan}, {blocks} blocks; budget "
           f"{optimize.tiled.budget_bytes(settings, torch.device(args.device)) / 2**20:.0f} MB; {_load()}", flush=True)
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    clock = Clock(args.device)
-    t = time.perf_counter()
-    result = stylize(photo, _style(), settings, progress=clock)
-    total = time.perf_counter() - t
+    result, total, clock = timed_stylize(photo, _style(), settings, args.device)
     peak = _peak_mb(args.device)
     after = whole512(args.device)
     stage = clock.per_stage()[1]
@@ -298,12 +304,7 @@ def cmd_stages(args: argparse.Namespace) -> dict:
     print(f"{width}x{height}: ladder {ladder}, preset iterations {full_iters}; tiled stages "
           f"{[ladder[k] for k, p in enumerate(plans) if p.inner]} (inner {[p.inner for p in plans if p.inner]}, "
           f"history {[p.history for p in plans]}); {_load()}", flush=True)
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    clock = Clock(args.device)
-    t = time.perf_counter()
-    result = stylize(photo, _style(), settings, progress=clock)
-    seconds = time.perf_counter() - t
+    result, seconds, clock = timed_stylize(photo, _style(), settings, args.device)
     stages = clock.per_stage()
     rows, total_wall, total_cpu = [], 0.0, 0.0
     for k, side in enumerate(ladder, start=1):
