@@ -4,7 +4,11 @@ GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (execu
 to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py``, the adapter
 over GIMP; ``sb_dialog.py``, its dialog; ``sb_progress.py``, its progress window with Cancel; ``sb_logic.py``, its
 decisions, tested without GIMP; the PNG codec ``sb_png.py``) and its protocol
-client ``sb_client.py``, which the package imports as ``bridge.daemon.protocol_client``: one file, so the plug-in folder runs as it stands.
+client ``sb_client.py``, which is written from the package's own :mod:`bridge.protocol` (one source: the copy
+kept in ``gimp_plugin/stylebridge`` is checked equal by tests/test_protocol.py).
+
+Nothing here runs at import time: the package works without the plug-in's folder (a ``pip install --user``
+puts it under the user base's ``share/``); only ``gimp-install`` needs it, and says where it looked.
 """
 
 from __future__ import annotations
@@ -13,46 +17,56 @@ import argparse
 import json
 import os
 import shutil
+import site
 import stat
 import sys
 from pathlib import Path
 from typing import Mapping
 
 PLUGIN_NAME = "stylebridge"
-CLIENT_FILE = "sb_client.py"                            # the protocol client (bridge.daemon.protocol_client)
-#: gimp_plugin/stylebridge's files (= pyproject's data-files)
-PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_png.py", "sb_progress.py", CLIENT_FILE)
+CLIENT_FILE = "sb_client.py"                            # the protocol client: a copy of bridge/protocol.py
+#: The plug-in's own files, found in gimp_plugin/stylebridge (or where the wheel put them)
+PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_png.py", "sb_progress.py")
+#: What an installed plug-in folder holds (= pyproject's data-files), the client written from bridge/protocol.py
+INSTALLED_FILES = (*PLUGIN_FILES, CLIENT_FILE)
 DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target
 PLUGIN_DIR_ENV = "STYLEBRIDGE_GIMP_PLUGIN_DIR"
 #: Written beside the plug-in: the command that runs this stylebridge, so the plug-in can start
 #: ``stylebridge serve`` itself when no daemon answers (= sb_logic.INSTALL_FILE, a test checks).
 INSTALL_FILE = "sb_install.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
+PROTOCOL_SOURCE = PACKAGE_DIR / "protocol.py"            # written as the plug-in's CLIENT_FILE
 
 
 def plugin_source(package_dir: Path = PACKAGE_DIR, prefix: Path | None = None,
-                  env: Mapping[str, str] | None = None) -> Path:
+                  env: Mapping[str, str] | None = None, user_base: Path | None = None) -> Path:
     """The folder holding the plug-in's own files: ``$STYLEBRIDGE_GIMP_PLUGIN_DIR``, a source checkout
-    (editable install), package data, or the wheel's data-files under ``sys.prefix``."""
+    (editable install), package data, or the wheel's data-files under ``sys.prefix`` or, for
+    ``pip install --user``, the user base (``~/.local``)."""
     env = os.environ if env is None else env
     prefix = Path(sys.prefix) if prefix is None else prefix
+    user_base = Path(site.getuserbase()) if user_base is None else user_base
     candidates = [
         Path(env[PLUGIN_DIR_ENV]) if env.get(PLUGIN_DIR_ENV) else None,
         package_dir.parent / "gimp_plugin" / PLUGIN_NAME,          # source checkout / editable install
         package_dir / "gimp_plugin" / PLUGIN_NAME,                 # shipped as package data
         prefix / DATA_DIR,                                         # pyproject [tool.setuptools.data-files]
+        user_base / DATA_DIR,                                      # the same, pip install --user
     ]
     for c in candidates:
         if c is not None and all((c / f).is_file() for f in PLUGIN_FILES):
             return c
-    raise FileNotFoundError("the GIMP plug-in files (gimp_plugin/stylebridge/stylebridge.py) were not found "
-                            f"next to the stylebridge package; set {PLUGIN_DIR_ENV}")
+    looked = ", ".join(str(c) for c in candidates if c is not None)
+    raise FileNotFoundError(f"the GIMP plug-in files ({', '.join(PLUGIN_FILES)}) were not found (looked in "
+                            f"{looked}); set {PLUGIN_DIR_ENV} to the folder gimp_plugin/stylebridge of a "
+                            "stylebridge source checkout")
 
 
 def plugin_files() -> dict[str, Path]:
-    """Installed file name -> source file, for everything the plug-in folder needs."""
+    """Installed file name -> source file, for everything the plug-in folder needs (the client is the
+    package's own protocol module)."""
     src = plugin_source()
-    return {name: src / name for name in PLUGIN_FILES}
+    return {**{name: src / name for name in PLUGIN_FILES}, CLIENT_FILE: PROTOCOL_SOURCE}
 
 
 def default_profile(env: dict | None = None) -> Path:

@@ -22,12 +22,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .daemon import protocol_client as _client
+from . import protocol
 from .settings import DEFAULTS, DOCUMENT_DEFAULTS, LIMITS, RENAMED, REVEAL_CHOICES, DocumentSettings, Limits, \
     Settings, SettingsError, normalise_keys, settings_from_mapping, unknown_option_message
 
-#: The protocol's version (its home is the client the GIMP plug-in runs): sent with each job, checked here.
-PROTOCOL_VERSION: int = _client.PROTOCOL_VERSION
+#: The protocol's version (its home is bridge.protocol): sent with each job, checked here.
+PROTOCOL_VERSION: int = protocol.PROTOCOL_VERSION
 
 #: Settings a daemon fixes when it starts (the weights are loaded once, on one device).
 FIXED_BY_DAEMON = ("device", "weights")

@@ -1,6 +1,6 @@
 """Engine progress in the words every front end shows: one conversion, one formatter.
 
-The formatter is :func:`bridge.daemon.protocol_client.progress_text` (its home is the protocol client the
+The formatter is :func:`bridge.protocol.progress_text` (its home is the protocol client the
 GIMP plug-in runs, so GIMP, the daemon's ``message``, the CLI's bar and the hot folder's lines all say the
 same thing). It reads a job-status dict; :func:`status_from_progress` turns an engine
 :class:`~bridge.engine.types.Progress` into the keys it reads, the same keys the daemon's job status has.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .daemon.protocol_client import progress_text
+from .protocol import progress_text
 
 #: What progress_text puts before every line (GIMP's status bar needs it; a terminal line does not).
 _PREFIX = "Stylebridge: "

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from .daemon.protocol_client import DEFAULT_PORT
+from .protocol import DEFAULT_PORT
 
 VGG_LAYERS: tuple[str, ...] = (
     "relu1_1", "relu1_2",

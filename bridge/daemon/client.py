@@ -2,7 +2,7 @@
 the daemon's tests and benchmarks).
 
 The protocol itself (errors, multipart, requests, error texts, waiting) lives once, in the standard-
-library-only :mod:`bridge.daemon.protocol_client`, which is also the GIMP plug-in's ``sb_client.py``.
+library-only :mod:`bridge.protocol`, which the GIMP plug-in runs as its ``sb_client.py``.
 This module adds only what needs the package: :meth:`DaemonClient.download_psd` writes atomically.
 """
 
@@ -13,7 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 from ..imaging import atomic_write
-from .protocol_client import (DEFAULT_URL, TERMINAL, URL_ENV, Client, ClientError, DaemonError,
+from ..protocol import (DEFAULT_URL, TERMINAL, URL_ENV, Client, ClientError, DaemonError,
                               DaemonUnreachable, JobCancelled, JobFailed, default_url, encode_multipart,
                               unreachable_message)
 

@@ -1,9 +1,15 @@
-"""The one client for the daemon's HTTP protocol (docs/protocol.md), standard library only.
+"""The daemon's wire protocol (docs/protocol.md) and its one client, standard library only.
 
-Why standard library only: this file is the GIMP plug-in's client, and GIMP runs plug-ins with its own
-Python, where neither pip packages nor the ``bridge`` package exist. The package imports this very file
-as ``bridge.daemon.protocol_client`` (one source; the plug-in folder runs as it stands). Hence: no
-relative imports, nothing outside the standard library (tests/gimp/test_gimp_install.py checks that).
+This module is the protocol's one home: port, URL and token variables, protocol version, job states,
+progress text, the client and its errors. The front ends and the package's lower floors (settings, job)
+take these from here; nothing here imports the package.
+
+Why standard library only: the GIMP plug-in runs this very code with GIMP's own Python, where neither
+pip packages nor the ``bridge`` package exist. The plug-in gets it as ``sb_client.py``: ``stylebridge
+gimp-install`` writes this file's bytes there, and ``gimp_plugin/stylebridge/sb_client.py`` is the same
+copy kept in the source tree so that folder runs as it stands (tests/test_protocol.py checks the bytes are
+equal; after editing this file run ``cp bridge/protocol.py gimp_plugin/stylebridge/sb_client.py``). Hence:
+no relative imports, nothing outside the standard library (tests/gimp/test_gimp_install.py checks that).
 Inside the package, :class:`bridge.daemon.client.DaemonClient` is this :class:`Client` plus what needs
 the package (atomic PSD download).
 

@@ -2,7 +2,7 @@
 
 Writes 8/16-bit gray/RGB/RGBA from a GIMP buffer's raw bytes (fast: zlib does the work); GIMP reads the
 daemon's PNGs with its own loader, so there is no decoder here. The protocol client is ``sb_client.py``
-beside this file (the package imports it as ``bridge.daemon.protocol_client``).
+beside this file (a copy of the package's ``bridge/protocol.py``).
 """
 
 from __future__ import annotations

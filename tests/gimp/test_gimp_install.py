@@ -34,9 +34,10 @@ def test_install_and_uninstall_with_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(dest) in proc.stdout and "stylebridge serve" in proc.stdout
     assert os.access(dest / "stylebridge.py", os.X_OK)
-    for name in gimp_install.PLUGIN_FILES:                # the folder as it stands, client included
+    for name in gimp_install.PLUGIN_FILES:                # the folder as it stands
         assert (dest / name).read_bytes() == (REPO / "gimp_plugin" / "stylebridge" / name).read_bytes()
-    assert sorted(p.name for p in dest.iterdir()) == sorted(gimp_install.PLUGIN_FILES + (gimp_install.INSTALL_FILE,))
+    assert (dest / gimp_install.CLIENT_FILE).read_bytes() == (REPO / "bridge" / "protocol.py").read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == sorted(gimp_install.INSTALLED_FILES + (gimp_install.INSTALL_FILE,))
     record = json.loads((dest / gimp_install.INSTALL_FILE).read_text())    # the stylebridge that installed it
     exe = stylebridge_command()
     assert record["stylebridge"] == ([str(Path(exe[0]).absolute())] if len(exe) == 1 else record["stylebridge"])
@@ -71,7 +72,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
     ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
-    ("gimp_plugin/stylebridge/sb_client.py", set()),       # also the package's bridge.daemon.protocol_client
+    ("gimp_plugin/stylebridge/sb_client.py", set()),       # a copy of bridge/protocol.py
+    ("bridge/protocol.py", set()),
 ])
 def test_plugin_is_stdlib_and_gi_only(path, extra):
     """GIMP runs the plug-in with its own Python: nothing from pip, nothing from bridge, no relative imports."""
@@ -102,13 +104,17 @@ def _plugin_files(folder: Path) -> Path:
 
 def test_plugin_source_lookup(tmp_path):
     """Where gimp-install finds the plug-in: $STYLEBRIDGE_GIMP_PLUGIN_DIR, a checkout (gimp_plugin/ beside the
-    package), package data, the wheel's data-files under sys.prefix; else a clear error."""
+    package), package data, the wheel's data-files under sys.prefix or the user base; else a clear error."""
     package = tmp_path / "site" / "bridge"
     package.mkdir(parents=True)
     prefix = tmp_path / "prefix"
-    lookup = lambda env={}: gimp_install.plugin_source(package_dir=package, prefix=prefix, env=env)  # noqa: E731
+    user_base = tmp_path / "user"
+    lookup = lambda env={}: gimp_install.plugin_source(package_dir=package, prefix=prefix, env=env,  # noqa: E731
+                                                       user_base=user_base)
     with pytest.raises(FileNotFoundError, match="STYLEBRIDGE_GIMP_PLUGIN_DIR"):
         lookup()
+    user = _plugin_files(user_base / "share" / "stylebridge" / "gimp_plugin" / "stylebridge")
+    assert lookup() == user                                           # pip install --user
     data = _plugin_files(prefix / "share" / "stylebridge" / "gimp_plugin" / "stylebridge")
     assert lookup() == data                                           # installed wheel
     (package / "gimp_plugin" / "stylebridge").mkdir(parents=True)     # incomplete: skipped
@@ -118,24 +124,21 @@ def test_plugin_source_lookup(tmp_path):
     assert lookup() == checkout                                       # checkout / editable install first
     chosen = _plugin_files(tmp_path / "mine")
     assert lookup({"STYLEBRIDGE_GIMP_PLUGIN_DIR": str(chosen)}) == chosen
-    # this checkout: the real folder and the package's client
+    # this checkout: the real folder; the client comes from the package's protocol module
     assert gimp_install.plugin_source() == REPO / "gimp_plugin" / "stylebridge"
-    from bridge.daemon import protocol_client
-    assert protocol_client.__file__ == str(REPO / "gimp_plugin" / "stylebridge" / "sb_client.py")
+    assert gimp_install.plugin_files()[gimp_install.CLIENT_FILE] == REPO / "bridge" / "protocol.py"
 
 
 def test_wheel_ships_what_gimp_install_looks_for():
-    """pyproject's data-files put exactly the plug-in's own files where plugin_source() looks under sys.prefix;
-    the client is one of them, and the package imports it from there."""
+    """pyproject's data-files put exactly an installed plug-in folder's files where plugin_source() looks under
+    sys.prefix (the client there is the source tree's copy of bridge/protocol.py)."""
     import tomllib
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     data_files = project["tool"]["setuptools"]["data-files"]
     assert list(data_files) == [gimp_install.DATA_DIR.as_posix()]
     shipped = data_files[gimp_install.DATA_DIR.as_posix()]
-    assert sorted(Path(p).name for p in shipped) == sorted(gimp_install.PLUGIN_FILES)
+    assert sorted(Path(p).name for p in shipped) == sorted(gimp_install.INSTALLED_FILES)
     assert all((REPO / p).is_file() and Path(p).parent == Path("gimp_plugin/stylebridge") for p in shipped)
-    assert gimp_install.CLIENT_FILE in gimp_install.PLUGIN_FILES
-    assert not (REPO / "bridge" / "daemon" / "protocol_client.py").read_text().count("def ")  # one source only
     includes = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert any(fnmatch.fnmatch("bridge.daemon", pattern) for pattern in includes)
 

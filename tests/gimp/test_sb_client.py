@@ -1,4 +1,4 @@
-"""The one stdlib protocol client (bridge/daemon/protocol_client.py, the plug-in's sb_client.py) and the
+"""The one stdlib protocol client (bridge/protocol.py, the plug-in's sb_client.py) and the
 plug-in's PNG codec (gimp_plugin/stylebridge/sb_png.py), without GIMP.
 
 The client is loaded from its file alone, as GIMP's Python sees it. Unit tests use a few lines of http.server
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from pathlib import Path
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -192,12 +193,12 @@ def test_wait_failed_and_timeout(sb_client, recorder):
 
 
 def test_one_client_for_package_and_plugin(sb_client):
-    """The package's DaemonClient is this module's Client (same classes, same constants), and the file the
-    plug-in gets is that module's file."""
+    """The package's DaemonClient is bridge.protocol's Client (same classes, same constants), and the file the
+    plug-in runs has that module's bytes."""
+    from bridge import protocol as protocol_client
     from bridge.daemon import client as package_client
-    from bridge.daemon import protocol_client
     from bridge.daemon.security import TOKEN_ENV
-    assert sb_client.__file__ == protocol_client.__file__
+    assert Path(sb_client.__file__).read_bytes() == Path(protocol_client.__file__).read_bytes()
     assert issubclass(package_client.DaemonClient, protocol_client.Client)
     for name in ("ClientError", "DaemonError", "DaemonUnreachable", "JobFailed", "JobCancelled", "encode_multipart"):
         assert getattr(package_client, name) is getattr(protocol_client, name)
