@@ -105,6 +105,20 @@ class DaemonTooOld(ClientError):
         super().__init__(upgrade_message(url, daemon_protocol, needed))
 
 
+def not_a_daemon_message(url: str, what: str) -> str:
+    """The one message for an address where something answers that is not a stylebridge daemon."""
+    return (f"{url} does not look like a stylebridge daemon ({what}). Check the daemon address "
+            f"(default {DEFAULT_URL}, or {URL_ENV}) and that `stylebridge serve` runs there.")
+
+
+class NotADaemon(DaemonError):
+    """Something answered at ``url``, but not as a stylebridge daemon (no health of ours)."""
+
+    def __init__(self, url: str, status: int, what: str) -> None:
+        self.url = url
+        super().__init__(status, not_a_daemon_message(url, what))
+
+
 class JobFailed(ClientError):
     """A job ended without a result; ``status`` is its last status JSON."""
 
@@ -264,7 +278,22 @@ class Client:
 
     # -- health and styles ------------------------------------------------------------------------
     def health(self, timeout: float | None = None) -> dict:
-        return self.json("GET", "/v1/health", timeout=timeout)
+        """The daemon's health; :class:`NotADaemon` when what answers is not a stylebridge daemon (every
+        protocol's health is a JSON object with a ``status``), so no other server is taken for an old one."""
+        try:
+            status, _, data = self.request("GET", "/v1/health", timeout=timeout)
+        except DaemonError as exc:
+            if exc.status in (401, 403, 429) or exc.status >= 500:
+                raise                           # ours, refusing (token, Host) or busy: its own words
+            raise NotADaemon(self.url, exc.status, f"it answered HTTP {exc.status} for /v1/health") from None
+        try:
+            answer = json.loads(data.decode("utf-8")) if data else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+            kind = "no JSON" if answer is None else "JSON without a daemon status"
+            raise NotADaemon(self.url, status, f"its /v1/health answer has {kind}")
+        return answer
 
     def daemon_protocol(self) -> int:
         """The protocol the daemon speaks (its health's ``protocol``; none there = 1), asked once."""

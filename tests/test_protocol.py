@@ -11,7 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_COPY = REPO / "gimp_plugin" / "stylebridge" / "sb_client.py"
@@ -77,3 +81,51 @@ def test_gimp_install_without_plugin_files_says_where_it_looked(tmp_path):
     assert proc.returncode == 1
     assert "STYLEBRIDGE_GIMP_PLUGIN_DIR" in proc.stderr and str(user_base) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class _Other(BaseHTTPRequestHandler):
+    """Some other server on the daemon's address: answers by path, as a web server or an old daemon would."""
+
+    answers = {"/html/v1/health": (200, "text/html", b"<html>hello</html>"),
+               "/json/v1/health": (200, "application/json", b'{"name": "something else"}'),
+               "/old/v1/health": (200, "application/json", b'{"status": "ok"}'),
+               "/busy/v1/health": (503, "application/json", b'{"error": "busy"}')}
+
+    def do_GET(self) -> None:                                 # noqa: N802 (http.server's name)
+        code, ctype, body = self.answers.get(self.path, (404, "text/plain", b"not found"))
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def other_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Other)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_is_not_a_daemon_is_named_as_such(other_server):
+    """Not "speaks protocol 1": an HTML page, a 404 and foreign JSON are not an old daemon."""
+    from bridge import protocol
+    for path, status in (("/html", 200), ("/json", 200), ("/nothing", 404)):
+        client = protocol.Client(other_server + path)
+        with pytest.raises(protocol.NotADaemon) as info:
+            client.require_protocol()
+        text = str(info.value)
+        assert "does not look like a stylebridge daemon" in text and other_server + path in text
+        assert "protocol 1" not in text and info.value.status == status
+        assert isinstance(info.value, protocol.DaemonError) and not client.is_running()
+    with pytest.raises(protocol.DaemonTooOld, match="speaks protocol 1"):    # a real protocol-1 daemon
+        protocol.Client(other_server + "/old").require_protocol()
+    with pytest.raises(protocol.DaemonError) as info:                        # ours, busy: its own words
+        protocol.Client(other_server + "/busy").health()
+    assert not isinstance(info.value, protocol.NotADaemon) and info.value.message == "busy"
