@@ -83,7 +83,7 @@ def run_mode(args: argparse.Namespace) -> dict:
 
 def replay_mode(args: argparse.Namespace) -> dict:
     from bridge.engine import eta
-    from bridge.engine.optimize import stage_dims, working_ladder
+    from bridge.engine.plan import stage_dims, working_ladder
     from bridge.settings import settings_from_mapping
 
     out: dict = {}

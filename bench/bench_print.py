@@ -54,7 +54,8 @@ from PIL import Image  # noqa: E402
 
 from bench.common import RESULTS, machine, side_by_side  # noqa: E402
 from bridge.engine import StyleInput, stylize, upsample  # noqa: E402
-from bridge.engine import optimize  # noqa: E402
+from bridge.engine import plan as run_plan  # noqa: E402
+from bridge.engine import tiled  # noqa: E402
 from bridge.engine.checkpoint import EngineState  # noqa: E402
 from bridge.engine.losses import gram_matrix, style_distance  # noqa: E402
 from bridge.engine.optimize import picture_tensor, resize  # noqa: E402
@@ -165,11 +166,11 @@ def cmd_native(args: argparse.Namespace) -> dict:
     settings = Settings(size=NATIVE_SIZE, coarse_to_fine=False, iterations=args.iterations, seed=1, preview_every=0,
                         device=args.device, block_memory=args.budget, style_scale=args.style_scale)
     vgg = load_vgg(settings.weights, settings.pooling, args.device)
-    plan = optimize.plan_stages(vgg, settings, [(height, width)], [args.iterations], torch.device(args.device))[0]
-    blocks = (optimize.tiled.block_count(vgg, tuple(dict.fromkeys([*settings.content_layers, *settings.style_layers])),
+    plan = run_plan.plan_stages(vgg, settings, [(height, width)], [args.iterations], torch.device(args.device))[0]
+    blocks = (tiled.block_count(vgg, tuple(dict.fromkeys([*settings.content_layers, *settings.style_layers])),
                                          height, width, plan.inner) if plan.inner else 1)
     print(f"{width}x{height} ({width * height / 1e6:.1f} MP): plan {plan}, {blocks} blocks; budget "
-          f"{optimize.tiled.budget_bytes(settings, torch.device(args.device)) / 2**20:.0f} MB; {_load()}", flush=True)
+          f"{tiled.budget_bytes(settings, torch.device(args.device)) / 2**20:.0f} MB; {_load()}", flush=True)
     result, total, clock = timed_stylize(photo, _style(), settings, args.device)
     peak = _peak_mb(args.device)
     after = whole512(args.device)
@@ -228,7 +229,7 @@ def cmd_quality(args: argparse.Namespace) -> dict:
                                  ("large_iterations", args.large_iterations)) if v is not None}
     settings, _, _ = settings_from_mapping({"preset": "print", "seed": 3, "preview_every": 0, "device": args.device,
                                             **shorter})
-    ladder = optimize.working_ladder(settings, width, height)
+    ladder = run_plan.working_ladder(settings, width, height)
     base = ladder.index(settings.base_size)
     keep = _Keep(base)
     clock = Clock(args.device)
@@ -237,14 +238,14 @@ def cmd_quality(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - t
     assert keep.state is not None and keep.state.iteration == settings.iterations
     # today's result: the normal preset's last stage (512 px), upsampled to native size as stylize() does it
-    dims = optimize.stage_dims(width, height, ladder[base])
+    dims = run_plan.stage_dims(width, height, ladder[base])
     guide = resize(picture_tensor(photo), dims)
     today = upsample.to_native(torch.from_numpy(keep.state.image)[None] / 255.0, photo, guide,
                                mode=settings.upsample, eps=settings.guided_eps)
     printed = result.images[0].picture
     vgg = load_vgg(settings.weights, settings.pooling, args.device)
     style = picture_tensor(load_image(style_path))
-    sdims = optimize.stage_dims(style.shape[-1], style.shape[-2], int(round(width * settings.style_scale)))
+    sdims = run_plan.stage_dims(style.shape[-1], style.shape[-2], int(round(width * settings.style_scale)))
     with torch.no_grad():
         target = {k: gram_matrix(v) for k, v in vgg((resize(style, sdims) * 255.0).to(args.device),
                                                    settings.style_layers).items()}
@@ -294,13 +295,13 @@ def cmd_stages(args: argparse.Namespace) -> dict:
     photo = photo_of(width, height)
     preset, _, _ = settings_from_mapping({"preset": "print", "seed": 1, "preview_every": 0, "device": args.device,
                                           "block_memory": args.budget})
-    ladder = optimize.working_ladder(preset, width, height)
+    ladder = run_plan.working_ladder(preset, width, height)
     full_iters = preset.ladder_iterations(ladder)
     settings = preset if args.full else preset.replace(iterations=args.iterations, coarse_iterations=args.iterations,
                                                        large_iterations=(args.iterations,))
     vgg = load_vgg(settings.weights, settings.pooling, args.device)
-    dims = [optimize.stage_dims(width, height, s) for s in ladder]
-    plans = optimize.plan_stages(vgg, settings, dims, settings.ladder_iterations(ladder), torch.device(args.device))
+    dims = [run_plan.stage_dims(width, height, s) for s in ladder]
+    plans = run_plan.plan_stages(vgg, settings, dims, settings.ladder_iterations(ladder), torch.device(args.device))
     print(f"{width}x{height}: ladder {ladder}, preset iterations {full_iters}; tiled stages "
           f"{[ladder[k] for k, p in enumerate(plans) if p.inner]} (inner {[p.inner for p in plans if p.inner]}, "
           f"history {[p.history for p in plans]}); {_load()}", flush=True)

@@ -331,7 +331,7 @@ class Limits:
     max_size: int = 4096                   # working size; native output may be bigger
     # size "native" optimises at the photo's own size: photos over this many pixels are refused for it (use a
     # working size). 24 MP is estimated at ~7-8 GB on a CPU with the default budget (bench/README.md, issue 12
-    # "print resolution"; optimize.tiled_stage_bytes); the image-sized part grows linearly, so 50 MP needs
+    # "print resolution"; engine.plan.tiled_stage_bytes); the image-sized part grows linearly, so 50 MP needs
     # ~13 GB, and a CPU run takes a day or more. Front ends enforce it (the engine does not).
     max_native_pixels: int = 50_000_000
     max_queued_jobs: int = 32              # daemon: queued jobs wait on disk (their uploads), not in memory

@@ -10,7 +10,7 @@ import pytest
 from bridge.daemon import speed
 from bridge.daemon.client import DaemonClient
 from bridge.engine.eta import cost_model
-from bridge.engine.optimize import TILED_COST, ladder_dims
+from bridge.engine.plan import TILED_COST, ladder_dims
 from bridge.settings import PRESETS, settings_from_mapping
 from test_daemon_api import png_of, start_daemon, stop_daemon
 from testdata import SAMPLES

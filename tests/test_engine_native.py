@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from bridge.engine import StyleInput, StyleResolutionWarning, stylize, tiled
-from bridge.engine import optimize
-from bridge.engine.optimize import picture_tensor, resize, style_grams, working_ladder
+from bridge.engine import optimize, plan
+from bridge.engine.optimize import picture_tensor, resize, style_grams
+from bridge.engine.plan import working_ladder
 from bridge.settings import (LIMITS, NATIVE_SIZE, PRESETS, Settings, SettingsError, coerce_value,
                              settings_from_mapping)
 
@@ -69,7 +70,7 @@ def test_ladders_and_print_preset() -> None:
 @pytest.fixture
 def forced_tiles(monkeypatch):
     """Every optimisation stage is tiled (as a 24 MP one is by itself); returns the count of tiled evaluations."""
-    monkeypatch.setattr(optimize, "WHOLE_FACTOR", 1e9)
+    monkeypatch.setattr(plan, "WHOLE_FACTOR", 1e9)
     calls = []
     real = tiled.TiledObjective.loss_and_grad
 
@@ -87,7 +88,7 @@ def test_tiled_run_matches_the_whole_image_run(photo, starry, forced_tiles) -> N
     tiled_result = run(photo, [starry], **settings)
     assert forced_tiles == [1] * 3 + [4] * 6       # every evaluation tiled: 48 px in one block, 96 px in 4
     assert tiled_result.working_size == (photo.width, photo.height)                 # native: no upsampling
-    optimize.WHOLE_FACTOR = 2.0                      # (monkeypatch restores it after the test)
+    plan.WHOLE_FACTOR = 2.0                          # (monkeypatch restores it after the test)
     whole = run(photo, [starry], **settings)
     assert len(forced_tiles) == 9                                                   # not tiled this time
     a, b = tiled_result.images[0], whole.images[0]
@@ -170,13 +171,13 @@ def test_plan_at_24_megapixels_fits_the_budget(vgg) -> None:
     """The plan the engine makes for a 6000x4000 print stage with the CPU's default 4 GB budget: tiled,
     3 history pairs (1.7 GB) and blocks from the rest; and it refuses a budget that cannot hold it."""
     s = Settings(size=NATIVE_SIZE, block_memory=4096)
-    plans = optimize.plan_stages(vgg, s, [(4000, 6000), (341, 512)], [10, 150], torch.device("cpu"))
+    plans = plan.plan_stages(vgg, s, [(4000, 6000), (341, 512)], [10, 150], torch.device("cpu"))
     top, low = plans
-    assert low.inner is None and low.history == int(optimize.LBFGS_HISTORY_BYTES // (8 * 3 * 341 * 512))
+    assert low.inner is None and low.history == int(plan.LBFGS_HISTORY_BYTES // (8 * 3 * 341 * 512))
     assert top.inner is not None and top.history == 3
     assert top.history * 8 * 3 * 6000 * 4000 + tiled.block_bytes(top.inner + 150) <= 4096 << 20
-    assert optimize.plan_stages(None, s, [(4000, 6000), (341, 512)], [10, 150], torch.device("cpu")) == plans
-    assert optimize.VGG19_MARGINS == tiled.margins(vgg, tuple(dict.fromkeys([*s.content_layers, *s.style_layers])))
-    assert 6 << 30 < optimize.tiled_stage_bytes(top, s) < 8 << 30          # what a daemon would count (+ torch)
+    assert plan.plan_stages(None, s, [(4000, 6000), (341, 512)], [10, 150], torch.device("cpu")) == plans
+    assert plan.VGG19_MARGINS == tiled.margins(vgg, tuple(dict.fromkeys([*s.content_layers, *s.style_layers])))
+    assert 6 << 30 < plan.tiled_stage_bytes(top, s) < 8 << 30          # what a daemon would count (+ torch)
     with pytest.raises(SettingsError, match="history needs 1648 MB"):
-        optimize.plan_stages(vgg, s.replace(block_memory=1500), [(4000, 6000)], [10], torch.device("cpu"))
+        plan.plan_stages(vgg, s.replace(block_memory=1500), [(4000, 6000)], [10], torch.device("cpu"))

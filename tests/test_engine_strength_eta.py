@@ -56,7 +56,7 @@ def test_percent_weights_each_iteration_by_its_stage_cost() -> None:
 def test_a_default_run_is_not_40_percent_done_after_its_coarse_stages() -> None:
     """The issue's run: 40% shown after the coarse stages of a default 512 px run, with most of it to go."""
     from bridge.engine.eta import DEVICE_MODELS
-    from bridge.engine.optimize import stage_dims, working_ladder
+    from bridge.engine.plan import stage_dims, working_ladder
 
     defaults = Settings()
     ladder = working_ladder(defaults, 512, 341)
@@ -181,7 +181,7 @@ def test_percent_is_stage_weighted_in_a_real_run(vgg) -> None:
     assert percents == sorted(percents) and percents[-1] == pytest.approx(100.0)
     from bridge.engine.eta import DEVICE_MODELS
     model = DEVICE_MODELS["cpu"]
-    from bridge.engine.optimize import stage_dims
+    from bridge.engine.plan import stage_dims
     small_px, big_px = (int(np.prod(stage_dims(64, 43, side))) for side in (32, 64))
     expected = 100.0 * model.units(small_px) / (model.units(small_px) + model.units(big_px))
     # after the first stage: its share of the cost, not half of the iterations
@@ -223,7 +223,8 @@ def test_strength_is_monotonic_from_the_photo_to_fully_painted(vgg) -> None:
     """Real VGG-19: more strength = further from the photo and nearer the style, in roughly even steps;
     the progress previews already show the strength the result will have."""
     from bridge.engine.losses import style_distance
-    from bridge.engine.optimize import picture_tensor, resize, stage_dims, style_grams
+    from bridge.engine.optimize import picture_tensor, resize, style_grams
+    from bridge.engine.plan import stage_dims
 
     photo = small("photo.jpg", 48)
     style = small("style_glass.jpg", 48)

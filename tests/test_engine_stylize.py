@@ -17,6 +17,7 @@ from bridge.engine import optimize
 from bridge.engine.color import rgb_to_yuv
 from bridge.engine.losses import style_distance
 from bridge.engine.optimize import picture_tensor, resize, style_grams
+from bridge.engine.plan import stage_dims
 from bridge.imaging import Picture
 from bridge.settings import Settings, SettingsError
 
@@ -46,7 +47,7 @@ def test_result_moves_toward_the_style_and_keeps_the_content(stylised, photo, st
     x_photo = picture_tensor(photo) * 255
     x_style = resize(picture_tensor(starry), dims) * 255
     layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
-    target = style_grams(vgg, resize(picture_tensor(starry), optimize.stage_dims(starry.width, starry.height, 96))
+    target = style_grams(vgg, resize(picture_tensor(starry), stage_dims(starry.width, starry.height, 96))
                          * 255, layers)
     with torch.no_grad():
         f_out, f_photo, f_style = (vgg(x, layers + ("relu4_2",)) for x in (x_out, x_photo, x_style))
@@ -276,7 +277,7 @@ def test_guided_upsampling_has_sharper_edges_than_bilinear(sample_pictures, star
     assert energy["guided"] > 1.5 * energy["bilinear"], energy
     # and it keeps the stylisation itself: brought back to the working size it is the bilinear result's twin
     def at_working(pic: Picture) -> torch.Tensor:
-        return resize(picture_tensor(pic), optimize.stage_dims(big.width, big.height, 64))
+        return resize(picture_tensor(pic), stage_dims(big.width, big.height, 64))
     fidelity = float((at_working(results["guided"]) - at_working(results["bilinear"])).abs().mean())
     assert fidelity < 0.02, fidelity
 

@@ -120,9 +120,8 @@ class ImageShape:
 # docs/protocol.md "Memory"): 12 MP photo, size 64: ~29 B/px of native-size float work beyond the
 # decoded photo and the layers (photo -> float32 0..1 and its resize, upsampling bands); 256 px and
 # 512 px working sizes: ~150 MB plus ~1.5 KB per working pixel (VGG-19 activations and gradients)
-# plus the L-BFGS history. Rounded up: the estimate is meant to be an upper bound.
+# plus the L-BFGS history (engine.plan.WHOLE_BYTES_PER_PIXEL). Rounded up: the estimate is meant to be an upper bound.
 NATIVE_FLOAT_BYTES = 32          # per photo (and style) pixel: float copies while resizing
-WORKING_BYTES = 2048             # per working-size pixel, optimisation on the CPU
 ENGINE_BASE_BYTES = 200 * 2 ** 20   # optimiser state, Gram targets, temporaries of any size
 
 
@@ -160,35 +159,21 @@ def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings:
 
 
 def optimisation_bytes(content: ImageShape, settings: Settings) -> int:
-    """The largest stage of the optimisation: a whole-image stage at WORKING_BYTES a pixel plus its L-BFGS
-    history, or a tiled one (native size, large working sizes) as the engine plans it: one block from the
-    memory budget, image-sized buffers and a short history (``tiled_stage_bytes``). SettingsError when
-    the budget cannot hold a stage (the message says what to do)."""
-    import torch
+    """The largest stage of the engine's own run plan (:func:`bridge.engine.plan.plan_run`): a whole-image
+    stage with its L-BFGS history, or a tiled one (native size, large working sizes): one block from the
+    memory budget, image-sized buffers and a short history. SettingsError when the budget cannot hold a
+    stage (the message says what to do)."""
+    from ..engine.plan import plan_run
 
-    from ..engine.optimize import LBFGS_HISTORY_BYTES, plan_stages, stage_dims, tiled_stage_bytes, working_ladder
-
-    ladder = working_ladder(settings, content.width, content.height)
-    dims = [stage_dims(content.width, content.height, side) for side in ladder]
-    plans = plan_stages(None, settings, dims, settings.ladder_iterations(ladder), torch.device("cpu"))
-    peak = 0
-    for plan in plans:
-        h, w = plan.dims
-        if plan.inner:
-            peak = max(peak, tiled_stage_bytes(plan, settings))
-        else:
-            values = 3 * h * w
-            pairs = max(5, min(100, int(LBFGS_HISTORY_BYTES / (2 * 4 * values))))
-            peak = max(peak, h * w * WORKING_BYTES + pairs * 2 * 4 * values)
-    return int(peak)
+    return plan_run(settings, content.width, content.height).peak_bytes(settings)
 
 
 def working_size(content: ImageShape, settings: Settings) -> tuple[int, int]:
     """(width, height) of the last optimisation stage for this photo: known from the header alone."""
-    from ..engine.optimize import stage_dims, working_ladder
+    from ..engine.plan import ladder_dims
 
-    ladder = working_ladder(settings, content.width, content.height)
-    h, w = stage_dims(content.width, content.height, ladder[-1])
+    _, dims, _ = ladder_dims(settings, content.width, content.height)
+    h, w = dims[-1]
     return w, h
 
 

@@ -5,8 +5,8 @@ of the schedule and a guessed speed. The estimate is
 
     sum over style runs, stages: iterations x cost_model.seconds(stage pixels x (TILED_COST if tiled))
 
-with the stages from the ONE schedule (``Settings.ladder``/``ladder_iterations`` through the engine's
-``ladder_dims``, presets included), tiled stages decided as the engine decides them, and the engine's
+with the stages from the engine's ONE run plan (:func:`bridge.engine.plan.plan_run`: ``Settings.ladder``/``ladder_iterations``,
+presets included; tiled stages and their cost weights as the engine runs them), and the engine's
 :class:`~bridge.engine.eta.CostModel` for this device with ``seconds_per_pixel`` replaced by this daemon's
 MEASURED speed: one small forward+backward timed when the daemon starts (:func:`measure`), then corrected
 by finished jobs (engine seconds against the estimate at the probe's speed, :meth:`SpeedMeter.record`).
@@ -94,18 +94,16 @@ def estimate(settings: Settings, width: int, height: int, styles: int, meter: Sp
     run it (same ladder, same tiled stages, same per-stage cost weights as its RunEstimator)."""
     import torch
 
-    from ..engine.optimize import TILED_COST, ladder_dims, plan_stages
+    from ..engine.plan import plan_run
 
-    ladder, dims, iters = ladder_dims(settings, width, height)
     # the engine's own plan: which stages are tiled, and a SettingsError where the budget cannot hold one
-    blocks = [plan.inner is not None for plan in plan_stages(None, settings, dims, iters, torch.device(meter.device))]
+    plan = plan_run(settings, width, height, torch.device(meter.device))
     model = meter.model(corrected)
     runs = style_runs(styles, settings)
-    per_run = sum(n * model.seconds(int(h * w * (TILED_COST if b else 1.0)))
-                  for (h, w), n, b in zip(dims, iters, blocks))
-    return JobEstimate(seconds=runs * per_run, working_size=(dims[-1][1], dims[-1][0]),
-                       stages=list(zip(ladder, iters)), tiled=blocks, runs=runs, device=meter.device,
-                       measured=meter.measured)
+    per_run = sum(stage.iterations * model.seconds(int(stage.cost_pixels)) for stage in plan.stages)
+    return JobEstimate(seconds=runs * per_run, working_size=plan.working_size,
+                       stages=list(zip(plan.ladder, plan.iterations)), tiled=[s.tiled for s in plan.stages],
+                       runs=runs, device=meter.device, measured=meter.measured)
 
 
 def record_finished(meter: SpeedMeter, settings: Settings, width: int, height: int, styles: int,

