@@ -71,6 +71,11 @@ class MetadataWarning(UserWarning):
     the pixels were read.  Front ends may show it; the result is then untagged (read as sRGB)."""
 
 
+class IgnoredFramesWarning(MetadataWarning):
+    """An animated PNG/WebP/GIF or a multi-page TIFF: only its first frame (page) is read.  A kind of
+    :class:`MetadataWarning`, so every front end that shows those shows this one line too."""
+
+
 # Deflate cannot expand more than 1032:1 (a 258-byte match coded in 2 bits), so a PNG whose
 # pixel data is smaller than 1/1032 of its declared raw size is damaged or lying: refusing it
 # before decoding keeps a few-byte file from allocating hundreds of MB for its claimed size.
@@ -281,6 +286,7 @@ def _load_pillow(data: bytes, label: str, max_pixels: int) -> Picture:
         data, png_meta = _png_prepare(data, label, max_pixels)
     with Image.open(io.BytesIO(data)) as im:
         _check_size(label, *im.size, max_pixels)
+        _warn_frames(im, label)
         im.load()
         if png_meta is not None:
             icc, orientation = png_meta[0], png_meta[2]
@@ -290,6 +296,53 @@ def _load_pillow(data: bytes, label: str, max_pixels: int) -> Picture:
         dpi = _clean_dpi(im.info.get("dpi"))
         rgb, alpha, icc = _pixels(im, icc)
     return _oriented(Picture(rgb=rgb, alpha=alpha, icc_profile=icc, dpi=dpi), orientation)
+
+
+#: Formats whose extra frames are an animation.  Not MPO: a camera JPEG's second "frame" is a preview or a
+#: depth map, not something the user lost.
+_ANIMATED_FORMATS = ("PNG", "WEBP", "GIF")
+
+
+def _warn_frames(im: Image.Image, label: str) -> None:
+    """One :class:`IgnoredFramesWarning` for an animation (APNG, animated WebP/GIF); leaves ``im`` at its
+    first frame, the one that is read."""
+    if im.format not in _ANIMATED_FORMATS or not getattr(im, "is_animated", False):
+        return
+    try:
+        count = int(im.n_frames)
+    except Exception:  # noqa: BLE001 - the count is for the message only
+        count = 0
+    im.seek(0)
+    frames = f"{count} frames" if count > 1 else "several frames"
+    warnings.warn(f"{label}: animated {im.format} with {frames}; only the first frame is used",
+                  IgnoredFramesWarning, stacklevel=4)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) from a file's header, without decoding its pixels (PNG's IHDR, TIFF's first IFD,
+    Pillow's lazy open for the rest), as stored (before any EXIF rotation: the pixel count is the same).
+
+    None when the header does not tell: :func:`load_image` then reads the file and says what is wrong.
+    Lets a front end refuse a job by the photo's size (``size native`` over ``max_native_pixels``)
+    before decoding gigabytes, as the daemon does from an upload's header.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+            if head[:8] == _PNG_SIGNATURE and len(head) >= 24 and head[12:16] == b"IHDR":
+                width, height = struct.unpack(">II", head[16:24])
+                return int(width), int(height)
+            fh.seek(0)
+            if head[:4] in _TIFF_MAGICS:
+                with tifffile.TiffFile(fh) as tif:
+                    page = tif.pages.first
+                    return int(page.imagewidth), int(page.imagelength)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(fh) as im:
+                    return int(im.size[0]), int(im.size[1])
+    except Exception:  # noqa: BLE001 - unreadable header: the full read gives the message
+        return None
 
 
 def valid_icc(icc: bytes | None, label: str, *, cap: int = LIMITS.max_metadata_bytes) -> bytes | None:
@@ -567,6 +620,11 @@ def _png_prepare(data: bytes, label: str, max_pixels: int) -> tuple[bytes, tuple
 def _load_png16(data: bytes, label: str, max_pixels: int) -> Picture:
     _png_header(data, label, max_pixels)            # also proves the chunk stream is complete
     icc, dpi, orientation = _png_metadata(data, label)
+    for ctype, payload, _, _ in png_chunks(data):   # imagecodecs decodes the default image of an APNG
+        if ctype == b"acTL" and len(payload) >= 4 and struct.unpack(">I", payload[:4])[0] > 1:
+            warnings.warn(f"{label}: animated PNG with {struct.unpack('>I', payload[:4])[0]} frames; only the "
+                          "first frame is used", IgnoredFramesWarning, stacklevel=3)
+            break
     arr = imagecodecs.png_decode(data)
     arr = convert_depth(arr, np.uint16)
     rgb, alpha = _split_channels(arr)
@@ -592,6 +650,7 @@ def _load_tiff(data: bytes, label: str, max_pixels: int) -> Picture:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
         _check_size(label, int(page.imagewidth), int(page.imagelength), max_pixels)
+        _warn_pages(tif, label)
         for offset, count in zip(page.dataoffsets, page.databytecounts):
             if offset + count > len(data) or (count == 0 and page.compression != 1):
                 raise ImageError(f"{label}: the TIFF file is truncated (its pixel data ends early); "
@@ -631,6 +690,28 @@ def _load_tiff(data: bytes, label: str, max_pixels: int) -> Picture:
     rgb, _ = _split_channels(colour)
     return _oriented(Picture(rgb=rgb, alpha=None if alpha is None else np.ascontiguousarray(alpha),
                              icc_profile=icc, dpi=dpi), orientation)
+
+
+_TIFF_PAGES_LOOKED_AT = 1000   # a file with more IFDs than this is said to have "over 1000" pages
+
+
+def _warn_pages(tif: tifffile.TiffFile, label: str) -> None:
+    """One :class:`IgnoredFramesWarning` for a multi-page TIFF; reduced-resolution copies (thumbnails,
+    previews) and transparency masks are parts of the first image, not pages the user lost."""
+    extra, more = 0, False
+    try:
+        for i, page in enumerate(tif.pages):
+            if i > _TIFF_PAGES_LOOKED_AT:
+                more = True
+                break
+            if i and not int(getattr(page, "subfiletype", 0) or 0) & 0b101:      # REDUCEDIMAGE | MASK
+                extra += 1
+    except Exception:  # noqa: BLE001 - a damaged later IFD does not matter for the first page
+        pass
+    if extra:
+        pages = f"over {_TIFF_PAGES_LOOKED_AT}" if more else str(extra + 1)
+        warnings.warn(f"{label}: TIFF with {pages} pages; only the first page is used",
+                      IgnoredFramesWarning, stacklevel=4)
 
 
 def _tiff_samples_to_depth(arr: np.ndarray, label: str) -> np.ndarray:

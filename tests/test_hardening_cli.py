@@ -340,3 +340,54 @@ def test_publish_fit_shortens_names_that_the_cli_refuses(tmp_path) -> None:
     with pytest.raises(OSError):
         publish(src, tmp_path / name, keep_source=True)          # unfitted: NAME-2 is too long
     assert (tmp_path / name).read_bytes() == b"the user's own" and not leftovers(tmp_path)
+
+
+# ------------------------------------------------------------------------- issue 20, item 7: native size
+
+def huge_flat_png(path: Path, width: int, height: int) -> Path:
+    """A black RGB PNG written with zlib directly: ``width`` x ``height`` pixels in about 1/1000 of their
+    bytes (deflate's best ratio), so a test can hold a 56 MP photo without making one."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(width * 3)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_size_native_over_the_limit_is_refused_from_the_header_before_decoding(tmp_path, pics, capsys) -> None:
+    """Issue 20 item 7: an 8000x7000 photo (56 MP, over max_native_pixels) with --size native is refused from
+    its header with the daemon's message, exit 2, in well under a second and without decoding its 168 MB of
+    pixels (before: 15 s and 2.7 GB for a bigger one)."""
+    import time
+    import tracemalloc
+
+    from bridge.cli import main
+    from bridge.settings import LIMITS
+    assert 8000 * 7000 > LIMITS.max_native_pixels
+    photo = huge_flat_png(tmp_path / "wide.png", 8000, 7000)
+    assert photo.stat().st_size < 1_000_000
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        code = main(["stylize", str(photo), "--size", "native", "-s", str(pics["style"]), "-o", str(tmp_path / "out/"),
+                     "--quiet"])
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines() == [
+        "stylebridge: error: size: size native: the photo is 8000x7000 (56.0 MP), over the limit of 50 MP for "
+        "optimising at the photo's own size (max_native_pixels); use a working size (at most "
+        f"{LIMITS.max_size} px) or scale the photo down"], err
+    assert peak < 20_000_000, f"{peak:,} bytes traced: the photo was decoded"
+    assert seconds < 5, seconds
+    assert not (tmp_path / "out").exists()

@@ -588,3 +588,205 @@ def test_unreadable_settings_json_is_a_settings_error_not_an_internal_error(tmp_
         assert "internal error" not in note and "Fix the settings" in note, note
     assert sorted(files(root / "out")) == ["sub/photos/real.psd", "sub/rel-link.psd"]
     assert os.path.islink(root / "done" / "sub" / "rel-link.jpg")
+
+
+# ---------------------------------------------------------------------- issue 20, item 7: daemon mode messages
+
+
+def _watch_once_in_process(root: Path, url: str, token: str | None) -> tuple[int, str]:
+    """One in-process ``watch --once --daemon URL`` (the real Watcher and DaemonEngine): (rc, its lines)."""
+    import io
+
+    from bridge.hotfolder.process import DaemonEngine
+    from bridge.hotfolder.watcher import Reporter, Watcher
+    lines = io.StringIO()
+    rc = Watcher(root, DaemonEngine(url, token), stable_seconds=STABLE, once=True, reporter=Reporter(lines)).run()
+    return rc, lines.getvalue()
+
+
+@pytest.fixture()
+def token_daemon(tmp_path: Path) -> Iterator[str]:
+    """The real daemon app (its Guard checks the token) on a free loopback port, in this process; its
+    runner is never reached here."""
+    import dataclasses
+
+    import uvicorn
+
+    from bridge.daemon.app import DaemonConfig, create_app
+    from bridge.daemon.client import DaemonClient
+    from bridge.settings import LIMITS
+    port = _free_port()
+    config = DaemonConfig(data_dir=tmp_path / "daemon", port=port, token="the-right-token",
+                          limits=dataclasses.replace(LIMITS))
+    server = uvicorn.Server(uvicorn.Config(create_app(config, runner=lambda request, ctx: None), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    client = DaemonClient(f"http://127.0.0.1:{port}", token="the-right-token")
+    assert wait_until(client.is_running, timeout=30)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("token", ["a-wrong-token", ""])
+def test_daemon_mode_wrong_or_missing_token_names_the_token_and_where_it_is_set(tmp_path: Path, token_daemon: str,
+                                                                               token: str) -> None:
+    """A daemon started with ``serve --token``: a watcher with another token, or none, says so (the watcher's
+    --token or STYLEBRIDGE_TOKEN, which must match serve --token), at start-up and in error/NAME.txt; not
+    "Fix the settings named above"."""
+    root = make_hot(tmp_path / "hot")
+    make_photo(root / "in" / "a.jpg")
+    rc, out = _watch_once_in_process(root, token_daemon, token)
+    assert rc == 1
+    note = (root / "error" / "a.jpg.txt").read_text()
+    if token:
+        why = (f"the stylebridge daemon at {token_daemon} refused this watcher's token (set by `stylebridge watch "
+               "--token` or STYLEBRIDGE_TOKEN in the watcher's environment): it must be the token the daemon was "
+               "started with (`stylebridge serve --token`)")
+    else:
+        why = (f"the stylebridge daemon at {token_daemon} needs a token and this watcher has none: give it with "
+               "`stylebridge watch --token T` or STYLEBRIDGE_TOKEN in the watcher's environment (the token the "
+               "daemon was started with, `stylebridge serve --token`)")
+    assert f"Why: {why}\n" in note, note
+    assert ("What to do: Restart `stylebridge watch` with the daemon's token (--token T, or STYLEBRIDGE_TOKEN in "
+            "its environment: the token given to `stylebridge serve --token`)") in note, note
+    assert "Fix the settings" not in note
+    assert f"warning: {why}" in out, out                     # said once at start-up too
+    assert files(root / "in") == [] and files(root / "out") == []
+
+
+class _Answer:
+    """What a stand-in HTTP server on loopback answers to every GET: (status, content type, body)."""
+
+    def __init__(self, status: int, kind: str, body: bytes) -> None:
+        self.status, self.kind, self.body = status, kind, body
+
+    def serve(self) -> tuple[object, str]:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        answer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.kind)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+NOT_A_DAEMON = {
+    "404 page": (_Answer(404, "text/html", b"<html><body><h1>Not Found</h1></body></html>"),
+                 "it answered HTTP 404 to GET /v1/health"),
+    "a web page": (_Answer(200, "text/html; charset=utf-8", b"<!doctype html><title>router</title>"),
+                   "it answered GET /v1/health with text/html that is not JSON"),
+    "other JSON": (_Answer(200, "application/json", json.dumps({"status": "ok", "name": "another service"}).encode()),
+                   "it answered GET /v1/health with JSON that is not a stylebridge health "
+                   "(no \"status\": \"ok\" with a protocol)"),
+    "a JSON error": (_Answer(500, "application/json", b'{"detail": "boom"}'),
+                     "it answered HTTP 500 to GET /v1/health"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_A_DAEMON))
+def test_daemon_mode_url_that_is_not_a_stylebridge_daemon_says_so(tmp_path: Path, case: str) -> None:
+    """A URL where another server answers: "does not look like a stylebridge daemon (what it answered)", not
+    "speaks protocol 1" nor the server's page as "the daemon refused the job"."""
+    answer, what = NOT_A_DAEMON[case]
+    server, url = answer.serve()
+    try:
+        root = make_hot(tmp_path / "hot")
+        make_photo(root / "in" / "a.jpg")
+        rc, out = _watch_once_in_process(root, url, "")
+    finally:
+        server.shutdown()
+    assert rc == 1
+    why = f"{url} does not look like a stylebridge daemon ({what}); check the --daemon URL"
+    note = (root / "error" / "a.jpg.txt").read_text()
+    assert f"Why: {why}\n" in note, note
+    assert "What to do: Give `stylebridge watch --daemon` the URL of a running `stylebridge serve`" in note, note
+    assert "protocol 1" not in note + out and "<html" not in note
+    assert f"warning: {why}" in out, out
+
+
+def test_daemon_mode_a_real_protocol_1_daemon_still_gets_the_upgrade_message(tmp_path: Path) -> None:
+    """A stylebridge daemon from before protocol 2 (its health named no protocol) is told to upgrade."""
+    old_health = {"status": "ok", "version": "0.1.0", "device": "cpu", "weights": "vgg19", "weights_path": None,
+                  "queue": {"queued": 0, "running": 0}, "uptime_s": 1.0, "token_required": False}
+    server, url = _Answer(200, "application/json", json.dumps(old_health).encode()).serve()
+    try:
+        root = make_hot(tmp_path / "hot")
+        make_photo(root / "in" / "a.jpg")
+        rc, out = _watch_once_in_process(root, url, "")
+    finally:
+        server.shutdown()
+    assert rc == 1
+    note = (root / "error" / "a.jpg.txt").read_text()
+    assert f"The stylebridge daemon at {url} speaks protocol 1; this client needs 2" in note, note
+    assert "does not look like" not in note + out
+
+
+# ------------------------------------------------------- issue 20, item 7: animations and native size, hot folder
+
+
+class _StubEngine:
+    """Stands in for the engine (the renderer seam): writes a placeholder output; the inputs are real."""
+
+    allows_library = False
+
+    def __init__(self) -> None:
+        self.rendered: list[str] = []
+
+    def render(self, inputs, source, dest, report, cancel, *, checkpoint=None) -> None:  # noqa: ANN001
+        self.rendered.append(inputs.content.name)
+        dest.write_bytes(b"placeholder")
+
+
+def test_an_animated_photo_is_processed_with_one_note_line(tmp_path: Path) -> None:
+    """Frames after the first are no longer dropped silently: the watcher's terminal gets one 'note' line."""
+    import io
+
+    from bridge.hotfolder.watcher import Reporter, Watcher
+    root = make_hot(tmp_path / "hot")
+    frames = [Image.new("RGB", (24, 16), (30 * i, 90, 200 - 30 * i)) for i in range(5)]
+    frames[0].save(root / "in" / "anim.png", save_all=True, append_images=frames[1:], duration=80)
+    lines, engine = io.StringIO(), _StubEngine()
+    rc = Watcher(root, engine, stable_seconds=STABLE, once=True, reporter=Reporter(lines)).run()
+    out = lines.getvalue()
+    assert rc == 0 and engine.rendered == ["anim"], out
+    notes = [line for line in out.splitlines() if "frames" in line]
+    assert len(notes) == 1 and notes[0].endswith("anim.png  note: animated PNG with 5 frames; only the first "
+                                                 "frame is used"), out
+    assert "working/" not in notes[0]
+
+
+def test_size_native_over_the_limit_is_refused_from_the_header(tmp_path: Path) -> None:
+    """``"size": "native"`` on a 56 MP photo: error/ with the limit's message, before decoding (the hot folder
+    did not check max_native_pixels at all)."""
+    import io
+    import tracemalloc
+
+    from bridge.hotfolder.watcher import Reporter, Watcher
+    from test_hardening_cli import huge_flat_png
+    root = make_hot(tmp_path / "hot", size="native")
+    huge_flat_png(root / "in" / "wide.png", 8000, 7000)
+    engine = _StubEngine()
+    tracemalloc.start()
+    try:
+        rc = Watcher(root, engine, stable_seconds=STABLE, once=True, reporter=Reporter(io.StringIO())).run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rc == 1 and engine.rendered == []
+    note = (root / "error" / "wide.png.txt").read_text()
+    assert "size native: the photo is 8000x7000 (56.0 MP), over the limit of 50 MP" in note, note
+    assert peak < 30_000_000, f"{peak:,} bytes traced: the photo was decoded"

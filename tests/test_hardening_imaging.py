@@ -350,3 +350,82 @@ def test_any_iccp_payload(rss_guard, payload, bits, compress):
     stream = zlib.compress(payload) if compress else payload
     pic = load_image(png(bits, extra=iccp(stream)))
     assert pic.icc_profile is None or valid_icc(pic.icc_profile, "again") == pic.icc_profile
+
+
+# ------------------------------------------------------------------ issue 20, item 7: animations, pages
+
+def _frames(count: int = 4, side: int = 16) -> list[Image.Image]:
+    return [Image.new("RGB", (side, side), (17 * i, 200 - 15 * i, 7)) for i in range(count)]   # all different
+
+
+def _animation(fmt: str, count: int = 4) -> bytes:
+    frames = _frames(count)
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0,
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF"])
+def test_an_animation_warns_once_that_only_its_first_frame_is_used(tmp_path, fmt):
+    """Issue 20 item 7: frames after the first were dropped silently; now one IgnoredFramesWarning (a
+    MetadataWarning: every front end that shows those shows it) names the file and the frame count."""
+    from bridge.imaging import IgnoredFramesWarning
+    path = tmp_path / f"anim.{fmt.lower()}"
+    path.write_bytes(_animation(fmt, 4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pic = load_image(path)
+    texts = [str(w.message) for w in caught if issubclass(w.category, MetadataWarning)]
+    assert texts == [f"{path}: animated {fmt} with 4 frames; only the first frame is used"], texts
+    assert issubclass(caught[0].category, IgnoredFramesWarning)
+    assert tuple(pic.rgb[0, 0]) == (0, 200, 7)                  # the first frame's pixels
+
+
+def test_a_16bit_apng_warns_too():
+    """16-bit PNGs are decoded by imagecodecs (the default image); an acTL chunk still says 'animated'."""
+    body = encode_png(Picture(rgb=np.full((4, 4, 3), 1000, np.uint16)))
+    actl = chunk(b"acTL", struct.pack(">II", 3, 0))
+    data = body[:33] + actl + body[33:]                          # after the signature and IHDR
+    with pytest.warns(MetadataWarning, match=r"^upload: animated PNG with 3 frames; only the first frame is used$"):
+        assert load_image(data).bit_depth == 16
+
+
+def test_a_multi_page_tiff_warns_but_not_for_its_thumbnails(tmp_path):
+    import tifffile
+    pages = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(pages) as tif:
+        for value in (10, 20, 30):
+            tif.write(np.full((8, 8, 3), value, np.uint8), photometric="rgb")
+    with pytest.warns(MetadataWarning, match=r"pages\.tif: TIFF with 3 pages; only the first page is used$"):
+        assert load_image(pages).rgb[0, 0, 0] == 10
+    thumb = tmp_path / "thumb.tif"
+    with tifffile.TiffWriter(thumb) as tif:
+        tif.write(np.full((8, 8, 3), 10, np.uint8), photometric="rgb")
+        tif.write(np.full((4, 4, 3), 10, np.uint8), photometric="rgb", subfiletype=1)   # reduced-resolution copy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(thumb)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF", "JPEG", "TIFF"])
+def test_still_images_do_not_warn(tmp_path, fmt):
+    path = tmp_path / f"still.{fmt.lower()}"
+    _frames(1)[0].save(path, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(path)
+
+
+def test_the_cli_says_ignored_frames_in_one_plain_line(tmp_path, capsys):
+    """The real CLI (in-process): one 'note' line, before the run stops on another mistake (2 styles, 1 file)."""
+    from bridge.cli import main
+    photo = tmp_path / "anim.webp"
+    photo.write_bytes(_animation("WEBP", 12))
+    style = tmp_path / "style.png"
+    style.write_bytes(png(8, side=32))
+    code = main(["stylize", str(photo), "-s", str(style), "-s", str(style), "-o", str(tmp_path / "one.png")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err[0] == f"stylebridge: note: {photo}: animated WEBP with 12 frames; only the first frame is used", err
+    assert len([line for line in err if "frames" in line]) == 1 and "Warning" not in "".join(err)

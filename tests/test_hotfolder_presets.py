@@ -181,3 +181,43 @@ def test_daemon_mode_sends_the_same_job_with_uploads_for_files(root: Path) -> No
     assert load_image(files[1][1]).width == inputs.styles[1].picture.width
     back = JobSpec.from_json(job)                      # what the daemon rebuilds: the same job
     assert back.style_names == inputs.spec.style_names and back.settings.size == 64
+
+
+# ------------------------------------------------- issue 20, item 7: styles inside the hot folder's own folders
+
+@pytest.mark.parametrize("folder", ["out", "in", "working", "done", "error", ".stylebridge"])
+def test_a_style_inside_a_folder_the_watcher_manages_is_refused_by_name(root: Path, folder: str) -> None:
+    """A style in out/ (or in/, where it would be taken as a photo...) is not "a missing library style" nor
+    "not found": the message names the folder and says where styles belong."""
+    style = root / folder / "starry.jpg"
+    style.parent.mkdir(parents=True, exist_ok=True)
+    style.write_bytes(SAMPLES["starry_night"].read_bytes())
+    preset = _write(root / "preset.json", {"styles": [f"{folder}/starry.jpg"]})
+    with pytest.raises(SettingsError) as info:
+        resolve(root, "a.jpg")
+    assert str(info.value) == (
+        f"styles: {preset}: style '{folder}/starry.jpg' points into the hot folder's own {folder}/ folder "
+        f"({style}), where the watcher takes, moves and writes files: keep style images outside in/, working/, "
+        f"out/, done/, error/ (e.g. in {root / 'styles'}) and name them from there")
+
+
+def test_a_style_naming_out_itself_or_a_gone_file_in_out_is_refused_too(root: Path) -> None:
+    (root / "out").mkdir()
+    _write(root / "preset.json", {"styles": ["out"]})            # a folder: it was taken for a library name
+    with pytest.raises(SettingsError, match=r"'out' points into the hot folder's own out/ folder"):
+        resolve(root, "a.jpg")
+    _write(root / "preset.json", {"styles": ["out/gone.png"]})
+    with pytest.raises(SettingsError, match=r"'out/gone.png' points into the hot folder's own out/ folder"):
+        resolve(root, "a.jpg")
+    # a sidecar beside the photo naming a style beside it: that style lies in in/ (and would be taken as a photo)
+    sidecar = _write(root / "in" / "a.json", {"styles": [{"file": "starry.jpg"}]})
+    (root / "in" / "starry.jpg").write_bytes(SAMPLES["starry_night"].read_bytes())
+    (root / "preset.json").unlink()
+    with pytest.raises(SettingsError, match=r"'starry.jpg' points into the hot folder's own in/ folder"):
+        resolve(root, "a.jpg", sidecar)
+
+
+def test_library_names_and_styles_beside_the_hot_folder_still_work(root: Path) -> None:
+    _write(root / "in" / "sub" / "preset.json", {"styles": ["Starry", "../../styles/scream.jpg"]})
+    spec = resolve(root, "sub/a.jpg")
+    assert spec.styles[0].library == "Starry" and spec.styles[1].path == str((root / "styles" / "scream.jpg").resolve())

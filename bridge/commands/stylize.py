@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..imaging import ImageError, Picture, load_image, load_mask, save_image
+from ..imaging import ImageError, Picture, image_size, load_image, load_mask, save_image
 from ..job import JobSpec, Source, check
 from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
 from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError
@@ -200,10 +200,14 @@ def _prepare(args: argparse.Namespace) -> _Job:
 
     spec = build_spec(args)
     settings = spec.settings
+    if settings.native:        # size native: its pixel cap needs the photo's size (the rest was checked above)
+        size = image_size(args.content)     # from the header: refused before decoding, as the daemon does
+        if size is not None:
+            check(spec, LIMITS, content_size=size)
     if settings.init == "file":
         load_image(settings.init_image or "")
     content = load_image(args.content)
-    if settings.native:        # size native: its pixel cap needs the photo's size (the rest was checked above)
+    if settings.native:
         check(spec, LIMITS, content_size=(content.width, content.height))
     styles: list[StyleInput] = []
     for src, name in zip(spec.styles, spec.style_names):

@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from ..job import OLD_MASK_WORDS, JobSpec, Source, mask_word
+from .claim import STATE_DIR
 from ..settings import RENAMED, DocumentSettings, Settings, SettingsError, load_settings_json, \
     unknown_option_message
 
 PRESET_NAME = "preset.json"
 EXTRA_KEYS = ("styles", "content_layer", "comment")
+#: The folders the watcher moves and writes files in: no place for a style image.
+MANAGED_FOLDERS = ("in", "working", "out", "done", "error", STATE_DIR)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".psd", ".psb", ".webp", ".bmp", ".gif")
 #: Every key a preset layer may hold: settings, the preset's own fields, old names that still work.
 VALID_KEYS: tuple[str, ...] = (*(f.name for f in dataclasses.fields(Settings)),
@@ -56,7 +59,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _styles(value: Any, base: Path, source: Path) -> list[Source]:
+def _styles(value: Any, base: Path, source: Path, root: Path | None = None) -> list[Source]:
     """A layer's ``styles``: file paths (relative to ``base``) and daemon library names, as job Sources."""
     if isinstance(value, (str, dict)):
         value = [value]
@@ -71,31 +74,57 @@ def _styles(value: Any, base: Path, source: Path) -> list[Source]:
                                     f"\"library\" (and optionally \"name\"), got {sorted(item)}")
             name = str(item["name"]).strip() if item.get("name") else None
             if "file" in item:
-                out.append(dataclasses.replace(_file_source(str(item["file"]), base, source, must_exist=True),
-                                               name=name))
+                out.append(dataclasses.replace(_file_source(str(item["file"]), base, source, must_exist=True,
+                                                            root=root), name=name))
             else:
                 out.append(Source(library=str(item["library"]), name=name))
         elif isinstance(item, str) and item.strip():
-            out.append(_file_source(item.strip(), base, source, must_exist=False))
+            out.append(_file_source(item.strip(), base, source, must_exist=False, root=root))
         else:
             raise SettingsError("styles", f"{source}: {item!r} is neither a file path nor a library name")
     return out
 
 
-def _file_source(text: str, base: Path, source: Path, *, must_exist: bool) -> Source:
-    """A path if the file exists (or the text clearly is a path); otherwise a library name."""
+def _file_source(text: str, base: Path, source: Path, *, must_exist: bool, root: Path | None = None) -> Source:
+    """A path if the file exists (or the text clearly is a path); otherwise a library name.
+
+    A path into one of the hot folder's own folders (``root``/in, out, ...) is refused: the watcher takes,
+    moves and writes files there, so such a style is taken as a photo, or is gone by the next job.
+    """
     path = Path(text).expanduser()
     # Lexical normalisation: the sidecar's original folder in in/ may be gone by now.
     path = path if path.is_absolute() else Path(os.path.normpath(base / path))
+    looks_like_path = must_exist or "/" in text or "\\" in text or text.lower().endswith(IMAGE_SUFFIXES)
+    folder = _managed_folder(path, root) if root is not None else None
+    if folder is not None and (looks_like_path or os.path.lexists(path)):
+        raise SettingsError("styles", f"{source}: style {text!r} points into the hot folder's own {folder}/ folder "
+                                      f"({path}), where the watcher takes, moves and writes files: keep style "
+                                      f"images outside in/, working/, out/, done/, error/ (e.g. in "
+                                      f"{root / 'styles'}) and name them from there")
     if path.is_file():
         return Source(path=str(path.resolve()))
-    looks_like_path = must_exist or "/" in text or "\\" in text or text.lower().endswith(IMAGE_SUFFIXES)
     if looks_like_path:
         raise SettingsError("styles", f"{source}: style file {text!r} not found (looked for {path})")
     return Source(library=text)
 
 
-def _layer(path: Path, *, base: Path | None = None, label: str | None = None
+def _managed_folder(path: Path, root: Path) -> str | None:
+    """The name of the hot folder's own folder (in, out, ...) that ``path`` is in or names, else None;
+    by the path as written and by where its links lead."""
+    pairs = [(path, root)]
+    try:
+        pairs.append((path.resolve(), root.resolve()))
+    except (OSError, RuntimeError):
+        pass
+    for candidate, top in pairs:
+        for name in MANAGED_FOLDERS:
+            folder = top / name
+            if candidate == folder or folder in candidate.parents:
+                return name
+    return None
+
+
+def _layer(path: Path, *, base: Path | None = None, label: str | None = None, root: Path | None = None
            ) -> tuple[dict[str, Any], list[Source] | None]:
     """One JSON layer: its options (keys normalised to underscores) and its styles if it names any.
 
@@ -108,7 +137,7 @@ def _layer(path: Path, *, base: Path | None = None, label: str | None = None
                 raise SettingsError(key, f"{unknown_option_message(key, VALID_KEYS)} (in {path})")
         styles = None
         if "styles" in data:
-            styles = _styles(data.pop("styles"), base or path.parent, path)
+            styles = _styles(data.pop("styles"), base or path.parent, path, root)
         return data, styles
     except SettingsError as exc:
         if label is None:
@@ -154,7 +183,7 @@ def resolve(root: Path, rel: str, sidecar: Path | None = None, sidecar_name: str
         origin = root / "in" / Path(rel).parent
         layers.append((sidecar, origin, str(origin / (sidecar_name or sidecar.name))))
     for path, base, label in layers:
-        data, found = _layer(path, base=base, label=label)
+        data, found = _layer(path, base=base, label=label, root=root)
         merged.update(data)
         if found is not None:
             styles = found

@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..engine.checkpoint import Checkpoint
 from ..engine.types import CancelToken, Progress, StyleInput
-from ..imaging import ImageError, Picture, load_image
-from ..job import FIXED_BY_DAEMON, JobSpec, Priority, Source, check
+from ..imaging import ImageError, MetadataWarning, Picture, image_size, load_image
+from ..job import FIXED_BY_DAEMON, JobSpec, LimitError, Priority, Source, check
 from ..settings import LIMITS, SettingsError
 
 ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
@@ -32,6 +33,11 @@ ADVICE_MEMORY = ("Lower \"size\" (or use \"optimizer\": \"adam\") in preset.json
                  "then move the file from error/ back into in/.")
 ADVICE_ENGINE = "This looks like a bug or a resource problem; see the watcher's terminal, then retry."
 ADVICE_DAEMON = "Check that `stylebridge serve` is running and reachable, then move the file back into in/."
+ADVICE_TOKEN = ("Restart `stylebridge watch` with the daemon's token (--token T, or STYLEBRIDGE_TOKEN in its "
+                "environment: the token given to `stylebridge serve --token`), then move the file from error/ back "
+                "into in/.")
+ADVICE_URL = ("Give `stylebridge watch --daemon` the URL of a running `stylebridge serve` (e.g. http://127.0.0.1:PORT), "
+              "then move the file from error/ back into in/.")
 
 
 class JobError(Exception):
@@ -136,6 +142,7 @@ class Inputs:
     styles: list[StyleInput]
     spec: JobSpec
     source_kind: str
+    notes: list[str] = field(default_factory=list)   # what reading dropped (frames, a broken profile...)
 
     @property
     def names(self) -> list[str]:
@@ -146,10 +153,27 @@ def load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
     """The content picture and the style pictures for one job, or JobError.
 
     The limits every front end applies (:func:`bridge.job.check`) are checked here, in both modes, once
-    the PSD's own style layers are known.
+    the PSD's own style layers are known.  What reading dropped (:class:`~bridge.imaging.MetadataWarning`:
+    an animation's later frames, a broken ICC profile) comes back in ``notes``, for the watcher's lines.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetadataWarning)
+        inputs = _load_inputs(path, spec, allow_library=allow_library)
+    for w in caught:
+        if issubclass(w.category, MetadataWarning):
+            note = _strip_path(str(w.message), path)
+            if note not in inputs.notes:
+                inputs.notes.append(note)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return inputs
+
+
+def _load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
     kind = sniff(path)
     stem = spec.name or path.stem
+    if spec.settings.native:     # refused from the header, before decoding (the rest is checked below)
+        _check_native(spec, (kind.width, kind.height) if kind.width and kind.height else image_size(path))
     psd_styles: list[StyleInput] = []
     if kind.kind in ("psd", "psb"):
         if kind.width and kind.height and kind.width * kind.height > LIMITS.max_pixels:
@@ -169,9 +193,23 @@ def load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
                        "in a sidecar NAME.json, or as PSD layers named \"style: NAME\"", ADVICE_SETTINGS)
     # a PSD's style layers travel as uploads in daemon mode; here they are styles like the preset's
     spec = replace(spec, styles=spec.styles + tuple(Source(upload=i, name=s.name) for i, s in enumerate(psd_styles)))
-    check(spec, LIMITS)                        # SettingsError: the watcher's "bad settings" (error/)
+    check(spec, LIMITS, content_size=(content.width, content.height))   # SettingsError: "bad settings" (error/)
     styles = load_styles(spec, psd_styles, allow_library=allow_library)
     return Inputs(content, styles, spec, kind.kind)
+
+
+def _check_native(spec: JobSpec, size: tuple[int, int] | None) -> None:
+    """Size "native" over ``max_native_pixels``: :func:`bridge.job.check`'s refusal, said before the photo
+    is decoded; its other findings wait for the full check, once a PSD's own styles are known."""
+    if size is None:
+        return
+    try:
+        check(spec, LIMITS, content_size=size)
+    except LimitError as exc:
+        if exc.limit == "max_native_pixels":
+            raise
+    except SettingsError:
+        pass
 
 
 def _strip_path(message: str, path: Path) -> str:
@@ -299,7 +337,24 @@ def contact_sheet(inputs: Inputs) -> tuple[Picture | None, list[str]]:
 
 
 class Unavailable(Exception):
-    """The daemon cannot be reached or its queue is full: not the file's fault, so the job waits and is retried."""
+    """The daemon cannot be reached, refuses this watcher (token, URL, protocol) or its queue is full: not the
+    file's fault, so the job waits and is retried (with ``--once`` it goes to error/ with ``advice``)."""
+
+    def __init__(self, message: str, advice: str = ADVICE_DAEMON) -> None:
+        super().__init__(message)
+        self.advice = advice
+
+
+def looks_like_stylebridge(health: Any) -> bool:
+    """True for the /v1/health answer of a stylebridge daemon of any version: ``status`` "ok" with the
+    protocol number (protocol 2 on), or with the fields every version has sent (version, device, weights,
+    queue; protocol 1 named no protocol)."""
+    if not isinstance(health, dict) or health.get("status") != "ok":
+        return False
+    protocol = health.get("protocol")
+    if isinstance(protocol, int) and not isinstance(protocol, bool):
+        return True
+    return "protocol" not in health and all(key in health for key in ("version", "device", "weights", "queue"))
 
 
 def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -350,11 +405,56 @@ class DaemonEngine:
         """None if the daemon answers /v1/health and speaks this protocol, else a message for the terminal."""
         from ..daemon.client import ClientError, DaemonUnreachable, unreachable_message
         try:
-            return self._protocol_problem(self.client.health())
+            return self._protocol_problem(self._health())
+        except Unavailable as exc:
+            return str(exc)
         except DaemonUnreachable as exc:
             return unreachable_message(exc.url, exc.reason)
         except ClientError as exc:
             return str(exc)
+
+    def _health(self) -> dict:
+        """The daemon's /v1/health; :class:`Unavailable` naming the token or the URL when the answer is a
+        refusal of this watcher's token, or does not come from a stylebridge daemon at all."""
+        import json
+        from ..daemon.client import DaemonError
+        try:
+            status, headers, body = self.client.request("GET", "/v1/health")
+        except DaemonError as exc:
+            raise self._refused(exc) from None
+        try:
+            health = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            kind = {k.lower(): v for k, v in headers.items()}.get("content-type", "").split(";")[0].strip()
+            raise Unavailable(self._not_a_daemon(f"it answered GET /v1/health with {kind or 'something'} that is "
+                                                 "not JSON"), ADVICE_URL) from None
+        if not looks_like_stylebridge(health):
+            raise Unavailable(self._not_a_daemon("it answered GET /v1/health with JSON that is not a stylebridge "
+                                                 "health (no \"status\": \"ok\" with a protocol)"), ADVICE_URL)
+        return health
+
+    def _refused(self, exc: Any) -> Exception:
+        """A :class:`~bridge.daemon.client.DaemonError` on /v1/health (or any request) as what to tell the user:
+        a stylebridge daemon refusing the token (401 with its JSON ``error``), another refusal by a stylebridge
+        daemon (its own words), or an answer that no stylebridge daemon gives."""
+        from ..daemon.protocol_client import TOKEN_ENV
+        ours = "error" in exc.payload
+        if exc.status == 401 and ours:
+            if self.client.token:
+                what = (f"the stylebridge daemon at {self.url} refused this watcher's token (set by "
+                        f"`stylebridge watch --token` or {TOKEN_ENV} in the watcher's environment): it must be "
+                        "the token the daemon was started with (`stylebridge serve --token`)")
+            else:
+                what = (f"the stylebridge daemon at {self.url} needs a token and this watcher has none: give it "
+                        f"with `stylebridge watch --token T` or {TOKEN_ENV} in the watcher's environment (the "
+                        "token the daemon was started with, `stylebridge serve --token`)")
+            return Unavailable(what, ADVICE_TOKEN)
+        if ours and exc.status != 404:
+            return Unavailable(f"the stylebridge daemon at {self.url} answered {exc.status}: {exc.message}")
+        return Unavailable(self._not_a_daemon(f"it answered HTTP {exc.status} to GET /v1/health"), ADVICE_URL)
+
+    def _not_a_daemon(self, what: str) -> str:
+        return f"{self.url} does not look like a stylebridge daemon ({what}); check the --daemon URL"
 
     def _protocol_problem(self, health: dict) -> str | None:
         """A daemon older than protocol 2 does not read the ``job`` field: say which side to upgrade."""
@@ -392,7 +492,7 @@ class DaemonEngine:
             return True
 
         try:
-            problem = self._protocol_problem(self.client.health())
+            problem = self._protocol_problem(self._health())
             if problem is not None:
                 raise Unavailable(problem)
             job = self.client.submit_job(content, job_json, style_files=style_files)
@@ -415,6 +515,8 @@ class DaemonEngine:
         except DaemonTooOld as exc:          # not the file's fault: it waits for the daemon's upgrade
             raise Unavailable(str(exc)) from None
         except DaemonError as exc:
+            if exc.status == 401:      # the token: this watcher's setting, not the file's fault
+                raise self._refused(exc) from None
             if exc.status == 429:      # its queue is full: not the file's fault, retry later
                 raise Unavailable(f"the daemon is busy: {exc.message}") from None
             if exc.status >= 500:

@@ -414,6 +414,8 @@ class Watcher:
             for note in spec.notes:
                 report(f"note: {note}")
             inputs = load_inputs(job.working, spec, allow_library=self.engine.allows_library)
+            for note in inputs.notes:
+                report(f"note: {note}")
             # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
             scratch = tmp_dir / ("output" + output_suffix(inputs.content))
             step, free_before = "render", _free_bytes(where)
@@ -436,7 +438,7 @@ class Watcher:
             return False
         except Unavailable as exc:
             if self.once:
-                self._fail(job, str(exc), ADVICE_DAEMON)
+                self._fail(job, str(exc), getattr(exc, "advice", ADVICE_DAEMON))
                 return False
             _quietly(self.journal.append, "deferred", job.job_id, reason=str(exc))
             report(f"waiting: {exc}; it stays in working/ and is retried every "
