@@ -32,3 +32,42 @@ def test_classify(exc, kind, message, code):
     assert isinstance(failure, Failure) and failure.kind is kind and failure.exit_code == code
     assert failure.message == (message if message is not None else str(exc).splitlines()[0])
     assert "\n" not in failure.message and failure.advice and failure.exception == type(exc).__name__
+
+
+# --- each front end maps the one decision to its own channel ---------------------------------------------------
+
+def test_the_command_line_maps_a_failure_to_its_exit_code(tmp_path, monkeypatch, capsys):
+    """Out of memory mid-run: exit 1 with the advice; a device that is not there: exit 2 with its words."""
+    from bridge import cli
+    from bridge.commands import stylize as command
+    from testdata import SAMPLES
+    argv = ["stylize", str(SAMPLES["coffee"]), "-s", str(SAMPLES["starry_night"]), "-o", str(tmp_path / "out/"),
+            "--size", "32", "--iterations", "1", "--no-coarse-to-fine", "--quiet"]
+    for raised, code, words in ((RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), 1,
+                                 "stylisation failed: out of memory (RuntimeError): try a smaller size or fewer styles"),
+                                (DeviceError("device 'cuda' requested but no CUDA GPU is available"), 2,
+                                 "error: device 'cuda' requested but no CUDA GPU is available"),
+                                (KeyError("stage"), 1, "stylisation failed: KeyError: 'stage': this looks like a bug")):
+        monkeypatch.setattr(command, "_stylize", lambda job, args, exc=raised: (_ for _ in ()).throw(exc))
+        assert cli.main(argv) == code
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_the_hot_folder_maps_a_failure_to_error_txt(tmp_path, monkeypatch):
+    """The hot folder's in-process engine: out of memory goes to error/ with its memory advice."""
+    import io
+
+    import bridge.engine
+    from bridge.hotfolder.process import ADVICE_MEMORY, InProcessEngine
+    from bridge.hotfolder.watcher import Reporter, Watcher
+    from test_hardening_hotfolder import STABLE, make_hot
+    root = make_hot(tmp_path / "hot")
+    from PIL import Image
+    Image.new("RGB", (40, 30), (120, 80, 40)).save(root / "in" / "photo.png")
+    monkeypatch.setattr(bridge.engine, "stylize", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    rc = Watcher(root, InProcessEngine(), stable_seconds=STABLE, once=True, reporter=Reporter(io.StringIO())).run()
+    assert rc == 1
+    note = (root / "error" / "photo.png.txt").read_text()
+    assert "out of memory (MemoryError) while stylizing" in note and ADVICE_MEMORY in note

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from ..imaging import ImageError, Picture, image_size, load_image, load_mask, save_image
 from ..job import JobSpec, Source, check
 from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
+from ..pipeline import FailureKind, classify
 from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError
 
 DOCUMENT_SUFFIXES = (".psd", ".psb")
@@ -111,15 +112,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc)
     for note in job.spec.notes:
         print(f"stylebridge: note: {note}", file=sys.stderr)
-    from ..engine.device import DeviceError
-    from ..engine.vgg import WeightsError
     prepared = time.perf_counter()
     try:
         result = _stylize(job, args)
-    except (SettingsError, ImageError, WeightsError, DeviceError) as exc:
-        return _fail(exc)
-    except (RuntimeError, MemoryError) as exc:   # e.g. out of memory at a big --size
-        return _fail(f"stylisation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", code=1)
+    except Exception as exc:     # settings, weights, device, memory, a bug: one line (pipeline.classify)
+        failure = classify(exc)
+        if failure.exit_code == 2:
+            return _fail(failure.message)
+        advice = f": {failure.advice}" if failure.kind in (FailureKind.MEMORY, FailureKind.ENGINE) else ""
+        return _fail(f"stylisation failed: {failure.message}{advice}", code=failure.exit_code)
     if not result.images:   # interrupted before the first result existed
         print("stylebridge: interrupted: nothing written", file=sys.stderr)
         return 130

@@ -20,6 +20,7 @@ from ..engine.checkpoint import Checkpoint
 from ..engine.types import CancelToken, Progress, StyleInput
 from ..imaging import ImageError, MetadataWarning, Picture, image_size, load_image
 from ..job import FIXED_BY_DAEMON, JobSpec, LimitError, Priority, Source, check
+from ..pipeline import FailureKind, classify
 from ..settings import LIMITS, SettingsError
 
 ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
@@ -301,18 +302,13 @@ class InProcessEngine:
             result = stylize(inputs.content, inputs.styles, spec.settings,
                              progress=announcing(progress_reporter(report), report), cancel=cancel,
                              checkpoint=checkpoint)
-        except (ImageError, SettingsError) as exc:
+        except (ValueError, RuntimeError, MemoryError) as exc:     # what went wrong: pipeline.classify
+            failure = classify(exc)
+            if failure.kind is FailureKind.MEMORY:
+                raise JobError(f"{failure.message} while stylizing", ADVICE_MEMORY) from None
+            if failure.kind is FailureKind.ENGINE:
+                raise                      # the watcher's "unexpected" path: traceback on its terminal
             raise JobError(str(exc), ADVICE_SETTINGS) from None
-        except MemoryError:
-            raise JobError("out of memory while stylizing", ADVICE_MEMORY) from None
-        except RuntimeError as exc:
-            from ..engine.device import DeviceError
-            from ..engine.vgg import WeightsError
-            if isinstance(exc, (DeviceError, WeightsError)):
-                raise JobError(str(exc), ADVICE_SETTINGS) from None
-            if "out of memory" in str(exc).lower():        # torch.cuda.OutOfMemoryError and friends
-                raise JobError(f"out of memory while stylizing ({type(exc).__name__})", ADVICE_MEMORY) from None
-            raise
         if result.cancelled or result.paused or cancel.cancelled:
             raise Cancelled()
         report("writing PSD", 100.0, "")
