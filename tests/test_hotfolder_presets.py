@@ -135,7 +135,7 @@ def test_old_mask_words_and_names_map_with_a_note(root: Path, given: dict, revea
 
 def _inputs(root: Path, rel: str = "a.jpg"):
     """load_inputs on a real photo dropped as in/REL (no engine)."""
-    from bridge.hotfolder.process import load_inputs
+    from bridge.hotfolder.inputs import load_inputs
     photo = root / "in" / rel
     photo.parent.mkdir(parents=True, exist_ok=True)
     photo.write_bytes(SAMPLES["coffee"].read_bytes())

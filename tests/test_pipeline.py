@@ -60,7 +60,8 @@ def test_the_hot_folder_maps_a_failure_to_error_txt(tmp_path, monkeypatch):
     import io
 
     import bridge.engine
-    from bridge.hotfolder.process import ADVICE_MEMORY, InProcessEngine
+    from bridge.hotfolder.errors import ADVICE_MEMORY
+    from bridge.hotfolder.process import InProcessEngine
     from bridge.hotfolder.watcher import Reporter, Watcher
     from test_hardening_hotfolder import STABLE, make_hot
     root = make_hot(tmp_path / "hot")

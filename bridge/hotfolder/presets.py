@@ -173,7 +173,7 @@ def resolve(root: Path, rel: str, sidecar: Path | None = None, sidecar_name: str
 
     Relative style paths in a sidecar resolve against the input's original folder in ``in/``,
     where the user wrote it, not against ``working/``. The job's ``name`` is the file's stem; styles a
-    PSD input carries as layers are added when it is read (:func:`bridge.hotfolder.process.load_inputs`).
+    PSD input carries as layers are added when it is read (:func:`bridge.hotfolder.inputs.load_inputs`).
     """
     merged: dict[str, Any] = {}
     styles: list[Source] = []

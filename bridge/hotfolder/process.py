@@ -1,261 +1,25 @@
-"""One claimed file -> one layered fusion PSD (written to a scratch path; the watcher publishes it).
+"""The two engines a hot folder renders with: in this process, or a stylebridge daemon (``--daemon URL``).
 
-The format is decided by the file's first bytes, never by its extension (a JPEG named ``.png`` is
-a JPEG; a text file named ``.jpg`` is refused).  Every failure is a :class:`JobError` whose message
-says what is wrong and whose ``advice`` says what the user can do; the watcher writes both into
-``error/NAME.txt``.
+Each takes a claimed file's :class:`~.inputs.Inputs` and writes the layered PSD to a scratch path (the
+watcher publishes it); failures are the :mod:`.errors` the watcher knows.
 """
 
 from __future__ import annotations
 
-import os
-import stat
-import struct
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..engine.checkpoint import Checkpoint
-from ..engine.types import CancelToken, Progress, StyleInput
-from ..imaging import ImageError, MetadataWarning, Picture, image_size, load_image
-from ..job import FIXED_BY_DAEMON, JobSpec, LimitError, Priority, Source, check
+from ..engine.types import CancelToken, Progress
+from ..job import FIXED_BY_DAEMON, Priority, Source, check
 from ..pipeline import FailureKind, classify
-from ..settings import LIMITS, SettingsError
-
-ADVICE_IMAGE = ("Open the file in Photoshop and save it again as JPEG, PNG, TIFF or PSD, "
-                "then drop it into in/ again.")
-ADVICE_SETTINGS = ("Fix the settings named above (preset.json or the file's sidecar .json), "
-                   "then move the file from error/ back into in/.")
-ADVICE_SIZE = "Scale the image down (or split it), then drop it into in/ again."
-ADVICE_WRITE = ("Free some disk space or fix the folder's permissions, then move the file from error/ "
-                "back into in/.")
-ADVICE_MEMORY = ("Lower \"size\" (or use \"optimizer\": \"adam\") in preset.json or the file's sidecar, "
-                 "then move the file from error/ back into in/.")
-ADVICE_ENGINE = "This looks like a bug or a resource problem; see the watcher's terminal, then retry."
-ADVICE_DAEMON = "Check that `stylebridge serve` is running and reachable, then move the file back into in/."
-ADVICE_TOKEN = ("Restart `stylebridge watch` with the daemon's token (--token T, or STYLEBRIDGE_TOKEN in its "
-                "environment: the token given to `stylebridge serve --token`), then move the file from error/ back "
-                "into in/.")
-ADVICE_URL = ("Give `stylebridge watch --daemon` the URL of a running `stylebridge serve` (e.g. http://127.0.0.1:PORT), "
-              "then move the file from error/ back into in/.")
-
-
-class JobError(Exception):
-    """A file cannot be processed: ``str(exc)`` says why, ``advice`` what to do."""
-
-    def __init__(self, message: str, advice: str = ADVICE_IMAGE) -> None:
-        super().__init__(message)
-        self.advice = advice
-
-
-class Cancelled(Exception):
-    """The watcher is stopping; the job stays in working/ and resumes on the next start."""
-
+from ..settings import LIMITS
+from .errors import (ADVICE_ENGINE, ADVICE_MEMORY, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_TOKEN, ADVICE_URL, Cancelled,
+                     JobError, Unavailable)
+from .inputs import HERE_ONLY, Inputs
 
 ReportFn = Callable[[str, float | None, str], None]   # (stage, percent or None, style name)
-
-
-# --------------------------------------------------------------------------------------------
-# Sniffing
-
-
-@dataclass(frozen=True)
-class Sniffed:
-    kind: str                     # "jpeg" | "png" | "tiff" | "webp" | "psd" | "psb"
-    width: int | None = None      # known without decoding for PSD/PSB
-    height: int | None = None
-
-
-ADVICE_SPECIAL = "Only files can be processed: copy the photo itself (not a link, pipe or folder) into in/."
-
-
-def sniff(path: Path) -> Sniffed:
-    """Identify an input by its content; raise JobError for anything that is not a supported image.
-
-    FIFOs, sockets, devices and folders (or links to them) are refused from ``stat`` alone; the file
-    is then opened non-blocking and checked again (``fstat``: same regular file), so a link swapped
-    for a FIFO in between can never block the watcher on ``open()``.
-    """
-    from .claim import regular_file_problem
-    problem = regular_file_problem(path)
-    if problem is not None:
-        raise JobError(problem, ADVICE_SPECIAL)
-    try:
-        before = os.stat(path)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
-                raise JobError("the file was replaced by something that is not a file while it was read",
-                               ADVICE_SPECIAL)
-            size = st.st_size
-            head = os.pread(fd, 32, 0)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise JobError(f"cannot read the file ({exc.strerror or exc})", ADVICE_WRITE) from None
-    if size == 0:
-        raise JobError("the file is empty (0 bytes); the copy may have failed")
-    if head.startswith(b"8BPS") and len(head) >= 26:
-        version, = struct.unpack(">H", head[4:6])
-        height, width = struct.unpack(">II", head[14:22])
-        if version not in (1, 2):
-            raise JobError(f"PSD header has version {version}, expected 1 (PSD) or 2 (PSB); the file is damaged")
-        return Sniffed("psd" if version == 1 else "psb", width, height)
-    if head.startswith(b"\xff\xd8\xff"):
-        return Sniffed("jpeg")
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return Sniffed("png")
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return Sniffed("tiff")
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return Sniffed("webp")
-    raise JobError(f"not a supported image: the content {_describe(head)}, not JPEG, PNG, TIFF or PSD/PSB "
-                   "(the file name's extension does not matter)")
-
-
-def _describe(head: bytes) -> str:
-    known = {b"%PDF": "is a PDF document", b"PK\x03\x04": "is a ZIP archive", b"GIF8": "is a GIF image",
-             b"BM": "is a BMP image", b"{": "looks like JSON text", b"\x00\x00\x00": "starts with zero bytes"}
-    for magic, what in known.items():
-        if head.startswith(magic):
-            return what
-    try:
-        head.decode("utf-8")
-        if all(c >= 32 or c in (9, 10, 13) for c in head):
-            return "looks like plain text"
-    except UnicodeDecodeError:
-        pass
-    return f"starts with unknown bytes {head[:8].hex(' ')}"
-
-
-# --------------------------------------------------------------------------------------------
-# Loading content and styles
-
-
-@dataclass
-class Inputs:
-    """One job, read: ``spec`` is the complete job (the preset's styles plus a PSD's ``style:`` layers,
-    checked against the limits); ``styles`` the pictures of its non-library styles, in order."""
-
-    content: Picture
-    styles: list[StyleInput]
-    spec: JobSpec
-    source_kind: str
-    notes: list[str] = field(default_factory=list)   # what reading dropped (frames, a broken profile...)
-
-    @property
-    def names(self) -> list[str]:
-        return self.spec.style_names
-
-
-def load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
-    """The content picture and the style pictures for one job, or JobError.
-
-    The limits every front end applies (:func:`bridge.job.check`) are checked here, in both modes, once
-    the PSD's own style layers are known.  What reading dropped (:class:`~bridge.imaging.MetadataWarning`:
-    an animation's later frames, a broken ICC profile) comes back in ``notes``, for the watcher's lines.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MetadataWarning)
-        inputs = _load_inputs(path, spec, allow_library=allow_library)
-    for w in caught:
-        if issubclass(w.category, MetadataWarning):
-            note = _strip_path(str(w.message), path)
-            if note not in inputs.notes:
-                inputs.notes.append(note)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return inputs
-
-
-def _load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
-    kind = sniff(path)
-    stem = spec.name or path.stem
-    if spec.settings.native:     # refused from the header, before decoding (the rest is checked below)
-        _check_native(spec, (kind.width, kind.height) if kind.width and kind.height else image_size(path))
-    psd_styles: list[StyleInput] = []
-    if kind.kind in ("psd", "psb"):
-        if kind.width and kind.height and kind.width * kind.height > LIMITS.max_pixels:
-            raise JobError(f"{kind.width}x{kind.height} is {kind.width * kind.height:,} pixels, over the limit "
-                           f"of {LIMITS.max_pixels:,}", ADVICE_SIZE)
-        content, psd_styles = _load_psd(path, stem, spec.content_layer)
-    else:
-        if spec.content_layer:
-            raise JobError(f"content_layer {spec.content_layer!r} is set but the file is a {kind.kind.upper()}, "
-                           "which has no layers", ADVICE_SETTINGS)
-        try:
-            content = load_image(path, max_pixels=LIMITS.max_pixels, name=stem)
-        except ImageError as exc:
-            raise JobError(_strip_path(str(exc), path), _image_advice(str(exc))) from None
-    if not spec.styles and not psd_styles:
-        raise JobError("no style images: name them in preset.json (\"styles\": [\"styles/starry.jpg\"]), "
-                       "in a sidecar NAME.json, or as PSD layers named \"style: NAME\"", ADVICE_SETTINGS)
-    # a PSD's style layers travel as uploads in daemon mode; here they are styles like the preset's
-    spec = replace(spec, styles=spec.styles + tuple(Source(upload=i, name=s.name) for i, s in enumerate(psd_styles)))
-    check(spec, LIMITS, content_size=(content.width, content.height))   # SettingsError: "bad settings" (error/)
-    styles = load_styles(spec, psd_styles, allow_library=allow_library)
-    return Inputs(content, styles, spec, kind.kind)
-
-
-def _check_native(spec: JobSpec, size: tuple[int, int] | None) -> None:
-    """Size "native" over ``max_native_pixels``: :func:`bridge.job.check`'s refusal, said before the photo
-    is decoded; its other findings wait for the full check, once a PSD's own styles are known."""
-    if size is None:
-        return
-    try:
-        check(spec, LIMITS, content_size=size)
-    except LimitError as exc:
-        if exc.limit == "max_native_pixels":
-            raise
-    except SettingsError:
-        pass
-
-
-def _strip_path(message: str, path: Path) -> str:
-    """load_image's messages start with the path; the working/ path means nothing to the user."""
-    prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
-
-
-def _image_advice(message: str) -> str:
-    return ADVICE_SIZE if "pixels" in message and "limit" in message else ADVICE_IMAGE
-
-
-def load_styles(spec: JobSpec, psd_styles: list[StyleInput], *, allow_library: bool) -> list[StyleInput]:
-    """The pictures of the job's file and PSD-layer styles, named ``spec.style_names`` (library styles: the
-    daemon's, so none here)."""
-    styles: list[StyleInput] = []
-    layers = iter(psd_styles)
-    for src, name in zip(spec.styles, spec.style_names):
-        if src.library is not None:
-            if not allow_library:
-                raise JobError(f"style {src.library!r} is not a file; library styles need the daemon "
-                               "(stylebridge watch DIR --daemon URL) — or give a path to an image file",
-                               ADVICE_SETTINGS)
-            continue
-        if src.path is None:                      # a PSD's own "style: NAME" layer
-            styles.append(replace(next(layers), name=name))
-            continue
-        try:
-            pic = load_image(src.path, max_pixels=LIMITS.max_pixels, name=name)
-        except ImageError as exc:
-            raise JobError(f"style image {exc}", ADVICE_SETTINGS) from None
-        styles.append(StyleInput(name, pic))
-    return styles
-
-
-def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture, list[StyleInput]]:
-    """Content (composite, or the named layer) and the ``style: NAME`` layers of a PSD/PSB."""
-    from ..document.psd_read import read_psd   # psd-tools is heavy; only PSD inputs pay for it
-    try:
-        doc = read_psd(path, content_layer=content_layer, max_pixels=LIMITS.max_pixels)
-    except ImageError as exc:
-        message = _strip_path(str(exc), path)
-        advice = ADVICE_SETTINGS if "no layer named" in message else _image_advice(message)
-        raise JobError(message, advice) from None
-    return replace(doc.content, name=stem), list(doc.styles)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,31 +78,6 @@ class InProcessEngine:
         report("writing PSD", 100.0, "")
         stack = build_stack(result, spec.document)
         write_psd(stack, dest)
-
-
-#: Settings the hot folder applies itself, in both modes: not sent to the daemon.
-HERE_ONLY = ("contact_sheet",)
-
-
-def contact_sheet(inputs: Inputs) -> tuple[Picture | None, list[str]]:
-    """The photo and a fast preview of it under each style whose picture is here (bridge.preview), on one
-    sheet; and the names of the styles left out (library styles live in the daemon). None: no style here."""
-    from ..preview.sheet import contact_sheet as make_sheet
-    from ..settings import PREVIEW
-    here = [replace(s.picture, name=s.name) for s in inputs.styles]
-    left_out = [src.library for src in inputs.spec.styles if src.library is not None]
-    if not here:
-        return None, left_out
-    return make_sheet(inputs.content, here, tile=PREVIEW.size), left_out
-
-
-class Unavailable(Exception):
-    """The daemon cannot be reached, refuses this watcher (token, URL, protocol) or its queue is full: not the
-    file's fault, so the job waits and is retried (with ``--once`` it goes to error/ with ``advice``)."""
-
-    def __init__(self, message: str, advice: str = ADVICE_DAEMON) -> None:
-        super().__init__(message)
-        self.advice = advice
 
 
 def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
@@ -500,9 +239,3 @@ class DaemonEngine:
             too_big = exc.payload.get("limit") in ("max_pixels", "max_upload_bytes", "max_job_memory")
             raise JobError(f"the daemon refused the job: {exc.message}",
                            ADVICE_SIZE if too_big else ADVICE_SETTINGS) from None
-
-
-def output_suffix(content: Picture) -> str:
-    """'.psb' for documents too large for PSD (the PSD writer's own rule)."""
-    from ..document.psd import psd_suffix
-    return psd_suffix(content.width, content.height)

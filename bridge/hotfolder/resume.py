@@ -78,12 +78,12 @@ def follow(client, job_id: str, *, on_progress: Callable[[dict], bool], poll: fl
            say: Callable[[str], None], patience_s: float = REATTACH_SECONDS) -> dict:
     """``client.wait(job_id)`` that survives a restart of the daemon: a daemon that starts takes over the
     unfinished jobs of the one that is gone under the same ids (docs/protocol.md), so the job is followed
-    on instead of being sent again (which would redo its work). :class:`~.process.Unavailable` when the
+    on instead of being sent again (which would redo its work). :class:`~.errors.Unavailable` when the
     daemon stays away longer than ``patience_s`` or comes back without the job (the file is then retried)."""
     import time
 
     from ..daemon.client import DaemonError, DaemonUnreachable
-    from .process import Cancelled, Unavailable
+    from .errors import Cancelled, Unavailable
 
     while True:
         try:

@@ -39,8 +39,9 @@ from ..settings import SERVICE, SettingsError
 from . import resume
 from .claim import Job, Journal, Layout, claim, clean_tmp, is_disk_full, place, recover, remove_stale_locks
 from .presets import resolve
-from .process import (ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, Engine, JobError,
-                      Unavailable, contact_sheet, load_inputs, output_suffix)
+from .errors import ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, JobError, Unavailable
+from .inputs import contact_sheet, load_inputs, output_suffix
+from .process import Engine
 
 class _QuietStop(logging.Filter):
     """watchdog logs an ERROR when its inotify thread is stopped mid-read; it is harmless."""
