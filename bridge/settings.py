@@ -372,6 +372,12 @@ class PreviewDefaults:
     size: int = 512                     # long side of each preview, px
     min_size: int = 16
     max_size: int = 1024                # a sheet's tile; the network itself runs at 384 px
+    # daemon (POST /v1/previews): the time budget of one request; styles not begun by then are answered as
+    # skipped (reason "timeout") instead of holding the preview worker
+    request_seconds: float = 20.0
+    # daemon: pixels a preview may decode at full size (PNG, TIFF, WebP; a JPEG decodes reduced, up to 8x per
+    # side): ~0.6 s of decoding on a slow core, so a preview stays quick; over it -> 413 max_preview_pixels
+    max_decode_pixels: int = 50_000_000
 
 
 DEFAULTS = Settings()

@@ -167,3 +167,170 @@ def test_preview_worker_is_one_at_a_time_and_bounded():
         t.join(10)
     assert results == [[]] * (1 + MAX_WAITING) and peak[0] == 1
     service.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 20, item 6: previews go through the jobs' limits, decode reduced and have a time budget
+# ------------------------------------------------------------------------------------------------
+
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from bridge.daemon import previews as daemon_previews  # noqa: E402
+from bridge.daemon.jobs import ImageShape  # noqa: E402
+from bridge.daemon.previews import PreviewImage, decode_reduced  # noqa: E402
+from bridge.settings import PREVIEW  # noqa: E402
+
+BASE = "http://127.0.0.1:8765"
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def zero_png(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A valid 8-bit PNG of all-zero rows, made with zlib directly: 14000 x 14000 is ~0.6 MB (196 MP)."""
+    row = b"\x00" + bytes(width * {0: 1, 2: 3, 6: 4}[colour_type])
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row * 500) for _ in range(height // 500)) + comp.compress(row * (height % 500))
+    idat += comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    return zero_png(14000, 14000)
+
+
+class FakeModels:
+    """Stands in for the ONNX networks: a fixed cost per style, the photo back unchanged."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+
+    def style_vector(self, style256):
+        time.sleep(self.seconds)
+        return np.zeros((1, 1, 1, 100), np.float32)
+
+    def stylise(self, content384, vector):
+        return content384
+
+
+def _client(tmp_path, job_memory_mb: int | None, service: PreviewService) -> TestClient:
+    limits = dataclasses.replace(LIMITS, max_job_memory=None if job_memory_mb is None else job_memory_mb * 2 ** 20)
+    app = create_app(DaemonConfig(data_dir=tmp_path, resolved_device="cpu", limits=limits),
+                     runner=lambda request, ctx: None, preview_service=service)
+    return TestClient(app, base_url=BASE)
+
+
+def _post(client: TestClient, content: bytes, styles: list[bytes], **data) -> httpx.Response:
+    files = [("content", ("c.png", content, "image/png"))]
+    files += [("style_files", (f"s{i}.png", body, "image/png")) for i, body in enumerate(styles)]
+    return client.post("/v1/previews", files=files, data=data)
+
+
+@pytest.mark.parametrize("job_memory_mb, limit", [(1000, "max_job_memory"), (64 * 1024, "max_preview_pixels")])
+@pytest.mark.parametrize("where", ["style", "content"])
+def test_a_huge_png_is_refused_from_its_header_before_any_decoding(tmp_path, monkeypatch, huge_png, job_memory_mb,
+                                                                   limit, where):
+    """The issue's case: a 570 KB PNG of 14000 x 14000 px (196 MP, under max_pixels) used to be decoded whole
+    (23 s, 3.4 GB). Now 413 from its header, at once, with the jobs' wording and fields; nothing decoded."""
+    decoded = []
+    monkeypatch.setattr(daemon_previews, "decode_reduced", lambda *a, **k: decoded.append(a) or None)
+    monkeypatch.setattr("bridge.daemon.routes.previews.decode_reduced", lambda *a, **k: decoded.append(a) or None)
+    small = png_of(SAMPLES["coffee"], 64)
+    with _client(tmp_path, job_memory_mb, PreviewService(loader=lambda threads: FakeModels())) as client:
+        began = time.monotonic()
+        if where == "style":
+            r = _post(client, small, [small] * 3 + [huge_png] * 13)       # 16 styles: max_styles
+        else:
+            r = _post(client, huge_png, [small])
+        took = time.monotonic() - began
+    assert r.status_code == 413, r.text
+    body = r.json()
+    assert body["limit"] == limit and body["value"] > 0
+    assert "14000x14000" in body["error"]
+    if limit == "max_job_memory":
+        assert "max_job_memory" in body["error"] and "--max-job-memory-mb" in body["error"]
+        assert body["value"] > 1000 * 2 ** 20
+    else:
+        assert f"{PREVIEW.max_decode_pixels:,}" in body["error"] and body["value"] == 14000 * 14000
+    assert took < 2.0, took                          # decoding alone takes ~2.5 s here
+    assert decoded == []
+
+
+def test_over_max_pixels_is_the_jobs_413(tmp_path):
+    big = zero_png(15000, 14000)                     # 210 MP: over max_pixels (200 MP)
+    small = png_of(SAMPLES["coffee"], 64)
+    with _client(tmp_path, None, PreviewService(loader=lambda threads: FakeModels())) as client:
+        r = _post(client, small, [big])
+    assert r.status_code == 413 and r.json()["limit"] == "max_pixels", r.text
+    assert "15000x14000" in r.json()["error"] and "(max_pixels)" in r.json()["error"]
+
+
+def test_jpegs_count_at_their_reduced_scale():
+    shape = ImageShape(12000, 8000, file_bytes=1)
+    jpeg = PreviewImage("style", "s", io.BytesIO(), shape, 1024, jpeg=True)
+    png = PreviewImage("style", "s", io.BytesIO(), shape, 1024, jpeg=False)
+    assert jpeg.decoded_pixels == 1500 * 1000 and png.decoded_pixels == 12000 * 8000
+    assert jpeg.memory < png.memory / 60
+
+
+def _decoded(data: bytes, long_side: int = 256) -> np.ndarray:
+    from bridge.daemon.web import probe_stream
+    fh = io.BytesIO(data)
+    shape = probe_stream(fh, "x", LIMITS)
+    image = PreviewImage("x", "x", fh, shape, long_side, data[:3] == b"\xff\xd8\xff")
+    return decode_reduced(image, LIMITS.max_pixels).rgb
+
+
+def test_big_images_decode_reduced_and_right():
+    """Accepted big images come out at the preview's size, 8-bit RGB over white, oriented, whatever the mode."""
+    rgb = _decoded(zero_png(4000, 3000))
+    assert rgb.shape == (192, 256, 3) and rgb.dtype == np.uint8 and rgb.max() == 0
+    rgba = _decoded(zero_png(3000, 3000, colour_type=6))          # fully transparent -> white
+    assert rgba.shape == (256, 256, 3) and rgba.min() == 255
+    grey = _decoded(zero_png(3000, 1000, colour_type=0))
+    assert grey.shape == (85, 256, 3)
+    buf = io.BytesIO()
+    Image.new("P", (2000, 1000), 3).save(buf, "PNG")               # palette: converted, then reduced
+    assert _decoded(buf.getvalue()).shape == (128, 256, 3)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((500, 1000), 40000, np.uint16)).save(buf, "PNG")   # 16-bit grey: the fallback path
+    out = _decoded(buf.getvalue())
+    assert out.shape == (128, 256, 3) and abs(int(out.mean()) - 40000 * 255 // 65535) <= 2
+    left_red = np.zeros((1000, 2000, 3), np.uint8)
+    left_red[:, :1000, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6                                               # rotate 90 degrees clockwise to show
+    buf = io.BytesIO()
+    Image.fromarray(left_red).save(buf, "JPEG", exif=exif, quality=95)
+    out = _decoded(buf.getvalue())
+    assert out.shape == (256, 128, 3)                              # portrait once oriented
+    assert out[:100, :, 0].mean() > 200 and out[-100:, :, 0].mean() < 60     # the red half is on top
+
+
+def test_a_request_has_a_time_budget_and_skips_the_rest(tmp_path):
+    """Styles not begun when the budget is spent come back as skipped with a reason; the worker is free."""
+    service = PreviewService(loader=lambda threads: FakeModels(seconds=0.4), budget_s=1.0)
+    style = png_of(SAMPLES["starry_night"], 64)
+    with _client(tmp_path, None, service) as client:
+        began = time.monotonic()
+        r = _post(client, png_of(SAMPLES["coffee"], 64), [style] * 8)
+        took = time.monotonic() - began
+    assert r.status_code == 200, r.text
+    items = r.json()["previews"]
+    assert len(items) == 8 and [i["label"] for i in items] == [f"s{i} (preview)" for i in range(8)]
+    done = [i for i in items if not i["skipped"]]
+    skipped = [i for i in items if i["skipped"]]
+    assert 2 <= len(done) <= 4 and items[:len(done)] == done       # in order: the first ones rendered
+    for item in skipped:
+        assert item["reason"] == "timeout" and item["png_base64"] is None
+        assert "time budget of 1 s" in item["error"] and "request_seconds" in item["error"]
+    for item in done:
+        assert item["png_base64"] and item["width"] and "reason" not in item
+    assert took < 1.0 + 0.4 + 1.5, took                             # the budget plus at most one style
+    assert PREVIEW.request_seconds > 0

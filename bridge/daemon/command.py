@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..settings import DEFAULTS, LIMITS, PRESETS, SERVICE, Settings
 from .protocol_client import URL_ENV
-from .security import TOKEN_ENV, StartupError, check_bind, token_from_env
+from .security import TOKEN_ENV, StartupError, check_bind, check_token, token_from_env
 
 DEFAULT_HOST = SERVICE.host
 DEFAULT_PORT = SERVICE.port
@@ -102,6 +102,7 @@ def serve_command(args: argparse.Namespace) -> int:
 
     token = token_from_env(args.token)
     try:
+        check_token(token)
         check_bind(args.host, token)
     except StartupError as exc:
         return _fail(str(exc))
@@ -196,7 +197,13 @@ def status_command(args: argparse.Namespace) -> int:
     from .client import DaemonClient, DaemonError, DaemonUnreachable, default_url, unreachable_message
 
     url = args.url or default_url()
-    client = DaemonClient(url, token=token_from_env(args.token), timeout=5.0)
+    token = token_from_env(args.token)
+    try:
+        check_token(token)
+    except StartupError as exc:
+        print(f"stylebridge status: {exc}", file=sys.stderr)
+        return 2
+    client = DaemonClient(url, token=token, timeout=5.0)
     try:
         health = client.health()
     except DaemonUnreachable as exc:

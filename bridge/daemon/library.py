@@ -3,6 +3,13 @@
 Each style is one image file ``NAME.EXT`` in the styles folder (the original bytes, so nothing is
 lost); thumbnails are made on demand and cached in ``.thumbs/``. Names are checked against a
 strict pattern so a name can never reach outside the folder.
+
+What counts as a style is decided in one place, :meth:`StyleLibrary.open`, which the listing and every
+lookup (image, thumbnail, delete, replace, a job's or a preview's library style) go through: a *regular
+file* (never a link, folder, FIFO or device: opened with ``O_NOFOLLOW`` and checked with ``fstat``, so a
+link to ``/etc/passwd`` is neither listed nor served) whose name is a valid style name with one of our
+extensions, whose header is PNG/JPEG/TIFF/WebP within ``max_pixels`` and which is not visibly cut short.
+Whatever is listed can be fetched; whatever is not listed answers 404.
 """
 
 from __future__ import annotations
@@ -10,9 +17,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from PIL import Image
 
@@ -23,6 +33,14 @@ DATA_ENV = "STYLEBRIDGE_DATA"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()+-]{0,79}$")
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp"}
 THUMB_SIZE = 256
+THUMBS = ".thumbs"
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff", "WEBP": "image/webp"}
+#: Opening a library file: never through a link, never blocking on a FIFO (the fstat check then refuses it).
+OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+MAX_THUMB_BYTES = 8 * 1024 * 1024     # a cached thumbnail larger than this is not ours: made again
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_TAIL = 64 * 1024                 # where a complete JPEG's end-of-image marker is looked for
+MAX_PNG_CHUNKS = 100_000
 
 
 class LibraryError(ValueError):
@@ -43,10 +61,15 @@ def default_data_dir() -> Path:
     return base / "stylebridge"
 
 
+def valid_name(name: str) -> bool:
+    """Letters, digits, space, ``_.()+-``; starts with a letter or digit, no ``..``, no trailing dot."""
+    return bool(NAME_RE.match(name)) and ".." not in name and not name.endswith(".")
+
+
 def check_name(name: str) -> str:
     """A safe style name (letters, digits, space, ``_.()+-``; no leading dot, no ``..``) or LibraryError."""
     name = (name or "").strip()
-    if not NAME_RE.match(name) or ".." in name or name.endswith("."):
+    if not valid_name(name):
         raise LibraryError(f"style name {name[:100]!r} is not allowed: use 1-80 letters, digits, spaces and "
                            "_ . ( ) + - (starting with a letter or digit, no '..')")
     return name
@@ -59,6 +82,63 @@ def name_from_filename(filename: str | None, fallback: str = "style") -> str:
     return stem if stem and NAME_RE.match(stem) else fallback
 
 
+def open_regular(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading when it is a regular file and not a link (``O_NOFOLLOW`` + ``fstat``),
+    else None: links, folders, FIFOs, devices and missing files alike."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):    # where O_NOFOLLOW is missing (Windows), this decides
+            return None
+        fd = os.open(path, OPEN_FLAGS)
+    except (OSError, ValueError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        os.set_blocking(fd, True)
+    except OSError:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _png_complete(fh: BinaryIO, size: int) -> bool:
+    """The chunk headers lead to IEND inside the file (a cut PNG does not)."""
+    pos = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            return False
+        pos += 12 + int.from_bytes(head[:4], "big")
+        if pos > size:
+            return False
+        if head[4:8] == b"IEND":
+            return True
+    return False
+
+
+def _complete(fh: BinaryIO, size: int, im: Image.Image) -> bool:
+    """Cheap structural checks that a file is not cut short (damage deeper inside shows when decoded)."""
+    fmt = im.format
+    if fmt == "PNG":
+        return _png_complete(fh, size)
+    if fmt == "JPEG":
+        fh.seek(max(0, size - JPEG_TAIL))
+        return b"\xff\xd9" in fh.read(JPEG_TAIL)
+    if fmt == "WEBP":
+        fh.seek(4)
+        return int.from_bytes(fh.read(4), "little") + 8 <= size
+    if fmt == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        offsets = tags.get(273) or tags.get(324) or ()
+        counts = tags.get(279) or tags.get(325) or ()
+        if not offsets or len(offsets) != len(counts):
+            return False
+        return max(int(o) + int(c) for o, c in zip(offsets, counts)) <= size
+    return False
+
+
 @dataclass
 class StyleEntry:
     name: str
@@ -66,6 +146,11 @@ class StyleEntry:
     width: int
     height: int
     bytes: int
+    format: str = "PNG"
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
 
 
 class StyleLibrary:
@@ -77,87 +162,182 @@ class StyleLibrary:
         self._lock = threading.Lock()
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def _find(self, name: str) -> Path | None:
+    # -- the one predicate -------------------------------------------------------------------------------
+    def _candidate(self, path: Path, name: str) -> tuple[StyleEntry, BinaryIO] | None:
+        fh = open_regular(path)
+        if fh is None:
+            return None
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(fh) as im:
+                    width, height = im.size
+                    fmt = im.format or ""
+                    ok = (fmt in MEDIA_TYPES and 0 < width * height <= self.max_pixels
+                          and _complete(fh, size, im))
+        except Exception:  # noqa: BLE001 - any file someone dropped in that is no image we read: not a style
+            ok = False
+        if not ok:
+            fh.close()
+            return None
+        fh.seek(0)
+        return StyleEntry(name, path, width, height, size, fmt), fh
+
+    def open(self, name: str) -> tuple[StyleEntry, BinaryIO]:
+        """The style ``name`` and its file, open for reading (the caller closes it); 404 when there is none.
+
+        The one rule for "is a style" (see the module docstring): the listing, the image and thumbnail
+        routes, delete, replace, jobs and previews all come here, so they always agree. Reading from the
+        returned file (not the path again) means the file checked is the file used."""
         name = check_name(name)
         for ext in EXTENSIONS.values():
-            path = self.folder / f"{name}{ext}"
-            if path.is_file():
-                return path
-        return None
+            found = self._candidate(self.folder / f"{name}{ext}", name)
+            if found is not None:
+                return found
+        raise LibraryError(f"no style named {name!r} in the library", status=404)
+
+    def entry(self, name: str) -> StyleEntry:
+        entry, fh = self.open(name)
+        fh.close()
+        return entry
+
+    def _names(self) -> Iterator[str]:
+        try:
+            with os.scandir(self.folder) as it:
+                files = [e.name for e in it]
+        except OSError:
+            return
+        seen: set[str] = set()
+        for filename in files:
+            stem, dot, ext = filename.rpartition(".")
+            if dot and f".{ext.lower()}" in EXTENSIONS.values() and valid_name(stem) and stem not in seen:
+                seen.add(stem)
+                yield stem
 
     def list(self) -> list[StyleEntry]:
+        """Every style, by name; anything else in the folder is not offered (and answers 404 by name)."""
         out = []
-        for path in sorted(self.folder.iterdir(), key=lambda p: p.name.lower()):
-            if not path.is_file() or path.suffix.lower() not in EXTENSIONS.values() or path.name.startswith("."):
-                continue
-            if not NAME_RE.match(path.stem):
-                continue
+        for name in self._names():
             try:
-                with Image.open(path) as im:
-                    width, height = im.size
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue   # a damaged file someone dropped in: not offered
-            out.append(StyleEntry(path.stem, path, width, height, path.stat().st_size))
-        return out
+                out.append(self.entry(name))
+            except LibraryError:
+                continue
+        return sorted(out, key=lambda e: (e.name.lower(), e.name))
 
     def path(self, name: str) -> Path:
-        path = self._find(name)
-        if path is None:
-            raise LibraryError(f"no style named {name!r} in the library", status=404)
-        return path
+        return self.entry(name).path
 
     def load(self, name: str) -> Picture:
-        return load_image(self.path(name), max_pixels=self.max_pixels, name=check_name(name))
+        entry, fh = self.open(name)
+        with fh:
+            return load_image(fh, max_pixels=self.max_pixels, name=entry.name)
 
+    # -- writes --------------------------------------------------------------------------------------------
     def add(self, name: str, data: bytes, *, replace: bool = False) -> StyleEntry:
-        """Store an uploaded image under ``name`` after checking it decodes; 409 if taken (unless replace)."""
+        """Store an uploaded image under ``name`` after checking it decodes; 409 if taken (unless replace).
+
+        Never writes through a link: the new file is written beside and renamed over the name; a link,
+        folder or other non-file in the way is left alone (409, the artist removes it by hand)."""
         name = check_name(name)
         picture = load_image(io.BytesIO(data), max_pixels=self.max_pixels, name=name)  # full decode: no broken files
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "PNG"
         ext = EXTENSIONS.get(fmt)
         with self._lock:
-            existing = self._find(name)
-            if existing is not None and not replace:
-                raise LibraryError(f"a style named {name!r} already exists (send replace=true to replace it)",
-                                   status=409)
+            try:
+                existing: Path | None = self.path(name)
+            except LibraryError:
+                existing = None
             if ext is None:   # e.g. BMP, GIF: keep it as PNG
                 from ..imaging import encode_png
                 data, ext = encode_png(picture, compress_level=6), ".png"
             target = self.folder / f"{name}{ext}"
+            try:
+                in_way = os.lstat(target)
+            except OSError:
+                in_way = None
+            if in_way is not None and not stat.S_ISREG(in_way.st_mode):
+                raise LibraryError(f"{target.name} in the styles folder is a link, folder or device, not a style "
+                                   f"image; remove it from {self.folder} by hand to use the name {name!r}", status=409)
+            if (existing is not None or in_way is not None) and not replace:
+                raise LibraryError(f"a style named {name!r} already exists (send replace=true to replace it)",
+                                   status=409)
             atomic_write(target, data)
             if existing is not None and existing != target:
                 existing.unlink(missing_ok=True)
-            self._thumb_path(name).unlink(missing_ok=True)
-        return StyleEntry(name, target, picture.width, picture.height, len(data))
+            self._drop_thumb(name)
+        return StyleEntry(name, target, picture.width, picture.height, len(data), fmt if fmt in MEDIA_TYPES else "PNG")
 
     def remove(self, name: str) -> None:
         with self._lock:
             path = self.path(name)
             path.unlink()
-            self._thumb_path(name).unlink(missing_ok=True)
+            self._drop_thumb(name)
 
-    def _thumb_path(self, name: str) -> Path:
-        return self.folder / ".thumbs" / f"{name}.png"
+    # -- thumbnails ----------------------------------------------------------------------------------------
+    def _thumbs(self, create: bool = False) -> Path | None:
+        """The thumbnail cache folder, or None when ``.thumbs`` is a link or not a folder (then nothing is
+        cached, read or removed there: never through a link)."""
+        folder = self.folder / THUMBS
+        try:
+            mode = os.lstat(folder).st_mode
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                folder.mkdir()
+            except OSError:
+                return None
+            mode = os.lstat(folder).st_mode
+        except OSError:
+            return None
+        return folder if stat.S_ISDIR(mode) else None
+
+    def _drop_thumb(self, name: str) -> None:
+        folder = self._thumbs()
+        if folder is not None:
+            (folder / f"{name}.png").unlink(missing_ok=True)   # unlink never follows a link
+
+    def _cached_thumb(self, name: str, mtime: float) -> bytes | None:
+        folder = self._thumbs()
+        fh = open_regular(folder / f"{name}.png") if folder is not None else None
+        if fh is None:
+            return None
+        with fh:
+            st = os.fstat(fh.fileno())
+            if st.st_mtime < mtime or st.st_size > MAX_THUMB_BYTES:
+                return None
+            data = fh.read(MAX_THUMB_BYTES + 1)
+        return data if data.startswith(PNG_SIGNATURE) else None
 
     def thumbnail(self, name: str) -> bytes:
         """A PNG at most THUMB_SIZE px on its long side, cached beside the library."""
-        path = self.path(name)
-        thumb = self._thumb_path(name)
-        if thumb.is_file() and thumb.stat().st_mtime >= path.stat().st_mtime:
-            return thumb.read_bytes()
-        try:
-            with Image.open(path) as im:
-                if im.size[0] * im.size[1] > self.max_pixels:
-                    raise LibraryError(f"style {name!r} is too large to show", status=422)
-                im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-                im.thumbnail((THUMB_SIZE, THUMB_SIZE))
-                buf = io.BytesIO()
-                im.save(buf, format="PNG", compress_level=6)
-        except (OSError, ValueError) as exc:
-            raise ImageError(f"style {name!r}: cannot read the image ({exc})") from None
+        entry, fh = self.open(name)
+        with fh:
+            cached = self._cached_thumb(entry.name, os.fstat(fh.fileno()).st_mtime)
+            if cached is not None:
+                return cached
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    with Image.open(fh) as im:
+                        im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
+                        im.load()
+                        factor = min(im.size) // THUMB_SIZE
+                        if factor > 1 and im.mode in ("L", "LA", "RGB", "RGBA"):
+                            im = im.reduce(factor)      # before any mode conversion: no second full-size copy
+                        im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB")
+                        im.thumbnail((THUMB_SIZE, THUMB_SIZE))
+                        buf = io.BytesIO()
+                        im.save(buf, format="PNG", compress_level=6)
+            except Exception as exc:  # noqa: BLE001 - damage deep inside a file whose header is fine
+                raise ImageError(f"style {entry.name!r}: cannot read the image ({exc})") from None
         data = buf.getvalue()
-        thumb.parent.mkdir(exist_ok=True)
-        atomic_write(thumb, data)
+        folder = self._thumbs(create=True)
+        if folder is not None:
+            try:
+                atomic_write(folder / f"{entry.name}.png", data)   # a temp file renamed over the name
+            except OSError:
+                pass                                                # a read-only library still shows thumbnails
         return data

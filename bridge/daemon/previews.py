@@ -8,25 +8,133 @@ more may wait, beyond that the daemon answers 429. The ONNX networks are loaded 
 Threads: a Gatys job on the CPU uses every core through torch, so previews take at most half of them
 (one on a 2-core machine) and onnxruntime's workers do not spin (:func:`bridge.preview.models.load_models`);
 with the engine on a GPU the CPU is free and previews use :func:`~bridge.preview.models.default_threads`.
+
+Bounds: every image of a request is header-probed before anything is decoded (the route: 413 over
+``max_pixels``, over ``max_job_memory`` by :func:`preview_memory`, over ``PREVIEW.max_decode_pixels``);
+images are then decoded *reduced* (:func:`decode_reduced`: JPEG's DCT scaling, ``Image.reduce`` right after
+the load for the others), and a request has a time budget (``PREVIEW.request_seconds``): styles not begun
+when it runs out come back as :class:`SkippedPreview` instead of holding the worker.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Callable, Sequence, Union
 
-from ..imaging import Picture
+import numpy as np
+from PIL import Image
+
+from ..imaging import Picture, load_image
 from ..settings import PREVIEW
 from ..preview import engine as preview_engine
 from ..preview.models import PreviewModels, default_threads, load_models
+from .jobs import ImageShape
 
 DEFAULT_SIZE, MIN_SIZE, MAX_SIZE = PREVIEW.size, PREVIEW.min_size, PREVIEW.max_size   # long side of a preview
 MAX_WAITING = 4                                     # previews waiting for the preview worker; more -> 429
 
 
 STYLE_SIDE = 1024      # styles are reduced to this long side once decoded (the network sees 256 px of them)
+# Memory of a preview request, for max_job_memory (an upper bound, like the jobs' estimate): the networks and
+# onnxruntime's buffers, plus the largest image decoded at once: Pillow keeps 4 bytes a pixel (8 at 16 bits),
+# and a mode conversion before the reduction (palette, grey+alpha) or the fallback decoder may copy it once.
+PREVIEW_BASE_BYTES = 192 * 2 ** 20
+DECODE_BYTES = 8
+FAST_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA"})
+ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
+
+@dataclass
+class PreviewImage:
+    """One image of a preview request, probed but not decoded: the open file (decoded later from this very
+    file), what its header says, and the long side it will be reduced to."""
+
+    what: str                  # for messages: "content", "style file 'x.png'", "style 'starry'"
+    name: str                  # the picture's name (a style's label)
+    file: BinaryIO
+    shape: ImageShape
+    long_side: int
+    jpeg: bool = False
+
+    @property
+    def decoded_pixels(self) -> int:
+        """Pixels the decoder produces at once: a JPEG's at its DCT scale (Pillow's draft, 1/2/4/8 per side)."""
+        if not self.jpeg:
+            return self.shape.pixels
+        tw, th = preview_engine.preview_size(self.shape.width, self.shape.height, self.long_side)
+        scale = min(self.shape.width // tw, self.shape.height // th)
+        scale = next((s for s in (8, 4, 2) if scale >= s), 1)
+        return -(-self.shape.width // scale) * -(-self.shape.height // scale)
+
+    @property
+    def memory(self) -> int:
+        return self.decoded_pixels * DECODE_BYTES * (2 if self.shape.bit_depth == 16 else 1)
+
+
+def preview_memory(images: Sequence[PreviewImage]) -> int:
+    """Bytes a preview request needs at most: images are decoded one at a time and reduced at once (the base
+    covers the reduced photo and style held meanwhile and the networks' work at preview size)."""
+    return PREVIEW_BASE_BYTES + max((i.memory for i in images), default=0)
+
+
+def decode_reduced(image: PreviewImage, max_pixels: int) -> Picture:
+    """The image at most ``image.long_side`` on its long side, 8-bit RGB over white, never held at full size
+    longer than its decoding: JPEGs decode at a reduced DCT scale, the others are ``reduce``d right after
+    the load. Modes Pillow cannot reduce as colours (16-bit, LAB, float) go through :func:`load_image`
+    (the route's memory estimate counts that copy). Raises what the decoders raise."""
+    fh = image.file
+    fh.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(fh) as im:
+            if im.size[0] * im.size[1] > max_pixels:        # the file changed since it was probed
+                raise ValueError(f"{im.size[0]}x{im.size[1]} is over the limit of {max_pixels:,} pixels")
+            target = preview_engine.preview_size(im.size[0], im.size[1], image.long_side)
+            if im.format == "JPEG":
+                im.draft("RGB", target)
+            if im.mode not in FAST_MODES:
+                fh.seek(0)
+                return reduced(load_image(fh, max_pixels=max_pixels, name=image.name), image.long_side)
+            orientation = im.getexif().get(0x0112, 1)
+            alpha = "A" in im.getbands() or "a" in im.mode or "transparency" in im.info
+            im.load()
+            factor = min(im.size[0] // target[0], im.size[1] // target[1])
+            out = im
+            if factor > 1:
+                if out.mode not in REDUCIBLE:
+                    out = out.convert("RGBA" if alpha else "RGB")
+                out = out.reduce(factor)
+            out = out.convert("RGBA" if alpha else "RGB")
+            if orientation in ORIENTATION:
+                out = out.transpose(ORIENTATION[orientation])
+    if alpha:
+        white = Image.new("RGBA", out.size, (255, 255, 255, 255))
+        out = Image.alpha_composite(white, out).convert("RGB")
+    return reduced(Picture(rgb=np.asarray(out), name=image.name), image.long_side)
+
+
+@dataclass(frozen=True)
+class SkippedPreview:
+    """A style the request's time budget left no time for: answered with why, not rendered."""
+
+    style_name: str
+    reason: str                # "timeout"
+    message: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.style_name} (preview)"
+
+
+StyleSource = Union[Picture, Callable[[], Picture]]
 
 
 def reduced(picture: Picture, long_side: int) -> Picture:
@@ -52,8 +160,10 @@ def preview_threads(device: str) -> int:
 class PreviewService:
     """Renders previews in its own worker thread; the models load lazily, once, under a lock."""
 
-    def __init__(self, threads: int | None = None, loader: Callable[..., PreviewModels] = load_models) -> None:
+    def __init__(self, threads: int | None = None, loader: Callable[..., PreviewModels] = load_models,
+                 budget_s: float = PREVIEW.request_seconds) -> None:
         self.threads = threads or preview_threads("cpu")
+        self.budget_s = budget_s
         self._loader = loader
         self._models: PreviewModels | None = None
         self._lock = threading.Lock()
@@ -67,13 +177,15 @@ class PreviewService:
                 self._models = self._loader(threads=self.threads)
             return self._models
 
-    def render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, Picture]]]],
-               long_side: int = DEFAULT_SIZE) -> list[preview_engine.StylePreview]:
-        """One preview per (name, style image) that ``load`` decodes, in order.
+    def render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, StyleSource]]]],
+               long_side: int = DEFAULT_SIZE) -> list[preview_engine.StylePreview | SkippedPreview]:
+        """One preview per (name, style) that ``load`` returns, in order; a style may be a function that
+        decodes it, called only when its turn comes.
 
         ``load`` runs in the preview worker too, so only one request's images are ever decoded at a time
-        (waiting requests hold their uploads, spooled to disk). Blocks the calling (request) thread only;
-        :class:`PreviewBusy` when ``MAX_WAITING`` requests wait already."""
+        (waiting requests hold their uploads, spooled to disk). Once ``budget_s`` has passed since the worker
+        took the request, the styles left are :class:`SkippedPreview` (neither decoded nor rendered).
+        Blocks the calling (request) thread only; :class:`PreviewBusy` when ``MAX_WAITING`` requests wait already."""
         if not self._waiting.acquire(blocking=False):
             raise PreviewBusy()
         try:
@@ -81,12 +193,23 @@ class PreviewService:
         finally:
             self._waiting.release()
 
-    def _render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, Picture]]]],
+    def _render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, StyleSource]]]],
                 long_side: int) -> list[Any]:
+        began = time.monotonic()
         photo, styles = load()
-        models = self.models()
-        return [preview_engine.preview(photo, style, style_name=name, long_side=long_side, models=models)
-                for name, style in styles]
+        models = self.models() if styles else None
+        out: list[Any] = []
+        for name, style in styles:
+            spent = time.monotonic() - began
+            if spent >= self.budget_s:
+                out.append(SkippedPreview(name, "timeout", (
+                    f"skipped: this request's time budget of {self.budget_s:g} s (request_seconds) was spent "
+                    f"after {spent:.1f} s on the styles before it; ask for this style again, or for fewer styles")))
+                continue
+            picture = style() if callable(style) else style
+            out.append(preview_engine.preview(photo, picture, style_name=name, long_side=long_side, models=models))
+            del picture
+        return out
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

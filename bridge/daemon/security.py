@@ -1,9 +1,10 @@
 """Who may talk to the daemon, and how much they may send.
 
 The daemon runs a GPU/CPU-heavy engine on the artist's machine and is reached over plain HTTP on
-loopback, so it must not be drivable by a web page (browser requests carry ``Origin``), by a DNS
-rebinding attack (a ``Host`` that names some other site), or by anyone on the network unless a
-token was set. This module is the ASGI guard that enforces that before FastAPI sees a request,
+loopback, so it must not be drivable by a web page (browser requests carry ``Origin``, or at least
+Fetch Metadata: ``<img src>`` and ``no-cors`` fetches send no ``Origin`` but do send
+``Sec-Fetch-Site``), by a DNS rebinding attack (a ``Host`` that names some other site), or by anyone
+on the network unless a token was set. This module is the ASGI guard that enforces that before FastAPI sees a request,
 plus the helpers that decide what counts as loopback.
 """
 
@@ -14,7 +15,7 @@ import ipaddress
 import json
 import os
 import secrets
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -24,6 +25,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TOKEN_ENV = "STYLEBRIDGE_TOKEN"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "ip6-localhost", "ip6-loopback")
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+#: Sec-Fetch-Site values let through: a page of this very origin (we serve none, and a rebinding page fails
+#: the Host check), and "none" (the user typed the URL or opened a bookmark: no page is involved) for GET/HEAD
+#: navigations only. Everything else, "cross-site", "same-site" and any unknown value, is refused.
+FETCH_SITES_ALLOWED = frozenset({"same-origin"})
+FETCH_SITE_USER = "none"
+#: Characters a token may have: it travels in an HTTP header (RFC 9110 field values are ASCII), so printable
+#: ASCII without spaces; anything else would only match as latin-1 bytes.
+TOKEN_CHARS = "printable ASCII without spaces: letters, digits and the punctuation ! to ~ (e.g. - _ . ~ + /)"
 
 
 class StartupError(RuntimeError):
@@ -80,6 +89,38 @@ def token_matches(header: str | None, token: str) -> bool:
     return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a token that cannot travel in an HTTP header as itself (non-ASCII, spaces, controls)."""
+    if token is None:
+        return
+    bad = sorted({c for c in token if not "!" <= c <= "~"})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise StartupError(f"the token has characters an HTTP header cannot carry ({shown}): use {TOKEN_CHARS}, "
+                           f"e.g. {secrets.token_urlsafe(18)}")
+
+
+def fetch_metadata_refusal(values: list[str], others: bool, method: str, modes: Sequence[str] = ()) -> str | None:
+    """Why a request's Fetch Metadata marks it as coming from another site's page, or None to let it through.
+
+    ``values``: every ``Sec-Fetch-Site`` header (repeats and comma-joined lists are all checked, trimmed and
+    case-folded); ``others``: whether any other ``Sec-Fetch-*`` header came; ``modes``: the ``Sec-Fetch-Mode``
+    values. No Fetch Metadata at all (curl, the plug-in, the hot folder) passes. Fail closed: an empty or
+    unknown value, ``Sec-Fetch-Mode``/``-Dest`` without ``Sec-Fetch-Site``, or ``none`` on anything but a
+    GET/HEAD navigation is refused."""
+    if not values:
+        return "a browser request without Sec-Fetch-Site is refused" if others else None
+    sites = [part.strip().lower() for value in values for part in value.split(",")]
+    for site in sites:
+        if site in FETCH_SITES_ALLOWED:
+            continue
+        if (site == FETCH_SITE_USER and method in ("GET", "HEAD")
+                and all(m.strip().lower() == "navigate" for v in modes for m in v.split(","))):
+            continue
+        return f"requests from web pages (Sec-Fetch-Site: {site[:40]!r}) are refused"
+    return None
+
+
 def token_from_env(value: str | None) -> str | None:
     """The token from the command line, else from ``STYLEBRIDGE_TOKEN``; empty means none."""
     token = value if value is not None else os.environ.get(TOKEN_ENV)
@@ -97,8 +138,9 @@ async def send_json(send: Send, status: int, payload: dict[str, Any],
 
 
 class Guard:
-    """ASGI wrapper: Origin -> 403, foreign Host -> 403, missing/wrong token -> 401,
-    a declared body over the limit -> 413, all before the application reads anything.
+    """ASGI wrapper: Origin or a cross-site Fetch Metadata -> 403, foreign Host -> 403, missing/wrong token
+    -> 401, a declared body over the limit -> 413, all before the application reads or looks up anything
+    (so an existing and a missing style name answer alike to a web page).
 
     Bodies without a Content-Length (chunked) are counted while they stream and stopped with 413.
     """
@@ -115,11 +157,25 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers: dict[bytes, bytes] = {}
+        sites: list[str] = []
+        modes: list[str] = []
+        fetch_others = False
         for key, value in scope.get("headers", ()):
-            headers.setdefault(key.lower(), value)
+            key = key.lower()
+            headers.setdefault(key, value)
+            if key == b"sec-fetch-site":
+                sites.append(value.decode("latin-1"))
+            elif key.startswith(b"sec-fetch-"):
+                fetch_others = True
+                if key == b"sec-fetch-mode":
+                    modes.append(value.decode("latin-1"))
         if b"origin" in headers:
             await send_json(send, 403, {"error": "requests from web browsers (with an Origin header) are refused: "
                                                  "the stylebridge daemon is for local editors only"})
+            return
+        why = fetch_metadata_refusal(sites, fetch_others, str(scope.get("method", "GET")).upper(), modes)
+        if why is not None:
+            await send_json(send, 403, {"error": f"{why}: the stylebridge daemon is for local editors only"})
             return
         host = host_header_name(headers.get(b"host", b"").decode("latin-1"))
         if self.allowed_hosts is not None and host not in self.allowed_hosts:

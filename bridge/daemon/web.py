@@ -14,7 +14,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from fastapi import UploadFile
@@ -138,47 +138,57 @@ def save_upload(upload: UploadFile, folder: Path, stem: str, what: str) -> Path:
     return target
 
 
-def _png_chunk_types(path: Path, size: int) -> set[bytes] | None:
+def _png_chunk_types(fh: BinaryIO, size: int) -> set[bytes] | None:
     """The chunk types of a PNG, read from the chunk headers alone; None when they do not lead to
     IEND within the file (a cut upload). Only the first MAX_PNG_CHUNKS are walked."""
     types: set[bytes] = set()
-    with open(path, "rb") as fh:
-        pos = 8
-        for _ in range(MAX_PNG_CHUNKS):
-            fh.seek(pos)
-            head = fh.read(8)
-            if len(head) < 8:
-                return None
-            pos += 12 + int.from_bytes(head[:4], "big")
-            if pos > size:
-                return None
-            types.add(head[4:8])
-            if head[4:8] == b"IEND":
-                break
+    pos = 8
+    for _ in range(MAX_PNG_CHUNKS):
+        fh.seek(pos)
+        head = fh.read(8)
+        if len(head) < 8:
+            return None
+        pos += 12 + int.from_bytes(head[:4], "big")
+        if pos > size:
+            return None
+        types.add(head[4:8])
+        if head[4:8] == b"IEND":
+            break
     return types
 
 
 def probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
     """What a file's header says (size, alpha, depth), without decoding: 413 over ``max_pixels``,
     422 when it is no image or visibly cut short. Damage deeper inside shows when the job starts."""
-    size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(32)
+        return probe_stream(fh, what, limits)
+
+
+def probe_stream(fh: BinaryIO, what: str, limits: Limits) -> ImageShape:
+    """:func:`probe_file` for an open file (an upload's spooled file, a library style opened once): the
+    checks jobs and previews share. The file is left open, at its start."""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(0)
+    head = fh.read(32)
     damaged = ApiError(422, f"{what}: cannot read the image; the file may be truncated or damaged, export it again")
+    if size == 0:
+        raise ApiError(422, f"{what}: the uploaded file is empty")
     if head[:8] == PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
         types: set[bytes] | None = set()
         if 0 < width * height <= limits.max_pixels:
-            types = _png_chunk_types(path, size)
+            types = _png_chunk_types(fh, size)
             if types is None:
                 raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
         shape = ImageShape(width, height, alpha=head[25] in (4, 6) or b"tRNS" in types,
                            bit_depth=16 if head[24] == 16 else 8, file_bytes=size)
     else:
         try:
+            fh.seek(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with Image.open(path) as im:
+                with Image.open(fh) as im:
                     bands = im.getbands()
                     bits = im.tag_v2.get(258, (8,)) if im.format == "TIFF" else (8,)
                     deep = im.mode.startswith("I") or im.mode == "F" or max(tuple(bits) or (8,)) > 8
@@ -192,11 +202,21 @@ def probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
                                 f"({SUPPORTED} are supported)") from None
         except Exception:  # noqa: BLE001 - any decoder complaint about the header
             raise damaged from None
+    fh.seek(0)
     if shape.width <= 0 or shape.height <= 0:
         raise ApiError(422, f"{what}: the image has no pixels ({shape.width}x{shape.height}); export it again")
     if shape.pixels > limits.max_pixels:
         raise _too_many_pixels(what, (shape.width, shape.height), limits)
     return shape
+
+
+def over_memory(needs: str, estimate: int, budget: int, advice: str) -> ApiError:
+    """The 413 for a request whose memory estimate (from headers) is over ``max_job_memory``: one wording
+    and the same ``limit``/``value`` fields for every route that checks it (``needs``: "this preview would
+    need" ...; ``advice``: what to change)."""
+    return ApiError(413, f"{needs} about {gib(estimate)} of memory, over the daemon's limit of {gib(budget)} per job "
+                         f"(max_job_memory): {advice}, or start the daemon with a larger --max-job-memory-mb",
+                    limit="max_job_memory", value=estimate)
 
 
 def gib(n: int) -> str:

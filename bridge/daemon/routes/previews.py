@@ -3,27 +3,59 @@
 Previews are 8-bit PNGs for looking at, labelled "<style> (preview)": a feed-forward impression, not the
 Gatys result. They come back inline (base64 in the JSON), so a client (GIMP's, standard library only)
 needs one request and the daemon stores nothing. Same Guard (token, Origin, Host, body size), the same
-limits on styles and pixels, and 422 for an image that cannot be read.
+limits on styles, pixels and memory as jobs (checked from the headers before anything is decoded), and
+422 for an image that cannot be read. A request has a time budget (``PREVIEW.request_seconds``): styles
+it leaves no time for come back with ``"skipped": true``, ``"reason": "timeout"`` and an ``error`` text.
 """
 
 from __future__ import annotations
 
 import base64
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from ...imaging import ImageError, Picture, encode_png, load_image
+from ...imaging import ImageError, Picture, encode_png
 from ...preview import PreviewModelError
-from ..context import DaemonDep
+from ...settings import PREVIEW
+from ..context import Daemon, DaemonDep
+from ..jobs import default_job_memory
 from ..library import LibraryError, name_from_filename
-from ..previews import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, STYLE_SIDE, PreviewBusy, reduced
-from ..web import ApiError, decode_upload, json_response, read_upload, strip_label
+from ..previews import (DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, STYLE_SIDE, PreviewBusy, PreviewImage, SkippedPreview,
+                        decode_reduced, preview_memory)
+from ..web import ApiError, json_response, over_memory, probe_stream, strip_label
 
 router = APIRouter(tags=["previews"])
 PREVIEW_PNG_LEVEL = 6       # small images, sent over the wire as base64: worth compressing
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _image(what: str, name: str, fh: Any, long_side: int, d: Daemon) -> PreviewImage:
+    """Probe one image from its header (413 over max_pixels, 422 unreadable), as jobs do; nothing decoded."""
+    shape = probe_stream(fh, what, d.config.limits)
+    jpeg = fh.read(3) == JPEG_MAGIC
+    fh.seek(0)
+    return PreviewImage(what, name, fh, shape, long_side, jpeg)
+
+
+def _check_costs(images: list[PreviewImage], d: Daemon) -> None:
+    """Refuse, before decoding anything, what would take too much memory (max_job_memory, like jobs) or
+    too long to decode for a quick preview (PREVIEW.max_decode_pixels)."""
+    budget = int(d.config.limits.max_job_memory or default_job_memory())
+    estimate = preview_memory(images)
+    if estimate > budget:
+        big = max(images, key=lambda i: i.memory)
+        raise over_memory(f"this preview ({big.what}: {big.shape.width}x{big.shape.height}, decoded at full size) "
+                          "would need", estimate, budget, "scale the image down (or send a JPEG, which decodes "
+                          "reduced)")
+    for image in images:
+        if image.decoded_pixels > PREVIEW.max_decode_pixels:
+            w, h = image.shape.width, image.shape.height
+            raise ApiError(413, f"{image.what}: {w}x{h} is {w * h:,} pixels, over the limit of "
+                                f"{PREVIEW.max_decode_pixels:,} a quick preview decodes (max_preview_pixels); "
+                                "send a smaller copy (or a JPEG, which decodes reduced), or run a job",
+                           limit="max_preview_pixels", value=w * h)
 
 
 @router.post("/v1/previews", summary="Quick previews of styles on a photo (never waits behind jobs)")
@@ -45,39 +77,58 @@ def make_previews(
     if count > limits.max_styles:
         raise ApiError(422, f"styles: {count} styles is over the limit of {limits.max_styles} (max_styles)",
                        option="styles", limit="max_styles", value=count)
-    library: list[tuple[str, Path]] = []
-    for name in names:
-        try:
-            library.append((name, d.library.path(name)))
-        except LibraryError as exc:
-            raise ApiError(422, f"unknown style {name!r}: not in the library (GET /v1/styles lists them)"
-                           if exc.status == 404 else str(exc), style=name) from None
-
-    def load() -> tuple[Picture, list[tuple[str, Picture]]]:
-        """Decode (in the preview worker, one request at a time) and reduce at once to what previews use."""
-        photo = reduced(decode_upload(read_upload(content, "content"), "content", limits,
-                                      name=name_from_filename(content.filename, "image")), size)
-        chosen: list[tuple[str, Picture]] = []
-        for name, path in library:
-            try:
-                chosen.append((name, reduced(load_image(path, max_pixels=limits.max_pixels, name=name), STYLE_SIDE)))
-            except (ImageError, OSError) as exc:
-                raise ApiError(422, f"style {name!r}: {strip_label(str(exc))}", style=name) from None
-        for upload in files:
-            label, what = name_from_filename(upload.filename), f"style file {upload.filename!r}"
-            chosen.append((label, reduced(decode_upload(read_upload(upload, what), what, limits, name=label),
-                                          STYLE_SIDE)))
-        return photo, chosen
-
+    opened: list[Any] = []          # library files, open from the check to the decoding: the same file
     try:
-        rendered = d.previews.render(load, size)
-    except PreviewBusy:
-        raise ApiError(429, "the daemon is busy with other previews; try again in a moment",
-                       limit="max_waiting_previews") from None
-    except PreviewModelError as exc:
-        raise ApiError(503, f"previews are not available on this daemon: {exc}") from None
-    return json_response({"previews": [{
-        "style": p.style_name, "label": p.label, "width": p.picture.width, "height": p.picture.height,
-        "method": p.method, "seconds": round(p.seconds, 3), "media_type": "image/png",
-        "png_base64": base64.b64encode(encode_png(p.picture, compress_level=PREVIEW_PNG_LEVEL)).decode("ascii"),
-    } for p in rendered]})
+        photo = _image("content", name_from_filename(content.filename, "image"), content.file, size, d)
+        chosen: list[PreviewImage] = []
+        for name in names:
+            try:
+                entry, fh = d.library.open(name)
+            except LibraryError as exc:
+                raise ApiError(422, f"unknown style {name!r}: not in the library (GET /v1/styles lists them)"
+                               if exc.status == 404 else str(exc), style=name) from None
+            opened.append(fh)
+            chosen.append(_image(f"style {name!r}", entry.name, fh, STYLE_SIDE, d))
+        for upload in files:
+            chosen.append(_image(f"style file {upload.filename!r}", name_from_filename(upload.filename),
+                                 upload.file, STYLE_SIDE, d))
+        _check_costs([photo, *chosen], d)
+
+        def decode(image: PreviewImage) -> Picture:
+            try:
+                return decode_reduced(image, limits.max_pixels)
+            except ImageError as exc:
+                raise ApiError(422, f"{image.what}: {strip_label(str(exc))}") from None
+            except MemoryError:
+                raise ApiError(413, f"{image.what}: not enough memory to decode it; scale it down first") from None
+            except Exception as exc:  # noqa: BLE001 - decoders raise OSError, ValueError, SyntaxError...
+                raise ApiError(422, f"{image.what}: cannot read the image ({type(exc).__name__}: "
+                                    f"{str(exc)[:120]}); the file may be truncated or damaged, export it again"
+                               ) from None
+
+        def load() -> tuple[Picture, list[tuple[str, Any]]]:
+            """In the preview worker: the photo now, each style when its turn comes (within the time budget)."""
+            return decode(photo), [(image.name, lambda image=image: decode(image)) for image in chosen]
+
+        try:
+            rendered = d.previews.render(load, size)
+        except PreviewBusy:
+            raise ApiError(429, "the daemon is busy with other previews; try again in a moment",
+                           limit="max_waiting_previews") from None
+        except PreviewModelError as exc:
+            raise ApiError(503, f"previews are not available on this daemon: {exc}") from None
+    finally:
+        for fh in opened:
+            fh.close()
+    return json_response({"previews": [_answer(p) for p in rendered]})
+
+
+def _answer(item: Any) -> dict[str, Any]:
+    if isinstance(item, SkippedPreview):
+        return {"style": item.style_name, "label": item.label, "skipped": True, "reason": item.reason,
+                "error": item.message, "width": None, "height": None, "method": None, "seconds": None,
+                "media_type": None, "png_base64": None}
+    return {"style": item.style_name, "label": item.label, "skipped": False, "width": item.picture.width,
+            "height": item.picture.height, "method": item.method, "seconds": round(item.seconds, 3),
+            "media_type": "image/png",
+            "png_base64": base64.b64encode(encode_png(item.picture, compress_level=PREVIEW_PNG_LEVEL)).decode("ascii")}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import urllib.parse
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Iterator
 
 from fastapi import APIRouter, File, Form, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response, StreamingResponse
 
 from ...imaging import ImageError
 from ..context import DaemonDep
@@ -14,6 +14,7 @@ from ..library import LibraryError, check_name, name_from_filename
 from ..web import PNG, ApiError, decode_upload, json_response, read_upload, strip_label
 
 router = APIRouter(tags=["styles"])
+CHUNK = 1 << 20
 
 
 def _style_json(entry: Any) -> dict[str, Any]:
@@ -46,9 +47,18 @@ def style_thumbnail(name: str, d: DaemonDep) -> Response:
 @router.get("/v1/styles/{name}/image", summary="The library style's image file as stored",
             response_class=Response)
 def style_image(name: str, d: DaemonDep) -> Response:
-    path = _library_call(d.library.path, name)
-    media = {".png": PNG, ".jpg": "image/jpeg", ".tif": "image/tiff", ".webp": "image/webp"}[path.suffix]
-    return FileResponse(path, media_type=media)
+    entry, fh = _library_call(d.library.open, name)
+
+    def chunks() -> Iterator[bytes]:
+        """The very file the library checked (never the path again: it may have become a link meanwhile)."""
+        left = entry.bytes                  # as checked: a file growing meanwhile does not break Content-Length
+        with fh:
+            while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=entry.media_type,
+                             headers={"Content-Length": str(entry.bytes)})
 
 
 @router.post("/v1/styles", status_code=201, summary="Add a style image to the library")
