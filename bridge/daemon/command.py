@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..settings import DEFAULTS, LIMITS, PRESETS, SERVICE, Settings
-from .protocol_client import URL_ENV
+from ..protocol import URL_ENV
 from .security import TOKEN_ENV, StartupError, check_bind, check_token, token_from_env
 
 DEFAULT_HOST = SERVICE.host

@@ -58,7 +58,7 @@ from .plan import MIN_SIDE, StagePlan, fits_whole, ladder_dims, plan_run, stage_
 from .losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
 from .types import (CancelToken, Progress, ProgressCallback, StyledImage, StyleInput, StyleResolutionWarning,
                     StylizeResult)
-from .vgg import VGGFeatures, layer_stride, load_vgg
+from .vgg import VGGFeatures, load_vgg
 
 log = logging.getLogger(__name__)
 

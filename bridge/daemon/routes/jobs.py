@@ -8,7 +8,6 @@ undecoded, until the engine worker takes the job.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +22,8 @@ from ...settings import REVEAL_CHOICES, SERVICE, Limits, Settings, SettingsError
 from ..context import Daemon, DaemonDep
 from ..jobs import ImageShape, Job, JobFiles, JobResult, QueueFull, default_job_memory, estimate_job_memory
 from ..library import LibraryError, name_from_filename
-from ..web import PNG, ApiError, gib, json_response, load_json, probe_file, run_name, save_upload, settings_error
+from ..web import (PNG, ApiError, json_response, load_json, over_memory, probe_file, run_name, save_upload,
+                   settings_error)
 
 router = APIRouter(tags=["jobs"])
 
@@ -211,15 +211,13 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
     for i, (source, label) in enumerate(zip(spec.styles, spec.style_names)):
         if source.library is not None:
             try:
-                stored = d.library.path(source.library)
+                entry, fh = d.library.open(source.library)    # the file checked is the file copied (no link)
             except LibraryError as exc:
                 raise ApiError(422, f"unknown style {source.library!r}: not in the library (GET /v1/styles "
                                     "lists them)" if exc.status == 404 else str(exc), style=source.library) from None
-            target = folder / f"style{i}{stored.suffix}"
-            try:
-                os.link(stored, target)         # the library may change meanwhile; the link keeps this file
-            except OSError:
-                shutil.copyfile(stored, target)
+            target = folder / f"style{i}{entry.path.suffix}"
+            with fh, open(target, "xb") as out:          # the library may change meanwhile: this copy stays
+                shutil.copyfileobj(fh, out)
             style_shapes.append(probe_file(target, f"style {source.library!r}", limits))
         else:
             upload = files[source.upload]
@@ -247,11 +245,9 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
     estimate += len(style_masks) * shape.pixels * 2      # each style's own mask, decoded at up to 16 bits
     budget = int(limits.max_job_memory or default_job_memory())
     if estimate > budget:
-        raise ApiError(413, f"this job would need about {gib(estimate)} of memory ({shape.width}x{shape.height} "
-                            f"photo, {len(style_paths)} style(s), working size {engine.size}), over the daemon's "
-                            f"limit of {gib(budget)} per job (max_job_memory): scale the photo down, use fewer "
-                            "styles or a smaller size, or start the daemon with a larger --max-job-memory-mb",
-                       limit="max_job_memory", value=estimate)
+        raise over_memory(f"this job ({shape.width}x{shape.height} photo, {len(style_paths)} style(s), working size "
+                          f"{engine.size}) would need", estimate, budget,
+                          "scale the photo down, use fewer styles or a smaller size")
     request = JobFiles(folder=folder, content=content_path,
                        content_name=name_from_filename(content.filename, "image"), content_shape=shape,
                        styles=style_paths, settings=engine, document=document, mask=mask_path,
