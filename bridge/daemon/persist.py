@@ -10,7 +10,9 @@ A queued job's uploads already wait on disk (``jobs/<pid>/uploads/<folder>/``, s
 
 A daemon that starts takes over the unfinished jobs of a daemon that is gone (killed, crashed, stopped):
 :func:`adopt` moves their folders into its own and :func:`load` turns each back into a queued job, which
-resumes from its checkpoint. Finished results of a dead daemon are not kept (they are in its memory).
+resumes from its checkpoint. A folder whose description cannot be used (damaged, hand-edited, naming files
+out of its folder) is set aside in ``jobs/quarantine/`` with its uploads and one warning line
+(:func:`quarantine`); the daemon starts and resumes the others. Finished results of a dead daemon are not kept (they are in its memory).
 Everything written here is written atomically: a crash leaves the old file or the new one.
 """
 
@@ -22,6 +24,7 @@ import math
 import os
 import re
 import stat
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -271,10 +274,17 @@ def adopt(orphan: Path, uploads: Path) -> list[Path]:
     source = orphan / "uploads"
     if source.is_symlink() or not source.is_dir():
         return moved
-    for folder in sorted(source.iterdir()):
+    try:
+        entries = sorted(source.iterdir())
+    except OSError as exc:
+        log.warning("could not list the unfinished jobs in %s (%s); they are left there", source, exc)
+        return moved
+    for folder in entries:
         if not os.path.lexists(folder / JOB_FILE):
             continue                      # a submission that never finished arriving
         target = uploads / folder.name
+        if os.path.lexists(target):       # two dead daemons' folders of one name: neither is lost
+            target = uploads / f"{folder.name}-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(folder, target)
         except OSError as exc:

@@ -116,7 +116,9 @@ class FileCheckpoint:
     that fails (full disk, folder gone) is logged and warned about once and does not stop the run; the
     previous checkpoint stays. ``load`` returns None for a missing file, a file that is not a checkpoint
     (renamed aside to ``<name>.corrupt``), or one whose fingerprint differs from ``fingerprint`` (set by
-    ``stylize`` before it loads; None accepts any).
+    ``stylize`` before it loads; None accepts any). It reads each array only after checking its zip entry
+    and .npy header against ``bound`` (the job's sizes, given by the front end that knows them): a damaged
+    header never makes it allocate more than the job can need.
     """
 
     def __init__(self, path: Path | str, interval_s: float = DEFAULT_INTERVAL_S, *,
