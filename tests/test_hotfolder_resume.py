@@ -151,3 +151,33 @@ def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Pat
     assert text.count("sent to ") == 1, text                    # followed on, never sent again
     assert "the daemon is back" in text, text
     assert f"as job {job['id']}" in text
+
+
+def test_a_damaged_checkpoint_after_kill_9_is_set_aside_and_the_photo_still_ends_in_out(tmp_path: Path) -> None:
+    """Issue 20 item 3: kill -9 mid-job, then the job's checkpoint is damaged (its image header claims
+    3 x 10^6 x 10^6 pixels). The next watcher sets it aside (``.corrupt``, a warning) and runs the photo
+    afresh: out/ and done/, not error/ with "lower the size" (today's main: the loader asks for terabytes)."""
+    from test_engine_checkpoint_hostile import npy_header, rewrite
+
+    root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
+    make_photo(root / "in" / "photo.jpg", 64)
+    proc = subprocess.Popen(_watch_cmd(root, *FAST), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    out = _Lines(proc)
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoints(root) or saved_iteration(root) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(out.lines)
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    [path] = checkpoints(root)
+    rewrite(path, {"image": npy_header((3, 10 ** 6, 10 ** 6), "<f4") + b"\0" * 4096})
+    rerun = subprocess.run(_watch_cmd(root, "--once", *FAST), cwd=REPO, capture_output=True, text=True, timeout=300)
+    text = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, text
+    assert files(root / "out") == ["photo.psd"] and files(root / "done") == ["photo.jpg"], text
+    assert files(root / "working") == [] and files(root / "error") == [], text
+    assert "resumed from its checkpoint" not in text and "Traceback" not in text, text
+    assert "larger than this job's images" in text and ".npz.corrupt" in text, text

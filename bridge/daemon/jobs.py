@@ -419,10 +419,17 @@ class JobManager:
         return adopted
 
     def _adopt(self, folders: list[Path], fixed: dict[str, Any] | None) -> None:
-        """Queue the unfinished jobs taken over from dead daemons, oldest first, under their own ids."""
-        for stored in persist.load_adopted(folders, fixed):
+        """Queue the unfinished jobs taken over from dead daemons, oldest first, under their own ids. A job
+        folder that cannot be resumed is set aside in ``quarantine/`` beside the daemons' folders (one warning
+        line): a damaged one never stops the daemon nor the others' resumption."""
+        aside = self.folder.parent / persist.QUARANTINE
+        for stored in persist.load_adopted(folders, fixed, aside):
             files = stored.files
-            job = self._new_job(stored.job_id, files)
+            try:
+                job = self._new_job(stored.job_id, files)
+            except Exception as exc:  # noqa: BLE001 - e.g. settings no stage ladder can be made of
+                persist.quarantine(files.folder, aside, f"{type(exc).__name__}: {exc}")
+                continue
             job.created, job.resumed, job.phase = stored.created or job.created, True, "queued (resumes)"
             self._jobs[job.id] = job
             self._queue.append(job)
@@ -712,7 +719,7 @@ class JobManager:
                     job.warnings.append(message)
 
         checkpoint = persist.ReportingCheckpoint(persist.checkpoint_path(files.folder), self.checkpoint_s,
-                                           on_failure=checkpoint_failed)
+                                                 on_failure=checkpoint_failed, bound=persist.checkpoint_bound(files))
         outcome = None
         if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return
             outcome = self.runner(files.load(), RunContext(on_progress, job.cancel, set_phase, wanted, checkpoint))

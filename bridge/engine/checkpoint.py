@@ -29,20 +29,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
+import re
 import tempfile
 import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..imaging import Picture
 from ..outputs import fsync_dir
-from ..settings import SERVICE, Settings
+from ..settings import LIMITS, SERVICE, Settings
 from .types import StyleInput
 
 log = logging.getLogger(__name__)
@@ -114,14 +116,19 @@ class FileCheckpoint:
     that fails (full disk, folder gone) is logged and warned about once and does not stop the run; the
     previous checkpoint stays. ``load`` returns None for a missing file, a file that is not a checkpoint
     (renamed aside to ``<name>.corrupt``), or one whose fingerprint differs from ``fingerprint`` (set by
-    ``stylize`` before it loads; None accepts any).
+    ``stylize`` before it loads; None accepts any). It reads each array only after checking its zip entry
+    and .npy header against ``bound`` (the job's sizes, given by the front end that knows them): a damaged
+    header never makes it allocate more than the job can need.
     """
 
     def __init__(self, path: Path | str, interval_s: float = DEFAULT_INTERVAL_S, *,
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, bound: "Bound | Callable[[], Bound] | None" = None) -> None:
+        """``bound``: the most the job's checkpoint can hold (:class:`Bound`, or a function giving it when the
+        file is read); None: the machine's limits (:meth:`Bound.default`)."""
         self.path = Path(path)
         self.interval_s = float(interval_s)
         self.fingerprint = fingerprint
+        self.bound = bound
         self.failed = False      # a save has failed (warned once)
 
     # -- saving ---------------------------------------------------------------------------------
@@ -170,16 +177,29 @@ class FileCheckpoint:
 
     # -- loading --------------------------------------------------------------------------------
     def load(self) -> EngineState | None:
+        """The saved state, or None (see the class doc). Never raises for what the file holds: every
+        array's header is checked against the job's :class:`Bound` before anything is allocated, and a
+        file that does not fit is set aside (``.corrupt``) with a warning."""
         try:
-            with np.load(self.path, allow_pickle=False) as data:
-                if int(data["format"]) not in READABLE:
+            with zipfile.ZipFile(self.path) as archive:
+                data = _Members(archive, self._bound(), os.fstat(archive.fp.fileno()).st_size
+                                if archive.fp is not None else 0)
+                version = int(data["format"])
+                if version not in READABLE:
                     log.info("checkpoint %s has format %d, this version reads %s: starting afresh", self.path,
-                             int(data["format"]), sorted(READABLE))
+                             version, sorted(READABLE))
+                    return None
+                stored = str(data["fingerprint"])
+                if self.fingerprint is not None and stored != self.fingerprint:
+                    log.info("checkpoint %s is of another run (inputs or settings changed): starting afresh",
+                             self.path)
                     return None
                 numbers = data["numbers"]
                 count = int(data["finished_count"])
+                if not 0 <= count <= data.bound.images:
+                    raise ValueError(f"{count} finished images, this job has at most {data.bound.images}")
                 state = EngineState(
-                    fingerprint=str(data["fingerprint"]), style_index=int(numbers[0]), stage=int(numbers[1]),
+                    fingerprint=stored, style_index=int(numbers[0]), stage=int(numbers[1]),
                     iteration=int(numbers[2]), seed=int(numbers[3]), elapsed_s=float(data["elapsed_s"]),
                     image=np.asarray(data["image"], dtype=np.float32),
                     finished=[np.asarray(data[f"finished_{i}"], dtype=np.float32) for i in range(count)])
@@ -192,15 +212,18 @@ class FileCheckpoint:
             _check(state)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        except MemoryError:
+            raise                 # within the job's bound: the machine is short of memory, not the file bad
+        except Exception as exc:  # noqa: BLE001 - a file can hold anything: it never fails the job
             if not self.path.exists():
                 return None
             self._set_aside(exc)
             return None
-        if self.fingerprint is not None and state.fingerprint != self.fingerprint:
-            log.info("checkpoint %s is of another run (inputs or settings changed): starting afresh", self.path)
-            return None
         return state
+
+    def _bound(self) -> "Bound":
+        bound = self.bound() if callable(self.bound) else self.bound
+        return bound if bound is not None else Bound.default()
 
     def remove(self) -> None:
         """Delete the checkpoint (the caller has the results)."""
@@ -216,6 +239,121 @@ class FileCheckpoint:
             os.replace(self.path, aside)
         except OSError:
             pass
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The most one job's checkpoint can hold, from the job's own sizes: images of at most ``pixels``
+    pixels (its last stage, the working size), at most ``images`` finished ones (its styles, plus the
+    blend), an optimiser state of at most optimize.RESUME_STATE_BYTES. A damaged file whose headers claim
+    more is set aside before anything is allocated."""
+
+    pixels: int
+    images: int
+
+    @classmethod
+    def default(cls) -> "Bound":
+        """Any job the machine's limits allow (a working size of up to max_size, or a native one of up to
+        max_native_pixels; max_styles plus a blend)."""
+        return cls(pixels=max(LIMITS.max_native_pixels, LIMITS.max_size ** 2), images=LIMITS.max_styles + 1)
+
+    @property
+    def image_bytes(self) -> int:
+        return 3 * 4 * self.pixels
+
+    @property
+    def optimizer_bytes(self) -> int:
+        from .optimize import RESUME_STATE_BYTES     # (optimize imports this module)
+        return RESUME_STATE_BYTES + (1 << 20)         # its lists' small arrays and headers
+
+    @property
+    def total_bytes(self) -> int:
+        """The whole file, uncompressed: the best image and the finished ones, the optimiser's state
+        (its iterate included), numbers and names."""
+        return (self.images + 1) * self.image_bytes + self.optimizer_bytes + (1 << 20)
+
+
+# What each member of a checkpoint may be: (dtype kinds, dimensions (None: any), most elements).
+_SMALL = 4096
+_MEMBERS: dict[str, tuple[str, int | None, int]] = {
+    "format": ("iu", 0, 1), "finished_count": ("iu", 0, 1), "elapsed_s": ("fiu", 0, 1), "best_loss": ("fiu", 0, 1),
+    "fingerprint": ("U", 0, 1), "numbers": ("iu", 1, 4), "loss_names": ("U", 1, 64), "loss_values": ("fiu", 1, 64),
+    "optimizer_keys": ("U", 1, _SMALL),
+}
+_FINISHED = re.compile(r"finished_[0-9]+")
+_MAX_TEXT = 256          # characters of one text entry (a fingerprint is 64)
+_MAX_HEADER = 10_000     # numpy's own cap on an .npy header
+
+
+class _Members:
+    """The arrays of an open checkpoint archive, each read only after its zip entry and .npy header were
+    checked: a plain numeric (or text) dtype, the shape its role allows, data that is really there (no
+    member claims more than it holds: no terabyte allocation from a damaged header, no zip bomb), and
+    in all no more than the job's :class:`Bound`."""
+
+    def __init__(self, archive: zipfile.ZipFile, bound: Bound, file_size: int) -> None:
+        self.archive, self.bound, self.file_size = archive, bound, file_size
+        self.files = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+        self.total = 0            # uncompressed bytes read so far
+        self.optimizer = 0        # of which the optimiser's state
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        info = self.archive.getinfo(name + ".npy")      # KeyError: missing
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{name}: an encrypted entry")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size or info.file_size > self.file_size:
+                raise ValueError(f"{name}: the entry claims {info.file_size} bytes, it holds {info.compress_size}")
+        elif info.compress_type != zipfile.ZIP_DEFLATED:
+            raise ValueError(f"{name}: compression {info.compress_type} is not what checkpoints use")
+        if self.total + info.file_size > self.bound.total_bytes:
+            raise ValueError(f"{name}: {self.total + info.file_size} bytes in all, over the "
+                             f"{self.bound.total_bytes} this job's checkpoint can hold")
+        with self.archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(member, max_header_size=_MAX_HEADER)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(member, max_header_size=_MAX_HEADER)
+            else:
+                raise ValueError(f"{name}: .npy version {version} is not what checkpoints use")
+            self._check_header(name, shape, dtype)
+            size = math.prod(shape) * dtype.itemsize
+            if member.tell() + size != info.file_size:
+                raise ValueError(f"{name}: the header claims {size} bytes of data, the entry holds "
+                                 f"{info.file_size - member.tell()}")
+        self.total += info.file_size
+        if name == "current" or name.startswith(_OPT):
+            self.optimizer += size
+            if self.optimizer > self.bound.optimizer_bytes:
+                raise ValueError(f"the optimiser's state is over {self.bound.optimizer_bytes} bytes")
+        with self.archive.open(info) as member:      # now known to allocate what the entry holds, no more
+            return np.lib.format.read_array(member, allow_pickle=False)
+
+    def _check_header(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+            raise ValueError(f"{name}: dtype {dtype} is not a plain array")
+        if name in ("image", "current") or _FINISHED.fullmatch(name):
+            if dtype.kind != "f" or len(shape) != 3 or shape[0] != 3:
+                raise ValueError(f"{name}: {dtype} {shape}, not a float 3 x H x W image")
+            if shape[1] * shape[2] > self.bound.pixels:
+                raise ValueError(f"{name}: {shape[1]} x {shape[2]} is larger than this job's images "
+                                 f"({self.bound.pixels} pixels at most)")
+            return
+        if name.startswith(_OPT):
+            if dtype.kind not in "biuf":
+                raise ValueError(f"{name}: dtype {dtype} is not numeric")
+            if math.prod(shape) * dtype.itemsize > self.bound.optimizer_bytes:
+                raise ValueError(f"{name}: {shape} is larger than an optimiser's state")
+            return
+        kinds, ndim, most = _MEMBERS.get(name, ("", None, 0))
+        if dtype.kind not in kinds or (ndim is not None and len(shape) != ndim) or math.prod(shape) > most:
+            raise ValueError(f"{name}: {dtype} {shape} is not what a checkpoint holds there")
+        if dtype.kind == "U" and dtype.itemsize > 4 * _MAX_TEXT:
+            raise ValueError(f"{name}: text of {dtype.itemsize // 4} characters")
 
 
 def _check(state: EngineState) -> None:
@@ -254,7 +392,7 @@ def _optimizer_arrays(optimizer: dict[str, np.ndarray | list[np.ndarray] | int |
     return arrays
 
 
-def _optimizer_from(data: "np.lib.npyio.NpzFile") -> dict[str, np.ndarray | list[np.ndarray] | int | float]:
+def _optimizer_from(data: "_Members") -> dict[str, np.ndarray | list[np.ndarray] | int | float]:
     out: dict[str, np.ndarray | list[np.ndarray] | int | float] = {}
     for entry in data["optimizer_keys"]:
         name, kind, *count = str(entry).split(":")

@@ -27,7 +27,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import stat
 import time
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..outputs import fit_name, name_bytes, name_max, part_name, publish
+
+log = logging.getLogger("stylebridge.hotfolder")
 
 STATE_DIR = ".stylebridge"
 
@@ -187,6 +191,7 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._torn = False
+        self._reported = 0                 # bad lines already reported (said once, again only if more appear)
         # Terminate a line torn by a crash so the next record starts cleanly.
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -220,17 +225,47 @@ class Journal:
             pass
 
     def records(self) -> Iterator[dict[str, Any]]:
+        """The valid records, in order (:func:`parse_record`). A line that is not one (damaged, hand-edited,
+        of a newer version) is skipped, and the lines skipped are reported once, in one warning line (their
+        count and the first one's number); the unterminated last line (an append cut by a crash, or one being
+        written now) is skipped silently."""
+        bad, first, first_why = 0, 0, ""
         try:
-            with open(self.path, "rb") as fh:
-                for raw in fh:
-                    try:
-                        rec = json.loads(raw)
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict) and "job" in rec and "event" in rec:
-                        yield rec
+            fh = open(self.path, "rb")
         except FileNotFoundError:
             return
+        with fh:
+            number = 0
+            while True:
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                number += 1
+                if not raw.endswith(b"\n"):
+                    if len(raw) <= MAX_LINE_BYTES:
+                        break                      # the last line, unterminated: torn or still being written
+                    while raw and not raw.endswith(b"\n"):      # too long: skip to its end
+                        raw = fh.readline(MAX_LINE_BYTES)
+                    rec, why = None, f"over {MAX_LINE_BYTES // 1024} KB"
+                elif not raw.strip():
+                    continue
+                else:
+                    rec, why = parse_record(raw)
+                if rec is None:
+                    bad += 1
+                    if bad == 1:
+                        first, first_why = number, why
+                    continue
+                yield rec
+        self._report(bad, first, first_why)
+
+    def _report(self, bad: int, first: int, why: str) -> None:
+        if bad <= self._reported:
+            return
+        self._reported = bad
+        log.warning("hot folder journal %s: %d line%s that %s not a valid record skipped (the first: line %d, %s); "
+                    "crash recovery goes on with the others", self.path, bad, "s" if bad > 1 else "",
+                    "are" if bad > 1 else "is", first, why)
 
     def states(self) -> dict[str, "JobState"]:
         """Replay: the latest known state of every job."""
@@ -239,6 +274,63 @@ class Journal:
             st = states.setdefault(rec["job"], JobState(rec["job"]))
             st.apply(rec)
         return states
+
+
+MAX_LINE_BYTES = 256 * 1024      # a record is well under 64 KB (names of at most 4096 bytes, escaped)
+EVENTS = frozenset({"claim", "lost", "started", "resumed", "interrupted", "deferred", "output-intent",
+                    "output-written", "done-intent", "done", "error"})
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Fields naming files: the folder they must be in (relative to the hot folder's root; "" = in/'s own paths).
+_PATHS: dict[str, tuple[str, ...]] = {"rel": ("",), "tmp": (f"{STATE_DIR}/tmp/",), "wanted": ("out/",),
+                                      "output": ("out/",), "done": ("done/", "error/"),
+                                      "recovered": ("done/", "error/"), "error_file": ("error/",)}
+_NAMES = ("working", "sidecar")      # plain names in working/ or beside the input
+_MAX_PATH = 4096
+
+
+def parse_record(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(the record, "") for a valid journal line, else (None, why): a JSON object with a job id (text, a
+    name: no path), a known event, a time and pid that are numbers, and every file it names a relative path
+    in its own folder (never out of the hot folder); unknown fields only as plain values."""
+    try:
+        rec = json.loads(raw)
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError:                      # (UnicodeDecodeError included)
+        return None, "not JSON text"
+    if not isinstance(rec, dict):
+        return None, "not a JSON object"
+    job = rec.get("job")
+    if not isinstance(job, str) or not _JOB_ID.fullmatch(job) or WORKING_SEP in job:
+        return None, "no valid job id"
+    if rec.get("event") not in EVENTS:
+        return None, "no known event"
+    for key, value in rec.items():
+        if key in ("t", "pid"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None, f"{key} is not a number"
+        elif key in _PATHS:
+            if value is None and key not in ("rel", "tmp", "wanted", "output"):
+                continue
+            if not _inside(value, _PATHS[key]):
+                return None, f"{key} is not a path inside the hot folder's {' or '.join(_PATHS[key]) or 'in/'}"
+        elif key in _NAMES:
+            if value is not None and (not isinstance(value, str) or not value or "/" in value or "\0" in value
+                                      or value in (".", "..") or len(value) > _MAX_PATH):
+                return None, f"{key} is not a file name"
+        elif key not in ("job", "event") and not (value is None or isinstance(value, (str, int, float, bool))):
+            return None, f"{key} is not a plain value"
+    if rec["event"] == "output-intent" and not ("tmp" in rec and "wanted" in rec):
+        return None, "an output-intent without tmp and wanted"
+    return rec, ""
+
+
+def _inside(value: Any, prefixes: tuple[str, ...]) -> bool:
+    if not isinstance(value, str) or not value or len(value) > _MAX_PATH or "\0" in value:
+        return False
+    if not any(value.startswith(p) for p in prefixes):
+        return False
+    return all(part not in ("", ".", "..") for part in value.split("/"))
 
 
 @dataclass

@@ -9,10 +9,13 @@ job's PSD is published (or the job goes to error/); checkpoints of jobs that are
 
 from __future__ import annotations
 
+import glob
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from ..daemon.persist import ReportingCheckpoint, checkpoint_failure_text
+from ..engine.checkpoint import Bound
 from ..engine.types import Progress
 from .claim import WORKING_SEP, Layout
 
@@ -25,10 +28,41 @@ def checkpoint_path(layout: Layout, job_id: str) -> Path:
 
 def job_checkpoint(layout: Layout, job_id: str, interval_s: float,
                    say: Callable[[str], None]) -> ReportingCheckpoint:
-    """The job's checkpoint; a save that fails (full disk) is one line through ``say`` saying what to do."""
+    """The job's checkpoint; a save that fails (full disk) is one line through ``say`` saying what to do.
+    A damaged one (its headers claim more than the job's photo can need: :func:`photo_bound`) is set aside
+    as ``<id>.npz.corrupt`` with a warning and the job starts afresh."""
     return ReportingCheckpoint(checkpoint_path(layout, job_id), interval_s,
                                on_failure=lambda path: say("warning: " + checkpoint_failure_text(
-                                   path, f"on the disk holding {layout.root}")))
+                                   path, f"on the disk holding {layout.root}")),
+                               bound=lambda: photo_bound(layout, job_id))
+
+
+def photo_bound(layout: Layout, job_id: str) -> Bound:
+    """What the job's checkpoint can hold, from its photo in working/ (its header only): no stage is larger
+    than the photo (a working size only shrinks it; at least MIN_SIDE a side), at most max_styles finished
+    images and a blend. A photo whose size cannot be read (or a PSD, whose layers may reach past its
+    canvas) gets the machine's limits (:meth:`Bound.default`)."""
+    from PIL import Image
+
+    from ..settings import LIMITS
+
+    default = Bound.default()
+    try:
+        photos = [p for p in layout.working.glob(f"{glob.escape(job_id)}{WORKING_SEP}*")
+                  if not p.name.lower().endswith(".json")]
+        if len(photos) != 1:
+            return default
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # (the run itself says what there is to say of the photo)
+            with Image.open(photos[0]) as im:
+                if im.format == "PSD":
+                    return default
+                width, height = im.size
+    except Exception:  # noqa: BLE001 - any file: the machine's limits apply
+        return default
+    side = 16                     # optimize.MIN_SIDE (not imported: daemon mode has no engine here)
+    pixels = max(width, side) * max(height, side)
+    return Bound(pixels=min(pixels, default.pixels), images=LIMITS.max_styles + 1)
 
 
 def remove(layout: Layout, job_id: str) -> None:
