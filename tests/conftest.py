@@ -5,7 +5,6 @@ VGG-19 loaded once per session. Nothing here reads outside the repository."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest

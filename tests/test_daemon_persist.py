@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.daemon import persist
-from bridge.daemon.jobs import ImageShape, JobFiles, JobManager
+from bridge.daemon.jobfiles import JobFiles
+from bridge.daemon.jobs import JobManager
+from bridge.daemon.memory import ImageShape
 from bridge.job import JobSpec, Source
 from bridge.settings import settings_from_mapping
 

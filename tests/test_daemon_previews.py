@@ -179,7 +179,7 @@ import zlib  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bridge.daemon import previews as daemon_previews  # noqa: E402
-from bridge.daemon.jobs import ImageShape  # noqa: E402
+from bridge.daemon.memory import ImageShape  # noqa: E402
 from bridge.daemon.previews import PreviewImage, decode_reduced  # noqa: E402
 from bridge.settings import PREVIEW  # noqa: E402
 

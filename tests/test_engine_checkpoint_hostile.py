@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.engine import optimize
+from bridge.engine import checkpoint as checkpoint_module
+from bridge.engine import plan
 from bridge.engine.checkpoint import Bound, EngineState, FileCheckpoint
 
 FP = "f" * 64
@@ -138,19 +139,20 @@ def test_dtypes_and_shapes_a_checkpoint_never_has_are_refused(tmp_path, member, 
 def test_an_optimiser_state_over_its_bound_is_refused(tmp_path):
     path = tmp_path / "c.npz"
     good_file(path)
-    rewrite(path, {"optimizer.d": npy_header((optimize.RESUME_STATE_BYTES,), "<f4") + b"\0" * 16})
+    rewrite(path, {"optimizer.d": npy_header((checkpoint_module.RESUME_STATE_BYTES,), "<f4") + b"\0" * 16})
     assert_set_aside(path, FileCheckpoint(path))
 
 
 def test_the_hot_folders_bound_is_the_engines_smallest_side():
     from bridge.hotfolder import resume  # noqa: F401 - its MIN_SIDE copy must match the engine's
-    assert optimize.MIN_SIDE == 16
+    assert plan.MIN_SIDE == 16
 
 
 def test_the_daemons_bound_fits_a_real_run(tmp_path, photo, starry):
     """A real (tiny) run's checkpoint loads under the bound the daemon computes for the job."""
     from bridge.daemon import persist
-    from bridge.daemon.jobs import ImageShape, JobFiles
+    from bridge.daemon.jobfiles import JobFiles
+    from bridge.daemon.memory import ImageShape
     from bridge.engine import CancelToken, StyleInput, stylize
     from bridge.settings import DOCUMENT_DEFAULTS, Settings
 

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from bridge.daemon import jobs as daemon_jobs
+from bridge.daemon import memory as daemon_jobs
 from bridge.daemon import speed
 from bridge.engine import plan as run_plan
 from bridge.engine import tiled

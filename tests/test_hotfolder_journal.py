@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.hotfolder.claim import Journal, JobLock, Layout, claim, parse_record, recover
+from bridge.hotfolder.claim import Journal, Layout, claim, parse_record, recover
 from bridge.hotfolder.process import InProcessEngine
 from bridge.hotfolder.watcher import Reporter, Watcher
 

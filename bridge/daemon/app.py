@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..settings import settings_from_mapping
 from .context import Daemon, DaemonConfig
-from .jobs import JobManager, Runner, default_job_memory, run_engine
+from .jobs import JobManager, Runner, run_engine
+from .memory import default_job_memory
 from .library import StyleLibrary
 from .previews import PreviewService, preview_threads
 from .routes import estimate, health, jobs, previews, styles

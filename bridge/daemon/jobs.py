@@ -35,16 +35,19 @@ except ImportError:     # Windows: fall back to "is that process id alive"
     fcntl = None  # type: ignore[assignment]
 
 from ..document.model import Group, Layer, LayerStack
-from ..engine.types import CancelToken, Progress, StyleInput
-from ..imaging import Picture, encode_array_png, to_dtype
-from ..settings import LIMITS, SERVICE, DocumentSettings, Settings
-from . import persist, protocol_client
-from .protocol_client import progress_text
+from ..engine.types import CancelToken, Progress
+from ..imaging import encode_array_png, to_dtype
+from ..settings import LIMITS, SERVICE
+from .. import protocol
+from ..protocol import progress_text
+from . import persist
+from .jobfiles import JobFiles, JobRequest
+from .memory import working_size
 
 log = logging.getLogger("stylebridge.daemon")
 
 #: The states a job ends in; the wire's home is the protocol client (a test checks they agree with JobState).
-TERMINAL: tuple[str, ...] = protocol_client.TERMINAL
+TERMINAL: tuple[str, ...] = protocol.TERMINAL
 
 
 class JobState(str, enum.Enum):
@@ -75,162 +78,10 @@ def preview_png(preview: np.ndarray) -> bytes:
 # requests, results, jobs
 # ------------------------------------------------------------------------------------------------
 
-@dataclass
-class JobRequest:
-    """Everything a job needs, already decoded and validated by the HTTP layer."""
-
-    content: Picture
-    styles: list[StyleInput]
-    settings: Settings
-    document: DocumentSettings
-    mask: np.ndarray | None = None     # H x W, the content's dtype: one mask for every style layer
-    style_masks: dict[str, np.ndarray] = field(default_factory=dict)   # style layer name -> its own mask
-    name: str | None = None
-
-    @property
-    def masks(self) -> dict[str, np.ndarray] | np.ndarray | None:
-        """What :func:`~bridge.document.stack.build_stack` takes: one array, a mapping, or None (reveal)."""
-        if not self.style_masks:
-            return self.mask
-        if self.mask is None:
-            return dict(self.style_masks)
-        return {s.name: self.style_masks.get(s.name, self.mask) for s in self.styles}
-
 
 # ------------------------------------------------------------------------------------------------
 # uploads waiting on disk, and what a job will cost
 # ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ImageShape:
-    """What the header says about an image, enough to plan its memory without decoding it."""
-
-    width: int
-    height: int
-    alpha: bool = False
-    bit_depth: int = 8          # 8 or 16 after decoding
-    file_bytes: int = 0
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-
-# Per-pixel costs measured with the real engine on the CPU (torch 2.14, 2 threads; see
-# docs/protocol.md "Memory"): 12 MP photo, size 64: ~29 B/px of native-size float work beyond the
-# decoded photo and the layers (photo -> float32 0..1 and its resize, upsampling bands); 256 px and
-# 512 px working sizes: ~150 MB plus ~1.5 KB per working pixel (VGG-19 activations and gradients)
-# plus the L-BFGS history (engine.plan.WHOLE_BYTES_PER_PIXEL). Rounded up: the estimate is meant to be an upper bound.
-NATIVE_FLOAT_BYTES = 32          # per photo (and style) pixel: float copies while resizing
-ENGINE_BASE_BYTES = 200 * 2 ** 20   # optimiser state, Gram targets, temporaries of any size
-
-
-def estimate_job_memory(content: ImageShape, styles: list[ImageShape], settings: Settings,
-                        document: DocumentSettings, *, mask: ImageShape | None = None,
-                        on_cpu: bool = True) -> int:
-    """Bytes a job needs at most: decoded photo and styles, the working-size optimisation (CPU only:
-    on a GPU it lives in GPU memory), the native-size float work and the output layers.
-
-    Phases are added up rather than overlapped, so this errs on the high side (measured peaks
-    are 0.4-0.8 of it: bench/bench_daemon_memory.py); it is computed from headers, before anything
-    is decoded.
-    """
-    b = 2 if content.bit_depth == 16 else 1
-    b_doc = (document.depth or content.bit_depth) // 8
-    pixels = content.pixels
-    total = pixels * (4 if content.alpha else 3) * b + content.file_bytes
-    for style in styles:
-        total += style.pixels * (4 if style.alpha else 3) * (2 if style.bit_depth == 16 else 1)
-    if styles:
-        total += max(s.pixels for s in styles) * NATIVE_FLOAT_BYTES + max(s.file_bytes for s in styles)
-    total += ENGINE_BASE_BYTES
-    if on_cpu:
-        total += optimisation_bytes(content, settings)
-    total += pixels * NATIVE_FLOAT_BYTES
-    outputs = len(styles) + (1 if settings.style_blend_weights is not None else 0)
-    alpha = 4 if content.alpha else 0
-    # per output: its colour (shared with the layer, or copied beside its alpha) and its mask;
-    # then Detail + its mask, the colours layer's mask, Refine (RGBA), the photo's layer if copied
-    layer_samples = outputs * (4 + alpha) + 9 + alpha + (3 + alpha if b_doc != b else 0)
-    total += pixels * b_doc * layer_samples
-    if mask is not None:
-        total += mask.pixels * (4 + b_doc) + mask.file_bytes
-    return int(total)
-
-
-def optimisation_bytes(content: ImageShape, settings: Settings) -> int:
-    """The largest stage of the engine's own run plan (:func:`bridge.engine.plan.plan_run`): a whole-image
-    stage with its L-BFGS history, or a tiled one (native size, large working sizes): one block from the
-    memory budget, image-sized buffers and a short history. SettingsError when the budget cannot hold a
-    stage (the message says what to do)."""
-    from ..engine.plan import plan_run
-
-    return plan_run(settings, content.width, content.height).peak_bytes(settings)
-
-
-def working_size(content: ImageShape, settings: Settings) -> tuple[int, int]:
-    """(width, height) of the last optimisation stage for this photo: known from the header alone."""
-    from ..engine.plan import ladder_dims
-
-    _, dims, _ = ladder_dims(settings, content.width, content.height)
-    h, w = dims[-1]
-    return w, h
-
-
-@dataclass
-class JobFiles:
-    """A submitted job as it waits in the queue: validated settings and the paths of its uploads.
-
-    Nothing is decoded until :meth:`load`, when the job starts; ``folder`` (the uploads) is
-    removed when the job ends, whatever the way."""
-
-    folder: Path
-    content: Path
-    content_name: str
-    content_shape: ImageShape
-    styles: list[tuple[str, Path]]        # (layer name, file): uploads and links to library files
-    settings: Settings
-    document: DocumentSettings
-    mask: Path | None = None
-    style_masks: list[tuple[str, Path]] = field(default_factory=list)   # (style layer name, mask file)
-    name: str | None = None
-    estimate: int = 0
-    max_pixels: int = 200_000_000
-    priority: str = "interactive"        # bridge.job.Priority: a batch job pauses for an interactive one
-    spec: dict[str, Any] | None = None   # the job as submitted (JobSpec.to_json), kept in its job.json
-
-    def load(self) -> JobRequest:
-        """Decode the uploads: the photo, each style, the mask (ImageError names which one failed)."""
-        from ..imaging import ImageError, load_image, load_mask
-
-        def decode(path: Path, what: str, name: str) -> Picture:
-            try:
-                return load_image(path.read_bytes(), max_pixels=self.max_pixels, name=name)
-            except OSError as exc:
-                raise ImageError(f"{what}: the upload is gone ({exc.strerror or exc})") from None
-            except ImageError as exc:
-                raise ImageError(f"{what}: {_strip_upload(str(exc))}") from None
-
-        content = decode(self.content, "content", self.content_name)
-        styles = [StyleInput(name, decode(path, f"style {name!r}", name)) for name, path in self.styles]
-
-        def decode_mask(path: Path, what: str) -> np.ndarray:
-            try:
-                return load_mask(path.read_bytes(), (content.width, content.height),
-                                 depth=content.bit_depth, max_pixels=self.max_pixels)
-            except OSError as exc:
-                raise ImageError(f"{what}: the upload is gone ({exc.strerror or exc})") from None
-            except ImageError as exc:
-                raise ImageError(f"{what}: {_strip_upload(str(exc))}") from None
-
-        mask = decode_mask(self.mask, "mask") if self.mask is not None else None
-        style_masks = {name: decode_mask(path, f"mask of style {name!r}") for name, path in self.style_masks}
-        return JobRequest(content=content, styles=styles, settings=self.settings, document=self.document,
-                          mask=mask, style_masks=style_masks, name=self.name)
-
-
-def _strip_upload(message: str) -> str:
-    return message[len("upload: "):] if message.startswith("upload: ") else message
 
 
 @dataclass
@@ -812,29 +663,6 @@ class JobManager:
                 self.clean()
             except Exception:  # noqa: BLE001 - the janitor must not die
                 log.exception("cleaning expired jobs failed")
-
-
-def machine_memory() -> int | None:
-    """Bytes of RAM this process may use: the machine's, or its cgroup's limit when lower; None if unknown."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) > 0:
-            total = int(text) if total is None else min(total, int(text))
-        break
-    return total
-
-
-def default_job_memory() -> int:
-    """``Limits.max_job_memory`` when it is None: half of :func:`machine_memory` (8 GiB if unknown)."""
-    total = machine_memory()
-    return total // 2 if total else 8 * 2 ** 30
 
 
 def _hold_orphan(folder: Path) -> tuple[bool, Any]:

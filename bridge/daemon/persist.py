@@ -1,7 +1,7 @@
 """Unfinished jobs survive the daemon: each job's folder holds its description and its checkpoint.
 
 A queued job's uploads already wait on disk (``jobs/<pid>/uploads/<folder>/``, see
-:class:`~bridge.daemon.jobs.JobFiles`). Beside them the daemon writes
+:class:`~bridge.daemon.jobfiles.JobFiles`). Beside them the daemon writes
 
 * ``job.json``: the job as submitted (:meth:`bridge.job.JobSpec.to_json`, ``{"upload": i}`` naming the files),
   the settings it resolved to on that daemon's defaults, and which file is which (content, styles, masks);
@@ -27,14 +27,14 @@ import stat
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from ..engine.checkpoint import Bound, FileCheckpoint
 from ..outputs import atomic_write
 from ..settings import LIMITS, SettingsError, load_settings_json, settings_from_mapping
+from .jobfiles import JobFiles
+from .memory import ImageShape, working_size
 
-if TYPE_CHECKING:
-    from .jobs import JobFiles
 
 log = logging.getLogger("stylebridge.daemon")
 
@@ -50,7 +50,7 @@ class Stored:
 
     job_id: str
     created: float
-    files: "JobFiles"
+    files: JobFiles
 
 
 class ReportingCheckpoint(FileCheckpoint):
@@ -93,17 +93,16 @@ def checkpoint_path(folder: Path) -> Path:
     return folder / CHECKPOINT_FILE
 
 
-def checkpoint_bound(files: "JobFiles") -> Bound:
+def checkpoint_bound(files: JobFiles) -> Bound:
     """What the job's checkpoint can hold: images at its working size (a tenth more, for a photo whose
     decoded size differs a little from its header's), one finished image per style (and the blend)."""
-    from .jobs import working_size
 
     width, height = working_size(files.content_shape, files.settings)
     images = len(files.styles) + (1 if files.settings.style_blend_weights is not None else 0)
     return Bound(pixels=int(width * height * 1.1) + 4096, images=images)
 
 
-def save(folder: Path, job_id: str, created: float, files: "JobFiles") -> None:
+def save(folder: Path, job_id: str, created: float, files: JobFiles) -> None:
     """Write ``job.json`` for the job whose uploads are in ``folder`` (OSError when it cannot be written)."""
     def rel(path: Path | None) -> str | None:
         return None if path is None else path.relative_to(folder).as_posix()
@@ -200,7 +199,6 @@ def load(folder: Path, fixed: Mapping[str, Any] | None = None) -> Stored:
     typed parse as a new job's, and every file named must be a plain file of the folder (no link, no path
     out of it): StoredJobError (or SettingsError) says what is wrong."""
     from ..job import JobSpec, Priority
-    from .jobs import ImageShape, JobFiles
 
     record = read_record(folder)
     if type(record.get("format")) is not int or record["format"] != FORMAT:

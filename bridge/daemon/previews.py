@@ -33,7 +33,7 @@ from ..imaging import Picture, load_image
 from ..settings import PREVIEW
 from ..preview import engine as preview_engine
 from ..preview.models import PreviewModels, default_threads, load_models
-from .jobs import ImageShape
+from .memory import ImageShape
 
 DEFAULT_SIZE, MIN_SIZE, MAX_SIZE = PREVIEW.size, PREVIEW.min_size, PREVIEW.max_size   # long side of a preview
 MAX_WAITING = 4                                     # previews waiting for the preview worker; more -> 429

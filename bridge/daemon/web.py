@@ -25,7 +25,7 @@ from ..imaging import SUPPORTED, ImageError, Picture, load_image
 from ..job import LimitError, limit_error
 from ..settings import DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, load_settings_json, \
     normalise_keys
-from .jobs import ImageShape
+from .memory import ImageShape
 
 PNG = "image/png"
 

@@ -6,7 +6,7 @@ The contract other parts build on (daemon pause/requeue, hot-folder resume):
 - :class:`EngineState` is what a run needs to go on: which style (job), stage and iteration it reached, the
   best image of that stage so far, the finished styles' last-stage images, the seed and the time spent;
   mid-stage, also the optimiser's own state (its iterate and, for L-BFGS, its curvature history) while that
-  is small enough to write often (optimize.RESUME_STATE_BYTES), so that a resumed run goes on exactly as
+  is small enough to write often (RESUME_STATE_BYTES), so that a resumed run goes on exactly as
   the uninterrupted one would; without it a resume restarts the optimiser from the best image.
 - :class:`Checkpoint` is anything with ``load()`` and ``save(state)``; :class:`FileCheckpoint` keeps one
   state in a ``.npz`` file, written atomically. The arrays ``save`` receives may share memory with the
@@ -35,7 +35,6 @@ import re
 import tempfile
 import warnings
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -55,6 +54,13 @@ READABLE = frozenset({1, FORMAT})   # 1: no optimiser state, read as an image-on
 # run keeps the checkpoints of runs in progress (format 1's fingerprints were salted with 1).
 FINGERPRINT_VERSION = 1
 DEFAULT_INTERVAL_S = SERVICE.checkpoint_seconds   # the one home of the interval: bridge.settings
+# Largest optimiser state (iterate + L-BFGS history and vectors) written into mid-stage checkpoints. With it a
+# resumed run continues exactly (without it: +8.6% final loss on bench_resume.py); but it is written every
+# checkpoint interval (120 s by default) and doubles the disk a job holds: 512 MB is ~1-5 s of writing per
+# interval on a common disk and covers every whole-image stage (history capped by plan.LBFGS_HISTORY_BYTES) and
+# tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with its vectors) falls back to the
+# best image only (optimize.LBFGS_RESUME_STEP), saying so in a log line.
+RESUME_STATE_BYTES = 512 << 20
 # Settings that only change what happens after the optimisation (or how fast it runs), not its images:
 # a checkpoint stays valid when they change. The seed is checked apart (None = the checkpoint's).
 OUTPUT_ONLY = frozenset({"device", "preview_every", "block_memory", "upsample", "guided_radius", "guided_eps",
@@ -245,7 +251,7 @@ class FileCheckpoint:
 class Bound:
     """The most one job's checkpoint can hold, from the job's own sizes: images of at most ``pixels``
     pixels (its last stage, the working size), at most ``images`` finished ones (its styles, plus the
-    blend), an optimiser state of at most optimize.RESUME_STATE_BYTES. A damaged file whose headers claim
+    blend), an optimiser state of at most RESUME_STATE_BYTES. A damaged file whose headers claim
     more is set aside before anything is allocated."""
 
     pixels: int
@@ -263,7 +269,6 @@ class Bound:
 
     @property
     def optimizer_bytes(self) -> int:
-        from .optimize import RESUME_STATE_BYTES     # (optimize imports this module)
         return RESUME_STATE_BYTES + (1 << 20)         # its lists' small arrays and headers
 
     @property

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from ..imaging import Picture, load_image
 from ..settings import Settings, SettingsError
 from . import strength, tiled, upsample
-from .checkpoint import DEFAULT_INTERVAL_S, Checkpoint, EngineState, FileCheckpoint, fingerprint
+from .checkpoint import DEFAULT_INTERVAL_S, RESUME_STATE_BYTES, Checkpoint, EngineState, FileCheckpoint, fingerprint
 from .device import resolve_device
 from .eta import RunEstimator, cost_model
 from .plan import MIN_SIDE, StagePlan, fits_whole, ladder_dims, plan_run, stage_dims
@@ -72,13 +72,6 @@ LBFGS_FIRST_STEP = 32.0
 # above RESUME_STATE_BYTES, or an older file): 32 px from a half-converged image costs more than it gains;
 # 2-8 end ~7% above the uninterrupted run's loss 7 iterations later on the tests' 96 px case, 32 px 29%.
 LBFGS_RESUME_STEP = 8.0
-# Largest optimiser state (iterate + L-BFGS history and vectors) written into mid-stage checkpoints. With it a
-# resumed run continues exactly (without it: +8.6% final loss on bench_resume.py); but it is written every
-# checkpoint interval (120 s by default) and doubles the disk a job holds: 512 MB is ~1-5 s of writing per
-# interval on a common disk and covers every whole-image stage (history capped by LBFGS_HISTORY_BYTES) and
-# tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with its vectors) falls back to the
-# best image only (LBFGS_RESUME_STEP), saying so in a log line.
-RESUME_STATE_BYTES = 512 << 20
 # Large stages (bench/README.md, issue 12 "print resolution"; the stage rules are in plan.py):
 STYLE_FACTOR = 1.0         # a style image's Gram forward (no graph) per pixel, in tiled blocks' units (fits_whole)
 STYLE_UPSCALE_WARN = 1.25  # a style upsampled more than this for the last stage gets a StyleResolutionWarning

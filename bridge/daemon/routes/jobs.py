@@ -20,7 +20,9 @@ from ...imaging import iter_png
 from ...job import FIXED_BY_DAEMON, JobSpec, Source, check, mask_word
 from ...settings import REVEAL_CHOICES, SERVICE, Limits, Settings, SettingsError
 from ..context import Daemon, DaemonDep
-from ..jobs import ImageShape, Job, JobFiles, JobResult, QueueFull, default_job_memory, estimate_job_memory
+from ..jobfiles import JobFiles
+from ..jobs import Job, JobResult, QueueFull
+from ..memory import ImageShape, default_job_memory, estimate_job_memory
 from ..library import LibraryError, name_from_filename
 from ..web import (PNG, ApiError, json_response, load_json, over_memory, probe_file, run_name, save_upload,
                    settings_error)

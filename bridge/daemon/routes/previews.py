@@ -20,7 +20,7 @@ from ...imaging import ImageError, Picture, encode_png
 from ...preview import PreviewModelError
 from ...settings import PREVIEW
 from ..context import Daemon, DaemonDep
-from ..jobs import default_job_memory
+from ..memory import default_job_memory
 from ..library import LibraryError, name_from_filename
 from ..previews import (DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, STYLE_SIDE, PreviewBusy, PreviewImage, SkippedPreview,
                         decode_reduced, preview_memory)
