@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from bridge.daemon import protocol_client
+from bridge import protocol as protocol_client
 from bridge.daemon.app import DaemonConfig, create_app
 from bridge.daemon.client import DaemonClient, DaemonError
 from bridge.daemon.jobs import TERMINAL, JobState

@@ -233,7 +233,7 @@ def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
 
 def test_the_protocol_client_knows_every_job_state():
     """The GIMP plug-in's client (stdlib only) has the daemon's states and words for a paused job."""
-    from bridge.daemon import protocol_client
+    from bridge import protocol as protocol_client
     from bridge.daemon.jobs import JobState
 
     assert set(protocol_client.STATES) == {s.value for s in JobState}

@@ -7,6 +7,7 @@ beside the uploads (:mod:`.persist`) lets a restarted daemon take the job over.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,22 @@ class JobFiles:
 
     def load(self) -> JobRequest:
         """Decode the uploads: the photo, each style, the mask (ImageError names which one failed)."""
-        from ..imaging import ImageError, load_image, load_mask
+        from ..imaging import ImageError, MetadataWarning, load_image, load_mask
 
         def decode(path: Path, what: str, name: str) -> Picture:
             try:
-                return load_image(path.read_bytes(), max_pixels=self.max_pixels, name=name)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", MetadataWarning)
+                    picture = load_image(path.read_bytes(), max_pixels=self.max_pixels, name=name)
             except OSError as exc:
                 raise ImageError(f"{what}: the upload is gone ({exc.strerror or exc})") from None
             except ImageError as exc:
                 raise ImageError(f"{what}: {_strip_upload(str(exc))}") from None
+            for w in caught:        # what reading dropped, named by the upload it is about
+                message = f"{what}: {_strip_upload(str(w.message))}" if issubclass(w.category, MetadataWarning) \
+                    else w.message
+                warnings.warn_explicit(message, w.category, w.filename, w.lineno)
+            return picture
 
         content = decode(self.content, "content", self.content_name)
         styles = [StyleInput(name, decode(path, f"style {name!r}", name)) for name, path in self.styles]

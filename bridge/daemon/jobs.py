@@ -22,6 +22,7 @@ import shutil
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -573,7 +574,8 @@ class JobManager:
                                                  on_failure=checkpoint_failed, bound=persist.checkpoint_bound(files))
         outcome = None
         if not job.cancel.cancelled:     # decoded only now (queued jobs hold no pixels), released on return
-            outcome = self.runner(files.load(), RunContext(on_progress, job.cancel, set_phase, wanted, checkpoint))
+            request = self._load(job, files)
+            outcome = self.runner(request, RunContext(on_progress, job.cancel, set_phase, wanted, checkpoint))
         if outcome is None and self._paused(job):
             return
         result = None
@@ -594,6 +596,23 @@ class JobManager:
             self._finish(job, JobState.DONE)
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
+
+    def _load(self, job: Job, files: JobFiles) -> JobRequest:
+        """Decode the job's uploads; what reading dropped (:class:`~bridge.imaging.MetadataWarning`: an
+        animation's later frames, a broken ICC profile) goes into the job's ``warnings``, once each."""
+        from ..imaging import MetadataWarning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MetadataWarning)
+            request = files.load()
+        for w in caught:
+            if not issubclass(w.category, MetadataWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            message = str(w.message)
+            with self._lock:
+                if message not in job.warnings:
+                    job.warnings.append(message)
+        return request
 
     def _paused(self, job: Job) -> bool:
         """After a run that returned nothing: a paused job (for an interactive one, or because the daemon
@@ -696,13 +715,8 @@ def _alive(pid: int) -> bool:
 
 
 def _error_text(exc: BaseException) -> str:
-    """One line for the user: the message of our own errors, the type too for unexpected ones."""
-    from ..imaging import ImageError
-    from ..settings import SettingsError
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, (ImageError, SettingsError)):
-        return text
-    name = type(exc).__name__
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        return f"out of memory ({name}): try a smaller size or fewer styles"
-    return f"{name}: {text}" if text else name
+    """One line for the job's ``error``: what went wrong (:func:`bridge.pipeline.classify`), with the advice
+    for running out of memory."""
+    from ..pipeline import FailureKind, classify
+    failure = classify(exc)
+    return f"{failure.message}: {failure.advice}" if failure.kind is FailureKind.MEMORY else failure.message
