@@ -398,3 +398,15 @@ def test_unreadable_files_message(L, tmp_path):
     assert msg.startswith("Stylebridge: gone.jpg: the file cannot be read (No such file or directory)"), msg
     assert f"{tmp_path.name}: the file cannot be read" in msg and "remove it from the list" in msg
     assert "good.png" not in msg
+
+
+def test_preview_answer(L):
+    """A rendered preview is shown and kept; a style the daemon skipped (its time budget ran out) shows the
+    daemon's reason and is asked again later; no answer says so."""
+    png = b"\x89PNG..."
+    got = [{"style": "a", "png": png, "width": 2, "height": 1, "method": "fast", "seconds": 0.1, "skipped": False}]
+    assert L.preview_answer(got) == (png, None, {"width": 2, "height": 1, "method": "fast", "seconds": 0.1}, True)
+    skipped = [{"style": "a", "png": b"", "skipped": True, "reason": "timeout",
+                "error": "not rendered: the request's 20 s budget ran out; ask again"}]
+    assert L.preview_answer(skipped) == (None, "not rendered: the request's 20 s budget ran out; ask again", {}, False)
+    assert L.preview_answer([]) == (None, "the daemon sent none", {}, True)

@@ -513,7 +513,7 @@ class Previewer:
             if item is None:
                 return
             key, url, token, style, path, content, done = item
-            data, why, info = None, None, {}
+            data, why, info, keep = None, None, {}, True
             if path is None:
                 ask = {"styles": [style]}
             else:
@@ -529,11 +529,7 @@ class Previewer:
                     self.sent += 1
                     got = sb_logic.daemon_client(url, token, timeout=120).previews(
                         ("layer.png", content), size=sb_logic.PREVIEW_SIZE, **ask)
-                    if got:
-                        data = got[0]["png"]
-                        info = {k: got[0].get(k) for k in ("width", "height", "method", "seconds")}
-                    else:
-                        why = "the daemon sent none"
+                    data, why, info, keep = sb_logic.preview_answer(got)
                     break
                 except sb_client.DaemonError as exc:
                     if exc.status == 429 and attempt < 19:      # busy with another preview: wait our turn
@@ -547,7 +543,7 @@ class Previewer:
                 except Exception as exc:  # noqa: BLE001 - never kill the worker
                     why = f"{type(exc).__name__}: {exc}"
                     break
-            GLib.idle_add(self._deliver, key, style, path, data, why, info, done)
+            GLib.idle_add(self._deliver, key, style, path, data, why, info, done, keep)
 
     def _deliver(self, key, style, path, data, why, info, done, keep=True):
         pix = None

@@ -574,6 +574,18 @@ def file_preview_key(url: str, path: str) -> tuple[str, str, int, int]:
     return (url.rstrip("/"), os.path.abspath(path), st.st_mtime_ns, st.st_size)
 
 
+def preview_answer(got: list[dict]) -> tuple[bytes | None, str | None, dict, bool]:
+    """What the daemon's answer to one style's preview means for the dialog: (PNG bytes or None, why there is
+    none, its info, keep it in the cache). A style the daemon skipped (its time budget for the request ran
+    out) shows the daemon's reason and is asked again next time, not cached."""
+    if not got:
+        return None, "the daemon sent none", {}, True
+    item = got[0]
+    if item.get("skipped"):
+        return None, str(item.get("error") or "the daemon skipped this preview"), {}, False
+    return item.get("png") or None, None, {k: item.get(k) for k in ("width", "height", "method", "seconds")}, True
+
+
 def unreadable_file_text(exc: OSError) -> str:
     """Why a style file gets no preview (it would fail the job too), and what to do."""
     why = exc.strerror or str(exc)
