@@ -219,3 +219,18 @@ def test_any_npy_header_never_raises_nor_allocates_beyond_the_file(tmp_path_fact
     good_file(path)
     rewrite(path, {member: npy_header(shape, descr, fortran) + tail})
     check_total(path, FileCheckpoint(path, bound=Bound(pixels=64 * 64, images=2)))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_checkpoint_that_is_not_a_file_is_set_aside_not_opened(tmp_path, kind, caplog):
+    """A FIFO would block the job's start, a link may lead anywhere: set aside, the job starts afresh."""
+    import os
+    path = tmp_path / "checkpoint.npz"
+    outside = tmp_path / "outside.npz"
+    outside.write_bytes(b"PK not ours")
+    {"fifo": lambda: os.mkfifo(path), "link": lambda: path.symlink_to(outside), "folder": path.mkdir}[kind]()
+    with caplog.at_level(logging.WARNING):
+        assert FileCheckpoint(path).load() is None
+    assert not os.path.lexists(path) and (tmp_path / "checkpoint.npz.corrupt").exists()
+    assert outside.read_bytes() == b"PK not ours"
+    assert any("not a regular file" in r.getMessage() for r in caplog.records)

@@ -153,3 +153,24 @@ def test_recovery_resumes_an_interrupted_photo_despite_a_malformed_line(tmp_path
     assert "resuming after an interrupted run" in text and "resume failed" not in text, text
     assert files(root / "out") == ["photo.psd"] and files(root / "done") == ["photo.jpg"], text
     assert files(root / "working") == [] and files(root / "error") == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_journal_that_is_not_a_file_is_set_aside_not_opened(tmp_path: Path, kind: str, caplog) -> None:
+    """A FIFO would block the watcher at start, a link may lead anywhere: moved aside, a fresh journal begins."""
+    import os
+    path = tmp_path / ".stylebridge" / "journal.jsonl"
+    path.parent.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep me\n")
+    {"fifo": lambda: os.mkfifo(path), "link": lambda: path.symlink_to(outside), "folder": path.mkdir}[kind]()
+    with caplog.at_level(logging.WARNING, logger="stylebridge.hotfolder"):
+        journal = Journal(path)           # returns at once (a FIFO opened for writing would wait for a reader)
+    try:
+        journal.append("claim", "a" * 12, rel="x.jpg", working="w", sidecar=None)
+        assert [r["event"] for r in journal.records()] == ["claim"]
+    finally:
+        journal.close()
+    assert path.is_file() and not path.is_symlink() and (tmp_path / ".stylebridge" / "journal.jsonl.corrupt").exists()
+    assert outside.read_bytes() == b"keep me\n"
+    assert any("not a file" in r.getMessage() for r in caplog.records)

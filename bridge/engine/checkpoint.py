@@ -31,6 +31,7 @@ import hashlib
 import logging
 import math
 import os
+import stat
 import re
 import tempfile
 import warnings
@@ -186,6 +187,16 @@ class FileCheckpoint:
         """The saved state, or None (see the class doc). Never raises for what the file holds: every
         array's header is checked against the job's :class:`Bound` before anything is allocated, and a
         file that does not fit is set aside (``.corrupt``) with a warning."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("checkpoint %s cannot be looked at (%s): starting afresh", self.path, exc)
+            return None
+        if not stat.S_ISREG(mode):      # a FIFO would block the reader, a link may lead anywhere: never opened
+            self._set_aside(ValueError("not a regular file (a link, a FIFO, a folder or a device)"))
+            return None
         try:
             with zipfile.ZipFile(self.path) as archive:
                 data = _Members(archive, self._bound(), os.fstat(archive.fp.fileno()).st_size

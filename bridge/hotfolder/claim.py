@@ -179,6 +179,22 @@ def is_disk_full(exc: BaseException) -> bool:
 # Journal
 
 
+def _set_aside_unless_regular(path: Path) -> None:
+    """A journal that is not a regular file (a link, a FIFO that would block the watcher, a folder) holds no
+    records of ours: it is renamed aside (``.corrupt``) with one warning, and a fresh journal begins."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    what = "a symbolic link" if stat.S_ISLNK(mode) else (_kind(mode) or "a special file")
+    aside = path.with_name(path.name + ".corrupt")
+    log.warning(
+        "the journal %s is %s, not a file: moved to %s, a fresh journal begins", path, what, aside.name)
+    os.replace(path, aside)
+
+
 class Journal:
     """Append-only, fsync'd JSON lines shared by every watcher of one folder.
 
@@ -189,7 +205,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _set_aside_unless_regular(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         self._torn = False
         self._reported = 0                 # bad lines already reported (said once, again only if more appear)
         # Terminate a line torn by a crash so the next record starts cleanly.
