@@ -148,7 +148,7 @@ def test_text_chunk_bombs_are_never_inflated(ctype):
 
 
 def test_an_oversized_exif_chunk_is_not_parsed():
-    from bridge.imaging import _png_metadata
+    from bridge.imaging.png import _png_metadata
     exif = Image.Exif()
     exif[0x0112] = 6
     data = png(16, side=8, extra=chunk(b"eXIf", exif.tobytes() + bytes(4096)))

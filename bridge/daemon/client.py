@@ -12,7 +12,7 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from ..imaging import atomic_write
+from ..outputs import atomic_write
 from ..protocol import (DEFAULT_URL, TERMINAL, URL_ENV, Client, ClientError, DaemonError,
                               DaemonUnreachable, JobCancelled, JobFailed, default_url, encode_multipart,
                               unreachable_message)

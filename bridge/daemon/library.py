@@ -26,7 +26,8 @@ from typing import BinaryIO, Iterator
 
 from PIL import Image
 
-from ..imaging import ImageError, Picture, atomic_write, load_image
+from ..imaging import ImageError, Picture, load_image
+from ..outputs import atomic_write
 from ..settings import LIMITS
 
 DATA_ENV = "STYLEBRIDGE_DATA"

@@ -240,11 +240,12 @@ def _alpha(alpha: np.ndarray | None, dtype: type) -> np.ndarray | None:
 def _cmyk_picture(color: np.ndarray, alpha: np.ndarray | None, icc: bytes | None, dpi,
                   name: str) -> Picture:
     """CMYK (psd-tools' convention: 1 = no ink) -> sRGB 8-bit through the embedded profile."""
-    from ..imaging import _cmyk_to_rgb, to_dtype
+    from ..imaging import to_dtype
+    from ..imaging.color import cmyk_to_rgb
 
     ink = to_dtype(1.0 - color[:, :, :4], np.uint8)          # PIL CMYK: 0 = no ink
     im = Image.fromarray(np.ascontiguousarray(ink), "CMYK")
-    rgb, _, srgb = _cmyk_to_rgb(im, icc)
+    rgb, _, srgb = cmyk_to_rgb(im, icc)
     a = _alpha(alpha, np.uint8)
     return Picture(rgb=rgb, alpha=a, icc_profile=srgb, dpi=dpi, name=name)
 
@@ -255,13 +256,14 @@ def _lab_picture(color: np.ndarray, alpha: np.ndarray | None, depth: int, dpi, n
     Photoshop's Lab is CIE L*a*b* relative to D50 (the ICC connection space); 8-bit channels
     store L as 0..255 and a/b with 128 = 0, 16-bit the same scaled by 257.
     """
-    from ..imaging import _srgb_profile, lab_to_srgb, to_dtype
+    from ..imaging import lab_to_srgb, to_dtype
+    from ..imaging.color import srgb_profile
 
     lab = color[:, :, :3].astype(np.float64)
     rgb = lab_to_srgb(lab[..., 0] * 100.0, lab[..., 1] * 255.0 - 128.0, lab[..., 2] * 255.0 - 128.0)
     dtype = np.uint16 if depth >= 16 else np.uint8
     a = _alpha(alpha, dtype)
-    return Picture(rgb=to_dtype(rgb, dtype), alpha=a, icc_profile=_srgb_profile().tobytes(), dpi=dpi, name=name)
+    return Picture(rgb=to_dtype(rgb, dtype), alpha=a, icc_profile=srgb_profile().tobytes(), dpi=dpi, name=name)
 
 
 def _has_real_merged_data(psd: Any) -> bool:
