@@ -23,7 +23,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps
 from bridge import imaging
 from bridge.imaging import (ImageError, Picture, encode_array_png, encode_png, encode_tiff, load_image, load_mask,
                             png_chunks, save_image, to_dtype)
-from bridge.imaging.png import _PNG_SIGNATURE
+from bridge.imaging.png import PNG_SIGNATURE
 from bridge.outputs import atomic_write, unique_path
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -350,7 +350,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 def _bomb_png(width: int, height: int, depth: int) -> bytes:
     """A PNG whose header claims a huge size; the IDAT holds almost nothing."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
-    return (_PNG_SIGNATURE + imaging.png_chunk(b"IHDR", ihdr)
+    return (PNG_SIGNATURE + imaging.png_chunk(b"IHDR", ihdr)
             + imaging.png_chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + imaging.png_chunk(b"IEND", b""))
 
 

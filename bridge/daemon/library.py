@@ -26,7 +26,7 @@ from typing import BinaryIO, Iterator
 
 from PIL import Image
 
-from ..imaging import ImageError, Picture, load_image
+from ..imaging import ImageError, Picture, image_kind, load_image, probe
 from ..outputs import atomic_write
 from ..settings import LIMITS
 
@@ -39,9 +39,6 @@ MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff", "
 #: Opening a library file: never through a link, never blocking on a FIFO (the fstat check then refuses it).
 OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 MAX_THUMB_BYTES = 8 * 1024 * 1024     # a cached thumbnail larger than this is not ours: made again
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-JPEG_TAIL = 64 * 1024                 # where a complete JPEG's end-of-image marker is looked for
-MAX_PNG_CHUNKS = 100_000
 
 
 class LibraryError(ValueError):
@@ -103,43 +100,6 @@ def open_regular(path: Path) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
-def _png_complete(fh: BinaryIO, size: int) -> bool:
-    """The chunk headers lead to IEND inside the file (a cut PNG does not)."""
-    pos = 8
-    for _ in range(MAX_PNG_CHUNKS):
-        fh.seek(pos)
-        head = fh.read(8)
-        if len(head) < 8:
-            return False
-        pos += 12 + int.from_bytes(head[:4], "big")
-        if pos > size:
-            return False
-        if head[4:8] == b"IEND":
-            return True
-    return False
-
-
-def _complete(fh: BinaryIO, size: int, im: Image.Image) -> bool:
-    """Cheap structural checks that a file is not cut short (damage deeper inside shows when decoded)."""
-    fmt = im.format
-    if fmt == "PNG":
-        return _png_complete(fh, size)
-    if fmt == "JPEG":
-        fh.seek(max(0, size - JPEG_TAIL))
-        return b"\xff\xd9" in fh.read(JPEG_TAIL)
-    if fmt == "WEBP":
-        fh.seek(4)
-        return int.from_bytes(fh.read(4), "little") + 8 <= size
-    if fmt == "TIFF":
-        tags = getattr(im, "tag_v2", {})
-        offsets = tags.get(273) or tags.get(324) or ()
-        counts = tags.get(279) or tags.get(325) or ()
-        if not offsets or len(offsets) != len(counts):
-            return False
-        return max(int(o) + int(c) for o, c in zip(offsets, counts)) <= size
-    return False
-
-
 @dataclass
 class StyleEntry:
     name: str
@@ -169,21 +129,15 @@ class StyleLibrary:
         if fh is None:
             return None
         try:
-            size = os.fstat(fh.fileno()).st_size
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(fh) as im:
-                    width, height = im.size
-                    fmt = im.format or ""
-                    ok = (fmt in MEDIA_TYPES and 0 < width * height <= self.max_pixels
-                          and _complete(fh, size, im))
+            info = probe(fh)                 # the header only, the one probe (bridge.imaging.probe)
+            fmt = info.kind.upper()
+            ok = fmt in MEDIA_TYPES and 0 < info.pixels <= self.max_pixels and info.complete
         except Exception:  # noqa: BLE001 - any file someone dropped in that is no image we read: not a style
             ok = False
         if not ok:
             fh.close()
             return None
-        fh.seek(0)
-        return StyleEntry(name, path, width, height, size, fmt), fh
+        return StyleEntry(name, path, info.width, info.height, info.file_bytes, fmt), fh
 
     def open(self, name: str) -> tuple[StyleEntry, BinaryIO]:
         """The style ``name`` and its file, open for reading (the caller closes it); 404 when there is none.
@@ -310,7 +264,7 @@ class StyleLibrary:
             if st.st_mtime < mtime or st.st_size > MAX_THUMB_BYTES:
                 return None
             data = fh.read(MAX_THUMB_BYTES + 1)
-        return data if data.startswith(PNG_SIGNATURE) else None
+        return data if image_kind(data[:16]) == "png" else None
 
     def thumbnail(self, name: str) -> bytes:
         """A PNG at most THUMB_SIZE px on its long side, cached beside the library."""

@@ -12,16 +12,15 @@ import json
 import math
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from fastapi import UploadFile
 from fastapi.responses import Response
-from PIL import Image, UnidentifiedImageError
 
-from ..imaging import SUPPORTED, ImageError, Picture, load_image
+from ..imaging import ImageError, Picture, load_image, probe
+from ..imaging.probe import ProbeError, TooManyPixels
 from ..job import LimitError, limit_error
 from ..settings import DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, load_settings_json, \
     normalise_keys
@@ -78,31 +77,7 @@ def form_limits(limits: Limits) -> dict[str, int]:
     return {"max_files": 4 * limits.max_styles, "max_fields": 4 * limits.max_styles + 16}
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COPY_CHUNK = 1 << 20                        # bytes copied at a time from an upload to the data folder
-MAX_PNG_CHUNKS = 1_000_000                  # chunk headers walked to find IEND (the decoder checks the rest)
-
-
-def _bomb_pixels(exc: Exception) -> int | None:
-    """Pillow's decompression-bomb message carries the pixel count: 'Image size (N pixels) exceeds...'."""
-    match = re.search(r"\((\d+) pixels\)", str(exc))
-    return int(match.group(1)) if match else None
-
-
-def _probe_pixels(data: bytes) -> tuple[int, int] | int | None:
-    """Width and height from the header only (PNG IHDR or Pillow's lazy open); the pixel count
-    alone when Pillow refused it as a bomb; None if unknown."""
-    if data[:8] == PNG_SIGNATURE and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                return im.size
-    except Image.DecompressionBombError as exc:
-        return _bomb_pixels(exc)
-    except Exception:  # noqa: BLE001 - the real decoder gives the message
-        return None
 
 
 def _too_many_pixels(what: str, size: tuple[int, int] | int, limits: Limits) -> ApiError:
@@ -138,25 +113,6 @@ def save_upload(upload: UploadFile, folder: Path, stem: str, what: str) -> Path:
     return target
 
 
-def _png_chunk_types(fh: BinaryIO, size: int) -> set[bytes] | None:
-    """The chunk types of a PNG, read from the chunk headers alone; None when they do not lead to
-    IEND within the file (a cut upload). Only the first MAX_PNG_CHUNKS are walked."""
-    types: set[bytes] = set()
-    pos = 8
-    for _ in range(MAX_PNG_CHUNKS):
-        fh.seek(pos)
-        head = fh.read(8)
-        if len(head) < 8:
-            return None
-        pos += 12 + int.from_bytes(head[:4], "big")
-        if pos > size:
-            return None
-        types.add(head[4:8])
-        if head[4:8] == b"IEND":
-            break
-    return types
-
-
 def probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
     """What a file's header says (size, alpha, depth), without decoding: 413 over ``max_pixels``,
     422 when it is no image or visibly cut short. Damage deeper inside shows when the job starts."""
@@ -166,48 +122,22 @@ def probe_file(path: Path, what: str, limits: Limits) -> ImageShape:
 
 def probe_stream(fh: BinaryIO, what: str, limits: Limits) -> ImageShape:
     """:func:`probe_file` for an open file (an upload's spooled file, a library style opened once): the
-    checks jobs and previews share. The file is left open, at its start."""
-    fh.seek(0, os.SEEK_END)
-    size = fh.tell()
-    fh.seek(0)
-    head = fh.read(32)
-    damaged = ApiError(422, f"{what}: cannot read the image; the file may be truncated or damaged, export it again")
-    if size == 0:
-        raise ApiError(422, f"{what}: the uploaded file is empty")
-    if head[:8] == PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
-        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        types: set[bytes] | None = set()
-        if 0 < width * height <= limits.max_pixels:
-            types = _png_chunk_types(fh, size)
-            if types is None:
-                raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
-        shape = ImageShape(width, height, alpha=head[25] in (4, 6) or b"tRNS" in types,
-                           bit_depth=16 if head[24] == 16 else 8, file_bytes=size)
-    else:
-        try:
-            fh.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(fh) as im:
-                    bands = im.getbands()
-                    bits = im.tag_v2.get(258, (8,)) if im.format == "TIFF" else (8,)
-                    deep = im.mode.startswith("I") or im.mode == "F" or max(tuple(bits) or (8,)) > 8
-                    shape = ImageShape(im.size[0], im.size[1], alpha="A" in bands or "transparency" in im.info,
-                                       bit_depth=16 if deep else 8, file_bytes=size)
-        except Image.DecompressionBombError as exc:
-            pixels = _bomb_pixels(exc)
-            raise _too_many_pixels(what, pixels if pixels is not None else limits.max_pixels + 1, limits) from None
-        except UnidentifiedImageError:
-            raise ApiError(422, f"{what}: not an image file this program can read "
-                                f"({SUPPORTED} are supported)") from None
-        except Exception:  # noqa: BLE001 - any decoder complaint about the header
-            raise damaged from None
-    fh.seek(0)
-    if shape.width <= 0 or shape.height <= 0:
-        raise ApiError(422, f"{what}: the image has no pixels ({shape.width}x{shape.height}); export it again")
-    if shape.pixels > limits.max_pixels:
-        raise _too_many_pixels(what, (shape.width, shape.height), limits)
-    return shape
+    checks jobs and previews share, on :func:`bridge.imaging.probe`. The file is left open, at its start."""
+    try:
+        info = probe(fh)
+    except TooManyPixels as exc:
+        raise _too_many_pixels(what, exc.pixels if exc.pixels is not None else limits.max_pixels + 1, limits) from None
+    except ProbeError as exc:
+        if exc.reason == "empty":
+            raise ApiError(422, f"{what}: the uploaded file is empty") from None
+        raise ApiError(422, f"{what}: {exc}") from None
+    if info.kind == "png" and 0 < info.pixels <= limits.max_pixels and not info.complete:
+        raise ApiError(422, f"{what}: the PNG is truncated (it ends before its last chunk); export it again")
+    if info.width <= 0 or info.height <= 0:
+        raise ApiError(422, f"{what}: the image has no pixels ({info.width}x{info.height}); export it again")
+    if info.pixels > limits.max_pixels:
+        raise _too_many_pixels(what, (info.width, info.height), limits)
+    return ImageShape(info.width, info.height, alpha=info.alpha, bit_depth=info.bit_depth, file_bytes=info.file_bytes)
 
 
 def over_memory(needs: str, estimate: int, budget: int, advice: str) -> ApiError:
@@ -233,9 +163,16 @@ def read_upload(upload: UploadFile, what: str) -> bytes:
 
 def decode_upload(data: bytes, what: str, limits: Limits, name: str | None = None) -> Picture:
     """Decode an uploaded image; pixel limit -> 413, anything unreadable -> 422 with imaging's message."""
-    size = _probe_pixels(data)
-    if size is not None and (size if isinstance(size, int) else size[0] * size[1]) > limits.max_pixels:
-        raise _too_many_pixels(what, size, limits)
+    try:
+        info = probe(io.BytesIO(data))
+    except TooManyPixels as exc:
+        if exc.pixels is not None and exc.pixels > limits.max_pixels:
+            raise _too_many_pixels(what, exc.pixels, limits) from None
+    except ImageError:
+        pass                                 # the decoder below says what is wrong
+    else:
+        if info.pixels > limits.max_pixels:
+            raise _too_many_pixels(what, (info.width, info.height), limits)
     try:
         return load_image(data, max_pixels=limits.max_pixels, name=name)
     except ImageError as exc:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..engine.types import StyleInput
-from ..imaging import ImageError, MetadataWarning, Picture, image_size, load_image
+from ..imaging import ImageError, MetadataWarning, Picture, image_kind, image_size, load_image
 from ..job import JobSpec, LimitError, Source, check
 from ..settings import LIMITS, SettingsError
 from .errors import ADVICE_IMAGE, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_SPECIAL, ADVICE_WRITE, JobError
@@ -58,20 +58,15 @@ def sniff(path: Path) -> Sniffed:
         raise JobError(f"cannot read the file ({exc.strerror or exc})", ADVICE_WRITE) from None
     if size == 0:
         raise JobError("the file is empty (0 bytes); the copy may have failed")
-    if head.startswith(b"8BPS") and len(head) >= 26:
+    kind = image_kind(head)                  # the one table of magic numbers (bridge.imaging.probe)
+    if kind in ("psd", "psb") and len(head) >= 26:
         version, = struct.unpack(">H", head[4:6])
         height, width = struct.unpack(">II", head[14:22])
         if version not in (1, 2):
             raise JobError(f"PSD header has version {version}, expected 1 (PSD) or 2 (PSB); the file is damaged")
-        return Sniffed("psd" if version == 1 else "psb", width, height)
-    if head.startswith(b"\xff\xd8\xff"):
-        return Sniffed("jpeg")
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return Sniffed("png")
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return Sniffed("tiff")
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return Sniffed("webp")
+        return Sniffed(kind, width, height)
+    if kind in ("jpeg", "png", "tiff", "webp"):
+        return Sniffed(kind)
     raise JobError(f"not a supported image: the content {_describe(head)}, not JPEG, PNG, TIFF or PSD/PSB "
                    "(the file name's extension does not matter)")
 

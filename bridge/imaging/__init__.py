@@ -4,7 +4,8 @@ A :class:`Picture` keeps the pixels at their own bit depth (uint8 or uint16), th
 apart from the colour (straight, not premultiplied), and the ICC profile and resolution, so that
 every output can carry them back. Only this package touches image files; the engine and the
 document model get arrays. Its rooms: ``picture`` (the Picture, errors, size checks), ``read`` (the
-one entry: :func:`load_image`, :func:`load_mask`, :func:`image_size`), the decoders ``png``, ``tiff``
+one entry: :func:`load_image`, :func:`load_mask`), ``probe`` (what a file is, from its header: the one
+probe every front end uses before decoding), the decoders ``png``, ``tiff``
 and ``pillow``, ``pixels`` (channels, modes, orientation), ``color`` (ICC, Lab, CMYK) and ``write``.
 
 Who decodes what, and why:
@@ -53,11 +54,12 @@ from .png import (
                       png_chunks,
                       png_metadata_chunks,
 )
-from .read import image_size, load_image, load_mask
+from .probe import ImageInfo, image_kind, image_size, probe
+from .read import load_image, load_mask
 from .tiff import encode_tiff
 from .write import save_image
 
-__all__ = ["PNG_BAND_BYTES", "SUPPORTED", "IgnoredFramesWarning", "ImageError", "MetadataWarning", "Picture",
-           "convert_depth", "encode_array_png", "encode_png", "encode_tiff", "image_size", "inflate_bounded",
+__all__ = ["PNG_BAND_BYTES", "SUPPORTED", "IgnoredFramesWarning", "ImageError", "ImageInfo", "MetadataWarning", "Picture",
+           "convert_depth", "encode_array_png", "encode_png", "encode_tiff", "image_kind", "image_size", "inflate_bounded",
            "iter_png", "lab_to_srgb", "load_image", "load_mask", "png_chunk", "png_chunks", "png_metadata_chunks",
-           "save_image", "short_reason", "to_dtype", "valid_icc"]
+           "probe", "save_image", "short_reason", "to_dtype", "valid_icc"]

@@ -10,12 +10,12 @@ from PIL import Image
 from .color import valid_icc
 from .picture import IgnoredFramesWarning, Picture, _check_size
 from .pixels import _clean_dpi, _exif_orientation, _oriented, _pixels
-from .png import _PNG_SIGNATURE, _png_prepare
+from .png import PNG_SIGNATURE, _png_prepare
 
 
 def _load_pillow(data: bytes, label: str, max_pixels: int) -> Picture:
     png_meta = None
-    if data[:8] == _PNG_SIGNATURE:
+    if data[:8] == PNG_SIGNATURE:
         # Our bounded chunk walk reads the PNG's metadata; Pillow gets the file without the chunks
         # it would otherwise inflate itself (iCCP, text), so it can neither blow up nor refuse them.
         data, png_meta = _png_prepare(data, label, max_pixels)

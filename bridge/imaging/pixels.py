@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from .color import cmyk_to_rgb, srgb_profile, lab_to_srgb
+from .color import cmyk_to_rgb, lab_to_srgb, srgb_profile
 from .picture import ImageError, Picture, to_dtype
 
 _ORIENTATION_TAG = 0x0112

@@ -28,7 +28,7 @@ from .picture import (
 )
 from .pixels import _ORIENTATION_TAG, _clean_dpi, _oriented, _split_channels
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # Deflate cannot expand more than 1032:1 (a 258-byte match coded in 2 bits), so a PNG whose
@@ -59,7 +59,7 @@ def inflate_bounded(payload: bytes, cap: int = LIMITS.max_metadata_bytes) -> tup
 
 def png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:
     """Walk a PNG's chunks: (type, payload, start offset, end offset) for each. Checks lengths."""
-    if data[:8] != _PNG_SIGNATURE:
+    if data[:8] != PNG_SIGNATURE:
         raise ValueError("not a PNG stream")
     pos = 8
     while pos < len(data):
@@ -146,7 +146,7 @@ def _png_prepare(data: bytes, label: str, max_pixels: int) -> tuple[bytes, tuple
     _png_header(data, label, max_pixels)
     meta = _png_metadata(data, label)
     drop = (b"iCCP",) + _PNG_TEXT_CHUNKS
-    parts = [_PNG_SIGNATURE]
+    parts = [PNG_SIGNATURE]
     for ctype, _, start, end in png_chunks(data):
         if ctype not in drop:
             parts.append(data[start:end])
@@ -204,7 +204,7 @@ def iter_png(array: np.ndarray, level: int | None = None, *, icc_profile: bytes 
         level = 1 if len(zlib.compress(sample, 1)) * 2 < len(sample) else 0
     level = max(0, min(9, int(level)))
     ihdr = struct.pack(">IIBBBBB", width, height, depth, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
-    yield _PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_metadata_chunks(icc_profile, dpi)
+    yield PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_metadata_chunks(icc_profile, dpi)
     comp = zlib.compressobj(level, zlib.DEFLATED, 15, 9, zlib.Z_RLE if level == 1 else zlib.Z_DEFAULT_STRATEGY)
     pixel_bytes = channels * depth // 8
     rows = max(1, band_bytes // max(1, width * pixel_bytes))

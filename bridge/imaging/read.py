@@ -4,13 +4,10 @@ that picks the decoder by the file's first bytes."""
 from __future__ import annotations
 
 import os
-import struct
-import warnings
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from ..settings import LIMITS
@@ -23,8 +20,9 @@ from .picture import (
     to_dtype,
 )
 from .pillow import _load_pillow
-from .png import _PNG_SIGNATURE, _load_png16
-from .tiff import _TIFF_MAGICS, _load_tiff
+from .png import _load_png16
+from .probe import HEAD_BYTES, image_kind
+from .tiff import _load_tiff
 
 
 def load_image(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int = LIMITS.max_pixels,
@@ -39,9 +37,10 @@ def load_image(source: str | os.PathLike | bytes | BinaryIO, *, max_pixels: int 
     if not data:
         raise ImageError(f"{label}: the file is empty; export the image again")
     try:
-        if data[:4] in _TIFF_MAGICS:
+        kind = image_kind(data[:HEAD_BYTES])
+        if kind == "tiff":
             pic = _load_tiff(data, label, max_pixels)
-        elif data[:8] == _PNG_SIGNATURE and len(data) > 24 and data[12:16] == b"IHDR" and data[24] == 16:
+        elif kind == "png" and len(data) > 24 and data[12:16] == b"IHDR" and data[24] == 16:
             pic = _load_png16(data, label, max_pixels)
         else:
             pic = _load_pillow(data, label, max_pixels)
@@ -128,30 +127,3 @@ def _read_source(source: str | os.PathLike | bytes | BinaryIO) -> tuple[bytes, s
             raise ImageError(f"{label}: the file object must be opened in binary mode")
         return bytes(data), label, Path(label).stem if label != "upload" else "upload"
     raise TypeError(f"load_image takes a path, bytes or a binary file object, not {type(source).__name__}")
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) from a file's header, without decoding its pixels (PNG's IHDR, TIFF's first IFD,
-    Pillow's lazy open for the rest), as stored (before any EXIF rotation: the pixel count is the same).
-
-    None when the header does not tell: :func:`load_image` then reads the file and says what is wrong.
-    Lets a front end refuse a job by the photo's size (``size native`` over ``max_native_pixels``)
-    before decoding gigabytes, as the daemon does from an upload's header.
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(32)
-            if head[:8] == _PNG_SIGNATURE and len(head) >= 24 and head[12:16] == b"IHDR":
-                width, height = struct.unpack(">II", head[16:24])
-                return int(width), int(height)
-            fh.seek(0)
-            if head[:4] in _TIFF_MAGICS:
-                with tifffile.TiffFile(fh) as tif:
-                    page = tif.pages.first
-                    return int(page.imagewidth), int(page.imagelength)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with Image.open(fh) as im:
-                    return int(im.size[0]), int(im.size[1])
-    except Exception:  # noqa: BLE001 - unreadable header: the full read gives the message
-        return None

@@ -23,8 +23,6 @@ from .pillow import _load_pillow
 from .pixels import _ICC_TAG, _clean_dpi, _oriented, _split_channels
 from .png import _channels
 
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
 
 def _load_tiff(data: bytes, label: str, max_pixels: int) -> Picture:
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
