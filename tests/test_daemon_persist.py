@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from bridge.daemon import persist
 from bridge.daemon.jobfiles import JobFiles
-from bridge.daemon.jobs import JobManager
+from bridge.daemon.jobqueue import JobManager
 from bridge.daemon.memory import ImageShape
 from bridge.job import JobSpec, Source
 from bridge.settings import settings_from_mapping

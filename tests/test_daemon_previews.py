@@ -21,8 +21,9 @@ from PIL import Image
 from bridge import protocol as protocol_client
 from bridge.daemon.app import DaemonConfig, create_app
 from bridge.daemon.client import DaemonClient, DaemonError
-from bridge.daemon.jobs import TERMINAL, JobState
 from bridge.daemon.previews import PreviewService
+from bridge.daemon.store import JobState
+from bridge.protocol import TERMINAL
 from bridge.settings import LIMITS
 
 from test_daemon_api import SAMPLES, TINY, free_port, png_of

@@ -199,7 +199,7 @@ def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
     """The take-over itself, without the engine: a dead daemon's folder (its lock free) with a complete job, a
     job whose description is damaged and an upload that never finished arriving; the new manager queues the
     first under its own id and removes the rest (and the dead daemon's results)."""
-    from bridge.daemon.jobs import JobManager
+    from bridge.daemon.jobqueue import JobManager
     from bridge.daemon.persist import JOB_FILE
 
     proc, url = start_daemon(tmp_path, *CHECKPOINT)
@@ -234,7 +234,7 @@ def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
 def test_the_protocol_client_knows_every_job_state():
     """The GIMP plug-in's client (stdlib only) has the daemon's states and words for a paused job."""
     from bridge import protocol as protocol_client
-    from bridge.daemon.jobs import JobState
+    from bridge.daemon.store import JobState
 
     assert set(protocol_client.STATES) == {s.value for s in JobState}
     assert "paused" not in protocol_client.TERMINAL
@@ -253,7 +253,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_job_starts_afresh(tmp_path, c
     import numpy as np
 
     from bridge.daemon import persist
-    from bridge.daemon.jobs import JobManager, run_engine
+    from bridge.daemon.jobqueue import JobManager
+    from bridge.daemon.runner import run_engine
     from bridge.engine.checkpoint import EngineState, fingerprint
 
     from test_daemon_persist import dead_daemon, stored_job

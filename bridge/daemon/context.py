@@ -15,8 +15,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from ..settings import DEFAULTS, LIMITS, SERVICE, Limits, Settings
-from .jobs import Job, JobManager, JobResult
+from .jobqueue import JobManager
 from .library import StyleLibrary
+from .results import JobResult
+from .store import Job
 from .web import ApiError
 
 

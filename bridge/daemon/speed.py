@@ -113,7 +113,7 @@ def record_finished(meter: SpeedMeter, settings: Settings, width: int, height: i
 
 
 def learn_from_jobs(meter: SpeedMeter, jobs: Iterable[Any]) -> None:
-    """Fold in the daemon's finished, complete jobs not seen yet (``bridge.daemon.jobs.Job``: its size, styles,
+    """Fold in the daemon's finished, complete jobs not seen yet (``bridge.daemon.store.Job``: its size, styles,
     the settings it ran with and the engine seconds of its result)."""
     names = {f.name for f in dataclasses.fields(Settings)}
     for job in jobs:

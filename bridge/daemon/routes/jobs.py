@@ -21,9 +21,11 @@ from ...job import FIXED_BY_DAEMON, JobSpec, Source, check, mask_word
 from ...settings import REVEAL_CHOICES, SERVICE, Limits, Settings, SettingsError
 from ..context import Daemon, DaemonDep
 from ..jobfiles import JobFiles
-from ..jobs import Job, JobResult, QueueFull
+from ..jobqueue import QueueFull
 from ..memory import ImageShape, default_job_memory, estimate_job_memory
 from ..library import LibraryError, name_from_filename
+from ..results import JobResult
+from ..store import Job
 from ..web import (PNG, ApiError, json_response, load_json, over_memory, probe_file, run_name, save_upload,
                    settings_error)
 

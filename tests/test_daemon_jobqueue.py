@@ -1,4 +1,4 @@
-"""bridge/daemon/jobs.py: the queue's worker, in-process through ``create_app(runner=...)`` (no engine).
+"""bridge/daemon/jobqueue.py: the queue's worker, in-process through ``create_app(runner=...)`` (no engine).
 
 What a job's status says when reading its uploads dropped something, and when its run fails.
 """
