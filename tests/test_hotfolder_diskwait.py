@@ -14,6 +14,7 @@ import pytest
 
 from bridge.hotfolder import diskwait
 from bridge.hotfolder.diskwait import Attempt, DiskWait
+from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.report import Reporter
 from bridge.hotfolder.watcher import Watcher
 
@@ -107,3 +108,24 @@ def test_a_waiting_job_is_retried_on_more_space_or_after_a_doubling_back_off(tmp
 def test_quota_and_no_space_are_both_a_full_disk(code: int) -> None:
     assert diskwait.is_disk_full(OSError(code, "x"))
     assert not diskwait.is_disk_full(OSError(errno.EACCES, "x")) and not diskwait.is_disk_full(ValueError())
+
+
+def test_a_journal_that_cannot_be_written_pauses_everything_and_loses_nothing(tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC for the claim's record: the file stays in in/, no file is taken, --once exits 1 with one line."""
+    append = Journal.append
+
+    def full(self, event: str, job_id: str, **fields) -> None:  # noqa: ANN001, ANN003
+        if event == "claim":
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        append(self, event, job_id, **fields)
+
+    monkeypatch.setattr(Journal, "append", full)
+    root = make_hot(tmp_path / "hot")
+    make_photo(root / "in" / "a.jpg")
+    lines, engine = io.StringIO(), _FailingEngine(errno.EACCES)
+    rc = Watcher(root, engine, stable_seconds=STABLE, once=True, reporter=Reporter(lines)).run()
+    out = lines.getvalue()
+    assert rc == 1 and engine.calls == 0, out
+    assert (root / "in" / "a.jpg").exists() and not any((root / "working").iterdir())
+    assert out.count("waiting: the disk is full (No space left on device); no file is taken until space is "
+                     "freed (free some disk space)") == 1, out
