@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge.hotfolder.claim import Journal, place
+from bridge.hotfolder.journal import Journal
+from bridge.hotfolder.settle import place
 from bridge.outputs import fit_name, name_bytes, rename_noreplace
 from bridge.hotfolder.command import STOP_GRACE_SECONDS
 
@@ -487,7 +488,7 @@ def test_item7_output_larger_than_the_whole_disk_goes_to_error(tmp_path: Path, t
 _PLACER = """
 import sys, time
 from pathlib import Path
-from bridge.hotfolder.claim import place
+from bridge.hotfolder.settle import place
 src, wanted, go = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 while time.time() < go:
     time.sleep(0.001)
@@ -598,7 +599,8 @@ def _watch_once_in_process(root: Path, url: str, token: str | None) -> tuple[int
     import io
 
     from bridge.hotfolder.process import DaemonEngine
-    from bridge.hotfolder.watcher import Reporter, Watcher
+    from bridge.hotfolder.report import Reporter
+    from bridge.hotfolder.watcher import Watcher
     lines = io.StringIO()
     rc = Watcher(root, DaemonEngine(url, token), stable_seconds=STABLE, once=True, reporter=Reporter(lines)).run()
     return rc, lines.getvalue()
@@ -755,7 +757,8 @@ def test_an_animated_photo_is_processed_with_one_note_line(tmp_path: Path) -> No
     """Frames after the first are no longer dropped silently: the watcher's terminal gets one 'note' line."""
     import io
 
-    from bridge.hotfolder.watcher import Reporter, Watcher
+    from bridge.hotfolder.report import Reporter
+    from bridge.hotfolder.watcher import Watcher
     root = make_hot(tmp_path / "hot")
     frames = [Image.new("RGB", (24, 16), (30 * i, 90, 200 - 30 * i)) for i in range(5)]
     frames[0].save(root / "in" / "anim.png", save_all=True, append_images=frames[1:], duration=80)
@@ -775,7 +778,8 @@ def test_size_native_over_the_limit_is_refused_from_the_header(tmp_path: Path) -
     import io
     import tracemalloc
 
-    from bridge.hotfolder.watcher import Reporter, Watcher
+    from bridge.hotfolder.report import Reporter
+    from bridge.hotfolder.watcher import Watcher
     from test_hardening_cli import huge_flat_png
     root = make_hot(tmp_path / "hot", size="native")
     huge_flat_png(root / "in" / "wide.png", 8000, 7000)

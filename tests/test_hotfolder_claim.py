@@ -1,4 +1,4 @@
-"""Claims, locks, journal and no-overwrite moves of the hot folder (no engine needed)."""
+"""Claims, per-job locks and recovery of the hot folder (no engine needed)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.hotfolder.claim import (Job, JobLock, Journal, Layout, claim, clean_tmp, is_ignored, place, recover,
-                                    sidecar_for)
+from bridge.hotfolder.claim import JobLock, claim, clean_tmp, recover, sidecar_for
+from bridge.hotfolder.journal import Journal
+from bridge.hotfolder.layout import Layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,33 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def layout(tmp_path: Path) -> Layout:
     return Layout(tmp_path / "hot").create()
-
-
-def test_layout_creates_every_folder(layout: Layout) -> None:
-    for d in (layout.inbox, layout.working, layout.out, layout.done, layout.error, layout.locks, layout.tmp):
-        assert d.is_dir()
-
-
-@pytest.mark.parametrize("name", [".hidden.jpg", "photo.jpg.part", "x.tmp", "~lock.psd", ".DS_Store",
-                                  "Thumbs.db", "preset.json", "photo.json", "a.crdownload"])
-def test_ignored_names(name: str) -> None:
-    assert is_ignored(name)
-
-
-@pytest.mark.parametrize("name", ["photo.jpg", "scan.TIF", "notes.txt", "layered.psd"])
-def test_candidate_names(name: str) -> None:
-    assert not is_ignored(name)
-
-
-def test_inputs_skip_ignored_and_hidden_folders(layout: Layout) -> None:
-    (layout.inbox / "a.jpg").write_bytes(b"x")
-    (layout.inbox / "a.jpg.part").write_bytes(b"x")
-    (layout.inbox / "sub").mkdir()
-    (layout.inbox / "sub" / "b.png").write_bytes(b"x")
-    (layout.inbox / "sub" / "preset.json").write_text("{}")
-    (layout.inbox / ".cache").mkdir()
-    (layout.inbox / ".cache" / "c.jpg").write_bytes(b"x")
-    assert [layout.rel(p) for p in layout.inputs()] == ["a.jpg", "sub/b.png"]
 
 
 def test_claim_moves_file_and_sidecar_and_journals(layout: Layout) -> None:
@@ -96,7 +70,9 @@ def test_two_processes_racing_claim_each_file_once(layout: Layout) -> None:
     script = textwrap.dedent(f"""
         import sys, json
         from pathlib import Path
-        from bridge.hotfolder.claim import Layout, Journal, claim
+        from bridge.hotfolder.claim import claim
+        from bridge.hotfolder.journal import Journal
+        from bridge.hotfolder.layout import Layout
         layout = Layout(Path({str(layout.root)!r}))
         journal = Journal(layout.journal_path)
         order = layout.inputs()
@@ -183,30 +159,3 @@ def test_clean_tmp_keeps_live_jobs(layout: Layout) -> None:
     assert [p.name for p in removed] == ["dead"]
     assert (layout.tmp / "live").exists() and not (layout.tmp / "dead").exists()
     live.release()
-
-
-def test_place_never_overwrites(tmp_path: Path) -> None:
-    dest = tmp_path / "done" / "a.jpg"
-    dest.parent.mkdir()
-    dest.write_bytes(b"old")
-    for i in range(3):
-        src = tmp_path / f"src{i}"
-        src.write_bytes(f"new{i}".encode())
-        got = place(src, dest)
-        assert not src.exists()
-        assert got.name == f"a-{i + 2}.jpg" and got.read_bytes() == f"new{i}".encode()
-    assert dest.read_bytes() == b"old"
-
-
-def test_journal_survives_a_torn_line(layout: Layout) -> None:
-    j = Journal(layout.journal_path)
-    j.append("claim", "j1", rel="a.jpg")
-    j.close()
-    with open(layout.journal_path, "ab") as fh:
-        fh.write(b'{"t": 1, "event": "sta')          # power cut mid-record
-    j2 = Journal(layout.journal_path)
-    j2.append("started", "j1")
-    states = j2.states()
-    assert states["j1"].events == ["claim", "started"]
-    lines = layout.journal_path.read_bytes().splitlines()
-    assert json.loads(lines[-1])["event"] == "started"

@@ -14,9 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.hotfolder.claim import Journal, Layout, claim, parse_record, recover
+from bridge.hotfolder.claim import claim, recover
+from bridge.hotfolder.journal import Journal, parse_record
+from bridge.hotfolder.layout import Layout
 from bridge.hotfolder.process import InProcessEngine
-from bridge.hotfolder.watcher import Reporter, Watcher
+from bridge.hotfolder.report import Reporter
+from bridge.hotfolder.watcher import Watcher
 
 from test_hotfolder_watch import STABLE, files, make_hot, make_photo
 
@@ -174,3 +177,17 @@ def test_a_journal_that_is_not_a_file_is_set_aside_not_opened(tmp_path: Path, ki
     assert path.is_file() and not path.is_symlink() and (tmp_path / ".stylebridge" / "journal.jsonl.corrupt").exists()
     assert outside.read_bytes() == b"keep me\n"
     assert any("not a file" in r.getMessage() for r in caplog.records)
+
+
+def test_journal_survives_a_torn_line(layout: Layout) -> None:
+    j = Journal(layout.journal_path)
+    j.append("claim", "j1", rel="a.jpg")
+    j.close()
+    with open(layout.journal_path, "ab") as fh:
+        fh.write(b'{"t": 1, "event": "sta')          # power cut mid-record
+    j2 = Journal(layout.journal_path)
+    j2.append("started", "j1")
+    states = j2.states()
+    assert states["j1"].events == ["claim", "started"]
+    lines = layout.journal_path.read_bytes().splitlines()
+    assert json.loads(lines[-1])["event"] == "started"

@@ -16,7 +16,8 @@ import pytest
 from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
 from bridge.hotfolder.process import DaemonEngine, InProcessEngine
-from bridge.hotfolder.watcher import Reporter, Watcher
+from bridge.hotfolder.report import Reporter
+from bridge.hotfolder.watcher import Watcher
 
 from test_hotfolder_watch import (REPO, STABLE, _free_port, _Lines, _watch_cmd, events, files, make_hot, make_photo,
                                   start_serve)

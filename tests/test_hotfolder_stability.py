@@ -8,13 +8,13 @@ from pathlib import Path
 
 from watchdog.observers import Observer
 
-from bridge.hotfolder.watcher import StabilityTracker, _Wakeup
+from bridge.hotfolder.stability import StabilityTracker, Wakeup
 
 
 def _observe(folder: Path, tracker: StabilityTracker) -> Observer:
     import queue
     obs = Observer()
-    obs.schedule(_Wakeup(tracker, queue.Queue()), str(folder), recursive=True)
+    obs.schedule(Wakeup(tracker, queue.Queue()), str(folder), recursive=True)
     obs.start()
     return obs
 

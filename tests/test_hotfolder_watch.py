@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge.hotfolder.claim import Journal
+from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.process import InProcessEngine
 from bridge.hotfolder.watcher import Watcher
 from psdreaders import check_psd as psdcheck

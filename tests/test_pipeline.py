@@ -62,7 +62,8 @@ def test_the_hot_folder_maps_a_failure_to_error_txt(tmp_path, monkeypatch):
     import bridge.engine
     from bridge.hotfolder.errors import ADVICE_MEMORY
     from bridge.hotfolder.process import InProcessEngine
-    from bridge.hotfolder.watcher import Reporter, Watcher
+    from bridge.hotfolder.report import Reporter
+    from bridge.hotfolder.watcher import Watcher
     from test_hardening_hotfolder import STABLE, make_hot
     root = make_hot(tmp_path / "hot")
     from PIL import Image

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..protocol import TOKEN_ENV
 from ..settings import SERVICE
-from .watcher import DEFAULT_STABLE_SECONDS
+from .stability import DEFAULT_STABLE_SECONDS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -38,7 +38,7 @@ def sniff(path: Path) -> Sniffed:
     is then opened non-blocking and checked again (``fstat``: same regular file), so a link swapped
     for a FIFO in between can never block the watcher on ``open()``.
     """
-    from .claim import regular_file_problem
+    from .layout import regular_file_problem
     problem = regular_file_problem(path)
     if problem is not None:
         raise JobError(problem, ADVICE_SPECIAL)

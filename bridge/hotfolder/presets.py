@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..job import OLD_MASK_WORDS, JobSpec, Source, mask_word
-from .claim import STATE_DIR
+from .layout import STATE_DIR
 from ..settings import RENAMED, DocumentSettings, Settings, SettingsError, load_settings_json, \
     unknown_option_message
 

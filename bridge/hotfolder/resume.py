@@ -17,7 +17,7 @@ from typing import Callable
 from ..daemon.persist import ReportingCheckpoint, checkpoint_failure_text
 from ..engine.checkpoint import Bound
 from ..engine.types import Progress
-from .claim import WORKING_SEP, Layout
+from .layout import WORKING_SEP, Layout
 
 CHECKPOINTS = "checkpoints"
 

@@ -1,16 +1,17 @@
-"""The hot folder's main loop: notice files, wait until they are complete, run each job once.
+"""The hot folder's main loop: notice files, take each complete one, run it once, carry on whatever happens.
 
-A file is picked up only when its size and mtime have not changed for ``stable_seconds`` *and*
-no open-for-writing is pending (inotify's open/close-after-write events, reported by watchdog as
-``FileOpenedEvent`` / ``FileClosedEvent`` on Linux).  watchdog's ``created`` event arrives when a
-copy *starts*, so it is only a wake-up; a periodic scan of ``in/`` is the source of truth (it also
-covers network shares, where inotify sees nothing).
+watchdog's events only wake the loop; a periodic scan of ``in/`` is the source of truth, and a file is
+taken once it is complete (:mod:`.stability`). Jobs a dead peer watcher left in working/ are resumed
+every few seconds.
 
-Job life cycle (each step journalled, see :mod:`.claim`)::
+Job life cycle (each step journalled, see :mod:`.journal`)::
 
     in/NAME --claim--> working/ID--NAME --render--> .stylebridge/tmp/ID/STEM.psd
             --publish (link, no overwrite)--> out/STEM.psd --> original to done/NAME
     any JobError: original to error/NAME + error/NAME.txt (why, and what to do)
+
+The claim and its lock are :mod:`.claim`'s, the render is the engine's (:mod:`.process`), the ending
+(publish, done/, error/) is :mod:`.settle`'s, and a full disk is :mod:`.diskwait`'s.
 """
 
 from __future__ import annotations
@@ -19,29 +20,33 @@ import logging
 import os
 import queue
 import shutil
-import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterable
 
-from watchdog.events import (FileClosedEvent, FileClosedNoWriteEvent, FileDeletedEvent, FileMovedEvent,
-                             FileOpenedEvent, FileSystemEvent, FileSystemEventHandler)
+from watchdog.events import FileSystemEvent
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from ..engine.types import CancelToken
-from ..imaging import ImageError
 from ..job import JobSpec
-from ..outputs import candidates, name_bytes, remove_stale_parts, write_bytes
+from ..outputs import remove_stale_parts
 from ..settings import SERVICE, SettingsError
 from . import resume
-from .claim import Job, Journal, Layout, claim, clean_tmp, is_disk_full, place, recover, remove_stale_locks
-from .presets import resolve
+from .claim import Claim, claim, clean_tmp, recover, remove_stale_locks
+from .diskwait import ADVICE_TOO_BIG_FOR_DISK, Attempt, DiskWaits, is_disk_full
 from .errors import ADVICE_DAEMON, ADVICE_ENGINE, ADVICE_SETTINGS, ADVICE_WRITE, Cancelled, JobError, Unavailable
-from .inputs import contact_sheet, load_inputs, output_suffix
+from .inputs import Inputs, load_inputs, output_suffix
+from .journal import Journal
+from .layout import Layout
+from .presets import resolve
 from .process import Engine
+from .report import REPEAT_LOG_SECONDS, Reporter
+from .settle import Settler
+from .stability import DEFAULT_STABLE_SECONDS, StabilityTracker, Wakeup
+
 
 class _QuietStop(logging.Filter):
     """watchdog logs an ERROR when its inotify thread is stopped mid-read; it is harmless."""
@@ -52,132 +57,9 @@ class _QuietStop(logging.Filter):
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_QuietStop())
 
-DEFAULT_STABLE_SECONDS = 2.0
-OPEN_GRACE_FACTOR = 15.0      # an open never seen closed stops blocking after this many stable periods
 RECOVER_EVERY_SECONDS = 5.0   # look for jobs left by a dead peer watcher this often
-REPEAT_LOG_SECONDS = 60.0     # the same warning at most this often
-DISK_MARGIN_BYTES = 64 * 1024  # a job that hit a full disk is retried once this much more is free...
-DISK_RETRY_SECONDS = 60.0     # ...or after this long (doubling per failed try, up to the maximum)
-DISK_RETRY_MAX_SECONDS = 900.0
-NEVER_FITS_FRACTION = 0.9     # ENOSPC although this share of the disk was free: it can never fit there
-ADVICE_TOO_BIG_FOR_DISK = ("Put the hot folder (or out/) on a larger disk, or lower \"size\" in preset.json or "
-                           "the file's sidecar, then move the file from error/ back into in/.")
 
-
-# --------------------------------------------------------------------------------------------
-# Completeness
-
-
-@dataclass
-class _Seen:
-    size: int
-    mtime_ns: int
-    since: float
-
-
-class StabilityTracker:
-    """Decides when a file in ``in/`` is complete: stable size+mtime and no pending writer."""
-
-    def __init__(self, stable_seconds: float, open_grace: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.stable_seconds = stable_seconds
-        self.open_grace = open_grace if open_grace is not None else max(10.0, stable_seconds * OPEN_GRACE_FACTOR)
-        self._clock = clock
-        self._seen: dict[str, _Seen] = {}
-        self._opens: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def on_event(self, event: FileSystemEvent) -> None:
-        """Track open/close pairs (inotify); a close-after-write settles a writer."""
-        if event.is_directory:
-            return
-        path = os.fsdecode(event.src_path)
-        with self.lock:
-            if isinstance(event, FileOpenedEvent):
-                self._opens[path] = self._opens.get(path, 0) + 1
-            elif isinstance(event, (FileClosedEvent, FileClosedNoWriteEvent)):
-                n = self._opens.get(path, 0) - 1
-                if n > 0:
-                    self._opens[path] = n
-                else:
-                    self._opens.pop(path, None)
-            elif isinstance(event, (FileDeletedEvent, FileMovedEvent)):
-                self._opens.pop(path, None)
-                self._seen.pop(path, None)
-
-    def ready(self, paths: list[Path]) -> list[Path]:
-        """Those of ``paths`` that are complete now (and forget files no longer listed)."""
-        now = self._clock()
-        out: list[Path] = []
-        keys = set()
-        with self.lock:
-            for p in paths:
-                key = str(p)
-                keys.add(key)
-                try:
-                    st = p.stat()
-                except OSError:
-                    try:
-                        st = p.lstat()       # a dangling link is "stable" too: it goes to error/
-                    except OSError:
-                        continue
-                seen = self._seen.get(key)
-                if seen is None or seen.size != st.st_size or seen.mtime_ns != st.st_mtime_ns:
-                    self._seen[key] = _Seen(st.st_size, st.st_mtime_ns, now)
-                    continue
-                quiet = now - seen.since
-                if quiet < self.stable_seconds:
-                    continue
-                if self._opens.get(key, 0) > 0 and quiet < self.open_grace:
-                    continue            # someone still has it open (a slow copy paused)
-                out.append(p)
-            for key in list(self._seen):
-                if key not in keys:
-                    del self._seen[key]
-        return out
-
-    def forget(self, path: Path) -> None:
-        with self.lock:
-            self._seen.pop(str(path), None)
-            self._opens.pop(str(path), None)
-
-
-class _Wakeup(FileSystemEventHandler):
-    def __init__(self, tracker: StabilityTracker, wake: "queue.Queue[FileSystemEvent]") -> None:
-        self.tracker = tracker
-        self.wake = wake
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self.tracker.on_event(event)
-        self.wake.put(event)
-
-
-# --------------------------------------------------------------------------------------------
-# Reporting
-
-
-class Reporter:
-    """One line per file and stage on the terminal: ``[time] NAME  STYLE  STAGE  PCT%``."""
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stdout
-
-    def line(self, rel: str, stage: str, percent: float | None = None, style: str = "") -> None:
-        pct = f"{percent:5.1f}%" if percent is not None else ""
-        parts = [time.strftime("%H:%M:%S"), rel, style, stage, pct]
-        text = "  ".join(p for p in parts if p)
-        try:
-            try:
-                print(text, file=self.stream, flush=True)
-            except UnicodeEncodeError:       # an odd name (undecodable bytes) on a strict terminal
-                enc = getattr(self.stream, "encoding", None) or "utf-8"
-                print(text.encode(enc, "backslashreplace").decode(enc, "replace"), file=self.stream, flush=True)
-        except (OSError, ValueError):
-            pass   # a closed terminal must not stop the watcher
-
-
-# --------------------------------------------------------------------------------------------
-# The watcher
+Report = Callable[..., None]   # report(stage, percent=None, style=""): one terminal line for this job
 
 
 class Watcher:
@@ -199,17 +81,15 @@ class Watcher:
         self.tracker = StabilityTracker(stable_seconds)
         self.reporter = reporter or Reporter()
         self.journal = Journal(self.layout.journal_path)
+        self.disk = DiskWaits(self.layout, self.journal, self.reporter)
+        self.settle = Settler(self.layout, self.journal, self.reporter, self.disk)
         self._stop = threading.Event()
         self._cancel: CancelToken | None = None
-        self.succeeded = 0
-        self.failed = 0
         self._refused: dict[str, tuple[int, int, int] | None] = {}   # in/ paths that could not be taken
         self._stuck: set[str] = set()           # jobs whose failure could not be settled: not retried
-        self._disk_jobs: dict[str, _DiskWait] = {}   # jobs waiting for space, by id
-        self._disk_all: _DiskWait | None = None  # nothing at all can be written (the journal hit ENOSPC)
         self._said: dict[str, float] = {}       # rate limit of repeated log lines
-        self._observer: Any = None
-        self._handler: _Wakeup | None = None
+        self._observer: BaseObserver | None = None
+        self._handler: Wakeup | None = None
 
     # -- control --------------------------------------------------------------------------
 
@@ -229,7 +109,22 @@ class Watcher:
 
     def run(self) -> int:
         wake: queue.Queue[FileSystemEvent] = queue.Queue()
-        handler = _Wakeup(self.tracker, wake)
+        observer = self._observe(wake)
+        try:
+            self._guard("start-up", self._startup)
+            self._loop(wake)
+        finally:
+            try:
+                observer.stop()
+                observer.join(timeout=5)
+            except (RuntimeError, OSError):
+                pass
+            self.journal.close()
+        return self._exit_code()
+
+    def _observe(self, wake: "queue.Queue[FileSystemEvent]") -> BaseObserver:
+        """Start watching in/ for events (they only wake the loop up)."""
+        handler = Wakeup(self.tracker, wake)
         observer = Observer()
         try:
             observer.schedule(handler, str(self.layout.inbox), recursive=True)
@@ -238,34 +133,32 @@ class Watcher:
         except OSError as exc:   # e.g. inotify watch limit: the periodic scan still finds every file
             self._say("observer", f"warning: no file-system events ({exc}); scanning every "
                                   f"{self.poll_seconds:g} s instead")
-        try:
-            self._guard("start-up", self._startup)
-            last_recover = time.monotonic()
-            while not self._stop.is_set():
-                finished = self._guard("scan", self._tick)
-                if finished:
-                    break
-                if time.monotonic() - last_recover > RECOVER_EVERY_SECONDS:
-                    self._guard("resume", self._resume_orphans)
-                    last_recover = time.monotonic()
-                try:
-                    wake.get(timeout=self.poll_seconds)
-                    while True:             # drain a burst of events
-                        wake.get_nowait()
-                except queue.Empty:
-                    pass
-        finally:
+        return observer
+
+    def _loop(self, wake: "queue.Queue[FileSystemEvent]") -> None:
+        """Scan in/ until stopped (with --once: until nothing is left), resuming orphaned jobs now and then."""
+        last_recover = time.monotonic()
+        while not self._stop.is_set():
+            finished = self._guard("scan", self._tick)
+            if finished:
+                break
+            if time.monotonic() - last_recover > RECOVER_EVERY_SECONDS:
+                self._guard("resume", self._resume_orphans)
+                last_recover = time.monotonic()
             try:
-                observer.stop()
-                observer.join(timeout=5)
-            except (RuntimeError, OSError):
+                wake.get(timeout=self.poll_seconds)
+                while True:             # drain a burst of events
+                    wake.get_nowait()
+            except queue.Empty:
                 pass
-            self.journal.close()
-        waiting = len(self._disk_jobs)
+
+    def _exit_code(self) -> int:
+        """1 if any job went to error/ or still waits for disk space, else 0."""
+        waiting = len(self.disk.jobs)
         if waiting:
             self.reporter.line(str(self.layout.root), f"{waiting} file(s) wait in working/ for disk space; "
                                                       "they resume at the next start")
-        return 1 if (self.failed or waiting or self._disk_all is not None) else 0
+        return 1 if (self.settle.failed or waiting or self.disk.blocked) else 0
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run one step of the loop; an unexpected error is logged (rate-limited), never fatal."""
@@ -275,30 +168,19 @@ class Watcher:
             raise
         except Exception as exc:  # noqa: BLE001 - the watcher outlives any one failure
             if is_disk_full(exc):
-                self._wait_for_disk(exc)
+                self.disk.block_all(exc)
             else:
                 self._say(f"{what}:{type(exc).__name__}:{exc}", f"warning: {what} failed: "
                           f"{type(exc).__name__}: {exc}; carrying on", traceback_too=True)
             if self.once and what == "scan":
-                return self._disk_all is not None
+                return self.disk.blocked
             return False
 
     def _tick(self) -> bool:
         """One pass over in/; True when --once has nothing left to do."""
-        if not all(d.is_dir() for d in (self.layout.inbox, self.layout.working, self.layout.state,
-                                         self.layout.locks, self.layout.tmp)):
-            # Someone deleted a folder (e.g. in the Finder): recreate it and watch it again.
-            self.layout.create()
-            if self._observer is not None and self._handler is not None:
-                self._observer.unschedule_all()
-                self._observer.schedule(self._handler, str(self.layout.inbox), recursive=True)
-            self.reporter.line(str(self.layout.root), "recreated missing folders")
-        if self._disk_all is not None:
-            if not self._disk_all.ready():
-                self._disk_all.remind(self)
-                return self.once
-            self.reporter.line(str(self.layout.root), "disk space is back; carrying on")
-            self._disk_all = None
+        self._recreate_missing_folders()
+        if self.disk.still_blocked():
+            return self.once
         pending = self.layout.inputs()
         if self.once and not pending:
             return True
@@ -306,10 +188,21 @@ class Watcher:
         for key in [k for k in self._refused if k not in keys]:
             del self._refused[key]
         for path in self.tracker.ready(pending):
-            if self._stop.is_set() or self._disk_all is not None:
+            if self._stop.is_set() or self.disk.blocked:
                 break
             self._take(path)
         return False
+
+    def _recreate_missing_folders(self) -> None:
+        """Someone deleted a folder (e.g. in the Finder): recreate it and watch it again."""
+        layout = self.layout
+        if all(d.is_dir() for d in (layout.inbox, layout.working, layout.state, layout.locks, layout.tmp)):
+            return
+        layout.create()
+        if self._observer is not None and self._handler is not None:
+            self._observer.unschedule_all()
+            self._observer.schedule(self._handler, str(layout.inbox), recursive=True)
+        self.reporter.line(str(layout.root), "recreated missing folders")
 
     def _startup(self) -> None:
         names = ", ".join(f"{d.name}/" for d in (self.layout.inbox, self.layout.out, self.layout.done,
@@ -326,27 +219,38 @@ class Watcher:
         self._guard("tidy-up", lambda: resume.clean(self.layout))
 
     def _resume_orphans(self) -> None:
-        if self._stop.is_set() or self._disk_all is not None:
+        """Run the jobs left in working/: a dead watcher's, or this one's that waited for the daemon or disk."""
+        if self._stop.is_set() or self.disk.blocked:
             return
-        waiting = {job_id for job_id, wait in self._disk_jobs.items() if not wait.ready()}
-        jobs = recover(self.layout, self.journal, skip=self._stuck | waiting)
+        jobs = recover(self.layout, self.journal, skip=self._stuck | self.disk.not_ready())
         for i, job in enumerate(jobs):
-            if self._stop.is_set() or self._disk_all is not None:
-                for rest in jobs[i:]:
-                    rest.lock.release()
+            if self._stop.is_set() or self.disk.blocked:
+                _unlock(jobs[i:])
                 break
-            if job.job_id in self._disk_jobs:
+            if job.job_id in self.disk.jobs:
                 report_line = "retrying now that there is more disk space"
             else:
                 report_line = "resuming after an interrupted run"
             try:
                 self.journal.append("resumed", job.job_id, rel=job.rel)
-            except OSError as exc:
-                for rest in jobs[i:]:
-                    rest.lock.release()
-                raise exc
+            except OSError:
+                _unlock(jobs[i:])
+                raise
             self.reporter.line(job.rel, report_line)
             self._run_job(job)
+
+    def _say(self, key: str, text: str, *, rel: str | None = None, traceback_too: bool = False) -> None:
+        """Log a line, at most once a minute for the same ``key`` (a loop must not flood the terminal)."""
+        now = time.monotonic()
+        if now - self._said.get(key, -1e9) < REPEAT_LOG_SECONDS:
+            return
+        self._said[key] = now
+        self.reporter.line(rel or str(self.layout.root), text)
+        if traceback_too:
+            try:
+                traceback.print_exc()
+            except (OSError, ValueError):
+                pass
 
     # -- taking one file ------------------------------------------------------------------
 
@@ -372,7 +276,7 @@ class Watcher:
         if job is not None:
             self._run_job(job)
 
-    def _run_job(self, job: Job) -> None:
+    def _run_job(self, job: Claim) -> None:
         """:meth:`handle`, plus what to do when even settling the job fails."""
         try:
             self.handle(job)
@@ -380,7 +284,7 @@ class Watcher:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. error/ not writable: leave the file, keep going
             if is_disk_full(exc):
-                self._defer_for_disk(job, exc, self.layout.root)
+                self.disk.defer(job, exc, self.layout.root)
                 return
             self._stuck.add(job.job_id)
             self._say(f"stuck:{job.job_id}", f"could not settle this file ({type(exc).__name__}: {exc}); "
@@ -389,307 +293,101 @@ class Watcher:
 
     # -- one job --------------------------------------------------------------------------
 
-    def handle(self, job: Job) -> bool:
+    def handle(self, job: Claim) -> bool:
         """Run one claimed job to done/ or error/; True on success.  Holds ``job.lock`` until settled.
 
         A full disk (ENOSPC/EDQUOT) at any step is not the file's fault: the job stays in working/
-        and waits (see :meth:`_defer_for_disk`), unless its output could never fit.
+        and waits (see :meth:`.DiskWaits.defer`), unless its output could never fit.
         """
-        report = lambda stage, pct=None, style="": self.reporter.line(job.rel, stage, pct, style)  # noqa: E731
+        report: Report = lambda stage, pct=None, style="": self.reporter.line(job.rel, stage, pct, style)  # noqa: E731
         self._cancel = CancelToken()
         if self._stop.is_set():
             self._cancel.pause()
-        step = "start"
-        where = self.layout.root
-        free_before = _free_bytes(where)
-        scratch: Path | None = None
+        attempt = Attempt(self.layout.root)
         try:
-            if job.state is not None and self._finish_recovered(job, report):
+            if job.state is not None and self.settle.finish_recovered(job, report):
                 return True
-            self.journal.append("started", job.job_id, rel=job.rel)
-            report("started")
-            tmp_dir = self.layout.job_tmp(job.job_id)
-            shutil.rmtree(tmp_dir, ignore_errors=True)   # a partial write from a crashed run
-            tmp_dir.mkdir(parents=True)
-            spec = _resolve(self.layout.root, job)
-            for note in spec.notes:
-                report(f"note: {note}")
-            inputs = load_inputs(job.working, spec, allow_library=self.engine.allows_library)
-            for note in inputs.notes:
-                report(f"note: {note}")
-            # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
-            scratch = tmp_dir / ("output" + output_suffix(inputs.content))
-            step, free_before = "render", _free_bytes(where)
-            checkpoint = resume.job_checkpoint(self.layout, job.job_id, self.checkpoint_seconds, report)
-            self.engine.render(inputs, job.working, scratch, report, self._cancel, checkpoint=checkpoint)
-            where = self.layout.out / job.subdir
-            step, free_before = "publish", _free_bytes(where)
-            output = self._publish(job, scratch)
-            report(f"wrote out/{output.relative_to(self.layout.out).as_posix()}", 100.0)
-            if spec.document.contact_sheet:
-                self._contact_sheet(output, inputs, report)
-            where = self.layout.root
-            step = "finish"
-            self._finish(job)
+            self._run_steps(job, report, attempt)
             return True
         except Cancelled:
-            _quietly(self.journal.append, "interrupted", job.job_id)
+            self.journal.try_append("interrupted", job.job_id)
             report("stopped; it stays in working/ and resumes at the next start")
             job.lock.release()
-            return False
         except Unavailable as exc:
-            if self.once:
-                self._fail(job, str(exc), getattr(exc, "advice", ADVICE_DAEMON))
-                return False
-            _quietly(self.journal.append, "deferred", job.job_id, reason=str(exc))
-            report(f"waiting: {exc}; it stays in working/ and is retried every "
-                   f"{RECOVER_EVERY_SECONDS:g} s")
-            shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
-            job.lock.release()
-            return False
+            self._wait_for_daemon(job, exc, report)
         except KeyboardInterrupt:
-            _quietly(self.journal.append, "interrupted", job.job_id)
+            self.journal.try_append("interrupted", job.job_id)
             job.lock.release()
             raise
         except JobError as exc:
-            self._fail(job, str(exc), exc.advice)
+            self.settle.fail(job, str(exc), exc.advice)
         except SettingsError as exc:
-            self._fail(job, f"bad settings: {exc}", ADVICE_SETTINGS)
+            self.settle.fail(job, f"bad settings: {exc}", ADVICE_SETTINGS)
         except OSError as exc:
-            if is_disk_full(exc):
-                never = self._never_fits(step, where, free_before, scratch)
-                if never is None:
-                    self._defer_for_disk(job, exc, where, free_before)
-                    return False
-                self._fail(job, never, ADVICE_TOO_BIG_FOR_DISK)
-            else:
-                self._fail(job, f"{type(exc).__name__}: {exc}", ADVICE_WRITE)
+            self._on_os_error(job, exc, attempt)
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop the watcher
             traceback.print_exc()
-            self._fail(job, f"internal error {type(exc).__name__}: {exc}", ADVICE_ENGINE)
+            self.settle.fail(job, f"internal error {type(exc).__name__}: {exc}", ADVICE_ENGINE)
         finally:
             self._cancel = None
         return False
 
-    def _never_fits(self, step: str, where: Path, free_before: int | None, scratch: Path | None) -> str | None:
-        """A reason if this job's output cannot fit on that disk even when it is empty, else None (wait)."""
-        total = _total_bytes(where)
-        if total is None:
-            return None
-        if step == "publish" and scratch is not None:
-            try:
-                need = scratch.stat().st_size
-            except OSError:
-                return None
-            if need > total:
-                return (f"the finished PSD is {_mb(need)}, larger than the whole disk holding out/ "
-                        f"({_mb(total)})")
-        if step == "render" and free_before is not None and free_before >= NEVER_FITS_FRACTION * total:
-            return (f"writing its PSD filled the disk although {_mb(free_before)} of its {_mb(total)} were free: "
-                    "the result is larger than this disk can hold")
-        return None
-
-    def _defer_for_disk(self, job: Job, exc: OSError, where: Path, free_before: int | None = None) -> None:
-        """Disk full: keep the job in working/ (a complete rendered PSD is kept too), retry with more space."""
+    def _run_steps(self, job: Claim, report: Report, attempt: Attempt) -> None:
+        """Render the job into its scratch folder, publish it to out/, move the original to done/;
+        ``attempt`` follows the steps (on a full disk it tells waiting from never fitting)."""
+        self.journal.append("started", job.job_id, rel=job.rel)
+        report("started")
         tmp_dir = self.layout.job_tmp(job.job_id)
-        if tmp_dir.is_dir():
-            for p in tmp_dir.iterdir():            # partial files only; a finished scratch PSD is kept
-                if p.name.startswith("."):
-                    try:
-                        p.unlink()
-                    except OSError:
-                        pass
-        free_now = _free_bytes(where)
-        baseline = free_before if free_before is not None else free_now
-        wait = self._disk_jobs.get(job.job_id)
-        tries = wait.tries + 1 if wait is not None else 1
-        self._disk_jobs[job.job_id] = _DiskWait(where, baseline or 0, time.monotonic(), tries)
-        _quietly(self.journal.append, "deferred", job.job_id, reason=f"disk full: {exc.strerror or exc}")
-        self.reporter.line(job.rel, f"waiting: the disk is full ({exc.strerror or exc}; "
-                                    f"{_mb(free_now)} free in {where.name or where}); it stays in working/ and is "
-                                    "retried when space is freed (free some disk space)")
+        shutil.rmtree(tmp_dir, ignore_errors=True)   # a partial write from a crashed run
+        tmp_dir.mkdir(parents=True)
+        spec, inputs = self._load(job, report)
+        # A short scratch name: the writers add temporary suffixes, and out/'s name comes from job.name.
+        attempt.scratch = scratch = tmp_dir / ("output" + output_suffix(inputs.content))
+        attempt.enter("render", self.layout.root)
+        checkpoint = resume.job_checkpoint(self.layout, job.job_id, self.checkpoint_seconds, report)
+        self.engine.render(inputs, job.working, scratch, report, self._cancel, checkpoint=checkpoint)
+        attempt.enter("publish", self.layout.out / job.subdir)
+        output = self.settle.publish(job, scratch)
+        report(f"wrote out/{output.relative_to(self.layout.out).as_posix()}", 100.0)
+        if spec.document.contact_sheet:
+            self.settle.contact_sheet(output, inputs, report)
+        attempt.step, attempt.where = "finish", self.layout.root    # (the free space before publishing stays)
+        self.settle.finish(job)
+
+    def _load(self, job: Claim, report: Report) -> tuple[JobSpec, Inputs]:
+        """The job's settings and its inputs (photo, styles); what they note is reported."""
+        spec = _resolve(self.layout.root, job)
+        for note in spec.notes:
+            report(f"note: {note}")
+        inputs = load_inputs(job.working, spec, allow_library=self.engine.allows_library)
+        for note in inputs.notes:
+            report(f"note: {note}")
+        return spec, inputs
+
+    def _wait_for_daemon(self, job: Claim, exc: Unavailable, report: Report) -> None:
+        """The daemon cannot be reached: the job waits in working/ (with --once it goes to error/)."""
+        if self.once:
+            self.settle.fail(job, str(exc), getattr(exc, "advice", ADVICE_DAEMON))
+            return
+        self.journal.try_append("deferred", job.job_id, reason=str(exc))
+        report(f"waiting: {exc}; it stays in working/ and is retried every "
+               f"{RECOVER_EVERY_SECONDS:g} s")
+        shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
         job.lock.release()
 
-    def _wait_for_disk(self, exc: OSError) -> None:
-        """Nothing can be written (not even the journal): pause all work until space comes back."""
-        free_now = _free_bytes(self.layout.root) or 0
-        self._disk_all = _DiskWait(self.layout.root, free_now, time.monotonic(), 1)
-        self.reporter.line(str(self.layout.root), f"waiting: the disk is full ({exc.strerror or exc}); no file is "
-                                                  "taken until space is freed (free some disk space)")
-
-    def _say(self, key: str, text: str, *, rel: str | None = None, traceback_too: bool = False) -> None:
-        """Log a line, at most once a minute for the same ``key`` (a loop must not flood the terminal)."""
-        now = time.monotonic()
-        if now - self._said.get(key, -1e9) < REPEAT_LOG_SECONDS:
+    def _on_os_error(self, job: Claim, exc: OSError, attempt: Attempt) -> None:
+        """A full disk: the job waits, unless its output could never fit there; any other: to error/."""
+        if not is_disk_full(exc):
+            self.settle.fail(job, f"{type(exc).__name__}: {exc}", ADVICE_WRITE)
             return
-        self._said[key] = now
-        self.reporter.line(rel or str(self.layout.root), text)
-        if traceback_too:
-            try:
-                traceback.print_exc()
-            except (OSError, ValueError):
-                pass
-
-    def _finish_recovered(self, job: Job, report: Callable[..., None]) -> bool:
-        """After a crash: finish what was already done instead of redoing it.  True if finished."""
-        st = job.state
-        assert st is not None
-        # Died between linking the original into done/ or error/ and unlinking it from working/?
-        for folder in (self.layout.done, self.layout.error):
-            if _find_same(folder / job.subdir / job.name, job.working) is not None:
-                twin = self._settle(job, folder)
-                assert twin is not None
-                self.journal.append("done" if folder == self.layout.done else "error", job.job_id,
-                                    recovered=twin.relative_to(self.layout.root).as_posix())
-                self._release(job)
-                report(f"was already moved to {folder.name}/; tidied up")
-                return True
-        if "output-written" in st.events:
-            report("output was already written; moving the original to done/")
-            self._finish(job)
-            return True
-        # write_psd renames into place, so a visible PSD in the job's scratch folder is complete.
-        scratch: Path | None = None
-        wanted: Path | None = None
-        if "output-intent" in st.events and st.info.get("tmp"):
-            scratch = self.layout.root / st.info["tmp"]
-            wanted = self.layout.root / st.info["wanted"]
+        never = attempt.never_fits()
+        if never is None:
+            self.disk.defer(job, exc, attempt.where, attempt.free_before)
         else:
-            tmp_dir = self.layout.job_tmp(job.job_id)
-            done = sorted(tmp_dir.glob("*.ps[db]")) if tmp_dir.is_dir() else []
-            done = [p for p in done if not p.name.startswith(".")]
-            scratch = done[0] if len(done) == 1 else None
-        if scratch is not None and scratch.exists():
-            self._publish(job, scratch, wanted=wanted)
-            report("output was already rendered; published it")
-            self._finish(job)
-            return True
-        return False
-
-    def _publish(self, job: Job, scratch: Path, wanted: Path | None = None) -> Path:
-        """Put the finished scratch PSD into out/ under a free name (no overwrite), then drop the scratch."""
-        root = self.layout.root
-        wanted = wanted or self.layout.out / job.subdir / (Path(job.name).stem + scratch.suffix)
-        existing = _find_same(wanted, scratch)     # crashed between link and journal last time?
-        if existing is None:
-            self.journal.append("output-intent", job.job_id, tmp=scratch.relative_to(root).as_posix(),
-                                wanted=wanted.relative_to(root).as_posix())
-            final = place(scratch, wanted, keep_source=True)
-        else:
-            final = existing
-        self.journal.append("output-written", job.job_id, output=final.relative_to(root).as_posix())
-        scratch.unlink(missing_ok=True)
-        resume.remove(self.layout, job.job_id)      # published: the run is not needed any more
-        return final
-
-    def _contact_sheet(self, output: Path, inputs: Any, report: Callable[..., None]) -> None:
-        """``NAME-previews.png`` beside the published PSD (preset ``"contact_sheet": true``): fast previews
-        of the photo under each style, to choose from before the next run. A sheet that cannot be made
-        is reported; the job (its PSD) has succeeded all the same."""
-        from ..imaging import encode_png
-        from ..preview import PreviewModelError
-        try:
-            sheet, left_out = contact_sheet(inputs)
-            if sheet is None:
-                report(f"no contact sheet: its styles ({', '.join(left_out)}) are in the daemon's library, not here")
-                return
-            wanted = output.with_name(f"{Path(output.name).stem}-previews.png")
-            written = write_bytes(wanted, encode_png(sheet), fit=True)
-        except (PreviewModelError, ImageError, OSError, ValueError) as exc:
-            report(f"no contact sheet ({type(exc).__name__}: {exc}); the PSD is written")
-            return
-        extra = f" (without {', '.join(left_out)}: library styles)" if left_out else ""
-        report(f"wrote out/{written.relative_to(self.layout.out).as_posix()}{extra}", 100.0)
-
-    def _finish(self, job: Job) -> None:
-        self.journal.append("done-intent", job.job_id)
-        final = self._settle(job, self.layout.done) or self.layout.done / job.subdir / job.name
-        self.journal.append("done", job.job_id, done=final.relative_to(self.layout.root).as_posix())
-        self._release(job)
-        self.succeeded += 1
-
-    def _fail(self, job: Job, reason: str, advice: str) -> None:
-        """Original (and sidecar) to error/, with NAME.txt beside it; the watcher carries on.
-
-        If the original itself cannot be moved (error/ not writable...), the OSError propagates to
-        :meth:`_run_job`: the file stays in working/ and is not retried in a loop.
-        """
-        self.reporter.line(job.rel, f"FAILED: {reason}")
-        final = self._settle(job, self.layout.error, report=lambda text: self.reporter.line(job.rel, text))
-        self.failed += 1
-        try:
-            target = final or (self.layout.error / job.subdir / job.name)
-            text = (f"stylebridge could not process {job.rel}\n\nWhy: {reason}\n\nWhat to do: {advice}\n\n"
-                    f"(job {job.job_id}, {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-            write_bytes(target.with_name(target.name + ".txt"), text.encode("utf-8", "backslashreplace"), fit=True)
-        except OSError as exc:
-            self.reporter.line(job.rel, f"could not write the error note: {exc}")
-        try:
-            self.journal.append("error", job.job_id, reason=reason,
-                                error_file=final.relative_to(self.layout.root).as_posix() if final else None)
-        except OSError as exc:
-            self.reporter.line(job.rel, f"could not journal the error: {exc}")
-        self._release(job)
-
-    def _settle(self, job: Job, folder: Path, report: Callable[[str], None] | None = None) -> Path | None:
-        """Move the original, then its sidecar, from working/ to ``folder``/SUBDIR under free names (the one
-        no-replace rule, :func:`bridge.outputs.publish`); returns where the original is now (None: it was
-        already gone). An original linked there before a crash is only dropped from working/.
-
-        ``report``: a sidecar that cannot be moved is reported, not raised (the original is safe).
-        """
-        final: Path | None = None
-        if os.path.lexists(job.working):
-            wanted = folder / job.subdir / job.name
-            final = _find_same(wanted, job.working)
-            if final is not None:
-                job.working.unlink()
-            else:
-                final = place(job.working, wanted)
-        if job.sidecar is not None and job.sidecar.exists():
-            try:
-                place(job.sidecar, folder / job.subdir / (job.sidecar_name or job.sidecar.name))
-            except OSError as exc:
-                if report is None:
-                    raise
-                report(f"could not move the settings file {job.sidecar_name}: {exc}")
-        return final
-
-    def _release(self, job: Job) -> None:
-        """The job is settled (journalled done or error): drop its scratch folder and its lock."""
-        shutil.rmtree(self.layout.job_tmp(job.job_id), ignore_errors=True)
-        resume.remove(self.layout, job.job_id)
-        job.lock.release(remove=True)
-        self._disk_jobs.pop(job.job_id, None)
+            self.settle.fail(job, never, ADVICE_TOO_BIG_FOR_DISK)
 
 
-@dataclass
-class _DiskWait:
-    """A job (or everything) waiting for disk space: retried when the disk holding ``folder`` has
-    more free space than the failed attempt started with, or after a back-off that doubles per try."""
-
-    folder: Path
-    free: int
-    since: float
-    tries: int
-    reminded: float = 0.0
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        free = _free_bytes(self.folder)
-        if free is not None and free > self.free + DISK_MARGIN_BYTES:
-            return True
-        return now - self.since > min(DISK_RETRY_MAX_SECONDS, DISK_RETRY_SECONDS * 2 ** (self.tries - 1))
-
-    def remind(self, watcher: "Watcher") -> None:
-        now = time.monotonic()
-        if now - max(self.since, self.reminded) >= REPEAT_LOG_SECONDS:
-            self.reminded = now
-            watcher.reporter.line(str(watcher.layout.root), f"still waiting for disk space "
-                                                            f"({_mb(_free_bytes(self.folder))} free)")
-
-
-def _resolve(root: Path, job: Job) -> JobSpec:
+def _resolve(root: Path, job: Claim) -> JobSpec:
     """The job (its settings and styles); JSON that cannot even be parsed (nested 50,000 deep, a 5,000-digit
     number) is the user's settings problem, not an internal error."""
     try:
@@ -704,29 +402,10 @@ def _resolve(root: Path, job: Job) -> JobSpec:
                        ADVICE_SETTINGS) from None
 
 
-def _free_bytes(folder: Path) -> int | None:
-    """Free bytes (for unprivileged writers) on the disk holding ``folder`` (or its nearest parent)."""
-    for p in (folder, *folder.parents):
-        try:
-            st = os.statvfs(p)
-        except OSError:
-            continue
-        return st.f_bavail * st.f_frsize
-    return None
-
-
-def _total_bytes(folder: Path) -> int | None:
-    for p in (folder, *folder.parents):
-        try:
-            st = os.statvfs(p)
-        except OSError:
-            continue
-        return st.f_blocks * st.f_frsize
-    return None
-
-
-def _mb(n: int | None) -> str:
-    return "? MB" if n is None else f"{n / 1e6:.1f} MB"
+def _unlock(jobs: Iterable[Claim]) -> None:
+    """Let go of recovered jobs this pass will not run (another pass, or another watcher, takes them)."""
+    for job in jobs:
+        job.lock.release()
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -742,36 +421,3 @@ def _rel_or_name(layout: Layout, path: Path) -> str:
         return layout.rel(path)
     except ValueError:
         return str(path)
-
-
-def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Best-effort bookkeeping: a record that does not fit on a full disk must not stop anything."""
-    try:
-        fn(*args, **kwargs)
-    except OSError:
-        pass
-
-
-def _find_same(wanted: Path, src: Path) -> Path | None:
-    """A file named like ``wanted`` (or ``stem-N``) that is the very same inode as ``src``."""
-    if not os.path.lexists(src) or not wanted.parent.is_dir():
-        return None
-    first = next(candidates(wanted, fit=True))
-    stem = first.stem[:-6] if name_bytes(first.name) > 200 else first.stem   # "-N" shortens long stems
-    for cand in wanted.parent.glob(f"{_glob_escape(stem)}*{_glob_escape(first.suffix)}"):
-        if _same_inode(cand, src):
-            return cand
-    return None
-
-
-def _same_inode(a: Path, b: Path) -> bool:
-    """os.path.samefile without following links (a moved symbolic link is the same link)."""
-    try:
-        sa, sb = os.lstat(a), os.lstat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
