@@ -221,3 +221,25 @@ def test_library_names_and_styles_beside_the_hot_folder_still_work(root: Path) -
     _write(root / "in" / "sub" / "preset.json", {"styles": ["Starry", "../../styles/scream.jpg"]})
     spec = resolve(root, "sub/a.jpg")
     assert spec.styles[0].library == "Starry" and spec.styles[1].path == str((root / "styles" / "scream.jpg").resolve())
+
+
+def test_a_library_name_whose_image_sits_in_out_says_where_it_belongs(tmp_path):
+    """``"styles": ["mine"]`` while the only mine.png is in out/: the refusal says so and where it belongs
+    (a library name stays one: the daemon's library may hold "mine")."""
+    import io
+
+    from PIL import Image
+
+    from bridge.hotfolder.presets import misplaced_style_hint
+    from bridge.hotfolder.process import InProcessEngine
+    from bridge.hotfolder.watcher import Reporter, Watcher
+    root = tmp_path / "hot"
+    for folder in ("in", "out"):
+        (root / folder).mkdir(parents=True)
+    Image.new("RGB", (40, 30), (10, 90, 200)).save(root / "out" / "mine.png")
+    assert "out/mine.png" in misplaced_style_hint(root, "mine") and misplaced_style_hint(root, "other") == ""
+    (root / "preset.json").write_text('{"styles": ["mine"], "size": 32, "iterations": 1}')
+    Image.new("RGB", (40, 30), (200, 90, 10)).save(root / "in" / "photo.png")
+    rc = Watcher(root, InProcessEngine(), stable_seconds=0.2, once=True, reporter=Reporter(io.StringIO())).run()
+    note = (root / "error" / "photo.png.txt").read_text()
+    assert rc == 1 and "there is out/mine.png" in note and "styles/mine.png" in note, note

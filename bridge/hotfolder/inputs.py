@@ -19,6 +19,7 @@ from ..imaging import ImageError, MetadataWarning, Picture, image_kind, image_si
 from ..job import JobSpec, LimitError, Source, check
 from ..settings import LIMITS, SettingsError
 from .errors import ADVICE_IMAGE, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_SPECIAL, ADVICE_WRITE, JobError
+from .presets import misplaced_style_hint
 
 # --------------------------------------------------------------------------------------------
 # Sniffing
@@ -151,7 +152,7 @@ def _load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
     # a PSD's style layers travel as uploads in daemon mode; here they are styles like the preset's
     spec = replace(spec, styles=spec.styles + tuple(Source(upload=i, name=s.name) for i, s in enumerate(psd_styles)))
     check(spec, LIMITS, content_size=(content.width, content.height))   # SettingsError: "bad settings" (error/)
-    styles = load_styles(spec, psd_styles, allow_library=allow_library)
+    styles = load_styles(spec, psd_styles, allow_library=allow_library, root=path.parent.parent)  # working/NAME
     return Inputs(content, styles, spec, kind.kind)
 
 
@@ -179,7 +180,8 @@ def _image_advice(message: str) -> str:
     return ADVICE_SIZE if "pixels" in message and "limit" in message else ADVICE_IMAGE
 
 
-def load_styles(spec: JobSpec, psd_styles: list[StyleInput], *, allow_library: bool) -> list[StyleInput]:
+def load_styles(spec: JobSpec, psd_styles: list[StyleInput], *, allow_library: bool,
+                root: Path | None = None) -> list[StyleInput]:
     """The pictures of the job's file and PSD-layer styles, named ``spec.style_names`` (library styles: the
     daemon's, so none here)."""
     styles: list[StyleInput] = []
@@ -187,8 +189,9 @@ def load_styles(spec: JobSpec, psd_styles: list[StyleInput], *, allow_library: b
     for src, name in zip(spec.styles, spec.style_names):
         if src.library is not None:
             if not allow_library:
+                hint = misplaced_style_hint(root, src.library) if root is not None else ""
                 raise JobError(f"style {src.library!r} is not a file; library styles need the daemon "
-                               "(stylebridge watch DIR --daemon URL) — or give a path to an image file",
+                               f"(stylebridge watch DIR --daemon URL) — or give a path to an image file{hint}",
                                ADVICE_SETTINGS)
             continue
         if src.path is None:                      # a PSD's own "style: NAME" layer

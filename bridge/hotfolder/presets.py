@@ -108,6 +108,21 @@ def _file_source(text: str, base: Path, source: Path, *, must_exist: bool, root:
     return Source(library=text)
 
 
+def misplaced_style_hint(root: Path, name: str) -> str:
+    """For a library style the daemon (or this process) does not have: when a style image of that name sits in
+    one of the hot folder's own folders (``out/mine.png`` for ``"mine"``), say so and where it belongs; else ""."""
+    if not name or "/" in name or "\\" in name:
+        return ""
+    for folder in MANAGED_FOLDERS:
+        for suffix in IMAGE_SUFFIXES:
+            candidate = root / folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return (f" (there is {folder}/{candidate.name}, but style images may not be in the hot folder's own "
+                        f"{folder}/ folder, where the watcher takes, moves and writes files: move it to "
+                        f"{root / 'styles'} and name it \"styles/{candidate.name}\")")
+    return ""
+
+
 def _managed_folder(path: Path, root: Path) -> str | None:
     """The name of the hot folder's own folder (in, out, ...) that ``path`` is in or names, else None;
     by the path as written and by where its links lead."""

@@ -18,6 +18,7 @@ from ..settings import LIMITS
 from .errors import (ADVICE_ENGINE, ADVICE_MEMORY, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_TOKEN, ADVICE_URL, Cancelled,
                      JobError, Unavailable)
 from .inputs import HERE_ONLY, Inputs
+from .presets import misplaced_style_hint
 
 ReportFn = Callable[[str, float | None, str], None]   # (stage, percent or None, style name)
 
@@ -237,5 +238,7 @@ class DaemonEngine:
                 raise JobError(f"the daemon answered {exc.status}: {exc.message}", ADVICE_ENGINE) from None
             # over a size limit (pixels, upload, the job's memory) the file is too big: not a settings matter
             too_big = exc.payload.get("limit") in ("max_pixels", "max_upload_bytes", "max_job_memory")
-            raise JobError(f"the daemon refused the job: {exc.message}",
+            style = exc.payload.get("style")
+            hint = misplaced_style_hint(source.parent.parent, style) if isinstance(style, str) else ""  # working/NAME
+            raise JobError(f"the daemon refused the job: {exc.message}{hint}",
                            ADVICE_SIZE if too_big else ADVICE_SETTINGS) from None
