@@ -59,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -1571,24 +1572,26 @@ def wait_file(pattern: Callable[[], list[Path]], seconds: float, alive: Callable
     return None
 
 
-CHECKPOINT_DAMAGE = [("image", (10 ** 6, 10 ** 6)), ("numbers", (10 ** 12,)), ("current", (3, 40000, 40000))]
+CHECKPOINT_DAMAGE = [   # (label, array, the shape its .npy header claims)
+    ("image 10^6 x 10^6", "image", (10 ** 6, 10 ** 6)), ("numbers 10^12", "numbers", (10 ** 12,)),
+    ("current 3x40000^2", "current", (3, 40000, 40000))]
 
 
 def checkpoint_cases(deadline: float) -> None:
     global STYLE_PNG
     STYLE_PNG = STYLE_PNG or good_png(40, 40)
-    for n, (victim, shape) in enumerate(CHECKPOINT_DAMAGE):
+    for n, (label, victim, shape) in enumerate(CHECKPOINT_DAMAGE):
         if time.monotonic() > deadline:
             return
-        checked("daemon", f"kill -9, checkpoint {victim} {'x'.join(map(str, shape))}, restart",
+        checked("daemon", f"kill -9, checkpoint {label}, restart",
                 lambda n=n, victim=victim, shape=shape: _checkpoint_daemon(n, victim, shape))
 
 
 def hot_checkpoint_cases(deadline: float) -> None:
-    for n, (victim, shape) in enumerate(CHECKPOINT_DAMAGE[:2]):
+    for n, (label, victim, shape) in enumerate(CHECKPOINT_DAMAGE[:2]):
         if time.monotonic() > deadline:
             return
-        checked("hot", f"kill -9, checkpoint {victim} {'x'.join(map(str, shape))}, restart",
+        checked("hot", f"kill -9, checkpoint {label}, restart",
                 lambda n=n, victim=victim, shape=shape: _checkpoint_hot(n, victim, shape))
 
 
