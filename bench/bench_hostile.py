@@ -1759,7 +1759,7 @@ def _journal(n: int, line: Callable[[str], bytes]) -> tuple[str, str, float, str
         fh.write(line(real))
     hot.start()
     try:
-        return _hot_result(hot, data, "j.psd", "malformed line appended", 240)
+        return _hot_result(hot, data, "j.psd", "malformed line appended", 100)
     finally:
         hot.stop(signal.SIGKILL)
 
@@ -1778,16 +1778,17 @@ def preview_cases(deadline: float) -> None:
     dm = Daemon(data, "--max-job-memory-mb", "1000")
     small = good_png(320, 240)
 
-    def post(files: list, fields: dict | None = None) -> tuple[int, float, float, str]:
+    def post(files: list, fields: dict | None = None, timeout: float = 120) -> tuple[int, float, float, str]:
+        """POST /v1/previews; past ``timeout`` the client gives up: a HANG (the daemon is then stopped)."""
         base = reset_peak(dm.proc.pid)
         t0 = time.monotonic()
-        r = dm.httpx.post(dm.url + "/v1/previews", files=files, data=fields or {}, timeout=300)
+        r = dm.httpx.post(dm.url + "/v1/previews", files=files, data=fields or {}, timeout=timeout)
         secs = time.monotonic() - t0
         return r.status_code, secs, vm(dm.proc.pid) - base, _err(r) if r.status_code != 200 else \
             f"{len(r.json().get('previews', []))} previews"
 
-    def refused(files: list, fields: dict | None = None) -> tuple[str, str, float, str]:
-        code, secs, grew, text = post(files, fields)
+    def refused(files: list, fields: dict | None = None, timeout: float = 120) -> tuple[str, str, float, str]:
+        code, secs, grew, text = post(files, fields, timeout)
         note = f"{secs:.1f} s, daemon peak +{grew:.0f} MB over its RSS before; {text}"
         if code >= 500:
             return "500", str(code), vm(dm.proc.pid), note
@@ -1823,11 +1824,12 @@ def preview_cases(deadline: float) -> None:
         checked("daemon", "preview 14000^2 16-bit PNG over the limit", lambda: refused(
             [("content", ("big16.png", raw_png(14000, 14000, 16), "image/png")),
              ("style_files", ("s.png", STYLE_PNG, "image/png"))]))
-        checked("daemon", "preview 16 style files of 14000^2", lambda: refused(
-            [("content", ("c.png", small, "image/png"))] +
-            [("style_files", (f"s{i}.png", big_png(), "image/png")) for i in range(16)]))
         checked("daemon", "preview library style of 14000^2", lambda: refused(
             [("content", ("c.png", small, "image/png"))], {"styles": "huge"}))
+        # last: unfixed, it takes ~5 min of decoding (the client gives up after 60 s and the daemon is stopped)
+        checked("daemon", "preview 16 style files of 14000^2", lambda: refused(
+            [("content", ("c.png", small, "image/png"))] +
+            [("style_files", (f"s{i}.png", big_png(), "image/png")) for i in range(16)], timeout=60))
     finally:
         dm.stop()
 
