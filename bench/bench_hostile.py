@@ -1971,12 +1971,12 @@ def hotdaemon_cases(deadline: float) -> None:
                 text, _exited, where = _watch_text(TMP / f"h20-tok-{time.monotonic_ns()}", args, extra_env,
                                                    until=lambda t: "token" in t.lower() or "401" in t)
                 said = [ln.strip() for ln in text.splitlines() if "token" in ln.lower()]
-                where_set = any(("--token" in ln or "STYLEBRIDGE_TOKEN" in ln) for ln in said)
+                where_set = any("--token" in ln for ln in said)     # the watch command's option, not GIMP's
                 if where == "nowhere":
                     return "DATA-LOST", "-", NAN, f"the photo is nowhere; {last_line(text)}"
                 if not said or not where_set:
-                    return "UNCLEAR", "-", NAN, (f"no word of the token and where it is set; photo in {where}/; "
-                                                 f"{(said or [last_line(text)])[0][:110]}")
+                    return "UNCLEAR", "-", NAN, (f"no word of the token or of --token; photo in {where}/; "
+                                                 f"{(said or [last_line(text)])[0][-110:]}")
                 return "ok-clear-error", "-", NAN, said[0][:150]
             return act
 
