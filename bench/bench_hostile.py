@@ -15,11 +15,29 @@ involved, note. Outcomes:
   two runs reporting one file, or a partial/temporary file left behind,
 * ``500``: an HTTP 5xx.
 
+Issue 20's cases (``--cases issue20``; groups ``origin``, ``symlinks``, ``checkpoint``, ``jobjson``, ``journal``,
+``previews``, ``native``, ``animated``, ``hotdaemon``, ``token``) add failure classes; none of them counts as ok:
+
+* ``LEAK``: a browser request without Origin (``Sec-Fetch-Site: cross-site/same-site``) answered with anything
+  but 403, an existing style told apart from a missing one, or a file from outside the style library served,
+* ``INCONSISTENT``: the style list and fetching the style disagree,
+* ``FAILED``: a good job or photo failed (job ``failed``, photo in error/) because of damaged bookkeeping
+  (checkpoint, job.json, journal) that should have been set aside, or a photo under the limits refused,
+* ``OVER-LIMIT``: processed although over a configured limit (previews over ``--max-job-memory-mb``,
+  ``--size native`` over max_native_pixels),
+* ``SLOW-REFUSAL``: refused, but after > 5 s or with > 1 GB (CLI) / > 300 MB more (daemon) of memory,
+* ``HEAVY``: a photo under the limits processed, but over its time or memory bound,
+* ``SILENT``: an animated image stylized as one frame without a word about its frames,
+* ``UNCLEAR``: the message misleads: no word of the token and where it is set, "protocol 1" for a server
+  that is no stylebridge daemon, "not in the library" for a style file, a token that can never match.
+
 Peak RSS: the CLI's from ``wait4`` (the process's own ``ru_maxrss``); the daemon's and the watcher's are their
 ``VmHWM`` (high-water mark since they started) read after the case, so they carry over earlier cases.
 
-    sudo PYTHONPATH=$PWD python bench/bench_hostile.py            # all three front ends (~15 min on 2 cores)
+    sudo PYTHONPATH=$PWD python bench/bench_hostile.py            # everything, all three front ends
     PYTHONPATH=$PWD python bench/bench_hostile.py --fronts cli    # one front end
+    sudo PYTHONPATH=$PWD python bench/bench_hostile.py --cases issue20          # issue 20's cases only
+    sudo PYTHONPATH=$PWD python bench/bench_hostile.py --cases origin,symlinks  # some of its groups
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -853,9 +872,10 @@ def _kill_restart(dm: Daemon, data: Path) -> tuple[int, str]:
 
 
 class Hot:
-    def __init__(self, root: Path, stable: float = 0.2) -> None:
+    def __init__(self, root: Path, stable: float = 0.2, extra: tuple[str, ...] = ()) -> None:
         self.root = root
         self.stable = stable
+        self.extra = extra          # more `stylebridge watch` options (e.g. --checkpoint-seconds 1)
         self.log = TMP / f"watch-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
         self.inputs: dict[str, str] = {}   # sha -> name of every regular file dropped
@@ -869,8 +889,8 @@ class Hot:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([PY, "-m", "bridge.cli", "watch", str(self.root), "--stable-seconds",
-                                      str(self.stable)], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     env=env())
+                                      str(self.stable), *self.extra], stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, env=env())
         PROCS.append(self.proc)
 
     def alive(self) -> bool:
@@ -1188,45 +1208,979 @@ def _wait_working(hot: Hot, seconds: float) -> None:
         time.sleep(0.1)
 
 
+# ------------------------------------------------------------------------------------------------ issue 20
+#
+# Issue 20's defects, one group of cases each (``--cases GROUP``). A wrong or unsafe answer is never "ok": it
+# gets one of the failure classes of FAILURES (the summary counts each one).
+
+NAN = float("nan")
+LONG_JOB = {**TINY, "size": 64, "iterations": 200}      # ~1 min on 2 busy cores: long enough to be killed mid-run
+
+
+def checked(front: str, name: str, fn: Callable[[], tuple[str, str, float, str]]) -> None:
+    """One issue-20 case: ``fn`` returns (outcome, code, peak MB, note). An HTTP timeout is a HANG, a dropped
+    connection a CRASH; any other exception is the bench's own failure (BENCH-ERROR, listed, not counted)."""
+    if not wanted(name):
+        return
+    import httpx
+    t0 = time.monotonic()
+    try:
+        outcome, code, peak, note = fn()
+    except Exception as exc:   # noqa: BLE001 - reported as a row
+        outcome = ("HANG" if isinstance(exc, httpx.TimeoutException) else
+                   "CRASH" if isinstance(exc, httpx.TransportError) else "BENCH-ERROR")
+        code, peak, note = "-", NAN, f"{type(exc).__name__}: {exc}"
+    report(Row(front, name, outcome, code, time.monotonic() - t0, peak, note))
+
+
+def log_tail(text: str) -> str:
+    """The line that says why a process ended: a traceback's last line, else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if "Traceback" in text:
+        return "Traceback: " + lines[-1][:140]
+    return lines[-1][:140] if lines else ""
+
+
+def start_daemon(data: Path, *extra: str, token: str = "") -> tuple[Daemon | None, str]:
+    """A daemon, or None and why it did not start (its log's last line: a crash at start)."""
+    try:
+        return Daemon(data, *extra, token=token), ""
+    except RuntimeError as exc:
+        return None, log_tail(str(exc))
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def reset_peak(pid: int) -> float:
+    """Reset the process's VmHWM to its current RSS (``clear_refs`` 5; root or own process); -> VmRSS MB."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return vm(pid, "VmRSS")
+
+
+def job_status(dm: Daemon, job_id: str) -> dict:
+    r = dm.httpx.get(f"{dm.url}/v1/jobs/{job_id}", headers=dm.headers(), timeout=30)
+    return r.json() if r.status_code == 200 else {"status": f"HTTP {r.status_code}"}
+
+
+def wait_status(dm: Daemon, job_id: str, seconds: float) -> dict:
+    """The job's status once it ends (done/failed/cancelled), is gone (HTTP 404) or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    st: dict = {}
+    while time.monotonic() < deadline and dm.proc.poll() is None:
+        st = job_status(dm, job_id)
+        if st.get("status") in ("done", "failed", "cancelled") or str(st.get("status")).startswith("HTTP"):
+            return st
+        time.sleep(0.5)
+    return st or {"status": "timeout"}
+
+
+def ended(dm: Daemon, st: dict, what: str) -> tuple[str, str]:
+    """Outcome of a job that must end done after a restart: FAILED (failed), DATA-LOST (gone), HANG, CRASH."""
+    s = str(st.get("status"))
+    if dm.proc.poll() is not None:
+        why = log_tail(dm.log.read_text(errors="replace"))
+        return "CRASH", f"daemon exited {dm.proc.returncode} while {what}: {why}"
+    if s == "done":
+        return "ok-processed", f"{what}: done"
+    if s == "failed":
+        return "FAILED", f"{what}: failed: {str(st.get('error'))[:120]}"
+    if s.startswith("HTTP 404"):
+        return "DATA-LOST", f"{what}: the job is gone after the restart (its uploads dropped)"
+    return "HANG", f"{what}: still {s}"
+
+
+# -- 1. browser requests that carry no Origin ------------------------------------------------------------------
+
+BROWSER = [   # what a web page makes a browser send without an Origin header (no-cors GETs, navigations)
+    ("cross-site img", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}),
+    ("same-site img", {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}),
+    ("cross-site script", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "script"}),
+    ("same-site empty", {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty"}),
+    ("cross-site navigate", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                             "Sec-Fetch-Dest": "document", "Sec-Fetch-User": "?1"}),
+    ("cross-site only", {"Sec-Fetch-Site": "cross-site"}),
+]
+UA = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/140.0"}
+
+
+def origin_cases(deadline: float) -> None:
+    """Every route, each BROWSER header set: 403 (LEAK otherwise); an existing and a missing style alike."""
+    global STYLE_PNG
+    STYLE_PNG = STYLE_PNG or good_png(40, 40)
+    data = TMP / "d20-origin"
+    (data / "styles").mkdir(parents=True)
+    (data / "styles" / "exists.png").write_bytes(good_png(40, 40))
+    dm = Daemon(data)
+    httpx = dm.httpx
+    try:
+        r = dm.post_job(("c.png", good_png()))
+        job = r.json()["id"]
+        dm.wait_job(job)
+        tiny = json.dumps(TINY)
+
+        def multipart(fields: dict, files: list) -> dict:
+            return {"data": fields, "files": files}
+
+        made: list[str] = []
+
+        def sacrificial_job() -> str:
+            """A queued job for the cancel/DELETE routes (deleted after each route)."""
+            r = dm.post_job(("c.png", good_png()), settings=json.dumps({**TINY, "iterations": 3000}))
+            made.append(r.json()["id"])
+            return made[-1]
+
+        routes: list[tuple[str, str, Callable[[], str], dict]] = [
+            ("GET", "/v1/health", lambda: "/v1/health", {}),
+            ("GET", "/v1/styles", lambda: "/v1/styles", {}),
+            ("GET", "/v1/styles/exists/image", lambda: "/v1/styles/exists/image", {}),
+            ("GET", "/v1/styles/exists/thumbnail.png", lambda: "/v1/styles/exists/thumbnail.png", {}),
+            ("GET", "/v1/styles/missing/image", lambda: "/v1/styles/missing/image", {}),
+            ("GET", "/v1/jobs", lambda: "/v1/jobs", {}),
+            ("GET", "/v1/jobs/ID", lambda: f"/v1/jobs/{job}", {}),
+            ("GET", "/v1/jobs/ID/result.psd", lambda: f"/v1/jobs/{job}/result.psd", {}),
+            ("GET", "/v1/jobs/ID/layers/0/image.png", lambda: f"/v1/jobs/{job}/layers/0/image.png", {}),
+            ("POST", "/v1/previews", lambda: "/v1/previews", multipart(
+                {}, [("content", ("c.png", good_png(), "image/png")),
+                     ("style_files", ("s.png", STYLE_PNG, "image/png"))])),
+            ("POST", "/v1/jobs", lambda: "/v1/jobs", multipart(
+                {"settings": tiny}, [("content", ("c.png", good_png(), "image/png")),
+                                     ("style_files", ("s.png", STYLE_PNG, "image/png"))])),
+            ("POST", "/v1/estimate", lambda: "/v1/estimate", {"content": json.dumps({"width": 640, "height": 480}),
+                                                              "headers": {"Content-Type": "text/plain"}}),
+            ("POST", "/v1/styles", lambda: "/v1/styles", multipart(
+                {"name": "planted", "replace": "true"}, [("image", ("p.png", STYLE_PNG, "image/png"))])),
+            ("DELETE", "/v1/styles/victim", lambda: "/v1/styles/victim", {}),
+            ("POST", "/v1/jobs/ID/cancel", lambda: f"/v1/jobs/{sacrificial_job()}/cancel", {}),
+            ("DELETE", "/v1/jobs/ID", lambda: f"/v1/jobs/{sacrificial_job()}", {}),
+        ]
+        for method, label, path, kw in routes:
+            if time.monotonic() > deadline:
+                return
+
+            def one(method: str = method, path: Callable[[], str] = path, kw: dict = kw) -> tuple[str, str, float, str]:
+                got = []
+                for variant, headers in BROWSER:
+                    url = path()
+                    if "victim" in url:
+                        dm.httpx.post(dm.url + "/v1/styles", files=[("image", ("v.png", STYLE_PNG, "image/png"))],
+                                      data={"name": "victim", "replace": "true"}, timeout=60)
+                    extra = dict(kw.get("headers") or {})
+                    r = httpx.request(method, dm.url + url, headers={**UA, **headers, **extra}, timeout=120,
+                                      **{k: v for k, v in kw.items() if k != "headers"})
+                    got.append((variant, r.status_code))
+                    if method == "POST" and r.status_code == 202 and url == "/v1/jobs":
+                        made.append(r.json().get("id", ""))
+                for j in made:
+                    dm.delete(j)
+                made.clear()
+                codes = sorted({c for _, c in got if c != 403})
+                bad = "; ".join(f"{c} to {', '.join(v for v, cc in got if cc == c)}" for c in codes)
+                if any(c >= 500 for c in codes):
+                    return "500", ",".join(map(str, codes)), vm(dm.proc.pid), bad
+                if codes:
+                    return "LEAK", ",".join(map(str, codes)), vm(dm.proc.pid), f"answered a browser: {bad}"
+                return "ok-clear-error", "403", vm(dm.proc.pid), f"403 for all {len(got)} header sets"
+
+            checked("daemon", f"browser {method} {label}", one)
+
+        for what in ("image", "thumbnail.png"):
+            def alike(what: str = what) -> tuple[str, str, float, str]:
+                diff = []
+                for variant, headers in BROWSER:
+                    a = httpx.get(f"{dm.url}/v1/styles/exists/{what}", headers={**UA, **headers}, timeout=60)
+                    b = httpx.get(f"{dm.url}/v1/styles/missing/{what}", headers={**UA, **headers}, timeout=60)
+                    if (a.status_code, a.content) != (b.status_code, b.content):
+                        diff.append(f"{variant}: {a.status_code} vs {b.status_code}")
+                if diff:
+                    return "LEAK", "-", vm(dm.proc.pid), f"existing vs missing style told apart: {'; '.join(diff)}"
+                return "ok-clear-error", "403", vm(dm.proc.pid), "existing and missing answered alike"
+
+            checked("daemon", f"browser: style {what.split('.')[0]} exists = missing", alike)
+    finally:
+        dm.stop()
+
+
+# -- 2. symlinks and special files in the style library ----------------------------------------------------------
+
+
+def symlink_cases(deadline: float) -> None:
+    """Links out of the library must not be served (LEAK); list and fetch must agree (INCONSISTENT); a FIFO
+    or a link to one must not stall a request (HANG)."""
+    data = TMP / "d20-lib"
+    lib = data / "styles"
+    lib.mkdir(parents=True)
+    (lib / "real.png").write_bytes(good_png(40, 40))
+    outside = TMP / "outside20"
+    outside.mkdir()
+    secret_png = good_png(48, 48)
+    secret_txt = b"SECRET-" + os.urandom(8).hex().encode() + b"\n"
+    (outside / "secret.png").write_bytes(secret_png)
+    (outside / "secret.txt").write_bytes(secret_txt)
+    (outside / "dir.png").mkdir()
+    os.mkfifo(outside / "fifo.png")
+    dm = Daemon(data)
+    httpx = dm.httpx
+
+    def probe(name: str, outside_target: bool, secrets: tuple[bytes, ...]) -> tuple[str, str, float, str]:
+        lst = httpx.get(dm.url + "/v1/styles", timeout=20)
+        if lst.status_code != 200:
+            return ("500" if lst.status_code >= 500 else "INCONSISTENT"), str(lst.status_code), vm(dm.proc.pid), \
+                f"GET /v1/styles answered {lst.status_code}: {_err(lst)}"
+        listed = name in [s["name"] for s in lst.json()["styles"]]
+        img = httpx.get(f"{dm.url}/v1/styles/{name}/image", timeout=20)
+        thumb = httpx.get(f"{dm.url}/v1/styles/{name}/thumbnail.png", timeout=20)
+        code = f"{img.status_code},{thumb.status_code}"
+        note = f"listed={listed}, image {img.status_code}, thumbnail {thumb.status_code}"
+        leak = []
+        if img.status_code == 200 and any(s and s in img.content for s in secrets):
+            leak.append("the image route served the outside file's bytes")
+        elif outside_target and img.status_code == 200:
+            leak.append(f"the image route served the outside file ({len(img.content)} bytes)")
+        if outside_target and thumb.status_code == 200:
+            leak.append("a thumbnail of the outside file")
+        if leak:
+            return "LEAK", code, vm(dm.proc.pid), f"{'; '.join(leak)} ({note})"
+        if max(img.status_code, thumb.status_code) >= 500:
+            return "500", code, vm(dm.proc.pid), note
+        if listed != (img.status_code == 200):
+            return "INCONSISTENT", code, vm(dm.proc.pid), f"list and fetch disagree: {note}"
+        return ("ok-processed" if img.status_code == 200 else "ok-clear-error"), code, vm(dm.proc.pid), note
+
+    def link_case(label: str, name: str, make: Callable[[Path], None], outside_target: bool = True,
+                  secrets: tuple[bytes, ...] = (secret_png, secret_txt)) -> None:
+        def act() -> tuple[str, str, float, str]:
+            p = lib / f"{name}.png"
+            make(p)
+            try:
+                return probe(name, outside_target, secrets)
+            finally:
+                if os.path.lexists(p):
+                    p.unlink()
+                (lib / ".thumbs" / f"{name}.png").unlink(missing_ok=True)
+
+        checked("daemon", f"library: {label}", act)
+
+    try:
+        link_case("x.png -> outside PNG (absolute)", "abs", lambda p: p.symlink_to(outside / "secret.png"))
+        link_case("x.png -> ../../outside PNG (relative)", "rel",
+                  lambda p: p.symlink_to(os.path.relpath(outside / "secret.png", lib)))
+        link_case("x.png -> outside text file", "txt", lambda p: p.symlink_to(outside / "secret.txt"))
+        link_case("x.png -> /proc/self/environ", "env", lambda p: p.symlink_to("/proc/self/environ"),
+                  secrets=(b"PATH=",))
+        link_case("x.png -> link -> outside PNG (2 hops)", "hop2", lambda p: (
+            (outside / "hop.png").unlink(missing_ok=True), (outside / "hop.png").symlink_to(outside / "secret.png"),
+            p.symlink_to(outside / "hop.png")))
+        link_case("x.png -> a directory", "dir", lambda p: p.symlink_to(outside / "dir.png"))
+        link_case("x.png is a FIFO (no writer)", "fifo", lambda p: os.mkfifo(p), outside_target=False)
+        link_case("x.png -> an outside FIFO", "ofifo", lambda p: p.symlink_to(outside / "fifo.png"))
+        link_case("x.png -> dangling", "dangling", lambda p: p.symlink_to(outside / "nothing-here.png"))
+        link_case("x.png -> real.png in the library", "alias", lambda p: p.symlink_to("real.png"),
+                  outside_target=False)
+
+        def thumbs_dir() -> tuple[str, str, float, str]:
+            """.thumbs is a link to an outside folder that holds a planted 'thumbnail' of real."""
+            planted = outside / "thumbs"
+            planted.mkdir()
+            shutil.rmtree(lib / ".thumbs", ignore_errors=True)
+            (lib / ".thumbs").symlink_to(planted)
+            try:
+                (planted / "real.png").write_bytes(secret_png)
+                future = time.time() + 3600
+                os.utime(planted / "real.png", (future, future))
+                r = httpx.get(f"{dm.url}/v1/styles/real/thumbnail.png", timeout=20)
+                (planted / "real.png").unlink()
+                r2 = httpx.get(f"{dm.url}/v1/styles/real/thumbnail.png", timeout=20)
+                written = sorted(p.name for p in planted.iterdir())
+                code = f"{r.status_code},{r2.status_code}"
+                problems = []
+                if r.status_code == 200 and r.content == secret_png:
+                    problems.append("served the planted outside file as real's thumbnail")
+                if written:
+                    problems.append(f"wrote {written} outside the library")
+                if problems:
+                    return "LEAK", code, vm(dm.proc.pid), "; ".join(problems)
+                if max(r.status_code, r2.status_code) >= 500:
+                    return "500", code, vm(dm.proc.pid), "thumbnail with .thumbs a link"
+                return "ok-processed", code, vm(dm.proc.pid), "the link was not followed"
+            finally:
+                (lib / ".thumbs").unlink()
+
+        checked("daemon", "library: .thumbs -> outside folder", thumbs_dir)
+
+        def thumb_file() -> tuple[str, str, float, str]:
+            """.thumbs/real.png (the cached thumbnail) is a link to an outside file."""
+            (lib / ".thumbs").mkdir(exist_ok=True)
+            t = lib / ".thumbs" / "real.png"
+            t.unlink(missing_ok=True)
+            t.symlink_to(outside / "secret.png")
+            future = time.time() + 3600
+            os.utime(outside / "secret.png", (future, future))
+            try:
+                r = httpx.get(f"{dm.url}/v1/styles/real/thumbnail.png", timeout=20)
+                if r.status_code == 200 and r.content == secret_png:
+                    return "LEAK", "200", vm(dm.proc.pid), "served the outside file the cached thumbnail links to"
+                if r.status_code >= 500:
+                    return "500", str(r.status_code), vm(dm.proc.pid), _err(r)
+                return "ok-processed", str(r.status_code), vm(dm.proc.pid), "the link was not followed"
+            finally:
+                if os.path.lexists(t):
+                    t.unlink()
+
+        checked("daemon", "library: .thumbs/real.png -> outside PNG", thumb_file)
+    finally:
+        dm.stop()
+
+
+# -- 3. damaged checkpoints -------------------------------------------------------------------------------------
+
+
+def corrupt_npz(path: Path, victim: str, shape: tuple[int, ...]) -> str:
+    """Rewrite the checkpoint with ``victim``'s .npy header claiming ``shape`` (the data left as it was)."""
+    with np.load(path, allow_pickle=False) as d:
+        arrays = {k: d[k] for k in d.files}
+    victim = victim if victim in arrays else "image"
+    tmp = TMP / "corrupt.npz.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            if key == victim:
+                header = np.lib.format.header_data_from_array_1_0(arr)
+                header["shape"] = shape
+                np.lib.format.write_array_header_1_0(buf, header)
+                buf.write(np.ascontiguousarray(arr).tobytes())
+            else:
+                np.lib.format.write_array(buf, arr, allow_pickle=False)
+            z.writestr(key + ".npy", buf.getvalue())
+    os.replace(tmp, path)
+    return f"{victim} claims {'x'.join(str(s) for s in shape)} {arrays[victim].dtype}"
+
+
+def wait_file(pattern: Callable[[], list[Path]], seconds: float, alive: Callable[[], bool]) -> Path | None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive():
+        found = pattern()
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    return None
+
+
+CHECKPOINT_DAMAGE = [   # (label, array, the shape its .npy header claims)
+    ("image 10^6 x 10^6", "image", (10 ** 6, 10 ** 6)), ("numbers 10^12", "numbers", (10 ** 12,)),
+    ("current 3x40000^2", "current", (3, 40000, 40000))]
+
+
+def checkpoint_cases(deadline: float) -> None:
+    global STYLE_PNG
+    STYLE_PNG = STYLE_PNG or good_png(40, 40)
+    for n, (label, victim, shape) in enumerate(CHECKPOINT_DAMAGE):
+        if time.monotonic() > deadline:
+            return
+        checked("daemon", f"kill -9, checkpoint {label}, restart",
+                lambda n=n, victim=victim, shape=shape: _checkpoint_daemon(n, victim, shape))
+
+
+def hot_checkpoint_cases(deadline: float) -> None:
+    for n, (label, victim, shape) in enumerate(CHECKPOINT_DAMAGE[:2]):
+        if time.monotonic() > deadline:
+            return
+        checked("hot", f"kill -9, checkpoint {label}, restart",
+                lambda n=n, victim=victim, shape=shape: _checkpoint_hot(n, victim, shape))
+
+
+def _checkpoint_daemon(n: int, victim: str, shape: tuple[int, ...]) -> tuple[str, str, float, str]:
+    data = TMP / f"d20-ckpt-{n}"
+    dm = Daemon(data, "--checkpoint-seconds", "1")
+    job = dm.post_job(("c.png", good_png(96, 96)), settings=json.dumps(LONG_JOB)).json()["id"]
+    cp = wait_file(lambda: sorted((data / "jobs").glob("*/uploads/*/checkpoint.npz")), 180,
+                   lambda: dm.proc.poll() is None)
+    kill9(dm.proc)
+    if cp is None:
+        return "BENCH-ERROR", "-", NAN, "no checkpoint was written"
+    what = corrupt_npz(cp, victim, shape)
+    new, why = start_daemon(data, "--checkpoint-seconds", "1")
+    if new is None:
+        return "CRASH", "exit", NAN, f"{what}; the daemon did not start: {why}"
+    try:
+        st = wait_status(new, job, 300)
+        outcome, note = ended(new, st, "the resumed job")
+        return outcome, str(st.get("status")), vm(new.proc.pid), f"{what}; {note}"
+    finally:
+        new.stop()
+
+
+def _checkpoint_hot(n: int, victim: str, shape: tuple[int, ...]) -> tuple[str, str, float, str]:
+    hot = Hot(TMP / f"h20-ckpt-{n}", extra=("--checkpoint-seconds", "1"))
+    hot.setup()
+    hot.start()
+    data = good_png(96, 96)
+    (hot.root / "in" / "long.json").write_text(json.dumps({"size": 64, "iterations": 200}))
+    hot.drop("long.png", data)
+    cps = hot.root / ".stylebridge" / "checkpoints"
+    cp = wait_file(lambda: sorted(p for p in cps.glob("*.npz") if not p.name.startswith(".")) if cps.is_dir()
+                   else [], 240, hot.alive)
+    kill9(hot.proc)
+    if cp is None:
+        return "BENCH-ERROR", "-", NAN, f"no checkpoint was written: {hot.tail()}"
+    what = corrupt_npz(cp, victim, shape)
+    hot.start()
+    try:
+        return _hot_result(hot, data, "long.psd", what, 300)
+    finally:
+        hot.stop(signal.SIGKILL)
+
+
+def _hot_result(hot: Hot, data: bytes, psd: str, what: str, seconds: float) -> tuple[str, str, float, str]:
+    """The interrupted photo after a restart: out/ + done/ (ok), error/ (FAILED), working/ (HANG), lost."""
+    w = hot.settle(data, seconds)
+    alive = hot.alive()
+    peak = vm(hot.proc.pid) if alive else NAN
+    if not alive:
+        why = log_tail(hot.log.read_text(errors="replace"))
+        return "CRASH", str(hot.proc.returncode), NAN, f"{what}; the watcher exited: {why}"
+    err = "".join(p.read_text(errors="replace") for p in (hot.root / "error").glob("*.txt"))
+    if w == "done" and (hot.root / "out" / psd).is_file():
+        return "ok-processed", "alive", peak, f"{what}; out/{psd} written"
+    if w == "error":
+        why = next((ln for ln in err.splitlines() if ln.startswith("Why")), err[:120])
+        return "FAILED", "alive", peak, f"{what}; the photo went to error/: {why[:120]}"
+    if w in ("in", "working"):
+        return "HANG", "alive", peak, f"{what}; the photo is still in {w}/: {hot.tail()}"
+    outs = sorted(p.name for p in (hot.root / "out").iterdir())
+    return "DATA-LOST", "alive", peak, f"{what}; the photo is {w} (out/: {outs})"
+
+
+# -- 4. a damaged job.json of a dead daemon --------------------------------------------------------------------
+
+NEST = "[" * 100_000 + "]" * 100_000
+
+JOB_DAMAGE: list[tuple[str, Callable[[dict], None]]] = [
+    ('content_shape width "96"', lambda r: r["content_shape"].__setitem__("width", "96")),
+    ("name nested 100k deep", lambda r: r.__setitem__("name", "@@NEST@@")),
+    ("content ../../x", lambda r: r.__setitem__("content", "../../x")),
+    ("style file /etc/hostname", lambda r: r.__setitem__("styles", [["style", "/etc/hostname"]])),
+    ("content_shape width 10**30", lambda r: r["content_shape"].__setitem__("width", 10 ** 30)),
+    ("settings nested 100k deep", lambda r: r.__setitem__("settings", "@@NEST@@")),
+]
+
+
+def jobjson_cases(deadline: float) -> None:
+    global STYLE_PNG
+    STYLE_PNG = STYLE_PNG or good_png(40, 40)
+    for n, (label, damage) in enumerate(JOB_DAMAGE):
+        if time.monotonic() > deadline:
+            return
+        checked("daemon", f"kill -9, job.json {label}, restart x2", lambda n=n, damage=damage: _jobjson(n, damage))
+
+
+def _jobjson(n: int, damage: Callable[[dict], None]) -> tuple[str, str, float, str]:
+    """A running (long) and a queued (good) job; kill -9; damage the long one's job.json; restart: the daemon
+    starts, the good job ends done; restart again: it still starts."""
+    data = TMP / f"d20-jobjson-{n}"
+    dm = Daemon(data)
+    bad = dm.post_job(("long.png", good_png(96, 96)), settings=json.dumps({**TINY, "size": 64, "iterations": 3000}))
+    good = dm.post_job(("good.png", good_png()))
+    bad_id, good_id = bad.json()["id"], good.json()["id"]
+    kill9(dm.proc)
+    damaged = 0
+    for f in (data / "jobs").glob("*/uploads/*/job.json"):
+        record = json.loads(f.read_text())
+        if record.get("id") == bad_id:
+            damage(record)
+            f.write_text(json.dumps(record, indent=1).replace('"@@NEST@@"', NEST))
+            damaged += 1
+    if not damaged:
+        return "BENCH-ERROR", "-", NAN, "the long job's job.json was not found"
+    new, why = start_daemon(data)
+    if new is None:
+        return "CRASH", "exit", NAN, f"the daemon did not start: {why}"
+    try:
+        for j in new.httpx.get(new.url + "/v1/jobs", timeout=30).json().get("jobs", []):
+            if j.get("id") != good_id:
+                new.delete(j["id"])          # the damaged job, if it was kept: out of the good one's way
+        st = wait_status(new, good_id, 240)
+        outcome, note = ended(new, st, "the good job")
+        peak = vm(new.proc.pid)
+    finally:
+        new.stop()
+    again, why = start_daemon(data)
+    if again is None:
+        return "CRASH", "exit", peak, f"{note}; the second restart failed: {why}"
+    again.stop()
+    return outcome, str(st.get("status")), peak, note + "; starts again"
+
+
+# -- 5. a malformed journal line ---------------------------------------------------------------------------------
+
+JOURNAL_DAMAGE: list[tuple[str, Callable[[str], bytes]]] = [
+    ("job id a list", lambda real: b'{"t": 1, "event": "claim", "job": ["a", "b"], "pid": 1, "rel": "x.png"}\n'),
+    ("line nested 100k deep", lambda real: NEST.encode() + b"\n"),
+    ("random bytes", lambda real: bytes(b for b in random.Random(20).randbytes(400) if b != 10) + b"\n"),
+    ("the real job's fields of the wrong types", lambda real: json.dumps(
+        {"t": 1, "event": "claim", "job": real, "pid": 1, "rel": ["x"], "working": 7}).encode() + b"\n"),
+]
+
+
+def journal_cases(deadline: float) -> None:
+    for n, (label, line) in enumerate(JOURNAL_DAMAGE):
+        if time.monotonic() > deadline:
+            return
+        checked("hot", f"kill -9, journal line: {label}, restart", lambda n=n, line=line: _journal(n, line))
+
+
+def _journal(n: int, line: Callable[[str], bytes]) -> tuple[str, str, float, str]:
+    hot = Hot(TMP / f"h20-journal-{n}")
+    hot.setup()
+    hot.start()
+    data = good_png(96, 96)
+    (hot.root / "in" / "j.json").write_text(json.dumps({"size": 64, "iterations": 40}))
+    hot.drop("j.png", data)
+    _wait_working(hot, 120)
+    time.sleep(2)
+    kill9(hot.proc)
+    journal = hot.root / ".stylebridge" / "journal.jsonl"
+    real = ""
+    for raw in journal.read_bytes().splitlines():
+        try:
+            real = json.loads(raw).get("job", real)
+        except ValueError:
+            pass
+    with open(journal, "ab") as fh:
+        fh.write(line(real))
+    hot.start()
+    try:
+        return _hot_result(hot, data, "j.psd", "malformed line appended", 100)
+    finally:
+        hot.stop(signal.SIGKILL)
+
+
+# -- 6. previews and the daemon's memory limit ---------------------------------------------------------------------
+
+
+def preview_cases(deadline: float) -> None:
+    """--max-job-memory-mb 1000: previews of images over it are refused (413) at once, with little memory;
+    a big photo under it is previewed in seconds with little memory."""
+    global STYLE_PNG
+    STYLE_PNG = STYLE_PNG or good_png(40, 40)
+    data = TMP / "d20-previews"
+    (data / "styles").mkdir(parents=True)
+    (data / "styles" / "huge.png").write_bytes(big_png())
+    dm = Daemon(data, "--max-job-memory-mb", "1000")
+    small = good_png(320, 240)
+
+    def post(files: list, fields: dict | None = None, timeout: float = 120) -> tuple[int, float, float, str]:
+        """POST /v1/previews; past ``timeout`` the client gives up: a HANG (the daemon is then stopped)."""
+        base = reset_peak(dm.proc.pid)
+        t0 = time.monotonic()
+        r = dm.httpx.post(dm.url + "/v1/previews", files=files, data=fields or {}, timeout=timeout)
+        secs = time.monotonic() - t0
+        return r.status_code, secs, vm(dm.proc.pid) - base, _err(r) if r.status_code != 200 else \
+            f"{len(r.json().get('previews', []))} previews"
+
+    def refused(files: list, fields: dict | None = None, timeout: float = 120) -> tuple[str, str, float, str]:
+        code, secs, grew, text = post(files, fields, timeout)
+        note = f"{secs:.1f} s, daemon peak +{grew:.0f} MB over its RSS before; {text}"
+        if code >= 500:
+            return "500", str(code), vm(dm.proc.pid), note
+        if code == 200:
+            return "OVER-LIMIT", str(code), vm(dm.proc.pid), "previewed over --max-job-memory-mb 1000: " + note
+        if secs > 5 or grew > 300:
+            return "SLOW-REFUSAL", str(code), vm(dm.proc.pid), note
+        return "ok-clear-error", str(code), vm(dm.proc.pid), note
+
+    try:
+        def allowed() -> tuple[str, str, float, str]:
+            code, secs, grew, text = post([("content", ("big.png", raw_png(6000, 4000), "image/png")),
+                                           ("style_files", ("s.png", STYLE_PNG, "image/png"))])
+            note = f"{secs:.1f} s, daemon peak +{grew:.0f} MB over its RSS before; {text}"
+            if code >= 500:
+                return "500", str(code), vm(dm.proc.pid), note
+            if code != 200:
+                return "FAILED", str(code), vm(dm.proc.pid), "a photo under the limit was refused: " + note
+            if secs > 10 or grew > 400:
+                return "HEAVY", str(code), vm(dm.proc.pid), note
+            return "ok-processed", str(code), vm(dm.proc.pid), note
+
+        def baseline() -> tuple[str, str, float, str]:
+            code, secs, grew, text = post([("content", ("c.png", small, "image/png")),
+                                           ("style_files", ("s.png", STYLE_PNG, "image/png"))])
+            return ("ok-processed" if code == 200 else "500" if code >= 500 else "FAILED"), str(code), \
+                vm(dm.proc.pid), f"{secs:.1f} s, daemon peak +{grew:.0f} MB; {text}"
+
+        checked("daemon", "preview 320x240 (the reference)", baseline)
+        checked("daemon", "preview 6000x4000 PNG (under the limit)", allowed)
+        checked("daemon", "preview 14000^2 PNG over --max-job-memory", lambda: refused(
+            [("content", ("big.png", big_png(), "image/png")), ("style_files", ("s.png", STYLE_PNG, "image/png"))]))
+        checked("daemon", "preview 14000^2 16-bit PNG over the limit", lambda: refused(
+            [("content", ("big16.png", raw_png(14000, 14000, 16), "image/png")),
+             ("style_files", ("s.png", STYLE_PNG, "image/png"))]))
+        checked("daemon", "preview library style of 14000^2", lambda: refused(
+            [("content", ("c.png", small, "image/png"))], {"styles": "huge"}))
+        # last: unfixed, it takes ~5 min of decoding (the client gives up after 60 s and the daemon is stopped)
+        checked("daemon", "preview 16 style files of 14000^2", lambda: refused(
+            [("content", ("c.png", small, "image/png"))] +
+            [("style_files", (f"s{i}.png", big_png(), "image/png")) for i in range(16)], timeout=60))
+    finally:
+        dm.stop()
+
+
+# -- 7. the CLI and the hot folder's messages ------------------------------------------------------------------------
+
+
+def apng(frames: int = 3, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    ims = [Image.fromarray(noise(64, 48, 40 + i)) for i in range(frames)]
+    ims[0].save(buf, fmt, save_all=True, append_images=ims[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def _cli20_folder() -> tuple[Path, Path, Path, Path]:
+    """(folder, out/, style, content) for the CLI cases of issue 20."""
+    d = TMP / "cli20"
+    out = d / "out"
+    if not out.is_dir():
+        out.mkdir(parents=True)
+        (d / "style.png").write_bytes(good_png(40, 40))
+        (d / "content.png").write_bytes(good_png())
+    return d, out, d / "style.png", d / "content.png"
+
+
+def native_cases(deadline: float) -> None:
+    """``--size native`` on a photo over max_native_pixels that compresses to nothing: refused (exit 2) in
+    seconds with little memory (SLOW-REFUSAL otherwise), never stylized (OVER-LIMIT)."""
+    d, out, style, content = _cli20_folder()
+
+    big = {"--size native, 9000x6000 PNG (54 MP)": ("n54.png", lambda: raw_png(9000, 6000)),
+           "--size native, 7100x7100 16-bit PNG (50.4 MP)": ("n50.png", lambda: raw_png(7100, 7100, 16)),
+           "--size native, 12000^2 PNG (144 MP)": ("n144.png", lambda: raw_png(12000, 12000)),
+           "--size native, 9000x6000 JPEG (54 MP)": ("n54.jpg", lambda: encode(np.zeros((6000, 9000, 3), np.uint8),
+                                                                               "JPEG", quality=90))}
+    for label, (fname, make) in big.items():
+        if time.monotonic() > deadline:
+            return
+
+        def native(fname: str = fname, make: Callable[[], bytes] = make) -> tuple[str, str, float, str]:
+            src = d / fname
+            src.write_bytes(make())
+            rc, peak, to, text, secs = cli_run([str(src), "-s", str(style), "-o", str(out) + "/", "--size", "native",
+                                                "--iterations", "1", "--device", "cpu"], timeout=60)
+            src.unlink()
+            note = f"{secs:.1f} s, peak {peak:.0f} MB; {last_line(text)}"
+            outcome = classify_cli(rc, to, text)
+            if outcome == "ok-processed":
+                return "OVER-LIMIT", str(rc), peak, "stylized over the native pixel limit: " + note
+            if outcome == "ok-clear-error" and (secs > 5 or peak > 1024):
+                return "SLOW-REFUSAL", str(rc), peak, note
+            return outcome, str(rc), peak, note
+
+        checked("cli", label, native)
+
+
+
+def animated_cases(deadline: float) -> None:
+    """An animated PNG/WebP is stylized as its first frame: the CLI must say so (SILENT otherwise)."""
+    d, out, style, content = _cli20_folder()
+    anim = {"animated PNG (3 frames) as content": ("content", "anim.png", lambda: apng()),
+            "animated WebP (3 frames) as content": ("content", "anim.webp", lambda: apng(fmt="WEBP")),
+            "animated PNG (3 frames) as style": ("style", "animstyle.png", lambda: apng()),
+            "animated WebP (3 frames) as style": ("style", "animstyle.webp", lambda: apng(fmt="WEBP"))}
+    for label, (role, fname, make) in anim.items():
+        if time.monotonic() > deadline:
+            return
+
+        def animated(role: str = role, fname: str = fname, make: Callable[[], bytes] = make
+                     ) -> tuple[str, str, float, str]:
+            src = d / fname
+            src.write_bytes(make())
+            args = ([str(src), "-s", str(style)] if role == "content" else [str(content), "-s", str(src)])
+            rc, peak, to, text, secs = cli_run([*args, "-o", str(out) + "/", *CLI_TINY], timeout=180)
+            outcome = classify_cli(rc, to, text)
+            said = [ln.strip() for ln in text.splitlines() if "frame" in ln.lower()]
+            if outcome in ("ok-processed", "ok-clear-error") and not said:
+                return "SILENT", str(rc), peak, f"no word about its frames; {last_line(text)}"
+            return outcome, str(rc), peak, (said[0] if said else last_line(text))[:150]
+
+        checked("cli", label, animated)
+
+
+def _serve_static(folder: Path) -> tuple[subprocess.Popen, str]:
+    """A plain http.server on loopback (not a stylebridge daemon)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([PY, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(p)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return p, f"http://127.0.0.1:{port}"
+
+
+def _watch_text(root: Path, args: list[str], extra_env: dict[str, str] | None = None, seconds: float = 40,
+                until: Callable[[str], bool] = lambda text: False, sub: str = "") -> tuple[str, bool, str]:
+    """Run ``watch ROOT ARGS`` with one photo in in/SUB until the photo is in done/ or error/, ``until(its
+    output)`` holds, or ``seconds`` pass; -> (its output plus error/*.txt, whether it exited, where the photo is)."""
+    hot = Hot(root)
+    if not (root / "preset.json").exists():
+        hot.setup()
+    data = good_png()
+    hot.drop("p.png", data, sub)
+    log = TMP / f"watch20-{time.monotonic_ns()}.log"
+    with open(log, "wb") as fh:
+        p = subprocess.Popen([PY, "-m", "bridge.cli", "watch", str(root), "--stable-seconds", "0.2", *args],
+                             stdout=fh, stderr=subprocess.STDOUT, env={**env(), **(extra_env or {})})
+        PROCS.append(p)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and p.poll() is None:
+            if hot.where(data) in ("done", "error") or until(log.read_text(errors="replace")):
+                time.sleep(2)
+                break
+            time.sleep(0.2)
+        exited = p.poll() is not None
+        if not exited:
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                kill9(p)
+    text = log.read_text(errors="replace") + "".join(
+        q.read_text(errors="replace") for q in (root / "error").rglob("*.txt"))
+    return text, exited, hot.where(data)
+
+
+def hotdaemon_cases(deadline: float) -> None:
+    """The hot folder in daemon mode: what it says about a wrong token, a server that is not a stylebridge
+    daemon, a style file in its own out/."""
+    token = "s3cret-20"
+    dm = Daemon(TMP / "d20-hot", token=token)
+    try:
+        def token_case(args: list[str], extra_env: dict[str, str] | None = None) -> Callable[[], tuple]:
+            def act() -> tuple[str, str, float, str]:
+                text, _exited, where = _watch_text(TMP / f"h20-tok-{time.monotonic_ns()}", args, extra_env,
+                                                   until=lambda t: "token" in t.lower() or "401" in t)
+                said = [ln.strip() for ln in text.splitlines() if "token" in ln.lower()]
+                where_set = any("--token" in ln for ln in said)     # the watch command's option, not GIMP's
+                if where == "nowhere":
+                    return "DATA-LOST", "-", NAN, f"the photo is nowhere; {last_line(text)}"
+                if not said or not where_set:
+                    return "UNCLEAR", "-", NAN, (f"no word of the token or of --token; photo in {where}/; "
+                                                 f"{(said or [last_line(text)])[0][-110:]}")
+                return "ok-clear-error", "-", NAN, said[0][:150]
+            return act
+
+        checked("hot", "--daemon with a wrong --token", token_case(["--daemon", dm.url, "--token", "wrong"]))
+        checked("hot", "--daemon, wrong $STYLEBRIDGE_TOKEN", token_case(["--daemon", dm.url],
+                                                                      {"STYLEBRIDGE_TOKEN": "wrong"}))
+        checked("hot", "--daemon, no token (the daemon needs one)", token_case(["--daemon", dm.url]))
+
+        def not_daemon(kind: str) -> Callable[[], tuple]:
+            def act() -> tuple[str, str, float, str]:
+                site = TMP / f"site20-{kind}"
+                (site / "v1").mkdir(parents=True)
+                if kind == "html":
+                    (site / "v1" / "health").write_text("<html><body>a router's page</body></html>")
+                elif kind == "json list":
+                    (site / "v1" / "health").write_text("[1, 2, 3]")
+                server, url = _serve_static(site)
+                try:
+                    text, _exited, where = _watch_text(TMP / f"h20-url-{kind.replace(' ', '')}",
+                                                       ["--daemon", url], until=lambda t: "p.png" in t)
+                finally:
+                    server.terminate()
+                    server.wait(10)
+                if where == "nowhere":
+                    return "DATA-LOST", "-", NAN, f"the photo is nowhere; {last_line(text)}"
+                said = [ln.strip() for ln in text.splitlines() if "protocol" in ln.lower()]
+                if any("protocol 1" in ln for ln in said):
+                    return "UNCLEAR", "-", NAN, f"calls it a protocol-1 daemon: {said[0][:120]}"
+                return "ok-clear-error", "-", NAN, last_line(text)[:150]
+            return act
+
+        for kind in ("404", "html", "json list"):
+            checked("hot", f"--daemon URL of an http.server ({kind})", not_daemon(kind))
+
+        def out_style(preset_style: str, sub: str = "") -> Callable[[], tuple]:
+            def act() -> tuple[str, str, float, str]:
+                root = TMP / f"h20-outstyle-{time.monotonic_ns()}"
+                (root / "out").mkdir(parents=True)
+                (root / "in" / sub).mkdir(parents=True, exist_ok=True)
+                (root / "out" / "mine.png").write_bytes(good_png(40, 40))
+                preset = {"styles": [preset_style], **TINY}
+                (root / ("in/" + sub if sub else "") / "preset.json").write_text(json.dumps(preset))
+                if sub:
+                    (root / "preset.json").write_text(json.dumps(TINY))
+                text, _exited, where = _watch_text(root, ["--daemon", dm.url, "--token", token], seconds=120,
+                                                   sub=sub)
+                if where == "nowhere":
+                    return "DATA-LOST", "-", NAN, f"the photo is nowhere; {last_line(text)}"
+                low = text.lower()
+                if "not in the library" in low or "library style" in low or "missing library" in low:
+                    line = next(ln for ln in text.splitlines() if "library" in ln.lower())
+                    return "UNCLEAR", "-", NAN, f"says it is a missing library style: {line.strip()[:120]}"
+                outs = sorted(p.name for p in (root / "out").rglob("*.psd"))
+                if outs:
+                    return "ok-processed", "-", NAN, f"out/: {outs}"
+                return "ok-clear-error", "-", NAN, last_line(text)[:150]
+            return act
+
+        checked("hot", 'preset style "out/mine.png" (daemon mode)', out_style("out/mine.png"))
+        checked("hot", 'preset style "mine" (only out/mine.png exists)', out_style("mine"))
+        checked("hot", 'in/SUB preset style "../../out/mine.png"', out_style("../../out/mine.png", "sub"))
+    finally:
+        dm.stop()
+
+
+def token_cases(deadline: float) -> None:
+    """``serve --token`` (or $STYLEBRIDGE_TOKEN) that is not ASCII: refused at start with a reason, or usable."""
+    for label, token, via_env in [("serve --token pässwörd", "pässwörd", False),
+                                  ("serve --token トークン", "トークン", False),
+                                  ("STYLEBRIDGE_TOKEN=pässwörd serve", "pässwörd", True)]:
+        if time.monotonic() > deadline:
+            return
+        checked("daemon", label, lambda token=token, via_env=via_env: _token(token, via_env))
+
+
+def _token(token: str, via_env: bool) -> tuple[str, str, float, str]:
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = TMP / f"serve20-{time.monotonic_ns()}.log"
+    args = [PY, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir", str(TMP / f"d20-tok-{port}"),
+            "--device", "cpu"] + ([] if via_env else ["--token", token])
+    extra = {"STYLEBRIDGE_TOKEN": token} if via_env else {}
+    with open(log, "wb") as fh:
+        p = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env={**env(), **extra})
+    PROCS.append(p)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    up = False
+    while time.monotonic() < deadline and p.poll() is None and not up:
+        try:
+            httpx.get(url + "/v1/health", timeout=2)
+            up = True
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    try:
+        text = log.read_text(errors="replace")
+        if p.poll() is not None:
+            if "Traceback" in text or p.returncode < 0:
+                return "CRASH", str(p.returncode), NAN, log_tail(text)
+            if p.returncode == 0:
+                return "UNCLEAR", "0", NAN, f"exited 0 at start: {log_tail(text)}"
+            return "ok-clear-error", str(p.returncode), NAN, log_tail(text)
+        if not up:
+            return "HANG", "-", vm(p.pid), "neither answered nor exited in 120 s"
+        # usable = stylebridge's own client (`stylebridge status`, the hot folder's and GIMP's protocol client)
+        # gets in with it
+        st = subprocess.run([PY, "-m", "bridge.cli", "status", "--url", url, "--token", token], capture_output=True,
+                            text=True, env=env(), timeout=120)
+        said = log_tail(st.stdout + st.stderr)
+        if st.returncode == 0:
+            return "ok-processed", "0", vm(p.pid), f"`stylebridge status` with the token works: {said[:100]}"
+        if "Traceback" in st.stdout + st.stderr:
+            return "CRASH", str(st.returncode), vm(p.pid), f"started; `stylebridge status --token` crashed: {said}"
+        return "UNCLEAR", str(st.returncode), vm(p.pid), \
+            f"started, nothing said, but its own client cannot use the token: {said[:110]}"
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                kill9(p)
+
+
+# group (issue 20's item) -> its runners by front end; ``--cases issue20`` runs them all, ``issue15`` the cases above
+GROUPS_20: dict[str, dict[str, Callable[[float], None]]] = {
+    "origin": {"daemon": origin_cases},                                    # 1
+    "symlinks": {"daemon": symlink_cases},                                 # 2
+    "checkpoint": {"daemon": checkpoint_cases, "hot": hot_checkpoint_cases},   # 3
+    "jobjson": {"daemon": jobjson_cases},                                  # 4
+    "journal": {"hot": journal_cases},                                     # 5
+    "previews": {"daemon": preview_cases},                                 # 6
+    "native": {"cli": native_cases},                                       # 7: --size native over the limit
+    "animated": {"cli": animated_cases},                                   # 7: animated PNG/WebP input
+    "hotdaemon": {"hot": hotdaemon_cases},                                 # 7: hot folder daemon-mode messages
+    "token": {"daemon": token_cases},                                      # 7: serve --token not ASCII
+}
+FAILURES = ("CRASH", "HANG", "DATA-LOST", "500", "LEAK", "INCONSISTENT", "FAILED", "OVER-LIMIT", "SLOW-REFUSAL",
+            "HEAVY", "SILENT", "UNCLEAR")
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fronts", default="cli,daemon,hot", help="comma-separated: cli, daemon, hot")
+    ap.add_argument("--cases", default="all",
+                    help="comma-separated groups: all, issue15 (the original cases), issue20 (all of issue 20's), "
+                         f"or issue 20's groups: {', '.join(GROUPS_20)}")
     ap.add_argument("--minutes", type=float, default=40, help="stop starting new cases after this long")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only the cases they name")
     args = ap.parse_args()
     ONLY.extend(o for o in args.only.split(",") if o)
+    groups = {g.strip() for g in args.cases.split(",") if g.strip()}
+    unknown = groups - {"all", "issue15", "issue20", *GROUPS_20}
+    if unknown:
+        ap.error(f"--cases: unknown group(s) {sorted(unknown)}; choose from all, issue15, issue20, "
+                 f"{', '.join(GROUPS_20)}")
     t0 = time.monotonic()
     deadline = t0 + args.minutes * 60
     print(f"{'front':6s} {'case':44s} {'outcome':15s} {'code':>6s} {'secs':>8s} {'peak':>8s}     note")
     runners = {"cli": cli_cases, "daemon": daemon_cases, "hot": hot_cases}
     for front in args.fronts.split(","):
-        try:
-            runners[front](deadline)
-        except Exception as exc:   # the bench itself failed: say so, go on with the next front end
-            import traceback
-            traceback.print_exc()
-            report(Row(front, "bench error", "BENCH-ERROR", "-", 0, float("nan"), f"{type(exc).__name__}: {exc}"))
+        todo: list[tuple[str, Callable[[float], None]]] = []
+        if groups & {"all", "issue15"}:
+            todo.append(("issue15", runners[front]))
+        for group, by_front in GROUPS_20.items():
+            if groups & {"all", "issue20", group} and front in by_front:
+                todo.append((group, by_front[front]))
+        for group, run in todo:
+            try:
+                run(deadline)
+            except Exception as exc:   # the bench itself failed: say so, go on with the next group
+                import traceback
+                traceback.print_exc()
+                report(Row(front, f"bench error ({group})", "BENCH-ERROR", "-", 0, float("nan"),
+                           f"{type(exc).__name__}: {exc}"))
     counted = [r for r in ROWS if r.outcome not in ("skipped", "BENCH-ERROR")]
     worst = max((r for r in counted if r.peak_mb == r.peak_mb), key=lambda r: r.peak_mb, default=None)
     print()
     print(f"cases tried: {len(counted)} (cli {sum(r.front == 'cli' for r in counted)}, daemon "
           f"{sum(r.front == 'daemon' for r in counted)}, hot folder {sum(r.front == 'hot' for r in counted)}) "
           f"in {(time.monotonic() - t0) / 60:.1f} min")
-    for label in ("CRASH", "HANG", "DATA-LOST", "500"):
+    for label in FAILURES:
         bad = [r for r in counted if r.outcome == label]
         print(f"{label.lower() if label != '500' else 'HTTP 5xx'}: {len(bad)}" +
               (f"  ({'; '.join(f'{r.front}: {r.case}' for r in bad)})" if bad else ""))
+    failed = sum(r.outcome in FAILURES for r in counted)
     ok = {o: sum(r.outcome == o for r in counted) for o in ("ok-clear-error", "ok-processed")}
-    print(f"ok: {ok['ok-clear-error']} refused with a clear error, {ok['ok-processed']} processed")
+    print(f"ok: {ok['ok-clear-error']} refused with a clear error, {ok['ok-processed']} processed; "
+          f"failures: {failed}")
+    errors = [r for r in ROWS if r.outcome == "BENCH-ERROR"]
+    if errors:
+        print(f"bench errors (not counted): {len(errors)}  ({'; '.join(f'{r.front}: {r.case}' for r in errors)})")
     if worst:
         print(f"worst peak memory: {worst.peak_mb:.0f} MB ({worst.front}: {worst.case})")
-    cli_worst = max((r for r in counted if r.front == "cli" and r.peak_mb == r.peak_mb), key=lambda r: r.peak_mb,
-                    default=None)
-    if cli_worst:
-        print(f"worst CLI peak: {cli_worst.peak_mb:.0f} MB ({cli_worst.case})")
+    for front, name in (("daemon", "daemon"), ("cli", "CLI")):
+        w = max((r for r in counted if r.front == front and r.peak_mb == r.peak_mb), key=lambda r: r.peak_mb,
+                default=None)
+        if w:
+            print(f"worst {name} peak: {w.peak_mb:.0f} MB ({w.case})")
     return 0
 
 
