@@ -148,6 +148,20 @@ def test_fingerprint_covers_inputs_and_result_settings(photo, starry, scream) ->
     assert base != fingerprint(dataclasses.replace(photo, rgb=flipped), styles_of(starry), SETTINGS)
 
 
+def test_a_checkpoint_names_its_interval() -> None:
+    """How often a run saves is part of the protocol (its one default: SERVICE.checkpoint_seconds, through
+    FileCheckpoint): an object with load() and save() alone is not a Checkpoint."""
+    class NoInterval:
+        def load(self) -> EngineState | None:
+            return None
+
+        def save(self, state: EngineState) -> None:
+            pass
+
+    assert not isinstance(NoInterval(), Checkpoint)
+    assert isinstance(Recording(), Checkpoint) and FileCheckpoint("x.npz", 5).interval_s == 5.0
+
+
 # --- stylize with a checkpoint ------------------------------------------------------------------------------
 
 class Recording:
