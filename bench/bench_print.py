@@ -58,7 +58,7 @@ from bridge.engine import plan as run_plan  # noqa: E402
 from bridge.engine import tiled  # noqa: E402
 from bridge.engine.checkpoint import EngineState  # noqa: E402
 from bridge.engine.losses import gram_matrix, style_distance  # noqa: E402
-from bridge.engine.optimize import picture_tensor, resize  # noqa: E402
+from bridge.engine.pixels import picture_tensor, resize  # noqa: E402
 from bridge.engine.vgg import load_vgg  # noqa: E402
 from bridge.imaging import Picture, load_image  # noqa: E402
 from bridge.settings import NATIVE_SIZE, Settings, settings_from_mapping  # noqa: E402

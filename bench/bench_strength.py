@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from bridge.engine import StyleInput, stylize
     from bridge.engine.losses import style_distance
-    from bridge.engine.optimize import picture_tensor, resize, style_grams
+    from bridge.engine.pixels import picture_tensor, resize
     from bridge.engine.plan import stage_dims
     from bridge.engine.strength import blend_with_photo
+    from bridge.engine.targets import style_grams
     from bridge.engine.vgg import load_vgg
     from bridge.imaging import load_image
     from bridge.settings import Settings

@@ -6,7 +6,7 @@
     .venv/bin/python bench/bench_tiled.py border [--size 256] [--iterations 100] [--style style_swirls.jpg]
 
 exact     (a) tiled vs whole-image loss and gradient (relative L2 error), samples/photo.jpg at --size, small
-          blocks (--inner px), as optimize.py computes the whole-image objective. Target: gradient <= 1e-4.
+          blocks (--inner px), as objective.py computes the whole-image objective. Target: gradient <= 1e-4.
 memory    peak memory of pass 2 (forward with graph + backward) of one block, each side in its own process,
           against tiled.block_bytes (the estimate the block size is chosen from; it must not be below).
 overhead  (b) seconds per tiled evaluation (loss + gradient) of a --megapixels image (samples/photo.jpg
@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from bench.common import RESULTS, machine, side_by_side  # noqa: E402
 from bridge.engine import tiled  # noqa: E402
 from bridge.engine.losses import ContentLoss, StyleLoss, TVLoss, gram_matrix  # noqa: E402
-from bridge.engine.optimize import picture_tensor, resize  # noqa: E402
+from bridge.engine.pixels import picture_tensor, resize  # noqa: E402
 from bridge.engine.vgg import load_vgg  # noqa: E402
 from bridge.imaging import load_image  # noqa: E402
 from bridge.settings import Settings  # noqa: E402
@@ -77,7 +77,7 @@ def _grams(vgg, style: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def whole_eval(vgg, targets, grams, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """One whole-image evaluation as optimize.py's closure does it (forward, losses, backward)."""
+    """One whole-image evaluation as objective.py's WholeImage does it (forward, losses, backward)."""
     s = SETTINGS
     xg = x.clone().requires_grad_(True)
     feats = vgg(xg, LAYERS)

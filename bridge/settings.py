@@ -357,7 +357,8 @@ class ServiceDefaults:
     keep_results_minutes: float = 60.0  # finished results are dropped after this
     device: str = "auto"                # resolved once when the daemon starts (cuda, mps, else cpu)
     # Long jobs (daemon and hot folder): the engine's checkpoint is saved at each stage's end and at least
-    # this often, so a crash or kill -9 loses at most this much work (``serve``/``watch`` --checkpoint-seconds).
+    # this often, so a crash or kill -9 loses at most this much work (``serve``/``watch`` --checkpoint-seconds;
+    # the engine's FileCheckpoint(interval_s=...)): the one home of this default.
     checkpoint_seconds: float = 120.0
 
     @property

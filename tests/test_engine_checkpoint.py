@@ -17,8 +17,8 @@ import pytest
 from bridge.engine import (CancelToken, Checkpoint, EngineState, FileCheckpoint, StyleInput, fingerprint,
                            stylize)
 from bridge.engine import checkpoint as checkpoint_module
-from bridge.engine import optimize
-from bridge.settings import Settings
+from bridge.engine import resume
+from bridge.settings import SERVICE, Settings
 
 SETTINGS = Settings(size=96, iterations=12, coarse_to_fine=True, min_size=48, scale_step=2.0, coarse_iterations=4,
                     seed=11, preview_every=0)
@@ -40,7 +40,7 @@ def state(fp: str = "f" * 64, **kw) -> EngineState:
 
 def test_save_and_load_round_trip(tmp_path) -> None:
     cp = FileCheckpoint(tmp_path / "job.ckpt.npz")
-    assert isinstance(cp, Checkpoint) and cp.interval_s == 120.0
+    assert isinstance(cp, Checkpoint) and cp.interval_s == SERVICE.checkpoint_seconds
     assert cp.load() is None                                    # missing file
     cp.save(state())
     back = cp.load()
@@ -148,6 +148,20 @@ def test_fingerprint_covers_inputs_and_result_settings(photo, starry, scream) ->
     assert base != fingerprint(dataclasses.replace(photo, rgb=flipped), styles_of(starry), SETTINGS)
 
 
+def test_a_checkpoint_names_its_interval() -> None:
+    """How often a run saves is part of the protocol (its one default: SERVICE.checkpoint_seconds, through
+    FileCheckpoint): an object with load() and save() alone is not a Checkpoint."""
+    class NoInterval:
+        def load(self) -> EngineState | None:
+            return None
+
+        def save(self, state: EngineState) -> None:
+            pass
+
+    assert not isinstance(NoInterval(), Checkpoint)
+    assert isinstance(Recording(), Checkpoint) and FileCheckpoint("x.npz", 5).interval_s == 5.0
+
+
 # --- stylize with a checkpoint ------------------------------------------------------------------------------
 
 class Recording:
@@ -241,7 +255,7 @@ def test_killed_mid_stage_resumes_exactly_with_the_optimisers_state(tmp_path, ph
     assert (saved.style_index, saved.stage, saved.iteration) == (0, 1, 5)
     assert saved.optimizer is not None and saved.optimizer["n_iter"] == 5 and len(saved.optimizer["old_dirs"]) >= 1
     assert saved.current.shape == saved.image.shape == (3, 72, 96) and not np.array_equal(saved.current, saved.image)
-    with caplog.at_level(logging.INFO, logger="bridge.engine.optimize"):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.resume"):
         r = stylize(photo, styles_of(starry, scream), SETTINGS, checkpoint=FileCheckpoint(path))
     assert "with the optimiser's state (exact continuation)" in caplog.text
     assert r.resumed and [i.name for i in r.images] == ["s0", "s1"]
@@ -265,9 +279,9 @@ def test_adam_resumes_exactly_too(tmp_path, photo, starry) -> None:
 
 def test_above_the_size_bound_a_checkpoint_keeps_the_best_image_only(tmp_path, photo, starry, scream,
                                                                       uninterrupted, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(optimize, "RESUME_STATE_BYTES", 1000)     # this 96 px stage's state is ~30 KB
+    monkeypatch.setattr(resume, "RESUME_STATE_BYTES", 1000)     # this 96 px stage's state is ~30 KB
     path = tmp_path / "job.npz"
-    with caplog.at_level(logging.INFO, logger="bridge.engine.optimize"), pytest.raises(Killed):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.resume"), pytest.raises(Killed):
         stylize(photo, styles_of(starry, scream), SETTINGS, progress=kill_at(1, 2, 6),
                 checkpoint=FileCheckpoint(path, interval_s=0.0))
     assert "above 0 MB (RESUME_STATE_BYTES): the best image only" in caplog.text
@@ -276,7 +290,7 @@ def test_above_the_size_bound_a_checkpoint_keeps_the_best_image_only(tmp_path, p
     assert saved.optimizer is None and saved.current is None and saved.best_loss is not None
     caplog.clear()
     events: list = []
-    with caplog.at_level(logging.INFO, logger="bridge.engine.optimize"):
+    with caplog.at_level(logging.INFO, logger="bridge.engine.resume"):
         r = stylize(photo, styles_of(starry, scream), SETTINGS, progress=events.append,
                     checkpoint=FileCheckpoint(path))
     assert "from the best image with a fresh optimiser" in caplog.text

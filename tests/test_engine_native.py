@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from bridge.engine import StyleInput, StyleResolutionWarning, stylize, tiled
-from bridge.engine import optimize, plan
-from bridge.engine.optimize import picture_tensor, resize, style_grams
+from bridge.engine import plan, targets
+from bridge.engine.pixels import picture_tensor, resize
 from bridge.engine.plan import working_ladder
+from bridge.engine.targets import style_grams
 from bridge.settings import (LIMITS, NATIVE_SIZE, PRESETS, Settings, SettingsError, coerce_value,
                              settings_from_mapping)
 
@@ -147,7 +148,7 @@ def test_style_grams_in_blocks_equal_the_whole_image(vgg, sample_pictures) -> No
 
 
 def test_a_run_computes_large_style_grams_in_blocks(photo, starry, monkeypatch) -> None:
-    monkeypatch.setattr(optimize, "STYLE_FACTOR", 1e9)      # as a 50 MP scan at a native stage
+    monkeypatch.setattr(targets, "STYLE_FACTOR", 1e9)      # as a 50 MP scan at a native stage
     seen = []
     real = tiled.tiled_grams
     monkeypatch.setattr(tiled, "tiled_grams", lambda *a: (seen.append(a[-1]), real(*a))[1])

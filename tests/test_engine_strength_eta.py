@@ -223,8 +223,9 @@ def test_strength_is_monotonic_from_the_photo_to_fully_painted(vgg) -> None:
     """Real VGG-19: more strength = further from the photo and nearer the style, in roughly even steps;
     the progress previews already show the strength the result will have."""
     from bridge.engine.losses import style_distance
-    from bridge.engine.optimize import picture_tensor, resize, style_grams
+    from bridge.engine.pixels import picture_tensor, resize
     from bridge.engine.plan import stage_dims
+    from bridge.engine.targets import style_grams
 
     photo = small("photo.jpg", 48)
     style = small("style_glass.jpg", 48)

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from bridge.engine import CancelToken, StyleInput, stylize
-from bridge.engine import optimize
+from bridge.engine import optimize, step, targets
 from bridge.engine.color import rgb_to_yuv
 from bridge.engine.losses import style_distance
-from bridge.engine.optimize import picture_tensor, resize, style_grams
+from bridge.engine.pixels import picture_tensor, resize
 from bridge.engine.plan import stage_dims
+from bridge.engine.targets import style_grams
 from bridge.imaging import Picture
 from bridge.settings import Settings, SettingsError
 
@@ -134,13 +135,13 @@ def test_normalize_gradients_runs_and_differs(photo, starry) -> None:
 
 def test_style_scale_sets_the_style_image_size(photo, starry, monkeypatch) -> None:
     seen: list[tuple[int, int]] = []
-    real = optimize.style_grams
+    real = targets.style_grams
 
     def spy(vgg, image, layers):
         seen.append(tuple(image.shape[-2:]))
         return real(vgg, image, layers)
 
-    monkeypatch.setattr(optimize, "style_grams", spy)
+    monkeypatch.setattr(targets, "style_grams", spy)
     run(photo, [starry], style_scale=0.5, iterations=1)
     run(photo, [starry], style_scale=2.0, iterations=1)
     assert max(seen[0]) == 32 and max(seen[1]) == 128   # 0.5 x 64 and 2 x 64 (starry is landscape)
@@ -149,8 +150,8 @@ def test_style_scale_sets_the_style_image_size(photo, starry, monkeypatch) -> No
 
 def test_several_styles_share_content_features_and_blend(photo, starry, scream, vgg, monkeypatch) -> None:
     content_calls: list[int] = []
-    real = optimize.content_targets
-    monkeypatch.setattr(optimize, "content_targets",
+    real = targets.content_targets
+    monkeypatch.setattr(targets, "content_targets",
                         lambda *a, **k: (content_calls.append(1), real(*a, **k))[1])
     before = vgg.calls
     r = run(photo, [starry, scream], iterations=3, size=64, coarse_to_fine=True, min_size=32,
@@ -308,7 +309,7 @@ def test_lbfgs_stage_starts_do_not_blow_up(photo, starry, monkeypatch, scaled) -
     original = optimize.load_vgg
     monkeypatch.setattr(optimize, "load_vgg", lambda w, p, d: original(w, p, d, padding="zeros"))
     if not scaled:
-        monkeypatch.setattr(optimize, "_scale_first_step", lambda opt, grad, step=None: None)
+        monkeypatch.setattr(step, "scale_first_step", lambda opt, grad, step=None: None)
     events = []
     # The control's blow-up depends on the rounding of the first steps, which follows torch's thread count
     # (1 thread: no blow-up on this case): pinned to the 2 threads it was calibrated with, on any machine.

@@ -1,6 +1,6 @@
 """The exact tiled objective (bridge/engine/tiled.py) and the border fix (mirror padding in vgg.py).
 
-Exactness is checked against the whole-image computation as optimize.py does it (the loss modules of
+Exactness is checked against the whole-image computation as objective.py does it (the loss modules of
 losses.py on vgg(x)), with the real VGG-19 weights, on images big enough for blocks with interior edges.
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from bridge.engine import tiled
 from bridge.engine.losses import ContentLoss, StyleLoss, TVLoss, gram_matrix
-from bridge.engine.optimize import picture_tensor, resize
+from bridge.engine.pixels import picture_tensor, resize
 from bridge.engine.vgg import LAYER_INDEX, load_vgg, vgg19_features
 from bridge.imaging import load_image
 from bridge.settings import Settings, SettingsError
@@ -40,7 +40,7 @@ def case():
 
 
 def _whole(vgg, photo, x, grams, settings=SETTINGS):
-    """The loss and gradient exactly as optimize.py computes them on the whole image."""
+    """The loss and gradient exactly as objective.py computes them on the whole image."""
     with torch.no_grad():
         targets = vgg(photo, settings.content_layers)
     xg = x.clone().requires_grad_(True)

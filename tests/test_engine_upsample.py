@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bridge.engine import color, upsample
-from bridge.engine.optimize import picture_tensor, resize
+from bridge.engine.pixels import picture_tensor, resize
 
 
 @pytest.mark.parametrize("shape,out", [((1, 3, 17, 23), (101, 77)), ((1, 6, 40, 60), (40, 61)),
@@ -69,7 +69,7 @@ def test_24_megapixels_three_styles_memory() -> None:
         import numpy as np, torch
         from bridge.imaging import Picture
         from bridge.engine import upsample
-        from bridge.engine.optimize import picture_tensor, resize
+        from bridge.engine.pixels import picture_tensor, resize
         rng = np.random.default_rng(0)
         small = rng.integers(0, 255, (400, 600, 3), dtype=np.uint8)
         photo = Picture(rgb=np.kron(small, np.ones((10, 10, 1), np.uint8)), name="big")

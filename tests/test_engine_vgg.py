@@ -11,7 +11,7 @@ from torch import nn
 
 from bridge.engine import vgg as vggmod
 from bridge.engine.losses import gram_matrix
-from bridge.engine.optimize import picture_tensor, resize
+from bridge.engine.pixels import picture_tensor, resize
 from bridge.engine.vgg import LAYER_INDEX, WeightsError, load_vgg
 
 

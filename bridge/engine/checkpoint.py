@@ -8,12 +8,14 @@ The contract other parts build on (daemon pause/requeue, hot-folder resume):
   mid-stage, also the optimiser's own state (its iterate and, for L-BFGS, its curvature history) while that
   is small enough to write often (RESUME_STATE_BYTES), so that a resumed run goes on exactly as
   the uninterrupted one would; without it a resume restarts the optimiser from the best image.
-- :class:`Checkpoint` is anything with ``load()`` and ``save(state)``; :class:`FileCheckpoint` keeps one
-  state in a ``.npz`` file, written atomically. The arrays ``save`` receives may share memory with the
+- :class:`Checkpoint` is anything with ``load()``, ``save(state)`` and ``interval_s`` (seconds between saves
+  of a running optimisation; its one default is ``bridge.settings.SERVICE.checkpoint_seconds``, which the
+  front ends' ``--checkpoint-seconds`` options also start from); :class:`FileCheckpoint` keeps one state in a
+  ``.npz`` file, written atomically. The arrays ``save`` receives may share memory with the
   running optimisation (no copies: at 24 MP each image is 288 MB): write or copy them before returning.
 - ``stylize(..., checkpoint=cp)`` loads first and resumes from a state whose fingerprint matches the run
-  (:func:`fingerprint`); it saves at each stage's end, at least every ``interval_s`` (the checkpoint's
-  attribute, :data:`DEFAULT_INTERVAL_S` if it has none), and when paused. It never deletes the
+  (:func:`fingerprint`); it saves at each stage's end, at least every ``interval_s`` of the checkpoint,
+  and when paused (the policy: :mod:`.resume`). It never deletes the
   checkpoint: a finished run's last state (every style done) makes a repeated call return at once; the
   caller removes the file (:meth:`FileCheckpoint.remove`) when it has written the results.
 
@@ -54,13 +56,12 @@ READABLE = frozenset({1, FORMAT})   # 1: no optimiser state, read as an image-on
 # What the fingerprint covers (inputs, settings); apart from FORMAT so a new file layout that holds the same
 # run keeps the checkpoints of runs in progress (format 1's fingerprints were salted with 1).
 FINGERPRINT_VERSION = 1
-DEFAULT_INTERVAL_S = SERVICE.checkpoint_seconds   # the one home of the interval: bridge.settings
 # Largest optimiser state (iterate + L-BFGS history and vectors) written into mid-stage checkpoints. With it a
 # resumed run continues exactly (without it: +8.6% final loss on bench_resume.py); but it is written every
-# checkpoint interval (120 s by default) and doubles the disk a job holds: 512 MB is ~1-5 s of writing per
-# interval on a common disk and covers every whole-image stage (history capped by plan.LBFGS_HISTORY_BYTES) and
-# tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with its vectors) falls back to the
-# best image only (optimize.LBFGS_RESUME_STEP), saying so in a log line.
+# checkpoint interval (SERVICE.checkpoint_seconds by default) and doubles the disk a job holds: 512 MB is ~1-5 s
+# of writing per interval on a common disk and covers every whole-image stage (history capped by
+# plan.LBFGS_HISTORY_BYTES) and tiled stages up to ~5 MP (3 pairs); a 24 MP stage's state (3 pairs: 1.7 GB with
+# its vectors) falls back to the best image only (step.LBFGS_RESUME_STEP), saying so in a log line.
 RESUME_STATE_BYTES = 512 << 20
 # Settings that only change what happens after the optimisation (or how fast it runs), not its images:
 # a checkpoint stays valid when they change. The seed is checked apart (None = the checkpoint's).
@@ -91,6 +92,10 @@ class EngineState:
 
 @runtime_checkable
 class Checkpoint(Protocol):
+    """Where a run's :class:`EngineState` is kept; ``interval_s``: save at least this often (seconds)."""
+
+    interval_s: float
+
     def load(self) -> EngineState | None: ...
 
     def save(self, state: EngineState) -> None: ...
@@ -128,7 +133,7 @@ class FileCheckpoint:
     header never makes it allocate more than the job can need.
     """
 
-    def __init__(self, path: Path | str, interval_s: float = DEFAULT_INTERVAL_S, *,
+    def __init__(self, path: Path | str, interval_s: float = SERVICE.checkpoint_seconds, *,
                  fingerprint: str | None = None, bound: "Bound | Callable[[], Bound] | None" = None) -> None:
         """``bound``: the most the job's checkpoint can hold (:class:`Bound`, or a function giving it when the
         file is read); None: the machine's limits (:meth:`Bound.default`)."""

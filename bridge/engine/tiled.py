@@ -22,7 +22,7 @@ exactly as in the whole-image forward (with any of vgg.py's padding modes). The 
 keeps its graph and is the first of pass 2, so an image that fits in one block costs one forward and one
 backward, like the whole-image computation.
 
-Losses and normalisation are those of :mod:`bridge.engine.losses` as ``optimize.py`` combines them:
+Losses and normalisation are those of :mod:`bridge.engine.losses` as ``objective.py`` combines them:
 ``content_weight * mean((F - T)^2)`` per content layer, ``style_weight * style_strength * mean((G - A)^2)``
 per style layer with ``G = F F^T / (C H W)``, and ``tv_weight * 0.5 * sum of squared neighbour
 differences``. ``normalize_gradients`` needs each layer's whole gradient before any of it is used, so it
@@ -343,7 +343,7 @@ class TiledObjective:
         self.style_layers = tuple(grams)
         self.layers = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
         self.content_weight = float(settings.content_weight)
-        self.style_weight = float(settings.style_weight * weight_factor(settings.style_strength))  # as optimize.py
+        self.style_weight = float(settings.style_weight * weight_factor(settings.style_strength))  # as objective.py
         self.tv_weight = float(settings.tv_weight)
         before, after = context(vgg.features, _deepest(self.layers))
         if inner is None:
