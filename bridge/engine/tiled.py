@@ -55,7 +55,7 @@ AUTO_CAP_BYTES = 4 << 30    # bigger blocks gain little (the margins are already
 VALUES_PER_PIXEL = 640
 FIXED_BLOCK_BYTES = 64 << 20   # weights, allocator slack
 # Share of one evaluation's time spent in pass 1 (forwards without graph, but the last block's), for progress
-# within an iteration (optimize.py): measured 0.31-0.36 at 256-512 px (bench/bench_pass_share.py, 6-12 small
+# within an iteration (report.py): measured 0.31-0.36 at 256-512 px (bench/bench_pass_share.py, 6-12 small
 # blocks, 1 thread) and 0.26 at 24 MP (329 of 1244 s, 24 blocks of 1120 px: bench/README.md); pass 2 (forward
 # with graph and backward per block) is the rest.
 PASS1_SHARE = 0.3

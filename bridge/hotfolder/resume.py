@@ -60,7 +60,7 @@ def photo_bound(layout: Layout, job_id: str) -> Bound:
                 width, height = im.size
     except Exception:  # noqa: BLE001 - any file: the machine's limits apply
         return default
-    side = 16                     # optimize.MIN_SIDE (not imported: daemon mode has no engine here)
+    side = 16                     # engine.plan.MIN_SIDE (not imported: daemon mode has no engine here)
     pixels = max(width, side) * max(height, side)
     return Bound(pixels=min(pixels, default.pixels), images=LIMITS.max_styles + 1)
 
