@@ -250,6 +250,37 @@ def remove_leftover_previews(image):
     return len(leftovers)
 
 
+def read_style_files(paths):
+    """(file name, bytes) of each style image file, or UserError naming the one that cannot be read."""
+    style_files = []
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                style_files.append((os.path.basename(path), fh.read()))
+        except OSError as exc:
+            raise UserError(f"Stylebridge: cannot read style image {path}: {exc.strerror}") from None
+    return style_files
+
+
+def download_layers(client, result, tmpdir, progress, job_id):
+    """{layer_index: (image_path, mask_path)} of the result's layers, written into ``tmpdir``; a Cancel clicked
+    while they come raises JobCancelled (nothing goes into the image)."""
+    files = {}
+    steps, _ = sb_logic.layer_plan(result)
+    for step in steps:
+        paths = [None, None]
+        for k, url in enumerate((step.image_url, step.mask_url)):
+            if url:
+                path = os.path.join(tmpdir, f"{step.index}-{('image', 'mask')[k]}.png")
+                with open(path, "wb") as fh:
+                    fh.write(client.get_bytes(url))
+                paths[k] = path
+        files[step.index] = tuple(paths)
+        if progress.cancelled:
+            raise sb_client.JobCancelled({"id": job_id}, "cancelled")
+    return files
+
+
 def stylize(image, layer, opts, progress):
     """Send the layer as one job description, follow the job, download the layer stack. Changes nothing in the
     image (the temporary preview layer comes and goes outside the undo history). Returns (result_json,
@@ -262,16 +293,9 @@ def stylize(image, layer, opts, progress):
 
     job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
     mask = selection_mask_png(image, layer) if "mask" in job else None
-    style_files = []
-    for path in opts.style_files:
-        try:
-            with open(path, "rb") as fh:
-                style_files.append((os.path.basename(path), fh.read()))
-        except OSError as exc:
-            raise UserError(f"Stylebridge: cannot read style image {path}: {exc.strerror}") from None
-
     content = layer_png(image, layer)
-    answer = client.submit_job(("layer.png", content), job, style_files=style_files, mask=mask)
+    answer = client.submit_job(("layer.png", content), job, style_files=read_style_files(opts.style_files),
+                               mask=mask)
     job_id = answer["id"]
     for note in answer.get("notes") or ():
         Gimp.message(f"Stylebridge: {note}")
@@ -301,19 +325,7 @@ def stylize(image, layer, opts, progress):
         progress.text("Stylebridge: fetching the layers")
         result = client.result(job_id)
         tmpdir = tempfile.mkdtemp(prefix="stylebridge-")
-        files = {}
-        steps, _ = sb_logic.layer_plan(result)
-        for step in steps:
-            paths = [None, None]
-            for k, url in enumerate((step.image_url, step.mask_url)):
-                if url:
-                    path = os.path.join(tmpdir, f"{step.index}-{('image', 'mask')[k]}.png")
-                    with open(path, "wb") as fh:
-                        fh.write(client.get_bytes(url))
-                    paths[k] = path
-            files[step.index] = tuple(paths)
-            if progress.cancelled:          # Cancel clicked while the layers came: nothing goes in
-                raise sb_client.JobCancelled({"id": job_id}, "cancelled")
+        files = download_layers(client, result, tmpdir, progress, job_id)
         finished = True
         try:
             client.delete(job_id)           # the layers are here now; free the daemon's memory

@@ -179,6 +179,7 @@ def _install_profile(profile: Path) -> Path:
     assert os.access(dest / "stylebridge.py", os.X_OK)
     assert (dest / "sb_client.py").read_bytes() == CLIENT_SOURCE.read_bytes()
     assert all((dest / name).is_file() for name in ("sb_png.py", "sb_logic.py", "sb_dialog.py", "sb_install.json"))
+    shutil.copyfile(Path(__file__).with_name("sb_testhook.py"), dest / "sb_testhook.py")   # the dialog tests' hook
     return profile
 
 

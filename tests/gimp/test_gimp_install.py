@@ -69,7 +69,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("path, extra", [
     ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic", "sb_dialog", "sb_progress"}),
     ("gimp_plugin/stylebridge/sb_progress.py", {"gi"}),
-    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic"}),
+    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic", "sb_testhook"}),   # the tests' hook
+    ("tests/gimp/sb_testhook.py", {"gi", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # a copy of bridge/protocol.py
