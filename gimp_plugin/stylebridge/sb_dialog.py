@@ -1,8 +1,9 @@
 """The Stylebridge plug-in's dialog (GimpUi/Gtk): the daemon's library with previews, style files, the form,
 the connection, the time estimate. Imported by ``stylebridge.py`` only for an interactive run.
 
-Decisions that need no GIMP are in ``sb_logic.py``; this module is widgets and their wiring. The test hook at
-the end (``STYLEBRIDGE_GIMP_DIALOG_TEST``) lets tests/gimp drive and record the dialog on a virtual display.
+Decisions that need no GIMP are in ``sb_logic.py``; this module is widgets and their wiring. With
+``STYLEBRIDGE_GIMP_DIALOG_TEST`` set, the tests' own hook (tests/gimp/sb_testhook.py, which they copy beside the
+installed plug-in) drives and records the dialog on a virtual display.
 """
 
 import os
