@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from bridge.engine.eta import cost_model
     from bridge.engine.vgg import load_vgg
     from bridge.imaging import load_image
-    from bridge.settings import DEFAULTS, settings_from_mapping
+    from bridge.settings import DEFAULTS
+    from bridge.settings_parse import settings_from_mapping
 
     photo = load_image(REPO / "samples" / "photo.jpg")
     style = StyleInput(args.style, load_image(REPO / "samples" / f"style_{args.style}.jpg"))

@@ -41,7 +41,7 @@ def load_avg() -> str:
 def run_mode(args: argparse.Namespace) -> dict:
     from bridge.engine import StyleInput, stylize
     from bridge.imaging import load_image
-    from bridge.settings import settings_from_mapping
+    from bridge.settings_parse import settings_from_mapping
 
     overrides = dict(item.split("=", 1) for item in args.set)
     overrides.update(size=args.size, seed=7)
@@ -84,7 +84,7 @@ def run_mode(args: argparse.Namespace) -> dict:
 def replay_mode(args: argparse.Namespace) -> dict:
     from bridge.engine import eta
     from bridge.engine.plan import stage_dims, working_ladder
-    from bridge.settings import settings_from_mapping
+    from bridge.settings_parse import settings_from_mapping
 
     out: dict = {}
     for path in args.replay:

@@ -29,7 +29,8 @@ def run(content: Path, style: Path, overrides: dict[str, str], sized: bool) -> l
     """One stylize run; its (seconds, stage, iteration, loss) trace."""
     from bridge.engine import StyleInput, step, stylize
     from bridge.imaging import load_image
-    from bridge.settings import DEFAULTS, settings_from_mapping
+    from bridge.settings import DEFAULTS
+    from bridge.settings_parse import settings_from_mapping
 
     settings, _, _ = settings_from_mapping(overrides, base=DEFAULTS)
     original = step.scale_first_step

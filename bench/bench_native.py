@@ -61,7 +61,8 @@ def job(photo: Path, out_psd: Path | None, overrides: list[str], report: Path) -
     from bridge.engine import stylize
     from bridge.engine.types import StyleInput
     from bridge.imaging import load_image
-    from bridge.settings import DEFAULTS, DOCUMENT_DEFAULTS, settings_from_mapping
+    from bridge.settings import DEFAULTS, DOCUMENT_DEFAULTS
+    from bridge.settings_parse import settings_from_mapping
 
     settings, _, _ = settings_from_mapping(dict(o.split("=", 1) for o in overrides), base=DEFAULTS)
     content = load_image(photo)

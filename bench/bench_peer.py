@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, judge, machine, measure, prepare, sample, side_by_side  # noqa: E402
-from bridge.settings import DEFAULTS, settings_from_mapping  # noqa: E402
+from bridge.settings import DEFAULTS  # noqa: E402
+from bridge.settings_parse import settings_from_mapping  # noqa: E402
 
 TARGET_REACH = 0.35   # issue 7, target 1: time to reach pastiche's final loss / pastiche's time
 CHANNELS = {"relu1": 64, "relu2": 128, "relu3": 256, "relu4": 512, "relu5": 512}

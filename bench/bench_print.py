@@ -61,7 +61,8 @@ from bridge.engine.losses import gram_matrix, style_distance  # noqa: E402
 from bridge.engine.pixels import picture_tensor, resize  # noqa: E402
 from bridge.engine.vgg import load_vgg  # noqa: E402
 from bridge.imaging import Picture, load_image  # noqa: E402
-from bridge.settings import NATIVE_SIZE, Settings, settings_from_mapping  # noqa: E402
+from bridge.settings import NATIVE_SIZE, Settings  # noqa: E402
+from bridge.settings_parse import settings_from_mapping  # noqa: E402
 
 PHOTO = REPO / "samples" / "photo.jpg"
 STYLE = REPO / "tests" / "data" / "starry_night.jpg"

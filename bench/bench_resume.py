@@ -41,7 +41,7 @@ def child(args: argparse.Namespace) -> None:
     from bridge.engine import FileCheckpoint, stylize
     from bridge.engine.types import StyleInput
     from bridge.imaging import load_image
-    from bridge.settings import settings_from_mapping
+    from bridge.settings_parse import settings_from_mapping
 
     content = load_image(Path(args.photo).read_bytes(), name="photo")
     style = load_image(Path(args.style).read_bytes(), name="starry")

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from bridge.engine import stylize
     from bridge.engine.types import StyleInput
     from bridge.imaging import load_image, save_image
-    from bridge.settings import DEFAULTS, settings_from_mapping
+    from bridge.settings import DEFAULTS
+    from bridge.settings_parse import settings_from_mapping
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,7 @@ Every front end builds a :class:`JobSpec` at its edge and nowhere else:
 * the daemon rebuilds it with :meth:`JobSpec.from_json` on its own defaults (its ``--preset``, device, weights).
 
 :func:`check` applies the machine-protecting :class:`~bridge.settings.Limits` the same way for all of them.
-The settings are parsed and validated once, by :func:`bridge.settings.settings_from_mapping`; the engine and
+The settings are parsed and validated once, by :func:`bridge.settings_parse.settings_from_mapping`; the engine and
 the layer builder take the typed result as it is.
 
 Only what the user chose travels (``options``): a daemon started with ``--preset draft`` applies its preset
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from . import protocol
-from .settings import DEFAULTS, DOCUMENT_DEFAULTS, LIMITS, RENAMED, REVEAL_CHOICES, DocumentSettings, Limits, \
-    Settings, SettingsError, normalise_keys, settings_from_mapping, unknown_option_message
+from .settings import (DEFAULTS, DOCUMENT_DEFAULTS, LIMITS, RENAMED, REVEAL_CHOICES, DocumentSettings, Limits, Settings, SettingsError)
+from .settings_parse import normalise_keys, settings_from_mapping, unknown_option_message
 
 #: The protocol's version (its home is bridge.protocol): sent with each job, checked here.
 PROTOCOL_VERSION: int = protocol.PROTOCOL_VERSION

@@ -599,7 +599,7 @@ def test_a_24_mp_print_job_is_planned_in_blocks_not_refused_for_memory(client, s
     """Native size is computed in blocks (bridge/engine/tiled.py), so the memory estimate is the engine's
     tiled plan (~8 GB at 24 MP), not a whole-image optimisation at 24 MP (~60 GB, a certain 413)."""
     from bridge.daemon.memory import ImageShape, estimate_job_memory
-    from bridge.settings import settings_from_mapping
+    from bridge.settings_parse import settings_from_mapping
     settings, document, _ = settings_from_mapping({"preset": "print"})
     estimate = estimate_job_memory(ImageShape(6000, 4000), [ImageShape(1024, 768)], settings, document)
     assert 2 * 2 ** 30 < estimate < 12 * 2 ** 30, estimate / 2 ** 30

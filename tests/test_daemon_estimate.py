@@ -11,7 +11,8 @@ from bridge.daemon import speed
 from bridge.daemon.client import DaemonClient
 from bridge.engine.eta import cost_model
 from bridge.engine.plan import TILED_COST, ladder_dims
-from bridge.settings import PRESETS, settings_from_mapping
+from bridge.settings import PRESETS
+from bridge.settings_parse import settings_from_mapping
 from test_daemon_api import png_of, start_daemon, stop_daemon
 from testdata import SAMPLES
 

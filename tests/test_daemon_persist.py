@@ -22,7 +22,7 @@ from bridge.daemon.jobfiles import JobFiles
 from bridge.daemon.jobqueue import JobManager
 from bridge.daemon.memory import ImageShape
 from bridge.job import JobSpec, Source
-from bridge.settings import settings_from_mapping
+from bridge.settings_parse import settings_from_mapping
 
 from test_daemon_api import SAMPLES, png_of
 

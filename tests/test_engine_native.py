@@ -16,8 +16,8 @@ from bridge.engine import plan, targets
 from bridge.engine.pixels import picture_tensor, resize
 from bridge.engine.plan import working_ladder
 from bridge.engine.targets import style_grams
-from bridge.settings import (LIMITS, NATIVE_SIZE, PRESETS, Settings, SettingsError, coerce_value,
-                             settings_from_mapping)
+from bridge.settings import LIMITS, NATIVE_SIZE, PRESETS, Settings, SettingsError
+from bridge.settings_parse import coerce_value, settings_from_mapping
 
 FAST = dict(size=96, iterations=5, coarse_to_fine=False, seed=7)
 

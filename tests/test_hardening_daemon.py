@@ -27,8 +27,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
 from PIL import Image
 
-from bridge.settings import LIMITS, DocumentSettings, Settings, SettingsError, load_settings_json, \
-    settings_from_json, settings_from_mapping
+from bridge.settings import LIMITS, DocumentSettings, Settings, SettingsError
+from bridge.settings_parse import load_settings_json, settings_from_json, settings_from_mapping
 
 BIG = 14000                                  # 196 MP: under the 200 MP max_pixels
 QUEUED = 6                                   # big uploads queued in the memory test

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bridge.job import PROTOCOL_VERSION, JobSpec, LimitError, Source, check, check_protocol, mask_word, unique_names
-from bridge.settings import DEFAULTS, LIMITS, PRESETS, SettingsError, settings_from_mapping
+from bridge.settings import DEFAULTS, LIMITS, PRESETS, SettingsError
+from bridge.settings_parse import settings_from_mapping
 
 
 def test_round_trip_keeps_only_what_the_user_chose():

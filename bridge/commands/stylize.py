@@ -2,7 +2,7 @@
 
 Every engine and document setting is an option generated from the dataclasses in
 :mod:`bridge.settings` (their help, choices and defaults); only options the user typed are passed
-to :func:`bridge.settings.settings_from_mapping`, which owns defaults and validation.
+to :func:`bridge.settings_parse.settings_from_mapping`, which owns defaults and validation.
 
 Exit codes: 0 done; 2 bad input or an output that cannot be written (found before any work, nothing
 written); 1 failure during the work or while writing (a result that cannot be written where asked is saved

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..settings import settings_from_mapping
+from ..settings_parse import settings_from_mapping
 from .context import Daemon, DaemonConfig
 from .jobqueue import JobManager
 from .memory import default_job_memory

@@ -31,7 +31,8 @@ from typing import Any, Callable, Mapping
 
 from ..engine.checkpoint import Bound, FileCheckpoint
 from ..outputs import atomic_write
-from ..settings import LIMITS, SettingsError, load_settings_json, settings_from_mapping
+from ..settings import LIMITS, SettingsError
+from ..settings_parse import load_settings_json, settings_from_mapping
 from .jobfiles import JobFiles
 from .memory import ImageShape, working_size
 

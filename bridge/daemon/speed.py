@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..settings import Settings, settings_from_mapping
+from ..settings import Settings
+from ..settings_parse import settings_from_mapping
 
 PROBE_SIDE = 128           # px: the start-up probe's image (square); ~0.1 s per evaluation on a quiet 2-core CPU
 PROBE_REPEATS = 3          # timed evaluations after one untimed (the first pays allocation); the fastest counts

@@ -22,8 +22,8 @@ from fastapi.responses import Response
 from ..imaging import ImageError, Picture, load_image, probe
 from ..imaging.probe import ProbeError, TooManyPixels
 from ..job import LimitError, limit_error
-from ..settings import DocumentSettings, JsonLimitError, Limits, Settings, SettingsError, load_settings_json, \
-    normalise_keys
+from ..settings import DocumentSettings, Limits, Settings, SettingsError
+from ..settings_parse import JsonLimitError, load_settings_json, normalise_keys
 from .memory import ImageShape
 
 PNG = "image/png"

@@ -7,7 +7,7 @@ Layers, later ones winning key by key:
 3. the sidecar ``NAME.EXT.json`` or ``NAME.json`` that travelled with the file.
 
 Every layer is a JSON object with the CLI's long option names (hyphens or underscores; parsed by
-:func:`bridge.settings.settings_from_mapping`, so no default or rule is repeated here), plus:
+:func:`bridge.settings_parse.settings_from_mapping`, so no default or rule is repeated here), plus:
 
 * ``styles``: a list of style images, each a path (relative to *that* JSON file's folder, or
   absolute), or a daemon library name, or ``{"file": PATH, "name": NAME}`` / ``{"library": NAME}``;
@@ -29,8 +29,8 @@ from typing import Any
 
 from ..job import OLD_MASK_WORDS, JobSpec, Source, mask_word
 from .layout import STATE_DIR
-from ..settings import RENAMED, DocumentSettings, Settings, SettingsError, load_settings_json, \
-    unknown_option_message
+from ..settings import RENAMED, DocumentSettings, Settings, SettingsError
+from ..settings_parse import load_settings_json, unknown_option_message
 
 PRESET_NAME = "preset.json"
 EXTRA_KEYS = ("styles", "content_layer", "comment")

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ...job import JobSpec, check
-from ...settings import SettingsError, load_settings_json
+from ...settings import SettingsError
+from ...settings_parse import load_settings_json
 from .. import speed
 from ..context import DaemonDep
 from ..web import ApiError, json_response, settings_error
