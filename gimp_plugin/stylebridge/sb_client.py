@@ -120,8 +120,8 @@ class NotADaemon(DaemonError):
         super().__init__(status, not_a_daemon_message(url, what))
 
 
-#: What every stylebridge daemon's health has held, protocol 1 (which named no protocol) included.
-PROTOCOL_1_HEALTH = ("version", "device", "weights", "queue")
+#: What every stylebridge daemon's health has held beside its status, protocol 1 (which named no protocol) included.
+PROTOCOL_1_HEALTH = ("version",)
 
 
 def looks_like_stylebridge(health: Any) -> bool:
