@@ -3,7 +3,8 @@
 GIMP 3 loads a Python plug-in only from ``PROFILE/plug-ins/NAME/NAME.py`` (executable, file name equal
 to the folder name). The plug-in is the folder ``gimp_plugin/stylebridge`` (``stylebridge.py``, the adapter
 over GIMP; ``sb_dialog.py``, its dialog; ``sb_progress.py``, its progress window with Cancel; ``sb_logic.py``, its
-decisions, tested without GIMP; the PNG codec ``sb_png.py``) and its protocol
+decisions, tested without GIMP; the PNG codec ``sb_png.py``; ``sb_watchdog.py``, which cancels the job when GIMP kills
+the plug-in) and its protocol
 client ``sb_client.py``, which is written from the package's own :mod:`bridge.protocol` (one source: the copy
 kept in ``gimp_plugin/stylebridge`` is checked equal by tests/test_protocol.py).
 
@@ -26,7 +27,7 @@ from typing import Mapping
 PLUGIN_NAME = "stylebridge"
 CLIENT_FILE = "sb_client.py"                            # the protocol client: a copy of bridge/protocol.py
 #: The plug-in's own files, found in gimp_plugin/stylebridge (or where the wheel put them)
-PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_png.py", "sb_progress.py")
+PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_png.py", "sb_progress.py", "sb_watchdog.py")
 #: What an installed plug-in folder holds (= pyproject's data-files), the client written from bridge/protocol.py
 INSTALLED_FILES = (*PLUGIN_FILES, CLIENT_FILE)
 DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target

@@ -17,14 +17,6 @@ Every request raises :class:`DaemonUnreachable` when nothing answers and :class:
 the daemon's own words) for an HTTP error status; :meth:`Client.wait` raises :class:`JobFailed` /
 :class:`JobCancelled` for a job that did not finish.
 
-Also a tiny command (the plug-in runs it as a watchdog process)::
-
-    python3 sb_client.py cancel-on-eof JOB_ID   # URL and token from STYLEBRIDGE_URL / STYLEBRIDGE_TOKEN
-    python3 sb_client.py health [URL]
-
-``cancel-on-eof`` reads standard input until end of file; unless it read ``done`` first, it cancels
-the job. GIMP kills a plug-in whose progress the user cancels, so the plug-in itself cannot cancel
-its job: the watchdog sees the pipe close and does it.
 """
 
 from __future__ import annotations
@@ -33,7 +25,6 @@ import base64
 import json
 import os
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -530,49 +521,3 @@ def progress_text(status: dict) -> str:
     if not parts and status.get("phase"):
         parts.append(str(status["phase"]))
     return "Stylebridge: " + (", ".join(parts) if parts else (state or "starting"))
-
-
-# --------------------------------------------------------------------------------------------
-# watchdog command
-# --------------------------------------------------------------------------------------------
-
-def cancel_on_eof(job_id: str, stream=None) -> int:
-    """Block until ``stream`` closes; cancel the job unless ``done`` was written first."""
-    stream = stream if stream is not None else sys.stdin.buffer
-    seen = b""
-    try:
-        for chunk in iter(lambda: stream.read(64), b""):
-            seen += chunk
-            if b"done" in seen:
-                return 0
-    except OSError:
-        pass
-    client = Client(timeout=10.0)
-    for _ in range(3):
-        try:
-            client.cancel(job_id)
-            return 0
-        except DaemonError:
-            return 0            # already finished or gone
-        except DaemonUnreachable:
-            time.sleep(1.0)
-    return 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 2 and argv[0] == "cancel-on-eof":
-        return cancel_on_eof(argv[1])
-    if len(argv) >= 1 and argv[0] == "health":
-        try:
-            print(json.dumps(Client(argv[1] if len(argv) > 1 else None).health(timeout=5.0)))
-            return 0
-        except ClientError as exc:
-            print(exc, file=sys.stderr)
-            return 1
-    print("usage: sb_client.py cancel-on-eof JOB_ID | health [URL]", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

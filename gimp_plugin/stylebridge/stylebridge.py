@@ -89,7 +89,8 @@ def start_watchdog(client, job_id):
         if client.token:
             env[sb_client.TOKEN_ENV] = client.token
         python = sys.executable or shutil.which("python3") or "python3"
-        subprocess.Popen([python, os.path.abspath(sb_client.__file__), "cancel-on-eof", str(job_id)],
+        watchdog = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sb_watchdog.py")
+        subprocess.Popen([python, watchdog, "cancel-on-eof", str(job_id)],
                          stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          close_fds=True, start_new_session=True, env=env)
         os.close(read_fd)

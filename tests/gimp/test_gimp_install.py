@@ -73,6 +73,7 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
     ("tests/gimp/sb_testhook.py", {"gi", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
+    ("gimp_plugin/stylebridge/sb_watchdog.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # a copy of bridge/protocol.py
     ("bridge/protocol.py", set()),
 ])

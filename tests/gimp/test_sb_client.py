@@ -9,7 +9,10 @@ to produce the error shapes; the protocol itself is checked against the real ``s
 from __future__ import annotations
 
 import io
+import os
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from email.parser import BytesParser
@@ -18,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, free_port
+from .conftest import PLUGIN_DIR, SAMPLES, Daemon, _load, free_port
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,12 +215,21 @@ def test_one_client_for_package_and_plugin(sb_client):
 
 
 def test_cancel_on_eof(sb_client, recorder, monkeypatch):
+    """The plug-in's watchdog (sb_watchdog.py): cancels the job when its pipe closes without "done"."""
     url, calls = recorder
     monkeypatch.setenv("STYLEBRIDGE_URL", url)
-    assert sb_client.cancel_on_eof("job1", io.BytesIO(b"done\n")) == 0
+    monkeypatch.setitem(sys.modules, "sb_client", sb_client)
+    watchdog = _load("sb_watchdog", PLUGIN_DIR / "sb_watchdog.py")
+    assert watchdog.cancel_on_eof("job1", io.BytesIO(b"done\n")) == 0
     assert not [c for c in calls if c[0] == "POST"]
-    assert sb_client.cancel_on_eof("job1", io.BytesIO(b"")) == 0      # the plug-in died: cancel
+    assert watchdog.cancel_on_eof("job1", io.BytesIO(b"")) == 0      # the plug-in died: cancel
     assert [c[1] for c in calls if c[0] == "POST"] == ["/v1/jobs/job1/cancel"]
+    # as the plug-in starts it: its own process, the client beside it, the pipe closed at once
+    env = {**os.environ, "STYLEBRIDGE_URL": url}
+    proc = subprocess.run([sys.executable, str(PLUGIN_DIR / "sb_watchdog.py"), "cancel-on-eof", "job2"],
+                          input=b"", capture_output=True, timeout=60, env=env, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert [c[1] for c in calls if c[0] == "POST"][-1] == "/v1/jobs/job2/cancel"
 
 
 def test_progress_text(sb_client):
