@@ -57,6 +57,8 @@ _python_showwarning = warnings.showwarning
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_notes
+    # The notes are for the user: shown even where Python's warnings are silenced (PYTHONWARNINGS=ignore).
+    warnings.filterwarnings("default", module=r"bridge(\.|$)")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

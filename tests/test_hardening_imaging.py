@@ -429,3 +429,20 @@ def test_the_cli_says_ignored_frames_in_one_plain_line(tmp_path, capsys):
     assert code == 2
     assert err[0] == f"stylebridge: note: {photo}: animated WEBP with 12 frames; only the first frame is used", err
     assert len([line for line in err if "frames" in line]) == 1 and "Warning" not in "".join(err)
+
+
+def test_the_cli_says_ignored_frames_even_where_python_warnings_are_silenced(tmp_path):
+    """PYTHONWARNINGS=ignore (set by some shells and tools) must not silence the notes meant for the user."""
+    import os
+    import subprocess
+    import sys
+    photo = tmp_path / "anim.png"
+    photo.write_bytes(_animation("PNG", 3))
+    style = tmp_path / "style.png"
+    style.write_bytes(png(8, side=32))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "bridge.cli", "stylize", str(photo), "-s", str(style), "-s",
+                           str(style), "-o", str(tmp_path / "one.png")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert f"stylebridge: note: {photo}: animated PNG with 3 frames; only the first frame is used" in proc.stderr
