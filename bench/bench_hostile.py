@@ -2026,7 +2026,8 @@ def hotdaemon_cases(deadline: float) -> None:
                 if where == "nowhere":
                     return "DATA-LOST", "-", NAN, f"the photo is nowhere; {last_line(text)}"
                 low = text.lower()
-                if "not in the library" in low or "library style" in low or "missing library" in low:
+                if ("not in the library" in low or "library style" in low or "missing library" in low) \
+                        and "there is out/" not in low:      # the refusal must say where the image sits
                     line = next(ln for ln in text.splitlines() if "library" in ln.lower())
                     return "UNCLEAR", "-", NAN, f"says it is a missing library style: {line.strip()[:120]}"
                 outs = sorted(p.name for p in (root / "out").rglob("*.psd"))
