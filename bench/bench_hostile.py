@@ -34,7 +34,7 @@ Issue 20's cases (``--cases issue20``; groups ``origin``, ``symlinks``, ``checkp
 Peak RSS: the CLI's from ``wait4`` (the process's own ``ru_maxrss``); the daemon's and the watcher's are their
 ``VmHWM`` (high-water mark since they started) read after the case, so they carry over earlier cases.
 
-    sudo PYTHONPATH=$PWD python bench/bench_hostile.py            # everything, all three front ends
+    sudo PYTHONPATH=$PWD python bench/bench_hostile.py            # everything, all three front ends (~35 min on 2 cores)
     PYTHONPATH=$PWD python bench/bench_hostile.py --fronts cli    # one front end
     sudo PYTHONPATH=$PWD python bench/bench_hostile.py --cases issue20          # issue 20's cases only
     sudo PYTHONPATH=$PWD python bench/bench_hostile.py --cases origin,symlinks  # some of its groups
@@ -2130,7 +2130,7 @@ def main() -> int:
     ap.add_argument("--cases", default="all",
                     help="comma-separated groups: all, issue15 (the original cases), issue20 (all of issue 20's), "
                          f"or issue 20's groups: {', '.join(GROUPS_20)}")
-    ap.add_argument("--minutes", type=float, default=40, help="stop starting new cases after this long")
+    ap.add_argument("--minutes", type=float, default=60, help="stop starting new cases after this long")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only the cases they name")
     args = ap.parse_args()
     ONLY.extend(o for o in args.only.split(",") if o)
