@@ -1,16 +1,86 @@
-"""What every front end does with a job, once: for now, how a failed run is told to the user.
+"""What every front end does with a job, once: run it into a layer stack, and say how it failed.
 
-The command line, the daemon and the hot folder each run the engine and must say what went wrong when it
-fails. :func:`classify` decides once what kind of failure an exception is (the input, the settings, memory,
-or the engine itself) and the words for it; each front end maps the :class:`Failure` to its own channel: the
-CLI to an exit code, the daemon to the job's ``error``, the hot folder to ``error/NAME.txt`` with its own
-advice (which names its own files: preset.json, in/).
+:func:`render` takes a :class:`LoadedJob` (the photo, the styles, the settings and masks, decoded and checked by
+the front end) through the engine into the fusion document's layer stack (:class:`Rendered`, with its timings);
+the daemon's worker and the hot folder's in-process engine both use it, so a job runs the same way from either.
+:func:`classify` decides once what kind of failure an exception is (the input, the settings, memory, or the
+engine itself) and the words for it; each front end maps the :class:`Failure` to its own channel: the CLI to an
+exit code, the daemon to the job's ``error``, the hot folder to ``error/NAME.txt`` with its own advice (which
+names its own files: preset.json, in/).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .document.model import LayerStack
+    from .engine.checkpoint import Checkpoint
+    from .engine.types import CancelToken, Progress, StyleInput, StylizeResult
+    from .imaging import Picture
+    from .settings import DocumentSettings, Settings
+
+
+@dataclass
+class LoadedJob:
+    """Everything a run needs, already decoded and checked by its front end."""
+
+    content: "Picture"
+    styles: "list[StyleInput]"
+    settings: "Settings"
+    document: "DocumentSettings"
+    mask: np.ndarray | None = None     # H x W, the content's dtype: one mask for every style layer
+    style_masks: dict[str, np.ndarray] = field(default_factory=dict)   # style layer name -> its own mask
+    name: str | None = None            # the run's name (the Styles group's), None: from the styles
+
+    @property
+    def masks(self) -> dict[str, np.ndarray] | np.ndarray | None:
+        """What :func:`~bridge.document.stack.build_stack` takes: one array, a mapping, or None (reveal)."""
+        if not self.style_masks:
+            return self.mask
+        if self.mask is None:
+            return dict(self.style_masks)
+        return {s.name: self.style_masks.get(s.name, self.mask) for s in self.styles}
+
+
+@dataclass
+class Rendered:
+    """A finished (or, cancelled with its best so far, partial) run and its layer stack."""
+
+    result: "StylizeResult"
+    stack: "LayerStack"
+    engine_s: float
+    layers_s: float
+
+
+def render(job: LoadedJob, *, progress: "Callable[[Progress], None] | None" = None,
+           cancel: "CancelToken | None" = None, checkpoint: "Checkpoint | None" = None,
+           keep: "Callable[[StylizeResult], bool]" = lambda result: bool(result.images),
+           on_layers: Callable[[], None] = lambda: None) -> Rendered | None:
+    """The engine's run (:func:`bridge.engine.stylize`), then the layer stack of the fusion document; None when
+    ``keep(result)`` says the run gave nothing to keep (paused, cancelled without a result). ``on_layers`` is
+    called as the layers begin (the daemon's phase). The stack's ``meta`` carries ``seconds`` (engine and
+    layers: the engine's own ``seconds`` leaves out its set-up) and ``timings``."""
+    from .document.stack import build_stack
+    from .engine import stylize
+
+    started = time.perf_counter()
+    result = stylize(job.content, job.styles, job.settings, progress, cancel, checkpoint=checkpoint)
+    engine_s = time.perf_counter() - started
+    if not keep(result):
+        return None
+    on_layers()
+    layers_started = time.perf_counter()
+    stack = build_stack(result, job.document, masks=job.masks, run_name=job.name)
+    layers_s = time.perf_counter() - layers_started
+    stack.meta["seconds"] = round(time.perf_counter() - started, 3)
+    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(layers_s, 3)}
+    return Rendered(result, stack, engine_s, layers_s)
 
 
 class FailureKind(str, enum.Enum):

@@ -73,3 +73,30 @@ def test_the_hot_folder_maps_a_failure_to_error_txt(tmp_path, monkeypatch):
     assert rc == 1
     note = (root / "error" / "photo.png.txt").read_text()
     assert "out of memory (MemoryError) while stylizing" in note and ADVICE_MEMORY in note
+
+
+# --- one run, for the daemon and the hot folder ------------------------------------------------------------------
+
+def test_render_runs_a_job_into_the_fusion_layer_stack():
+    """The real engine at a tiny size: the result, its layer stack (one layer per style) and its timings; a run the
+    caller does not keep builds no stack."""
+    import dataclasses
+
+    from bridge.engine import StyleInput
+    from bridge.imaging import load_image
+    from bridge.pipeline import LoadedJob, render
+    from bridge.settings import DEFAULTS, DOCUMENT_DEFAULTS
+    from testdata import SAMPLES
+    settings = dataclasses.replace(DEFAULTS, size=32, iterations=2, coarse_to_fine=False, device="cpu", seed=3)
+    photo = load_image(SAMPLES["coffee"])
+    styles = [StyleInput("starry", load_image(SAMPLES["starry_night"]))]
+    job = LoadedJob(photo, styles, settings, DOCUMENT_DEFAULTS, name="run")
+    phases = []
+    rendered = render(job, on_layers=lambda: phases.append("layers"))
+    assert rendered is not None and phases == ["layers"]
+    assert [img.name for img in rendered.result.images] == ["starry"]
+    names = [item.name for item, _parent in rendered.stack.walk()]
+    assert "starry" in names and "run" in " ".join(names)         # the style's layer, in the run's group
+    assert rendered.stack.meta["timings"]["engine_s"] >= 0 and rendered.stack.meta["seconds"] > 0
+    assert render(job, keep=lambda result: False, on_layers=lambda: phases.append("again")) is None
+    assert phases == ["layers"]

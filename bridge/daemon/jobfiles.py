@@ -1,7 +1,7 @@
 """A queued job's files: the paths of its uploads until it starts, its decoded pictures when it does.
 
 A queued job holds only paths (:class:`JobFiles`, in the daemon's data folder); :meth:`JobFiles.load` decodes
-them when the job starts (:class:`JobRequest`), and the folder is removed when the job ends. ``job.json``
+them when the job starts (:class:`LoadedJob`), and the folder is removed when the job ends. ``job.json``
 beside the uploads (:mod:`.persist`) lets a restarted daemon take the job over.
 """
 
@@ -17,29 +17,8 @@ import numpy as np
 from ..engine.types import StyleInput
 from ..imaging import Picture
 from ..settings import DocumentSettings, Settings
+from ..pipeline import LoadedJob
 from .memory import ImageShape
-
-
-@dataclass
-class JobRequest:
-    """Everything a job needs, already decoded and validated by the HTTP layer."""
-
-    content: Picture
-    styles: list[StyleInput]
-    settings: Settings
-    document: DocumentSettings
-    mask: np.ndarray | None = None     # H x W, the content's dtype: one mask for every style layer
-    style_masks: dict[str, np.ndarray] = field(default_factory=dict)   # style layer name -> its own mask
-    name: str | None = None
-
-    @property
-    def masks(self) -> dict[str, np.ndarray] | np.ndarray | None:
-        """What :func:`~bridge.document.stack.build_stack` takes: one array, a mapping, or None (reveal)."""
-        if not self.style_masks:
-            return self.mask
-        if self.mask is None:
-            return dict(self.style_masks)
-        return {s.name: self.style_masks.get(s.name, self.mask) for s in self.styles}
 
 
 @dataclass
@@ -64,7 +43,7 @@ class JobFiles:
     priority: str = "interactive"        # bridge.job.Priority: a batch job pauses for an interactive one
     spec: dict[str, Any] | None = None   # the job as submitted (JobSpec.to_json), kept in its job.json
 
-    def load(self) -> JobRequest:
+    def load(self) -> LoadedJob:
         """Decode the uploads: the photo, each style, the mask (ImageError names which one failed)."""
         from ..imaging import ImageError, MetadataWarning, load_image, load_mask
 
@@ -97,7 +76,7 @@ class JobFiles:
 
         mask = decode_mask(self.mask, "mask") if self.mask is not None else None
         style_masks = {name: decode_mask(path, f"mask of style {name!r}") for name, path in self.style_masks}
-        return JobRequest(content=content, styles=styles, settings=self.settings, document=self.document,
+        return LoadedJob(content=content, styles=styles, settings=self.settings, document=self.document,
                           mask=mask, style_masks=style_masks, name=self.name)
 
 

@@ -30,7 +30,8 @@ import numpy as np
 from ..engine.types import CancelToken, Progress
 from ..settings import LIMITS, SERVICE
 from . import folders, persist
-from .jobfiles import JobFiles, JobRequest
+from ..pipeline import LoadedJob
+from .jobfiles import JobFiles
 from .results import JobResult
 from .runner import RunContext, Runner
 from .status import encode_preview, status_json
@@ -331,7 +332,7 @@ class JobManager:
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
 
-    def _load(self, job: Job, files: JobFiles) -> JobRequest:
+    def _load(self, job: Job, files: JobFiles) -> LoadedJob:
         """Decode the job's uploads; what reading dropped (:class:`~bridge.imaging.MetadataWarning`: an
         animation's later frames, a broken ICC profile) goes into the job's ``warnings``, once each."""
         from ..imaging import MetadataWarning

@@ -6,13 +6,12 @@ The worker (:mod:`bridge.daemon.jobqueue`) hands a runner the job's decoded requ
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..document.model import LayerStack
 from ..engine.types import CancelToken, Progress
-from .jobfiles import JobRequest
+from ..pipeline import LoadedJob, render
 
 
 @dataclass
@@ -27,30 +26,18 @@ class RunContext:
 
 
 #: runner(request, ctx) -> (stack, settings JSON, partial) or None when there is nothing to keep
-Runner = Callable[[JobRequest, RunContext], "tuple[LayerStack, dict[str, Any], bool] | None"]
+Runner = Callable[[LoadedJob, RunContext], "tuple[LayerStack, dict[str, Any], bool] | None"]
 
 
-def run_engine(request: JobRequest, ctx: RunContext) -> tuple[LayerStack, dict[str, Any], bool] | None:
-    """The real pipeline: :func:`bridge.engine.stylize`, then the layer stack of the fusion document."""
-    from ..document.stack import build_stack
-    from ..engine import stylize
-
-    started = time.perf_counter()
-    result = stylize(request.content, request.styles, request.settings, ctx.progress, ctx.cancel,
-                     checkpoint=ctx.checkpoint)
-    engine_s = time.perf_counter() - started
-    if result.paused or not ctx.wanted() or not result.images:
+def run_engine(request: LoadedJob, ctx: RunContext) -> tuple[LayerStack, dict[str, Any], bool] | None:
+    """The real pipeline (:func:`bridge.pipeline.render`): the engine, then the layer stack of the fusion document;
+    None when the run paused, gave nothing, or the client cancelled without keeping the result."""
+    rendered = render(request, progress=ctx.progress, cancel=ctx.cancel, checkpoint=ctx.checkpoint,
+                      keep=lambda result: not result.paused and ctx.wanted() and bool(result.images),
+                      on_layers=lambda: ctx.set_phase("building layers"))
+    if rendered is None:
         return None
-    ctx.set_phase("building layers")
-    document = request.document
-    masks = request.masks
-    layers_started = time.perf_counter()
-    stack = build_stack(result, document, masks=masks, run_name=request.name)
-    layers_s = time.perf_counter() - layers_started
-    # The job's own time, engine and layers: the engine's StylizeResult.seconds leaves out its set-up
-    # (weights, style targets), so it could be smaller than timings.engine_s measured around it.
-    stack.meta["seconds"] = round(time.perf_counter() - started, 3)
-    stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(layers_s, 3)}
-    used = "mask" if masks is not None else document.reveal      # protocol 1's word, kept in the result
+    document, result = request.document, rendered.result
+    used = "mask" if request.masks is not None else document.reveal      # protocol 1's word, kept in the result
     settings = {**result.settings.to_dict(), **document.to_dict(), "mask_mode": used}
-    return stack, settings, bool(result.cancelled)
+    return rendered.stack, settings, bool(result.cancelled)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 from ..engine.checkpoint import Checkpoint
 from ..engine.types import CancelToken, Progress
 from ..job import FIXED_BY_DAEMON, Priority, Source, check
-from ..pipeline import FailureKind, classify
+from ..pipeline import FailureKind, LoadedJob, classify, render
 from ..settings import LIMITS
 from .errors import (ADVICE_ENGINE, ADVICE_MEMORY, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_TOKEN, ADVICE_URL, Cancelled,
                      JobError, Unavailable)
@@ -57,16 +57,16 @@ class InProcessEngine:
 
     def render(self, inputs: Inputs, source: Path, dest: Path, report: ReportFn, cancel: CancelToken, *,
                checkpoint: Checkpoint | None = None) -> None:
-        from ..engine import stylize
-        from .resume import announcing
-        from ..document.stack import build_stack
         from ..document.psd import write_psd
+        from .resume import announcing
         spec = inputs.spec
+        job = LoadedJob(inputs.content, inputs.styles, spec.settings, spec.document)
         report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
         try:
-            result = stylize(inputs.content, inputs.styles, spec.settings,
-                             progress=announcing(progress_reporter(report), report), cancel=cancel,
-                             checkpoint=checkpoint)
+            rendered = render(job, progress=announcing(progress_reporter(report), report), cancel=cancel,
+                              checkpoint=checkpoint,
+                              keep=lambda result: not (result.cancelled or result.paused or cancel.cancelled),
+                              on_layers=lambda: report("writing PSD", 100.0, ""))
         except (ValueError, RuntimeError, MemoryError) as exc:     # what went wrong: pipeline.classify
             failure = classify(exc)
             if failure.kind is FailureKind.MEMORY:
@@ -74,11 +74,9 @@ class InProcessEngine:
             if failure.kind is FailureKind.ENGINE:
                 raise                      # the watcher's "unexpected" path: traceback on its terminal
             raise JobError(str(exc), ADVICE_SETTINGS) from None
-        if result.cancelled or result.paused or cancel.cancelled:
+        if rendered is None:
             raise Cancelled()
-        report("writing PSD", 100.0, "")
-        stack = build_stack(result, spec.document)
-        write_psd(stack, dest)
+        write_psd(rendered.stack, dest)
 
 
 def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
