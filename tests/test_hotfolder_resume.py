@@ -150,7 +150,9 @@ def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Pat
     text = stream.getvalue()
     assert files(root / "out") == ["photo.psd"] and files(root / "error") == [], text
     assert text.count("sent to ") == 1, text                    # followed on, never sent again
-    assert "the daemon is back" in text, text
+    # The new daemon binds its port before it loads the weights, so a poll during the restart may simply wait
+    # for its answer instead of failing: whether the gap is noticed is timing; when it is, the return is said.
+    assert "the daemon does not answer" not in text or "the daemon is back" in text, text
     assert f"as job {job['id']}" in text
 
 
