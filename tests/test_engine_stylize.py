@@ -320,11 +320,14 @@ def test_lbfgs_stage_starts_do_not_blow_up(photo, starry, monkeypatch, scaled) -
             progress=events.append)
     finally:
         torch.set_num_threads(threads)
-    worst = max(max(e.loss for e in events if e.stage == stage and e.iteration <= 4)
-                / next(e.loss for e in events if e.stage == stage and e.iteration == 1)
-                for stage in {e.stage for e in events})
+    stages = sorted({e.stage for e in events})
+    loss = {(e.stage, e.iteration): e.loss for e in events}
+    worst = max(max(loss[k, i] for i in range(1, 5)) / loss[k, 1] for k in stages)
+    first_step = max(loss[k, 2] / loss[k, 1] for k in stages)     # what each stage's first step achieved
     if scaled:
-        assert worst < 2.0
-    elif worst <= 10.0:          # the control: where the blow-up shows, it is real at these sizes too
-        pytest.skip(f"torch's own first step did not blow up on this CPU (worst x{worst:.1f}: it follows the "
-                    "rounding of the first steps, e.g. AMD EPYC vs the Intel CPU it was calibrated on)")
+        assert worst < 2.0 and first_step < 0.95, (worst, first_step)   # downhill from the first step on
+    else:
+        # The control: torch's own first step (1/|g|_1) either wastes the step (the loss does not move: seen on
+        # AMD EPYC) or, with the curvature guessed from it, blows up (x10-100: seen on the Intel CPU it was
+        # calibrated on); which one follows the rounding of the first steps, never "downhill" as above.
+        assert worst > 10.0 or first_step > 0.999, (worst, first_step)
