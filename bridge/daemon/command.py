@@ -67,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="zlib level of the layer PNGs (default: per layer, stored for photo-like layers and "
                             "level 1 for masks and empty layers: fastest on loopback; 1-9 for slow networks)")
     serve.add_argument("--verbose", "-v", action="store_true", help="log every request")
+    serve.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
+                       help="stop after this long with no job queued or running and no request (default 0: never; "
+                            "the GIMP plug-in starts its daemon with 1200)")
+    serve.add_argument("--stop", action="store_true",
+                       help="stop the daemon this machine runs on --port (its unfinished jobs stay for the next one)")
     serve.set_defaults(func=serve_command)
 
     status = subparsers.add_parser("status", help="say whether a stylebridge daemon is running",
@@ -110,6 +115,7 @@ def _check_options(args: argparse.Namespace) -> None:
         (not args.checkpoint_seconds > 0, "--checkpoint-seconds must be > 0"),
         (args.memory_budget_mb < 0, "--memory-budget-mb must be >= 0"),
         (args.max_job_memory_mb is not None and args.max_job_memory_mb < 1, "--max-job-memory-mb must be >= 1"),
+        (not args.idle_exit >= 0, "--idle-exit must be >= 0 seconds (0 = never)"),
     )
     for wrong, message in problems:
         if wrong:
@@ -158,14 +164,18 @@ def _warm_up(args: argparse.Namespace) -> tuple[Any, str | None, Any]:
     return device, weights_path, vgg
 
 
-def _speed_meter(vgg: Any, device: Any, logger: logging.Logger) -> Any:
-    """Time one small forward+backward: this daemon's speed for POST /v1/estimate (bridge/daemon/speed.py)."""
+def _speed_meter(vgg: Any, device: Any, logger: logging.Logger, data_dir: Path | None = None) -> Any:
+    """Time one small forward+backward: this daemon's speed for POST /v1/estimate (bridge/daemon/speed.py),
+    then what earlier daemons in this data folder learnt from their finished jobs."""
     from . import speed
     meter = speed.SpeedMeter(str(device))
     try:
         meter.probe_spp = speed.measure(vgg, device, DEFAULTS)
     except Exception as exc:  # noqa: BLE001 - estimates fall back to the device's prior speed
         logger.warning("could not measure this device's speed (%s: %s); estimates use a guess", type(exc).__name__, exc)
+    if data_dir is not None:
+        meter.path = speed.speed_file(data_dir)
+        meter.load()
     return meter
 
 
@@ -189,6 +199,8 @@ def _config(args: argparse.Namespace, data_dir: Path, port: int, token: str | No
 def serve_command(args: argparse.Namespace) -> int:
     """``stylebridge serve``: check the options, bind, warm up (device, weights, speed), then serve."""
     token = token_from_env(args.token)
+    if args.stop:
+        return _stop_command(args, token)
     try:
         check_token(token)
         check_bind(args.host, token)
@@ -206,7 +218,7 @@ def serve_command(args: argparse.Namespace) -> int:
     except StartupError as exc:
         sock.close()
         return _fail(str(exc))
-    meter = _speed_meter(vgg, device, logger)
+    meter = _speed_meter(vgg, device, logger, data_dir)
     return _serve(args, _config(args, data_dir, sock.getsockname()[1], token, device, weights_path), sock, meter)
 
 
@@ -215,20 +227,55 @@ def _serve(args: argparse.Namespace, config: DaemonConfig, sock: socket.socket, 
     import uvicorn
 
     from .app import create_app
+    from . import idle, speed
     app = create_app(config)
     app.state.speed = meter
+    manager = app.state.daemon.manager
+    manager.on_done = lambda job: speed.learn_from_jobs(meter, [job], save=True)   # before a client deletes it
+    watch = idle.IdleWatch(args.idle_exit, lambda: (lambda c: c["queued"] + c["running"] > 0)(manager.counts()))
     print(f"stylebridge {__version__} daemon: device {config.resolved_device}, weights {config.weights}"
           f"{' (' + config.weights_path + ')' if config.weights_path else ''}, data {config.data_dir}", file=sys.stderr)
     print(f"listening on {config.url}{' (token required)' if config.token else ''}; Ctrl-C stops", file=sys.stderr,
           flush=True)
     server = uvicorn.Server(uvicorn.Config(
-        app, log_level="info" if args.verbose else "warning", access_log=bool(args.verbose),
+        watch.middleware(app), log_level="info" if args.verbose else "warning", access_log=bool(args.verbose),
         timeout_graceful_shutdown=5, lifespan="on"))
+    pid_file = idle.write_pid(config.port)
+    if args.idle_exit > 0:
+        print(f"stops after {args.idle_exit:g} s idle (--idle-exit)", file=sys.stderr, flush=True)
+
+        def idle_stop() -> None:
+            print(f"idle for {args.idle_exit:g} s: stopping (--idle-exit)", file=sys.stderr, flush=True)
+            server.should_exit = True
+        watch.watch(idle_stop)
     try:
         server.run(sockets=[sock])
     finally:
+        watch.stop()
+        idle.remove_pid(pid_file)
         sock.close()
     return 0
+
+
+def _stop_command(args: argparse.Namespace, token: str | None) -> int:
+    """``stylebridge serve --stop``: stop the daemon this machine runs on --port."""
+    from . import idle
+    from .client import DaemonClient, DaemonError, DaemonUnreachable
+
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "localhost") else args.host
+    client = DaemonClient(f"http://{host}:{args.port}", token=token, timeout=2.0)
+
+    def answers() -> bool:
+        try:
+            client.health()
+        except DaemonUnreachable:
+            return False
+        except DaemonError:
+            return True
+        return True
+    stopped, message = idle.stop_daemon(args.port, answers)
+    print(f"stylebridge serve --stop: {message}", file=sys.stderr if not stopped else sys.stdout)
+    return 0 if stopped else 1
 
 
 def status_command(args: argparse.Namespace) -> int:

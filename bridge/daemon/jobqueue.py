@@ -23,7 +23,7 @@ import warnings
 from collections import deque
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -68,6 +68,7 @@ class JobManager:
         self._stop = threading.Event()
         self._current: Job | None = None
         self.completed = 0
+        self.on_done: Callable[[Job], None] | None = None    # called (no lock held) as each job ends done
         self._adopt(self._own.adopted, fixed)
         self._worker = threading.Thread(target=self._work, name="stylebridge-engine", daemon=True)
         self._janitor = threading.Thread(target=self.store.clean_until, args=(self._stop,),
@@ -331,6 +332,11 @@ class JobManager:
             job.finish(JobState.DONE)
             log.info("job %s done in %.1f s%s", job.id, job.finished - (job.started or job.finished),
                      " (partial)" if partial else "")
+        if self.on_done is not None:
+            try:
+                self.on_done(job)
+            except Exception:  # noqa: BLE001 - a hook (the speed meter's learning) never fails the worker
+                log.exception("after job %s", job.id)
 
     def _load(self, job: Job, files: JobFiles) -> LoadedJob:
         """Decode the job's uploads; what reading dropped (:class:`~bridge.imaging.MetadataWarning`: an

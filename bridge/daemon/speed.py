@@ -10,14 +10,21 @@ presets included; tiled stages and their cost weights as the engine runs them), 
 :class:`~bridge.engine.eta.CostModel` for this device with ``seconds_per_pixel`` replaced by this daemon's
 MEASURED speed: one small forward+backward timed when the daemon starts (:func:`measure`), then corrected
 by finished jobs (engine seconds against the estimate at the probe's speed, :meth:`SpeedMeter.record`).
+
+What finished jobs taught is kept in the daemon's data folder (``speed.json``: the learnt seconds per unit of
+work on this device), so a restarted daemon (the GIMP plug-in's stops when idle) starts from it, not from the
+probe alone; and a job is learnt from as it ends (``JobManager.on_done``), before a client deletes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from ..settings import Settings
@@ -28,6 +35,7 @@ PROBE_REPEATS = 3          # timed evaluations after one untimed (the first pays
 PROBE_SECONDS = 1.0        # ... fewer once the timed ones took this long (a busy machine: seconds each)
 SMOOTHING = 0.5            # weight of the newest finished job in the correction factor
 FACTOR_RANGE = (0.1, 10.0) # a finished job may correct the probe's speed by at most this (a stray outlier)
+SPEED_FILE = "speed.json"  # in the daemon's data folder: what finished jobs taught, per device
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class SpeedMeter:
     jobs: int = 0                                 # finished jobs folded into ``factor``
     seen: set[str] = field(default_factory=set)   # job ids already folded in
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    path: Path | None = None                      # where the learnt speed is kept (None: nowhere)
 
     @property
     def device_type(self) -> str:
@@ -82,6 +91,54 @@ class SpeedMeter:
         with self.lock:
             self.factor = ratio if self.jobs == 0 else SMOOTHING * ratio + (1 - SMOOTHING) * self.factor
             self.jobs += 1
+
+    def learnt_spp(self) -> float | None:
+        """Seconds per unit of work as finished jobs measured it (None before any)."""
+        if self.jobs == 0:
+            return None
+        return self.model(corrected=True).seconds_per_pixel
+
+    def save(self) -> None:
+        """Keep what finished jobs taught in :attr:`path` (per device; other devices' entries kept)."""
+        spp = self.learnt_spp()
+        if self.path is None or spp is None:
+            return
+        data = _read(self.path)
+        data[self.device] = {"seconds_per_unit": spp, "jobs": self.jobs}
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)   # an estimate is a convenience: never fail a job over it
+
+    def load(self) -> bool:
+        """Start from what an earlier daemon learnt on this device: the factor that turns this start's probe
+        (or the device prior) into the learnt speed. True when there was something to load."""
+        entry = _read(self.path).get(self.device) if self.path is not None else None
+        try:
+            spp, jobs = float(entry["seconds_per_unit"]), int(entry["jobs"])
+        except (TypeError, KeyError, ValueError):
+            return False
+        base = self.model(corrected=False).seconds_per_pixel
+        if not (spp > 0 and base > 0 and jobs > 0):
+            return False
+        with self.lock:
+            self.factor = min(FACTOR_RANGE[1], max(FACTOR_RANGE[0], spp / base))
+            self.jobs = jobs
+        return True
+
+
+def speed_file(data_dir: Path | str) -> Path:
+    return Path(data_dir) / SPEED_FILE
+
+
+def _read(path: Path | None) -> dict:
+    try:
+        data = json.loads(Path(path).read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def style_runs(styles: int, settings: Settings) -> int:
@@ -113,10 +170,11 @@ def record_finished(meter: SpeedMeter, settings: Settings, width: int, height: i
     meter.record(estimate(settings, width, height, styles, meter, corrected=False).seconds, engine_s)
 
 
-def learn_from_jobs(meter: SpeedMeter, jobs: Iterable[Any]) -> None:
+def learn_from_jobs(meter: SpeedMeter, jobs: Iterable[Any], save: bool = False) -> None:
     """Fold in the daemon's finished, complete jobs not seen yet (``bridge.daemon.store.Job``: its size, styles,
-    the settings it ran with and the engine seconds of its result)."""
+    the settings it ran with and the engine seconds of its result); ``save``: keep the result (:meth:`save`)."""
     names = {f.name for f in dataclasses.fields(Settings)}
+    learnt = meter.jobs
     for job in jobs:
         result = getattr(job, "result", None)
         if job.id in meter.seen or str(getattr(job, "status", "")) != "done" or result is None or job.partial:
@@ -128,6 +186,8 @@ def learn_from_jobs(meter: SpeedMeter, jobs: Iterable[Any]) -> None:
             record_finished(meter, settings, job.width, job.height, len(job.styles), float(engine_s))
         except (TypeError, ValueError):       # an odd job (a test's stand-in runner): nothing to learn
             continue
+    if save and meter.jobs != learnt:
+        meter.save()
 
 
 def measure(vgg: Any, device: Any, settings: Settings, side: int = PROBE_SIDE, repeats: int = PROBE_REPEATS
