@@ -251,9 +251,10 @@ def test_serve_command_only_for_this_machine(L, tmp_path):
     assert L.read_install(str(tmp_path)) == {}
     (tmp_path / L.INSTALL_FILE).write_text(json.dumps(gimp_install.install_record(["/opt/sb/stylebridge"])))
     install = L.read_install(str(tmp_path))
+    # the daemon it starts stops itself after 20 idle minutes (serve --idle-exit)
     assert L.serve_command(install, "http://127.0.0.1:9999") == ["/opt/sb/stylebridge", "serve", "--host",
-                                                                 "127.0.0.1", "--port", "9999"]
-    assert L.serve_command(install, "localhost")[-4:] == ["--host", "127.0.0.1", "--port",
+                                                                 "127.0.0.1", "--port", "9999", "--idle-exit", "1200"]
+    assert L.serve_command(install, "localhost")[-6:-2] == ["--host", "127.0.0.1", "--port",
                                                           str(L.sb_client.DEFAULT_PORT)]
     assert L.serve_command(install, "http://192.168.1.5:8765") is None       # another machine: never
     assert L.serve_command({}, "http://127.0.0.1:9999") is None
@@ -345,7 +346,7 @@ def test_time_estimate_is_the_daemons(L):
     client = EstimatingClient({"seconds": 185.0, "working_size": [800, 600], "stages": [[128, 25]],
                                "device": "cpu", "measured": True})
     text = L.ask_estimate(client, opts, (800, 600), 2)
-    assert text == "Time: about 3 min for 2 styles on cpu"
+    assert text == "Time: about 3 min for 2 styles on cpu\nQuality: Print (800 px, 25 iterations)"
     call = client.calls[0]
     assert (call["width"], call["height"], call["styles"]) == (800, 600, 2)
     # the settings are the job's (preset and extra settings), parsed as the daemon parses a job's
@@ -373,7 +374,8 @@ def test_daemon_starter_says_what_went_wrong(L, tmp_path, monkeypatch):
     url = "http://127.0.0.1:9"      # nothing answers there
     gimp_install.install(tmp_path / "p1", command=[str(tmp_path / "missing")])
     starter = L.DaemonStarter(url, None, str(tmp_path / "p1" / "plug-ins" / "stylebridge"))
-    assert starter.command == [str(tmp_path / "missing"), "serve", "--host", "127.0.0.1", "--port", "9"]
+    assert starter.command == [str(tmp_path / "missing"), "serve", "--host", "127.0.0.1", "--port", "9",
+                               "--idle-exit", "1200"]
     assert starter.start().endswith(f"`{' '.join(starter.command)}`: No such file or directory).")
     fails = tmp_path / "fails"
     fails.write_text("#!/bin/sh\necho \"port 9 is in use\"\nexit 3\n")
@@ -410,3 +412,132 @@ def test_preview_answer(L):
                 "error": "not rendered: the request's 20 s budget ran out; ask again"}]
     assert L.preview_answer(skipped) == (None, "not rendered: the request's 20 s budget ran out; ask again", {}, False)
     assert L.preview_answer([]) == (None, "the daemon sent none", {}, True)
+
+
+# ------------------------------------------------------------------------------------------------
+# issue #23: the artist's desktop (sb_desk.py)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def D(L):
+    """sb_desk as the plug-in imports it (loaded beside sb_logic)."""
+    return sys.modules["sb_desk"]
+
+
+def test_daemon_default_says_what_it_is(L):
+    opts = L.read_options(values(), env={})
+    assert opts.quality == "daemon"
+    answer = {"seconds": 95.0, "working_size": [512, 384], "stages": [[256, 100], [512, 200]], "device": "cpu"}
+    assert L.estimate_text(answer, 1, opts.quality) == ("Time: about 2 min for 1 style on cpu\n"
+                                                        "Quality: Daemon default (512 px, 300 iterations)")
+
+
+def test_style_scale_and_strength_knob(L, D):
+    assert (D.STYLE_SCALE_DEFAULT, D.STYLE_SCALE_MIN, D.STYLE_SCALE_MAX) == (
+        S.Settings.style_scale, _field(S.Settings, "style_scale").metadata["min"],
+        _field(S.Settings, "style_scale").metadata["max"])
+    opts = L.read_options(values(**{"style-scale": 2.5}), env={})
+    job, _ = L.job_description(opts, False)
+    assert jobmod.JobSpec.from_json(dict(job, styles=["a"])).settings.style_scale == 2.5
+    assert "style_scale" not in L.job_description(L.read_options(values(), env={}), False)[0]["settings"]
+    with pytest.raises(L.UserError, match="style-scale 9 is outside 0.05..8"):
+        L.read_options(values(**{"style-scale": 9.0}), env={})
+    assert L.config_from_record(L.base_record(opts, {}, "j", "first"))["style-scale"] == 2.5
+    # the knob steps by 0.05 within 0..1; the old meaning (>1) moves into Extra settings, explicit there
+    assert D.STRENGTH_STEP == 0.05
+    assert D.legacy_strength(0.35, "") == (0.35, "")
+    knob, extra = D.legacy_strength(3.0, '{"size": 64}')
+    assert knob == 1.0 and json.loads(extra) == {"size": 64, "style_strength": 3.0}
+    merged = L.read_options(values(**{"style-strength": knob, "extra-settings": extra}), env={})
+    assert L.job_description(merged, False)[0]["settings"]["style_strength"] == 3.0
+
+
+def test_preview_mix_is_the_engines(D):
+    """The dialog's instant previews mixed with the photo as the engine does: strength in CIELAB
+    (bridge.engine.strength.mix_lab), Original colours as bridge.engine.color.original_colors."""
+    import numpy as np
+    import torch
+
+    from bridge.engine import color, strength
+
+    rng = np.random.default_rng(3)
+    styled = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    photo = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+
+    def t(a):
+        return torch.from_numpy(a[..., :3].astype(np.float32) / 255).permute(2, 0, 1)[None]
+
+    for s, keep in ((0.5, False), (0.25, True), (1.0, True), (0.0, False)):
+        want_t = color.original_colors(t(styled), t(photo)) if keep else t(styled)
+        want_t = strength.mix_lab(want_t, t(photo), s)
+        want = (want_t[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        got = np.frombuffer(D.mix_pixels(styled.tobytes(), photo.tobytes(), 4, s, keep), np.uint8).reshape(16, 16, 4)
+        assert np.abs(got[..., :3].astype(int) - want.astype(int)).max() <= 2, (s, keep)
+        assert (got[..., 3] == styled[..., 3]).all()
+    assert D.mix_pixels(styled.tobytes(), photo.tobytes(), 4, 1.0, False) == styled.tobytes()
+
+
+def test_progress_speaks_plain_words(D):
+    words = D.progress_words({"status": "running", "style_index": 1, "style_count": 3, "style_name": "starry_night",
+                              "stage": 3, "stages": 3, "iteration": 90, "iterations": 420, "eta_s": 170})
+    assert words == "Painting style 2 of 3 (Starry Night), about 3 min left"
+    assert "stage" not in words and "iteration" not in words
+    assert D.progress_words({"status": "queued", "queue_position": 2}) == \
+        "Waiting for the stylebridge service (number 2 in line)..."
+    assert D.progress_words({"status": "running", "eta_s": 20}) == "Painting, about 20 s left"
+    assert D.progress_words({"status": "paused"}).startswith("Paused")
+
+
+def test_rerun_lands_on_top_and_reuses_helpers(D):
+    # the source at 3, an earlier result's group at 2 and its helpers at 0, 1: the new group goes to the top
+    assert D.top_position(3, [0, 1, 2]) == 0
+    assert D.top_position(3, []) == 3                  # a first run: directly above the photo
+    assert D.helpers_to_skip(["detail", "colors", "refine", "group"],
+                             ["group", "style", "detail", "colors", "refine"]) == {"detail", "colors", "refine"}
+    assert D.helpers_to_skip(["group"], ["detail", "refine"]) == set()
+    assert D.rerun_choice("replace") == "replace" and D.rerun_choice("bogus") == "new"
+    assert D.is_result_record({"plugin": "python-fu-stylebridge", "role": "refine"}, "python-fu-stylebridge")
+    assert not D.is_result_record({"plugin": "python-fu-stylebridge", "role": "temporary-preview"},
+                                  "python-fu-stylebridge")
+
+
+class PreviewClient:
+    """Stands in for sb_client.Client: an old one (previews() without method) sends the form by hand."""
+
+    def __init__(self, new_style):
+        self.calls = []
+        if new_style:
+            self.previews = self._previews_new
+
+    def previews(self, content, *, styles=(), style_files=(), size=None, timeout=None):
+        self.calls.append(("previews", styles, size))
+        return [{"png": b"x", "method": "onnx"}]
+
+    def _previews_new(self, content, *, styles=(), style_files=(), size=None, timeout=None, method="instant",
+                      settings=None):
+        self.calls.append(("previews", styles, size, method, settings))
+        return [{"png": b"x", "method": "gatys"}]
+
+    def json(self, method, path, body=None, content_type=None, timeout=None):
+        self.calls.append((method, path, body))
+        return {"previews": [{"png_base64": "eA==", "method": "gatys"}]}
+
+
+def test_faithful_preview_request(L, D):
+    opts = L.read_options(values(**{"style-strength": 0.5, "preserve-colors": True, "style-scale": 2.0,
+                                    "preset": "draft"}), env={})
+    settings = D.faithful_settings(L.job_settings(opts, "first"))
+    assert settings == {"original_colors": True, "style_strength": 0.5, "style_scale": 2.0}
+    new = PreviewClient(True)
+    assert D.ask_previews(new, b"png", styles=["a"], size=176, method="faithful", settings=settings)[0]["method"] \
+        == "gatys"
+    assert new.calls == [("previews", ["a"], 176, "faithful", settings)]
+    old = PreviewClient(False)
+    got = D.ask_previews(old, b"png", styles=["a"], size=176, method="faithful", settings=settings)
+    method, path, body = old.calls[0]
+    assert (method, path, got[0]["png"]) == ("POST", "/v1/previews", b"x")
+    assert b'name="method"' in body and b'\r\n\r\nfaithful\r\n' in body and b'"style_scale": 2.0' in body
+    assert D.ask_previews(old, b"png", styles=["a"]) == [{"png": b"x", "method": "onnx"}]
+    assert D.faithful_refused(L.sb_client.DaemonError(422, "method: unknown"))
+    assert not D.faithful_refused(L.sb_client.DaemonError(429, "busy"))
+    assert not D.faithful_refused(L.sb_client.DaemonError(500, "boom"))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import sb_client
+import sb_desk
 
 PROC_NAME = "python-fu-stylebridge"
 PARASITE_NAME = "stylebridge-settings"
@@ -111,6 +112,8 @@ class Options:
     daemon_url: str = sb_client.DEFAULT_URL
     token: str | None = None
     extra_settings: dict = field(default_factory=dict)
+    style_scale: float = sb_desk.STYLE_SCALE_DEFAULT
+    rerun: str = sb_desk.RERUN_DEFAULT
 
     @property
     def preset(self) -> str | None:
@@ -119,7 +122,7 @@ class Options:
 
 
 PROPS = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url", "token",
-         "extra-settings")
+         "extra-settings", "style-scale", "rerun")
 
 
 def config_values(config):
@@ -185,13 +188,29 @@ def read_options(values: Mapping[str, Any], env: Mapping[str, str] | None = None
                    quality=quality_choice(values.get("preset")),
                    original_colors=bool(values.get("preserve-colors", ORIGINAL_COLORS_DEFAULT)),
                    style_strength=strength, mask=mask_choice(values.get("mask-mode")),
-                   daemon_url=url, token=token, extra_settings=parse_extra(values.get("extra-settings")))
+                   daemon_url=url, token=token, extra_settings=parse_extra(values.get("extra-settings")),
+                   style_scale=_style_scale(values.get("style-scale")),
+                   rerun=sb_desk.rerun_choice(values.get("rerun")))
     if not opts.styles and not opts.style_files:
         raise UserError("Stylebridge: choose at least one style (library style or style image file).")
     for path in opts.style_files:
         if not isfile(path):
             raise UserError(f"Stylebridge: style image not found: {path}")
     return opts
+
+
+def _style_scale(value: Any) -> float:
+    """The brush-stroke scale argument (missing: the default), or UserError outside its bounds."""
+    if value is None:
+        return sb_desk.STYLE_SCALE_DEFAULT
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        raise UserError("Stylebridge: style-scale must be a number") from None
+    if not sb_desk.STYLE_SCALE_MIN <= scale <= sb_desk.STYLE_SCALE_MAX:
+        raise UserError(f"Stylebridge: style-scale {scale:g} is outside {sb_desk.STYLE_SCALE_MIN:g}.."
+                        f"{sb_desk.STYLE_SCALE_MAX:g} (1 = the style's own brush strokes, 2 = twice as large)")
+    return scale
 
 
 def file_stem(path: str) -> str:
@@ -218,6 +237,8 @@ def job_settings(opts: Options, used: str) -> dict:
         settings["preset"] = opts.preset
     settings["original_colors"] = opts.original_colors
     settings["style_strength"] = opts.style_strength
+    if opts.style_scale != sb_desk.STYLE_SCALE_DEFAULT:
+        settings["style_scale"] = opts.style_scale
     if used != SELECTION:
         settings["reveal"] = used
     settings.update(opts.extra_settings)
@@ -355,6 +376,7 @@ def base_record(opts: Options, result: Mapping[str, Any], job_id: str, used: str
             "job": job_id, "styles": list(opts.styles), "style_files": list(opts.style_files),
             "preset": opts.preset, "original_colors": opts.original_colors, "style_strength": opts.style_strength,
             "mask": opts.mask, "mask_used": used, "extra_settings": dict(opts.extra_settings),
+            "style_scale": opts.style_scale,
             "daemon_url": opts.daemon_url, "settings": dict(result.get("settings") or {})}
 
 
@@ -392,6 +414,9 @@ def config_from_record(record: Mapping[str, Any]) -> dict:
     strength = record.get("style_strength")
     if isinstance(strength, (int, float)) and STRENGTH_MIN <= strength <= STRENGTH_MAX:
         out["style-strength"] = float(strength)
+    scale = record.get("style_scale")
+    if isinstance(scale, (int, float)) and sb_desk.STYLE_SCALE_MIN <= scale <= sb_desk.STYLE_SCALE_MAX:
+        out["style-scale"] = float(scale)
     mask = record.get("mask", record.get("mask_mode"))
     if mask is not None:
         out["mask-mode"] = mask_choice(str(mask))
@@ -417,7 +442,10 @@ def is_loopback(url: str) -> bool:
 INSTALL_FILE = "sb_install.json"
 #: How long a daemon the plug-in started may take to answer (it loads the VGG-19 weights first).
 START_TIMEOUT_S = 120.0
-START_TEXT = "Stylebridge: starting the stylebridge daemon..."
+START_TEXT = "Stylebridge: starting the stylebridge service..."
+#: A daemon the plug-in starts stops itself after this long with nothing to do (``serve --idle-exit``): it holds
+#: the VGG weights in memory (over a GB), and the next run starts it again.
+IDLE_EXIT_S = 20 * 60
 
 
 def read_install(folder: str) -> dict:
@@ -440,7 +468,8 @@ def serve_command(install: Mapping[str, Any], url: str) -> list[str] | None:
     parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or sb_client.DEFAULT_PORT
-    return list(command) + ["serve", "--host", "127.0.0.1" if host == "localhost" else host, "--port", str(port)]
+    return list(command) + ["serve", "--host", "127.0.0.1" if host == "localhost" else host, "--port", str(port),
+                            "--idle-exit", str(IDLE_EXIT_S)]
 
 
 def start_failed_message(url: str, command: list[str] | None, reason: str = "") -> str:
@@ -470,7 +499,7 @@ class DaemonStarter:
         """Spawn the daemon (it outlives GIMP). Returns None, or the message saying what to do instead."""
         if self.command is None:
             return start_failed_message(self.url, None)
-        port = self.command[-1]
+        port = self.command[self.command.index("--port") + 1]
         self.log_path = os.path.join(tempfile.gettempdir(), f"stylebridge-serve-{port}.log")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # GIMP's, not ours
         if self.token:
@@ -658,7 +687,7 @@ def duration_text(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h"
 
 
-def estimate_text(answer: Mapping[str, Any] | None, styles: int) -> str:
+def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | None = None) -> str:
     """The dialog's line for the daemon's estimate (None: the daemon gave none)."""
     if styles < 1:
         return "Time: choose a style"
@@ -667,7 +696,11 @@ def estimate_text(answer: Mapping[str, Any] | None, styles: int) -> str:
     text = (f"Time: {duration_text(float(answer['seconds']))} for {styles} style{'s' if styles != 1 else ''} "
             f"on {answer.get('device') or 'the daemon'}")
     if not answer.get("measured", True):
-        text += " (a guess: the daemon has not measured its speed)"
+        text += " (a guess: the service has not measured its speed)"
+    words = sb_desk.quality_words(answer)
+    if words and quality is not None:
+        label = dict(QUALITY_CHOICES).get(quality, quality).split(" (")[0]
+        text += f"\nQuality: {label} ({words})"
     return text
 
 
@@ -676,7 +709,8 @@ def ask_estimate(client: Any, opts: Options, layer_size: tuple[int, int], styles
     if styles < 1:
         return estimate_text(None, styles)
     try:
-        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles), timeout=5), styles)
+        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles), timeout=5), styles,
+                             opts.quality)
     except sb_client.DaemonError as exc:
         if exc.status in (404, 405):
             return "Time: this daemon gives no estimate (an older version; pip install -U stylebridge)"
