@@ -232,11 +232,11 @@ def test_records_round_trip_and_old_records_read(L, tmp_path):
 def test_progress_line_uses_the_one_formatter(L):
     line = L.ProgressLine()
     queued = {"status": "queued", "queue_position": 2}
-    assert line.update(queued) == (L.sb_client.progress_text(queued), None)
+    assert line.update(queued) == ("Waiting for the stylebridge service (number 2 in line)...", None)
     assert line.update(queued) == (None, None)                         # unchanged: no redraw
     running = {"status": "running", "percent": 40, "style_name": "a", "iteration": 3, "iterations": 10}
     text, fraction = line.update(running)
-    assert text == L.sb_client.progress_text(running) and fraction == 0.4
+    assert text == "Painting (A)" and fraction == 0.4
 
 
 # ------------------------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ def _serve(args: argparse.Namespace, config: DaemonConfig, sock: socket.socket, 
     app.state.speed = meter
     manager = app.state.daemon.manager
     manager.on_done = lambda job: speed.learn_from_jobs(meter, [job], save=True)   # before a client deletes it
-    watch = idle.IdleWatch(args.idle_exit, lambda: (lambda c: c["queued"] + c["running"] > 0)(manager.counts()))
+    watch = idle.IdleWatch(args.idle_exit, lambda: any(manager.counts()[k] for k in ("queued", "running")))
     print(f"stylebridge {__version__} daemon: device {config.resolved_device}, weights {config.weights}"
           f"{' (' + config.weights_path + ')' if config.weights_path else ''}, data {config.data_dir}", file=sys.stderr)
     print(f"listening on {config.url}{' (token required)' if config.token else ''}; Ctrl-C stops", file=sys.stderr,

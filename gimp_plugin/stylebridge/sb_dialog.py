@@ -7,7 +7,6 @@ installed plug-in) drives and records the dialog on a virtual display.
 """
 
 import os
-import time
 
 import gi
 
@@ -15,7 +14,9 @@ gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, GLib, GObject  # noqa: E402
 
 import sb_client  # noqa: E402
+import sb_desk  # noqa: E402
 import sb_logic  # noqa: E402
+from sb_widgets import FileList, Previewer, choose_images, thumbnail  # noqa: E402
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -45,45 +46,48 @@ def _offer_daemon_presets(config, health):
         pass
 
 
-def show_dialog(procedure, config, layer):
-    """The GimpUi dialog: the daemon's library as check boxes, style files, quality, colours, strength, mask;
-    the connection (URL, token) in its own expander. Returns True on OK."""
+def show_dialog(procedure, config, layer, target=None):
+    """The GimpUi dialog: the layer it paints, your style library as a scrolled grid, style files, quality,
+    colours, strength, brush strokes, mask; the connection in its own expander. ``target``: (why this layer,
+    True when the item chosen is in an earlier result group (then the re-run choice shows), the item chosen).
+    True on OK."""
     gi.require_version("GimpUi", "3.0")
     gi.require_version("Gtk", "3.0")
     from gi.repository import GimpUi, Gtk
 
     GimpUi.init(sb_logic.PROC_NAME)
-    record = settings_from_layer(layer)
+    why, result_group, chosen = target or (None, False, layer)
+    record = settings_from_layer(chosen)            # an earlier result: its run's settings, to repeat or vary
     if record:
         prefill_config(config, record)
+    knob, extra = sb_desk.legacy_strength(config.get_property("style-strength"),
+                                          config.get_property("extra-settings"))
+    config.set_property("extra-settings", extra)      # a strength above 1 is explicit there, the knob spans 0..1
+    config.set_property("style-strength", knob)
 
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title="Stylebridge")
     panel = LibraryPanel(dialog, config, set(sb_logic.split_list(config.get_property("styles"), ",")), layer)
-
     files = FileList(dialog, config, panel)
     panel.on_ready = files.load_previews
-
-    slider = None
-    try:    # the slider spans the 0..1 knob; a typed value above 1 (the old meaning) is still accepted
-        dialog.get_spin_scale("style-strength", 1.0).set_scale_limits(*sb_logic.STRENGTH_KNOB)
-        slider = list(sb_logic.STRENGTH_KNOB)
-    except Exception:  # noqa: BLE001 - cosmetic
-        pass
-    dialog.fill(["preset", "preserve-colors", "style-strength", "mask-mode"])
+    slider = _knobs(dialog)
+    fields = ["preset", "preserve-colors", "style-strength", "style-scale", "mask-mode"]
+    dialog.fill((["rerun"] if result_group else []) + fields)
 
     expander = _connection_expander(dialog, GimpUi, Gtk)
     panel.expander = expander
-
+    heading = Gtk.Label(label=sb_desk.target_words(layer.get_name(), why))
+    heading.set_xalign(0.0)
+    heading.set_ellipsize(3)                                # Pango.EllipsizeMode.END: a long name stays one line
     content = dialog.get_content_area()
-    content.pack_start(panel.frame, False, False, 0)
-    content.reorder_child(panel.frame, 0)
-    content.pack_start(files.frame, False, False, 0)
-    content.reorder_child(files.frame, 1)
+    for i, widget in enumerate((heading, panel.frame, files.frame)):
+        content.pack_start(widget, False, False, 0)
+        content.reorder_child(widget, i)
     estimate = Gtk.Label(label="")
     estimate.set_xalign(0.0)
     estimate.set_line_wrap(True)
     content.pack_start(estimate, False, False, 0)
     content.pack_start(expander, False, False, 0)
+    panel.heading = heading
 
     def update_estimate(*_args):
         """The time the chosen quality and styles take, as the daemon estimates it (POST /v1/estimate)."""
@@ -91,27 +95,20 @@ def show_dialog(procedure, config, layer):
             estimate.set_text("")
             return
         _offer_daemon_presets(config, panel.health)
-        try:
-            extra = sb_logic.parse_extra(config.get_property("extra-settings"))
-        except sb_logic.UserError:
-            extra = {}
-        chosen = panel.chosen()
-        files_ = files.paths()
-        opts = sb_logic.Options(styles=chosen, style_files=files_,
-                                quality=sb_logic.quality_choice(config.get_property("preset")), extra_settings=extra)
+        opts = _dialog_options(config, panel, files)
         url, token = sb_logic.connection(sb_logic.config_values(config))
         client = sb_logic.daemon_client(url, token, timeout=5)
         estimate.set_text(sb_logic.ask_estimate(client, opts, (layer.get_width(), layer.get_height()),
-                                                len(chosen) + len(files_)))
+                                                len(opts.styles) + len(opts.style_files)))
 
     panel.on_change = update_estimate
     files.on_change = update_estimate
     for prop in ("preset", "extra-settings"):
         config.connect(f"notify::{prop}", update_estimate)
-    panel.frame.show_all()
-    estimate.show()
-    files.frame.show_all()
-    expander.show_all()
+    for prop in ("preset", "extra-settings", "style-strength", "preserve-colors", "style-scale"):
+        config.connect(f"notify::{prop}", panel.settings_changed)
+    for widget in (heading, panel.frame, estimate, files.frame, expander):
+        widget.show_all()
     panel.load()
     update_estimate()
     panel.estimate = estimate
@@ -124,9 +121,41 @@ def show_dialog(procedure, config, layer):
     return _run_until_answered(dialog, config, panel, files)
 
 
+def _dialog_options(config, panel, files):
+    """The run's options as the dialog now shows them (for the estimate and the faithful previews)."""
+    try:
+        extra = sb_logic.parse_extra(config.get_property("extra-settings"))
+    except sb_logic.UserError:
+        extra = {}
+    return sb_logic.Options(styles=panel.chosen(), style_files=files.paths(),
+                            quality=sb_logic.quality_choice(config.get_property("preset")), extra_settings=extra,
+                            original_colors=bool(config.get_property("preserve-colors")),
+                            style_strength=float(config.get_property("style-strength")),
+                            style_scale=float(config.get_property("style-scale")))
+
+
+def _knobs(dialog):
+    """Strength 0..1 in steps of 0.05 (above 1, the old meaning, only in Extra settings or a script); brush
+    strokes 0.25..4 on the slider. Returns the strength slider's span (the test hook reads it)."""
+    slider = None
+    try:
+        strength = dialog.get_spin_scale("style-strength", 1.0)
+        strength.set_range(0.0, 1.0)
+        strength.set_increments(sb_desk.STRENGTH_STEP, sb_desk.STRENGTH_PAGE)
+        strength.set_digits(2)
+        slider = [0.0, 1.0]
+        scale = dialog.get_spin_scale("style-scale", 1.0)
+        scale.set_scale_limits(*sb_desk.STYLE_SCALE_KNOB)
+        scale.set_increments(sb_desk.STYLE_SCALE_STEP, 0.25)
+        scale.set_digits(2)
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+    return slider
+
+
 def _connection_expander(dialog, GimpUi, Gtk):  # noqa: N803 - the gi modules, imported by show_dialog
     """The connection (URL, token), apart from the main form, the token hidden as it is typed."""
-    expander = Gtk.Expander(label="Conn_ection to the stylebridge daemon", use_underline=True)
+    expander = Gtk.Expander(label="Conn_ection to the stylebridge service", use_underline=True)
     conn = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
     conn.set_border_width(4)
     for prop in ("daemon-url", "token"):
@@ -162,6 +191,21 @@ def _run_until_answered(dialog, config, panel, files):
         Gimp.message("Stylebridge: choose at least one style (library style or style image file).")
 
 
+#: The library grid scrolls beyond this height (about two rows of styles), so the dialog fits any screen
+#: from 768 px up whatever the library's size.
+LIBRARY_MAX_HEIGHT = 280
+#: A moving knob re-mixes the previews once it rests this long.
+REMIX_DELAY_MS = 250
+
+
+class _NoFiles:
+    """The faithful previews are per library style: the job's settings without its style files."""
+
+    @staticmethod
+    def paths():
+        return []
+
+
 class LibraryPanel:
     """The library frame: loads the daemon's styles for the URL and token in the config (again when they are
     edited), starts a daemon on this machine when none answers, and keeps OK insensitive, with a Retry button,
@@ -190,7 +234,11 @@ class LibraryPanel:
         self.estimate = None
         self._pending = None
         self._starter = None
-        self.frame = Gtk.Frame(label="Styles from the daemon's library")
+        self.heading = None
+        self.raw = {}                   # name -> the preview as it came (instant: mixed here with the photo)
+        self.shown_kind = {}            # name -> "instant" | "faithful": what its tile shows now
+        self._remix_pending = None
+        self.frame = Gtk.Frame(label="Your style library")
         box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
         box.set_border_width(6)
         self.frame.add(box)
@@ -206,11 +254,19 @@ class LibraryPanel:
         box.pack_start(row, False, False, 0)
         self.grid = Gtk.FlowBox()
         self.grid.set_selection_mode(Gtk.SelectionMode.NONE)
-        self.grid.set_max_children_per_line(4)
+        self.grid.set_min_children_per_line(3)
+        self.grid.set_max_children_per_line(8)
         self.grid.set_homogeneous(True)
-        box.pack_start(self.grid, True, True, 0)
+        self.grid.set_valign(Gtk.Align.START)
+        # any library size fits the screen: the grid scrolls beyond about two rows of styles
+        self.scroller = Gtk.ScrolledWindow()
+        self.scroller.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
+        self.scroller.set_propagate_natural_height(True)
+        self.scroller.set_max_content_height(LIBRARY_MAX_HEIGHT)
+        self.scroller.add(self.grid)
+        box.pack_start(self.scroller, True, True, 0)
         self.add_button = Gtk.Button(label="_Add images to the library...", use_underline=True)
-        self.add_button.set_tooltip_text("Upload style images to the daemon's library (POST /v1/styles)")
+        self.add_button.set_tooltip_text("Add paintings to your style library (kept by the stylebridge service)")
         self.add_button.connect("clicked", self._choose_for_library)
         buttons = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
         buttons.pack_start(self.add_button, False, False, 0)
@@ -308,6 +364,12 @@ class LibraryPanel:
         self.checks = []
         self.library = []
         self.preview_images = {}
+        self.raw = {}
+        self.shown_kind = {}
+
+    def shrink(self):
+        """Let the window shrink back to what it shows (after a style was removed or the library reloaded)."""
+        self.dialog.resize(1, 1)
 
     def _changed(self):
         if self.on_change is not None:
@@ -332,44 +394,18 @@ class LibraryPanel:
         self._changed()
 
     def _show(self, styles, url, token, warning=None):
-        Gtk = self.Gtk
         self._clear()
         self.add_button.set_sensitive(True)
         self.state = "ready"
         self.error = None
         self.library = styles
         self.thumbs = {}
-        text = warning or ("" if styles else "The library is empty: add style images below.")
+        text = warning or ("" if styles else "Your style library is empty: add paintings with the button below.")
         self._say(text)
         for style in styles:
-            name = style.get("name")
-            check = Gtk.CheckButton(label=f"{name}  ({style.get('width')}x{style.get('height')})")
-            check.set_active(name in self._chosen)
-            remove = Gtk.Button.new_from_icon_name("edit-delete", Gtk.IconSize.MENU)
-            remove.set_relief(Gtk.ReliefStyle.NONE)
-            remove.set_tooltip_text(f"Remove {name} from the daemon's library")
-            remove.connect("clicked", lambda _b, n=name: self.remove_style(n))
-            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=2)
-            row.pack_start(check, True, True, 0)
-            row.pack_start(remove, False, False, 0)
-            box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
-            thumb = _thumbnail(url, token, style.get("thumbnail_url"))
-            if thumb is not None:
-                self.thumbs[name] = (thumb.get_width(), thumb.get_height())
-                image = Gtk.Image.new_from_pixbuf(thumb)
-            else:       # the same height without a picture, so the check boxes still line up
-                image = Gtk.Image()
-            image.set_size_request(-1, sb_logic.THUMB_HEIGHT)
-            box.pack_start(image, False, False, 0)
-            box.pack_start(row, False, False, 0)
-            preview = Gtk.Image()
-            preview.set_no_show_all(True)
-            box.pack_start(preview, False, False, 0)
-            self.preview_images[name] = preview
-            check.connect("toggled", self._toggled, name, url, token)
-            self.grid.add(box)
-            self.checks.append((name, check))
+            self.grid.add(self._tile(style, url, token))
         self.grid.show_all()
+        self.shrink()
         for name, check in self.checks:
             if check.get_active():
                 self._toggled(check, name, url, token)
@@ -378,7 +414,93 @@ class LibraryPanel:
         self._ready()
         self.loads += 1
 
+    def _tile(self, style, url, token):
+        """One style: its thumbnail and, once ticked, the photo in that style beside it; the check box and
+        the remove button under them (about 130 px tall: several per row, two rows before scrolling)."""
+        Gtk = self.Gtk
+        name = style.get("name")
+        check = Gtk.CheckButton(label=name)
+        check.set_tooltip_text(f"{name} ({style.get('width')}x{style.get('height')})")
+        check.get_child().set_ellipsize(3)
+        check.get_child().set_max_width_chars(14)
+        check.set_active(name in self._chosen)
+        remove = Gtk.Button.new_from_icon_name("edit-delete", Gtk.IconSize.MENU)
+        remove.set_relief(Gtk.ReliefStyle.NONE)
+        remove.set_tooltip_text(f"Remove {name} from your style library")
+        remove.connect("clicked", lambda _b, n=name: self.remove_style(n))
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=2)
+        row.pack_start(check, True, True, 0)
+        row.pack_start(remove, False, False, 0)
+        pictures = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=2)
+        thumb = thumbnail(url, token, style.get("thumbnail_url"))
+        if thumb is not None:
+            self.thumbs[name] = (thumb.get_width(), thumb.get_height())
+            image = Gtk.Image.new_from_pixbuf(thumb)
+        else:       # the same height without a picture, so the check boxes still line up
+            image = Gtk.Image()
+        image.set_size_request(-1, sb_logic.THUMB_HEIGHT)
+        pictures.pack_start(image, False, False, 0)
+        preview = Gtk.Image()
+        preview.set_no_show_all(True)
+        pictures.pack_start(preview, False, False, 0)
+        self.preview_images[name] = preview
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+        box.pack_start(pictures, False, False, 0)
+        box.pack_start(row, False, False, 0)
+        check.connect("toggled", self._toggled, name, url, token)
+        self.checks.append((name, check))
+        return box
+
     # -- previews -----------------------------------------------------------------------------------
+    def settings_changed(self, *_args):
+        """Strength, colours, brush strokes or quality changed: re-mix the instant previews at once (soon, once
+        the knob rests) and ask for faithful ones again (those asked for the old settings are dropped)."""
+        if self._remix_pending is not None:
+            GLib.source_remove(self._remix_pending)
+        self._remix_pending = GLib.timeout_add(REMIX_DELAY_MS, self._remix)
+
+    def _remix(self):
+        self._remix_pending = None
+        if self.previewer is None:
+            return False
+        self.previewer.new_generation()
+        url, token = sb_logic.connection(sb_logic.config_values(self.config))
+        for name, check in self.checks:
+            if check.get_active() and name in self.raw:
+                self._show_preview(name, self.raw[name], "instant")
+                self._ask_faithful(name, url, token)
+        return False
+
+    def _mix_settings(self):
+        return float(self.config.get_property("style-strength")), bool(self.config.get_property("preserve-colors"))
+
+    def _ask_faithful(self, name, url, token):
+        if self.previewer is None or not self.previewer.faithful_ok:
+            return
+        settings = sb_desk.faithful_settings(sb_logic.job_settings(
+            _dialog_options(self.config, self, _NoFiles()), "all"))
+        self.previewer.request_faithful(url, token, name, settings,
+                                        lambda pix, why, n=name: self._faithful_ready(n, pix, why))
+
+    def _faithful_ready(self, name, pixbuf, why):
+        active = dict(self.checks).get(name)
+        if pixbuf is not None and active is not None and active.get_active():
+            self._show_preview(name, pixbuf, "faithful")
+
+    def _show_preview(self, name, pixbuf, kind):
+        image = self.preview_images.get(name)
+        if image is None:
+            return
+        shown = pixbuf
+        if kind == "instant" and self.previewer is not None:
+            shown = self.previewer.mixed(pixbuf, *self._mix_settings())
+        image.set_from_pixbuf(shown)
+        self.shown_kind[name] = kind
+        image.set_tooltip_text(f"{name}: " + ("a small real run with these settings (the result will look like "
+                                              "this)" if kind == "faithful" else
+                                              "a quick impression of the photo in this style; a small real run "
+                                              "follows"))
+
     def _toggled(self, check, name, url, token):
         """The photo in this style appears under its check box as it is ticked (POST /v1/previews)."""
         self._changed()
@@ -387,6 +509,7 @@ class LibraryPanel:
             return
         if not check.get_active():
             image.hide()
+            self.previewer.cancel(name)          # its faithful preview, if still to come, is not wanted now
             return
         self.previewer.request(url, token, name, lambda pix, why, n=name: self._preview_ready(n, pix, why))
 
@@ -395,8 +518,10 @@ class LibraryPanel:
         if image is None:
             return
         if pixbuf is not None:
-            image.set_from_pixbuf(pixbuf)
-            image.set_tooltip_text(f"{name}: a quick preview of the photo in this style (not the final result)")
+            self.raw[name] = pixbuf
+            self._show_preview(name, pixbuf, "instant")
+            url, token = sb_logic.connection(sb_logic.config_values(self.config))
+            self._ask_faithful(name, url, token)
         else:
             image.set_from_icon_name("dialog-warning", self.Gtk.IconSize.DIALOG)
             image.set_tooltip_text(f"No preview for {name}: {why}")
@@ -435,8 +560,8 @@ class LibraryPanel:
         if confirm:
             ask = Gtk.MessageDialog(transient_for=self.dialog, modal=True, message_type=Gtk.MessageType.QUESTION,
                                     buttons=Gtk.ButtonsType.OK_CANCEL,
-                                    text=f"Remove {name} from the daemon's library?")
-            ask.format_secondary_text("The image is deleted on the daemon's machine; layers made with it stay.")
+                                    text=f"Remove {name} from your style library?")
+            ask.format_secondary_text("The painting is deleted from the library; layers made with it stay.")
             answer = ask.run()
             ask.destroy()
             if answer != Gtk.ResponseType.OK:
@@ -447,303 +572,3 @@ class LibraryPanel:
             Gimp.message(f"Stylebridge: {name} not removed: {exc}")
         self._chosen.discard(name)
         self.load()
-
-
-class Previewer:
-    """Fetches dialog previews one at a time in a worker thread (the daemon renders one request at a time) and
-    hands each to the GTK main loop; results are cached per daemon and library style, or per daemon and
-    style file version (sb_logic.file_preview_key)."""
-
-    def __init__(self, layer):
-        import queue
-        import threading
-
-        self.layer = layer
-        self.content = None             # the layer as a small PNG, made on first use (GIMP calls: main thread)
-        self.cache = {}                 # key -> (pixbuf or None, error text, info)
-        self.info = {}                  # library style -> {"width", "height", "method", "seconds", "shown"}
-        self.file_info = {}             # style file path -> the same (test hook)
-        self.sent = 0                   # requests sent to the daemon (the test hook: a cache hit sends none)
-        self.waiting = set()
-        self.queue = queue.Queue()
-        self.thread = threading.Thread(target=self._work, daemon=True)
-        self.thread.start()
-
-    def _content_png(self):
-        if self.content is None:
-            from gi.repository import GdkPixbuf  # noqa: F401 - the pixbuf type the thumbnail comes as
-            side = sb_logic.PREVIEW_CONTENT_SIDE
-            w, h = self.layer.get_width(), self.layer.get_height()
-            scale = min(1.0, side / max(w, h, 1))
-            pix = self.layer.get_thumbnail(max(1, round(w * scale)), max(1, round(h * scale)),
-                                           Gimp.PixbufTransparency.KEEP_ALPHA)
-            ok, data = pix.save_to_bufferv("png", [], [])
-            self.content = bytes(data)
-        return self.content
-
-    def shape(self):
-        """(width, height) a preview of the photo is shown at, so a row keeps its place while it loads."""
-        width, height, _ = sb_logic.thumb_geometry(self.layer.get_width(), self.layer.get_height())
-        return width, height
-
-    def request(self, url, token, style, done):
-        """``done(pixbuf, None)`` or ``done(None, why)`` for library style ``style``, now if cached."""
-        self._ask(sb_logic.preview_key(url, style), url, token, style, None, done)
-
-    def request_file(self, url, token, path, done):
-        """The same for the style image file ``path`` (uploaded with the request, as the job uploads it)."""
-        try:
-            key = sb_logic.file_preview_key(url, path)
-        except OSError as exc:
-            done(None, sb_logic.unreadable_file_text(exc))
-            return
-        self._ask(key, url, token, None, path, done)
-
-    def _ask(self, key, url, token, style, path, done):
-        if key in self.cache:
-            pix, why, _ = self.cache[key]
-            done(pix, why)
-            return
-        if key in self.waiting:
-            return
-        self.waiting.add(key)
-        try:
-            content = self._content_png()
-        except Exception as exc:  # noqa: BLE001 - a preview is decoration
-            self.waiting.discard(key)
-            done(None, f"the layer could not be read ({exc})")
-            return
-        self.queue.put((key, url, token, style, path, content, done))
-
-    def stop(self):
-        self.queue.put(None)
-
-    def _work(self):
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            key, url, token, style, path, content, done = item
-            data, why, info, keep = None, None, {}, True
-            if path is None:
-                ask = {"styles": [style]}
-            else:
-                try:
-                    with open(path, "rb") as fh:
-                        ask = {"style_files": [(os.path.basename(path), fh.read())]}
-                except OSError as exc:
-                    GLib.idle_add(self._deliver, key, style, path, None, sb_logic.unreadable_file_text(exc), {},
-                                  done, False)          # not kept: the artist may fix the file's permissions
-                    continue
-            for attempt in range(20):
-                try:
-                    self.sent += 1
-                    got = sb_logic.daemon_client(url, token, timeout=120).previews(
-                        ("layer.png", content), size=sb_logic.PREVIEW_SIZE, **ask)
-                    data, why, info, keep = sb_logic.preview_answer(got)
-                    break
-                except sb_client.DaemonError as exc:
-                    if exc.status == 429 and attempt < 19:      # busy with another preview: wait our turn
-                        time.sleep(0.5)
-                        continue
-                    why = str(exc)
-                    break
-                except sb_client.ClientError as exc:
-                    why = str(exc)
-                    break
-                except Exception as exc:  # noqa: BLE001 - never kill the worker
-                    why = f"{type(exc).__name__}: {exc}"
-                    break
-            GLib.idle_add(self._deliver, key, style, path, data, why, info, done, keep)
-
-    def _deliver(self, key, style, path, data, why, info, done, keep=True):
-        pix = None
-        if data:
-            try:
-                from gi.repository import GdkPixbuf
-                loader = GdkPixbuf.PixbufLoader()
-                loader.write(data)
-                loader.close()
-                pix = loader.get_pixbuf()
-                width, height, _ = sb_logic.thumb_geometry(pix.get_width(), pix.get_height())
-                pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
-            except Exception as exc:  # noqa: BLE001
-                pix, why = None, f"unreadable preview ({exc})"
-        self.waiting.discard(key)
-        if keep:
-            self.cache[key] = (pix, why, info)
-        if pix is not None:
-            shown = dict(info, shown=[pix.get_width(), pix.get_height()])
-            if path is None:
-                self.info[style] = shown
-            else:
-                self.file_info[path] = shown
-        done(pix, why)
-        return False
-
-
-def choose_images(parent, title, accept):
-    """The desktop's own file chooser (several files); the chosen paths, or [] when cancelled."""
-    from gi.repository import Gtk
-
-    chooser = Gtk.FileChooserNative.new(title, parent, Gtk.FileChooserAction.OPEN, accept, "_Cancel")
-    chooser.set_select_multiple(True)
-    filt = Gtk.FileFilter()
-    filt.set_name("Images")
-    for pattern in sb_logic.IMAGE_PATTERNS:
-        filt.add_pattern(pattern)
-        filt.add_pattern(pattern.upper())
-    chooser.add_filter(filt)
-    try:
-        if chooser.run() == Gtk.ResponseType.ACCEPT:
-            return [p for p in chooser.get_filenames() if p]
-        return []
-    finally:
-        chooser.destroy()
-
-
-class FileList:
-    """Style images from disk (uploaded with the job, not kept in the library): a list with a remove button per
-    file and the desktop's file chooser to add several at once. Kept in the ``style-files`` argument. Each row
-    shows the photo in that file's style (a quick preview, POST /v1/previews) once the daemon answers."""
-
-    MAX_ROWS_SHOWN = 3
-
-    def __init__(self, dialog, config, panel=None):
-        from gi.repository import Gtk
-
-        self.Gtk, self.dialog, self.config, self.panel = Gtk, dialog, config, panel
-        self.on_change = None
-        self.preview_images = {}        # path -> the Gtk.Image in its row
-        self.previews = {}              # path -> {"error": why} or the preview's info, once in (the test hook)
-        self.frame = Gtk.Frame(label="Style images from files (sent with the job)")
-        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
-        box.set_border_width(6)
-        self.frame.add(box)
-        self.list = Gtk.ListBox()
-        self.list.set_selection_mode(Gtk.SelectionMode.NONE)
-        scroller = Gtk.ScrolledWindow()     # rows are preview-high: beyond a few, scroll (the dialog fits the screen)
-        scroller.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
-        scroller.set_propagate_natural_height(True)
-        scroller.set_max_content_height(self.MAX_ROWS_SHOWN * (sb_logic.THUMB_HEIGHT + 4))
-        scroller.add(self.list)
-        box.pack_start(scroller, False, False, 0)
-        add = Gtk.Button(label="Add style _image files...", use_underline=True)
-        add.connect("clicked", lambda _b: self.add(choose_images(dialog, "Style images", "_Add")))
-        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL)
-        row.pack_start(add, False, False, 0)
-        box.pack_start(row, False, False, 0)
-        self.refresh()
-
-    def paths(self):
-        return sb_logic.split_list(self.config.get_property("style-files"), ";")
-
-    def add(self, paths):
-        if paths:
-            self.config.set_property("style-files", sb_logic.add_files(self.config.get_property("style-files"), paths))
-            self.refresh()
-
-    def remove(self, path):
-        self.config.set_property("style-files", sb_logic.remove_file(self.config.get_property("style-files"), path))
-        self.refresh()
-
-    def _previewer(self):
-        panel = self.panel
-        return panel.previewer if panel is not None else None
-
-    def refresh(self):
-        Gtk = self.Gtk
-        for child in self.list.get_children():
-            self.list.remove(child)
-            child.destroy()
-        self.preview_images = {}
-        previewer = self._previewer()
-        for path in self.paths():
-            name = os.path.basename(path)
-            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
-            if previewer is not None:   # the library previews' size: the rows keep their place while it loads
-                image = Gtk.Image()
-                image.set_size_request(*previewer.shape())
-                image.set_tooltip_text(f"{name}: a quick preview of the photo in this style is on its way")
-                row.pack_start(image, False, False, 0)
-                self.preview_images[path] = image
-            label = Gtk.Label(label=name)
-            label.set_tooltip_text(path)
-            label.set_xalign(0.0)
-            label.set_ellipsize(3)          # Pango.EllipsizeMode.END
-            remove = Gtk.Button.new_from_icon_name("list-remove", Gtk.IconSize.MENU)
-            remove.set_relief(Gtk.ReliefStyle.NONE)
-            remove.set_valign(Gtk.Align.CENTER)
-            remove.set_tooltip_text(f"Do not use {name}")
-            remove.connect("clicked", lambda _b, p=path: self.remove(p))
-            row.pack_start(label, True, True, 0)
-            row.pack_start(remove, False, False, 0)
-            self.list.add(row)
-        self.previews = {}              # refilled at once from the previewer's cache
-        self.list.set_visible(bool(self.paths()))
-        self.list.show_all()
-        if not self.paths():
-            self.list.hide()
-        self.load_previews()
-        if self.on_change is not None:
-            self.on_change()
-
-    def load_previews(self):
-        """Ask for each file's preview once the library panel reached a daemon (again when it reloads: the URL
-        may have changed); while none answers the rows show no picture."""
-        previewer, panel = self._previewer(), self.panel
-        if previewer is None:
-            return
-        if panel.state != "ready":
-            self.previews = {}
-            text = "No preview: no daemon answers" if panel.state == "down" else "Preview: waiting for the daemon"
-            for image in self.preview_images.values():
-                image.clear()
-                image.set_tooltip_text(text)
-            return
-        url, token = sb_logic.connection(sb_logic.config_values(self.config))
-        for path in self.preview_images:
-            previewer.request_file(url, token, path, lambda pix, why, p=path: self._preview_ready(p, pix, why))
-
-    def waiting(self):
-        """Paths whose preview has not come in yet (the test hook waits on them)."""
-        if self._previewer() is None or self.panel.state != "ready":
-            return []
-        return [p for p in self.preview_images if p not in self.previews]
-
-    def _preview_ready(self, path, pixbuf, why):
-        image = self.preview_images.get(path)
-        if image is None:               # taken off the list meanwhile
-            return
-        name = os.path.basename(path)
-        if pixbuf is not None:
-            image.set_from_pixbuf(pixbuf)
-            image.set_tooltip_text(f"{name}: a quick preview of the photo in this style (not the final result)")
-            self.previews[path] = dict(self._previewer().file_info.get(path, {}),
-                                       shown=[pixbuf.get_width(), pixbuf.get_height()])
-        else:
-            image.set_from_icon_name("dialog-warning", self.Gtk.IconSize.DIALOG)
-            image.set_tooltip_text(f"No preview for {name}: {why}")
-            self.previews[path] = {"error": why}
-
-
-
-
-
-def _thumbnail(url, token, thumb_url):
-    if not thumb_url:
-        return None
-    try:
-        from gi.repository import GdkPixbuf
-        data = sb_logic.daemon_client(url, token, timeout=5).get_bytes(thumb_url)
-        loader = GdkPixbuf.PixbufLoader()
-        loader.write(data)
-        loader.close()
-        pix = loader.get_pixbuf()
-        width, height, crop_x = sb_logic.thumb_geometry(pix.get_width(), pix.get_height())
-        pix = pix.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
-        if crop_x:
-            pix = pix.new_subpixbuf(crop_x, 0, min(width, sb_logic.THUMB_MAX_WIDTH), height)
-        return pix
-    except Exception:  # noqa: BLE001 - a thumbnail is decoration
-        return None

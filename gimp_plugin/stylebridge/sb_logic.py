@@ -297,7 +297,7 @@ class ProgressLine:
 
     def update(self, status: Mapping[str, Any]) -> tuple[str | None, float | None]:
         """(text or None when unchanged, fraction 0..1 or None for a pulse)."""
-        text = sb_client.progress_text(dict(status))
+        text = sb_desk.progress_words(dict(status))          # plain words, not the engine's stages
         changed = text if text != self.last else None
         self.last = text
         if status.get("status") == "queued":
@@ -442,7 +442,7 @@ def is_loopback(url: str) -> bool:
 INSTALL_FILE = "sb_install.json"
 #: How long a daemon the plug-in started may take to answer (it loads the VGG-19 weights first).
 START_TIMEOUT_S = 120.0
-START_TEXT = "Stylebridge: starting the stylebridge service..."
+START_TEXT = "Starting the stylebridge service (a few seconds)..."
 #: A daemon the plug-in starts stops itself after this long with nothing to do (``serve --idle-exit``): it holds
 #: the VGG weights in memory (over a GB), and the next run starts it again.
 IDLE_EXIT_S = 20 * 60

@@ -20,7 +20,10 @@ import gi
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp  # noqa: E402
 
-CANCELLING_TEXT = "Stylebridge: cancelling (the daemon stops at its next step)..."
+CANCELLING_TEXT = "Cancelling (the stylebridge service stops at its next step)..."
+#: The window keeps off the canvas (where the live preview shows): it sits in the screen's bottom-right corner,
+#: this far from the edges.
+CORNER_MARGIN = 24
 
 
 def progress_for(interactive):
@@ -72,7 +75,7 @@ class ProgressWindow:
     def __init__(self, title="Stylebridge"):
         gi.require_version("GimpUi", "3.0")
         gi.require_version("Gtk", "3.0")
-        from gi.repository import GimpUi, Gtk
+        from gi.repository import Gdk, GimpUi, Gtk
 
         self.Gtk = Gtk
         self.cancelled = False
@@ -96,9 +99,23 @@ class ProgressWindow:
             GimpUi.window_set_transient(self.window)        # above GIMP's image window
         except Exception:  # noqa: BLE001 - cosmetic
             pass
+        self.window.set_gravity(Gdk.Gravity.SOUTH_EAST)
         self.window.show_all()
+        self._to_corner(Gdk)
         self.test_hook = os.environ.get("STYLEBRIDGE_GIMP_RUN_TEST")      # tests only, see look()
         self.pump()
+
+    def _to_corner(self, Gdk):  # noqa: N803 - the gi module
+        """Move the window to the bottom-right corner of the monitor's work area, off the canvas."""
+        try:
+            display = Gdk.Display.get_default()
+            monitor = display.get_primary_monitor() or display.get_monitor(0)
+            area = monitor.get_workarea()
+            width, height = self.window.get_size()
+            self.window.move(area.x + area.width - width - CORNER_MARGIN,
+                             area.y + area.height - height - CORNER_MARGIN)
+        except Exception:  # noqa: BLE001 - cosmetic: the window manager places it
+            pass
 
     # -- the artist's Cancel ------------------------------------------------------------------------
     def _on_response(self, _window, response):
@@ -160,7 +177,7 @@ class ProgressWindow:
             return
         shown = self.label.get_text()
         if (os.environ.get("STYLEBRIDGE_GIMP_RUN_TEST_CANCEL") == "after-preview" and facts.get("preview_layers")
-                and "iteration" in shown and not self.cancelled):
+                and shown.startswith("Painting") and not self.cancelled):
             self.cancel_button.clicked()         # what the artist's click does
             self.pump()
             facts = dict(facts, text_after_cancel=self.label.get_text())
@@ -169,7 +186,16 @@ class ProgressWindow:
                 n = sum(1 for _ in fh)
         except OSError:
             n = 0
-        info = dict(facts, text=shown, fraction=round(self.bar.get_fraction(), 4),
+        geometry = {}
+        try:
+            from gi.repository import Gdk
+            x, y = self.window.get_position()
+            width, height = self.window.get_size()
+            screen = Gdk.Screen.get_default()
+            geometry = {"window": [x, y, width, height], "screen": [screen.get_width(), screen.get_height()]}
+        except Exception as exc:  # noqa: BLE001
+            geometry = {"geometry_error": str(exc)}
+        info = dict(facts, **geometry, text=shown, fraction=round(self.bar.get_fraction(), 4),
                     title=self.window.get_title(), visible=self.window.get_visible(),
                     cancel_label=self.cancel_button.get_label(), cancel_sensitive=self.cancel_button.get_sensitive(),
                     cancelled=self.cancelled)

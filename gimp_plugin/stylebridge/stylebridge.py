@@ -30,6 +30,7 @@ from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sb_client  # noqa: E402
+import sb_desk  # noqa: E402
 import sb_png  # noqa: E402
 import sb_logic  # noqa: E402
 import sb_progress  # noqa: E402
@@ -156,8 +157,9 @@ class TempPreview:
     a kill it cannot, so it carries a parasite and the next run removes such leftovers (remove_leftover_previews).
     """
 
-    def __init__(self, image, source, job_id):
+    def __init__(self, image, source, job_id, place=None):
         self.image, self.source, self.job_id = image, source, job_id
+        self.place = place or (lambda: (source.get_parent(), image.get_item_position(source)))
         self.layer = None
         self.last = None
         self.fetched = None
@@ -186,7 +188,7 @@ class TempPreview:
             try:
                 undo_while_changing = self.image.undo_is_enabled()
                 new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, self.image, Gio.File.new_for_path(path))
-                self.image.insert_layer(new, self.source.get_parent(), self.image.get_item_position(self.source))
+                self.image.insert_layer(new, *self.place())     # above the photo and every earlier result
                 w, h = self.source.get_width(), self.source.get_height()
                 if (new.get_width(), new.get_height()) != (w, h):
                     new.scale(w, h, False)
@@ -208,8 +210,9 @@ class TempPreview:
             with open(self.hook, "a") as fh:
                 fh.write(json.dumps({"name": new.get_name(), "size": [new.get_width(), new.get_height()],
                                      "offsets": list(new.get_offsets())[1:],
-                                     "above_source": self.image.get_item_position(new) + 1
-                                     == self.image.get_item_position(self.source),
+                                     "above_source": self.image.get_item_position(new)
+                                     < self.image.get_item_position(self.source),
+                                     "position": self.image.get_item_position(new),
                                      "undo_while_changing": undo_while_changing,
                                      "undo_after": self.image.undo_is_enabled(),
                                      "layers": [lay.get_name() for lay in self.image.get_layers()]}) + "\n")
@@ -288,9 +291,9 @@ def stylize(image, layer, opts, progress):
     {layer_index: (image_path, mask_path)}, tmpdir, job_id, mask_used, health). ``progress``: an sb_progress
     sink; its Cancel cancels the job (JobCancelled) with the preview layer removed."""
     client = sb_logic.daemon_client(opts.daemon_url, opts.token)
-    progress.start("Stylebridge: sending the layer")
+    progress.start("Sending the photo to the stylebridge service...")
     health = ensure_daemon(client, progress)
-    progress.text("Stylebridge: sending the layer")
+    progress.text("Sending the photo to the stylebridge service...")
 
     job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
     mask = selection_mask_png(image, layer) if "mask" in job else None
@@ -304,7 +307,7 @@ def stylize(image, layer, opts, progress):
     finished = False
     tmpdir = None
     line = sb_logic.ProgressLine()
-    preview = TempPreview(image, layer, job_id)
+    preview = TempPreview(image, layer, job_id, place=lambda: stack_place(image, layer))
 
     def on_progress(status):
         if progress.cancelled:
@@ -323,7 +326,7 @@ def stylize(image, layer, opts, progress):
 
     try:
         client.wait(job_id, on_progress=on_progress, poll=sb_logic.POLL_S, sleep=progress.sleep)
-        progress.text("Stylebridge: fetching the layers")
+        progress.text("Bringing the layers into GIMP...")
         result = client.result(job_id)
         tmpdir = tempfile.mkdtemp(prefix="stylebridge-")
         files = download_layers(client, result, tmpdir, progress, job_id)
@@ -378,70 +381,196 @@ def make_parasite(record):
     return Gimp.Parasite.new(PARASITE_NAME, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
 
 
-def insert_stack(image, layer, opts, result, files, job_id, used, inserted):
-    """Insert the daemon's layer stack (sb_logic.layer_plan) above ``layer`` (caller holds the undo group).
+def record_of(item):
+    """The Stylebridge record on ``item`` (its parasite), or None."""
+    try:
+        parasite = item.get_parasite(PARASITE_NAME)
+    except Exception:  # noqa: BLE001 - not an item with parasites
+        return None
+    return sb_logic.read_record(bytes(parasite.get_data())) if parasite is not None else None
+
+
+def is_result(item):
+    return sb_desk.is_result_record(record_of(item), PROC_NAME)
+
+
+def siblings_of(image, item):
+    parent = item.get_parent()
+    return parent.get_children() if parent is not None else image.get_layers()
+
+
+def earlier_results(image, layer):
+    """[(position, item, record)] of earlier Stylebridge results beside ``layer`` (same parent)."""
+    return [(image.get_item_position(it), it, record_of(it)) for it in siblings_of(image, layer) if is_result(it)]
+
+
+def find_source(image, item):
+    """The photo layer a result item was made from: the one its record names (tattoo), else the first pixel
+    layer below its stack that is not a result; None when it is gone."""
+    tattoo = (record_of(item) or {}).get("source")
+    if isinstance(tattoo, int) and not isinstance(tattoo, bool):
+        found = image.get_layer_by_tattoo(tattoo)
+        if found is not None and found.is_valid() and not found.is_group():
+            return found
+    top = item
+    while top.get_parent() is not None and is_result(top.get_parent()):
+        top = top.get_parent()
+    below = False
+    for sib in siblings_of(image, top):
+        if sib.get_id() == top.get_id():
+            below = True
+        elif below and not sib.is_group() and not is_result(sib) and record_of(sib) is None:
+            return sib
+    return None
+
+
+def resolve_target(image, drawables):
+    """(the pixel layer to paint, why that one (None: it was chosen), the chosen item, the earlier result group
+    it belongs to or None). A selected mask means its layer; an earlier result (its group, a style or helper
+    layer) means the photo it was made from. UserError says what to select instead."""
+    if len(drawables) != 1:
+        raise UserError("Stylebridge paints one layer: select a single layer.")
+    chosen = drawables[0]
+    item, why = chosen, None
+    if isinstance(item, Gimp.LayerMask):
+        item, why = Gimp.Layer.from_mask(item), "the layer of the selected mask"
+    if not isinstance(item, Gimp.Layer):
+        raise UserError("Stylebridge paints a layer: select a layer (not a channel or a path).")
+    if is_result(item):
+        group = item if item.is_group() else item.get_parent()
+        group = group if group is not None and is_result(group) else None
+        source = find_source(image, item)
+        if source is None:
+            raise UserError("Stylebridge: the photo this result was made from is gone: select the photo's layer.")
+        return source, "the photo of the selected result", item, group
+    if item.is_group():
+        raise UserError("Stylebridge paints a pixel layer: select a layer inside the group, not the group.")
+    return item, why, item, None
+
+
+def stack_place(image, layer):
+    """(parent, position) of the new result and the live preview: above the photo and every earlier result."""
+    earlier = [pos for pos, _, _ in earlier_results(image, layer)]
+    return layer.get_parent(), sb_desk.top_position(image.get_item_position(layer), earlier)
+
+
+def insert_stack(image, layer, opts, result, files, job_id, used, inserted, group=None):
+    """Insert the daemon's layer stack (sb_logic.layer_plan) on top of the photo and its earlier results
+    (caller holds the undo group); helper layers an earlier run left beside it are reused. ``group``: the
+    earlier result group chosen with ``opts.rerun`` "replace" (the new one takes its place) or "add" (the new
+    style layers go into it).
 
     New items are appended to ``inserted`` as they go in (so a caller can take them out on failure).
     Returns a list of warnings.
     """
-    parent = layer.get_parent()
-    position = image.get_item_position(layer)
+    parent, position = stack_place(image, layer)
+    rerun = opts.rerun if group is not None and group.is_valid() else "new"
+    if rerun == "replace":
+        parent, position = group.get_parent(), image.get_item_position(group)
     _, ox, oy = layer.get_offsets()
-    image_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY \
-        else Gimp.ImageType.RGBA_IMAGE
     steps, warnings = sb_logic.layer_plan(result)
-    base = sb_logic.base_record(opts, result, job_id, used)
-    created = {}
+    reused = {rec.get("role"): item for _, item, rec in earlier_results(image, layer)
+              if rec.get("role") in sb_desk.HELPER_ROLES}
+    skip = sb_desk.helpers_to_skip(reused, [s.role for s in steps])
+    base = dict(sb_logic.base_record(opts, result, job_id, used), source=layer.get_tattoo())
+    created, new_group = {}, None
     for step in steps:
-        if step.group:
-            new = Gimp.GroupLayer.new(image, step.name)
-        else:
-            image_path = files.get(step.index, (None, None))[0]
-            if image_path:
-                new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(image_path))
-                new.set_name(step.name)
-            else:
-                new = Gimp.Layer.new(image, step.name, step.width or layer.get_width(),
-                                     step.height or layer.get_height(), image_type, 100, Gimp.LayerMode.NORMAL)
-                new.fill(Gimp.FillType.TRANSPARENT)
+        if step.role in skip:
+            continue
+        if step.group and rerun == "add":
+            created[step.index] = new_group = group
+            continue
+        new = _new_item(image, layer, step, files)
         if step.parent is not None and step.parent in created:
             image.insert_layer(new, created[step.parent], 0)        # bottom to top: each on top of the group
         else:
             image.insert_layer(new, parent, position)               # bottom to top at a fixed index
         inserted.append(new)
         created[step.index] = new
-        if not new.is_group():
-            if not new.has_alpha():
-                new.add_alpha()
-            new.set_offsets(ox + step.left, oy + step.top)
-        new.set_mode(getattr(Gimp.LayerMode, step.mode))
-        new.set_opacity(step.opacity)
-        new.set_visible(step.visible)
-        mask_path = files.get(step.index, (None, None))[1]
-        if mask_path:
-            apply_mask(image, new, mask_path)
-        new.attach_parasite(make_parasite(sb_logic.layer_record(base, step)))
+        new_group = new if step.group and new_group is None else new_group
+        _dress(image, new, step, ox, oy, files, base)
+    _raise_helpers(image, [reused[s.role] for s in reversed(steps) if s.role in skip], new_group)
+    if rerun == "replace" and group.is_valid():
+        image.remove_layer(group)
     return warnings
+
+
+def _new_item(image, layer, step, files):
+    if step.group:
+        return Gimp.GroupLayer.new(image, step.name)
+    image_path = files.get(step.index, (None, None))[0]
+    if image_path:
+        new = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(image_path))
+        new.set_name(step.name)
+        return new
+    image_type = Gimp.ImageType.GRAYA_IMAGE if image.get_base_type() == Gimp.ImageBaseType.GRAY \
+        else Gimp.ImageType.RGBA_IMAGE
+    new = Gimp.Layer.new(image, step.name, step.width or layer.get_width(), step.height or layer.get_height(),
+                         image_type, 100, Gimp.LayerMode.NORMAL)
+    new.fill(Gimp.FillType.TRANSPARENT)
+    return new
+
+
+def _dress(image, new, step, ox, oy, files, base):
+    """Offsets, mode, opacity, visibility, mask and record of a new item. Original colours comes visible
+    (its mask black): one white stroke on the mask shows the photo's colours there."""
+    if not new.is_group():
+        if not new.has_alpha():
+            new.add_alpha()
+        new.set_offsets(ox + step.left, oy + step.top)
+    new.set_mode(getattr(Gimp.LayerMode, step.mode))
+    new.set_opacity(step.opacity)
+    new.set_visible(True if step.role == "colors" else step.visible)
+    mask_path = files.get(step.index, (None, None))[1]
+    if mask_path:
+        apply_mask(image, new, mask_path)
+    new.attach_parasite(make_parasite(sb_logic.layer_record(base, step)))
+
+
+def _id(item):
+    return item.get_id() if item is not None else None
+
+
+def _raise_helpers(image, helpers_top_first, new_group):
+    """Reused helper layers below the new group go back above it, in their order (they act on what is below
+    them); those already above it stay."""
+    if new_group is None or not helpers_top_first:
+        return
+    for helper in helpers_top_first:
+        if helper.is_valid() and _id(helper.get_parent()) == _id(new_group.get_parent()) \
+                and image.get_item_position(helper) > image.get_item_position(new_group):
+            image.reorder_item(helper, new_group.get_parent(), image.get_item_position(new_group))
 
 
 # ------------------------------------------------------------------------------------------------
 # procedure
 # ------------------------------------------------------------------------------------------------
 
+def _clean_again(image, was_dirty):
+    """A run that changed nothing (cancelled, failed) leaves an image that was clean marked clean again: the
+    temporary preview layer came and went outside the undo history, yet GIMP counted it as a change."""
+    try:
+        if not was_dirty and image.is_valid() and image.is_dirty():
+            image.clean_all()
+    except Exception:  # noqa: BLE001 - cosmetic
+        pass
+
+
 def _error(procedure, status, message):
     return procedure.new_return_values(status, GLib.Error.new_literal(Gimp.PlugIn.error_quark(), message, 0))
 
 
 def run(procedure, run_mode, image, drawables, config, data):
-    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer) or drawables[0].is_group():
-        msg = "Stylebridge works on one pixel layer: select a single layer (not a group or a mask)."
-        Gimp.message(msg)
-        return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, msg)
-    layer = drawables[0]
+    try:
+        layer, why, chosen, group = resolve_target(image, drawables)
+    except UserError as exc:
+        Gimp.message(str(exc))
+        return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
+    was_dirty = image.is_dirty()
 
     if run_mode == Gimp.RunMode.INTERACTIVE:
         import sb_dialog
-        if not sb_dialog.show_dialog(procedure, config, layer):
+        if not sb_dialog.show_dialog(procedure, config, layer, target=(why, group is not None, chosen)):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
 
     tmpdir = None
@@ -456,7 +585,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         image.undo_group_start()
         inserted = []
         try:
-            warnings = insert_stack(image, layer, opts, result, files, job_id, used, inserted)
+            warnings = insert_stack(image, layer, opts, result, files, job_id, used, inserted, group)
         except BaseException:
             for item in reversed(inserted):
                 try:
@@ -471,18 +600,23 @@ def run(procedure, run_mode, image, drawables, config, data):
             Gimp.message("Stylebridge: " + w)
         Gimp.displays_flush()
     except UserError as exc:
+        _clean_again(image, was_dirty)
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.CALLING_ERROR, str(exc))
     except (sb_client.DaemonUnreachable, sb_client.DaemonTooOld, sb_logic.DaemonNotStarted) as exc:
+        _clean_again(image, was_dirty)
         Gimp.message(str(exc))
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, str(exc))
     except sb_client.JobCancelled:
+        _clean_again(image, was_dirty)
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     except sb_client.ClientError as exc:
+        _clean_again(image, was_dirty)
         msg = f"Stylebridge daemon: {exc}"
         Gimp.message(msg)
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, msg)
     except Exception as exc:  # noqa: BLE001 - report, never crash GIMP's wire
+        _clean_again(image, was_dirty)
         msg = f"Stylebridge failed: {type(exc).__name__}: {exc}"
         Gimp.message(msg)
         return _error(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, msg)
@@ -546,6 +680,16 @@ class Stylebridge(Gimp.PlugIn):
                                       f"${sb_client.TOKEN_ENV})", "", flags)
         procedure.add_string_argument("extra-settings", "E_xtra settings", "JSON object of further engine "
                                       "settings, e.g. {\"size\": 384, \"iterations\": 100}", "", flags)
+        procedure.add_double_argument("style-scale", "_Brush strokes", "Size of the style's brush strokes: 1 = as "
+                                      "painted, 2 = twice as large, 0.5 = half (style_scale)",
+                                      sb_desk.STYLE_SCALE_MIN, sb_desk.STYLE_SCALE_MAX,
+                                      sb_desk.STYLE_SCALE_DEFAULT, flags)
+        reruns = Gimp.Choice.new()
+        for i, (key, label) in enumerate(sb_desk.RERUN_CHOICES):
+            reruns.add(key, i, label, "")
+        procedure.add_choice_argument("rerun", "_Earlier result", "When the layer chosen is an earlier result: "
+                                      "new (a new group on top) | replace (this group) | add (to this group)",
+                                      reruns, sb_desk.RERUN_DEFAULT, flags)
         return procedure
 
 

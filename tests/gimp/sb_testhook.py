@@ -76,6 +76,12 @@ def look(dialog, config, panel, files, path, slider=None):
                                    "value": adj.get_value()}
     except Exception as exc:  # noqa: BLE001
         info["strength_widget"] = str(exc)
+    info.update(geometry(dialog, ok_button, Gdk))
+    info["heading"] = panel.heading.get_text() if panel.heading is not None else None
+    if panel.previewer is not None:
+        info["faithful"] = {"sent": panel.previewer.faithful_sent, "ok": panel.previewer.faithful_ok,
+                            "info": dict(panel.previewer.faithful_info)}
+    info["shown_kind"] = dict(panel.shown_kind)
     try:
         win = dialog.get_window()
         shot = Gdk.pixbuf_get_from_window(win, 0, 0, win.get_width(), win.get_height())
@@ -135,9 +141,31 @@ def look(dialog, config, panel, files, path, slider=None):
         for _, check in panel.checks:
             check.set_active(True)
         dialog.response(Gtk.ResponseType.OK)
+    elif response == "ok1":                 # the first library style only, then OK
+        for k, (_, check) in enumerate(panel.checks):
+            check.set_active(k == 0)
+        dialog.response(Gtk.ResponseType.OK)
     else:
         dialog.response(Gtk.ResponseType.CANCEL)
     return False
+
+
+def geometry(dialog, ok_button, Gdk):
+    """Where the dialog sits on the screen and where OK sits in it (the test: a 1024 px tall screen)."""
+    try:
+        win = dialog.get_window()
+        _, x, y = win.get_origin()
+        alloc = dialog.get_allocation()
+        screen = Gdk.Screen.get_default()
+        out = {"dialog": [x, y, alloc.width, alloc.height], "screen": [screen.get_width(), screen.get_height()]}
+        if ok_button is not None:
+            ox, oy = ok_button.translate_coordinates(dialog, 0, 0)
+            ok = ok_button.get_allocation()
+            out["ok"] = [ox, oy, ok.width, ok.height]
+            out["ok_visible"] = ok_button.get_visible() and ok_button.get_mapped()
+        return {"geometry": out}
+    except Exception as exc:  # noqa: BLE001
+        return {"geometry": {"error": str(exc)}}
 
 
 def file_previews_shown(files, Gtk):
