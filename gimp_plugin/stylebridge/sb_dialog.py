@@ -194,6 +194,8 @@ def _run_until_answered(dialog, config, panel, files):
 #: The library grid scrolls beyond this height (about two rows of styles), so the dialog fits any screen
 #: from 768 px up whatever the library's size.
 LIBRARY_MAX_HEIGHT = 280
+TILE_HEIGHT = sb_logic.THUMB_HEIGHT + 40      # a style's tile: its thumbnail and the check box under it
+PER_ROW = 3                                   # tiles a row holds at least
 #: A moving knob re-mixes the previews once it rests this long.
 REMIX_DELAY_MS = 250
 
@@ -254,7 +256,7 @@ class LibraryPanel:
         box.pack_start(row, False, False, 0)
         self.grid = Gtk.FlowBox()
         self.grid.set_selection_mode(Gtk.SelectionMode.NONE)
-        self.grid.set_min_children_per_line(3)
+        self.grid.set_min_children_per_line(PER_ROW)
         self.grid.set_max_children_per_line(8)
         self.grid.set_homogeneous(True)
         self.grid.set_valign(Gtk.Align.START)
@@ -368,7 +370,10 @@ class LibraryPanel:
         self.shown_kind = {}
 
     def shrink(self):
-        """Let the window shrink back to what it shows (after a style was removed or the library reloaded)."""
+        """Show up to two rows of styles (more scroll), and let the window shrink back to what it shows (after
+        a style was removed or the library reloaded)."""
+        rows = -(-len(self.checks) // PER_ROW)
+        self.scroller.set_min_content_height(min(rows * TILE_HEIGHT, LIBRARY_MAX_HEIGHT))
         self.dialog.resize(1, 1)
 
     def _changed(self):

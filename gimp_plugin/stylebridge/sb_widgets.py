@@ -303,10 +303,11 @@ class FileList:
         self.frame.add(box)
         self.list = Gtk.ListBox()
         self.list.set_selection_mode(Gtk.SelectionMode.NONE)
-        scroller = Gtk.ScrolledWindow()     # rows are preview-high: beyond a few, scroll (the dialog fits the screen)
+        self.scroller = scroller = Gtk.ScrolledWindow()     # rows are preview-high: beyond two, scroll
         scroller.set_policy(Gtk.PolicyType.NEVER, Gtk.PolicyType.AUTOMATIC)
         scroller.set_propagate_natural_height(True)
         scroller.set_max_content_height(self.MAX_ROWS_SHOWN * (sb_logic.THUMB_HEIGHT + 4))
+        scroller.set_no_show_all(True)      # shown only while the list has files (no empty white box)
         scroller.add(self.list)
         box.pack_start(scroller, False, False, 0)
         add = Gtk.Button(label="Add style _image files...", use_underline=True)
@@ -364,8 +365,14 @@ class FileList:
         self.previews = {}              # refilled at once from the previewer's cache
         self.list.set_visible(bool(self.paths()))
         self.list.show_all()
+        self.scroller.set_visible(bool(self.paths()))
         if not self.paths():
             self.list.hide()
+        self.scroller.set_min_content_height(min(len(self.paths()), self.MAX_ROWS_SHOWN) * (sb_logic.THUMB_HEIGHT + 4))
+        try:
+            self.dialog.resize(1, 1)        # shrink back after a file was taken off
+        except Exception:  # noqa: BLE001
+            pass
         self.load_previews()
         if self.on_change is not None:
             self.on_change()

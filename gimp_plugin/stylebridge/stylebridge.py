@@ -674,7 +674,8 @@ class Stylebridge(Gimp.PlugIn):
         procedure.add_choice_argument("mask-mode", "_Mask", "Masks of the style layers: first | all | none | "
                                       "selection (the selection is every style's mask)", masks,
                                       sb_logic.MASK_DEFAULT, flags)
-        procedure.add_string_argument("daemon-url", "_Daemon URL", "Where stylebridge serve listens",
+        procedure.add_string_argument("daemon-url", "Service _URL", "Where the stylebridge service (stylebridge "
+                                      "serve) listens",
                                       sb_client.DEFAULT_URL, flags)
         procedure.add_string_argument("token", "_Token", "The daemon's token, if it has one (else "
                                       f"${sb_client.TOKEN_ENV})", "", flags)
