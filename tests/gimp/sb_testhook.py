@@ -102,8 +102,9 @@ def look(dialog, config, panel, files, path, slider=None):
             if panel.previewer is None:
                 return False
             url = sb_logic.connection(sb_logic.config_values(config))[0]
-            if any(sb_logic.preview_key(url, n) not in panel.previewer.cache for n in names) \
-                    and time.monotonic() - started < 120:
+            pending = any(sb_logic.preview_key(url, n) not in panel.previewer.cache for n in names) \
+                or any(key[0] == "faithful" for key in panel.previewer.waiting)     # and the faithful ones
+            if pending and time.monotonic() - started < 120:
                 return True
             GLib.timeout_add(300, look, dialog, config, panel, files, path, slider)
             return False

@@ -420,14 +420,16 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     assert dialog["library_error"] is None
     assert dialog["library"] == ["starry_night", "the_scream"]
     labels = " ".join(dialog["labels"])
-    for text in ("Styles from the daemon's library", "Add style _image files", "_Add images to the library",
-                 "Style images from files (sent with the job)", "_Quality", "Ori_ginal colours",
-                 "Style stre_ngth", "_Mask", "_Daemon URL", "Conn_ection to the stylebridge daemon", "_OK"):
+    for text in ("Your style library", "Add style _image files", "_Add images to the library",
+                 "Style images from files (this run only)", "_Quality", "Ori_ginal colours",
+                 "Style stre_ngth", "_Brush strokes", "_Mask", "Service _URL", "Conn_ection to the stylebridge service",
+                 "_OK", "Painting the layer \u201cphoto\u201d"):
         assert text in labels, (text, dialog["labels"])
     assert dialog["ok_sensitive"] and not dialog["retry_visible"] and not dialog["connection_expanded"], dialog
     assert (gimp_workdir / "dialog.json.0.png").stat().st_size > 1000, dialog.get("screenshot_error")
     # style strength: the slider spans the 0..1 knob, typed values may go to the setting's maximum
-    assert dialog["strength_widget"] == {"range": [0.0, 100.0], "slider": [0.0, 1.0], "value": 1.0}, \
+    # style strength: 0..1 (the old meaning above 1 only in Extra settings or a script)
+    assert dialog["strength_widget"] == {"range": [0.0, 1.0], "slider": [0.0, 1.0], "value": 1.0}, \
         dialog["strength_widget"]
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-4000:])
@@ -443,8 +445,14 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_cli
     assert first["parasite"]["settings"]["coarse_iterations"] == 40, first["parasite"]["settings"]
     # the time estimate: the daemon's (POST /v1/estimate), from the speed it measured at start, then by the run
     assert dialog["estimate"] == "Time: choose a style"
-    assert re.fullmatch(r"Time: about \d+ (s|min) for 2 styles on cpu", ticked["estimate"]), ticked["estimate"]
-    assert re.fullmatch(r"Time: about \d+ (s|min) for 2 styles on cpu", again["estimate"]), again["estimate"]
+    # ... and what the quality means on this daemon (its --preset draft: no preset sent, extra settings apply)
+    words = r"Time: about \d+ (s|min) for 2 styles on cpu\nQuality: Daemon default \(64 px, 3 iterations\)"
+    assert re.fullmatch(words, ticked["estimate"]), ticked["estimate"]
+    assert re.fullmatch(words, again["estimate"]), again["estimate"]
+    # after the instant previews, faithful ones (a small real run) where the daemon makes them; else the
+    # instant ones stay (a daemon without the method answers with an instant preview or a 4xx)
+    kinds = set(ticked["shown_kind"].values())
+    assert kinds == {"faithful"} if ticked["faithful"]["ok"] else kinds == {"instant"}, ticked["faithful"]
     # the second dialog, on a stylised layer, starts from the run recorded in its parasite; Cancel changes nothing
     assert again["config"]["styles"] == "starry_night,the_scream"
     assert again["checked"] == ["starry_night", "the_scream"]
@@ -740,7 +748,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
     assert down["connection_expanded"] and down["library"] == []
     assert down["library_error"].startswith(f"Stylebridge daemon not reachable at {down_url}. Start it with: "
                                             "stylebridge serve"), down["library_error"]
-    assert "Retr_y" in down["labels"] and "Conn_ection to the stylebridge daemon" in down["labels"]
+    assert "Retr_y" in down["labels"] and "Conn_ection to the stylebridge service" in down["labels"]
     assert fixed["state"] == "ready" and fixed["ok_sensitive"] and not fixed["retry_visible"], fixed
     assert fixed["library"] == ["starry"] and fixed["config"]["daemon-url"] == daemon.url
     assert read_json(report_path)["run"]["status"] == "cancel"
