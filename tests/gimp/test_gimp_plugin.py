@@ -819,6 +819,8 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, 
     assert added["library"] == ["scream-file", "shipwreck", "starry_night", "the_scream"], (added, out[-3000:])
     assert set(added["checked"]) == {"scream-file", "shipwreck"}                      # ticked when added
     assert removed["library"] == ["shipwreck", "starry_night", "the_scream"]      # the first one removed
+    # four styles take two rows, three one: the window shrinks back after the removal
+    assert removed["geometry"]["dialog"][3] < added["geometry"]["dialog"][3], (removed["geometry"], added["geometry"])
     assert library_after == ["shipwreck", "starry_night", "the_scream"]
     assert with_files["files"] == [gimp.inside(gimp_workdir / p) for p in
                                    ("shipwreck.jpg", "scream-file.jpg", "missing.jpg", "broken.jpg")]
