@@ -24,14 +24,14 @@ PLUGIN_DIR = Path(__file__).resolve().parents[1] / "gimp_plugin" / "stylebridge"
 @pytest.fixture(scope="module")
 def L():
     """sb_logic as the plug-in imports it (its own sb_client beside it)."""
-    saved = {k: sys.modules.pop(k) for k in ("sb_logic", "sb_client") if k in sys.modules}
+    saved = {k: sys.modules.pop(k) for k in ("sb_logic", "sb_client", "sb_desk") if k in sys.modules}
     sys.path.insert(0, str(PLUGIN_DIR))
     try:
         module = importlib.import_module("sb_logic")
         yield module
     finally:
         sys.path.remove(str(PLUGIN_DIR))
-        for k in ("sb_logic", "sb_client"):
+        for k in ("sb_logic", "sb_client", "sb_desk"):
             sys.modules.pop(k, None)
         sys.modules.update(saved)
 
@@ -421,7 +421,7 @@ def test_preview_answer(L):
 @pytest.fixture(scope="module")
 def D(L):
     """sb_desk as the plug-in imports it (loaded beside sb_logic)."""
-    return sys.modules["sb_desk"]
+    return L.sb_desk
 
 
 def test_daemon_default_says_what_it_is(L):

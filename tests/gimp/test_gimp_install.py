@@ -67,11 +67,15 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("path, extra", [
-    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic", "sb_dialog", "sb_progress"}),
+    ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic", "sb_dialog", "sb_progress",
+                                                "sb_desk"}),
     ("gimp_plugin/stylebridge/sb_progress.py", {"gi"}),
-    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic", "sb_testhook"}),   # the tests' hook
+    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic", "sb_desk", "sb_widgets",
+                                              "sb_testhook"}),   # the tests' hook
+    ("gimp_plugin/stylebridge/sb_widgets.py", {"gi", "sb_client", "sb_logic", "sb_desk"}),
+    ("gimp_plugin/stylebridge/sb_desk.py", {"sb_client"}),
     ("tests/gimp/sb_testhook.py", {"gi", "sb_logic"}),
-    ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client"}),
+    ("gimp_plugin/stylebridge/sb_logic.py", {"sb_client", "sb_desk"}),
     ("gimp_plugin/stylebridge/sb_png.py", set()),
     ("gimp_plugin/stylebridge/sb_watchdog.py", {"sb_client"}),
     ("gimp_plugin/stylebridge/sb_client.py", set()),       # a copy of bridge/protocol.py
@@ -160,7 +164,7 @@ def test_install_records_the_running_stylebridge(tmp_path, monkeypatch):
     dest = gimp_install.install(tmp_path / "profile", command=["/x/stylebridge"])
     assert json.loads((dest / gimp_install.INSTALL_FILE).read_text())["stylebridge"] == ["/x/stylebridge"]
     import importlib
-    saved = {k: sys.modules.pop(k) for k in ("sb_logic", "sb_client") if k in sys.modules}
+    saved = {k: sys.modules.pop(k) for k in ("sb_logic", "sb_client", "sb_desk") if k in sys.modules}
     sys.path.insert(0, str(dest))
     try:                                  # the installed plug-in reads what gimp-install wrote
         sb_logic = importlib.import_module("sb_logic")
@@ -168,6 +172,6 @@ def test_install_records_the_running_stylebridge(tmp_path, monkeypatch):
         assert sb_logic.read_install(str(dest))["stylebridge"] == ["/x/stylebridge"]
     finally:
         sys.path.remove(str(dest))
-        for k in ("sb_logic", "sb_client"):
+        for k in ("sb_logic", "sb_client", "sb_desk"):
             sys.modules.pop(k, None)
         sys.modules.update(saved)
