@@ -27,8 +27,8 @@ from typing import Mapping
 PLUGIN_NAME = "stylebridge"
 CLIENT_FILE = "sb_client.py"                            # the protocol client: a copy of bridge/protocol.py
 #: The plug-in's own files, found in gimp_plugin/stylebridge (or where the wheel put them)
-PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_desk.py", "sb_widgets.py", "sb_png.py",
-                "sb_progress.py", "sb_watchdog.py")
+PLUGIN_FILES = ("stylebridge.py", "sb_dialog.py", "sb_logic.py", "sb_desk.py", "sb_widgets.py", "sb_layers.py",
+                "sb_png.py", "sb_progress.py", "sb_watchdog.py")
 #: What an installed plug-in folder holds (= pyproject's data-files), the client written from bridge/protocol.py
 INSTALLED_FILES = (*PLUGIN_FILES, CLIENT_FILE)
 DATA_DIR = Path("share") / "stylebridge" / "gimp_plugin" / PLUGIN_NAME    # pyproject's data-files target

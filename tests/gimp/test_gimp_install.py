@@ -68,7 +68,8 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("path, extra", [
     ("gimp_plugin/stylebridge/stylebridge.py", {"gi", "sb_client", "sb_png", "sb_logic", "sb_dialog", "sb_progress",
-                                                "sb_desk"}),
+                                                "sb_desk", "sb_layers"}),
+    ("gimp_plugin/stylebridge/sb_layers.py", {"gi", "sb_desk", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_progress.py", {"gi"}),
     ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic", "sb_desk", "sb_widgets",
                                               "sb_testhook"}),   # the tests' hook

@@ -352,7 +352,8 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     assert down["status"] == "execution-error", down
     # gimp-install recorded this machine's stylebridge, which GIMP's root cannot run: said, with what to do
     assert down["error"].startswith(expected + " (the plug-in tried to start it with `"), down["error"]
-    assert f"serve --host 127.0.0.1 --port {daemon.port}`: No such file or directory)." in down["error"]
+    assert f"serve --host 127.0.0.1 --port {daemon.port} --idle-exit 1200`: No such file or directory)." \
+        in down["error"]
     assert down["error"] in out2, "the message must be shown (Gimp.message)"
     assert not tree_diff(r2["after_down"], r2["from_xcf"]), "the image must not change"
     print("timings:", json.dumps(timings))
@@ -703,7 +704,8 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
                 time.sleep(0.2)
             assert request.exists(), "the plug-in did not start the recorded stylebridge"
             time.sleep(0.3)
-            assert request.read_text().split() == ["serve", "--host", "127.0.0.1", "--port", str(port)]
+            assert request.read_text().split() == ["serve", "--host", "127.0.0.1", "--port", str(port),
+                                                   "--idle-exit", "1200"]      # it stops when idle
             daemon = Daemon(tmp_path / "daemon", port=port).start()
             up.touch()
             out, _ = proc.communicate(timeout=240)
