@@ -77,8 +77,12 @@ class Previewer:
             return
         if key in self.waiting:
             return
+        try:
+            content = self._content_png()
+        except Exception:  # noqa: BLE001 - the instant preview said why already
+            return
         self.waiting.add(key)
-        self.queue.put((key, url, token, style, None, self._content_png(), done,
+        self.queue.put((key, url, token, style, None, content, done,
                         {"method": sb_desk.FAITHFUL, "settings": settings, "generation": self.generation}))
 
     def mixed(self, pixbuf, strength, original_colors):
