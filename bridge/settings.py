@@ -358,6 +358,9 @@ class ServiceDefaults:
     # this often, so a crash or kill -9 loses at most this much work (``serve``/``watch`` --checkpoint-seconds;
     # the engine's FileCheckpoint(interval_s=...)): the one home of this default.
     checkpoint_seconds: float = 120.0
+    # ``serve --idle-exit``: stop after this long with no job and no request (0 = never; the GIMP plug-in starts
+    # its daemon with 1200, sb_logic.IDLE_EXIT_S)
+    idle_exit_seconds: float = 0.0
 
     @property
     def url(self) -> str:

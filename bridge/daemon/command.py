@@ -67,9 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="zlib level of the layer PNGs (default: per layer, stored for photo-like layers and "
                             "level 1 for masks and empty layers: fastest on loopback; 1-9 for slow networks)")
     serve.add_argument("--verbose", "-v", action="store_true", help="log every request")
-    serve.add_argument("--idle-exit", type=float, default=0.0, metavar="SECONDS",
-                       help="stop after this long with no job queued or running and no request (default 0: never; "
-                            "the GIMP plug-in starts its daemon with 1200)")
+    serve.add_argument("--idle-exit", type=float, default=SERVICE.idle_exit_seconds, metavar="SECONDS",
+                       help=f"stop after this long with no job queued or running and no request (default "
+                            f"{SERVICE.idle_exit_seconds:g}: never; the GIMP plug-in starts its daemon with 1200)")
     serve.add_argument("--stop", action="store_true",
                        help="stop the daemon this machine runs on --port (its unfinished jobs stay for the next one)")
     serve.set_defaults(func=serve_command)
