@@ -100,6 +100,9 @@ groups = [l for l in img.get_layers() if l.is_group()]
 oldest = groups[-1]
 report["replace"] = run_stylebridge(img, oldest, **dict(P["args"], rerun="replace"))
 report["after_replace"] = describe(img)
+top_group = [l for l in img.get_layers() if l.is_group()][0]
+report["add"] = run_stylebridge(img, top_group.get_children()[0], **dict(P["args"], rerun="add"))
+report["after_add"] = describe(img)
 img.delete()
 save_report(report)
 '''
@@ -134,7 +137,7 @@ def test_rerun_lands_on_top(gimp, gimp_workdir, gimp_profile, tmp_path):
     finally:
         daemon.stop()
     report = read_json(report_path)
-    for run in ("first", "second", "replace"):
+    for run in ("first", "second", "replace", "add"):
         assert report[run]["status"] == "success", (run, report[run], out[-3000:])
     first_job = by_role(report["after_first"], "group")[0]["parasite"]["job"]
     second_job = next(d["parasite"]["job"] for d in by_role(report["after_second"], "group")
@@ -163,3 +166,10 @@ def test_rerun_lands_on_top(gimp, gimp_workdir, gimp_profile, tmp_path):
               if d["group"]]
     assert len(groups) == 2 and groups[0] == second_job and first_job not in groups, top
     assert [n for n, _ in top][:3] == ["Refine", "Original colours", "Detail"], top
+    # "add to this result group", chosen on a style layer of the top group: one more style layer in it
+    tree = report["after_add"]
+    assert len([d for d in tree if d["group"]]) == 2, _top(tree)
+    top_group = next(d for d in tree if d["group"])
+    members = [d for d in tree if d["parent"] == top_group["name"] and d["depth"] == 1]
+    assert len(members) == 2 and members[0]["parasite"]["job"] != second_job, members
+    assert [n for n, _ in _top(tree)][:3] == ["Refine", "Original colours", "Detail"], _top(tree)
