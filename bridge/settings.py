@@ -171,6 +171,10 @@ class Settings:
     style_scale: float = _opt(1.0, "size of the style images relative to the working size "
                               "(bigger = larger brush strokes)", minimum=0.05, maximum=8.0)
     normalize_gradients: bool = _opt(False, "normalise each loss's gradient (neural-style -normalize_gradients)")
+    # Regions (issue #22): a job with regions paints them all in one run ("fused"); this also keeps each style
+    # painted over the whole photo, as without regions (one more run per style).
+    region_style_layers: bool = _opt(False, "with regions: also paint each style over the whole photo as its own "
+                                     "layer/file (one more run per style), besides the fused result")
     # --- colour ----------------------------------------------------------------------------
     original_colors: bool = _opt(False, "keep the photo's colours: transfer luminance only")
     # --- optimiser ---------------------------------------------------------------------------
