@@ -365,8 +365,10 @@ def load_region(source: Any, size: tuple[int, int], *, style: str,
         what = f"{what} ({path})"
         try:
             data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{what}: no such file") from None
         except OSError as exc:
-            raise ImageError(f"{what}: {path}: cannot read the file ({exc.strerror or exc})") from None
+            raise ImageError(f"{what}: cannot read the file ({exc.strerror or exc})") from None
     width, height = int(size[0]), int(size[1])
     try:
         info = probe(io.BytesIO(data))

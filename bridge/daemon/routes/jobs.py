@@ -136,11 +136,6 @@ def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int, *, 
         if source.upload >= style_masks:
             raise ApiError(422, f"style_masks: upload {source.upload} named for {style!r}, but {style_masks} "
                                 "style_mask_files were sent (uploads count from 0)", option="style_masks")
-    named_regions = {source.upload for _, source in spec.regions}
-    if any(i not in named_regions for i in range(regions)):
-        unused = min(i for i in range(regions) if i not in named_regions)
-        raise ApiError(422, f"regions: region_files upload {unused} is named by no style in the job's regions "
-                            "(uploads count from 0)", option="regions")
     for style, source in spec.regions:
         if source.upload is None:
             raise ApiError(422, f"regions: the region of {style!r} must be an upload ({{\"upload\": i}} with the "
@@ -148,6 +143,11 @@ def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int, *, 
         if source.upload >= regions:
             raise ApiError(422, f"regions: upload {source.upload} named for {style!r}, but {regions} region_files "
                                 "were sent (uploads count from 0)", option="regions")
+    named_regions = {source.upload for _, source in spec.regions}
+    if any(i not in named_regions for i in range(regions)):
+        unused = min(i for i in range(regions) if i not in named_regions)
+        raise ApiError(422, f"regions: region_files upload {unused} is named by no style in the job's regions "
+                            "(uploads count from 0)", option="regions")
 
 
 @router.post("/v1/jobs", status_code=202, summary="Submit a stylisation job")
