@@ -259,6 +259,16 @@ def test_cli_psd_has_fused_on_top_of_the_styles_group_masked_by_the_union(tmp_pa
     assert [layer.name for layer in layers] == ["A", "B", "Fused"]  # "Fused" at the top of the group
 
 
+def test_cli_style_mask_of_a_style_without_a_layer_does_not_lose_the_run(tmp_path, files, engine, capsys) -> None:
+    """With regions a style has no layer of its own (unless asked): its --style-mask is unused, not an error
+    found after the run (which lost the result)."""
+    out = tmp_path / "r.psd"
+    code, _, err = cli(["stylize", files["photo"], "-s", files["A"], "-s", files["B"], "--region",
+                        f"A={files['left']}", "--style-mask", f"B={files['right']}", "-o", out, *FAST], capsys)
+    assert code == 0, err
+    assert [layer.name for layer in psd_group(out)[1]] == ["Fused"]
+
+
 # ------------------------------------------------------------------------------------------ the daemon
 
 def _daemon_app(tmp_path: Path, seen: list):
@@ -519,3 +529,37 @@ def test_same_regions_from_cli_hot_folder_and_daemon_give_the_same_arrays_and_pi
         assert np.array_equal(cli_regions[style], daemon_regions[style])
         assert np.array_equal(seen[0].regions[style], cli_regions[style])
     assert np.array_equal(hot_fused.pixels[..., :3], cli_pixels)
+
+
+# ------------------------------------------------------------------------------------------ the real engine
+
+def _engine_has_regions() -> bool:
+    import dataclasses
+
+    from bridge.engine.types import StyleInput
+    return "region" in {f.name for f in dataclasses.fields(StyleInput)}
+
+
+@pytest.mark.skipif(not _engine_has_regions(), reason="the engine's regions (branch reng) are not merged yet")
+def test_real_engine_cli_and_hot_folder_paint_the_same_fused_pixels(tmp_path, files, hot, capsys) -> None:
+    """One tiny real run: the CLI writes PHOTO_fused.png, and the hot folder's in-process run of a PSD whose
+    channels are the same regions paints the same pixels for the same seed."""
+    from bridge.pipeline import LoadedJob, render
+
+    out = tmp_path / "out"
+    code, _, err = cli(["stylize", files["photo"], "-s", files["A"], "-s", files["B"], "--region",
+                        f"A={files['left']}", "--region", f"B={files['right']}", "-o", f"{out}/", *FAST,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["photo_fused.png"]
+    cli_pixels = load_image(out / "photo_fused.png").rgb
+
+    a, b = halves()
+    (hot / "preset.json").write_text(json.dumps({"styles": ["styles/A.png", "styles/B.png"], "size": 32,
+                                                 "iterations": 2, "coarse_to_fine": False, "seed": 3,
+                                                 "device": "cpu"}))
+    inputs = _hot_inputs(hot, "photo.psd", psd_with_channels(photo_array(), {"A": a, "B": b}))
+    spec = inputs.spec
+    rendered = render(LoadedJob(inputs.content, inputs.styles, spec.settings, spec.document, regions=inputs.regions))
+    [fused] = [layer for layer in rendered.stack.items[1].children if layer.name == "Fused"]
+    assert np.array_equal(fused.pixels[..., :3], cli_pixels)

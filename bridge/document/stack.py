@@ -220,8 +220,8 @@ def build_stack(result: StylizeResult, settings: DocumentSettings,
     dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
     shape = (height, width)
 
-    if isinstance(masks, Mapping):
-        names = {img.name for img in result.images} | set(regions or ())   # regions: a style may have no layer
+    if isinstance(masks, Mapping) and not regions:     # with regions a style may have no layer of its own
+        names = {img.name for img in result.images}
         unknown = [n for n in masks if n not in names]
         if unknown:
             raise ValueError(f"mask for unknown style {unknown[0]!r} (styles: {', '.join(sorted(names))})")
