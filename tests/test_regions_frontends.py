@@ -411,12 +411,12 @@ def test_a_hostile_stored_region_is_quarantined(tmp_path, regions, words, caplog
 
 # ------------------------------------------------------------------------------------------ the hot folder
 
-def psd_with_channels(photo: np.ndarray, channels: dict[str, np.ndarray]) -> bytes:
+def psd_with_channels(photo: np.ndarray, channels: dict[str, np.ndarray], layers: list = ()) -> bytes:
     """An RGB PSD (tests/psd_build.py, written from the spec) whose merged image carries named alpha channels
     (resource 1045, Unicode names, as Photoshop writes them)."""
     from psd_build import _resource, psd
     merged = np.concatenate([photo.transpose(2, 0, 1), np.stack(list(channels.values()))])
-    data = psd("RGB", photo.shape[1], photo.shape[0], merged)
+    data = psd("RGB", photo.shape[1], photo.shape[0], merged, layers=list(layers))
     names = b"".join(struct.pack(">I", len(n) + 1) + (n + "\0").encode("utf-16-be") for n in channels)
     extra = _resource(1045, names)
     # splice the resource into the image resources section (after the header and empty colour mode data)
@@ -456,6 +456,26 @@ def test_hot_folder_psd_channels_named_after_styles_become_regions(hot, files) -
     assert np.array_equal(inputs.regions["A"], load_region(files["left"], (W, H), style="A"))
     assert np.array_equal(inputs.regions["B"], load_region(files["right"], (W, H), style="B"))
     assert np.array_equal(inputs.content.rgb, photo_array())   # the channels are not the photo's alpha
+
+
+def test_hot_folder_psd_region_layers_become_regions_and_stay_out_of_the_content(hot, files) -> None:
+    """A layer named "region: NAME" (white painted on a transparent layer) is NAME's region, and, visible or
+    not, is no part of the photo; an alpha channel of the same name wins over it."""
+    from psd_build import Layer
+    a, b = halves()
+    photo = photo_array()
+    opaque = np.dstack([photo, np.full((H, W), 255, np.uint8)])
+    white_b = np.dstack([np.full((H, W, 3), 255, np.uint8), b])
+    black_a = np.dstack([np.full((H, W, 3), 255, np.uint8), np.zeros((H, W), np.uint8)])
+    # "A" is also a channel: it wins over the layer "Region: A", whose alpha is empty
+    data = psd_with_channels(photo, {"A": a}, [Layer("Background", opaque), Layer("region: b", white_b),
+                                               Layer("Region: A", black_a)])
+    (hot / "preset.json").write_text(json.dumps({"styles": ["styles/A.png", "styles/B.png"]}))
+    inputs = _hot_inputs(hot, "layers.psd", data)
+    assert sorted(inputs.regions) == ["A", "B"]
+    assert np.array_equal(inputs.regions["A"], load_region(files["left"], (W, H), style="A"))
+    assert np.array_equal(inputs.regions["B"], load_region(files["right"], (W, H), style="B"))
+    assert np.abs(inputs.content.rgb.astype(int) - photo).max() <= 1     # the white region layer is left out
 
 
 def test_hot_folder_preset_regions_relative_to_the_preset(hot, files) -> None:

@@ -17,7 +17,9 @@ What comes out (:class:`PsdContent`):
 - ``channels``: the document's named alpha channels (Photoshop's Channels panel: resources 1045/1006 name
   them), each H x W uint8/uint16 as stored (white = selected); the hot folder takes those named after a
   style as that style's region (issue #22). Only the channels of the stored merged image are there: a file
-  saved without "maximize compatibility" has none.
+  saved without "maximize compatibility" has none. Layers named **``region: NAME``** give a region too: the
+  layer's coverage on the canvas (its alpha times its layer mask: paint white on a transparent layer, or fill
+  and mask); like style layers they are left out of the content. A channel wins over a layer of the same name.
 
 Colour: RGB as is; grayscale -> grey RGB; CMYK -> sRGB through the embedded profile (else a naive
 formula), tagged sRGB; Lab -> sRGB by the CIE formulas (D50, Bradford to D65:
@@ -52,6 +54,7 @@ from ..imaging import ImageError, Picture, short_reason
 from ..settings import LIMITS
 
 STYLE_PREFIX = re.compile(r"^\s*style\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
+REGION_PREFIX = re.compile(r"^\s*region\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
 
 _SUPPORTED = {"RGB", "GRAYSCALE", "CMYK", "BITMAP", "INDEXED", "LAB"}
 _REFUSED_HINT = "convert it to RGB (Image > Mode > RGB Color) and save again"
@@ -85,6 +88,14 @@ def clean_name(name: str) -> str:
 def style_name(layer_name: str) -> str | None:
     """``"style: Starry Night"`` -> ``"Starry Night"``; None when the layer is not a style layer."""
     m = STYLE_PREFIX.match(clean_name(layer_name))
+    if not m or not m.group("name"):
+        return None
+    return m.group("name")
+
+
+def region_name(layer_name: str) -> str | None:
+    """``"region: Starry Night"`` -> ``"Starry Night"``; None when the layer is not a region layer."""
+    m = REGION_PREFIX.match(clean_name(layer_name))
     if not m or not m.group("name"):
         return None
     return m.group("name")
@@ -151,8 +162,10 @@ def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None)
     style_layers = [(style_name(layer.name), layer) for layer in layers
                     if style_name(layer.name) is not None]
 
+    region_layers = [(region_name(layer.name), layer) for layer in layers
+                     if region_name(layer.name) is not None and not layer.is_group()]
     composite = _composite(psd, mode, icc, dpi, stem,
-                           exclude={id(layer) for _, layer in style_layers})
+                           exclude={id(layer) for _, layer in style_layers + region_layers})
 
     content = composite
     if content_layer is not None:
@@ -172,9 +185,16 @@ def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None)
             raise ImageError(f"{label}: style layer {clean_name(layer.name)!r} is empty")
         styles.append(StyleInput(name=name, picture=pic))
 
+    channels = _named_channels(psd, mode)
+    for name, layer in region_layers:
+        if name in channels:
+            continue
+        pic = _layer_picture(psd, layer, mode, composite, canvas=True, label=label)
+        if pic is not None:
+            channels[str(name)] = pic.alpha if pic.alpha is not None else \
+                np.full((pic.height, pic.width), pic.max_value, pic.rgb.dtype)
     return PsdContent(composite=composite, content=content, styles=styles, layer_names=names,
-                      channels=_named_channels(psd, mode), color_mode=mode, depth=int(psd.depth),
-                      large_format=psd.version == 2)
+                      channels=channels, color_mode=mode, depth=int(psd.depth), large_format=psd.version == 2)
 
 
 def _named_channels(psd: Any, mode: str) -> dict[str, np.ndarray]:
