@@ -384,9 +384,10 @@ def load_region(source: Any, size: tuple[int, int], *, style: str,
         grey = load_mask(data, got, max_pixels=max_pixels)
     except ImageError as exc:
         text = str(exc)
-        raise ImageError(f"{what}: {text[len('upload: '):] if text.startswith('upload: ') else text}") from None
+        raise ImageError(f"{what}: {text.removeprefix('upload: ')}") from None
     if grey.shape != (height, width):
-        grey = np.asarray(Image.fromarray(grey, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+        image = Image.fromarray(np.ascontiguousarray(grey, np.float32))          # mode "F"
+        grey = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
     grey = np.clip(grey, 0.0, 1.0).astype(np.float32, copy=False)
     check_region(grey, style)
     return grey

@@ -24,7 +24,7 @@ from PIL import Image
 
 from bridge.cli import main
 from bridge.engine.types import StyledImage, StylizeResult
-from bridge.imaging import ImageError, Picture, load_image, save_image
+from bridge.imaging import ImageError, Picture, load_image
 from bridge.job import JobSpec, Source, check, load_region
 from bridge.settings import SettingsError
 
@@ -208,7 +208,7 @@ def test_cli_bad_regions_exit_2_before_any_work(tmp_path, files, engine, capsys,
     (tmp_path / "black.png").write_bytes(png(np.zeros((H, W), np.uint8)))
     region = region.format(left=files["left"], square=tmp_path / "square.png", black=tmp_path / "black.png",
                            missing=tmp_path / "missing.png")
-    code, out, err = cli(["stylize", files["photo"], "-s", files["A"], "-s", files["B"], "--region", region,
+    code, _, err = cli(["stylize", files["photo"], "-s", files["A"], "-s", files["B"], "--region", region,
                           "-o", f"{tmp_path / 'out'}/", *FAST], capsys)
     assert code == 2 and words in err and "Traceback" not in err, err
     assert err.count("\n") == 1 and engine.calls == [] and not (tmp_path / "out").exists()
@@ -352,8 +352,9 @@ def test_daemon_black_region_fails_the_job_with_one_line(tmp_path, files, engine
 
 
 def test_regions_are_persisted_and_resumed_by_a_new_daemon(tmp_path, files) -> None:
+    from test_daemon_persist import dead_daemon, stored_job
+
     from bridge.daemon import persist
-    from test_daemon_persist import dead_daemon, start, stored_job
 
     jobs = tmp_path / "jobs"
     dead = dead_daemon(jobs)
@@ -394,8 +395,9 @@ def test_regions_are_persisted_and_resumed_by_a_new_daemon(tmp_path, files) -> N
 def test_a_hostile_stored_region_is_quarantined(tmp_path, regions, words, caplog) -> None:
     import logging
 
-    from bridge.daemon import persist
     from test_daemon_persist import dead_daemon, start, stored_job, warnings_of
+
+    from bridge.daemon import persist
 
     jobs = tmp_path / "jobs"
     _, folder = stored_job(dead_daemon(jobs), lambda record: record.update(regions=regions))
