@@ -514,6 +514,41 @@ def test_hot_folder_daemon_mode_uploads_the_same_region_bytes(hot, files) -> Non
     assert list(inputs.region_files.values()) == [files["left"].read_bytes(), files["right"].read_bytes()]
 
 
+class InProcessClient:
+    """bridge.protocol.Client whose HTTP exchanges go to a TestClient (the daemon in this process)."""
+
+    def __new__(cls, test_client):
+        from bridge.protocol import Client
+
+        class Routed(Client):
+            def request(self, method, path, *, body=None, content_type=None, query=None, timeout=None):
+                headers = {"content-type": content_type} if content_type else {}
+                r = test_client.request(method, path, content=body, headers=headers, params=query)
+                if r.status_code >= 400:
+                    raise AssertionError(r.text)
+                return r.status_code, dict(r.headers), r.content
+        return Routed(BASE)
+
+
+def test_hot_folder_daemon_mode_through_the_protocol_client(hot, files, engine, tmp_path) -> None:
+    """What DaemonEngine.render sends (wire_job + Client.submit_job(region_files=...)) reaches the daemon's engine
+    as the regions the hot folder decoded in-process."""
+    from bridge.hotfolder.process import wire_job
+    a, b = halves()
+    (hot / "preset.json").write_text(json.dumps({"styles": ["styles/A.png", "styles/B.png"], "size": 32}))
+    inputs = _hot_inputs(hot, "photo.psd", psd_with_channels(photo_array(), {"A": a, "B": b}))
+    job, style_files = wire_job(inputs)
+    seen: list = []
+    with TestClient(_daemon_app(tmp_path, seen), base_url=BASE) as test_client:
+        client = InProcessClient(test_client)
+        queued = client.submit_job(files["photo"].read_bytes(), job, style_files=style_files,
+                                   region_files=list(inputs.region_files.values()))
+        assert _wait(test_client, queued["id"])["status"] == "done"
+    for style in ("A", "B"):
+        assert np.array_equal(seen[0].regions[style], inputs.regions[style])
+        assert np.array_equal(engine.calls[-1][style], inputs.regions[style])
+
+
 # ------------------------------------------------------------------------------------------ one vocabulary
 
 def test_same_regions_from_cli_hot_folder_and_daemon_give_the_same_arrays_and_pixels(tmp_path, files, hot, engine,
