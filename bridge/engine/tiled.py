@@ -274,7 +274,7 @@ def _gram_sums(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...]
                 for out, w in zip(sums, sets):
                     if w is not None and name not in w:
                         continue
-                    fw = f if w is None else f * w[grows, gcols].reshape(1, -1)
+                    fw = f if w is None else f * w[name][grows, gcols].reshape(1, -1)
                     gram = fw @ f.t()
                     out[name] = gram if name not in out else out[name].add_(gram)
         del feats
