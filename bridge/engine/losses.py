@@ -94,7 +94,8 @@ class GuidedStyleLoss(nn.Module):
     region's own weight, so each of its positions pulls ``1/share`` times harder than in a plain run; the share
     brings every pixel back to a plain run's style/content balance (an all-ones region is exactly StyleLoss)."""
 
-    def __init__(self, target_gram: torch.Tensor, weights: torch.Tensor, weight: float, normalize: bool = False) -> None:
+    def __init__(self, target_gram: torch.Tensor, weights: torch.Tensor, weight: float,
+                 normalize: bool = False) -> None:
         super().__init__()
         self.register_buffer("target", target_gram.detach())
         self.register_buffer("weights", weights.detach())

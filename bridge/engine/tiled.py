@@ -12,6 +12,11 @@ al., "Scaling Painting Style Transfer", EGSR 2024; written from the idea, no cod
    added into the image's gradient (overlap-add). Every feature position is owned by exactly one block,
    so the sum is the whole-image gradient.
 
+Regions (guided Grams, :class:`bridge.engine.losses.GuidedStyleLoss`): a guided Gram ``(F W) F^T / (C sum W)``
+is a weighted sum over positions too, so pass 1 sums ``(F W) F^T`` per region over the owned cells with the
+region's weights (given on the whole image's feature grid) cut with the same cells, and pass 2 injects each
+region's ``dL/dF`` times its weights: exact as the plain Gram (tests/test_engine_regions.py).
+
 A block's margin only has to cover the *forward* receptive field of its owned features (70 px for relu5_1,
 computed from the modules by :func:`context`), not twice that as when only the inner gradient is kept.
 Block origins are multiples of 16 so the four 2x2 poolings fall on the whole image's grid. Blocks are laid
@@ -441,7 +446,8 @@ class TiledObjective:
                     for region, mults in zip(self.regions, region_mult):
                         if name in mults:
                             w = region.weights[name][grows, gcols]
-                            g[0, :, rows, cols] += (mults[name] @ own.reshape(own.shape[0], -1)).reshape(own.shape) * w
+                            flat = own.reshape(own.shape[0], -1)
+                            g[0, :, rows, cols] += (mults[name] @ flat).reshape(own.shape) * w
                     if name in self.targets:
                         numel = float(f.shape[1] * grid.sizes[name][0] * grid.sizes[name][1])
                         t = self.targets[name][0, :, grows, gcols]
