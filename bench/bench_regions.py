@@ -14,6 +14,9 @@
 The photo is first brought to the working size, so every result is compared at the size it was painted.
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD .venv/bin/python bench/bench_regions.py [--size 256 --iterations 40]
+
+On a busy machine the runs can be split over processes (``--runs ... --no-report``, then ``--runs ''`` for the
+report); keep the cost comparison's three runs (single_a, single_b, fused_ab) in one process.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from bridge.engine.vgg import load_vgg
 from bridge.imaging import Picture, load_image
 from bridge.settings import Settings
 
+RUNS = ("single_a", "single_b", "fused_ab", "fused_ba", "fused_soft")
+
 
 def shrink(picture: Picture, long_side: int) -> Picture:
     scale = long_side / max(picture.width, picture.height)
@@ -58,6 +63,9 @@ def main() -> None:
     ap.add_argument("--feather", type=int, default=64, help="width in px of the soft boundary of (c)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS / "regions"))
+    ap.add_argument("--runs", default=",".join(RUNS), help="which runs to make now (each is saved as OUT_RUN.npz, "
+                    "so two processes can share them on a busy machine); the report uses the saved ones")
+    ap.add_argument("--no-report", action="store_true", help="only make the runs")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -77,20 +85,36 @@ def main() -> None:
     def run(styles: list[StyleInput]) -> tuple[dict[str, np.ndarray], float, int]:
         iters = []
         t = time.perf_counter()
-        result = stylize(photo, styles, settings, progress=lambda p: iters.append(p.done_iterations))
+
+        def progress(p) -> None:
+            if p.block is None:
+                if p.iteration == p.stage_iterations:
+                    print(f"  {p.style_name} stage {p.stage}/{p.stages} done at {time.perf_counter() - t:.0f} s",
+                          flush=True)
+                iters.append(p.done_iterations)
+
+        result = stylize(photo, styles, settings, progress=progress)
         seconds = time.perf_counter() - t
         return ({i.name: i.picture.rgb_float() for i in result.images}, seconds, max(iters))
 
-    runs = {}
     def pair(a_region: np.ndarray, b_region: np.ndarray) -> list[StyleInput]:
         return [StyleInput("A", style_a, region=a_region), StyleInput("B", style_b, region=b_region)]
 
-    for name, styles in (("single_a", [StyleInput("A", style_a)]), ("single_b", [StyleInput("B", style_b)]),
-                         ("fused_ab", pair(left, 1 - left)), ("fused_ba", pair(1 - left, left)),
-                         ("fused_soft", pair(soft, 1 - soft))):
-        images, seconds, iters = run(styles)
-        runs[name] = (images, seconds, iters)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    inputs = {"single_a": [StyleInput("A", style_a)], "single_b": [StyleInput("B", style_b)],
+              "fused_ab": pair(left, 1 - left), "fused_ba": pair(1 - left, left), "fused_soft": pair(soft, 1 - soft)}
+    for name in [r for r in args.runs.split(",") if r]:
+        images, seconds, iters = run(inputs[name])
+        np.savez(f"{out}_{name}.npz", seconds=seconds, iterations=iters, **images)
         print(f"{name}: {seconds:.1f} s, {iters} iterations", flush=True)
+    if args.no_report:
+        return
+    runs = {}
+    for name in RUNS:
+        with np.load(f"{out}_{name}.npz") as z:
+            runs[name] = ({k: z[k] for k in z.files if k not in ("seconds", "iterations")}, float(z["seconds"]),
+                          int(z["iterations"]))
     single_a = runs["single_a"][0]["A"]
     single_b = runs["single_b"][0]["B"]
     ab, ba, fsoft = runs["fused_ab"][0]["fused"], runs["fused_ba"][0]["fused"], runs["fused_soft"][0]["fused"]
@@ -139,8 +163,6 @@ def main() -> None:
     for name, row in boundary.items():
         print(f"  {name:18s} vs A {row['vs_A']:.4g}  vs B {row['vs_B']:.4g}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pad = 16
     crop = (slice(None), slice(max(0, b0 - pad), min(w, b1 + pad)))
     gap = np.ones((h, 4, 3), np.float32)
