@@ -599,8 +599,8 @@ def _engine_has_regions() -> bool:
 
 @pytest.mark.skipif(not _engine_has_regions(), reason="the engine's regions (branch reng) are not merged yet")
 def test_real_engine_cli_and_hot_folder_paint_the_same_fused_pixels(tmp_path, files, hot, capsys) -> None:
-    """One tiny real run: the CLI writes PHOTO_fused.png, and the hot folder's in-process run of a PSD whose
-    channels are the same regions paints the same pixels for the same seed."""
+    """One tiny real run: the CLI writes PHOTO_fused.png; the hot folder's in-process run of a PSD whose channels
+    are the same regions, and the daemon given them as region_files, paint the same pixels for the same seed."""
     from bridge.pipeline import LoadedJob, render
 
     out = tmp_path / "out"
@@ -620,3 +620,15 @@ def test_real_engine_cli_and_hot_folder_paint_the_same_fused_pixels(tmp_path, fi
     rendered = render(LoadedJob(inputs.content, inputs.styles, spec.settings, spec.document, regions=inputs.regions))
     [fused] = [layer for layer in rendered.stack.items[1].children if layer.name == "Fused"]
     assert np.array_equal(fused.pixels[..., :3], cli_pixels)
+
+    with TestClient(_daemon_app(tmp_path, []), base_url=BASE) as client:      # the daemon, same regions and seed
+        r = _submit(client, files, {"styles": STYLES, "regions": {"A": {"upload": 0}, "B": {"upload": 1}},
+                                    "settings": {"size": 32, "iterations": 2, "coarse_to_fine": False, "seed": 3}},
+                    list(inputs.region_files.values()))
+        assert r.status_code == 202, r.text
+        status = _wait(client, r.json()["id"])
+        assert status["status"] == "done", status
+        layers = client.get(f"/v1/jobs/{status['id']}/result").json()["layers"]
+        [layer] = [item for item in layers if item["name"] == "Fused"]
+        daemon_pixels = load_image(client.get(layer["image_url"]).content).rgb
+    assert np.array_equal(daemon_pixels, cli_pixels)
