@@ -20,11 +20,14 @@ from __future__ import annotations
 import math
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import protocol
 from .settings import (DEFAULTS, DOCUMENT_DEFAULTS, LIMITS, RENAMED, REVEAL_CHOICES, DocumentSettings, Limits, Settings, SettingsError)
 from .settings_parse import normalise_keys, settings_from_mapping, unknown_option_message
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: The protocol's version (its home is bridge.protocol): sent with each job, checked here.
 PROTOCOL_VERSION: int = protocol.PROTOCOL_VERSION
@@ -37,6 +40,8 @@ PATH_OPTIONS = ("init_image",)
 LIMITED = {"iterations": "max_iterations", "coarse_iterations": "max_iterations",
            "large_iterations": "max_iterations", "size": "max_size", "min_size": "max_size",
            "base_size": "max_size"}
+#: The result of a job with regions: every region painted in one run (file CONTENT_fused.png, layer "Fused").
+FUSED = "fused"
 #: Old mask words (daemon ``mask_mode``, the GIMP plug-in before 0.2) -> the one vocabulary.
 OLD_MASK_WORDS = {"reveal-all": "all", "hide-all": "none", "auto": "first"}
 
@@ -142,6 +147,8 @@ class JobSpec:
     what is sent to a daemon, which applies them over its own defaults. ``settings``/``document`` are the
     result on this side's defaults. ``mask`` is one grey mask for every style layer (GIMP: the selection);
     ``style_masks`` one per named style; styles without a mask follow ``document.reveal``.
+    ``regions`` (issue #22): style name -> a mask of where that style is painted; with any region the engine
+    paints every region in one run, the result ``fused`` (:func:`load_region` decodes them).
     """
 
     styles: tuple[Source, ...]
@@ -151,6 +158,7 @@ class JobSpec:
     content: Source | None = None
     mask: Source | None = None
     style_masks: tuple[tuple[str, Source], ...] = ()
+    regions: tuple[tuple[str, Source], ...] = ()
     name: str | None = None
     content_layer: str | None = None      # PSD input: the layer to stylise instead of the composite
     priority: Priority = Priority.INTERACTIVE
@@ -181,6 +189,8 @@ class JobSpec:
             out["mask"] = self.mask.to_json()
         if self.style_masks:
             out["style_masks"] = {name: src.to_json() for name, src in self.style_masks}
+        if self.regions:
+            out["regions"] = {name: src.to_json() for name, src in self.regions}
         if self.name:
             out["name"] = self.name
         if self.content_layer:
@@ -200,7 +210,8 @@ class JobSpec:
         if not isinstance(data, dict):
             raise SettingsError("job", "must be a JSON object")
         check_protocol(data.get("protocol"))
-        known = ("protocol", "styles", "settings", "mask", "style_masks", "name", "content_layer", "priority")
+        known = ("protocol", "styles", "settings", "mask", "style_masks", "regions", "name", "content_layer",
+                 "priority")
         for key in data:
             if key not in known:
                 raise SettingsError("job", f"{key!r}: {unknown_option_message(str(key), known)}")
@@ -219,6 +230,11 @@ class JobSpec:
             raise SettingsError("style_masks", "must be an object: style name -> mask")
         style_masks = tuple((str(k), Source.from_json(v, what="style_masks", allow_paths=allow_paths))
                             for k, v in raw_masks.items())
+        raw_regions = data.get("regions") or {}
+        if not isinstance(raw_regions, dict):
+            raise SettingsError("regions", 'must be an object: style name -> mask, e.g. {"Starry": {"upload": 0}}')
+        regions = tuple((str(k), Source.from_json(v, what="regions", allow_paths=allow_paths))
+                        for k, v in raw_regions.items())
         name = data.get("name")
         if name is not None and not isinstance(name, str):
             raise SettingsError("name", "must be text")
@@ -229,7 +245,7 @@ class JobSpec:
         if priority not in tuple(p.value for p in Priority):
             raise SettingsError("priority", f"{_short(priority)} is not one of {', '.join(p.value for p in Priority)}")
         return cls.build(options, styles, base=base, document_base=document_base, mask=mask,
-                         style_masks=style_masks, name=name or None, content_layer=layer or None,
+                         style_masks=style_masks, regions=regions, name=name or None, content_layer=layer or None,
                          priority=Priority(priority))
 
 
@@ -287,6 +303,7 @@ def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False,
     for style, _ in spec.style_masks:
         if style not in layers:
             raise SettingsError("style_masks", f"{style!r}: no such style (styles: {', '.join(layers)})")
+    check_regions(spec)
     if over_http:
         for option in PATH_OPTIONS:
             if option in spec.options:
@@ -294,9 +311,94 @@ def check(spec: JobSpec, limits: Limits = LIMITS, *, over_http: bool = False,
         if settings.init == "file":
             raise SettingsError("init", "'file' is not available over HTTP (the daemon does not read paths named "
                                         "by clients); use init content or random")
-        for src in (*spec.styles, *(m for _, m in spec.style_masks), *((spec.mask,) if spec.mask else ())):
+        for src in (*spec.styles, *(m for _, m in spec.style_masks), *(m for _, m in spec.regions),
+                    *((spec.mask,) if spec.mask else ())):
             if src.path is not None:
                 raise SettingsError("styles", "a file path is not accepted over HTTP: upload the file instead")
+
+
+def check_regions(spec: JobSpec) -> None:
+    """Regions name styles of the job, each once; the blended result has no place in one fused run."""
+    names = spec.style_names
+    seen: set[str] = set()
+    for style, _ in spec.regions:
+        if style not in names:
+            raise SettingsError("regions", f"{style!r}: no such style (styles: {', '.join(names)}); name a "
+                                           "region after the style it is painted with")
+        if style in seen:
+            raise SettingsError("regions", f"{style!r}: given twice; give one region per style")
+        seen.add(style)
+    if spec.regions and spec.settings.style_blend_weights is not None:
+        raise SettingsError("regions", "regions and style_blend_weights cannot be combined: regions paint each "
+                                       "style where it goes; drop one of them")
+
+
+def region_names(spec: JobSpec) -> list[str]:
+    """The results of a job, in the engine's order: each style (and the blend), or with regions ``fused``
+    (after each style's own result with ``region_style_layers``)."""
+    names = spec.style_names + (["blend"] if spec.settings.style_blend_weights is not None else [])
+    if not spec.regions:
+        return names
+    return (names if spec.settings.region_style_layers else []) + [FUSED]
+
+
+def load_region(source: Any, size: tuple[int, int], *, style: str,
+                max_pixels: int = LIMITS.max_pixels) -> "np.ndarray":
+    """One region's mask (a path or the file's bytes) as H x W float32 0..1 at the photo's ``size`` (width,
+    height): grey, colour and alpha as :func:`bridge.imaging.load_mask` reads a mask; a mask of another size but
+    the photo's shape is resized (a region drawn on a smaller copy). ImageError, naming the style, for a mask of
+    another shape or one that covers nothing."""
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .imaging import ImageError, load_mask
+    from .imaging.probe import probe
+
+    what = f"region of style {style!r}"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        what = f"{what} ({path})"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{what}: no such file") from None
+        except OSError as exc:
+            raise ImageError(f"{what}: cannot read the file ({exc.strerror or exc})") from None
+    width, height = int(size[0]), int(size[1])
+    try:
+        info = probe(io.BytesIO(data))
+        got = (int(info.width), int(info.height))
+    except Exception:  # noqa: BLE001 - an unreadable header: load_mask says what is wrong
+        got = (width, height)
+    if got[0] * got[1] > max_pixels:
+        raise ImageError(f"{what}: {got[0]}x{got[1]} is over the limit of {max_pixels:,} pixels")
+    if abs(got[0] * height - got[1] * width) > max(width, height, got[0], got[1]):
+        raise ImageError(f"{what}: is {got[0]}x{got[1]}, not the shape of the photo ({width}x{height}); "
+                         "export the region at the photo's size")
+    try:
+        grey = load_mask(data, got, max_pixels=max_pixels)
+    except ImageError as exc:
+        text = str(exc)
+        raise ImageError(f"{what}: {text.removeprefix('upload: ')}") from None
+    if grey.shape != (height, width):
+        image = Image.fromarray(np.ascontiguousarray(grey, np.float32))          # mode "F"
+        grey = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    grey = np.clip(grey, 0.0, 1.0).astype(np.float32, copy=False)
+    check_region(grey, style)
+    return grey
+
+
+def check_region(region: "np.ndarray", style: str) -> None:
+    """A region that covers no pixel would paint its style nowhere: a mistake (a black or empty mask)."""
+    from .imaging import ImageError
+    if not float(region.max(initial=0.0)) > 0.0:
+        raise ImageError(f"region of style {style!r}: the mask is black everywhere, so the style would be painted "
+                         "nowhere; paint the region white where the style goes")
 
 
 def limit_error(option: str, value: Any, limits: Limits = LIMITS) -> LimitError | None:
@@ -335,8 +437,9 @@ def _native(settings: Settings, option: str) -> bool:
     return bool(getattr(settings, "native", False)) and option == "size"
 
 
-def unique_names(names: Iterable[str], reserved: Iterable[str] = ("blend",)) -> list[str]:
-    """``a, a, b`` -> ``a, a-2, b``: the one rule for layer and result names (``blend`` is taken)."""
+def unique_names(names: Iterable[str], reserved: Iterable[str] = ("blend", "fused")) -> list[str]:
+    """``a, a, b`` -> ``a, a-2, b``: the one rule for layer and result names (``blend`` and ``fused``, the
+    regions' result, are taken)."""
     used: set[str] = set(reserved)
     out: list[str] = []
     for name in names:
@@ -362,6 +465,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["PROTOCOL_VERSION", "FIXED_BY_DAEMON", "LimitError", "Priority", "Source", "JobSpec", "check", "check_protocol",
+__all__ = ["PROTOCOL_VERSION", "FIXED_BY_DAEMON", "FUSED", "LimitError", "check_region", "check_regions",
+           "load_region", "region_names", "Priority", "Source", "JobSpec", "check", "check_protocol",
            "limit_error",
            "mask_word", "unique_names", "RENAMED"]

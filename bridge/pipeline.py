@@ -11,6 +11,7 @@ names its own files: preset.json, in/).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ class LoadedJob:
     mask: np.ndarray | None = None     # H x W, the content's dtype: one mask for every style layer
     style_masks: dict[str, np.ndarray] = field(default_factory=dict)   # style layer name -> its own mask
     name: str | None = None            # the run's name (the Styles group's), None: from the styles
+    # style name -> where it is painted (H x W float32 0..1 at the photo's size): one fused run (issue #22)
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def masks(self) -> dict[str, np.ndarray] | np.ndarray | None:
@@ -70,17 +73,36 @@ def render(job: LoadedJob, *, progress: "Callable[[Progress], None] | None" = No
     from .engine import stylize
 
     started = time.perf_counter()
-    result = stylize(job.content, job.styles, job.settings, progress, cancel, checkpoint=checkpoint)
+    styles = with_regions(job.styles, job.regions)
+    result = stylize(job.content, styles, job.settings, progress, cancel, checkpoint=checkpoint)
     engine_s = time.perf_counter() - started
     if not keep(result):
         return None
     on_layers()
     layers_started = time.perf_counter()
-    stack = build_stack(result, job.document, masks=job.masks, run_name=job.name)
+    stack = build_stack(result, job.document, masks=job.masks, run_name=job.name, regions=job.regions or None)
     layers_s = time.perf_counter() - layers_started
     stack.meta["seconds"] = round(time.perf_counter() - started, 3)
     stack.meta["timings"] = {"engine_s": round(engine_s, 3), "layers_s": round(layers_s, 3)}
     return Rendered(result, stack, engine_s, layers_s)
+
+
+def with_regions(styles: "list[StyleInput]", regions: dict[str, np.ndarray]) -> "list[StyleInput]":
+    """The StyleInputs the engine takes: each style with its region (``StyleInput.region``), or unchanged when
+    the job has none. Copies: the job's own inputs stay as they were (a paused job runs again from them)."""
+    if not regions:
+        return list(styles)
+    unknown = sorted(set(regions) - {s.name for s in styles})
+    if unknown:
+        from .settings import SettingsError
+        raise SettingsError("regions", f"{unknown[0]!r}: no such style (styles: "
+                                       f"{', '.join(s.name for s in styles)})")
+    out = []
+    for style in styles:
+        copy = dataclasses.replace(style)
+        copy.region = regions.get(style.name)      # (a plain attribute until the engine declares the field)
+        out.append(copy)
+    return out
 
 
 class FailureKind(str, enum.Enum):

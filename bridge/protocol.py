@@ -369,12 +369,13 @@ class Client:
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
 
     def submit_job(self, content: Any, job: dict, *, style_files: Iterable[Any] = (), mask: Any = None,
-                   style_mask_files: Iterable[Any] = ()) -> dict:
+                   style_mask_files: Iterable[Any] = (), region_files: Iterable[Any] = ()) -> dict:
         """POST /v1/jobs with a job description (``bridge.job.JobSpec.to_json()``): the protocol-2 way.
 
         ``{"upload": i}`` in the job's styles, ``mask`` and ``style_masks`` refers to the i-th file of
         ``style_files``, to ``mask`` (0), and to the i-th of ``style_mask_files``. Files are paths, bytes or
-        (filename, bytes). Returns the job status (queued)."""
+        (filename, bytes). ``region_files``: the i-th is the job's ``"regions": {STYLE: {"upload": i}}`` (where
+        each style is painted, one run: the result "fused"). Returns the job status (queued)."""
         self.require_protocol(2)
         job = dict(job)
         job.setdefault("protocol", PROTOCOL_VERSION)
@@ -383,6 +384,7 @@ class Client:
         if mask is not None:
             files.append(("mask", *as_file(mask, "mask.png")))
         files += [("style_mask_files", *as_file(f, f"mask{i + 1}.png")) for i, f in enumerate(style_mask_files)]
+        files += [("region_files", *as_file(f, f"region{i + 1}.png")) for i, f in enumerate(region_files)]
         body, ctype = encode_multipart([("job", json.dumps(job))], files)
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
 

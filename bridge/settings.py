@@ -171,6 +171,10 @@ class Settings:
     style_scale: float = _opt(1.0, "size of the style images relative to the working size "
                               "(bigger = larger brush strokes)", minimum=0.05, maximum=8.0)
     normalize_gradients: bool = _opt(False, "normalise each loss's gradient (neural-style -normalize_gradients)")
+    # Regions (guided Grams, bridge/engine/targets.py): with them a run gives one "fused" result; this asks for
+    # the per-style results over the whole photo as well (each costs one more optimisation).
+    region_style_layers: bool = _opt(False, "with regions: also paint each style over the whole photo (one result "
+                                     "per style before the fused one; each costs a run of its own)")
     # --- colour ----------------------------------------------------------------------------
     original_colors: bool = _opt(False, "keep the photo's colours: transfer luminance only")
     # --- optimiser ---------------------------------------------------------------------------

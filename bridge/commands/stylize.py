@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..imaging import ImageError, Picture, image_size, load_image, load_mask, save_image
-from ..job import JobSpec, Source, check
+from ..job import JobSpec, Source, check, load_region, region_names
 from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
-from ..pipeline import FailureKind, classify
+from ..pipeline import FailureKind, classify, with_regions
 from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError
 
 DOCUMENT_SUFFIXES = (".psd", ".psb")
@@ -55,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "created if its parent exists (ending OUT in / creates the missing parents too); so is the "
                "folder of an OUT file. Nothing is ever replaced: a taken name becomes NAME-2, NAME-3... and the "
                "names written are printed. Where OUT cannot be written (read-only, no such folder, name too "
-               "long) the run stops before any work, with exit code 2.")
+               "long) the run stops before any work, with exit code 2. "
+               "Regions: --region STYLE=MASK (once per style) paints each style only where its mask is white, all "
+               "in one run: the result is CONTENT_fused.png in a folder, or the layer \"Fused\" at the top of the "
+               "Styles group of a .psd/.psb (masked by the union of the regions: pixels in no region show the "
+               "photo); add --region-style-layers to also get each style painted over the whole photo (one more "
+               "run per style).")
     p.add_argument("content", metavar="CONTENT", help="the photo")
     p.add_argument("-s", "--style", dest="styles", action="append", required=True, metavar="STYLE",
                    help="a style image (repeat for several styles)")
@@ -66,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", metavar="FILE", help="grayscale mask (photo size) for every style layer (PSD only)")
     p.add_argument("--style-mask", action="append", default=[], metavar="STYLE=FILE",
                    help="grayscale mask for one style layer, by style name (PSD only; repeatable)")
+    p.add_argument("--region", dest="regions", action="append", default=[], metavar="STYLE=MASK",
+                   help="where one style is painted: a grey image (white = this style), at the photo's size or "
+                        "shape, by style name (repeatable); all regions are painted in one run, the result "
+                        "\"fused\" (see below)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no list of written files")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     _add_setting_options(p.add_argument_group("engine settings"), Settings, DEFAULTS)
@@ -164,6 +173,7 @@ class _Job:
     kind: str                        # "folder" | "document" | "image"
     masks: Any = None
     make_parents: bool = False       # folder output given with a trailing /: create missing parents too
+    regions: dict = dataclasses.field(default_factory=dict)   # style name -> H x W float32 0..1 (--region)
 
     @property
     def settings(self) -> Settings:
@@ -184,13 +194,20 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
         if not sep or not style or not path:
             raise CliError(f"--style-mask {item!r}: expected STYLE=FILE")
         style_masks.append((style, Source(path=path)))
+    regions: list[tuple[str, Source]] = []
+    for item in getattr(args, "regions", []):
+        style, sep, path = item.partition("=")
+        if not sep or not style or not path:
+            raise CliError(f"--region {item!r}: expected STYLE=MASK (a style's name, = and a grey image)")
+        regions.append((style, Source(path=path)))
     spec = JobSpec.build(given_options(args), styles, mask=Source(path=args.mask) if args.mask else None,
-                         style_masks=tuple(style_masks), name=_safe(Path(args.content).stem))
+                         style_masks=tuple(style_masks), regions=tuple(regions), name=_safe(Path(args.content).stem))
     try:
         check(spec, LIMITS)
     except SettingsError as exc:
-        if exc.option == "style_masks":           # say it with the option the user typed
-            raise CliError(f"--style-mask {str(exc).split(': ', 1)[-1]}") from None
+        if exc.option in ("style_masks", "regions"):      # say it with the option the user typed
+            flag = "--style-mask" if exc.option == "style_masks" else "--region"
+            raise CliError(f"{flag} {str(exc).split(': ', 1)[-1]}") from None
         raise
     return spec
 
@@ -214,7 +231,9 @@ def _prepare(args: argparse.Namespace) -> _Job:
     for src, name in zip(spec.styles, spec.style_names):
         pic = load_image(src.path or "")
         styles.append(StyleInput(name, dataclasses.replace(pic, name=name)))
-    names = [s.name for s in styles] + (["blend"] if settings.style_blend_weights is not None else [])
+    names = region_names(spec)
+    regions = {style: load_region(src.path or "", (content.width, content.height), style=style)
+               for style, src in spec.regions}
     output, kind = _output_kind(args.output)
     if kind == "image" and len(names) != 1:
         raise CliError(f"{output}: {len(names)} results need a folder or a .psd/.psb as OUT")
@@ -226,7 +245,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
     files = [f"{_safe(content.name)}_{n}.png" for n in names] if kind == "folder" else [output.name]
     make_parents = kind == "folder" and args.output.endswith(("/", os.sep))
     _check_output(output, kind, files, make_parents)
-    return _Job(spec, content, styles, output, kind, masks, make_parents)
+    return _Job(spec, content, styles, output, kind, masks, make_parents, regions)
 
 
 def _output_kind(raw: str) -> tuple[Path, str]:
@@ -329,7 +348,8 @@ def _stylize(job: _Job, args: argparse.Namespace) -> Any:
             cancel.cancel()
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return stylize(job.content, job.styles, job.settings, progress=bar.update, cancel=cancel)
+        return stylize(job.content, with_regions(job.styles, job.regions), job.settings, progress=bar.update,
+                       cancel=cancel)
     finally:
         bar.close()
         if previous is not None:
@@ -368,7 +388,7 @@ def _outputs(job: _Job, result: Any) -> list[tuple[Path, Callable[[Path], Path]]
     """(wanted path, writer) per output file; each writer claims a free name and returns the one it got."""
     if job.kind == "document":
         stack_mod, psd_mod = _import_document()
-        stack = stack_mod.build_stack(result, job.document, masks=job.masks)
+        stack = stack_mod.build_stack(result, job.document, masks=job.masks, regions=job.regions or None)
         return [(job.output, lambda p: psd_mod.write_psd(stack, p, unique=True))]
     if job.kind == "image":
         return [(job.output, lambda p: save_image(result.images[0].picture, p, unique=True))]

@@ -37,6 +37,7 @@ class JobFiles:
     document: DocumentSettings
     mask: Path | None = None
     style_masks: list[tuple[str, Path]] = field(default_factory=list)   # (style layer name, mask file)
+    regions: list[tuple[str, Path]] = field(default_factory=list)       # (style name, where it is painted)
     name: str | None = None
     estimate: int = 0
     max_pixels: int = 200_000_000
@@ -46,6 +47,7 @@ class JobFiles:
     def load(self) -> LoadedJob:
         """Decode the uploads: the photo, each style, the mask (ImageError names which one failed)."""
         from ..imaging import ImageError, MetadataWarning, load_image, load_mask
+        from ..job import load_region
 
         def decode(path: Path, what: str, name: str) -> Picture:
             try:
@@ -76,8 +78,17 @@ class JobFiles:
 
         mask = decode_mask(self.mask, "mask") if self.mask is not None else None
         style_masks = {name: decode_mask(path, f"mask of style {name!r}") for name, path in self.style_masks}
+
+        def decode_region(path: Path, style: str) -> np.ndarray:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ImageError(f"region of style {style!r}: the upload is gone ({exc.strerror or exc})") from None
+            return load_region(data, (content.width, content.height), style=style, max_pixels=self.max_pixels)
+
+        regions = {style: decode_region(path, style) for style, path in self.regions}
         return LoadedJob(content=content, styles=styles, settings=self.settings, document=self.document,
-                          mask=mask, style_masks=style_masks, name=self.name)
+                          mask=mask, style_masks=style_masks, name=self.name, regions=regions)
 
 
 def _strip_upload(message: str) -> str:

@@ -4,7 +4,7 @@ A queued job's uploads already wait on disk (``jobs/<pid>/uploads/<folder>/``, s
 :class:`~bridge.daemon.jobfiles.JobFiles`). Beside them the daemon writes
 
 * ``job.json``: the job as submitted (:meth:`bridge.job.JobSpec.to_json`, ``{"upload": i}`` naming the files),
-  the settings it resolved to on that daemon's defaults, and which file is which (content, styles, masks);
+  the settings it resolved to on that daemon's defaults, and which file is which (content, styles, masks, regions);
 * ``checkpoint.npz``: the engine's :class:`~bridge.engine.checkpoint.FileCheckpoint` (saved at each stage's
   end, at least every ``checkpoint_seconds`` and when the job pauses).
 
@@ -99,7 +99,8 @@ def checkpoint_bound(files: JobFiles) -> Bound:
     decoded size differs a little from its header's), one finished image per style (and the blend)."""
 
     width, height = working_size(files.content_shape, files.settings)
-    images = len(files.styles) + (1 if files.settings.style_blend_weights is not None else 0)
+    images = len(files.styles) + (1 if files.settings.style_blend_weights is not None else 0) + \
+        (1 if files.regions else 0)                       # regions: the fused result too
     return Bound(pixels=int(width * height * 1.1) + 4096, images=images)
 
 
@@ -119,6 +120,7 @@ def save(folder: Path, job_id: str, created: float, files: JobFiles) -> None:
         "styles": [[name, rel(path)] for name, path in files.styles],
         "mask": rel(files.mask),
         "style_masks": [[name, rel(path)] for name, path in files.style_masks],
+        "regions": [[name, rel(path)] for name, path in files.regions],
         "name": files.name, "estimate": files.estimate, "max_pixels": files.max_pixels,
     }
     atomic_write(folder / JOB_FILE, json.dumps(record, indent=1).encode())
@@ -251,6 +253,11 @@ def load(folder: Path, fixed: Mapping[str, Any] | None = None) -> Stored:
     if not styles:
         raise StoredJobError("styles: the job has none")
     style_masks = _pairs(record.get("style_masks") or [], "style_masks", _MAX_STYLES)
+    regions = _pairs(record.get("regions") or [], "regions", _MAX_STYLES)
+    style_names = {n for n, _ in styles}
+    for n, _ in regions:
+        if n not in style_names:
+            raise StoredJobError(f"regions: {_short(n)} is not one of the job's styles")
     priority = record.get("priority") or Priority.INTERACTIVE.value
     if priority not in tuple(p.value for p in Priority):
         raise StoredJobError(f"priority {_short(priority)} is not one of {', '.join(p.value for p in Priority)}")
@@ -260,6 +267,7 @@ def load(folder: Path, fixed: Mapping[str, Any] | None = None) -> Stored:
         styles=[(n, path(p, f"style {n!r}")) for n, p in styles], settings=settings, document=document,
         mask=path(record["mask"], "mask") if record.get("mask") is not None else None,
         style_masks=[(n, path(p, f"mask of style {n!r}")) for n, p in style_masks],
+        regions=[(n, path(p, f"region of style {n!r}")) for n, p in regions],
         name=_text(record.get("name"), "name", optional=True),
         estimate=_int(record.get("estimate") or 0, "estimate", 0, 1 << 60), max_pixels=max_pixels,
         priority=str(priority), spec=spec)

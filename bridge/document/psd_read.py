@@ -14,6 +14,12 @@ What comes out (:class:`PsdContent`):
   ``StyleInput(NAME, picture-of-the-layer's-own-pixels)``.  Style layers may be hidden; when one
   is visible the composite is recomputed without the style layers, so they never leak into
   the content.
+- ``channels``: the document's named alpha channels (Photoshop's Channels panel: resources 1045/1006 name
+  them), each H x W uint8/uint16 as stored (white = selected); the hot folder takes those named after a
+  style as that style's region (issue #22). Only the channels of the stored merged image are there: a file
+  saved without "maximize compatibility" has none. Layers named **``region: NAME``** give a region too: the
+  layer's coverage on the canvas (its alpha times its layer mask: paint white on a transparent layer, or fill
+  and mask); like style layers they are left out of the content. A channel wins over a layer of the same name.
 
 Colour: RGB as is; grayscale -> grey RGB; CMYK -> sRGB through the embedded profile (else a naive
 formula), tagged sRGB; Lab -> sRGB by the CIE formulas (D50, Bradford to D65:
@@ -48,6 +54,7 @@ from ..imaging import ImageError, Picture, short_reason
 from ..settings import LIMITS
 
 STYLE_PREFIX = re.compile(r"^\s*style\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
+REGION_PREFIX = re.compile(r"^\s*region\s*:\s*(?P<name>.*?)\s*$", re.IGNORECASE)
 
 _SUPPORTED = {"RGB", "GRAYSCALE", "CMYK", "BITMAP", "INDEXED", "LAB"}
 _REFUSED_HINT = "convert it to RGB (Image > Mode > RGB Color) and save again"
@@ -67,6 +74,7 @@ class PsdContent:
     content: Picture                        # the content layer, or the composite
     styles: list[StyleInput] = field(default_factory=list)
     layer_names: list[str] = field(default_factory=list)   # every layer and group, bottom to top
+    channels: dict[str, np.ndarray] = field(default_factory=dict)   # named alpha channels (see the module doc)
     color_mode: str = "RGB"                 # the file's: RGB, GRAYSCALE, CMYK, ...
     depth: int = 8                          # the file's bits per channel (1, 8, 16, 32)
     large_format: bool = False              # PSB
@@ -80,6 +88,14 @@ def clean_name(name: str) -> str:
 def style_name(layer_name: str) -> str | None:
     """``"style: Starry Night"`` -> ``"Starry Night"``; None when the layer is not a style layer."""
     m = STYLE_PREFIX.match(clean_name(layer_name))
+    if not m or not m.group("name"):
+        return None
+    return m.group("name")
+
+
+def region_name(layer_name: str) -> str | None:
+    """``"region: Starry Night"`` -> ``"Starry Night"``; None when the layer is not a region layer."""
+    m = REGION_PREFIX.match(clean_name(layer_name))
     if not m or not m.group("name"):
         return None
     return m.group("name")
@@ -146,8 +162,10 @@ def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None)
     style_layers = [(style_name(layer.name), layer) for layer in layers
                     if style_name(layer.name) is not None]
 
+    region_layers = [(region_name(layer.name), layer) for layer in layers
+                     if region_name(layer.name) is not None and not layer.is_group()]
     composite = _composite(psd, mode, icc, dpi, stem,
-                           exclude={id(layer) for _, layer in style_layers})
+                           exclude={id(layer) for _, layer in style_layers + region_layers})
 
     content = composite
     if content_layer is not None:
@@ -167,8 +185,55 @@ def _read(psd: Any, label: str, stem: str, mode: str, content_layer: str | None)
             raise ImageError(f"{label}: style layer {clean_name(layer.name)!r} is empty")
         styles.append(StyleInput(name=name, picture=pic))
 
+    channels = _named_channels(psd, mode)
+    for name, layer in region_layers:
+        if name in channels:
+            continue
+        pic = _layer_picture(psd, layer, mode, composite, canvas=True, label=label)
+        if pic is not None:
+            channels[str(name)] = pic.alpha if pic.alpha is not None else \
+                np.full((pic.height, pic.width), pic.max_value, pic.rgb.dtype)
     return PsdContent(composite=composite, content=content, styles=styles, layer_names=names,
-                      color_mode=mode, depth=int(psd.depth), large_format=psd.version == 2)
+                      channels=channels, color_mode=mode, depth=int(psd.depth), large_format=psd.version == 2)
+
+
+def _named_channels(psd: Any, mode: str) -> dict[str, np.ndarray]:
+    """The named alpha channels of the merged image: name -> H x W uint8/uint16 (32-bit: uint16).
+
+    The names (1045 Unicode, else 1006 Pascal) are the user's alpha channels, the last channels of the merged
+    image: a transparency channel before them has no name. The first channel of a name wins."""
+    from psd_tools.constants import Resource
+
+    res = psd.image_resources
+    raw = None
+    for rid in (Resource.ALPHA_NAMES_UNICODE, Resource.ALPHA_NAMES_PASCAL):
+        if rid in res:
+            raw = res.get_data(rid)
+            break
+    ncolor = {"RGB": 3, "GRAYSCALE": 1, "CMYK": 4, "LAB": 3}.get(mode)
+    depth = int(psd.depth)
+    if not raw or ncolor is None or depth not in (8, 16, 32):
+        return {}
+    names = []
+    for item in raw:
+        value = getattr(item, "value", item)
+        names.append(clean_name(value.decode("latin-1") if isinstance(value, bytes) else str(value)))
+    extra = int(psd.channels) - ncolor
+    if extra <= 0:
+        return {}
+    names = names[-extra:]
+    planes = psd._record.image_data.get_data(psd._record.header, True)
+    first = ncolor + extra - len(names)
+    out: dict[str, np.ndarray] = {}
+    dt = {8: ">u1", 16: ">u2", 32: ">f4"}[depth]
+    for name, plane in zip(names, planes[first:first + len(names)]):
+        if not name or name in out:
+            continue
+        arr = np.frombuffer(plane, dtype=dt).reshape(psd.height, psd.width)
+        if depth == 32:
+            arr = (np.clip(np.nan_to_num(arr), 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+        out[name] = np.ascontiguousarray(arr.astype(np.uint8 if depth == 8 else np.uint16))
+    return out
 
 
 # ------------------------------------------------------------------------------ metadata

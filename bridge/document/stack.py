@@ -3,7 +3,8 @@
 Bottom to top::
 
     Original            the photo at native size (role original)
-    <group>             one masked layer per style (role style; the blended result role blend)
+    <group>             one masked layer per style (role style; the blended result role blend); with regions
+                        "Fused" on top (role fused): every region painted in one run, masked by their union
     Detail              the photo's high-frequency detail, mid-grey based (role detail)
     Original colours    the photo in Color mode, hidden, black mask (role colors)
     Refine              an empty transparent layer to paint on (role refine)
@@ -31,6 +32,7 @@ ORIGINAL_NAME = "Original"
 DETAIL_NAME = "Detail"
 COLORS_NAME = "Original colours"
 REFINE_NAME = "Refine"
+FUSED_NAME = "Fused"      # the regions' result (engine result "fused"), the top of the Styles group
 
 _BAND_ROWS = 256          # rows per band when computing the detail layer
 
@@ -200,13 +202,16 @@ def _default_mask(reveal: str, index: int, shape: tuple[int, int], dtype: np.dty
 
 def build_stack(result: StylizeResult, settings: DocumentSettings,
                 masks: Mapping[str, np.ndarray] | np.ndarray | None = None,
-                run_name: str | None = None) -> LayerStack:
+                run_name: str | None = None,
+                regions: Mapping[str, np.ndarray] | None = None) -> LayerStack:
     """The layer stack for ``result`` (see the module docstring for the order).
 
     ``masks``: one grayscale array for every style layer (e.g. a GIMP selection), or a mapping
     style name -> array (styles not named keep the ``settings.reveal`` default); arrays may be
     uint8/uint16/float 0..1/bool and must have the photo's size (else ``ValueError``).
-    ``run_name`` names the group (else ``settings.group_name``) and the stack. ``settings`` come validated
+    ``run_name`` names the group (else ``settings.group_name``) and the stack. ``regions`` (style name -> where
+    it is painted, photo-sized 0..1): the engine's ``fused`` result becomes the layer "Fused" at the top of the
+    group, masked by the union of the regions (pixels of no region show the photo). ``settings`` come validated
     (they were parsed once, by :meth:`bridge.job.JobSpec.build`).
     """
     photo: Picture = result.content
@@ -215,7 +220,7 @@ def build_stack(result: StylizeResult, settings: DocumentSettings,
     dtype = np.dtype(np.uint16 if depth == 16 else np.uint8)
     shape = (height, width)
 
-    if isinstance(masks, Mapping):
+    if isinstance(masks, Mapping) and not regions:     # with regions a style may have no layer of its own
         names = {img.name for img in result.images}
         unknown = [n for n in masks if n not in names]
         if unknown:
@@ -227,11 +232,23 @@ def build_stack(result: StylizeResult, settings: DocumentSettings,
     run_settings = result.settings.to_dict()
     group_name = run_name or settings.group_name
     group = Group(name=group_name, meta={"role": "group", "settings": run_settings})
-    for i, styled in enumerate(result.images):
+    is_fused = [bool(regions) and img.name == "fused" for img in result.images]
+    ordered = [img for img, f in zip(result.images, is_fused) if not f] + \
+        [img for img, f in zip(result.images, is_fused) if f]          # "Fused" at the top of the group
+    fused_ids = {id(img) for img, f in zip(result.images, is_fused) if f}
+    for i, styled in enumerate(ordered):
         pic = styled.picture
         if (pic.width, pic.height) != (width, height):
             raise ValueError(f"style result {styled.name!r} is {pic.width}x{pic.height}, "
                              f"the photo {width}x{height}")
+        if id(styled) in fused_ids:
+            union = np.maximum.reduce([np.asarray(r, np.float32) for r in regions.values()])   # type: ignore[union-attr]
+            group.children.append(Layer(
+                name=FUSED_NAME, role="fused", pixels=_with_alpha(pic.rgb, pic.alpha, dtype),
+                mask=normalize_mask(union, width, height, dtype, "union of the regions"),
+                meta={"style": styled.name, "regions": sorted(regions), "settings": run_settings,   # type: ignore[arg-type]
+                      "losses": dict(styled.losses)}))
+            continue
         if masks is None:
             mask = _default_mask(settings.reveal, i, shape, dtype)
         elif isinstance(masks, Mapping):

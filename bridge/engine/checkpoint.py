@@ -107,15 +107,23 @@ def _digest(h: "hashlib._Hash", array: np.ndarray) -> None:
 
 
 def fingerprint(content: Picture, styles: list[StyleInput], settings: Settings) -> str:
-    """SHA-256 of the photo's and styles' pixels, the styles' names and the settings that change the
-    optimised images (all but :data:`OUTPUT_ONLY`). The init image file is named by path (its pixels are
-    not read here)."""
+    """SHA-256 of the photo's and styles' pixels, the styles' names, their regions' pixels (when given) and the
+    settings that change the optimised images (all but :data:`OUTPUT_ONLY`). The init image file is named by
+    path (its pixels are not read here)."""
     h = hashlib.sha256(b"stylebridge-checkpoint-%d" % FINGERPRINT_VERSION)
     _digest(h, content.rgb)
     for style in styles:
         h.update(b"\0style\0" + style.name.encode("utf-8", "surrogatepass") + b"\0")
         _digest(h, style.picture.rgb)
+        # a regions run is another run (its jobs and images differ): its masks' pixels are hashed; a run
+        # without them hashes exactly as before regions existed (its checkpoints stay valid)
+        for tag, mask in ((b"\0region\0", style.region), (b"\0style-region\0", style.style_region)):
+            if mask is not None:
+                h.update(tag)
+                _digest(h, np.asarray(mask, dtype=np.float32))
     values = {k: v for k, v in dataclasses.asdict(settings).items() if k not in OUTPUT_ONLY}
+    if not any(s.region is not None for s in styles):
+        values.pop("region_style_layers", None)    # changes nothing without regions
     h.update(repr(sorted(values.items())).encode())
     return h.hexdigest()
 

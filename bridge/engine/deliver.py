@@ -11,7 +11,7 @@ import torch
 from ..imaging import Picture
 from ..settings import Settings
 from . import strength, upsample
-from .types import StyledImage, StyleInput, StylizeResult
+from .types import StyledImage, StylizeResult
 
 
 def deliver(best: torch.Tensor, content: Picture, guide: torch.Tensor, settings: Settings, name: str,
@@ -25,9 +25,9 @@ def deliver(best: torch.Tensor, content: Picture, guide: torch.Tensor, settings:
     return StyledImage(name, picture, losses)
 
 
-def photo_only(content: Picture, styles: list[StyleInput], settings: Settings, started: float) -> StylizeResult:
-    """Strength 0: every result is the photo, exactly (no weights loaded, no optimisation)."""
-    names = [s.name for s in styles] + (["blend"] if settings.style_blend_weights is not None else [])
+def photo_only(content: Picture, names: list[str], settings: Settings, started: float) -> StylizeResult:
+    """Strength 0: every result (``names``: targets.job_names) is the photo, exactly (no weights loaded, no
+    optimisation)."""
     images = [StyledImage(n, dataclasses.replace(content, rgb=content.rgb.copy(), name=n)) for n in names]
     return StylizeResult(content=content, images=images, settings=settings, working_size=(
         content.width, content.height), seconds=time.perf_counter() - started)

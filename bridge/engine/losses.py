@@ -8,6 +8,8 @@ norm on the way back, as neural-style's ``-normalize_gradients``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +64,49 @@ class StyleLoss(nn.Module):
         if self.normalize:
             features = normalize_grad(features)
         return self.weight * F.mse_loss(gram_matrix(features), self.target)
+
+
+MIN_MASS = 1e-6   # a region whose guidance sums to less than this at a layer takes no part in that layer's loss
+
+
+@dataclass
+class RegionTarget:
+    """One region at one stage: per style layer its position weights (the layer's H x W, the whole image's
+    feature grid: :func:`bridge.engine.targets.guidance`) and its target Gram. Layers where the region vanished
+    (weights summing below MIN_MASS) are left out."""
+
+    weights: dict[str, torch.Tensor]
+    grams: dict[str, torch.Tensor]
+
+
+def guided_gram(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """1 x C x H x W features and H x W position weights (a region's guidance T squared) -> the guided Gram
+    ``(F T)(F T)^T / (C sum T^2)`` (Gatys et al. 2017); all-ones weights give :func:`gram_matrix`."""
+    c = features.shape[1]
+    flat = features.reshape(c, -1)
+    w = weights.reshape(1, -1).to(flat.dtype)
+    return ((flat * w) @ flat.t()) / (float(c) * w.sum())
+
+
+class GuidedStyleLoss(nn.Module):
+    """One region's style loss at one layer: the guided Gram against its style's target, times the region's share
+    of the layer's positions (sum of weights / positions). Why the share: the guided Gram is normalised by the
+    region's own weight, so each of its positions pulls ``1/share`` times harder than in a plain run; the share
+    brings every pixel back to a plain run's style/content balance (an all-ones region is exactly StyleLoss)."""
+
+    def __init__(self, target_gram: torch.Tensor, weights: torch.Tensor, weight: float,
+                 normalize: bool = False) -> None:
+        super().__init__()
+        self.register_buffer("target", target_gram.detach())
+        self.register_buffer("weights", weights.detach())
+        self.share = float(weights.sum()) / max(1, weights.numel())
+        self.weight = weight
+        self.normalize = normalize
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            features = normalize_grad(features)
+        return self.weight * self.share * F.mse_loss(guided_gram(features, self.weights), self.target)
 
 
 class TVLoss(nn.Module):

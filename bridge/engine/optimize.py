@@ -85,24 +85,27 @@ class _Loop:
 def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None, *,
             checkpoint: Checkpoint | None = None) -> StylizeResult:
-    """Stylise ``content`` once per style (plus a blend if ``style_blend_weights``); see the module doc.
+    """Stylise ``content`` once per style (plus a blend if ``style_blend_weights``); see the module doc. When a
+    style has a ``region``: one optimisation paints every region with its own style, the result "fused" (after
+    the per-style ones only with ``region_style_layers``; see targets.py and docs/regions.md).
 
     With ``checkpoint`` the run resumes from a matching saved state and saves its own (see checkpoint.py);
     ``cancel.pause()`` then stops it with ``paused=True`` and no images; a ``cancel`` already cancelled returns
     the saved state's images (finished styles, then the best so far of the style reached) at once."""
     started = time.perf_counter()            # (a Settings is valid once it exists: bridge.settings)
     _check_styles(styles, settings)
+    targets.check_regions((content.width, content.height), styles)
     state, print_ = resume.load_state(checkpoint, content, styles, settings)
     settings = dataclasses.replace(settings, seed=_seed(state, settings))
     if strength.amount(settings.style_strength) == 0.0:     # the photo itself: nothing to optimise
-        return photo_only(content, styles, settings, started)
+        return photo_only(content, targets.job_names(styles, settings), settings, started)
     device = resolve_device(settings.device)
     ladder, dims, iters = ladder_dims(settings, content.width, content.height)
     # The photo as each stage sees it (0..1): native -> working size once, then down from there
     # (resampling a 24 MP photo costs seconds; doing it once per stage would cost that many times more).
     working = resize(picture_tensor(content), dims[-1])
     guides = [resize(working, d) for d in dims[:-1]] + [working]
-    names = [s.name for s in styles] + (["blend"] if settings.style_blend_weights is not None else [])
+    names = targets.job_names(styles, settings)
     if state is not None and not resume.state_fits(state, dims, iters, len(names)):
         state = None
     working_size = (dims[-1][1], dims[-1][0])
@@ -122,7 +125,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     run = plan_run(settings, content.width, content.height, device, vgg)   # the budget, sampled once
     plans = list(run.stages)
     content_feats = targets.content_features(vgg, guides, plans, settings, device)
-    jobs = targets.style_jobs(vgg, styles, settings, ladder, device, cancel, notes, run.budget)
+    jobs = targets.style_jobs(vgg, styles, settings, ladder, device, cancel, notes, run.budget, working_dims=dims[-1])
     if jobs is None and state is not None and cancel is not None and cancel.cancelled:
         return result(resume.saved_images(state, content, guides, settings, names), cancelled=True)
     if jobs is None:
@@ -217,8 +220,10 @@ def _run_stage(loop: _Loop, j: int, k: int, x: torch.Tensor, start: int, restore
     reporter = Reporter(loop.progress, loop.cancel, loop.counter, loop.settings, stage=k, stages=len(loop.plans),
                         size=loop.ladder[k], job=j, jobs=len(loop.jobs), name=job.name, estimator=loop.estimator,
                         guide=loop.guides[k], resumed=loop.resumed)
+    regions = targets.stage_regions(loop.vgg, job, k, plan.dims, tuple(loop.settings.style_layers), loop.device)
     objective = stage_objective(loop.vgg, loop.guides[k], loop.content_feats, k, job.grams[k], loop.settings, plan,
-                                loop.device, reporter)
+                                loop.device, reporter, regions)
+    del regions
     loop.estimator.start_stage(j, k, done=start)
     loop.saver.position(j, k)
     if restore is not None:

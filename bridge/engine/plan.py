@@ -35,6 +35,10 @@ VGG19_MARGINS = (70, 70)   # tiled.margins() of VGG-19 to relu5_1 (with the 16 p
 # A whole-image stage on the CPU, measured with the real engine (torch 2.14, 2 threads; docs/protocol.md
 # "Memory"): ~1.5 KB per working pixel of VGG-19 activations and gradients, rounded up (an upper bound).
 WHOLE_BYTES_PER_PIXEL = 2048
+# Regions (guided Grams, targets.py): per region, its mask at the working size (4 bytes a pixel, the whole run)
+# and, during a stage, its weights at every style layer's grid (4 bytes a pixel at relu1_1, a third more for
+# the coarser layers): rounded up to 10 bytes a stage pixel per region.
+REGION_BYTES_PER_PIXEL = 10
 _CHANNELS = {f"relu{b}_{i}": c for b, c in ((1, 64), (2, 128), (3, 256), (4, 512), (5, 512)) for i in range(1, 5)}
 
 
@@ -85,10 +89,10 @@ class RunPlan:
         h, w = self.stages[-1].dims
         return w, h
 
-    def peak_bytes(self, settings: Settings) -> int:
+    def peak_bytes(self, settings: Settings, regions: int = 0) -> int:
         """The largest stage's memory on the CPU: a whole one at WHOLE_BYTES_PER_PIXEL plus its history, a tiled
-        one as :func:`tiled_stage_bytes` counts it."""
-        return max(stage_bytes(stage, settings) for stage in self.stages)
+        one as :func:`tiled_stage_bytes` counts it; with ``regions`` (a fused job's) their guidance too."""
+        return max(stage_bytes(stage, settings, regions) for stage in self.stages)
 
 
 def stage_dims(width: int, height: int, long_side: int) -> tuple[int, int]:
@@ -166,21 +170,25 @@ def plan_run(settings: Settings, width: int, height: int, device: torch.device |
     return RunPlan(width, height, tuple(ladder), tuple(stages), budget)
 
 
-def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = VGG19_MARGINS) -> int:
+def tiled_stage_bytes(plan: StagePlan, settings: Settings, margins: tuple[int, int] = VGG19_MARGINS,
+                      regions: int = 0) -> int:
     """Estimated peak bytes of a tiled stage (``plan.inner`` set), for front ends that refuse jobs by
-    memory (daemon): image-sized buffers, the photo's content features, the L-BFGS history, one block.
+    memory (daemon): image-sized buffers, the photo's content features, the L-BFGS history, one block, and
+    ``regions`` regions' guidance (REGION_BYTES_PER_PIXEL).
     ``margins``: tiled.margins() of the network (80, 70 for VGG-19 to relu5_1 with the mirrored frame)."""
     h, w = plan.dims
     pixels = h * w
     content = sum(_CHANNELS[k] * 4 * pixels / layer_stride(k) ** 2 for k in settings.content_layers)
     side = plan.inner or 0
     block = tiled.block_bytes(side + -(-margins[0] // tiled.ALIGN) * tiled.ALIGN + margins[1])
-    return int(TILED_IMAGE_BUFFERS * 12 * pixels + content + plan.history * 2 * 12 * pixels + block)
+    guidance = regions * REGION_BYTES_PER_PIXEL * pixels
+    return int(TILED_IMAGE_BUFFERS * 12 * pixels + content + plan.history * 2 * 12 * pixels + block + guidance)
 
 
-def stage_bytes(plan: StagePlan, settings: Settings) -> int:
+def stage_bytes(plan: StagePlan, settings: Settings, regions: int = 0) -> int:
     """Peak bytes of one stage on the CPU: tiled as :func:`tiled_stage_bytes`, whole at WHOLE_BYTES_PER_PIXEL
-    plus its L-BFGS history."""
+    plus its L-BFGS history; plus ``regions`` regions' guidance (REGION_BYTES_PER_PIXEL)."""
     if plan.tiled:
-        return tiled_stage_bytes(plan, settings)
-    return int(plan.pixels * WHOLE_BYTES_PER_PIXEL + plan.history * 2 * 4 * 3 * plan.pixels)
+        return tiled_stage_bytes(plan, settings, regions=regions)
+    return int(plan.pixels * (WHOLE_BYTES_PER_PIXEL + regions * REGION_BYTES_PER_PIXEL)
+               + plan.history * 2 * 4 * 3 * plan.pixels)

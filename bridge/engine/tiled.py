@@ -12,6 +12,11 @@ al., "Scaling Painting Style Transfer", EGSR 2024; written from the idea, no cod
    added into the image's gradient (overlap-add). Every feature position is owned by exactly one block,
    so the sum is the whole-image gradient.
 
+Regions (guided Grams, :class:`bridge.engine.losses.GuidedStyleLoss`): a guided Gram ``(F W) F^T / (C sum W)``
+is a weighted sum over positions too, so pass 1 sums ``(F W) F^T`` per region over the owned cells with the
+region's weights (given on the whole image's feature grid) cut with the same cells, and pass 2 injects each
+region's ``dL/dF`` times its weights: exact as the plain Gram (tests/test_engine_regions.py).
+
 A block's margin only has to cover the *forward* receptive field of its owned features (70 px for relu5_1,
 computed from the modules by :func:`context`), not twice that as when only the inner gradient is kept.
 Block origins are multiples of 16 so the four 2x2 poolings fall on the whole image's grid. Blocks are laid
@@ -40,6 +45,7 @@ import torch
 from torch import nn
 
 from ..settings import Settings, SettingsError
+from .losses import RegionTarget
 from .strength import weight_factor
 from .vgg import LAYER_INDEX, VGGFeatures, layer_stride, mirror_mode, mirror_pad
 
@@ -240,14 +246,20 @@ class _Grid:
 BlockCallback = Callable[[int, int, int], None]   # (pass 1 or 2, blocks done in this pass, blocks)
 
 
+Weights = dict[str, torch.Tensor]   # a region's position weights per layer, on the whole image's feature grid
+
+
 def _gram_sums(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...], grid: _Grid,
-               keep_last: tuple[str, ...] = (), on_block: BlockCallback | None = None
-               ) -> tuple[dict[str, torch.Tensor], tuple | None]:
-    """Pass 1: sum over blocks of ``F F^T`` at each layer's owned positions (unnormalised).
+               keep_last: tuple[str, ...] = (), on_block: BlockCallback | None = None,
+               weights: list[Weights | None] | None = None) -> tuple[list[dict[str, torch.Tensor]], tuple | None]:
+    """Pass 1: sum over blocks of ``F F^T`` at each layer's owned positions (unnormalised), one dict per entry
+    of ``weights``: None = plain Grams of ``layers``; a region's weights = its guided sums ``(F w) F^T`` at the
+    layers it has, the weights cut with the same owned cells (default: one plain set).
 
     With ``keep_last`` the last block is forwarded with gradient for those layers and returned as
     (block, its input, its features) for pass 2 to reuse."""
-    sums: dict[str, torch.Tensor] = {}
+    sets = [None] if weights is None else weights
+    sums: list[dict[str, torch.Tensor]] = [{} for _ in sets]
     kept = None
     for n, b in enumerate(grid.blocks):
         if keep_last and n == len(grid.blocks) - 1:
@@ -261,23 +273,31 @@ def _gram_sums(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...]
                 feats = _forward(vgg, xb, layers)
         with torch.no_grad():
             for name in layers:
-                (rows, cols), _ = grid.owned(b, name)
+                (rows, cols), (grows, gcols) = grid.owned(b, name)
                 f = feats[name].detach()[0, :, rows, cols]
                 f = f.reshape(f.shape[0], -1)
-                gram = f @ f.t()
-                sums[name] = gram if name not in sums else sums[name].add_(gram)
+                for out, w in zip(sums, sets):
+                    if w is not None and name not in w:
+                        continue
+                    fw = f if w is None else f * w[name][grows, gcols].reshape(1, -1)
+                    gram = fw @ f.t()
+                    out[name] = gram if name not in out else out[name].add_(gram)
         del feats
         if on_block is not None:
             on_block(1, n + 1, len(grid.blocks))
     return sums, kept
 
 
-def tiled_grams(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...], inner: int) -> dict[str, torch.Tensor]:
+def tiled_grams(vgg: VGGFeatures, image255: torch.Tensor, layers: tuple[str, ...], inner: int,
+                weights: Weights | None = None) -> dict[str, torch.Tensor]:
     """Gram matrices of an image of any size (e.g. a large style scan), normalised as
-    :func:`bridge.engine.losses.gram_matrix`, computed in blocks of inner side ``inner``."""
+    :func:`bridge.engine.losses.gram_matrix`, computed in blocks of inner side ``inner``; with ``weights``
+    (per layer, the image's feature grid) the guided Grams as :func:`bridge.engine.losses.guided_gram`."""
     height, width = image255.shape[-2:]
     grid = _Grid(vgg, layers, height, width, inner)
-    sums, _ = _gram_sums(vgg, image255, layers, grid)
+    (sums,), _ = _gram_sums(vgg, image255, layers, grid, weights=[weights])
+    if weights is not None:
+        return {k: v / (float(v.shape[0]) * float(weights[k].sum())) for k, v in sums.items()}
     return {k: v / float(v.shape[0] * grid.sizes[k][0] * grid.sizes[k][1]) for k, v in sums.items()}
 
 
@@ -334,13 +354,15 @@ class TiledObjective:
 
     def __init__(self, vgg: VGGFeatures, content255: torch.Tensor, grams: dict[str, torch.Tensor],
                  settings: Settings, inner: int | None = None, on_block: BlockCallback | None = None,
-                 targets: dict[str, torch.Tensor] | None = None) -> None:
+                 targets: dict[str, torch.Tensor] | None = None, regions: list[RegionTarget] | None = None) -> None:
         if settings.normalize_gradients:
             raise SettingsError("normalize_gradients", "is not available with the tiled (large-image) computation: "
                                 "each layer's gradient norm needs the whole image at once; turn it off")
         self.vgg = vgg
         self.content_layers = tuple(settings.content_layers)
-        self.style_layers = tuple(grams)
+        self.regions = [RegionTarget({k: w.detach() for k, w in r.weights.items()},
+                                     {k: g.detach() for k, g in r.grams.items()}) for r in (regions or [])]
+        self.style_layers = tuple(dict.fromkeys([*grams, *(k for r in self.regions for k in r.grams)]))
         self.layers = tuple(dict.fromkeys([*self.content_layers, *self.style_layers]))
         self.content_weight = float(settings.content_weight)
         self.style_weight = float(settings.style_weight * weight_factor(settings.style_strength))  # as objective.py
@@ -368,17 +390,34 @@ class TiledObjective:
         if tuple(x.shape[-2:]) != (grid.height, grid.width):
             raise ValueError(f"image is {tuple(x.shape[-2:])}, the objective was built for {(grid.height, grid.width)}")
         x = x.detach()
-        sums, kept = _gram_sums(self.vgg, x, self.style_layers, grid, keep_last=self.layers, on_block=self.on_block)
+        sets: list[Weights | None] = ([None] if self.grams else []) + [r.weights for r in self.regions]
+        all_sums, kept = _gram_sums(self.vgg, x, self.style_layers, grid, keep_last=self.layers,
+                                    on_block=self.on_block, weights=sets)
         # dL/dF = 4 w (G - A) F / (C^2 * C H W) for w * mean((G - A)^2), G = F F^T / (C H W)
         style_loss = 0.0
         mult: dict[str, torch.Tensor] = {}
-        for name in self.style_layers:
-            c = sums[name].shape[0]
-            norm = float(c * grid.sizes[name][0] * grid.sizes[name][1])
-            diff = sums[name] / norm - self.grams[name]
-            style_loss += self.style_weight * float(diff.pow(2).mean())
-            mult[name] = diff * (4.0 * self.style_weight / (c * c * norm))
-        del sums
+        if self.grams:
+            sums = all_sums.pop(0)
+            for name in self.grams:
+                c = sums[name].shape[0]
+                norm = float(c * grid.sizes[name][0] * grid.sizes[name][1])
+                diff = sums[name] / norm - self.grams[name]
+                style_loss += self.style_weight * float(diff.pow(2).mean())
+                mult[name] = diff * (4.0 * self.style_weight / (c * c * norm))
+        # A region (losses.GuidedStyleLoss): w * share * mean((G - A)^2), G = (F W) F^T / (C M), M = sum W,
+        # share = M / (H W): dL/dF = 4 w (G - A) F W / (C^3 H W), W being the position's weight.
+        region_mult: list[dict[str, torch.Tensor]] = []
+        for region, sums in zip(self.regions, all_sums):
+            mults = {}
+            for name, target in region.grams.items():
+                c = sums[name].shape[0]
+                positions = float(grid.sizes[name][0] * grid.sizes[name][1])
+                mass = float(region.weights[name].sum(dtype=torch.float64))
+                diff = sums[name] / (c * mass) - target
+                style_loss += self.style_weight * (mass / positions) * float(diff.pow(2).mean())
+                mults[name] = diff * (4.0 * self.style_weight / (c * c * c * positions))
+            region_mult.append(mults)
+        del all_sums
         if grad is None:
             grad = torch.zeros_like(x)
         else:
@@ -404,6 +443,11 @@ class TiledObjective:
                     if name in mult:
                         c = own.shape[0]
                         g[0, :, rows, cols] = (mult[name] @ own.reshape(c, -1)).reshape(own.shape)
+                    for region, mults in zip(self.regions, region_mult):
+                        if name in mults:
+                            w = region.weights[name][grows, gcols]
+                            flat = own.reshape(own.shape[0], -1)
+                            g[0, :, rows, cols] += (mults[name] @ flat).reshape(own.shape) * w
                     if name in self.targets:
                         numel = float(f.shape[1] * grid.sizes[name][0] * grid.sizes[name][1])
                         t = self.targets[name][0, :, grows, gcols]

@@ -17,10 +17,16 @@ from ..settings import Settings
 
 @dataclass
 class StyleInput:
-    """One style image and its name (used for the layer and file names)."""
+    """One style image and its name (used for the layer and file names).
+
+    ``region``: where this style goes (H x W float32 0..1 at the content photo's native size); when any style
+    has one, the run paints every region with its own style in one optimisation, the result "fused".
+    ``style_region``: which part of the style image is the style (H x W float32 0..1 at its size)."""
 
     name: str
     picture: Picture
+    region: np.ndarray | None = None
+    style_region: np.ndarray | None = None
 
 
 @dataclass
@@ -96,7 +102,7 @@ class StyleResolutionWarning(UserWarning):
 
 @dataclass
 class StyledImage:
-    name: str                # the style's name, or "blend" for the blended result
+    name: str                # the style's name, "blend" for the blended result, "fused" for the regions' one
     picture: Picture         # at the content photo's native size, depth, ICC, DPI; alpha = the photo's
     losses: dict[str, float] = field(default_factory=dict)  # final content/style/tv/total at the working size
 
@@ -104,7 +110,8 @@ class StyledImage:
 @dataclass
 class StylizeResult:
     content: Picture
-    images: list[StyledImage]   # one per style, in input order, then the blend if asked for
+    images: list[StyledImage]   # one per style, in input order, then the blend if asked for; with regions "fused"
+                                # (last; alone unless settings.region_style_layers)
     settings: Settings          # the settings actually used (seed filled in)
     working_size: tuple[int, int]   # (width, height) of the last optimisation stage
     cancelled: bool = False

@@ -14,9 +14,11 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..engine.types import StyleInput
 from ..imaging import ImageError, MetadataWarning, Picture, image_kind, image_size, load_image
-from ..job import JobSpec, LimitError, Source, check
+from ..job import JobSpec, LimitError, Source, check, load_region
 from ..settings import LIMITS, SettingsError
 from .errors import ADVICE_IMAGE, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_SPECIAL, ADVICE_WRITE, JobError
 from .presets import misplaced_style_hint
@@ -101,6 +103,10 @@ class Inputs:
     spec: JobSpec
     source_kind: str
     notes: list[str] = field(default_factory=list)   # what reading dropped (frames, a broken profile...)
+    # style name -> where it is painted (float32 0..1, the photo's size) and the file it was decoded from
+    # (the preset's mask file, or a PSD channel as PNG): the daemon gets the same bytes, so the same array
+    regions: dict[str, np.ndarray] = field(default_factory=dict)
+    region_files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -133,11 +139,12 @@ def _load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
     if spec.settings.native:     # refused from the header, before decoding (the rest is checked below)
         _check_native(spec, (kind.width, kind.height) if kind.width and kind.height else image_size(path))
     psd_styles: list[StyleInput] = []
+    channels: dict[str, np.ndarray] = {}
     if kind.kind in ("psd", "psb"):
         if kind.width and kind.height and kind.width * kind.height > LIMITS.max_pixels:
             raise JobError(f"{kind.width}x{kind.height} is {kind.width * kind.height:,} pixels, over the limit "
                            f"of {LIMITS.max_pixels:,}", ADVICE_SIZE)
-        content, psd_styles = _load_psd(path, stem, spec.content_layer)
+        content, psd_styles, channels = _load_psd(path, stem, spec.content_layer)
     else:
         if spec.content_layer:
             raise JobError(f"content_layer {spec.content_layer!r} is set but the file is a {kind.kind.upper()}, "
@@ -151,9 +158,44 @@ def _load_inputs(path: Path, spec: JobSpec, *, allow_library: bool) -> Inputs:
                        "in a sidecar NAME.json, or as PSD layers named \"style: NAME\"", ADVICE_SETTINGS)
     # a PSD's style layers travel as uploads in daemon mode; here they are styles like the preset's
     spec = replace(spec, styles=spec.styles + tuple(Source(upload=i, name=s.name) for i, s in enumerate(psd_styles)))
+    spec, region_files = _region_files(spec, channels)
     check(spec, LIMITS, content_size=(content.width, content.height))   # SettingsError: "bad settings" (error/)
     styles = load_styles(spec, psd_styles, allow_library=allow_library, root=path.parent.parent)  # working/NAME
-    return Inputs(content, styles, spec, kind.kind)
+    regions = {}
+    for style, data in region_files.items():
+        try:
+            regions[style] = load_region(data, (content.width, content.height), style=style,
+                                         max_pixels=LIMITS.max_pixels)
+        except ImageError as exc:
+            raise JobError(str(exc), ADVICE_SETTINGS) from None
+    return Inputs(content, styles, spec, kind.kind, regions=regions, region_files=region_files)
+
+
+def _region_files(spec: JobSpec, channels: dict[str, np.ndarray]) -> tuple[JobSpec, dict[str, bytes]]:
+    """The job's regions as the bytes of their files: the preset's mask files, and a PSD's alpha channels named
+    after a style of the job (as grey PNG at the channel's depth; they win over the preset's region of that
+    style). Channels named after no style (Photoshop's "Alpha 1", saved selections) are left alone."""
+    from ..imaging.png import encode_array_png
+    names = spec.style_names
+    by_fold = {n.casefold(): n for n in names}
+    files: dict[str, bytes] = {}
+    sources: dict[str, Source] = {}
+    for style, src in spec.regions:
+        if src.path is None:
+            raise JobError(f"the region of {style!r} must be a mask file", ADVICE_SETTINGS)
+        try:
+            files[style] = Path(src.path).read_bytes()
+        except OSError as exc:
+            raise JobError(f"region of style {style!r}: cannot read {src.path} ({exc.strerror or exc})",
+                           ADVICE_SETTINGS) from None
+        sources[style] = src
+    for channel, plane in channels.items():
+        style = channel if channel in names else by_fold.get(channel.casefold())
+        if style is None:
+            continue
+        files[style] = encode_array_png(plane)
+        sources[style] = Source(upload=len(sources), name=f"channel {channel}")
+    return replace(spec, regions=tuple(sources.items())), files
 
 
 def _check_native(spec: JobSpec, size: tuple[int, int] | None) -> None:
@@ -205,8 +247,16 @@ def load_styles(spec: JobSpec, psd_styles: list[StyleInput], *, allow_library: b
     return styles
 
 
-def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture, list[StyleInput]]:
-    """Content (composite, or the named layer) and the ``style: NAME`` layers of a PSD/PSB."""
+def wire_regions(inputs: Inputs) -> tuple[tuple[str, Source], ...]:
+    """The job's regions as the daemon takes them: ``{"upload": i}``, the i-th of ``region_files`` being
+    ``list(inputs.region_files.values())`` (the same bytes the in-process engine decodes)."""
+    return tuple((style, Source(upload=i)) for i, style in enumerate(inputs.region_files))
+
+
+def _load_psd(path: Path, stem: str, content_layer: str | None
+              ) -> tuple[Picture, list[StyleInput], dict[str, np.ndarray]]:
+    """Content (composite, or the named layer), the ``style: NAME`` layers and the named alpha channels of a
+    PSD/PSB."""
     from ..document.psd_read import read_psd   # psd-tools is heavy; only PSD inputs pay for it
     try:
         doc = read_psd(path, content_layer=content_layer, max_pixels=LIMITS.max_pixels)
@@ -214,7 +264,7 @@ def _load_psd(path: Path, stem: str, content_layer: str | None) -> tuple[Picture
         message = _strip_path(str(exc), path)
         advice = ADVICE_SETTINGS if "no layer named" in message else _image_advice(message)
         raise JobError(message, advice) from None
-    return replace(doc.content, name=stem), list(doc.styles)
+    return replace(doc.content, name=stem), list(doc.styles), dict(doc.channels)
 
 
 #: Settings the hot folder applies itself, in both modes: not sent to the daemon.

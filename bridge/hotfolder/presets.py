@@ -12,6 +12,9 @@ Every layer is a JSON object with the CLI's long option names (hyphens or unders
 * ``styles``: a list of style images, each a path (relative to *that* JSON file's folder, or
   absolute), or a daemon library name, or ``{"file": PATH, "name": NAME}`` / ``{"library": NAME}``;
 * ``content_layer``: for PSD/PSB inputs, the layer to stylise instead of the composite;
+* ``regions``: ``{"STYLE": "left.png", ...}``, where each style is painted (a grey image, white = this style;
+  paths as for ``styles``, relative to that JSON file's folder): one run paints every region (issue #22).
+  A PSD input's alpha channels named after its styles are regions too (they win over the preset's);
 * ``comment``: free text, ignored.
 
 The result is one :class:`bridge.job.JobSpec` (built by :meth:`JobSpec.build`, the one parse every
@@ -33,7 +36,7 @@ from ..settings import RENAMED, DocumentSettings, Settings, SettingsError
 from ..settings_parse import load_settings_json, unknown_option_message
 
 PRESET_NAME = "preset.json"
-EXTRA_KEYS = ("styles", "content_layer", "comment")
+EXTRA_KEYS = ("styles", "content_layer", "regions", "comment")
 #: The folders the watcher moves and writes files in: no place for a style image.
 MANAGED_FOLDERS = ("in", "working", "out", "done", "error", STATE_DIR)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".psd", ".psb", ".webp", ".bmp", ".gif")
@@ -83,6 +86,27 @@ def _styles(value: Any, base: Path, source: Path, root: Path | None = None) -> l
         else:
             raise SettingsError("styles", f"{source}: {item!r} is neither a file path nor a library name")
     return out
+
+
+def _regions(value: Any, base: Path, source: Path, root: Path | None = None) -> tuple[tuple[str, Source], ...]:
+    """A layer's ``regions``: style name -> mask file (relative to ``base``), checked like its style files."""
+    if not isinstance(value, dict):
+        raise SettingsError("regions", f"{source}: must be an object: style name -> mask image, e.g. "
+                                       '{"Starry": "regions/sky.png"}')
+    out = []
+    for style, item in value.items():
+        if isinstance(item, dict) and set(item) == {"file"}:
+            item = item["file"]
+        if not isinstance(item, str) or not item.strip():
+            raise SettingsError("regions", f"{source}: the region of {style!r} must be a mask file's path, not "
+                                           f"{item!r}")
+        try:
+            found = _file_source(item.strip(), base, source, must_exist=True, root=root)
+        except SettingsError as exc:
+            raise SettingsError("regions", str(exc).split(": ", 1)[-1].replace("style file", "region file")
+                                .replace("style ", f"region of {style!r} ", 1)) from None
+        out.append((str(style), found))
+    return tuple(out)
 
 
 def _file_source(text: str, base: Path, source: Path, *, must_exist: bool, root: Path | None = None) -> Source:
@@ -153,6 +177,8 @@ def _layer(path: Path, *, base: Path | None = None, label: str | None = None, ro
         styles = None
         if "styles" in data:
             styles = _styles(data.pop("styles"), base or path.parent, path, root)
+        if "regions" in data:
+            data["regions"] = _regions(data["regions"], base or path.parent, path, root)
         return data, styles
     except SettingsError as exc:
         if label is None:
@@ -205,13 +231,14 @@ def resolve(root: Path, rel: str, sidecar: Path | None = None, sidecar_name: str
         sources.append(label or str(path))
     merged.pop("comment", None)
     content_layer = merged.pop("content_layer", None)
+    regions = merged.pop("regions", ())
     notes: list[str] = []
     try:
         if content_layer is not None and not isinstance(content_layer, str):
             raise SettingsError("content_layer", "must be a layer name (text)")
         _mask_words(merged, notes)
         spec = JobSpec.build(merged, styles, name=Path(rel).stem, content_layer=content_layer or None,
-                             notes=notes)
+                             regions=regions, notes=notes)
     except SettingsError as exc:
         where = ", ".join(_short(s, root) for s in sources) or "the defaults"
         raise SettingsError(exc.option, f"{str(exc).split(': ', 1)[-1]} (settings from {where})") from None

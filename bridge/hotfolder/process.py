@@ -17,7 +17,7 @@ from ..pipeline import FailureKind, LoadedJob, classify, render
 from ..settings import LIMITS
 from .errors import (ADVICE_ENGINE, ADVICE_MEMORY, ADVICE_SETTINGS, ADVICE_SIZE, ADVICE_TOKEN, ADVICE_URL, Cancelled,
                      JobError, Unavailable)
-from .inputs import HERE_ONLY, Inputs
+from .inputs import HERE_ONLY, Inputs, wire_regions
 from .presets import misplaced_style_hint
 
 ReportFn = Callable[[str, float | None, str], None]   # (stage, percent or None, style name)
@@ -60,7 +60,7 @@ class InProcessEngine:
         from ..document.psd import write_psd
         from .resume import announcing
         spec = inputs.spec
-        job = LoadedJob(inputs.content, inputs.styles, spec.settings, spec.document)
+        job = LoadedJob(inputs.content, inputs.styles, spec.settings, spec.document, regions=inputs.regions)
         report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
         try:
             rendered = render(job, progress=announcing(progress_reporter(report), report), cancel=cancel,
@@ -101,7 +101,8 @@ def wire_job(inputs: Inputs) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
         files.append((f"{name}.png", encode_png(pic.picture)))
     options = {k: v for k, v in spec.options.items() if k not in FIXED_BY_DAEMON + HERE_ONLY}
     # batch: an artist's job (GIMP, interactive) arriving meanwhile runs first; this one pauses and resumes after
-    wire = replace(spec, styles=tuple(styles), options=options, content_layer=None, priority=Priority.BATCH)
+    wire = replace(spec, styles=tuple(styles), options=options, content_layer=None, priority=Priority.BATCH,
+                   regions=wire_regions(inputs))
     check(wire, LIMITS, over_http=True)      # what the daemon would refuse, said before the upload
     return wire.to_json(), files
 
@@ -208,7 +209,8 @@ class DaemonEngine:
             problem = self._protocol_problem(self._health())
             if problem is not None:
                 raise Unavailable(problem)
-            job = self.client.submit_job(content, job_json, style_files=style_files)
+            regions = {"region_files": list(inputs.region_files.values())} if inputs.region_files else {}
+            job = self.client.submit_job(content, job_json, style_files=style_files, **regions)
             report(f"sent to {self.url} as job {job.get('id')}", 0.0, names)
             try:
                 follow(self.client, job["id"], on_progress=on_progress, poll=self.poll_seconds, cancel=cancel,

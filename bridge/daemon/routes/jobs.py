@@ -107,7 +107,8 @@ def _named(source: Source, files: list[UploadFile]) -> Source:
     return dataclasses.replace(source, name=name_from_filename(files[source.upload].filename))
 
 
-def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int, *, strict: bool = True) -> None:
+def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int, *, strict: bool = True,
+                   regions: int = 0) -> None:
     """Every ``{"upload": i}`` of the job names a file that came with it; masks are uploads only.
 
     ``strict`` (protocol 2): a mask file that the job does not name is a mistake, not something to ignore."""
@@ -135,6 +136,18 @@ def _check_uploads(spec: JobSpec, styles: int, mask: bool, style_masks: int, *, 
         if source.upload >= style_masks:
             raise ApiError(422, f"style_masks: upload {source.upload} named for {style!r}, but {style_masks} "
                                 "style_mask_files were sent (uploads count from 0)", option="style_masks")
+    for style, source in spec.regions:
+        if source.upload is None:
+            raise ApiError(422, f"regions: the region of {style!r} must be an upload ({{\"upload\": i}} with the "
+                                "i-th 'region_files')", option="regions")
+        if source.upload >= regions:
+            raise ApiError(422, f"regions: upload {source.upload} named for {style!r}, but {regions} region_files "
+                                "were sent (uploads count from 0)", option="regions")
+    named_regions = {source.upload for _, source in spec.regions}
+    if any(i not in named_regions for i in range(regions)):
+        unused = min(i for i in range(regions) if i not in named_regions)
+        raise ApiError(422, f"regions: region_files upload {unused} is named by no style in the job's regions "
+                            "(uploads count from 0)", option="regions")
 
 
 @router.post("/v1/jobs", status_code=202, summary="Submit a stylisation job")
@@ -148,6 +161,9 @@ def submit_job(
     mask: Annotated[UploadFile | None, File(description="grey PNG of the content's size")] = None,
     style_mask_files: Annotated[list[UploadFile] | None,
                                 File(description="protocol 2: grey PNGs named by the job's style_masks")] = None,
+    region_files: Annotated[list[UploadFile] | None,
+                            File(description="grey PNGs named by the job's regions (where each style is "
+                                             "painted; the photo's size or shape)")] = None,
     styles: Annotated[list[str] | None, Form(description="deprecated (protocol 1): library style names",
                                              deprecated=True)] = None,
     settings: Annotated[str | None, Form(description="deprecated (protocol 1): JSON object of settings",
@@ -159,6 +175,7 @@ def submit_job(
     limits = d.config.limits
     files = [f for f in (style_files or []) if f is not None]
     mask_files = [f for f in (style_mask_files or []) if f is not None]
+    region_uploads = [f for f in (region_files or []) if f is not None]
     notes: list[str] = []
     if job is not None:
         if styles or settings is not None or mask_mode is not None or name is not None:
@@ -175,7 +192,8 @@ def submit_job(
         check(spec, limits, over_http=True)
     except SettingsError as exc:
         raise settings_error(exc, spec.options, limits) from None
-    _check_uploads(spec, len(files), mask is not None, len(mask_files), strict=job is not None)
+    _check_uploads(spec, len(files), mask is not None, len(mask_files), strict=job is not None,
+                   regions=len(region_uploads))
     waiting = d.manager.counts()["queued"]
     if waiting >= limits.max_queued_jobs:       # before storing anything; submit() checks again
         raise _queue_full(d, waiting)
@@ -183,7 +201,7 @@ def submit_job(
     # The uploads go to disk in the job's own folder and wait there, undecoded, until the job starts.
     folder = d.manager.upload_folder()
     try:
-        queued = _queue_job(d, folder, content, spec, files, mask, mask_files)
+        queued = _queue_job(d, folder, content, spec, files, mask, mask_files, region_uploads)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -201,7 +219,7 @@ def _queue_full(d: Daemon, waiting: int) -> ApiError:
 
 
 def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, files: list[UploadFile],
-               mask: UploadFile | None, mask_files: list[UploadFile]) -> Job:
+               mask: UploadFile | None, mask_files: list[UploadFile], region_files: list[UploadFile] = ()) -> Job:
     """Store and check the uploads (headers only), estimate the job's memory, queue it."""
     limits = d.config.limits
     content_path = save_upload(content, folder, "content", "content")
@@ -243,10 +261,21 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
         mask_path, mask_shape = stored_mask(mask, "mask", "mask")
     style_masks = [(style, stored_mask(mask_files[src.upload], f"mask{i}", f"mask of style {style!r}")[0])
                    for i, (style, src) in enumerate(spec.style_masks)]
+    regions = []
+    for i, (style, src) in enumerate(spec.regions):
+        what = f"region of style {style!r}"
+        path = save_upload(region_files[src.upload], folder, f"region{i}", what)
+        got = probe_file(path, what, limits)
+        if abs(got.width * shape.height - got.height * shape.width) > max(shape.width, shape.height, got.width,
+                                                                          got.height):
+            raise ApiError(422, f"{what}: is {got.width}x{got.height}, not the shape of the image "
+                                f"({shape.width}x{shape.height}); export the region at the image's size")
+        regions.append((style, path))
     engine, document = spec.settings, spec.document
     estimate = estimate_job_memory(shape, style_shapes, engine, document, mask=mask_shape,
                                    on_cpu=d.config.resolved_device == "cpu")
     estimate += len(style_masks) * shape.pixels * 2      # each style's own mask, decoded at up to 16 bits
+    estimate += len(regions) * shape.pixels * 4          # each region, float32 at the photo's size
     budget = int(limits.max_job_memory or default_job_memory())
     if estimate > budget:
         raise over_memory(f"this job ({shape.width}x{shape.height} photo, {len(style_paths)} style(s), working size "
@@ -255,7 +284,7 @@ def _queue_job(d: Daemon, folder: Path, content: UploadFile, spec: JobSpec, file
     request = JobFiles(folder=folder, content=content_path,
                        content_name=name_from_filename(content.filename, "image"), content_shape=shape,
                        styles=style_paths, settings=engine, document=document, mask=mask_path,
-                       style_masks=style_masks, name=spec.name, estimate=estimate, max_pixels=limits.max_pixels,
+                       style_masks=style_masks, regions=regions, name=spec.name, estimate=estimate, max_pixels=limits.max_pixels,
                        priority=spec.priority.value, spec=spec.to_json())
     try:
         return d.manager.submit(request, max_queued=limits.max_queued_jobs)
