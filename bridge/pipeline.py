@@ -97,12 +97,7 @@ def with_regions(styles: "list[StyleInput]", regions: dict[str, np.ndarray]) -> 
         from .settings import SettingsError
         raise SettingsError("regions", f"{unknown[0]!r}: no such style (styles: "
                                        f"{', '.join(s.name for s in styles)})")
-    out = []
-    for style in styles:
-        copy = dataclasses.replace(style)
-        copy.region = regions.get(style.name)      # (a plain attribute until the engine declares the field)
-        out.append(copy)
-    return out
+    return [dataclasses.replace(style, region=regions.get(style.name)) for style in styles]
 
 
 class FailureKind(str, enum.Enum):
