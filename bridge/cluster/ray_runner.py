@@ -8,7 +8,7 @@ estimate (:func:`bridge.daemon.memory.estimate_job_memory`, the run plan's peak)
 
 Why these pieces:
 
-- **A per-job actor** (:class:`JobChannel`, pinned to the daemon's own node so that losing a worker node never
+- **A per-job actor** (:class:`JobChannel`, pinned to the head node so that losing a worker node never
   loses it) carries progress and the live preview from the task to the daemon, which polls it, and cancel,
   pause and "result no longer wanted" from the daemon to the task, where a thread polls it and sets the
   engine's :class:`~bridge.engine.types.CancelToken`.
@@ -48,6 +48,7 @@ POLL_S = 0.25             # how often the daemon polls a job's actor, and the ta
 CAPACITY_CACHE_S = 2.0    # how long the cluster's job slots are trusted before asking Ray again
 MARKER = ".stylebridge-shared"    # written by the daemon in the shared folder; every task checks it sees it
 CHECKPOINTS = "checkpoints"       # the jobs' checkpoints, one <job id>.npz each, in the shared folder
+HEAD_RESOURCE = "node:__internal_head__"   # Ray's resource of the head node alone
 MAX_PARALLEL = 64         # worker threads of the daemon: jobs in flight at most, whatever the cluster's size
 
 
@@ -57,7 +58,7 @@ class ClusterError(Exception):
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class JobChannel:
-    """One job's mailbox between its task (progress, preview, phase, where it runs) and the daemon (cancel,
+    """One job's mailbox (on the head node) between its task (progress, preview, phase, where it runs) and the daemon (cancel,
     pause, whether the result is still wanted). Plain values only, so either side may be any machine."""
 
     def __init__(self) -> None:
@@ -224,6 +225,13 @@ class RayRunner:
             raise ClusterError(f"cannot write in the shared folder {self.shared} ({exc.strerror or exc}): "
                                "give --ray-shared a folder this daemon and every node can write") from None
 
+    def _channel_place(self) -> dict[str, Any]:
+        """Where a job's actor lives: the head node (its GCS: the cluster lives and dies with it), found by the
+        resource Ray gives the head alone; else the daemon's own node. Never a worker node that may die."""
+        if any(HEAD_RESOURCE in n["Resources"] for n in ray.nodes() if n.get("Alive")):
+            return {"resources": {HEAD_RESOURCE: 0.001}}
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.node_id, soft=True)}
+
     def checkpoint_path(self, job_id: str) -> Path:
         return self.checkpoints / f"{job_id}.npz"
 
@@ -234,8 +242,7 @@ class RayRunner:
         path = self.checkpoint_path(job_id)
         interval = getattr(ctx.checkpoint, "interval_s", 30.0)
         bound = getattr(ctx.checkpoint, "bound", None)
-        channel = JobChannel.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=True)).remote()
+        channel = JobChannel.options(**self._channel_place()).remote()
         task = ray.remote(_render_task).options(max_retries=TASK_RETRIES, retry_exceptions=False,
                                                 name=f"stylebridge-job-{job_id}", **self.options(request))
         ref = task.remote(request, channel, str(path), interval, bound, self.marker)
