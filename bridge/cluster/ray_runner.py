@@ -58,8 +58,8 @@ class ClusterError(Exception):
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class JobChannel:
-    """One job's mailbox (on the head node) between its task (progress, preview, phase, where it runs) and the daemon (cancel,
-    pause, whether the result is still wanted). Plain values only, so either side may be any machine."""
+    """One job's mailbox (on the head node) between its task (progress, preview, phase, where it runs) and the
+    daemon (cancel, pause, whether the result is still wanted). Plain values only, so either side may be any machine."""
 
     def __init__(self) -> None:
         self.progress: Progress | None = None
@@ -71,7 +71,7 @@ class JobChannel:
         self.commands = {"cancel": False, "pause": False, "discard": False}
 
     def started(self, info: dict[str, Any]) -> int:
-        """A new attempt of the task began (``info``: id, address, pid, resumed); returns its number (1-based)."""
+        """A new attempt of the task began (``info``: id, address, pid, checkpoint_found); returns its number."""
         self.runs.append({**info, "attempt": len(self.runs) + 1})
         return len(self.runs)
 
@@ -122,7 +122,8 @@ def _render_task(request: LoadedJob, channel: Any, checkpoint_path: str, interva
                            f"every node sees)")
     context = ray.get_runtime_context()
     ray.get(channel.started.remote({"id": context.get_node_id(), "address": ray.util.get_node_ip_address(),
-                                    "pid": os.getpid(), "resumed": Path(checkpoint_path).is_file()}))
+                                    "pid": os.getpid(), "checkpoint_found": Path(checkpoint_path).is_file(),
+                                    "resumed": False}))     # True once the engine says it went on from it
     token = CancelToken()
     commands = {"discard": False}
     stop = threading.Event()
