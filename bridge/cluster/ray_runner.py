@@ -314,6 +314,19 @@ class _Follower:
                 ctx.set_phase(self.phase)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ClusterError at once when nothing listens at ``address`` (ray.init would retry for minutes)."""
+    import socket
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--ray {address!r} is not HOST:PORT (the head's address, e.g. 10.0.0.2:6379) or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"no Ray cluster answers at {address} ({exc.strerror or exc}): start its head with "
+                           "`ray start --head --port PORT` there, or check the address") from None
+
+
 def connect(address: str, shared: Path) -> RayRunner:
     """Join the Ray cluster at ``address`` (``auto``: the one on this machine) as a driver, bound to loopback
     when the cluster's address is; then the shared folder. ClusterError in one line when it cannot."""
@@ -322,6 +335,8 @@ def connect(address: str, shared: Path) -> RayRunner:
                               "configure_logging": False}
     if host in ("127.0.0.1", "localhost"):
         kwargs["_node_ip_address"] = "127.0.0.1"
+    if address != "auto":
+        _check_reachable(address)
     try:
         ray.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, a version mismatch...: say which, one line
