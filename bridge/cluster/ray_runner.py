@@ -40,6 +40,7 @@ from ..daemon.runner import RunContext, run_engine
 from ..engine.checkpoint import FileCheckpoint
 from ..engine.types import CancelToken, Progress
 from ..pipeline import LoadedJob
+from .channel import JobChannel
 
 log = logging.getLogger("stylebridge.daemon")
 
@@ -54,50 +55,6 @@ MAX_PARALLEL = 64         # worker threads of the daemon: jobs in flight at most
 
 class ClusterError(Exception):
     """The cluster cannot be used as asked (no Ray there, a shared folder that is not shared): one line."""
-
-
-@ray.remote(num_cpus=0, max_restarts=0)
-class JobChannel:
-    """One job's mailbox (on the head node) between its task (progress, preview, phase, where it runs) and the
-    daemon (cancel, pause, whether the result is still wanted). Plain values only, so either side may be any machine."""
-
-    def __init__(self) -> None:
-        self.progress: Progress | None = None
-        self.preview: Any = None
-        self.serial = 0              # bumped by every progress report
-        self.preview_serial = 0      # bumped by every preview
-        self.phase: str | None = None
-        self.runs: list[dict[str, Any]] = []     # one per attempt of the task: node id, address, pid, resumed
-        self.commands = {"cancel": False, "pause": False, "discard": False}
-
-    def started(self, info: dict[str, Any]) -> int:
-        """A new attempt of the task began (``info``: id, address, pid, checkpoint_found); returns its number."""
-        self.runs.append({**info, "attempt": len(self.runs) + 1})
-        return len(self.runs)
-
-    def report(self, progress: Progress, preview: Any) -> None:
-        self.progress = progress
-        self.serial += 1
-        if progress.resumed and self.runs:
-            self.runs[-1]["resumed"] = True
-        if preview is not None:
-            self.preview, self.preview_serial = preview, self.preview_serial + 1
-
-    def set_phase(self, phase: str) -> None:
-        self.phase = phase
-
-    def poll(self, serial: int, preview_serial: int) -> dict[str, Any]:
-        """What changed since the daemon's last poll (``serial``, ``preview_serial``: what it has seen)."""
-        return {"serial": self.serial, "progress": self.progress if self.serial != serial else None,
-                "preview_serial": self.preview_serial,
-                "preview": self.preview if self.preview_serial != preview_serial else None,
-                "phase": self.phase, "runs": list(self.runs)}
-
-    def command(self, cancel: bool, pause: bool, discard: bool) -> None:
-        self.commands = {"cancel": cancel, "pause": pause, "discard": discard}
-
-    def read_commands(self) -> dict[str, bool]:
-        return dict(self.commands)
 
 
 def _node_device(settings: Any) -> Any:
@@ -141,7 +98,8 @@ def _render_task(request: LoadedJob, channel: Any, checkpoint_path: str, interva
                 token.pause()
 
     def progress(p: Progress) -> None:
-        channel.report.remote(dataclasses.replace(p, preview=None), p.preview)
+        channel.report.remote({f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "preview"},
+                              p.preview)
 
     watcher = threading.Thread(target=watch, name="stylebridge-commands", daemon=True)
     watcher.start()
@@ -154,6 +112,9 @@ def _render_task(request: LoadedJob, channel: Any, checkpoint_path: str, interva
     finally:
         stop.set()
         watcher.join(timeout=2 * POLL_S + 1)
+
+
+_RENDER = ray.remote(_render_task)     # made once: a remote function is exported to the cluster once
 
 
 class RayRunner:
@@ -244,7 +205,7 @@ class RayRunner:
         interval = getattr(ctx.checkpoint, "interval_s", 30.0)
         bound = getattr(ctx.checkpoint, "bound", None)
         channel = JobChannel.options(**self._channel_place()).remote()
-        task = ray.remote(_render_task).options(max_retries=TASK_RETRIES, retry_exceptions=False,
+        task = _RENDER.options(max_retries=TASK_RETRIES, retry_exceptions=False,
                                                 name=f"stylebridge-job-{job_id}", **self.options(request))
         ref = task.remote(request, channel, str(path), interval, bound, self.marker)
         follower = _Follower(channel, ctx)
@@ -304,7 +265,7 @@ class _Follower:
             self.runs = state["runs"]
             ctx.placed(dict(self.runs[-1], attempts=len(self.runs)))
         if state["progress"] is not None:
-            self.last = state["progress"]
+            self.last = Progress(**state["progress"])
         if self.last is not None and (state["progress"] is not None or state["preview"] is not None):
             ctx.progress(dataclasses.replace(self.last, preview=state["preview"]))
         self.serial, self.preview_serial = state["serial"], state["preview_serial"]
