@@ -118,14 +118,14 @@ class JobManager:
                 job.cancel.pause()
             self._wake.notify_all()
         deadline = time.monotonic() + timeout / 2
-        for worker in self._workers:
+        for worker in [w for w in self._workers if w.is_alive()]:     # (never started: nothing to join)
             worker.join(max(0.0, deadline - time.monotonic()))
         if any(worker.is_alive() for worker in self._workers):
             with self._lock:
                 for job in self._running:
                     job.cancel.cancel()
             deadline = time.monotonic() + timeout / 2
-            for worker in self._workers:
+            for worker in [w for w in self._workers if w.is_alive()]:
                 worker.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             keep = {job.files.folder.name for job in self.store.all()
