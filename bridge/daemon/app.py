@@ -55,7 +55,8 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine, preview_servic
         library=StyleLibrary(data_dir / "styles", max_pixels=config.limits.max_pixels),
         manager=JobManager(runner, data_dir / "jobs", retention_s=config.retention_s,
                            memory_budget=config.limits.memory_budget, checkpoint_s=config.checkpoint_s,
-                           fixed={"device": config.resolved_device, "weights": config.weights}),
+                           fixed={"device": config.resolved_device, "weights": config.weights},
+                           slots=getattr(runner, "slots", None), workers=getattr(runner, "max_parallel", 1)),
         previews=preview_service or PreviewService(threads=preview_threads(config.resolved_device)))
 
     @asynccontextmanager

@@ -66,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--png-level", type=int, default=None, choices=range(10), metavar="0-9",
                        help="zlib level of the layer PNGs (default: per layer, stored for photo-like layers and "
                             "level 1 for masks and empty layers: fastest on loopback; 1-9 for slow networks)")
+    serve.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run the jobs on a Ray cluster (head's ADDRESS, or auto: the one on this machine); needs "
+                            "--ray-shared and the cluster extra: pip install 'stylebridge[cluster]' (docs/cluster.md)")
+    serve.add_argument("--ray-shared", type=Path, default=None, metavar="DIR",
+                       help="with --ray: a folder this daemon and every node read and write at the same path "
+                            "(NFS/SMB): the jobs' checkpoints, so a job whose node dies resumes on another")
     serve.add_argument("--verbose", "-v", action="store_true", help="log every request")
     serve.add_argument("--idle-exit", type=float, default=SERVICE.idle_exit_seconds, metavar="SECONDS",
                        help=f"stop after this long with no job queued or running and no request (default "
@@ -206,6 +212,7 @@ def serve_command(args: argparse.Namespace) -> int:
         check_bind(args.host, token)
         _check_options(args)
         data_dir = _data_dir(args)
+        _check_ray_options(args)
     except StartupError as exc:
         return _fail(str(exc))
     logger = _log_to_stderr()
@@ -219,16 +226,56 @@ def serve_command(args: argparse.Namespace) -> int:
         sock.close()
         return _fail(str(exc))
     meter = _speed_meter(vgg, device, logger, data_dir)
-    return _serve(args, _config(args, data_dir, sock.getsockname()[1], token, device, weights_path), sock, meter)
+    try:
+        runner = _ray_runner(args)
+    except StartupError as exc:
+        sock.close()
+        return _fail(str(exc))
+    try:
+        return _serve(args, _config(args, data_dir, sock.getsockname()[1], token, device, weights_path), sock, meter,
+                      runner)
+    finally:
+        if runner is not None:
+            runner.close()
 
 
-def _serve(args: argparse.Namespace, config: DaemonConfig, sock: socket.socket, meter: Any) -> int:
+def _check_ray_options(args: argparse.Namespace) -> None:
+    """--ray needs --ray-shared (and the reverse), and Ray installed: StartupError saying what to do."""
+    if args.ray is None:
+        if args.ray_shared is not None:
+            raise StartupError("--ray-shared is only for --ray ADDRESS (a Ray cluster); drop it, or add --ray")
+        return
+    if args.ray_shared is None:
+        raise StartupError("--ray needs --ray-shared DIR: a folder every node reads and writes at the same path, "
+                           "where the jobs' checkpoints live (docs/cluster.md)")
+    import importlib.util
+    if importlib.util.find_spec("ray") is None:
+        raise StartupError("--ray needs Ray: pip install 'stylebridge[cluster]'")
+
+
+def _ray_runner(args: argparse.Namespace) -> Any:
+    """The Ray cluster's runner for --ray (imported only then), or None; StartupError when it cannot join."""
+    if args.ray is None:
+        return None
+    from ..cluster.ray_runner import ClusterError, connect
+    try:
+        runner = connect(args.ray, args.ray_shared.expanduser())
+    except ClusterError as exc:
+        raise StartupError(str(exc)) from None
+    nodes = runner.nodes()
+    print(f"stylebridge: jobs run on the Ray cluster at {args.ray}: {len(nodes)} node(s), "
+          f"{runner.slots()} job(s) at once ({'a GPU' if runner.gpus else 'a CPU'} each); "
+          f"checkpoints in {runner.checkpoints}", file=sys.stderr, flush=True)
+    return runner
+
+
+def _serve(args: argparse.Namespace, config: DaemonConfig, sock: socket.socket, meter: Any, runner: Any = None) -> int:
     """Build the app, say where it listens, and serve until Ctrl-C (uvicorn's graceful shutdown)."""
     import uvicorn
 
     from .app import create_app
     from . import idle, speed
-    app = create_app(config)
+    app = create_app(config) if runner is None else create_app(config, runner=runner)
     app.state.speed = meter
     manager = app.state.daemon.manager
     manager.on_done = lambda job: speed.learn_from_jobs(meter, [job], save=True)   # before a client deletes it

@@ -53,10 +53,12 @@ class JobManager:
 
     def __init__(self, runner: Runner, folder: Path, *, retention_s: float = SERVICE.keep_results_minutes * 60.0,
                  memory_budget: int = LIMITS.memory_budget, checkpoint_s: float = SERVICE.checkpoint_seconds,
-                 fixed: dict[str, Any] | None = None) -> None:
+                 fixed: dict[str, Any] | None = None, slots: Callable[[], int] | None = None,
+                 workers: int = 1) -> None:
         """``folder``: the data folder's ``jobs/`` (this daemon's own folder is made in it, :mod:`.folders`);
         ``checkpoint_s``: how often a running job's checkpoint is saved at least; ``fixed``: the settings
-        this daemon fixes (device, weights), applied to the unfinished jobs it takes over."""
+        this daemon fixes (device, weights), applied to the unfinished jobs it takes over; ``workers`` threads
+        run jobs, at most ``slots()`` at once (a cluster's free places, :mod:`bridge.cluster`; default: one)."""
         self.runner = runner
         self.checkpoint_s = float(checkpoint_s)
         self._own = folders.claim(Path(folder))
@@ -66,11 +68,13 @@ class JobManager:
         self._queue: deque[Job] = deque()
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
-        self._current: Job | None = None
+        self._running: list[Job] = []     # the jobs the workers run now (one, unless a cluster runs them)
+        self._slots = slots or (lambda: 1)
         self.completed = 0
         self.on_done: Callable[[Job], None] | None = None    # called (no lock held) as each job ends done
         self._adopt(self._own.adopted, fixed)
-        self._worker = threading.Thread(target=self._work, name="stylebridge-engine", daemon=True)
+        self._workers = [threading.Thread(target=self._work, name=f"stylebridge-engine-{i}", daemon=True)
+                         for i in range(max(1, workers))]
         self._janitor = threading.Thread(target=self.store.clean_until, args=(self._stop,),
                                          name="stylebridge-janitor", daemon=True)
 
@@ -99,7 +103,8 @@ class JobManager:
         return folder
 
     def start(self) -> None:
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
         self._janitor.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -110,16 +115,19 @@ class JobManager:
         (description, uploads, checkpoint); finished results are removed (:func:`folders.release`)."""
         self._stop.set()
         with self._lock:
-            if self._current is not None:
-                self._current.cancel.pause()
+            for job in self._running:
+                job.cancel.pause()
             self._wake.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout / 2)
-            if self._worker.is_alive():
-                with self._lock:
-                    if self._current is not None:
-                        self._current.cancel.cancel()
-                self._worker.join(timeout / 2)
+        deadline = time.monotonic() + timeout / 2
+        for worker in [w for w in self._workers if w.is_alive()]:     # (never started: nothing to join)
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.is_alive() for worker in self._workers):
+            with self._lock:
+                for job in self._running:
+                    job.cancel.cancel()
+            deadline = time.monotonic() + timeout / 2
+            for worker in [w for w in self._workers if w.is_alive()]:
+                worker.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             keep = {job.files.folder.name for job in self.store.all()
                     if not job.status.terminal and job.files is not None
@@ -151,8 +159,11 @@ class JobManager:
 
     def _pause_batch_for(self, job: Job) -> None:
         """An interactive job arrived while a batch job runs: the batch job stops at a checkpoint and
-        resumes after this one (caller holds the lock)."""
-        current = self._current
+        resumes after this one (caller holds the lock). With room for it (a cluster), none pauses."""
+        if len(self._running) < self._slots():
+            return
+        batch = [j for j in self._running if j.priority == "batch"]
+        current = batch[-1] if batch else None
         if (job.priority != "batch" and current is not None and current.priority == "batch"
                 and current.status is JobState.RUNNING and not current.cancel.cancelled):
             current.cancel.pause()
@@ -215,8 +226,8 @@ class JobManager:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            out = {"queued": len(self._queue), "running": int(self._current is not None
-                                                              and self._current.status is JobState.RUNNING),
+            out = {"queued": len(self._queue),
+                   "running": sum(1 for j in self._running if j.status is JobState.RUNNING),
                    "paused": sum(1 for j in self._queue if j.status is JobState.PAUSED)}
             out["kept"] = self.store.kept()
             return out
@@ -243,8 +254,8 @@ class JobManager:
     def _work(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                while not self._queue and not self._stop.is_set():
-                    self._wake.wait(timeout=5.0)
+                while (not self._queue or len(self._running) >= self._slots()) and not self._stop.is_set():
+                    self._wake.wait(timeout=5.0 if len(self._workers) == 1 else 1.0)
                 if self._stop.is_set():
                     return
                 job = self._order()[0]
@@ -253,7 +264,7 @@ class JobManager:
                 job.status = JobState.RUNNING
                 job.phase = "finishing" if job.finish_on_resume else "starting"
                 job.started = time.time()
-                self._current = job
+                self._running.append(job)
             try:
                 self._run(job, files)
             except BaseException as exc:  # noqa: BLE001 - a crashing job fails alone
@@ -268,8 +279,9 @@ class JobManager:
             finally:
                 files = None
                 with self._lock:
-                    self._current = None
+                    self._running.remove(job)
                     self.completed += 1
+                    self._wake.notify_all()
 
     def _context(self, job: Job, files: JobFiles) -> RunContext:
         """What the runner reports to (progress, phase, checkpoint failures: into the job, under the lock)
@@ -302,9 +314,14 @@ class JobManager:
                 if message not in job.warnings:
                     job.warnings.append(message)
 
+        def placed(info: dict[str, Any]) -> None:
+            with self._lock:
+                job.node = dict(info)
+                job.resumed = job.resumed or bool(info.get("resumed"))
+
         checkpoint = persist.ReportingCheckpoint(persist.checkpoint_path(files.folder), self.checkpoint_s,
                                                  on_failure=checkpoint_failed, bound=persist.checkpoint_bound(files))
-        return RunContext(on_progress, job.cancel, set_phase, wanted, checkpoint)
+        return RunContext(on_progress, job.cancel, set_phase, wanted, checkpoint, job.id, placed)
 
     def _run(self, job: Job, files: JobFiles | None) -> None:
         assert files is not None

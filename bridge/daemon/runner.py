@@ -23,6 +23,9 @@ class RunContext:
     set_phase: Callable[[str], None]
     wanted: Callable[[], bool]        # False once the client cancelled without keeping the result
     checkpoint: Any = None            # the job's engine Checkpoint (persist.ReportingCheckpoint): resume, pause
+    job_id: str = ""                  # the daemon's id of the job (a cluster runner names its shared checkpoint so)
+    # where the job runs, told by a runner that runs it elsewhere (bridge.cluster): node, address, pid, attempt...
+    placed: Callable[[dict[str, Any]], None] = lambda info: None
 
 
 #: runner(request, ctx) -> (stack, settings JSON, partial) or None when there is nothing to keep

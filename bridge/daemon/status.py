@@ -88,6 +88,7 @@ def status_json(job: Job, queue_position: int | None, now: float | None = None) 
         "priority": job.priority,
         "resumed": job.resumed,
         "warnings": list(job.warnings),
+        "node": dict(job.node) if job.node else None,   # the cluster node it runs or ran on (serve --ray)
     }
     out["message"] = progress_text(out)     # the same words in every client
     return out
