@@ -67,6 +67,7 @@ class StyleLoss(nn.Module):
 
 
 MIN_MASS = 1e-6   # a region whose guidance sums to less than this at a layer takes no part in that layer's loss
+SPARSE_SHARE = 0.9   # a region covering less than this share of a layer's positions gathers them first
 
 
 @dataclass
@@ -98,15 +99,24 @@ class GuidedStyleLoss(nn.Module):
                  normalize: bool = False) -> None:
         super().__init__()
         self.register_buffer("target", target_gram.detach())
-        self.register_buffer("weights", weights.detach())
-        self.share = float(weights.sum()) / max(1, weights.numel())
+        flat = weights.detach().reshape(-1)
+        self.share = float(flat.sum()) / max(1, flat.numel())
+        # Only the positions the region covers enter its Gram: regions that split the image then cost about one
+        # plain Gram together, not one each (the Grams are ~1/5 of an evaluation on a CPU).
+        index = torch.nonzero(flat > 0).reshape(-1)
+        self.index: torch.Tensor | None = index if index.numel() < SPARSE_SHARE * flat.numel() else None
+        self.register_buffer("weights", flat if self.index is None else flat[index])
         self.weight = weight
         self.normalize = normalize
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             features = normalize_grad(features)
-        return self.weight * self.share * F.mse_loss(guided_gram(features, self.weights), self.target)
+        c = features.shape[1]
+        flat = features.reshape(c, -1)
+        if self.index is not None:
+            flat = flat.index_select(1, self.index)
+        return self.weight * self.share * F.mse_loss(guided_gram(flat[None, :, None], self.weights), self.target)
 
 
 class TVLoss(nn.Module):

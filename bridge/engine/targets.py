@@ -21,14 +21,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import torch
-
-from ..settings import Settings
-from . import tiled
 import numpy as np
+import torch
 import torch.nn.functional as F
 
-from ..settings import SettingsError
+from ..settings import Settings, SettingsError
+from . import tiled
 from .losses import MIN_MASS, RegionTarget, gram_matrix, guided_gram
 from .pixels import picture_tensor, resize
 from .plan import MIN_SIDE, StagePlan, fits_whole, stage_dims
