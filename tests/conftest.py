@@ -5,6 +5,13 @@ VGG-19 loaded once per session. Nothing here reads outside the repository."""
 from __future__ import annotations
 
 import dataclasses
+import os
+
+# One engine thread, here and in every process the tests start (they inherit the environment). The tests' images
+# are tiny: a second OpenMP thread only spins waiting for work (on a busy 2-core machine 4-8x the CPU time of a
+# whole tiny run), it changes no result the tests look at. Set before torch is imported; STYLEBRIDGE_TEST_THREADS
+# gives another count (e.g. to run the suite as the product runs, with torch's default).
+os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("STYLEBRIDGE_TEST_THREADS", "1"))
 
 import numpy as np
 import pytest
