@@ -33,7 +33,7 @@ from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.settle import place
 from bridge.outputs import fit_name, name_bytes, rename_noreplace
 from bridge.hotfolder.command import STOP_GRACE_SECONDS
-from inprocess import WatcherThread, watch_once
+from inprocess import StubEngine, WatcherThread, watch_once
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -75,10 +75,11 @@ class Once:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def run_once(root: Path, capsys: pytest.CaptureFixture[str]) -> Once:
-    """The watcher's lines are ``stdout``; anything on the process's stderr (a traceback) is ``stderr``."""
+def run_once(root: Path, capsys: pytest.CaptureFixture[str], engine: object = None) -> Once:
+    """The watcher's lines are ``stdout``; anything on the process's stderr (a traceback) is ``stderr``.
+    ``engine``: the real in-process engine by default; :class:`StubEngine` where the folders are the point."""
     capsys.readouterr()
-    rc, lines = watch_once(root, stable_seconds=STABLE)
+    rc, lines = watch_once(root, engine, stable_seconds=STABLE)
     captured = capsys.readouterr()
     return Once(rc, lines + captured.out, captured.err)
 
@@ -226,7 +227,7 @@ def test_item1_long_names_are_processed_and_never_stop_the_watcher(tmp_path: Pat
     (root / "done").mkdir()
     (root / "done" / ascii_255).write_bytes(b"an older original")
 
-    run = run_once(root, capsys)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     assert run.returncode == 1, run.stdout + run.stderr             # 1: the text file failed, nothing crashed
     assert "Traceback" not in run.stdout + run.stderr
     out = files(root / "out")
@@ -257,7 +258,7 @@ def test_item1_odd_names_undecodable_bytes_and_newlines(tmp_path: Path, capsys) 
     for n in names:
         with open(os.path.join(inbox, n), "wb") as fh:
             fh.write(photo)
-    run = run_once(root, capsys)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     assert run.returncode == 0, run.stdout + run.stderr
     done = sorted(os.listdir(os.fsencode(root / "done")))
     assert done == sorted(n for n in names if not n.startswith(b"."))   # ".jpg.jpg" is hidden: ignored
@@ -310,7 +311,7 @@ def test_item4_special_files_go_to_error_and_are_never_opened(tmp_path: Path, ca
     os.symlink(tmp_path / "nowhere.jpg", inbox / "dangling.jpg")
     make_photo(inbox / "good.jpg")
     start = time.monotonic()
-    run = run_once(root, capsys)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     took = time.monotonic() - start
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
@@ -589,7 +590,7 @@ def test_unreadable_settings_json_is_a_settings_error_not_an_internal_error(tmp_
     (root / "in" / "big.jpg.json").write_text('{"size": ' + "9" * 5000 + "}")
     make_photo(root / "in" / "sub" / "photos" / "real.jpg")
     os.symlink("photos/real.jpg", root / "in" / "sub" / "rel-link.jpg")
-    run = run_once(root, capsys)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     assert run.returncode == 1, run.stdout + run.stderr
     for name in ("deep.jpg", "big.jpg"):
         note = (root / "error" / f"{name}.txt").read_text()
