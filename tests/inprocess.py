@@ -80,9 +80,8 @@ class StubEngine:
 
     allows_library = False
 
-    def __init__(self, fail: Callable[[Any], Exception | None] | None = None) -> None:
+    def __init__(self) -> None:
         self.rendered: list[str] = []
-        self.fail = fail
 
     def render(self, inputs: Any, source: Path, dest: Path, report: Callable, cancel: Any, *,
                checkpoint: Any = None) -> None:
@@ -91,8 +90,6 @@ class StubEngine:
         from bridge.engine.types import StyledImage, StylizeResult
 
         self.rendered.append(inputs.content.name)
-        if self.fail is not None and (exc := self.fail(inputs)) is not None:
-            raise exc
         report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
         spec = inputs.spec
         photo = inputs.content
