@@ -53,6 +53,10 @@ def daemon_in_thread(data_dir: Path, *, runner: Callable | None = None, port: in
     from bridge.daemon.runner import run_engine
     from bridge.settings import LIMITS
 
+    if runner is None:          # warm up as ``serve`` does before it answers: the engine and the VGG (cached)
+        from bridge.engine.vgg import load_vgg
+        from bridge.settings import DEFAULTS
+        load_vgg(DEFAULTS.weights, DEFAULTS.pooling, "cpu")
     port = port or free_port()
     extra: dict[str, Any] = {}
     if checkpoint_s is not None:
