@@ -217,6 +217,7 @@ def test_psd_output_with_masks(tmp_path, inputs, photo, capsys) -> None:
     assert (tmp_path / "doc-2.psd").is_file()
 
 
+@pytest.mark.e2e
 def test_ctrl_c_writes_best_so_far_and_exits_130(tmp_path, inputs) -> None:
     """A real SIGINT to a real process: the optimisation stops, the partial result is written, exit 130."""
     out = tmp_path / "o"

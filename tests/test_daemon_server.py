@@ -1,5 +1,6 @@
 """Starting and running the daemon: refusals at start-up, the token, result retention and spilling
-to disk, and a crashing job that fails alone. Real ``stylebridge serve`` processes on loopback."""
+to disk, and a crashing job that fails alone. Real ``stylebridge serve`` processes on loopback for what
+happens at start-up; the real app served in this process (tests/inprocess.py) for what happens after."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from bridge.daemon.runner import run_engine
 from bridge.imaging import load_image
 from bridge.settings import LIMITS
 
-from test_daemon_api import SAMPLES, TINY, free_port, png_of, start_daemon, stop_daemon
+from inprocess import daemon_in_thread
+from test_daemon_api import SAMPLES, TINY, free_port, png_of
 
 TOKEN = "s3cret-token"
 
@@ -56,12 +58,10 @@ def test_missing_device_fails_at_start_up(tmp_path):
 
 @pytest.fixture(scope="module")
 def token_daemon(tmp_path_factory):
+    """``serve --keep-results 0.15 --memory-budget-mb 0`` with STYLEBRIDGE_TOKEN set: the app, in this process."""
     data = tmp_path_factory.mktemp("token-daemon")
-    proc, url = start_daemon(data, "--keep-results", "0.15", "--memory-budget-mb", "0",
-                             env={"STYLEBRIDGE_TOKEN": TOKEN})
-    yield {"url": url, "data": data}
-    out = stop_daemon(proc)
-    assert "Traceback" not in out, out
+    with daemon_in_thread(data, token=TOKEN, retention_s=0.15 * 60, memory_budget=0) as url:
+        yield {"url": url, "data": data}
 
 
 def test_token_rules_and_status(token_daemon):

@@ -1,7 +1,7 @@
 """Issue 15, items 6 and 8: outputs are claimed atomically and checked before the work.
 
-Real ``python -m bridge.cli stylize`` processes on tiny generated pictures, real folders, and real small file
-systems (tmpfs mounts: read-only, and 64 KiB for a full disk) where the machine allows mounting; the naming
+The CLI's own ``main`` in this process (two real ``python -m bridge.cli stylize`` processes race for one name,
+``e2e``) on tiny generated pictures, real folders, and real small file systems (tmpfs mounts: read-only, and 64 KiB for a full disk) where the machine allows mounting; the naming
 and publishing rules of :mod:`bridge.outputs` are also tested directly, with a competing file created between
 the check and the claim to force the race deterministically.
 """
@@ -24,18 +24,14 @@ from bridge.outputs import OutputError, check_name, output_file, probe_writable,
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--size", "32", "--iterations", "1", "--no-coarse-to-fine", "--seed", "1", "--quiet"]
-RACE = """
-import sys
-from pathlib import Path
-import bridge.outputs as o
-real = o.publish
-def racing(src, wanted, **kw):
-    Path(wanted).write_bytes(b"the other run's file")   # another run claims the name first
-    return real(src, wanted, **kw)
-o.publish = racing
-from bridge.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+
+
+def _racing(real):  # noqa: ANN001, ANN202
+    """``bridge.outputs.publish`` as if another run claimed the wanted name first (between check and claim)."""
+    def racing(src, wanted, **kw):  # noqa: ANN001, ANN202
+        Path(wanted).write_bytes(b"the other run's file")
+        return real(src, wanted, **kw)
+    return racing
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -53,14 +49,36 @@ def pics(tmp_path_factory) -> dict[str, Path]:
             "style": save_image(Picture(rgb=style, name="bands"), d / "bands.png")}
 
 
-def stylize(pics: dict[str, Path], out: str | Path, *extra: str, env: dict | None = None,
-            code: str | None = None) -> subprocess.CompletedProcess:
-    """One real CLI run (``code``: a wrapper script standing in for ``-m bridge.cli``)."""
-    launcher = ["-c", code] if code else ["-m", "bridge.cli"]
-    args = [sys.executable, *launcher, "stylize", str(pics["photo"]), "-s", str(pics["style"]), "-o", str(out),
-            *FAST, *extra]
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO, env=full_env)
+class Done:
+    """What one ``stylebridge stylize`` run did: its exit code and what it printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli(pics, out, *extra, env=None, race=False) -> Done: ``stylebridge stylize PHOTO -s STYLE -o OUT`` by the
+    command line's own ``main`` in this process (``env``: its environment; ``race``: another run claims the name
+    between the check and the claim)."""
+    import tempfile
+
+    from bridge.cli import main
+
+    def run(pics: dict[str, Path], out: str | Path, *extra: str, env: dict | None = None, race: bool = False,
+            style: Path | None = None) -> Done:
+        with monkeypatch.context() as patch:
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            patch.setattr(tempfile, "tempdir", None)              # read TMPDIR again, as a new process does
+            if race:
+                patch.setattr(outputs, "publish", _racing(outputs.publish))
+            capsys.readouterr()
+            code = main(["stylize", str(pics["photo"]), "-s", str(style or pics["style"]), "-o", str(out), *FAST,
+                         *extra])
+            captured = capsys.readouterr()
+        return Done(code, captured.out, captured.err)
+    return run
 
 
 def leftovers(*folders: Path) -> list[Path]:
@@ -203,6 +221,7 @@ def test_probe_sees_a_read_only_folder_even_as_root(read_only_folder) -> None:
 
 # ------------------------------------------------------------------------- the CLI, for real
 
+@pytest.mark.e2e
 def test_two_runs_with_the_same_output_both_keep_their_file(tmp_path, pics) -> None:
     target = tmp_path / "same.png"
     args = [sys.executable, "-m", "bridge.cli", "stylize", str(pics["photo"]), "-s", str(pics["style"]),
@@ -220,10 +239,10 @@ def test_two_runs_with_the_same_output_both_keep_their_file(tmp_path, pics) -> N
     assert not leftovers(tmp_path)
 
 
-def test_forced_race_the_run_reports_the_name_it_really_wrote(tmp_path, pics) -> None:
+def test_forced_race_the_run_reports_the_name_it_really_wrote(tmp_path, pics, cli) -> None:
     """Another file takes the name after the check and before the claim: ours goes to NAME-2, theirs is kept."""
     target = tmp_path / "doc.psd"
-    done = stylize(pics, target, "--json", code=RACE)
+    done = cli(pics, target, "--json", race=True)
     assert done.returncode == 0, done.stderr
     import json
     summary = json.loads(done.stdout)
@@ -233,8 +252,8 @@ def test_forced_race_the_run_reports_the_name_it_really_wrote(tmp_path, pics) ->
     assert not leftovers(tmp_path)
 
 
-def test_read_only_folder_fails_before_the_work(read_only_folder, pics) -> None:
-    done = stylize(pics, read_only_folder / "x.psd")
+def test_read_only_folder_fails_before_the_work(read_only_folder, pics, cli) -> None:
+    done = cli(pics, read_only_folder / "x.psd")
     assert done.returncode == 2, done.stderr
     assert "cannot write in" in done.stderr and "choose another output" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
@@ -242,58 +261,56 @@ def test_read_only_folder_fails_before_the_work(read_only_folder, pics) -> None:
 
 
 @pytest.mark.parametrize("where", ["x.png", "sub/x.psd", "sub/"])
-def test_output_under_a_regular_file_fails_before_the_work(tmp_path, pics, where) -> None:
+def test_output_under_a_regular_file_fails_before_the_work(tmp_path, pics, where, cli) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("user data")
-    done = stylize(pics, f"{notes}/{where}")
+    done = cli(pics, f"{notes}/{where}")
     assert done.returncode == 2, done.stderr
     assert "notes.txt: exists and is not a folder" in done.stderr
     assert notes.read_text() == "user data" and sorted(tmp_path.iterdir()) == [notes]
 
 
-def test_names_too_long_fail_before_the_work(tmp_path, pics) -> None:
-    done = stylize(pics, tmp_path / ("a" * 252 + ".png"))           # 256 bytes
+def test_names_too_long_fail_before_the_work(tmp_path, pics, cli) -> None:
+    done = cli(pics, tmp_path / ("a" * 252 + ".png"))           # 256 bytes
     assert done.returncode == 2 and "256 bytes long; the file system allows 255" in done.stderr
-    done = stylize(pics, tmp_path / ("é" * 124 + ".psd"))            # 252 bytes: fits, but not the temp name...
+    done = cli(pics, tmp_path / ("é" * 124 + ".psd"))            # 252 bytes: fits, but not the temp name...
     assert done.returncode == 0, done.stderr                         # ...which is shortened to fit
     assert (tmp_path / ("é" * 124 + ".psd")).is_file()
     long_style = tmp_path / ("s" * 250 + ".png")    # 254 bytes; the output photo_SSS...png would be 260
     shutil.copyfile(pics["style"], long_style)
-    done = subprocess.run([sys.executable, "-m", "bridge.cli", "stylize", str(pics["photo"]), "-s", str(long_style),
-                           "-o", str(tmp_path / "out"), *FAST], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    done = cli(pics, tmp_path / "out", style=long_style)
     assert done.returncode == 2 and "photo's and style's names" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
-def test_unsupported_type_is_refused_not_made_a_folder(tmp_path, pics) -> None:
-    done = stylize(pics, tmp_path / "x.gif")
+def test_unsupported_type_is_refused_not_made_a_folder(tmp_path, pics, cli) -> None:
+    done = cli(pics, tmp_path / "x.gif")
     assert done.returncode == 2
     assert "'.gif' is not a type stylebridge writes" in done.stderr
     assert ".png" in done.stderr and ".psd" in done.stderr and "end OUT with /" in done.stderr
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_parent_is_refused_unless_the_folder_ends_in_a_slash(tmp_path, pics) -> None:
+def test_missing_parent_is_refused_unless_the_folder_ends_in_a_slash(tmp_path, pics, cli) -> None:
     for out in ("no/such/x.psd", "no/such/out"):
-        done = stylize(pics, tmp_path / out)
+        done = cli(pics, tmp_path / out)
         assert done.returncode == 2, done.stderr
         assert "no such folder: check the spelling" in done.stderr and "mkdir -p" in done.stderr
         assert list(tmp_path.iterdir()) == []
-    done = stylize(pics, f"{tmp_path}/no/such/out/")                   # a folder, asked for with /
+    done = cli(pics, f"{tmp_path}/no/such/out/")                   # a folder, asked for with /
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and (tmp_path / "no/such/out/photo_bands.png").is_file()
-    done = stylize(pics, tmp_path / "new")                            # the last folder alone is created
+    done = cli(pics, tmp_path / "new")                            # the last folder alone is created
     assert done.returncode == 0 and (tmp_path / "new/photo_bands.png").is_file()
-    done = stylize(pics, tmp_path / "made/x.psd")                     # so is a file's own folder
+    done = cli(pics, tmp_path / "made/x.psd")                     # so is a file's own folder
     assert done.returncode == 0 and (tmp_path / "made/x.psd").is_file()
 
 
-def test_full_disk_the_result_is_saved_elsewhere_and_said_so(tmp_path, pics, mount_tmpfs) -> None:
+def test_full_disk_the_result_is_saved_elsewhere_and_said_so(tmp_path, pics, mount_tmpfs, cli) -> None:
     full = mount_tmpfs("full", "size=64k")
     spare = tmp_path / "spare"
     spare.mkdir()
-    done = stylize(pics, full / "x.psd", env={"TMPDIR": str(spare)})
+    done = cli(pics, full / "x.psd", env={"TMPDIR": str(spare)})
     assert done.returncode == 1, done.stderr
     assert f"could not write {full / 'x.psd'}: No space left on device (the disk is full" in done.stderr
     saved = [line.split("saved instead to ", 1)[1].split(" (")[0] for line in done.stderr.splitlines()
@@ -303,7 +320,7 @@ def test_full_disk_the_result_is_saved_elsewhere_and_said_so(tmp_path, pics, mou
     assert not [p for p in full.rglob("*") if p.is_file()]            # nothing partial on the full disk
     shutil.rmtree(Path(saved[0]).parent)
     # nowhere to go at all: said so, and still nothing left behind
-    done = stylize(pics, full / "x.psd", env={"TMPDIR": str(full)})
+    done = cli(pics, full / "x.psd", env={"TMPDIR": str(full)})
     assert done.returncode == 1
     assert "this result is lost" in done.stderr and "No space left on device" in done.stderr
     assert not [p for p in full.rglob("*") if p.is_file()] and not leftovers(full, spare)

@@ -1,6 +1,7 @@
 """Issue 15, the hot-folder part: no file, name or full disk stops or hangs the watcher.
 
-Real ``stylebridge watch`` processes on real folders; inputs generated from ``samples/`` (never
+The real watcher on real folders, in this process (tests/inprocess.py), with the real engine; real
+``stylebridge watch`` processes (``e2e``) where signals are the point. Inputs generated from ``samples/`` (never
 ../shared).  A full disk is a real small tmpfs (``mount -t tmpfs``): as root (CI) mounting must work,
 elsewhere those tests skip with the reason.  tmpfs is also another file system than the work tree, so
 an ``out/`` mounted there exercises the no-hard-link (copy) path.
@@ -32,6 +33,7 @@ from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.settle import place
 from bridge.outputs import fit_name, name_bytes, rename_noreplace
 from bridge.hotfolder.command import STOP_GRACE_SECONDS
+from inprocess import StubEngine, WatcherThread, watch_once
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -66,9 +68,20 @@ def watch_cmd(root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bridge.cli", "watch", str(root), "--stable-seconds", str(STABLE), *extra]
 
 
-def run_once(root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(watch_cmd(root, "--once"), cwd=REPO, env=ENV, capture_output=True, text=True,
-                          errors="replace", timeout=timeout)
+class Once:
+    """What ``stylebridge watch DIR --once`` did, run in this process: its exit code and terminal text."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_once(root: Path, capsys: pytest.CaptureFixture[str], engine: object = None) -> Once:
+    """The watcher's lines are ``stdout``; anything on the process's stderr (a traceback) is ``stderr``.
+    ``engine``: the real in-process engine by default; :class:`StubEngine` where the folders are the point."""
+    capsys.readouterr()
+    rc, lines = watch_once(root, engine, stable_seconds=STABLE)
+    captured = capsys.readouterr()
+    return Once(rc, lines + captured.out, captured.err)
 
 
 def files(folder: Path) -> list[str]:
@@ -193,7 +206,7 @@ def parts_under(folder: Path) -> list[str]:
 # ========================================================================== item 1: long names
 
 
-def test_item1_long_names_are_processed_and_never_stop_the_watcher(tmp_path: Path) -> None:
+def test_item1_long_names_are_processed_and_never_stop_the_watcher(tmp_path: Path, capsys) -> None:
     """Legal 237-255-byte names (Japanese, ASCII, in a sub-folder), a name whose out/ and done/
     names are taken (so ``-2`` must be squeezed in), and a long name that fails (its error note
     must fit too): all settle, names fit NAME_MAX, the journal keeps the original names."""
@@ -214,7 +227,7 @@ def test_item1_long_names_are_processed_and_never_stop_the_watcher(tmp_path: Pat
     (root / "done").mkdir()
     (root / "done" / ascii_255).write_bytes(b"an older original")
 
-    run = run_once(root)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     assert run.returncode == 1, run.stdout + run.stderr             # 1: the text file failed, nothing crashed
     assert "Traceback" not in run.stdout + run.stderr
     out = files(root / "out")
@@ -235,7 +248,7 @@ def test_item1_long_names_are_processed_and_never_stop_the_watcher(tmp_path: Pat
     assert claims == {jp, ascii_255, sub_255, bad_255}              # the journal keeps the original names
 
 
-def test_item1_odd_names_undecodable_bytes_and_newlines(tmp_path: Path) -> None:
+def test_item1_odd_names_undecodable_bytes_and_newlines(tmp_path: Path, capsys) -> None:
     """Names Python cannot encode as UTF-8 (Latin-1 bytes), with a newline or only an extension:
     all processed, the journal stays valid JSON, nothing crashes."""
     root = make_hot(tmp_path / "hot")
@@ -245,7 +258,7 @@ def test_item1_odd_names_undecodable_bytes_and_newlines(tmp_path: Path) -> None:
     for n in names:
         with open(os.path.join(inbox, n), "wb") as fh:
             fh.write(photo)
-    run = run_once(root)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     assert run.returncode == 0, run.stdout + run.stderr
     done = sorted(os.listdir(os.fsencode(root / "done")))
     assert done == sorted(n for n in names if not n.startswith(b"."))   # ".jpg.jpg" is hidden: ignored
@@ -278,7 +291,7 @@ def _make_socket(path: Path) -> None:
         os.rename(os.path.join(d, "s"), path)
 
 
-def test_item4_special_files_go_to_error_and_are_never_opened(tmp_path: Path) -> None:
+def test_item4_special_files_go_to_error_and_are_never_opened(tmp_path: Path, capsys) -> None:
     """A FIFO (no writer: open() for reading would block forever), a socket, a character device, a
     link to the FIFO, a link to a folder, a dangling link, and a good photo: the watcher finishes,
     each special entry is in error/ (still what it was) with its reason, the photo in out/."""
@@ -298,7 +311,7 @@ def test_item4_special_files_go_to_error_and_are_never_opened(tmp_path: Path) ->
     os.symlink(tmp_path / "nowhere.jpg", inbox / "dangling.jpg")
     make_photo(inbox / "good.jpg")
     start = time.monotonic()
-    run = run_once(root, timeout=120)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     took = time.monotonic() - start
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
@@ -332,6 +345,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("state", ["idle", "after-fifo", "daemon-down", "daemon-hung", "processing"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_item4_signals_stop_the_watcher_within_seconds_in_every_state(tmp_path: Path, watches: list[Watch],
@@ -390,8 +404,7 @@ def _has_pending_connection(srv: socket.socket) -> bool:
 # ============================================================= item 5: no .part survives a failure
 
 
-def test_item5_full_out_on_another_disk_leaves_no_part_file_and_the_job_waits(tmp_path: Path, tmpfs,
-                                                                             watches: list[Watch]) -> None:
+def test_item5_full_out_on_another_disk_leaves_no_part_file_and_the_job_waits(tmp_path: Path, tmpfs) -> None:
     """out/ is a 2 MB tmpfs (another file system: no hard link, the copy path) filled almost to the
     brim: the copy hits ENOSPC, no ``.part`` is left, the file waits in working/; once space is
     freed it is published.  Stale ``.part`` files of dead writers are removed at start-up."""
@@ -405,17 +418,16 @@ def test_item5_full_out_on_another_disk_leaves_no_part_file_and_the_job_waits(tm
     live.write_bytes(b"y")
     filler = fill(out, leave=8192)
     make_photo(root / "in" / "photo.jpg", 96)
-    w = Watch(root)
-    watches.append(w)
-    assert w.wait_for("waiting: the disk is full", 120), w.output
-    assert not stale.exists() and live.exists()
-    assert parts_under(out) == [live.name]                     # the failed copy left nothing
-    assert len(os.listdir(root / "working")) == 1 and not (root / "error" / "photo.jpg").exists()
-    time.sleep(1.5)
-    assert w.proc.poll() is None and parts_under(out) == [live.name]
-    filler.unlink()                                             # space comes back
-    assert wait_until(lambda: (root / "done" / "photo.jpg").exists(), 120), w.output
-    rc, _ = w.stop()
+    with WatcherThread(root) as w:
+        assert w.wait_for("waiting: the disk is full", 120), w.output
+        assert not stale.exists() and live.exists()
+        assert parts_under(out) == [live.name]                     # the failed copy left nothing
+        assert len(os.listdir(root / "working")) == 1 and not (root / "error" / "photo.jpg").exists()
+        time.sleep(1.5)
+        assert w.thread.is_alive() and parts_under(out) == [live.name]
+        filler.unlink()                                             # space comes back
+        assert wait_until(lambda: (root / "done" / "photo.jpg").exists(), 120), w.output
+        rc = w.stop()
     assert rc == 0, w.output
     assert sorted(os.listdir(out)) == sorted([live.name, "photo.psd"])
     assert (out / "photo.psd").stat().st_size > 1000 and files(root / "error") == []
@@ -426,7 +438,7 @@ def test_item5_full_out_on_another_disk_leaves_no_part_file_and_the_job_waits(tm
 # ============================================================================ item 7: full disk
 
 
-def test_item7_completely_full_disk_waits_then_processes(tmp_path: Path, tmpfs, watches: list[Watch]) -> None:
+def test_item7_completely_full_disk_waits_then_processes(tmp_path: Path, tmpfs, capsys) -> None:
     """The whole hot folder on a 3 MB tmpfs filled to the last byte before the watcher starts (the
     journal cannot be written): the watcher keeps running and says so, nothing moves; after space is
     freed the photo is processed.  The journal stays parseable."""
@@ -435,16 +447,15 @@ def test_item7_completely_full_disk_waits_then_processes(tmp_path: Path, tmpfs, 
     make_photo(root / "in" / "photo.jpg", 96)
     filler = fill(root, leave=0)
     assert free_bytes(root) == 0
-    w = Watch(root)
-    watches.append(w)
-    assert w.wait_for("the disk is full", 60), w.output
-    time.sleep(2.0)
-    assert w.proc.poll() is None, w.output                      # still running
-    assert "Traceback" not in w.output
-    assert (root / "in" / "photo.jpg").exists() or len(os.listdir(root / "working")) == 1
-    filler.unlink()
-    assert wait_until(lambda: (root / "done" / "photo.jpg").exists(), 150), w.output
-    rc, _ = w.stop()
+    with WatcherThread(root) as w:
+        assert w.wait_for("the disk is full", 60), w.output
+        time.sleep(2.0)
+        assert w.thread.is_alive(), w.output                        # still running
+        assert "Traceback" not in w.output + capsys.readouterr().err
+        assert (root / "in" / "photo.jpg").exists() or len(os.listdir(root / "working")) == 1
+        filler.unlink()
+        assert wait_until(lambda: (root / "done" / "photo.jpg").exists(), 150), w.output
+        rc = w.stop()
     assert rc == 0, w.output
     assert files(root / "out") == ["photo.psd"] and files(root / "error") == []
     for line in (root / ".stylebridge" / "journal.jsonl").read_bytes().splitlines():
@@ -452,19 +463,19 @@ def test_item7_completely_full_disk_waits_then_processes(tmp_path: Path, tmpfs, 
             json.loads(line)
 
 
-def test_item7_full_disk_with_once_exits_cleanly_and_loses_nothing(tmp_path: Path, tmpfs) -> None:
+def test_item7_full_disk_with_once_exits_cleanly_and_loses_nothing(tmp_path: Path, tmpfs, capsys) -> None:
     root = tmpfs(tmp_path / "hot", "3m")
     make_hot(root, styles_dir=tmp_path / "styles")
     original = make_photo(root / "in" / "photo.jpg", 96).read_bytes()
     fill(root, leave=0)
-    run = run_once(root, timeout=120)
+    run = run_once(root, capsys)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "disk is full" in run.stdout and "Traceback" not in run.stdout + run.stderr
     kept = [root / "in" / "photo.jpg"] + list((root / "working").iterdir())
     assert [p.read_bytes() for p in kept if p.exists()] == [original]
 
 
-def test_item7_output_larger_than_the_whole_disk_goes_to_error(tmp_path: Path, tmpfs) -> None:
+def test_item7_output_larger_than_the_whole_disk_goes_to_error(tmp_path: Path, tmpfs, capsys) -> None:
     """A photo whose layered PSD can never fit on the (empty) 6 MB disk: error/ with the reason, and
     the watcher goes on with the next file."""
     root = tmpfs(tmp_path / "hot", "6m")
@@ -473,7 +484,7 @@ def test_item7_output_larger_than_the_whole_disk_goes_to_error(tmp_path: Path, t
     noise = rng.integers(0, 256, (900, 900, 3), dtype=np.uint8)         # incompressible: ~15 MB as PSD
     Image.fromarray(noise).save(root / "in" / "huge.jpg", quality=30)
     make_photo(root / "in" / "small.jpg", 64)
-    run = run_once(root, timeout=300)
+    run = run_once(root, capsys)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr
     note = (root / "error" / "huge.jpg.txt").read_text()
@@ -557,21 +568,18 @@ def test_a_file_that_cannot_be_taken_is_left_alone_and_the_rest_goes_on(tmp_path
     sub = tmpfs(root / "in" / "mounted", "1m")
     make_photo(sub / "there.jpg")
     make_photo(root / "in" / "here.jpg")
-    proc = subprocess.Popen(watch_cmd(root), cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        assert wait_until(lambda: (root / "done" / "here.jpg").exists(), 120)
+    with WatcherThread(root) as w:
+        assert wait_until(lambda: (root / "done" / "here.jpg").exists(), 120), w.output
         time.sleep(1.5)
-        assert proc.poll() is None
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, out
+        assert w.thread.is_alive()
+        rc = w.stop()
+    out = w.output
+    assert rc == 0, out
     assert (sub / "there.jpg").exists() and out.count("cannot take it") == 1, out
     assert files(root / "out") == ["here.psd"]
 
 
-def test_unreadable_settings_json_is_a_settings_error_not_an_internal_error(tmp_path: Path) -> None:
+def test_unreadable_settings_json_is_a_settings_error_not_an_internal_error(tmp_path: Path, capsys) -> None:
     """A sidecar nested 20,000 deep and one with a 5,000-digit number: error/ with a settings reason
     and advice (not "internal error ... looks like a bug"); a relative link to a photo in a droplet
     folder still reads the photo it pointed to from where it was dropped."""
@@ -582,7 +590,7 @@ def test_unreadable_settings_json_is_a_settings_error_not_an_internal_error(tmp_
     (root / "in" / "big.jpg.json").write_text('{"size": ' + "9" * 5000 + "}")
     make_photo(root / "in" / "sub" / "photos" / "real.jpg")
     os.symlink("photos/real.jpg", root / "in" / "sub" / "rel-link.jpg")
-    run = run_once(root)
+    run = run_once(root, capsys, StubEngine())        # the folders are the point
     assert run.returncode == 1, run.stdout + run.stderr
     for name in ("deep.jpg", "big.jpg"):
         note = (root / "error" / f"{name}.txt").read_text()

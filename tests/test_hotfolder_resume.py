@@ -1,6 +1,7 @@
 """Hours-long hot-folder jobs: the engine's checkpoint per job, resume after kill -9 and after a polite
-stop, a checkpoint that cannot be written. The real watcher (``stylebridge watch`` subprocesses), the
-real engine on tiny images (64 px photo, size 48, one stage)."""
+stop, a checkpoint that cannot be written. The real watcher in this process (tests/inprocess.py), the real
+engine on tiny images (64 px photo, size 48, one stage); kill -9 of a real ``stylebridge watch`` and of a real
+``stylebridge serve`` in the tests marked ``e2e``."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from bridge.hotfolder.process import DaemonEngine, InProcessEngine
 from bridge.hotfolder.report import Reporter
 from bridge.hotfolder.watcher import Watcher
 
+from inprocess import WatcherThread, watch_once
 from test_hotfolder_watch import (REPO, STABLE, _free_port, _Lines, _watch_cmd, events, files, make_hot, make_photo,
                                   start_serve)
 
 ITERATIONS = 30
 FAST = ("--checkpoint-seconds", "0.3")
+FAST_S = 0.3
 
 
 def checkpoints(root: Path) -> list[Path]:
@@ -39,18 +42,19 @@ def saved_iteration(root: Path) -> int:
 
 
 def rerun_resumes(root: Path, saved: int) -> str:
-    """``watch --once`` finishes the job, saying it went on from its checkpoint (not from zero)."""
-    rerun = subprocess.run(_watch_cmd(root, "--once", *FAST), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    found = re.search(r"resumed from its checkpoint: (\d+) of (\d+) iterations were already done", rerun.stdout)
-    assert found, rerun.stdout
+    """``watch --once`` (in this process) finishes the job, saying it went on from its checkpoint (not from zero)."""
+    rc, text = watch_once(root, stable_seconds=STABLE, checkpoint_seconds=FAST_S)
+    assert rc == 0, text
+    found = re.search(r"resumed from its checkpoint: (\d+) of (\d+) iterations were already done", text)
+    assert found, text
     assert int(found.group(1)) >= saved > 0 and int(found.group(2)) == ITERATIONS
     assert files(root / "out") == ["photo.psd"] and files(root / "done") == ["photo.jpg"]
     assert files(root / "working") == [] and files(root / "error") == []
     assert checkpoints(root) == []                          # removed once the PSD is published
-    return rerun.stdout
+    return text
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path: Path) -> None:
     root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
     make_photo(root / "in" / "photo.jpg", 64)
@@ -75,19 +79,14 @@ def test_kill_9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path: Path)
 
 
 def test_a_polite_stop_saves_a_checkpoint_where_it_stopped(tmp_path: Path) -> None:
+    """``Watcher.stop`` (what SIGTERM calls, bridge/hotfolder/command.py) pauses the job and saves its checkpoint."""
     root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
     make_photo(root / "in" / "photo.jpg", 64)
     # The default interval (minutes): the only checkpoint is the one the stop itself saves.
-    proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = _Lines(proc)
-    try:
-        assert out.wait_for("10.0%", timeout=120), "".join(out.lines)     # ITERATIONS / 10 done
+    with WatcherThread(root, stable_seconds=STABLE) as w:
+        assert w.wait_for("10.0%", timeout=120), w.output     # ITERATIONS / 10 done
         assert checkpoints(root) == []
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0, "".join(out.lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert w.stop() == 0, w.output
     assert ("interrupted", "photo.jpg") in events(root)
     saved = saved_iteration(root)
     assert saved >= ITERATIONS // 10
@@ -112,6 +111,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_line_and_the_job_finis
     assert not list((root / ".stylebridge").glob("**/*.tmp"))
 
 
+@pytest.mark.e2e
 def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Path) -> None:
     """`watch --daemon`: the daemon is killed mid-job and started again on the same data folder; it takes
     the job over (same id, from its checkpoint) and the watcher follows it on instead of sending it again."""
@@ -156,30 +156,29 @@ def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Pat
     assert f"as job {job['id']}" in text
 
 
-def test_a_damaged_checkpoint_after_kill_9_is_set_aside_and_the_photo_still_ends_in_out(tmp_path: Path) -> None:
-    """Issue 20 item 3: kill -9 mid-job, then the job's checkpoint is damaged (its image header claims
-    3 x 10^6 x 10^6 pixels). The next watcher sets it aside (``.corrupt``, a warning) and runs the photo
-    afresh: out/ and done/, not error/ with "lower the size" (today's main: the loader asks for terabytes)."""
+def test_a_damaged_checkpoint_after_a_stop_is_set_aside_and_the_photo_still_ends_in_out(tmp_path: Path, capsys,
+                                                                                     caplog) -> None:
+    """Issue 20 item 3: the job stops mid-run (its checkpoint saved; kill -9 leaves the same, see the e2e test
+    above), then the checkpoint is damaged (its image header claims 3 x 10^6 x 10^6 pixels). The next watcher
+    sets it aside (``.corrupt``, a warning) and runs the photo afresh: out/ and done/, not error/ with "lower the
+    size" (before the fix the loader asked for terabytes)."""
     from test_engine_checkpoint_hostile import npy_header, rewrite
 
     root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
     make_photo(root / "in" / "photo.jpg", 64)
-    proc = subprocess.Popen(_watch_cmd(root, *FAST), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    out = _Lines(proc)
-    try:
+    with WatcherThread(root, stable_seconds=STABLE, checkpoint_seconds=FAST_S) as w:
         deadline = time.monotonic() + 120
         while not checkpoints(root) or saved_iteration(root) < 2:
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(out.lines)
+            assert time.monotonic() < deadline and w.thread.is_alive(), w.output
             time.sleep(0.1)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+        w.stop()
     [path] = checkpoints(root)
     rewrite(path, {"image": npy_header((3, 10 ** 6, 10 ** 6), "<f4") + b"\0" * 4096})
-    rerun = subprocess.run(_watch_cmd(root, "--once", *FAST), cwd=REPO, capture_output=True, text=True, timeout=300)
-    text = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, text
+    capsys.readouterr()
+    caplog.clear()
+    rc, text = watch_once(root, stable_seconds=STABLE, checkpoint_seconds=FAST_S)
+    text += capsys.readouterr().err + caplog.text          # the process's stderr: its log lines, any traceback
+    assert rc == 0, text
     assert files(root / "out") == ["photo.psd"] and files(root / "done") == ["photo.jpg"], text
     assert files(root / "working") == [] and files(root / "error") == [], text
     assert "resumed from its checkpoint" not in text and "Traceback" not in text, text

@@ -1,8 +1,10 @@
-"""The hot folder end to end: real folders, real watchdog, the real engine (tiny settings).
+"""The hot folder: real folders, real watchdog, the real engine (tiny settings), the watcher in this process.
 
 Each test builds ``DIR`` in tmp_path with a tiny preset (size 40, 3 iterations, one stage) and
 small inputs made from the repository's samples (tests/testdata.py); PSD outputs are checked with the
-independent readers (tests/psdreaders) and read back with psd-tools.
+independent readers (tests/psdreaders) and read back with psd-tools. Daemon mode talks real HTTP to the
+daemon app served in this process (tests/inprocess.py); the tests marked ``e2e`` run real
+``stylebridge watch`` processes (SIGTERM, kill -9, two watchers, a write limit, the --daemon command line).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.process import InProcessEngine
 from bridge.hotfolder.watcher import Watcher
+from inprocess import daemon_in_thread, watch_once
 from psdreaders import check_psd as psdcheck
 from testdata import PSD_DIR, SAMPLES
 
@@ -332,6 +335,7 @@ class _Lines:
             return self._cond.wait_for(lambda: any(text in x for x in self.lines), timeout=timeout)
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) -> None:
     root = make_hot(tmp_path, iterations=300, size=48)          # slow enough to be killed mid-run
     src = make_photo(root / "in" / "photo.jpg")
@@ -363,11 +367,11 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
     assert files(root / "out") == [] and files(root / "in") == []
     [left] = files(root / "working")
     assert left.endswith("--photo.jpg")
-    # A quicker preset for the rerun (the job re-reads its settings when it resumes).
+    # A quicker preset for the rerun (the job re-reads its settings when it resumes), in this process.
     (root / "preset.json").write_text(json.dumps({"styles": ["styles/starry.jpg"], **TINY}))
-    rerun = subprocess.run(_watch_cmd(root, "--once"), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "resuming" in rerun.stdout
+    rc, text = watch_once(root, stable_seconds=STABLE)
+    assert rc == 0, text
+    assert "resuming" in text
     assert files(root / "out") == ["photo.psd"]
     assert files(root / "done") == ["photo.jpg"] and (root / "done" / "photo.jpg").read_bytes() == original
     assert files(root / "working") == [] and files(root / "error") == []
@@ -377,6 +381,7 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
     assert evs.count("claim") == 1 and evs.count("resumed") == 2 and evs.count("done") == 1
 
 
+@pytest.mark.e2e
 def test_two_watchers_on_one_folder_process_each_file_once(tmp_path: Path) -> None:
     root = make_hot(tmp_path)
     names = [f"p{i}.jpg" for i in range(6)]
@@ -415,9 +420,11 @@ def start_serve(port: int, data_dir: Path, *extra: str) -> subprocess.Popen:
     return serve
 
 
-def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
-    """`watch --daemon URL`: jobs wait while the daemon is down, then run in the real daemon
-    (a library style, a file style, a PSD); a refused request sends the file to error/."""
+@pytest.mark.e2e
+def test_daemon_mode_against_a_real_daemon_over_http(tmp_path: Path) -> None:
+    """`watch --daemon URL`: jobs wait while the daemon is down, then run in the daemon (the real app and
+    engine over real HTTP, served in this process); the real `watch --once --daemon` command sends a library
+    style, a file style and a PSD; a refused request (a bad file, a missing token) sends the file to error/."""
     from bridge.daemon.client import DaemonClient
     from bridge.hotfolder.process import DaemonEngine
     token = "hot-folder-test-token"
@@ -429,106 +436,111 @@ def test_daemon_mode_against_a_real_stylebridge_serve(tmp_path: Path) -> None:
     watcher = Watcher(root, DaemonEngine(url, token), stable_seconds=STABLE)
     runner = threading.Thread(target=watcher.run)
     runner.start()
-    serve = None
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and ("deferred", "early.jpg") not in events(root):
             time.sleep(0.1)
         assert ("deferred", "early.jpg") in events(root)
         assert files(root / "error") == [] and len(files(root / "working")) == 1
-        serve = start_serve(port, tmp_path / "daemon", "--token", token)
-        deadline = time.monotonic() + 120                  # retried every RECOVER_EVERY_SECONDS
-        while time.monotonic() < deadline and not (root / "done" / "early.jpg").exists():
-            time.sleep(0.2)
-        watcher.stop()
-        runner.join(timeout=60)
-        assert files(root / "out") == ["early.psd"] and files(root / "error") == []
+        with daemon_in_thread(tmp_path / "daemon", port=port, token=token):
+            deadline = time.monotonic() + 120                  # retried every RECOVER_EVERY_SECONDS
+            while time.monotonic() < deadline and not (root / "done" / "early.jpg").exists():
+                time.sleep(0.2)
+            watcher.stop()
+            runner.join(timeout=60)
+            assert files(root / "out") == ["early.psd"] and files(root / "error") == []
 
-        # 2. The real CLI in --daemon mode: library style, file style, PSD content, a bad file.
-        client = DaemonClient(url, token)
-        client.add_style(SAMPLES["the_scream"], name="scream-lib")
-        sub = root / "in" / "lib"
-        sub.mkdir()
-        (sub / "preset.json").write_text(json.dumps({"styles": ["scream-lib"]}))
-        make_photo(sub / "a.jpg")
-        make_photo(root / "in" / "b.png", fmt="PNG")
-        shutil.copyfile(PSD_DIR / "group.psd", root / "in" / "c.psd")
-        (root / "in" / "d.jpg").write_text("not an image")
-        run = subprocess.run(_watch_cmd(root, "--once", "--daemon", url, "--token", token), cwd=REPO,
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 1, run.stdout + run.stderr       # d.jpg is refused
-        assert "daemon" in run.stdout
-        assert files(root / "out") == ["b.psd", "c.psd", "early.psd", "lib/a.psd"], run.stdout
-        for out in ("b.psd", "c.psd", "early.psd", "lib/a.psd"):
-            check = psdcheck(root / "out" / out)
-            assert check.returncode == 0, check.stdout
-        assert "scream-lib" in layer_names(root / "out" / "lib" / "a.psd")
-        assert "starry" in layer_names(root / "out" / "b.psd")
-        assert files(root / "error") == ["d.jpg", "d.jpg.txt"]
+            # 2. The real CLI in --daemon mode: library style, file style, PSD content, a bad file.
+            client = DaemonClient(url, token)
+            client.add_style(SAMPLES["the_scream"], name="scream-lib")
+            sub = root / "in" / "lib"
+            sub.mkdir()
+            (sub / "preset.json").write_text(json.dumps({"styles": ["scream-lib"]}))
+            make_photo(sub / "a.jpg")
+            make_photo(root / "in" / "b.png", fmt="PNG")
+            shutil.copyfile(PSD_DIR / "group.psd", root / "in" / "c.psd")
+            (root / "in" / "d.jpg").write_text("not an image")
+            run = subprocess.run(_watch_cmd(root, "--once", "--daemon", url, "--token", token), cwd=REPO,
+                                 capture_output=True, text=True, timeout=300)
+            assert run.returncode == 1, run.stdout + run.stderr       # d.jpg is refused
+            assert "daemon" in run.stdout
+            assert files(root / "out") == ["b.psd", "c.psd", "early.psd", "lib/a.psd"], run.stdout
+            for out in ("b.psd", "c.psd", "early.psd", "lib/a.psd"):
+                check = psdcheck(root / "out" / out)
+                assert check.returncode == 0, check.stdout
+            assert "scream-lib" in layer_names(root / "out" / "lib" / "a.psd")
+            assert "starry" in layer_names(root / "out" / "b.psd")
+            assert files(root / "error") == ["d.jpg", "d.jpg.txt"]
 
-        # 3. Without the token the daemon refuses: the file goes to error/ with the daemon's reason.
-        make_photo(root / "in" / "e.jpg")
-        run = subprocess.run(_watch_cmd(root, "--once", "--daemon", url), cwd=REPO, capture_output=True,
-                             text=True, timeout=300, env={**os.environ, "STYLEBRIDGE_TOKEN": ""})
-        assert run.returncode == 1
-        assert "daemon" in (root / "error" / "e.jpg.txt").read_text()
+            # 3. Without the token the daemon refuses: the file goes to error/ with the daemon's reason.
+            make_photo(root / "in" / "e.jpg")
+            rc, _ = watch_once(root, DaemonEngine(url, ""), stable_seconds=STABLE)
+            assert rc == 1
+            assert "daemon" in (root / "error" / "e.jpg.txt").read_text()
     finally:
         watcher.stop()
         runner.join(timeout=60)
-        if serve is not None:
-            serve.terminate()
-            serve.wait(timeout=30)
+
+
+def _blocking_runner(request, ctx):  # noqa: ANN001, ANN202 - the daemon's Runner
+    """A job of 3000 iterations holds the worker until it is cancelled (no engine); others run the real one."""
+    from bridge.daemon.runner import run_engine
+    if request.settings.iterations == 3000:
+        while not ctx.cancel.cancelled:
+            time.sleep(0.02)
+        return None
+    return run_engine(request, ctx)
 
 
 def test_full_daemon_queue_answers_429_and_the_hot_folder_waits(tmp_path: Path) -> None:
-    """`serve --max-queued-jobs 1` with one job running and one waiting: a third submission gets 429
-    (limit and value in the body); a watcher's file stays in working/ (deferred, not error/) and is
-    rendered once the queue drains."""
+    """A daemon with ``max_queued_jobs`` 1 (``serve --max-queued-jobs 1``), one job running and one waiting: a
+    third submission gets 429 (limit and value in the body); a watcher's file stays in working/ (deferred, not
+    error/) and is rendered once the queue drains."""
     import httpx
 
     from bridge.daemon.client import DaemonClient, DaemonError
     from bridge.hotfolder.process import DaemonEngine
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve = start_serve(port, tmp_path / "daemon", "--max-queued-jobs", "1")
     watcher = runner = None
-    try:
-        client = DaemonClient(url, token="")
-        assert client.health()["limits"]["max_queued_jobs"] == 1
-        photo = make_photo(tmp_path / "c.png", 64, fmt="PNG")
-        style = make_photo(tmp_path / "s.png", 64, fmt="PNG", sample="starry_night")
-        long = {"size": 64, "iterations": 3000, "coarse_to_fine": False}
-        running = client.submit(photo, style_files=[style], settings=long)
-        waiting = client.submit(photo, style_files=[style], settings=long)
-        refused = httpx.post(url + "/v1/jobs", files={"content": ("c.png", photo.read_bytes()),
-                                                      "style_files": ("s.png", style.read_bytes())})
-        assert refused.status_code == 429, refused.text
-        body = refused.json()
-        assert body["limit"] == "max_queued_jobs" and body["value"] == 1 and "queue is full" in body["error"]
-        with pytest.raises(DaemonError) as err:
-            client.submit(photo, style_files=[style], settings=long)
-        assert err.value.status == 429
+    with daemon_in_thread(tmp_path / "daemon", runner=_blocking_runner, max_queued_jobs=1) as url:
+        try:
+            client = DaemonClient(url, token="")
+            assert client.health()["limits"]["max_queued_jobs"] == 1
+            photo = make_photo(tmp_path / "c.png", 64, fmt="PNG")
+            style = make_photo(tmp_path / "s.png", 64, fmt="PNG", sample="starry_night")
+            long = {"size": 64, "iterations": 3000, "coarse_to_fine": False}
+            running = client.submit(photo, style_files=[style], settings=long)
+            deadline = time.monotonic() + 30
+            while client.job(running["id"])["status"] != "running":     # the worker has taken it
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            waiting = client.submit(photo, style_files=[style], settings=long)
+            refused = httpx.post(url + "/v1/jobs", files={"content": ("c.png", photo.read_bytes()),
+                                                          "style_files": ("s.png", style.read_bytes())})
+            assert refused.status_code == 429, refused.text
+            body = refused.json()
+            assert body["limit"] == "max_queued_jobs" and body["value"] == 1 and "queue is full" in body["error"]
+            with pytest.raises(DaemonError) as err:
+                client.submit(photo, style_files=[style], settings=long)
+            assert err.value.status == 429
 
-        root = make_hot(tmp_path)
-        make_photo(root / "in" / "busy.jpg")
-        watcher = Watcher(root, DaemonEngine(url, ""), stable_seconds=STABLE)
-        runner = threading.Thread(target=watcher.run)
-        runner.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and ("deferred", "busy.jpg") not in events(root):
-            time.sleep(0.1)
-        assert ("deferred", "busy.jpg") in events(root)
-        assert files(root / "error") == [] and len(files(root / "working")) == 1
-        client.cancel(waiting["id"])
-        client.cancel(running["id"])
-        wait_for(root / "done" / "busy.jpg", 60)               # retried every RECOVER_EVERY_SECONDS
-        assert files(root / "out") == ["busy.psd"] and files(root / "error") == []
-    finally:
-        if watcher is not None:
-            watcher.stop()
-            runner.join(timeout=60)
-        serve.terminate()
-        serve.wait(timeout=30)
+            root = make_hot(tmp_path)
+            make_photo(root / "in" / "busy.jpg")
+            watcher = Watcher(root, DaemonEngine(url, ""), stable_seconds=STABLE)
+            runner = threading.Thread(target=watcher.run)
+            runner.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and ("deferred", "busy.jpg") not in events(root):
+                time.sleep(0.1)
+            assert ("deferred", "busy.jpg") in events(root)
+            assert files(root / "error") == [] and len(files(root / "working")) == 1
+            client.cancel(waiting["id"])
+            client.cancel(running["id"])
+            wait_for(root / "done" / "busy.jpg", 60)               # retried every RECOVER_EVERY_SECONDS
+            assert files(root / "out") == ["busy.psd"] and files(root / "error") == []
+        finally:
+            if watcher is not None:
+                watcher.stop()
+                runner.join(timeout=60)
 
 
 def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
@@ -541,24 +553,20 @@ def test_daemon_unreachable_in_once_mode_sends_to_error(tmp_path: Path) -> None:
 
 
 def test_daemon_refusing_a_job_too_big_for_its_memory_advises_scaling_down(tmp_path: Path) -> None:
-    """A real daemon whose per-job memory limit (413 max_job_memory) is below any job: the file goes to
-    error/ with the daemon's limit and "scale the image down", not "fix the settings"."""
+    """A daemon whose per-job memory limit (413 max_job_memory, ``serve --max-job-memory-mb 1``) is below any
+    job: the file goes to error/ with the daemon's limit and "scale the image down", not "fix the settings"."""
     from bridge.hotfolder.process import DaemonEngine
-    port = _free_port()
-    serve = start_serve(port, tmp_path / "daemon", "--max-job-memory-mb", "1")
-    try:
+    with daemon_in_thread(tmp_path / "daemon", runner=lambda request, ctx: None, max_job_memory=2 ** 20) as url:
         root = make_hot(tmp_path)
         make_photo(root / "in" / "a.jpg")
-        rc = Watcher(root, DaemonEngine(f"http://127.0.0.1:{port}"), stable_seconds=STABLE, once=True).run()
-        assert rc == 1
-        note = (root / "error" / "a.jpg.txt").read_text()
-        assert "max_job_memory" in note and "Scale the image down" in note, note
-        assert "Fix the settings" not in note
-    finally:
-        serve.terminate()
-        serve.wait(timeout=30)
+        rc = Watcher(root, DaemonEngine(url), stable_seconds=STABLE, once=True).run()
+    assert rc == 1
+    note = (root / "error" / "a.jpg.txt").read_text()
+    assert "max_job_memory" in note and "Scale the image down" in note, note
+    assert "Fix the settings" not in note
 
 
+@pytest.mark.e2e
 def test_write_error_on_output_sends_input_to_error_and_leaves_no_partial_file(tmp_path: Path) -> None:
     """A real write failure (the process may not write files over 64 KB: EFBIG, like a full disk)."""
     import resource

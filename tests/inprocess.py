@@ -1,0 +1,173 @@
+"""The front ends in this process, for tests of their logic: no 2-3 s of torch start-up per test.
+
+* :func:`daemon_in_thread`: the real daemon app (``create_app``: Guard, routes, queue, job store) served by
+  uvicorn on a loopback port in a thread, with the real engine (``run_engine``) or a stand-in runner;
+* :class:`WatcherThread` / :func:`watch_once`: the real hot-folder :class:`~bridge.hotfolder.watcher.Watcher`
+  with the in-process engine, a daemon engine or a stand-in (the renderer seam of bridge/hotfolder/process.py),
+  its terminal lines collected;
+* :class:`StubEngine`: a renderer that writes a real layered PSD of the photo itself (no optimisation).
+
+Real processes (signals, kill -9, resource limits, the command line itself) stay in the tests marked ``e2e``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 60, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+@contextmanager
+def daemon_in_thread(data_dir: Path, *, runner: Callable | None = None, port: int | None = None,
+                     token: str | None = None, checkpoint_s: float | None = None,
+                     retention_s: float | None = None, **limits: Any) -> Iterator[str]:
+    """The daemon app on ``127.0.0.1:port`` (a free one by default) until the block ends; yields its URL.
+
+    ``runner``: the job runner (default the real engine, ``run_engine``); ``limits``: fields of
+    :class:`~bridge.settings.Limits` to change (as ``serve --max-...`` does). Leaving the block is
+    ``serve``'s graceful stop: the lifespan ends, the job manager pauses and keeps unfinished jobs.
+    """
+    import uvicorn
+
+    from bridge.daemon.app import DaemonConfig, create_app
+    from bridge.daemon.runner import run_engine
+    from bridge.settings import LIMITS
+
+    if runner is None:          # warm up as ``serve`` does before it answers: the engine and the VGG (cached)
+        from bridge.engine.vgg import load_vgg
+        from bridge.settings import DEFAULTS
+        load_vgg(DEFAULTS.weights, DEFAULTS.pooling, "cpu")
+    port = port or free_port()
+    extra: dict[str, Any] = {}
+    if checkpoint_s is not None:
+        extra["checkpoint_s"] = checkpoint_s
+    if retention_s is not None:
+        extra["retention_s"] = retention_s
+    config = DaemonConfig(data_dir=Path(data_dir), port=port, token=token, resolved_device="cpu",
+                          limits=dataclasses.replace(LIMITS, **limits), **extra)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, runner=runner or run_engine), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True, name=f"daemon-{port}")
+    thread.start()
+    try:
+        assert wait_until(lambda: server.started or not thread.is_alive(), 30), "the in-process daemon did not start"
+        assert server.started, "the in-process daemon did not start (port in use?)"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class StubEngine:
+    """Stands in for the engine (the hot folder's renderer seam): the "styled" layers are the photo itself,
+    built into the real layer stack and written as a real PSD, so the folder logic runs without torch."""
+
+    allows_library = False
+
+    def __init__(self) -> None:
+        self.rendered: list[str] = []
+
+    def render(self, inputs: Any, source: Path, dest: Path, report: Callable, cancel: Any, *,
+               checkpoint: Any = None) -> None:
+        from bridge.document.psd import write_psd
+        from bridge.document.stack import build_stack
+        from bridge.engine.types import StyledImage, StylizeResult
+
+        self.rendered.append(inputs.content.name)
+        report("stylizing", 0.0, ", ".join(s.name for s in inputs.styles))
+        spec = inputs.spec
+        photo = inputs.content
+        images = [StyledImage(s.name, photo) for s in inputs.styles]
+        result = StylizeResult(content=photo, images=images, settings=spec.settings,
+                               working_size=(photo.width, photo.height))
+        write_psd(build_stack(result, spec.document), dest)
+
+
+class WatcherThread:
+    """A running :class:`Watcher` in a thread; its terminal lines are collected (:meth:`wait_for`)."""
+
+    def __init__(self, root: Path, engine: Any = None, **kwargs: Any) -> None:
+        from bridge.hotfolder.process import InProcessEngine
+        from bridge.hotfolder.report import Reporter
+        from bridge.hotfolder.watcher import Watcher
+
+        self.stream = _Lines()
+        self.watcher = Watcher(root, engine if engine is not None else InProcessEngine(),
+                               reporter=Reporter(self.stream), **{"stable_seconds": 0.2, **kwargs})
+        self.rc: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.rc = self.watcher.run()
+
+    def wait_for(self, text: str, timeout: float = 60) -> bool:
+        return self.stream.wait_for(text, timeout)
+
+    @property
+    def output(self) -> str:
+        return self.stream.getvalue()
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """Stop as SIGTERM does (bridge/hotfolder/command.py calls the same ``Watcher.stop``)."""
+        self.watcher.stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the watcher did not stop"
+        return self.rc
+
+    def __enter__(self) -> "WatcherThread":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.stop()
+
+
+class _Lines(io.StringIO):
+    """A text stream whose writers wake up :meth:`wait_for`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self._cond:
+            n = super().write(text)
+            self._cond.notify_all()
+        return n
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: text in super(_Lines, self).getvalue(), timeout=timeout)
+
+
+def watch_once(root: Path, engine: Any = None, **kwargs: Any) -> tuple[int, str]:
+    """``stylebridge watch DIR --once`` in this process (``command.run`` returns ``Watcher.run()``): (rc, lines)."""
+    from bridge.hotfolder.process import InProcessEngine
+    from bridge.hotfolder.report import Reporter
+    from bridge.hotfolder.watcher import Watcher
+
+    lines = io.StringIO()
+    rc = Watcher(root, engine if engine is not None else InProcessEngine(), once=True, reporter=Reporter(lines),
+                 **{"stable_seconds": 0.2, **kwargs}).run()
+    return rc, lines.getvalue()
