@@ -264,3 +264,30 @@ def test_a_faithful_contact_sheet_says_so(photo, styles, monkeypatch) -> None:
                           settings=DEFAULTS.replace(style_strength=0.5))
     assert seen == [(n, 0.5, PREVIEW.faithful_size) for n in styles]
     assert sheet.width == 12 + 2 * (PREVIEW.faithful_size + 12)          # 2 columns of faithful-size tiles
+
+
+def test_the_hot_folders_contact_sheet_can_be_faithful(photo, styles, monkeypatch) -> None:
+    """Preset ``"contact_sheet_method": "faithful"``: the sheet's previews are small runs with the job's settings
+    (default unchanged: instant); the option stays in the hot folder (not sent to a daemon)."""
+    from types import SimpleNamespace
+
+    import bridge.preview.faithful as faithful
+    from bridge.hotfolder.inputs import HERE_ONLY, contact_sheet as hot_sheet
+    from bridge.settings_parse import settings_from_mapping
+
+    seen = []
+
+    def stub(photo, style, *, settings, long_side, iterations, cancel=None):
+        seen.append((style.name, settings.style_strength))
+        size = preview_size(photo.width, photo.height, long_side)
+        return faithful.StylePreview(style.name, Picture(rgb=np.zeros((size[1], size[0], 3), np.uint8)), "gatys", 0.0)
+
+    monkeypatch.setattr(faithful, "faithful_preview", stub)
+    engine, document, _ = settings_from_mapping({"contact_sheet": True, "contact_sheet_method": "faithful",
+                                                 "style_strength": 0.3})
+    inputs = SimpleNamespace(content=photo, styles=[SimpleNamespace(picture=styles["glass"], name="glass")],
+                             spec=SimpleNamespace(styles=[], settings=engine, document=document))
+    sheet, left_out = hot_sheet(inputs)
+    assert seen == [("glass", 0.3)] and left_out == [] and sheet is not None
+    assert "contact_sheet_method" in HERE_ONLY
+    assert settings_from_mapping({})[1].contact_sheet_method == "instant"
