@@ -389,16 +389,24 @@ class Client:
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
 
     def previews(self, content: Any, *, styles: Iterable[str] = (), style_files: Iterable[Any] = (),
-                 size: int | None = None, timeout: float | None = None) -> list[dict]:
-        """POST /v1/previews: one quick preview per style (library names first, then the files), in order.
+                 size: int | None = None, timeout: float | None = None, method: str = "instant",
+                 settings: dict | None = None) -> list[dict]:
+        """POST /v1/previews: one preview per style (library names first, then the files), in order.
 
         Never waits behind the daemon's jobs. Each item: ``style``, ``label`` ("<style> (preview)"),
-        ``width``, ``height``, ``method``, ``seconds`` and ``png`` (the PNG bytes). ``size``: long side in
-        pixels (16..1024, default the daemon's 512). Previews are impressions, not the Gatys result."""
+        ``width``, ``height``, ``method``, ``seconds`` and ``png`` (the PNG bytes); a style the request had no
+        time for: ``skipped`` true, ``reason`` and ``error``. ``size``: long side in pixels (16..1024, default
+        the daemon's 512). ``method`` "instant": a fast impression from another network, not the Gatys result;
+        "faithful": a small real Gatys run (~176 px, seconds per style) with ``settings`` (the job's settings,
+        e.g. ``{"style_strength": 0.5, "original_colors": True}``); its items' ``method`` is "gatys"."""
         self.require_protocol(2)
         fields: list[tuple[str, Any]] = [("styles", s) for s in styles]
         if size is not None:
             fields.append(("size", int(size)))
+        if method != "instant":
+            fields.append(("method", method))
+        if settings:
+            fields.append(("settings", json.dumps(settings)))
         files = [("content", *as_file(content, "content.png"))]
         files += [("style_files", *as_file(f, f"style{i + 1}.png")) for i, f in enumerate(style_files)]
         body, ctype = encode_multipart(fields, files)

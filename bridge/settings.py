@@ -303,6 +303,10 @@ class DocumentSettings:
                              choices=None, minimum=8, maximum=16)
     contact_sheet: bool = _opt(False, "hot folder: also write NAME-previews.png beside the PSD, fast previews of "
                                "the photo under each style (bridge.preview)", cli=False)
+    contact_sheet_method: str = _opt("instant", "hot folder: how the contact sheet's previews are made: 'instant' "
+                                     "(a fast network, well under a second per style) or 'faithful' (a small real "
+                                     "Gatys run with the job's settings, seconds per style)",
+                                     choices=("instant", "faithful"), cli=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -384,6 +388,15 @@ class PreviewDefaults:
     # daemon: pixels a preview may decode at full size (PNG, TIFF, WebP; a JPEG decodes reduced, up to 8x per
     # side): ~0.6 s of decoding on a slow core, so a preview stays quick; over it -> 413 max_preview_pixels
     max_decode_pixels: int = 50_000_000
+    # method "faithful" (bridge/preview/faithful.py): a small real Gatys run with the job's own settings, one
+    # whole-image stage at this long side (160..192 px: big enough for the style's strokes to read, small enough
+    # for seconds per style) and this many L-BFGS iterations; bench/README.md "Faithful preview" measured both.
+    faithful_size: int = 176
+    faithful_iterations: int = 40
+    # daemon: a faithful request renders at most this many styles (the others come back skipped, reason
+    # "limit") within this time budget, in the preview worker beside the job queue (never inside it)
+    faithful_max_styles: int = 4
+    faithful_request_seconds: float = 120.0
 
 
 DEFAULTS = Settings()

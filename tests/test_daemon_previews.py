@@ -335,3 +335,130 @@ def test_a_request_has_a_time_budget_and_skips_the_rest(tmp_path):
         assert item["png_base64"] and item["width"] and "reason" not in item
     assert took < 1.0 + 0.4 + 1.5, took                             # the budget plus at most one style
     assert PREVIEW.request_seconds > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 23: method "faithful" (a small real Gatys run with the job's settings), beside the job queue
+# ------------------------------------------------------------------------------------------------
+
+from bridge.preview.engine import StylePreview, preview_size  # noqa: E402
+from bridge.imaging import Picture  # noqa: E402
+
+
+class FaithfulStub:
+    """Stands in for bridge.preview.faithful.faithful_preview through the service's seam: records its calls,
+    returns a grey picture of the size asked; with ``wait`` it runs until cancelled (at most ``wait`` s)."""
+
+    def __init__(self, wait: float = 0.0) -> None:
+        self.calls: list[dict] = []
+        self.wait = wait
+        self.cancelled = threading.Event()
+
+    def __call__(self, photo, style, *, settings, style_name, long_side, cancel=None):
+        self.calls.append({"name": style_name, "settings": settings, "long_side": long_side, "cancel": cancel,
+                           "photo": (photo.width, photo.height)})
+        deadline = time.monotonic() + self.wait
+        while time.monotonic() < deadline:
+            if cancel is not None and cancel.cancelled:
+                self.cancelled.set()
+                from bridge.preview.faithful import PreviewCancelled
+                raise PreviewCancelled("cancelled")
+            time.sleep(0.02)
+        w, h = preview_size(photo.width, photo.height, long_side)
+        return StylePreview(style_name, Picture(rgb=np.full((h, w, 3), 128, np.uint8)), "gatys", 0.01)
+
+
+def test_faithful_previews_take_the_jobs_settings_and_say_gatys(tmp_path):
+    stub = FaithfulStub()
+    service = PreviewService(loader=lambda threads: FakeModels(), faithful=stub, faithful_max_styles=2)
+    settings = '{"style-strength": 0.5, "original_colors": true, "style_scale": 2, "preset": "best", "device": "auto"}'
+    with _client(tmp_path, None, service) as client:
+        r = _post(client, png_of(SAMPLES["coffee"], 300), [png_of(SAMPLES["starry_night"], 64)] * 3,
+                  method="faithful", settings=settings)
+        assert r.status_code == 200, r.text
+        items = r.json()["previews"]
+        assert [i["method"] for i in items[:2]] == ["gatys", "gatys"]
+        assert [i["skipped"] for i in items] == [False, False, True]            # faithful_max_styles: 2
+        assert items[2]["reason"] == "limit" and "faithful_max_styles" in items[2]["error"]
+        assert max(items[0]["width"], items[0]["height"]) == PREVIEW.faithful_size
+        assert [c["long_side"] for c in stub.calls] == [PREVIEW.faithful_size] * 2
+        s = stub.calls[0]["settings"]
+        assert (s.style_strength, s.original_colors, s.style_scale) == (0.5, True, 2.0)
+        assert s.device == client.app.state.daemon.base_settings.device      # "auto" is the daemon's device
+        assert stub.calls[0]["photo"] == (PREVIEW.faithful_size, round(PREVIEW.faithful_size * 200 / 300))
+        r = _post(client, png_of(SAMPLES["coffee"], 300), [png_of(SAMPLES["starry_night"], 64)], method="faithful",
+                  size="96")
+        assert r.status_code == 200 and max(r.json()["previews"][0]["width"], r.json()["previews"][0]["height"]) == 96
+        assert stub.calls[-1]["settings"].style_strength == 1.0                # no settings: the daemon's defaults
+        r = _post(client, png_of(SAMPLES["coffee"], 300), [png_of(SAMPLES["starry_night"], 64)])
+        assert r.status_code == 200 and r.json()["previews"][0]["method"] in ("guided", "tiles")   # instant default
+        assert len(stub.calls) == 3
+
+
+@pytest.mark.parametrize("data, option, words", [
+    ({"method": "gatys"}, "method", "not one of instant, faithful"),
+    ({"method": "faithful", "settings": '{"nope": 1}'}, "nope", "unknown option"),
+    ({"method": "faithful", "settings": '{"strength": 0.5}'}, "strength", "style-strength"),
+    ({"method": "faithful", "settings": '{"style_strength": -1}'}, "style_strength", "minimum"),
+    ({"method": "faithful", "settings": '{"original_colors": "maybe"}'}, "original_colors", "true or false"),
+    ({"method": "faithful", "settings": '[1, 2]'}, "settings", "JSON object"),
+    ({"method": "faithful", "settings": '{"style_strength": '}, "settings", "not valid JSON"),
+    ({"method": "faithful", "settings": '{"device": "cuda"}'}, "device", "fixed when the daemon starts"),
+    ({"method": "faithful", "size": "400"}, "size", "faithful"),
+])
+def test_faithful_refusals_name_what_is_wrong(tmp_path, data, option, words):
+    stub = FaithfulStub()
+    service = PreviewService(loader=lambda threads: FakeModels(), faithful=stub)
+    with _client(tmp_path, None, service) as client:
+        r = _post(client, png_of(SAMPLES["coffee"], 64), [png_of(SAMPLES["starry_night"], 64)], **data)
+    assert r.status_code == 422, r.text
+    assert r.json().get("option") == option and words in r.json()["error"], r.json()
+    assert stub.calls == []
+
+
+def test_a_client_that_goes_away_cancels_its_faithful_preview(tmp_path):
+    """Over real HTTP: the client gives up after 1 s; the run in progress is cancelled (it would take 30 s)."""
+    stub = FaithfulStub(wait=30.0)
+    port = free_port()
+    config = DaemonConfig(data_dir=tmp_path, port=port, token=TOKEN, resolved_device="cpu")
+    server = uvicorn.Server(uvicorn.Config(create_app(config, runner=lambda request, ctx: None,
+                                                      preview_service=PreviewService(faithful=stub)),
+                                           host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        client = DaemonClient(f"http://127.0.0.1:{port}", token=TOKEN, timeout=30)
+        deadline = time.monotonic() + 30
+        while not client.is_running():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        began = time.monotonic()
+        with pytest.raises(Exception):
+            client.previews(("c.png", png_of(SAMPLES["coffee"], 64)),
+                            style_files=[("s.png", png_of(SAMPLES["starry_night"], 64))] * 2,
+                            method="faithful", timeout=1.0)
+        assert stub.cancelled.wait(10), "the faithful run was not cancelled when the client went away"
+        assert time.monotonic() - began < 10 and len(stub.calls) == 1         # the second style never began
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def test_the_client_sends_method_and_settings_to_a_real_faithful_preview(blocked_daemon):
+    """The protocol client's method and settings fields, through the real daemon and the real faithful preview
+    (strength 0 gives the photo, so nothing is optimised: fast; the setting is seen to arrive)."""
+    client = blocked_daemon["client"]
+    got = client.previews(("c.png", png_of(SAMPLES["coffee"], 96)),
+                          style_files=[("glass.png", png_of(REPO_SAMPLES / "style_glass.jpg", 64))],
+                          size=24, method="faithful", settings={"style_strength": 0.0})
+    assert [(g["label"], g["method"], g["skipped"]) for g in got] == [("glass (preview)", "gatys", False)]
+    photo = np.asarray(Image.open(io.BytesIO(png_of(SAMPLES["coffee"], 96))).resize((24, 16), Image.LANCZOS))
+    image = np.asarray(Image.open(io.BytesIO(got[0]["png"])))
+    still = np.abs(image.astype(int) - photo).mean()
+    assert image.shape == (16, 24, 3) and still < 6             # strength 0: the photo (decoded reduced, not Lanczos)
+    # (a painting run: tests/test_preview.py, in-process, 3 iterations; through HTTP it runs the full 40)
+
+
+from pathlib import Path as _Path  # noqa: E402
+
+REPO_SAMPLES = _Path(__file__).resolve().parents[1] / "samples"

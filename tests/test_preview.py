@@ -194,3 +194,100 @@ def test_contact_sheet_layout_and_labels(models, photo, styles) -> None:
         assert (caption.min(axis=2) < 100).sum() > 20
     with pytest.raises(ValueError):
         render_sheet(photo, chosen, items[:1], tile=96)
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 23: the faithful preview, a small real Gatys run with the job's own settings
+# ------------------------------------------------------------------------------------------------
+
+from bridge.engine.types import CancelToken  # noqa: E402
+from bridge.preview.faithful import (METHOD, PreviewCancelled, faithful_preview, faithful_settings)  # noqa: E402
+from bridge.settings import DEFAULTS, PREVIEW  # noqa: E402
+
+
+def test_faithful_settings_keep_the_jobs_look_and_take_the_previews_schedule() -> None:
+    job = DEFAULTS.replace(size=1024, iterations=500, coarse_iterations=80, style_strength=0.4, original_colors=True,
+                           style_scale=2.0, content_weight=7.0, style_weight=300.0, init="file", init_image="x.png",
+                           style_blend_weights=(1.0, 2.0), seed=5)
+    run = faithful_settings(job)
+    assert (run.size, run.iterations, run.coarse_to_fine) == (PREVIEW.faithful_size, PREVIEW.faithful_iterations, False)
+    assert run.ladder(run.size) == [PREVIEW.faithful_size]                 # one stage, whole image
+    assert (run.style_strength, run.original_colors, run.style_scale) == (0.4, True, 2.0)
+    assert (run.content_weight, run.style_weight, run.seed) == (7.0, 300.0, 5)
+    assert run.style_blend_weights is None and run.preview_every == 0
+    assert run.init == "content" and run.init_image is None                # a preview reads no file from settings
+    assert 160 <= PREVIEW.faithful_size <= 192
+
+
+def test_faithful_preview_at_strength_0_is_the_photo_at_preview_size(photo, styles) -> None:
+    """Strength is the job's: 0 gives the photo itself (no optimisation), at the preview's size."""
+    out = faithful_preview(photo, styles["swirls"], settings=DEFAULTS.replace(style_strength=0.0), long_side=60,
+                           style_name="swirls")
+    assert out.method == METHOD == "gatys" and out.label == "swirls (preview)"
+    assert (out.picture.width, out.picture.height) == preview_size(photo.width, photo.height, 60) == (60, 40)
+    reduced = np.asarray(Image.fromarray(photo.rgb).resize((60, 40), Image.LANCZOS))
+    assert np.abs(out.picture.rgb.astype(int) - reduced).max() <= 1
+
+
+def test_a_real_tiny_faithful_run_paints_the_photo_and_honours_original_colors(photo, styles) -> None:
+    style = styles["glass"]
+    painted = faithful_preview(photo, style, long_side=32, iterations=3, settings=DEFAULTS.replace(seed=1))
+    kept = faithful_preview(photo, style, long_side=32, iterations=3,
+                            settings=DEFAULTS.replace(seed=1, original_colors=True))
+    small = np.asarray(Image.fromarray(photo.rgb).resize((32, 21), Image.LANCZOS)).astype(float)
+    for out in (painted, kept):
+        assert out.picture.rgb.shape == (21, 32, 3) and out.picture.rgb.dtype == np.uint8
+        assert np.abs(out.picture.rgb - small).mean() > 2                   # optimised: not the photo
+    chroma = lambda rgb: rgb.astype(float) - rgb.astype(float).mean(axis=2, keepdims=True)  # noqa: E731
+    assert np.abs(chroma(kept.picture.rgb) - chroma(small)).mean() < np.abs(chroma(painted.picture.rgb)
+                                                                             - chroma(small)).mean()
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(PreviewCancelled):
+        faithful_preview(photo, style, long_side=32, iterations=3, cancel=cancel)
+    with pytest.raises(ValueError, match="between"):
+        faithful_preview(photo, style, long_side=1000)
+
+
+def test_a_faithful_contact_sheet_says_so(photo, styles, monkeypatch) -> None:
+    import bridge.preview.faithful as faithful
+
+    seen = []
+
+    def stub(photo, style, *, settings, long_side, iterations, cancel=None):
+        seen.append((style.name, settings.style_strength, long_side))
+        size = preview_size(photo.width, photo.height, long_side)
+        return faithful.StylePreview(style.name, Picture(rgb=np.zeros((size[1], size[0], 3), np.uint8)), "gatys", 0.0)
+
+    monkeypatch.setattr(faithful, "faithful_preview", stub)
+    sheet = contact_sheet(photo, [dataclasses.replace(s, name=n) for n, s in styles.items()], method="faithful",
+                          settings=DEFAULTS.replace(style_strength=0.5))
+    assert seen == [(n, 0.5, PREVIEW.faithful_size) for n in styles]
+    assert sheet.width == 12 + 2 * (PREVIEW.faithful_size + 12)          # 2 columns of faithful-size tiles
+
+
+def test_the_hot_folders_contact_sheet_can_be_faithful(photo, styles, monkeypatch) -> None:
+    """Preset ``"contact_sheet_method": "faithful"``: the sheet's previews are small runs with the job's settings
+    (default unchanged: instant); the option stays in the hot folder (not sent to a daemon)."""
+    from types import SimpleNamespace
+
+    import bridge.preview.faithful as faithful
+    from bridge.hotfolder.inputs import HERE_ONLY, contact_sheet as hot_sheet
+    from bridge.settings_parse import settings_from_mapping
+
+    seen = []
+
+    def stub(photo, style, *, settings, long_side, iterations, cancel=None):
+        seen.append((style.name, settings.style_strength))
+        size = preview_size(photo.width, photo.height, long_side)
+        return faithful.StylePreview(style.name, Picture(rgb=np.zeros((size[1], size[0], 3), np.uint8)), "gatys", 0.0)
+
+    monkeypatch.setattr(faithful, "faithful_preview", stub)
+    engine, document, _ = settings_from_mapping({"contact_sheet": True, "contact_sheet_method": "faithful",
+                                                 "style_strength": 0.3})
+    inputs = SimpleNamespace(content=photo, styles=[SimpleNamespace(picture=styles["glass"], name="glass")],
+                             spec=SimpleNamespace(styles=[], settings=engine, document=document))
+    sheet, left_out = hot_sheet(inputs)
+    assert seen == [("glass", 0.3)] and left_out == [] and sheet is not None
+    assert "contact_sheet_method" in HERE_ONLY
+    assert settings_from_mapping({})[1].contact_sheet_method == "instant"

@@ -1,7 +1,8 @@
-"""``stylebridge preview``: a contact sheet of the photo under every style, from the fast preview networks.
+"""``stylebridge preview``: a contact sheet of the photo under every style, from the fast preview networks
+or (``--method faithful``) from small real Gatys runs with the run's own settings.
 
 For choosing styles before a real ``stylize`` run: each style takes a fraction of a second instead of
-minutes, and every tile is labelled as a preview (it is not what the Gatys optimisation will produce).
+minutes (faithful: seconds, :mod:`bridge.preview.faithful`), and every tile is labelled as a preview.
 Same input handling as ``stylize``: images read by :func:`bridge.imaging.load_image`, an existing file is
 never overwritten (``save_image(..., unique=True)`` claims ``sheet.png`` or its first free ``sheet-N.png``
 atomically, :mod:`bridge.outputs`), an unwritable folder is found before any work, bad input prints one
@@ -16,9 +17,13 @@ from pathlib import Path
 
 from ..imaging import ImageError, Picture, load_image, save_image
 from ..outputs import OutputError, explain, nearest_existing, probe_writable
-from ..settings import LIMITS, PREVIEW
+from ..settings import DEFAULTS, LIMITS, PREVIEW, Settings, SettingsError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
+#: Engine settings a faithful preview takes from the command line: all but the schedule (the preview's own),
+#: the blend (one preview per style), progress images and the init file.
+SCHEDULE = ("size", "iterations", "coarse_to_fine", "min_size", "scale_step", "coarse_iterations", "base_size",
+            "large_iterations", "style_blend_weights", "preview_every", "init_image")
 
 
 class CliError(Exception):
@@ -27,37 +32,62 @@ class CliError(Exception):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..preview.engine import METHODS
+    from ..preview.faithful import MAX_SIZE as FAITHFUL_MAX
 
     p = subparsers.add_parser(
-        "preview", help="contact sheet of fast previews of the photo under each style (not the result)",
-        description="Write a contact sheet: PHOTO, then a fast feed-forward preview of PHOTO under each STYLE, "
-                    "with the style's thumbnail and name. Previews take well under a second per style and show "
-                    "roughly what a style will do; the real result comes from 'stylebridge stylize'.")
+        "preview", help="contact sheet of previews of the photo under each style (fast, or faithful small runs)",
+        description="Write a contact sheet: PHOTO, then a preview of PHOTO under each STYLE, with the style's "
+                    "thumbnail and name. Instant previews (a feed-forward network) take well under a second per "
+                    "style and show roughly what a style will do; --method faithful runs the real optimisation "
+                    "small (about 176 px, seconds per style) with the engine settings given, much closer to what "
+                    "'stylebridge stylize' will produce.")
     p.add_argument("content", metavar="PHOTO", help="the photo")
     p.add_argument("-s", "--style", dest="styles", action="append", required=True, metavar="STYLE",
                    help="a style image (repeat for several styles)")
     p.add_argument("-o", "--output", required=True, metavar="SHEET",
                    help="the sheet image (.png, .jpg, .tif, .webp), or a folder for PHOTO_preview.png; "
                         "an existing file is never overwritten")
-    p.add_argument("--size", type=int, default=PREVIEW.size, metavar="PX",
-                   help=f"long side of each preview in pixels (default: {PREVIEW.size}, at most {PREVIEW.max_size})")
-    p.add_argument("--method", choices=METHODS, default=METHODS[0],
-                   help="how previews reach their size from the 384 px network: one run + photo-guided "
-                        "upsampling, overlapping tiles, or auto: guided up to 576 px, tiles above "
-                        "(default: %(default)s)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help=f"long side of each preview in pixels (default: {PREVIEW.size}, at most {PREVIEW.max_size}; "
+                        f"faithful: {PREVIEW.faithful_size}, at most {FAITHFUL_MAX})")
+    p.add_argument("--method", choices=(*METHODS, "instant", "faithful"), default=METHODS[0],
+                   help="faithful: a small real Gatys run per style with the engine settings below (seconds per "
+                        "style; closest to the result); instant (= auto): the fast network, well under a second; "
+                        "guided/tiles: how the fast network's 384 px output reaches the size (auto: guided up to "
+                        "576 px, tiles above) (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="do not print the written file")
+    _add_faithful_options(p.add_argument_group("engine settings (--method faithful)"))
     p.set_defaults(func=run)
+
+
+def _add_faithful_options(group: argparse._ArgumentGroup) -> None:
+    """The engine settings ``stylize`` takes (same flags, help and parse), less :data:`SCHEDULE`."""
+    from .stylize import _DEST, _add_setting_options
+
+    scratch = argparse.ArgumentParser(add_help=False)
+    _add_setting_options(scratch.add_argument_group(), Settings, DEFAULTS)
+    for action in scratch._actions:
+        if action.dest.startswith(_DEST) and action.dest[len(_DEST):] not in SCHEDULE:
+            group._add_action(action)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..preview import PreviewModelError
     from ..preview.sheet import contact_sheet
+    from ..settings_parse import settings_from_mapping
+    from .stylize import given_options
 
     try:
+        typed = given_options(args)
+        if typed and args.method != "faithful":
+            raise CliError(f"--{next(iter(typed)).replace('_', '-')} only changes a faithful preview (a small real "
+                           "run with these settings): add --method faithful")
+        settings = settings_from_mapping(typed)[0]
         photo, styles, output = _prepare(args)
-        _one_torch_thread(args.size)
-        sheet = contact_sheet(photo, styles, tile=args.size, method=args.method)
-    except (CliError, OutputError, ImageError, PreviewModelError, ValueError) as exc:
+        if args.method != "faithful":
+            _one_torch_thread(args.size)
+        sheet = contact_sheet(photo, styles, tile=args.size, method=args.method, settings=settings)
+    except (CliError, OutputError, ImageError, PreviewModelError, SettingsError, ValueError) as exc:
         return _fail(exc)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +121,15 @@ def _prepare(args: argparse.Namespace) -> tuple[Picture, list[Picture], Path]:
     """Everything that can be wrong with the input is found here, before any work or any file is written."""
     if len(args.styles) > LIMITS.max_styles:
         raise CliError(f"{len(args.styles)} styles given; at most {LIMITS.max_styles} per run")
-    if not PREVIEW.min_size <= args.size <= PREVIEW.max_size:
-        raise CliError(f"--size {args.size}: must be between {PREVIEW.min_size} and {PREVIEW.max_size}")
+    from ..preview import faithful
+
+    faithful_run = args.method == "faithful"
+    if args.size is None:
+        args.size = PREVIEW.faithful_size if faithful_run else PREVIEW.size
+    low, high = (faithful.MIN_SIZE, faithful.MAX_SIZE) if faithful_run else (PREVIEW.min_size, PREVIEW.max_size)
+    if not low <= args.size <= high:
+        raise CliError(f"--size {args.size}: must be between {low} and {high}"
+                       + (" for a faithful preview (a small real run)" if faithful_run else ""))
     photo = load_image(args.content)
     styles = [load_image(path) for path in args.styles]
     output = Path(args.output)

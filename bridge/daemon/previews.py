@@ -14,6 +14,15 @@ Bounds: every image of a request is header-probed before anything is decoded (th
 images are then decoded *reduced* (:func:`decode_reduced`: JPEG's DCT scaling, ``Image.reduce`` right after
 the load for the others), and a request has a time budget (``PREVIEW.request_seconds``): styles not begun
 when it runs out come back as :class:`SkippedPreview` instead of holding the worker.
+
+Faithful previews (``method="faithful"``: a small real Gatys run with the job's settings,
+:mod:`bridge.preview.faithful`, seconds per style instead of a fraction of one) run in the same preview worker,
+so they never enter or delay the job queue: a queued job starts when the engine worker is free, whatever previews
+do. They share the machine with a running job instead (on a CPU torch's threads are shared: the job is slowed for
+the preview's seconds; on a GPU the preview's ~176 px run is small beside a job's). To keep that short, a faithful
+request renders at most ``PREVIEW.faithful_max_styles`` styles (the others come back skipped, reason ``"limit"``)
+within ``PREVIEW.faithful_request_seconds``; the route cancels the run in progress when the client goes away
+(:class:`bridge.engine.types.CancelToken`, checked every iteration).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import os
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Sequence, Union
 
@@ -30,8 +39,9 @@ import numpy as np
 from PIL import Image
 
 from ..imaging import Picture, load_image
-from ..settings import PREVIEW
+from ..settings import DEFAULTS, PREVIEW, Settings
 from ..preview import engine as preview_engine
+from ..preview import faithful as preview_faithful
 from ..preview.models import PreviewModels, default_threads, load_models
 from .memory import ImageShape
 
@@ -126,7 +136,7 @@ class SkippedPreview:
     """A style the request's time budget left no time for: answered with why, not rendered."""
 
     style_name: str
-    reason: str                # "timeout"
+    reason: str                # "timeout", or "limit" (over PREVIEW.faithful_max_styles), or "cancelled"
     message: str
 
     @property
@@ -157,13 +167,25 @@ def preview_threads(device: str) -> int:
     return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
+METHODS = ("instant", "faithful")    # POST /v1/previews ``method``; "instant" is the feed-forward network
+
+
 class PreviewService:
-    """Renders previews in its own worker thread; the models load lazily, once, under a lock."""
+    """Renders previews in its own worker thread; the models load lazily, once, under a lock.
+
+    ``faithful``: the function that renders one faithful preview (the seam tests replace), called as
+    :func:`bridge.preview.faithful.faithful_preview` is."""
 
     def __init__(self, threads: int | None = None, loader: Callable[..., PreviewModels] = load_models,
-                 budget_s: float = PREVIEW.request_seconds) -> None:
+                 budget_s: float = PREVIEW.request_seconds,
+                 faithful: Callable[..., preview_engine.StylePreview] = preview_faithful.faithful_preview,
+                 faithful_budget_s: float = PREVIEW.faithful_request_seconds,
+                 faithful_max_styles: int = PREVIEW.faithful_max_styles) -> None:
         self.threads = threads or preview_threads("cpu")
         self.budget_s = budget_s
+        self.faithful = faithful
+        self.faithful_budget_s = faithful_budget_s
+        self.faithful_max_styles = faithful_max_styles
         self._loader = loader
         self._models: PreviewModels | None = None
         self._lock = threading.Lock()
@@ -178,36 +200,74 @@ class PreviewService:
             return self._models
 
     def render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, StyleSource]]]],
-               long_side: int = DEFAULT_SIZE) -> list[preview_engine.StylePreview | SkippedPreview]:
+               long_side: int = DEFAULT_SIZE, *, method: str = "instant", settings: Settings = DEFAULTS,
+               cancel: Any = None) -> list[preview_engine.StylePreview | SkippedPreview]:
         """One preview per (name, style) that ``load`` returns, in order; a style may be a function that
         decodes it, called only when its turn comes.
 
         ``load`` runs in the preview worker too, so only one request's images are ever decoded at a time
         (waiting requests hold their uploads, spooled to disk). Once ``budget_s`` has passed since the worker
         took the request, the styles left are :class:`SkippedPreview` (neither decoded nor rendered).
-        Blocks the calling (request) thread only; :class:`PreviewBusy` when ``MAX_WAITING`` requests wait already."""
+        Blocks the calling (request) thread only; :class:`PreviewBusy` when ``MAX_WAITING`` requests wait already.
+        ``method`` "faithful": small Gatys runs with ``settings`` (see the module doc); ``cancel`` (a CancelToken)
+        stops the one in progress and skips the rest."""
+        return self.submit(load, long_side, method=method, settings=settings, cancel=cancel).result()
+
+    def submit(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, StyleSource]]]],
+               long_side: int = DEFAULT_SIZE, *, method: str = "instant", settings: Settings = DEFAULTS,
+               cancel: Any = None) -> "Future[list[Any]]":
+        """:meth:`render` without waiting: the future of its answer (an async route waits on it while it
+        watches the client)."""
+        if method not in METHODS:
+            raise ValueError(f"preview method {method!r} is not one of {', '.join(METHODS)}")
         if not self._waiting.acquire(blocking=False):
             raise PreviewBusy()
         try:
-            return self._executor.submit(self._render, load, long_side).result()
-        finally:
+            future = self._executor.submit(self._render, load, long_side, method, settings, cancel)
+        except BaseException:
             self._waiting.release()
+            raise
+        future.add_done_callback(lambda _f: self._waiting.release())
+        return future
 
     def _render(self, load: Callable[[], tuple[Picture, Sequence[tuple[str, StyleSource]]]],
-                long_side: int) -> list[Any]:
+                long_side: int, method: str = "instant", settings: Settings = DEFAULTS, cancel: Any = None
+                ) -> list[Any]:
         began = time.monotonic()
+        faithful = method == "faithful"
+        budget = self.faithful_budget_s if faithful else self.budget_s
+        setting = "faithful_request_seconds" if faithful else "request_seconds"
         photo, styles = load()
-        models = self.models() if styles else None
+        models = self.models() if styles and not faithful else None
         out: list[Any] = []
-        for name, style in styles:
+        for index, (name, style) in enumerate(styles):
             spent = time.monotonic() - began
-            if spent >= self.budget_s:
+            if cancel is not None and cancel.cancelled:
+                out.append(SkippedPreview(name, "cancelled", "skipped: the request was cancelled (the client went "
+                                                             "away)"))
+                continue
+            if faithful and index >= self.faithful_max_styles:
+                out.append(SkippedPreview(name, "limit", (
+                    f"skipped: a faithful request renders at most {self.faithful_max_styles} styles "
+                    "(faithful_max_styles), so previews never hold the machine long beside a job; ask again for "
+                    "this style")))
+                continue
+            if spent >= budget:
                 out.append(SkippedPreview(name, "timeout", (
-                    f"skipped: this request's time budget of {self.budget_s:g} s (request_seconds) was spent "
+                    f"skipped: this request's time budget of {budget:g} s ({setting}) was spent "
                     f"after {spent:.1f} s on the styles before it; ask for this style again, or for fewer styles")))
                 continue
             picture = style() if callable(style) else style
-            out.append(preview_engine.preview(photo, picture, style_name=name, long_side=long_side, models=models))
+            if faithful:
+                try:
+                    out.append(self.faithful(photo, picture, settings=settings, style_name=name,
+                                             long_side=long_side, cancel=cancel))
+                except preview_faithful.PreviewCancelled:
+                    out.append(SkippedPreview(name, "cancelled", "skipped: the request was cancelled (the client "
+                                                                 "went away)"))
+            else:
+                out.append(preview_engine.preview(photo, picture, style_name=name, long_side=long_side,
+                                                  models=models))
             del picture
         return out
 

@@ -268,7 +268,7 @@ def _load_psd(path: Path, stem: str, content_layer: str | None
 
 
 #: Settings the hot folder applies itself, in both modes: not sent to the daemon.
-HERE_ONLY = ("contact_sheet",)
+HERE_ONLY = ("contact_sheet", "contact_sheet_method")
 
 
 def contact_sheet(inputs: Inputs) -> tuple[Picture | None, list[str]]:
@@ -280,7 +280,9 @@ def contact_sheet(inputs: Inputs) -> tuple[Picture | None, list[str]]:
     left_out = [src.library for src in inputs.spec.styles if src.library is not None]
     if not here:
         return None, left_out
-    return make_sheet(inputs.content, here, tile=PREVIEW.size), left_out
+    method = inputs.spec.document.contact_sheet_method      # "faithful": small runs with the job's settings
+    return make_sheet(inputs.content, here, method=method, settings=inputs.spec.settings,
+                      tile=PREVIEW.size if method == "instant" else PREVIEW.faithful_size), left_out
 
 
 def output_suffix(content: Picture) -> str:

@@ -2,7 +2,8 @@
 
 Used by ``stylebridge preview`` and meant for any front end that wants one image to choose styles from
 (the hot folder may write one beside a job's PSD). Every tile is captioned as a preview and the header
-says so: the sheet shows fast feed-forward impressions, not Gatys results.
+says so: with ``method`` "instant" the sheet shows fast feed-forward impressions, not Gatys results; with
+"faithful" small real Gatys runs with the job's settings (:mod:`.faithful`), captioned as such.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..imaging import Picture
+from ..settings import DEFAULTS, PREVIEW, Settings
 from .engine import DEFAULT_LONG_SIDE, StylePreview, previews, rgb8
 from .models import PreviewModels
 
 HEADER = "stylebridge preview: fast impressions of each style, not the final Gatys result"
+HEADER_FAITHFUL = "stylebridge preview: small real runs of each style (the full result adds finer detail)"
+NOTE = "preview (fast impression, not the result)"
+NOTE_FAITHFUL = "faithful preview (small real run)"
 MARGIN = 12
 CAPTION = 64          # caption band under each tile: style thumbnail + name + "preview"
 MAX_COLUMNS = 4
@@ -53,6 +58,7 @@ def render_sheet(photo: Picture, styles: Sequence[Picture], items: Sequence[Styl
     """Draw the sheet from previews already made (one per style, same order); 8-bit RGB."""
     if len(styles) != len(items):
         raise ValueError(f"{len(styles)} styles but {len(items)} previews")
+    faithful = bool(items) and all(item.method == "gatys" for item in items)
     photo_rgb = rgb8(photo)
     scale = tile / max(photo.width, photo.height)
     tw, th = max(1, round(photo.width * scale)), max(1, round(photo.height * scale))
@@ -65,7 +71,7 @@ def render_sheet(photo: Picture, styles: Sequence[Picture], items: Sequence[Styl
     height = header + rows * (th + CAPTION + MARGIN) + MARGIN
     sheet = Image.new("RGB", (max(width, 360), height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    draw.text((MARGIN, 12), _fit_text(draw, HEADER, header_font, sheet.width - 2 * MARGIN), fill=INK,
+    draw.text((MARGIN, 12), _fit_text(draw, HEADER_FAITHFUL if faithful else HEADER, header_font, sheet.width - 2 * MARGIN), fill=INK,
               font=header_font)
     entries: list[tuple[np.ndarray, np.ndarray | None, str, str]] = [(photo_rgb, None, photo.name, "photo")]
     entries += [(item.picture.rgb, rgb8(style), item.style_name, "preview") for style, item in zip(styles, items)]
@@ -83,13 +89,25 @@ def render_sheet(photo: Picture, styles: Sequence[Picture], items: Sequence[Styl
             text_x = x + CAPTION
         room = x + tw - text_x
         draw.text((text_x, y + th + 8), _fit_text(draw, name, font, room), fill=INK, font=font)
-        note = "the photo" if kind == "photo" else "preview (fast impression, not the result)"
+        note = "the photo" if kind == "photo" else NOTE_FAITHFUL if faithful else NOTE
         draw.text((text_x, y + th + 32), _fit_text(draw, note, small, room), fill=GREY, font=small)
     return Picture(rgb=np.asarray(sheet), name=f"{photo.name} preview sheet")
 
 
-def contact_sheet(photo: Picture, styles: Sequence[Picture], *, tile: int = DEFAULT_LONG_SIDE,
-                  method: str = "auto", models: PreviewModels | None = None) -> Picture:
-    """The photo and its preview under every style, on one 8-bit RGB picture (previews at ``tile`` px)."""
-    items = previews(photo, styles, long_side=tile, method=method, models=models)
+def contact_sheet(photo: Picture, styles: Sequence[Picture], *, tile: int | None = None,
+                  method: str = "auto", models: PreviewModels | None = None,
+                  settings: Settings = DEFAULTS) -> Picture:
+    """The photo and its preview under every style, on one 8-bit RGB picture (previews at ``tile`` px).
+
+    ``method`` "faithful": small real Gatys runs with ``settings`` (tile default ``PREVIEW.faithful_size``);
+    any other: the instant network (``auto``/``guided``/``tiles``; "instant" = "auto"; tile default 512)."""
+    if method == "faithful":
+        from .faithful import faithful_previews
+
+        tile = tile or PREVIEW.faithful_size
+        items = faithful_previews(photo, styles, settings=settings, long_side=tile)
+    else:
+        tile = tile or DEFAULT_LONG_SIDE
+        items = previews(photo, styles, long_side=tile, method="auto" if method == "instant" else method,
+                         models=models)
     return render_sheet(photo, styles, items, tile=tile)
