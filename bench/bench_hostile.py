@@ -52,7 +52,6 @@ import random
 import shutil
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -819,7 +818,6 @@ def _drop_mid_upload(dm: Daemon) -> tuple[int, str]:
 
 
 def _queue_cases(dm: Daemon) -> None:
-    httpx = dm.httpx
     ids: list[str] = []
     long = json.dumps({**TINY, "size": 64, "iterations": 3000})
     big = big_png()

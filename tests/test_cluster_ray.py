@@ -76,7 +76,7 @@ def _stop(proc: subprocess.Popen, data: Path) -> str:
 def test_the_embedded_daemon_never_imports_ray(tmp_path):
     """Without --ray nothing changes: neither the daemon's modules nor a running ``serve`` load Ray."""
     code = ("import sys, bridge.cli, bridge.daemon.app, bridge.daemon.command, bridge.daemon.jobqueue, "
-            "bridge.daemon.runner, bridge.cluster; assert 'ray' not in sys.modules, 'ray imported'")
+            "bridge.daemon.runner, bridge.daemon.cluster; assert 'ray' not in sys.modules, 'ray imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     port, log = free_port(), tmp_path / "serve.log"

@@ -257,7 +257,7 @@ def _ray_runner(args: argparse.Namespace) -> Any:
     """The Ray cluster's runner for --ray (imported only then), or None; StartupError when it cannot join."""
     if args.ray is None:
         return None
-    from ..cluster.ray_runner import ClusterError, connect
+    from .cluster.ray_runner import ClusterError, connect
     try:
         runner = connect(args.ray, args.ray_shared.expanduser())
     except ClusterError as exc:

@@ -58,7 +58,7 @@ class JobManager:
         """``folder``: the data folder's ``jobs/`` (this daemon's own folder is made in it, :mod:`.folders`);
         ``checkpoint_s``: how often a running job's checkpoint is saved at least; ``fixed``: the settings
         this daemon fixes (device, weights), applied to the unfinished jobs it takes over; ``workers`` threads
-        run jobs, at most ``slots()`` at once (a cluster's free places, :mod:`bridge.cluster`; default: one)."""
+        run jobs, at most ``slots()`` at once (a cluster's free places, :mod:`bridge.daemon.cluster`; default: one)."""
         self.runner = runner
         self.checkpoint_s = float(checkpoint_s)
         self._own = folders.claim(Path(folder))

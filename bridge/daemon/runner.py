@@ -24,7 +24,7 @@ class RunContext:
     wanted: Callable[[], bool]        # False once the client cancelled without keeping the result
     checkpoint: Any = None            # the job's engine Checkpoint (persist.ReportingCheckpoint): resume, pause
     job_id: str = ""                  # the daemon's id of the job (a cluster runner names its shared checkpoint so)
-    # where the job runs, told by a runner that runs it elsewhere (bridge.cluster): node, address, pid, attempt...
+    # where the job runs, told by a runner that runs it elsewhere (bridge.daemon.cluster): node, address, pid, attempt...
     placed: Callable[[dict[str, Any]], None] = lambda info: None
 
 

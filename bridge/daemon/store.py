@@ -77,7 +77,7 @@ class Job:
     warnings: list[str] = field(default_factory=list)   # e.g. a checkpoint that could not be saved
     resumed: bool = False              # taken over from a daemon that is gone (or paused): goes on from a checkpoint
     finish_on_resume: bool = False     # cancelled with keep_result while waiting: runs to its first iteration, ends
-    node: dict | None = None           # where it runs or ran, when a cluster runs it (bridge.cluster): id, address...
+    node: dict | None = None           # where it runs or ran, when a cluster runs it (bridge.daemon.cluster): id, address...
 
     @classmethod
     def from_files(cls, job_id: str, files: JobFiles) -> "Job":

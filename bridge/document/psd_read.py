@@ -117,8 +117,8 @@ def read_psd(path: str | os.PathLike, *, content_layer: str | None = None,
     if len(head) < 26 or head[:4] != b"8BPS":
         raise ImageError(f"{label}: not a Photoshop file (PSD/PSB signature missing)")
     version = int.from_bytes(head[4:6], "big")
-    channels, height, width = (int.from_bytes(head[12:14], "big"), int.from_bytes(head[14:18], "big"),
-                               int.from_bytes(head[18:22], "big"))
+    height, width = (int.from_bytes(head[14:18], "big"),
+                     int.from_bytes(head[18:22], "big"))
     depth, mode_id = int.from_bytes(head[22:24], "big"), int.from_bytes(head[24:26], "big")
     if version not in (1, 2):
         raise ImageError(f"{label}: unknown PSD version {version}")

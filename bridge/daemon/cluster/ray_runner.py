@@ -35,11 +35,11 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ..daemon.memory import ImageShape, estimate_job_memory
-from ..daemon.runner import RunContext, run_engine
-from ..engine.checkpoint import FileCheckpoint
-from ..engine.types import CancelToken, Progress
-from ..pipeline import LoadedJob
+from ..memory import ImageShape, estimate_job_memory
+from ..runner import RunContext, run_engine
+from ...engine.checkpoint import FileCheckpoint
+from ...engine.types import CancelToken, Progress
+from ...pipeline import LoadedJob
 from .channel import JobChannel
 
 log = logging.getLogger("stylebridge.daemon")
