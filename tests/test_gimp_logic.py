@@ -611,3 +611,14 @@ def test_job_with_regions_is_what_the_package_parses(L, tmp_path):
 def test_region_selection_must_name_a_style_of_the_run(L):
     with pytest.raises(L.UserError, match="region-selection names the style 'sky', which is not in this run"):
         L.read_options(values(styles="A,B", **{"region-selection": "sky"}), env={})
+
+
+def test_region_thumbnail_is_small_and_white_where_the_style_goes(D):
+    w, h = 400, 100
+    mask = bytes(255 if x < w // 2 else 0 for _ in range(h) for x in range(w))    # left half
+    tw, th, rgb = D.region_thumb(mask, w, h)
+    assert (tw, th) == (D.REGION_THUMB_SIDE, 12) and len(rgb) == tw * th * 3
+    first_row = rgb[:tw * 3]
+    assert set(first_row[:tw // 2 * 3]) == {255} and set(first_row[tw // 2 * 3:]) == {0}
+    assert D.region_thumb(bytes([7, 9]), 2, 1) == (2, 1, bytes([7, 7, 7, 9, 9, 9]))      # small masks as they are
+    assert D.region_thumb(b"", 0, 0) == (1, 1, b"\0\0\0")

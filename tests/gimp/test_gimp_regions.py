@@ -17,7 +17,15 @@ import time
 import pytest
 from PIL import Image
 
-from .conftest import REPO, SAMPLES, Daemon, stylebridge_command
+from .conftest import (
+    REPO,
+    SAMPLES,
+    Daemon,
+    forget_last_values,
+    load_sb_client,
+    read_json,
+    stylebridge_command,
+)
 from .test_gimp_plugin import HELPERS, batch, by_role
 
 pytestmark = pytest.mark.gimp
@@ -102,7 +110,7 @@ def test_regions_from_channels_paint_what_the_cli_paints(gimp, gimp_workdir, gim
     proc = subprocess.run(stylebridge_command() + [
         "stylize", str(photo), "-s", str(gimp_workdir / "starry_night.jpg"), "-s", str(gimp_workdir / "the_scream.jpg"),
         "--region", f"starry_night={tmp_path / 'left.png'}", "--region", f"the_scream={tmp_path / 'right.png'}",
-        "-o", f"{cli_out}/", *CLI_TINY], capture_output=True, text=True, timeout=120, cwd=REPO)
+        "-o", f"{cli_out}/", *CLI_TINY], capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli = Image.open(cli_out / "photo_fused.png").convert("RGB")
     raw = (gimp_workdir / "fused.raw").read_bytes()
@@ -110,3 +118,62 @@ def test_regions_from_channels_paint_what_the_cli_paints(gimp, gimp_workdir, gim
     assert cli.size == gimp_rgb.size
     assert gimp_rgb.tobytes() == cli.tobytes(), "GIMP's Fused layer differs from the CLI's fused result"
     assert time.monotonic() - t0 < 240
+
+
+DIALOG = r'''
+report = {}
+img = Gimp.Image.new(P["w"], P["h"], Gimp.ImageBaseType.RGB)
+photo = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(P["photo"]))
+img.insert_layer(photo, None, 0)
+photo.set_name("photo")
+img.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 0, P["w"] // 2, P["h"])
+Gimp.Selection.save(img).set_name(P["styles"][0])
+img.select_rectangle(Gimp.ChannelOps.REPLACE, P["w"] * 3 // 4, 0, P["w"] // 4, P["h"])   # the right quarter
+proc = Gimp.get_pdb().lookup_procedure("python-fu-stylebridge")
+cfg = proc.create_config()
+cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
+cfg.set_property("image", img)
+cfg.set_core_object_array("drawables", [photo])
+for k, v in P["args"].items():
+    cfg.set_property(k, v)
+res = proc.run(cfg)
+report["run"] = {"status": res.index(0).value_nick}
+img.delete()
+save_report(report)
+'''
+
+
+def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path):
+    """The dialog's Regions frame: a channel named after one style, the selection chosen for the other, each
+    said in words with its share of the photo and shown as a thumbnail; Cancel sends nothing."""
+    photo = gimp_workdir / "photo.png"
+    Image.open(SAMPLES["coffee"]).convert("RGB").resize((W, H), Image.LANCZOS).save(photo)
+    stems = ["starry_night", "the_scream"]
+    for stem in stems:
+        shutil.copy(SAMPLES[stem], gimp_workdir / f"{stem}.jpg")
+    daemon = Daemon(tmp_path / "daemon").start()
+    try:
+        hook = gimp_workdir / "dialog.json"
+        args = {"styles": "", "style-files": ";".join(gimp.inside(gimp_workdir / f"{s}.jpg") for s in stems),
+                "daemon-url": daemon.url, "region-selection": "the_scream"}
+        params_path = gimp_workdir / "params-dialog.json"
+        report_path = gimp_workdir / "params-dialog-report.json"
+        params_path.write_text(json.dumps({"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems,
+                                           "args": args, "report": gimp.inside(report_path)}))
+        forget_last_values(gimp_profile)
+        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + DIALOG
+        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "cancel"})
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+        jobs = load_sb_client().Client(daemon.url).jobs()
+    finally:
+        daemon.stop()
+    look = json.loads(hook.read_text().splitlines()[0])
+    assert look["regions"] == ["starry_night: channel 'starry_night' (50 % of the photo)",
+                               "the_scream: the selection (25 % of the photo)"], look.get("regions")
+    assert look["region_thumbs"] == [[48, 36], [48, 36]], look.get("region_thumbs")
+    assert "Use the selection as the region of:" in look["labels"]
+    assert read_json(report_path)["run"]["status"] == "cancel"
+    assert jobs == [], "Cancel must send nothing"
