@@ -242,8 +242,8 @@ def _read_in_frame(buffer, x, y, w, h, image):
 def read_regions(image, layer, opts):
     """The regions this run sends: (found, masks, covered). ``found``: style -> sb_logic.RegionSource;
     ``masks``: style -> grey bytes at the painted layer's size and place (outside the canvas / the masked
-    layer = 0); ``covered``: style -> share of the layer. Layer masks the same everywhere (the plug-in's own
-    "first"/"all"/"none" masks of an earlier result) say nothing about where, and are left out."""
+    layer = 0); ``covered``: style -> share of the layer. A layer mask the same everywhere on its own layer
+    (the plug-in's own "first"/"all"/"none" masks of an earlier result) says nothing about where: left out."""
     styles = sb_logic.style_names(opts)
     _, ox, oy = layer.get_offsets()
     w, h = layer.get_width(), layer.get_height()
@@ -256,10 +256,12 @@ def read_regions(image, layer, opts):
         for name, item in _masked_layers(image, layer):
             if name in masked:
                 continue
+            mask = item.get_mask()
+            own = _read_in_frame(mask.get_buffer(), 0, 0, mask.get_width(), mask.get_height(), image)
+            if not own or own.count(own[0]) == len(own):
+                continue                    # the same everywhere on its own layer: says nothing about where
             _, lx, ly = item.get_offsets()
-            data = _read_in_frame(item.get_mask().get_buffer(), ox - lx, oy - ly, w, h, image)
-            if data and data.count(data[0]) != len(data):
-                masked[name] = data
+            masked[name] = _read_in_frame(mask.get_buffer(), ox - lx, oy - ly, w, h, image)
     found = sb_logic.match_regions(styles, channels, masked, opts.region_selection or None, has_selection)
     masks = {}
     for style, source in found.items():

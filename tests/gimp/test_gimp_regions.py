@@ -138,6 +138,26 @@ for k, v in P["args"].items():
     cfg.set_property(k, v)
 res = proc.run(cfg)
 report["run"] = {"status": res.index(0).value_nick}
+# the layer-mask path, read as a run reads it: a layer named after a style, offset, its mask white on its right
+# half (= the photo's right quarter); a uniform mask (a plain white one) says nothing and is left out
+import sys
+sys.path.insert(0, P["plugin_dir"])
+import sb_layers, sb_logic
+Gimp.Selection.none(img)
+for name, x, sel in ((P["styles"][1], P["w"] // 2, True), ("plain", 0, False)):
+    lay = Gimp.Layer.new(img, name, P["w"] // 2, P["h"], Gimp.ImageType.RGBA_IMAGE, 100, Gimp.LayerMode.NORMAL)
+    img.insert_layer(lay, None, 0)
+    lay.set_offsets(x, 0)
+    if sel:
+        img.select_rectangle(Gimp.ChannelOps.REPLACE, P["w"] * 3 // 4, 0, P["w"] // 4, P["h"])
+    lay.add_mask(lay.create_mask(Gimp.AddMaskType.SELECTION if sel else Gimp.AddMaskType.WHITE))
+    Gimp.Selection.none(img)
+opts = sb_logic.read_options(dict(P["args"], **{"region-selection": ""}))
+found, masks, covered = sb_layers.read_regions(img, photo, opts)
+report["mask_regions"] = sb_logic.region_lines(sb_logic.style_names(opts), found, covered)
+opts = sb_logic.read_options(dict(P["args"], **{"region-selection": "", "styles": "plain", "style-files": ""}))
+found, masks, covered = sb_layers.read_regions(img, photo, opts)
+report["uniform"] = sb_logic.region_lines(sb_logic.style_names(opts), found, covered)
 img.delete()
 save_report(report)
 '''
@@ -159,7 +179,8 @@ def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp
         params_path = gimp_workdir / "params-dialog.json"
         report_path = gimp_workdir / "params-dialog-report.json"
         params_path.write_text(json.dumps({"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems,
-                                           "args": args, "report": gimp.inside(report_path)}))
+                                           "args": args, "report": gimp.inside(report_path),
+                                           "plugin_dir": gimp.inside(gimp_profile / "plug-ins" / "stylebridge")}))
         forget_last_values(gimp_profile)
         code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + DIALOG
         proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
@@ -175,5 +196,9 @@ def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp
                                "the_scream: the selection (25 % of the photo)"], look.get("regions")
     assert look["region_thumbs"] == [[48, 36], [48, 36]], look.get("region_thumbs")
     assert "Use the selection as the region of:" in look["labels"]
-    assert read_json(report_path)["run"]["status"] == "cancel"
+    report = read_json(report_path)
+    assert report["run"]["status"] == "cancel"
+    assert report["mask_regions"] == ["starry_night: channel 'starry_night' (50 % of the photo)",
+                                      "the_scream: layer mask of 'the_scream' (25 % of the photo)"]
+    assert report["uniform"] == ["plain: whole photo: no region"]
     assert jobs == [], "Cancel must send nothing"
