@@ -622,3 +622,18 @@ def test_region_thumbnail_is_small_and_white_where_the_style_goes(D):
     assert set(first_row[:tw // 2 * 3]) == {255} and set(first_row[tw // 2 * 3:]) == {0}
     assert D.region_thumb(bytes([7, 9]), 2, 1) == (2, 1, bytes([7, 7, 7, 9, 9, 9]))      # small masks as they are
     assert D.region_thumb(b"", 0, 0) == (1, 1, b"\0\0\0")
+
+
+def test_estimate_with_regions_counts_one_fused_run(L):
+    """Two styles with regions cost ONE optimisation (the fused run), not two; with region_style_layers each style's
+    own run comes on top."""
+    opts = L.read_options(values(styles="a,b"), env={})
+    client = EstimatingClient({"seconds": 60.0, "device": "cpu"})
+    assert L.ask_estimate(client, opts, (64, 48), 2, regions=2) == "Time: about 60 s for 2 styles in one run " \
+        "(regions) on cpu"
+    assert client.calls[-1]["styles"] == 1
+    L.ask_estimate(client, opts, (64, 48), 2)
+    assert client.calls[-1]["styles"] == 2                    # no regions: a run per style, as before
+    both = L.read_options(values(styles="a,b", **{"extra-settings": '{"region_style_layers": true}'}), env={})
+    L.ask_estimate(client, both, (64, 48), 2, regions=1)
+    assert client.calls[-1]["styles"] == 3

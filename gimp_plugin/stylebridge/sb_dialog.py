@@ -102,15 +102,16 @@ def show_dialog(procedure, config, layer, target=None):
         url, token = sb_logic.connection(sb_logic.config_values(config))
         client = sb_logic.daemon_client(url, token, timeout=5)
         estimate.set_text(sb_logic.ask_estimate(client, opts, (layer.get_width(), layer.get_height()),
-                                                len(opts.styles) + len(opts.style_files)))
+                                                len(opts.styles) + len(opts.style_files), len(regions.usable)))
 
     def changed(*_args):
-        update_estimate()
         regions.refresh()
+        update_estimate()
 
     panel.on_change = changed
     files.on_change = changed
-    config.connect("notify::use-regions", regions.refresh)
+    config.connect("notify::use-regions", changed)
+    regions.on_change = update_estimate
     for prop in ("preset", "extra-settings"):
         config.connect(f"notify::{prop}", update_estimate)
     for prop in ("preset", "extra-settings", "style-strength", "preserve-colors", "style-scale"):
@@ -118,8 +119,8 @@ def show_dialog(procedure, config, layer, target=None):
     for widget in (heading, panel.frame, regions.frame, estimate, files.frame, expander):
         widget.show_all()
     panel.load()
-    update_estimate()
     regions.refresh()
+    update_estimate()
     panel.estimate = estimate
     panel.regions = regions
 
@@ -174,6 +175,8 @@ class RegionsFrame:
         box.pack_start(self.lines, False, False, 0)
         self.frame.add(box)
         self.words = []             # what the lines say (the test hook reads it)
+        self.usable = []            # the styles whose region goes with the job (the estimate counts one run)
+        self.on_change = None
         self._filling = False
 
     def _chosen(self, combo):
@@ -182,6 +185,8 @@ class RegionsFrame:
         text = combo.get_active_text()
         self.config.set_property("region-selection", "" if text in (None, self.NONE) else text)
         self.refresh()
+        if self.on_change is not None:
+            self.on_change()
 
     def _fill_combo(self, styles):
         want = str(self.config.get_property("region-selection") or "")
@@ -214,6 +219,7 @@ class RegionsFrame:
             found, masks, covered, styles = {}, {}, {}, []
         else:
             self.words = sb_logic.region_lines(styles, found, covered) if styles else ["Regions: choose a style"]
+        self.usable = sb_logic.usable_regions(styles, found, covered)
         for child in self.lines.get_children():
             self.lines.remove(child)
         w, h = self.layer.get_width(), self.layer.get_height()

@@ -688,10 +688,21 @@ def quality_choices(health: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [(k, label) for k, label in QUALITY_CHOICES if k == DAEMON_DEFAULT or k in names]
 
 
-def estimate_request(opts: Options, layer_size: tuple[int, int], styles: int) -> dict:
-    """The arguments of ``Client.estimate`` for this run: the layer's size, the styles, the job's settings."""
-    return {"width": max(1, int(layer_size[0])), "height": max(1, int(layer_size[1])), "styles": max(1, styles),
-            "settings": job_settings(opts, mask_used(opts, False))}
+def estimate_runs(styles: int, regions: int, settings: Mapping[str, Any]) -> int:
+    """How many optimisations the job costs (what the daemon's estimate counts as "styles"): one per style, or
+    with regions ONE fused run (plus one per style when ``region_style_layers`` asks for them too)."""
+    if regions < 1:
+        return styles
+    return 1 + (styles if settings.get("region_style_layers") is True else 0)
+
+
+def estimate_request(opts: Options, layer_size: tuple[int, int], styles: int, regions: int = 0) -> dict:
+    """The arguments of ``Client.estimate`` for this run: the layer's size, the runs it costs, the job's
+    settings."""
+    settings = job_settings(opts, mask_used(opts, False))
+    runs = estimate_runs(styles, regions, settings)
+    return {"width": max(1, int(layer_size[0])), "height": max(1, int(layer_size[1])), "styles": max(1, runs),
+            "settings": settings}
 
 
 def duration_text(seconds: float) -> str:
@@ -702,14 +713,16 @@ def duration_text(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h"
 
 
-def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | None = None) -> str:
+def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | None = None,
+                  regions: int = 0) -> str:
     """The dialog's line for the daemon's estimate (None: the daemon gave none)."""
     if styles < 1:
         return "Time: choose a style"
     if not answer or not isinstance(answer.get("seconds"), (int, float)):
         return ""
-    text = (f"Time: {duration_text(float(answer['seconds']))} for {styles} style{'s' if styles != 1 else ''} "
-            f"on {answer.get('device') or 'the daemon'}")
+    fused = " in one run (regions)" if regions else ""
+    text = (f"Time: {duration_text(float(answer['seconds']))} for {styles} style{'s' if styles != 1 else ''}"
+            f"{fused} on {answer.get('device') or 'the daemon'}")
     if not answer.get("measured", True):
         text += " (a guess: the service has not measured its speed)"
     words = sb_desk.quality_words(answer)
@@ -719,13 +732,13 @@ def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | 
     return text
 
 
-def ask_estimate(client: Any, opts: Options, layer_size: tuple[int, int], styles: int) -> str:
+def ask_estimate(client: Any, opts: Options, layer_size: tuple[int, int], styles: int, regions: int = 0) -> str:
     """The daemon's estimate for this run as the dialog shows it; what went wrong, in words, if it gave none."""
     if styles < 1:
         return estimate_text(None, styles)
     try:
-        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles), timeout=5), styles,
-                             opts.quality)
+        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles, regions), timeout=5),
+                             styles, opts.quality, regions)
     except sb_client.DaemonError as exc:
         if exc.status in (404, 405):
             return "Time: this daemon gives no estimate (an older version; pip install -U stylebridge)"

@@ -196,6 +196,7 @@ def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp
                                "the_scream: the selection (25 % of the photo)"], look.get("regions")
     assert look["region_thumbs"] == [[48, 36], [48, 36]], look.get("region_thumbs")
     assert "Use the selection as the region of:" in look["labels"]
+    assert "for 2 styles in one run (regions)" in (look["estimate"] or ""), look["estimate"]   # one fused run
     report = read_json(report_path)
     assert report["run"]["status"] == "cancel"
     assert report["mask_regions"] == ["starry_night: channel 'starry_night' (50 % of the photo)",
