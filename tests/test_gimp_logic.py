@@ -637,3 +637,13 @@ def test_estimate_with_regions_counts_one_fused_run(L):
     both = L.read_options(values(styles="a,b", **{"extra-settings": '{"region_style_layers": true}'}), env={})
     L.ask_estimate(client, both, (64, 48), 2, regions=1)
     assert client.calls[-1]["styles"] == 3
+
+
+def test_fused_layer_is_a_result_and_its_progress_is_said_in_words(D):
+    """The Fused layer (role "fused") belongs to its run: choosing it re-runs its photo, not the layer itself."""
+    assert D.FUSED_NAME == jobmod.FUSED
+    assert D.is_result_record({"plugin": "p", "role": "fused"}, "p")
+    assert D.progress_words({"status": "running", "style_index": 0, "style_count": 1, "style_name": "fused",
+                             "eta_s": 30}) == "Painting every style in its region, about 30 s left"
+    assert D.progress_words({"status": "running", "style_index": 2, "style_count": 3, "style_name": "fused"}) \
+        == "Painting every style in its region (run 3 of 3)"

@@ -130,6 +130,10 @@ def left_text(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h left"
 
 
+#: The result of a job with regions (= bridge.job.FUSED): its progress is said as one run of every region.
+FUSED_NAME = "fused"
+
+
 def progress_words(status: Mapping[str, Any]) -> str:
     """What the progress window says, in plain words: "Painting style 2 of 3 (Starry Night), about 3 min left"."""
     state = status.get("status") or ""
@@ -140,6 +144,14 @@ def progress_words(status: Mapping[str, Any]) -> str:
     if state == "paused":
         return "Paused: the stylebridge service is finishing another picture first..."
     idx, count, name = status.get("style_index"), status.get("style_count"), status.get("style_name")
+    if name == FUSED_NAME:                  # regions: every style in its region, one run
+        text = "Painting every style in its region"
+        if isinstance(idx, int) and isinstance(count, int) and count > 1:
+            text += f" (run {idx + 1} of {count})"
+        eta = status.get("eta_s")
+        if isinstance(eta, (int, float)) and eta >= 0 and state == "running":
+            text += ", " + left_text(float(eta))
+        return text
     if isinstance(idx, int) and isinstance(count, int) and count > 0:
         text = f"Painting style {idx + 1} of {count}"
     elif state == "running" or name:
@@ -160,7 +172,7 @@ def progress_words(status: Mapping[str, Any]) -> str:
 
 #: Roles of the helper layers one run adds above its group, reused by the next run on the same photo.
 HELPER_ROLES = ("detail", "colors", "refine")
-RESULT_ROLES = ("group", "style", "blend", *HELPER_ROLES)
+RESULT_ROLES = ("group", "style", "blend", "fused", *HELPER_ROLES)      # fused: the regions' one layer (#22)
 #: What a run does when the layer chosen is an earlier result group: a new group on top, or that group
 #: replaced by the new result, or the new style layers added to it.
 RERUN_CHOICES = (("new", "A new result on top"), ("replace", "Replace this result"),
