@@ -541,3 +541,109 @@ def test_faithful_preview_request(L, D):
     assert D.faithful_refused(L.sb_client.DaemonError(422, "method: unknown"))
     assert not D.faithful_refused(L.sb_client.DaemonError(429, "busy"))
     assert not D.faithful_refused(L.sb_client.DaemonError(500, "boom"))
+
+
+# ------------------------------------------------------------------------------------------------
+# regions (issue #22): channels / layer masks named after styles, the selection for one style
+# ------------------------------------------------------------------------------------------------
+
+def test_regions_match_channels_masks_and_the_selection(L, tmp_path):
+    style = tmp_path / "The Scream.png"
+    style.write_bytes(b"x")
+    opts = L.read_options(values(styles="Starry Night, wave", **{"style-files": str(style)}), env={})
+    styles = L.style_names(opts)
+    assert styles == ["Starry Night", "wave", "The Scream"]          # library names, then file stems
+    found = L.match_regions(styles, channels=["Sky", "starry  night", "Starry Night"],
+                            masked_layers=["the scream", "wave", "photo"])
+    # a channel (case and repeated spaces ignored, the topmost first) wins over a layer mask of the same name
+    assert found == {"Starry Night": L.RegionSource("channel", "starry  night"),
+                     "wave": L.RegionSource("layer-mask", "wave"),
+                     "The Scream": L.RegionSource("layer-mask", "the scream")}
+    # the selection chosen for a style wins, but only when there is one
+    chosen = L.match_regions(styles, channels=["wave"], selection_style="WAVE", has_selection=True)
+    assert chosen["wave"] == L.RegionSource("selection")
+    assert L.match_regions(styles, channels=["wave"], selection_style="wave", has_selection=False)["wave"] \
+        == L.RegionSource("channel", "wave")
+    assert L.match_regions(styles) == {}
+
+
+def test_region_words_say_what_each_style_gets(L):
+    styles = ["Starry Night", "wave", "mosaic"]
+    found = {"Starry Night": L.RegionSource("channel", "Starry Night"), "wave": L.RegionSource("selection"),
+             "mosaic": L.RegionSource("layer-mask", "mosaic")}
+    covered = {"Starry Night": 0.383, "wave": 0.004, "mosaic": 0.0}
+    lines = L.region_lines(styles, found, covered)
+    assert lines == ["Starry Night: channel 'Starry Night' (38 % of the photo)",
+                     "wave: the selection (0.4 % of the photo)",
+                     "mosaic: layer mask of 'mosaic' is empty (black everywhere): not used"]
+    assert L.usable_regions(styles, found, covered) == ["Starry Night", "wave"]
+    assert L.region_lines(["a", "b"], {}, {}) == ["a: whole photo: no region", "b: whole photo: no region"]
+    words = L.region_lines(["a", "b"], {"a": L.RegionSource("channel", "a")}, {"a": 0.5})
+    assert words[0] == "a: channel 'a' (50 % of the photo)"
+    assert words[1].startswith("b: no region: not painted")
+    assert L.coverage(bytes([255, 0, 0, 255])) == 0.5 and L.coverage(b"") == 0.0
+
+
+def test_job_with_regions_is_what_the_package_parses(L, tmp_path):
+    style = tmp_path / "B.png"
+    style.write_bytes(b"x")
+    opts = L.read_options(values(styles="A", **{"style-files": str(style), "mask-mode": "selection",
+                                                "region-selection": "b"}), env={})
+    job, used = L.job_description(opts, has_selection=True, regions=["B", "A"])
+    # the selection is B's region here, so it is not also every layer's mask
+    assert used == "all" and "mask" not in job
+    assert job["regions"] == {"B": {"upload": 0}, "A": {"upload": 1}}
+    spec = jobmod.JobSpec.from_json(json.loads(json.dumps(job)))
+    jobmod.check(spec, over_http=True)
+    assert [name for name, _ in spec.regions] == ["B", "A"]
+    assert [src.upload for _, src in spec.regions] == [0, 1]
+    plain, _ = L.job_description(opts, has_selection=True)
+    assert "regions" not in plain
+    # the record keeps the region choices, and the dialog reopens with them
+    record = L.base_record(opts, {}, "j", used)
+    config = L.config_from_record(record)
+    assert config["use-regions"] is True and config["region-selection"] == "b"
+    off = L.read_options(values(styles="A", **{"use-regions": False}), env={})
+    assert off.use_regions is False and L.config_from_record(L.base_record(off, {}, "j", "first"))["use-regions"] \
+        is False
+
+
+def test_region_selection_must_name_a_style_of_the_run(L):
+    with pytest.raises(L.UserError, match="region-selection names the style 'sky', which is not in this run"):
+        L.read_options(values(styles="A,B", **{"region-selection": "sky"}), env={})
+
+
+def test_region_thumbnail_is_small_and_white_where_the_style_goes(D):
+    w, h = 400, 100
+    mask = bytes(255 if x < w // 2 else 0 for _ in range(h) for x in range(w))    # left half
+    tw, th, rgb = D.region_thumb(mask, w, h)
+    assert (tw, th) == (D.REGION_THUMB_SIDE, 12) and len(rgb) == tw * th * 3
+    first_row = rgb[:tw * 3]
+    assert set(first_row[:tw // 2 * 3]) == {255} and set(first_row[tw // 2 * 3:]) == {0}
+    assert D.region_thumb(bytes([7, 9]), 2, 1) == (2, 1, bytes([7, 7, 7, 9, 9, 9]))      # small masks as they are
+    assert D.region_thumb(b"", 0, 0) == (1, 1, b"\0\0\0")
+
+
+def test_estimate_with_regions_counts_one_fused_run(L):
+    """Two styles with regions cost ONE optimisation (the fused run), not two; with region_style_layers each style's
+    own run comes on top."""
+    opts = L.read_options(values(styles="a,b"), env={})
+    client = EstimatingClient({"seconds": 60.0, "device": "cpu"})
+    assert L.ask_estimate(client, opts, (64, 48), 2, regions=2) == "Time: about 60 s for 2 styles in one run " \
+        "(regions) on cpu"
+    assert client.calls[-1]["styles"] == 1
+    L.ask_estimate(client, opts, (64, 48), 2)
+    assert client.calls[-1]["styles"] == 2                    # no regions: a run per style, as before
+    both = L.read_options(values(styles="a,b", **{"extra-settings": '{"region_style_layers": true}'}), env={})
+    L.ask_estimate(client, both, (64, 48), 2, regions=1)
+    assert client.calls[-1]["styles"] == 3
+
+
+def test_fused_layer_is_a_result_and_its_progress_is_said_in_words(D):
+    """The Fused layer (role "fused") belongs to its run: choosing it re-runs its photo, not the layer itself."""
+    assert D.FUSED_NAME == jobmod.FUSED
+    assert D.is_result_record({"plugin": "p", "role": "fused"}, "p")
+    assert D.progress_words({"status": "running", "style_index": 0, "style_count": 1, "style_name": "fused",
+                             "eta_s": 30}) == "Painting every style in its region, about 30 s left"
+    assert D.progress_words({"status": "running", "style_index": 2, "style_count": 3, "style_name": "fused"}) \
+        == "Painting every style in its region (run 3 of 3)"

@@ -130,6 +130,10 @@ def left_text(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h left"
 
 
+#: The result of a job with regions (= bridge.job.FUSED): its progress is said as one run of every region.
+FUSED_NAME = "fused"
+
+
 def progress_words(status: Mapping[str, Any]) -> str:
     """What the progress window says, in plain words: "Painting style 2 of 3 (Starry Night), about 3 min left"."""
     state = status.get("status") or ""
@@ -140,6 +144,14 @@ def progress_words(status: Mapping[str, Any]) -> str:
     if state == "paused":
         return "Paused: the stylebridge service is finishing another picture first..."
     idx, count, name = status.get("style_index"), status.get("style_count"), status.get("style_name")
+    if name == FUSED_NAME:                  # regions: every style in its region, one run
+        text = "Painting every style in its region"
+        if isinstance(idx, int) and isinstance(count, int) and count > 1:
+            text += f" (run {idx + 1} of {count})"
+        eta = status.get("eta_s")
+        if isinstance(eta, (int, float)) and eta >= 0 and state == "running":
+            text += ", " + left_text(float(eta))
+        return text
     if isinstance(idx, int) and isinstance(count, int) and count > 0:
         text = f"Painting style {idx + 1} of {count}"
     elif state == "running" or name:
@@ -160,7 +172,7 @@ def progress_words(status: Mapping[str, Any]) -> str:
 
 #: Roles of the helper layers one run adds above its group, reused by the next run on the same photo.
 HELPER_ROLES = ("detail", "colors", "refine")
-RESULT_ROLES = ("group", "style", "blend", *HELPER_ROLES)
+RESULT_ROLES = ("group", "style", "blend", "fused", *HELPER_ROLES)      # fused: the regions' one layer (#22)
 #: What a run does when the layer chosen is an earlier result group: a new group on top, or that group
 #: replaced by the new result, or the new style layers added to it.
 RERUN_CHOICES = (("new", "A new result on top"), ("replace", "Replace this result"),
@@ -256,3 +268,23 @@ def quality_words(answer: Mapping[str, Any] | None) -> str | None:
     except (TypeError, ValueError, IndexError):
         return None
     return f"{side} px, {iterations} iterations"
+
+
+#: The dialog's thumbnail of a style's region: at most this many pixels on its long side.
+REGION_THUMB_SIDE = 48
+
+
+def region_thumb(mask: bytes, width: int, height: int, side: int = REGION_THUMB_SIDE) -> tuple[int, int, bytes]:
+    """(w, h, RGB bytes) of a small nearest-neighbour thumbnail of a grey ``width`` x ``height`` mask, white where
+    the style goes: cheap for any photo size (one byte slice a row), for a GdkPixbuf in the dialog."""
+    if width < 1 or height < 1 or len(mask) < width * height:
+        return 1, 1, b"\0\0\0"
+    scale = max(width, height) / float(side)
+    tw, th = (max(1, round(width / scale)), max(1, round(height / scale))) if scale > 1 else (width, height)
+    rows = []
+    for y in range(th):
+        sy = min(height - 1, int(y * height / th))
+        row = mask[sy * width:(sy + 1) * width]
+        rows.append(bytes(row[min(width - 1, int(x * width / tw))] for x in range(tw)))
+    grey = b"".join(rows)
+    return tw, th, bytes(v for g in grey for v in (g, g, g))

@@ -82,6 +82,9 @@ def show_dialog(procedure, config, layer, target=None):
     for i, widget in enumerate((heading, panel.frame, files.frame)):
         content.pack_start(widget, False, False, 0)
         content.reorder_child(widget, i)
+    regions = RegionsFrame(dialog, config, panel, files, layer)
+    content.pack_start(regions.frame, False, False, 0)
+    content.reorder_child(regions.frame, 3)
     estimate = Gtk.Label(label="")
     estimate.set_xalign(0.0)
     estimate.set_line_wrap(True)
@@ -99,19 +102,27 @@ def show_dialog(procedure, config, layer, target=None):
         url, token = sb_logic.connection(sb_logic.config_values(config))
         client = sb_logic.daemon_client(url, token, timeout=5)
         estimate.set_text(sb_logic.ask_estimate(client, opts, (layer.get_width(), layer.get_height()),
-                                                len(opts.styles) + len(opts.style_files)))
+                                                len(opts.styles) + len(opts.style_files), len(regions.usable)))
 
-    panel.on_change = update_estimate
-    files.on_change = update_estimate
+    def changed(*_args):
+        regions.refresh()
+        update_estimate()
+
+    panel.on_change = changed
+    files.on_change = changed
+    config.connect("notify::use-regions", changed)
+    regions.on_change = update_estimate
     for prop in ("preset", "extra-settings"):
         config.connect(f"notify::{prop}", update_estimate)
     for prop in ("preset", "extra-settings", "style-strength", "preserve-colors", "style-scale"):
         config.connect(f"notify::{prop}", panel.settings_changed)
-    for widget in (heading, panel.frame, estimate, files.frame, expander):
+    for widget in (heading, panel.frame, regions.frame, estimate, files.frame, expander):
         widget.show_all()
     panel.load()
+    regions.refresh()
     update_estimate()
     panel.estimate = estimate
+    panel.regions = regions
 
     test_hook = os.environ.get("STYLEBRIDGE_GIMP_DIALOG_TEST")
     if test_hook:       # the automated tests put sb_testhook.py beside the plug-in; it is not shipped
@@ -131,7 +142,101 @@ def _dialog_options(config, panel, files):
                             quality=sb_logic.quality_choice(config.get_property("preset")), extra_settings=extra,
                             original_colors=bool(config.get_property("preserve-colors")),
                             style_strength=float(config.get_property("style-strength")),
-                            style_scale=float(config.get_property("style-scale")))
+                            style_scale=float(config.get_property("style-scale")),
+                            use_regions=bool(config.get_property("use-regions")),
+                            region_selection=str(config.get_property("region-selection") or ""))
+
+
+class RegionsFrame:
+    """Where each style goes (issue #22): the "Regions from channels and layer masks" switch, the choice "Use
+    the selection as the region of: [style]", and one line per chosen style saying which region it gets, with a
+    small thumbnail of that region (white = the style goes there). Refreshed when the styles or the switch
+    change."""
+
+    NONE = "(no style: the selection is not a region)"
+
+    def __init__(self, dialog, config, panel, files, layer):
+        from gi.repository import Gtk
+        self.config, self.panel, self.files, self.layer = config, panel, files, layer
+        self.frame = Gtk.Frame(label="Regions: where each style is painted")
+        box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)
+        box.set_border_width(6)
+        try:
+            box.pack_start(dialog.get_widget("use-regions", GObject.TYPE_NONE), False, False, 0)
+        except Exception:  # noqa: BLE001 - the switch is also in the procedure's settings
+            pass
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+        row.pack_start(Gtk.Label(label="Use the selection as the region of:"), False, False, 0)
+        self.combo = Gtk.ComboBoxText()
+        self.combo.connect("changed", self._chosen)
+        row.pack_start(self.combo, True, True, 0)
+        box.pack_start(row, False, False, 0)
+        self.lines = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
+        box.pack_start(self.lines, False, False, 0)
+        self.frame.add(box)
+        self.words = []             # what the lines say (the test hook reads it)
+        self.usable = []            # the styles whose region goes with the job (the estimate counts one run)
+        self.on_change = None
+        self._filling = False
+
+    def _chosen(self, combo):
+        if self._filling:
+            return
+        text = combo.get_active_text()
+        self.config.set_property("region-selection", "" if text in (None, self.NONE) else text)
+        self.refresh()
+        if self.on_change is not None:
+            self.on_change()
+
+    def _fill_combo(self, styles):
+        want = str(self.config.get_property("region-selection") or "")
+        self._filling = True
+        try:
+            self.combo.remove_all()
+            self.combo.append_text(self.NONE)
+            active = 0
+            for i, style in enumerate(styles):
+                self.combo.append_text(style)
+                if style.casefold() == want.casefold():
+                    active = i + 1
+            self.combo.set_active(active)
+            if want and not active:
+                self.config.set_property("region-selection", "")      # that style is no longer in the run
+        finally:
+            self._filling = False
+
+    def refresh(self, *_args):
+        from gi.repository import GdkPixbuf, Gtk
+        from sb_layers import read_regions
+        try:
+            opts = _dialog_options(self.config, self.panel, self.files)
+            styles = sb_logic.style_names(opts)
+            self._fill_combo(styles)
+            opts.region_selection = str(self.config.get_property("region-selection") or "")
+            found, masks, covered = read_regions(self.layer.get_image(), self.layer, opts)
+        except Exception as exc:  # noqa: BLE001 - the run reads them again and reports
+            self.words = [f"Regions: cannot read them ({exc})"]
+            found, masks, covered, styles = {}, {}, {}, []
+        else:
+            self.words = sb_logic.region_lines(styles, found, covered) if styles else ["Regions: choose a style"]
+        self.usable = sb_logic.usable_regions(styles, found, covered)
+        for child in self.lines.get_children():
+            self.lines.remove(child)
+        w, h = self.layer.get_width(), self.layer.get_height()
+        for i, text in enumerate(self.words):
+            row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=6)
+            style = styles[i] if i < len(styles) else None
+            if style in masks:
+                tw, th, rgb = sb_desk.region_thumb(masks[style], w, h)
+                pix = GdkPixbuf.Pixbuf.new_from_bytes(GLib.Bytes.new(rgb), GdkPixbuf.Colorspace.RGB, False, 8,
+                                                      tw, th, tw * 3)
+                row.pack_start(Gtk.Image.new_from_pixbuf(pix), False, False, 0)
+            label = Gtk.Label(label=text)
+            label.set_xalign(0.0)
+            label.set_line_wrap(True)
+            row.pack_start(label, True, True, 0)
+            self.lines.pack_start(row, False, False, 0)
+        self.lines.show_all()
 
 
 def _knobs(dialog):

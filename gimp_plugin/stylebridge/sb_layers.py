@@ -214,3 +214,62 @@ def _raise_helpers(image, helpers_top_first, new_group):
         if helper.is_valid() and _id(helper.get_parent()) == _id(new_group.get_parent()) \
                 and image.get_item_position(helper) > image.get_item_position(new_group):
             image.reorder_item(helper, new_group.get_parent(), image.get_item_position(new_group))
+
+
+# ------------------------------------------------------------------------------------------------
+# regions (issue #22): channels, layer masks and the selection, read in the painted layer's frame
+# ------------------------------------------------------------------------------------------------
+
+def _masked_layers(image, layer):
+    """(name, layer) of every layer with a mask, topmost first (groups walked), the painted layer left out."""
+    out = []
+
+    def walk(items):
+        for item in items:
+            if item.is_group():
+                walk(item.get_children())
+            elif item.get_id() != layer.get_id() and item.get_mask() is not None:
+                out.append((item.get_name(), item))
+    walk(image.get_layers())
+    return out
+
+
+def _read_in_frame(buffer, x, y, w, h, image):
+    """``w`` x ``h`` grey bytes of ``buffer`` from (x, y) in its own coordinates; outside it = 0."""
+    return buffer.get(Gegl.Rectangle.new(x, y, w, h), 1.0, channel_format(image), Gegl.AbyssPolicy.NONE)
+
+
+def read_regions(image, layer, opts):
+    """The regions this run sends: (found, masks, covered). ``found``: style -> sb_logic.RegionSource;
+    ``masks``: style -> grey bytes at the painted layer's size and place (outside the canvas / the masked
+    layer = 0); ``covered``: style -> share of the layer. A layer mask the same everywhere on its own layer
+    (the plug-in's own "first"/"all"/"none" masks of an earlier result) says nothing about where: left out."""
+    styles = sb_logic.style_names(opts)
+    _, ox, oy = layer.get_offsets()
+    w, h = layer.get_width(), layer.get_height()
+    has_selection = not Gimp.Selection.is_empty(image)
+    channels = {}
+    masked = {}
+    if opts.use_regions:
+        for ch in image.get_channels():
+            channels.setdefault(ch.get_name(), ch)
+        for name, item in _masked_layers(image, layer):
+            if name in masked:
+                continue
+            mask = item.get_mask()
+            own = _read_in_frame(mask.get_buffer(), 0, 0, mask.get_width(), mask.get_height(), image)
+            if not own or own.count(own[0]) == len(own):
+                continue                    # the same everywhere on its own layer: says nothing about where
+            _, lx, ly = item.get_offsets()
+            masked[name] = _read_in_frame(mask.get_buffer(), ox - lx, oy - ly, w, h, image)
+    found = sb_logic.match_regions(styles, channels, masked, opts.region_selection or None, has_selection)
+    masks = {}
+    for style, source in found.items():
+        if source.kind == "selection":
+            masks[style] = _read_in_frame(image.get_selection().get_buffer(), ox, oy, w, h, image)
+        elif source.kind == "channel":
+            masks[style] = _read_in_frame(channels[source.name].get_buffer(), ox, oy, w, h, image)
+        else:
+            masks[style] = masked[source.name]
+    covered = {style: sb_logic.coverage(data) for style, data in masks.items()}
+    return found, masks, covered

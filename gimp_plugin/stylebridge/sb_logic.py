@@ -114,6 +114,10 @@ class Options:
     extra_settings: dict = field(default_factory=dict)
     style_scale: float = sb_desk.STYLE_SCALE_DEFAULT
     rerun: str = sb_desk.RERUN_DEFAULT
+    #: Regions (issue #22): channels / layer masks named after styles are their regions (``use-regions``), and
+    #: the selection is the region of this style (``region-selection``; "" = none).
+    use_regions: bool = True
+    region_selection: str = ""
 
     @property
     def preset(self) -> str | None:
@@ -122,7 +126,7 @@ class Options:
 
 
 PROPS = ("styles", "style-files", "preset", "preserve-colors", "style-strength", "mask-mode", "daemon-url", "token",
-         "extra-settings", "style-scale", "rerun")
+         "extra-settings", "style-scale", "rerun", "use-regions", "region-selection")
 
 
 def config_values(config):
@@ -190,7 +194,12 @@ def read_options(values: Mapping[str, Any], env: Mapping[str, str] | None = None
                    style_strength=strength, mask=mask_choice(values.get("mask-mode")),
                    daemon_url=url, token=token, extra_settings=parse_extra(values.get("extra-settings")),
                    style_scale=_style_scale(values.get("style-scale")),
-                   rerun=sb_desk.rerun_choice(values.get("rerun")))
+                   rerun=sb_desk.rerun_choice(values.get("rerun")),
+                   use_regions=bool(values.get("use-regions", True)),
+                   region_selection=str(values.get("region-selection") or "").strip())
+    if opts.region_selection and _norm(opts.region_selection) not in {_norm(s) for s in style_names(opts)}:
+        raise UserError(f"Stylebridge: region-selection names the style '{opts.region_selection}', which is not "
+                        f"in this run: give one of {', '.join(style_names(opts))}, or leave it empty")
     if not opts.styles and not opts.style_files:
         raise UserError("Stylebridge: choose at least one style (library style or style image file).")
     for path in opts.style_files:
@@ -224,9 +233,9 @@ def run_name(opts: Options) -> str:
 
 def mask_used(opts: Options, has_selection: bool) -> str:
     """What the mask choice means for this image: ``selection`` only when there is one (no selection =
-    everything selected, so every style shown: ``all``)."""
+    everything selected, so every style shown: ``all``), and not when the selection is a style's region."""
     if opts.mask == SELECTION:
-        return SELECTION if has_selection else "all"
+        return SELECTION if has_selection and not opts.region_selection else "all"
     return opts.mask
 
 
@@ -245,9 +254,10 @@ def job_settings(opts: Options, used: str) -> dict:
     return settings
 
 
-def job_description(opts: Options, has_selection: bool) -> tuple[dict, str]:
+def job_description(opts: Options, has_selection: bool, regions: Iterable[str] = ()) -> tuple[dict, str]:
     """(the job JSON for ``Client.submit_job``, the mask actually used). Style files go as uploads in
-    order (``{"upload": i}``), named after their files; the selection as the job's mask (upload 0)."""
+    order (``{"upload": i}``), named after their files; the selection as the job's mask (upload 0);
+    ``regions``: the styles whose region files go with the job, in that order (:func:`add_regions`)."""
     used = mask_used(opts, has_selection)
     styles: list[Any] = [{"library": name} for name in opts.styles]
     styles += [{"upload": i, "name": file_stem(p)} for i, p in enumerate(opts.style_files)]
@@ -255,7 +265,7 @@ def job_description(opts: Options, has_selection: bool) -> tuple[dict, str]:
                            "settings": job_settings(opts, used), "name": run_name(opts)}
     if used == SELECTION:
         job["mask"] = {"upload": 0}
-    return job, used
+    return add_regions(job, regions), used
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,7 +386,8 @@ def base_record(opts: Options, result: Mapping[str, Any], job_id: str, used: str
             "job": job_id, "styles": list(opts.styles), "style_files": list(opts.style_files),
             "preset": opts.preset, "original_colors": opts.original_colors, "style_strength": opts.style_strength,
             "mask": opts.mask, "mask_used": used, "extra_settings": dict(opts.extra_settings),
-            "style_scale": opts.style_scale,
+            "style_scale": opts.style_scale, "use_regions": opts.use_regions,
+            "region_selection": opts.region_selection,
             "daemon_url": opts.daemon_url, "settings": dict(result.get("settings") or {})}
 
 
@@ -420,6 +431,10 @@ def config_from_record(record: Mapping[str, Any]) -> dict:
     mask = record.get("mask", record.get("mask_mode"))
     if mask is not None:
         out["mask-mode"] = mask_choice(str(mask))
+    if isinstance(record.get("use_regions"), bool):
+        out["use-regions"] = record["use_regions"]
+    if isinstance(record.get("region_selection"), str):
+        out["region-selection"] = record["region_selection"]
     if record.get("daemon_url"):
         out["daemon-url"] = str(record["daemon_url"])
     extra = record.get("extra_settings")
@@ -673,10 +688,21 @@ def quality_choices(health: Mapping[str, Any] | None) -> list[tuple[str, str]]:
     return [(k, label) for k, label in QUALITY_CHOICES if k == DAEMON_DEFAULT or k in names]
 
 
-def estimate_request(opts: Options, layer_size: tuple[int, int], styles: int) -> dict:
-    """The arguments of ``Client.estimate`` for this run: the layer's size, the styles, the job's settings."""
-    return {"width": max(1, int(layer_size[0])), "height": max(1, int(layer_size[1])), "styles": max(1, styles),
-            "settings": job_settings(opts, mask_used(opts, False))}
+def estimate_runs(styles: int, regions: int, settings: Mapping[str, Any]) -> int:
+    """How many optimisations the job costs (what the daemon's estimate counts as "styles"): one per style, or
+    with regions ONE fused run (plus one per style when ``region_style_layers`` asks for them too)."""
+    if regions < 1:
+        return styles
+    return 1 + (styles if settings.get("region_style_layers") is True else 0)
+
+
+def estimate_request(opts: Options, layer_size: tuple[int, int], styles: int, regions: int = 0) -> dict:
+    """The arguments of ``Client.estimate`` for this run: the layer's size, the runs it costs, the job's
+    settings."""
+    settings = job_settings(opts, mask_used(opts, False))
+    runs = estimate_runs(styles, regions, settings)
+    return {"width": max(1, int(layer_size[0])), "height": max(1, int(layer_size[1])), "styles": max(1, runs),
+            "settings": settings}
 
 
 def duration_text(seconds: float) -> str:
@@ -687,14 +713,16 @@ def duration_text(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h"
 
 
-def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | None = None) -> str:
+def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | None = None,
+                  regions: int = 0) -> str:
     """The dialog's line for the daemon's estimate (None: the daemon gave none)."""
     if styles < 1:
         return "Time: choose a style"
     if not answer or not isinstance(answer.get("seconds"), (int, float)):
         return ""
-    text = (f"Time: {duration_text(float(answer['seconds']))} for {styles} style{'s' if styles != 1 else ''} "
-            f"on {answer.get('device') or 'the daemon'}")
+    fused = " in one run (regions)" if regions else ""
+    text = (f"Time: {duration_text(float(answer['seconds']))} for {styles} style{'s' if styles != 1 else ''}"
+            f"{fused} on {answer.get('device') or 'the daemon'}")
     if not answer.get("measured", True):
         text += " (a guess: the service has not measured its speed)"
     words = sb_desk.quality_words(answer)
@@ -704,16 +732,110 @@ def estimate_text(answer: Mapping[str, Any] | None, styles: int, quality: str | 
     return text
 
 
-def ask_estimate(client: Any, opts: Options, layer_size: tuple[int, int], styles: int) -> str:
+def ask_estimate(client: Any, opts: Options, layer_size: tuple[int, int], styles: int, regions: int = 0) -> str:
     """The daemon's estimate for this run as the dialog shows it; what went wrong, in words, if it gave none."""
     if styles < 1:
         return estimate_text(None, styles)
     try:
-        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles), timeout=5), styles,
-                             opts.quality)
+        return estimate_text(client.estimate(**estimate_request(opts, layer_size, styles, regions), timeout=5),
+                             styles, opts.quality, regions)
     except sb_client.DaemonError as exc:
         if exc.status in (404, 405):
             return "Time: this daemon gives no estimate (an older version; pip install -U stylebridge)"
         return f"Time: no estimate: {exc.message}"
     except sb_client.ClientError:
         return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# regions (issue #22): where each style is painted, from the image's channels, layer masks or the selection
+# ------------------------------------------------------------------------------------------------
+
+#: Where a style's region comes from (the words the dialog uses).
+REGION_KINDS = {"selection": "the selection", "channel": "channel", "layer-mask": "layer mask of"}
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """Where one style's region is read: ``kind`` (``selection|channel|layer-mask``) and the item's name
+    (the channel's, or the layer's whose mask it is; "" for the selection)."""
+
+    kind: str
+    name: str = ""
+
+    def words(self) -> str:
+        if self.kind == "selection":
+            return "the selection"
+        return f"{REGION_KINDS[self.kind]} '{self.name}'"
+
+
+def style_names(opts: Options) -> list[str]:
+    """Each style's name in the job, in order: a library style's name, a style file's stem (as the plug-in
+    names the style layers and the job's ``regions`` keys them)."""
+    return list(opts.styles) + [file_stem(p) for p in opts.style_files]
+
+
+def _norm(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def match_regions(styles: Iterable[str], channels: Iterable[str] = (), masked_layers: Iterable[str] = (),
+                  selection_style: str | None = None, has_selection: bool = False) -> dict[str, RegionSource]:
+    """Style name -> where its region comes from, for the styles that have one. The selection, when the
+    artist chose it for a style (and there is one), wins; then a channel named after the style; then the layer
+    mask of a layer named after it (both topmost first, names compared ignoring case and repeated spaces).
+    ``masked_layers``: the names of the layers that have a mask, the painted layer itself left out."""
+    channels, masked_layers = list(channels), list(masked_layers)
+    out: dict[str, RegionSource] = {}
+    for style in styles:
+        key = _norm(style)
+        if selection_style is not None and has_selection and _norm(selection_style) == key:
+            out[style] = RegionSource("selection")
+        elif any(_norm(c) == key for c in channels):
+            out[style] = RegionSource("channel", next(c for c in channels if _norm(c) == key))
+        elif any(_norm(n) == key for n in masked_layers):
+            out[style] = RegionSource("layer-mask", next(n for n in masked_layers if _norm(n) == key))
+    return out
+
+
+def coverage(mask: bytes) -> float:
+    """The share of the photo a grey 8-bit mask covers (0..1): its mean value."""
+    return sum(mask) / (255.0 * len(mask)) if mask else 0.0
+
+
+def region_lines(styles: Iterable[str], found: Mapping[str, RegionSource],
+                 covered: Mapping[str, float]) -> list[str]:
+    """What the dialog says each style gets: ``Starry Night: channel 'Starry Night' (38 % of the photo)``;
+    a style with no region: the whole photo when no style has one, else nothing (the fused run paints only
+    the regions). An empty region (black everywhere) is said and not used."""
+    styles = list(styles)
+    usable = [s for s in styles if s in found and covered.get(s, 0.0) > 0.0]
+    lines = []
+    for style in styles:
+        source = found.get(style)
+        if source is None:
+            lines.append(f"{style}: whole photo: no region" if not usable else
+                         f"{style}: no region: not painted (the others paint only their regions; give it a "
+                         f"channel named '{style}' or the selection)")
+        elif covered.get(style, 0.0) <= 0.0:
+            lines.append(f"{style}: {source.words()} is empty (black everywhere): not used")
+        else:
+            share = covered[style] * 100.0
+            pct = f"{share:.0f}" if share >= 1 else f"{share:.1f}"
+            lines.append(f"{style}: {source.words()} ({pct} % of the photo)")
+    return lines
+
+
+def usable_regions(styles: Iterable[str], found: Mapping[str, RegionSource],
+                   covered: Mapping[str, float]) -> list[str]:
+    """The styles whose region goes with the job, in style order (an empty region is left out: the engine
+    would refuse it)."""
+    return [s for s in styles if s in found and covered.get(s, 0.0) > 0.0]
+
+
+def add_regions(job: dict, regions: Iterable[str]) -> dict:
+    """The job with ``"regions": {STYLE: {"upload": i}}`` for the region files sent in this order."""
+    regions = list(regions)
+    if regions:
+        job = dict(job, regions={style: {"upload": i} for i, style in enumerate(regions)})
+    return job

@@ -34,7 +34,8 @@ import sb_desk  # noqa: E402
 import sb_png  # noqa: E402
 import sb_logic  # noqa: E402
 import sb_progress  # noqa: E402
-from sb_layers import channel_format, insert_stack, make_parasite, resolve_target, stack_place  # noqa: E402
+from sb_layers import (channel_format, insert_stack, make_parasite, read_regions, resolve_target,  # noqa: E402
+                       stack_place)
 
 PROC_NAME = sb_logic.PROC_NAME
 PARASITE_NAME = sb_logic.PARASITE_NAME
@@ -289,11 +290,16 @@ def stylize(image, layer, opts, progress):
     health = ensure_daemon(client, progress)
     progress.text("Sending the photo to the stylebridge service...")
 
-    job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image))
+    found, masks, covered = read_regions(image, layer, opts)
+    regions = sb_logic.usable_regions(sb_logic.style_names(opts), found, covered)
+    job, used = sb_logic.job_description(opts, has_selection=not Gimp.Selection.is_empty(image), regions=regions)
     mask = selection_mask_png(image, layer) if "mask" in job else None
+    w, h = layer.get_width(), layer.get_height()
+    region_files = [(f"region{i + 1}.png", sb_png.png_encode(w, h, masks[style], 1, 8, level=6))
+                    for i, style in enumerate(regions)]
     content = layer_png(image, layer)
     answer = client.submit_job(("layer.png", content), job, style_files=read_style_files(opts.style_files),
-                               mask=mask)
+                               mask=mask, region_files=region_files)
     job_id = answer["id"]
     for note in answer.get("notes") or ():
         Gimp.message(f"Stylebridge: {note}")
@@ -494,6 +500,12 @@ class Stylebridge(Gimp.PlugIn):
         procedure.add_choice_argument("rerun", "_Earlier result", "When the layer chosen is an earlier result: "
                                       "new (a new group on top) | replace (this group) | add (to this group)",
                                       reruns, sb_desk.RERUN_DEFAULT, flags)
+        procedure.add_boolean_argument("use-regions", "Re_gions from channels and layer masks",
+                                       "Paint each style only where a channel (or a layer's mask) named after it "
+                                       "says: one run, the result the layer 'Fused'", True, flags)
+        procedure.add_string_argument("region-selection", "Use the _selection as the region of",
+                                      "The style (library name or file stem) whose region is the selection; "
+                                      "empty: none", "", flags)
         return procedure
 
 

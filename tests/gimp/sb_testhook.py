@@ -76,6 +76,12 @@ def look(dialog, config, panel, files, path, slider=None):
                                    "value": adj.get_value()}
     except Exception as exc:  # noqa: BLE001
         info["strength_widget"] = str(exc)
+    regions = getattr(panel, "regions", None)           # issue #22: what each style gets, with its thumbnail
+    if regions is not None:
+        info["regions"] = list(regions.words)
+        info["region_thumbs"] = [[c.get_pixbuf().get_width(), c.get_pixbuf().get_height()]
+                                 for row in regions.lines.get_children() for c in row.get_children()
+                                 if isinstance(c, Gtk.Image) and c.get_pixbuf() is not None]
     info.update(geometry(dialog, ok_button, Gdk))
     info["heading"] = panel.heading.get_text() if panel.heading is not None else None
     if panel.previewer is not None:
