@@ -206,7 +206,7 @@ class Governor:
             self.sampler = lambda: read_sample(cpus, group)
         if threads_setting > 0:
             self.active, self.fixed = True, threads_setting
-            return self._apply(threads_setting, None, "set by the threads setting")
+            return self._apply(threads_setting, None, "set by the threads setting", announce=True)
         self.fixed = None
         self.active = device_type == "cpu" and not user_fixed()
         if not self.active:
@@ -215,10 +215,11 @@ class Governor:
         if self.last is None or now.wall - self.last.wall > 60.0:     # no recent reading: the load average
             others = max(0.0, (now.load1 or 0.0) - 0.0)
             self.last = now
-            return self._apply(threads_for(self.allowed - others, self.allowed, self._current()), others)
-        return self.check(force=True)
+            return self._apply(threads_for(self.allowed - others, self.allowed, self._current()), others,
+                               announce=True)
+        return self.check(force=True, announce=True)
 
-    def check(self, force: bool = False) -> int | None:
+    def check(self, force: bool = False, announce: bool = False) -> int | None:
         """Re-check now (a stage starts): the count for what others used since the last reading."""
         if not self.active or self.fixed is not None or self.sampler is None:
             return None
@@ -230,11 +231,11 @@ class Governor:
         if now.wall - self.last.wall < MIN_SAMPLE_S and not force:
             return None
         if now.wall - self.last.wall < MIN_SAMPLE_S:       # too short to measure: keep the count
-            return self._current()
+            return self._apply(self._current(), None, "too soon to measure again", announce)
         current = self._current()
         others = others_between(self.last, now, current)
         self.last = now
-        return self._apply(threads_for(self.allowed - others, self.allowed, current), others)
+        return self._apply(threads_for(self.allowed - others, self.allowed, current), others, announce=announce)
 
     def tick(self) -> None:
         """Cheap enough for every iteration: re-checks once ``recheck_s`` has passed."""
@@ -244,10 +245,13 @@ class Governor:
     def _current(self) -> int:
         return (self.get_threads or _torch_get)()
 
-    def _apply(self, n: int, others: float | None, why: str = "") -> int:
-        if n != self._current():
+    def _apply(self, n: int, others: float | None, why: str = "", announce: bool = False) -> int:
+        """Set ``n`` threads; logged at info when it changes the count or a run starts, else at debug."""
+        changed = n != self._current()
+        if changed:
             (self.set_threads or _torch_set)(n)
             self.choices.append((time.monotonic(), n, others if others is not None else float("nan")))
+        if changed or announce:
             log.info("engine threads: %d of %d allowed cores (%s)", n, self.allowed,
                      why or f"other programs use {others:.1f} of them")
         else:
