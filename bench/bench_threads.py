@@ -66,6 +66,8 @@ def run_once(config: str, photo: Path, style: Path, out: Path, args: argparse.Na
     cmd = [sys.executable, "-c", _RUNNER, mode, "stylize", str(photo), "-s", str(style), "-o", str(out),
            "--size", str(args.size), "--iterations", str(args.iterations), "--seed", "1", "--json",
            "--preview-every", "0", "--device", "cpu"]
+    if args.coarse_iterations is not None:
+        cmd += ["--coarse-iterations", str(args.coarse_iterations)]
     if config == "before":
         cmd += ["--threads", str(cores)]
     elif config != "adaptive":
@@ -94,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photo", default="coffee")
     ap.add_argument("--style", default="the_scream")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--iterations", type=int, default=10, help="final-stage iterations (coarse stages: default)")
+    ap.add_argument("--iterations", type=int, default=10, help="final-stage iterations")
+    ap.add_argument("--coarse-iterations", type=int, default=None,
+                    help="iterations of each coarse stage (default: the engine's; fewer for a shorter bench)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--save", action="store_true", help="write bench/results/threads.json and threads.txt")
     args = ap.parse_args(argv)
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     info["allowed_cores"] = engine_threads.allowed_cores(engine_threads.affinity(), engine_threads.cgroup_quota())
     print(f"{info['cpu']}, {info['allowed_cores']} allowed cores, torch {info['torch']}; {args.photo} + "
-          f"{args.style}, --size {args.size} --iterations {args.iterations}; configs {configs}, {args.repeat} "
+          f"{args.style}, --size {args.size} --iterations {args.iterations} --coarse-iterations "
+          f"{args.coarse_iterations or 'default'}; configs {configs}, {args.repeat} "
           f"repeat(s); load {os.getloadavg()}", flush=True)
     rows: list[dict] = []
     for n in loads:

@@ -110,6 +110,30 @@ def test_governor_takes_fewer_threads_while_others_hold_cores_and_all_when_idle(
     assert [n for _, n, _ in gov.choices] == [1, 2]
 
 
+@pytest.mark.parametrize("fast", [1, 2])
+def test_while_others_hold_cores_the_faster_count_is_found_by_trial(monkeypatch, fast: int) -> None:
+    """Others keep 1.6 of 2 cores busy (the load model says 1 thread); the engine's measured speed decides: most
+    of the run goes on the faster count, the other one is tried again now and then."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity", lambda: [0, 1])
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: None)
+    rig = Fake(others=[1.6] * 10_000)
+    now = {"t": 0.0}
+    gov = Governor(recheck_s=5.0, set_threads=rig.set, get_threads=lambda: rig.count, sampler=rig.sample,
+                   clock=lambda: now["t"])
+    gov.begin(0, "cpu")
+    gov.check(force=True)                    # a stage starts
+    spent = {1: 0.0, 2: 0.0}
+    for _ in range(3000):                    # evaluations: 10/s on the fast count, 5/s on the other
+        dt = 0.1 if rig.count == fast else 0.2
+        now["t"] += dt
+        spent[rig.count] += dt
+        gov.tick()
+    assert set(rig.sets) == {1, 2}                       # both were tried
+    assert spent[fast] / (spent[1] + spent[2]) > 0.7     # most of the time on the faster one
+    assert gov.rates[fast][0] == pytest.approx(10.0, rel=0.05)
+
+
 def test_fixed_setting_and_user_env_and_gpu_are_not_adapted(monkeypatch) -> None:
     monkeypatch.setattr(threads, "affinity", lambda: [0, 1])
     monkeypatch.setattr(threads, "cgroup_quota", lambda: None)
@@ -170,7 +194,7 @@ def test_stylize_runs_on_the_threads_the_load_leaves(monkeypatch) -> None:
         clock["busy"] += busy["others"]
         return Sample(wall=clock["t"], own=0.0, busy=clock["busy"], group=None, load1=busy["others"])
 
-    gov = Governor(sampler=sample)
+    gov = Governor(sampler=sample, recheck_s=1e9)     # re-checked at each stage only (no trial windows)
     monkeypatch.setattr(threads, "governor", lambda: gov)
     seen: list[int] = []
     style = [StyleInput("s", _photo(36))]

@@ -10,7 +10,13 @@ core another program holds makes the whole team wait. So the engine
   under a quota) minus its own process's CPU time, per wall second; without ``/proc`` (macOS) the 1-minute
   load average minus its own recent share;
 - takes ``round(cores - others)`` threads (at least 1), at the start of a run, at each stage and every
-  :data:`RECHECK_S` seconds (``watch``), logging each change once.
+  :data:`RECHECK_S` seconds (``watch``), logging each change once;
+- while others hold cores (more than :data:`CONTENDED`), the load alone does not say which count is fastest (the
+  scheduler shares cores per thread, so more threads get more of a busy machine, but each OpenMP region waits
+  for its slowest thread): it also tries the model's count and one other (half as many more, or fewer) for one
+  re-check window each per stage, measures the engine's speed (evaluations and tiled blocks per second, from
+  the per-iteration check) and keeps the faster one, trying the other again every :data:`PROBE_EVERY_S`. On an
+  idle machine it takes every allowed core without trials.
 
 ``Settings.threads = N`` fixes N threads; an ``OMP_NUM_THREADS`` set by the user is respected (torch has read it:
 nothing is changed). On a GPU the CPU threads only feed the device: nothing is changed either.
@@ -42,6 +48,8 @@ PASSIVE_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 RECHECK_S = 5.0          # seconds between re-checks within a stage
 MIN_SAMPLE_S = 0.25      # shortest interval a usage delta is taken over (shorter ones are noise)
 HYSTERESIS = 0.2         # cores: a count changes only when the free share is this far past the rounding point
+CONTENDED = 0.5          # cores others use above which the count is found by trial (see Governor)
+PROBE_EVERY_S = 30.0     # a trial count's measured speed is trusted this long, then tried again
 _USER_THREADS_ENV = ("OMP_NUM_THREADS",)
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") and "SC_CLK_TCK" in os.sysconf_names else 100
 
@@ -195,6 +203,13 @@ class Governor:
     last: Sample | None = None
     next_check: float = 0.0
     choices: list[tuple[float, int, float]] = field(default_factory=list)   # (time, threads, others) per change
+    explore: bool = True              # find the count by trial while others hold cores
+    clock: Callable[[], float] = time.monotonic
+    rates: dict[int, tuple[float, float]] = field(default_factory=dict)     # count -> (ticks per second, when)
+    trying: int | None = None         # the count the current window measures
+    win_first: float | None = None    # the window's first and last tick, and ticks after the first
+    win_last: float = 0.0
+    win_n: int = 0
 
     def begin(self, threads_setting: int, device_type: str) -> int | None:
         """A run starts: fix or adapt the count (returns the count set, None when torch is left alone)."""
@@ -224,7 +239,7 @@ class Governor:
         if not self.active or self.fixed is not None or self.sampler is None:
             return None
         now = self.sampler()
-        self.next_check = now.wall + self.recheck_s
+        self.next_check = self.clock() + self.recheck_s
         if self.last is None:
             self.last = now
             return None
@@ -235,11 +250,50 @@ class Governor:
         current = self._current()
         others = others_between(self.last, now, current)
         self.last = now
-        return self._apply(threads_for(self.allowed - others, self.allowed, current), others, announce=announce)
+        model = threads_for(self.allowed - others, self.allowed, current)
+        if not self.explore or others < CONTENDED or self.allowed < 2:
+            self.rates.clear()
+            self.trying = None
+            self._reset_window()
+            return self._apply(model, others, announce=announce)
+        pick = self._trial(model, current, new_stage=force)
+        why = f"other programs use {others:.1f} of them; " + ", ".join(
+            f"{n} threads: {r:.2f}/s" for n, (r, _) in sorted(self.rates.items()))
+        return self._apply(pick, others, why, announce=announce)
+
+    def _trial(self, model: int, current: int, new_stage: bool) -> int:
+        """The count for the next window while others hold cores: the model's and one other, each measured
+        over a window (per stage: an evaluation's cost changes with the stage), then the faster one."""
+        now = self.clock()
+        if new_stage:
+            self.rates.clear()
+        elif self.trying == current:
+            if self.win_first is None or self.win_n < 2 or self.win_last <= self.win_first:
+                return current                   # too few ticks to measure yet: the window goes on
+            self.rates[current] = (self.win_n / (self.win_last - self.win_first), now)
+        self._reset_window()
+        step = max(1, model // 2)
+        other = model + step if model < self.allowed else model - step
+        candidates = list(dict.fromkeys([model, max(1, min(self.allowed, other))]))
+        stale = [c for c in candidates if c not in self.rates or now - self.rates[c][1] > PROBE_EVERY_S]
+        self.trying = stale[0] if stale else max(candidates, key=lambda c: self.rates[c][0])
+        return self.trying
+
+    def _reset_window(self) -> None:
+        self.win_first, self.win_last, self.win_n = None, 0.0, 0
 
     def tick(self) -> None:
-        """Cheap enough for every iteration: re-checks once ``recheck_s`` has passed."""
-        if self.active and self.fixed is None and time.monotonic() >= self.next_check:
+        """Cheap enough for every iteration (and tiled block): counts it for the speed of the current count, and
+        re-checks once ``recheck_s`` has passed."""
+        if not self.active or self.fixed is not None:
+            return
+        now = self.clock()
+        if self.win_first is None:
+            self.win_first = now
+        else:
+            self.win_n += 1
+            self.win_last = now
+        if now >= self.next_check:
             self.check()
 
     def _current(self) -> int:
