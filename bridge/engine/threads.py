@@ -275,6 +275,8 @@ class Governor:
         step = max(1, model // 2)
         other = model + step if model < self.allowed else model - step
         candidates = list(dict.fromkeys([model, max(1, min(self.allowed, other))]))
+        if new_stage and self.trying in candidates:      # a stage starts on the count that won the last one
+            candidates = [self.trying] + [c for c in candidates if c != self.trying]
         stale = [c for c in candidates if c not in self.rates or now - self.rates[c][1] > PROBE_EVERY_S]
         self.trying = stale[0] if stale else max(candidates, key=lambda c: self.rates[c][0])
         return self.trying
