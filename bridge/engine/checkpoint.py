@@ -66,7 +66,7 @@ RESUME_STATE_BYTES = 512 << 20
 # Settings that only change what happens after the optimisation (or how fast it runs), not its images:
 # a checkpoint stays valid when they change. The seed is checked apart (None = the checkpoint's).
 OUTPUT_ONLY = frozenset({"device", "preview_every", "block_memory", "upsample", "guided_radius", "guided_eps",
-                         "original_colors", "seed"})
+                         "original_colors", "seed", "threads"})
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import threads as _threads
+
 
 class DeviceError(RuntimeError):
     """The requested device is not available on this machine."""
@@ -19,3 +21,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "mps" and not mps:
         raise DeviceError("device 'mps' requested but Apple MPS is not available (use --device auto or cpu)")
     return torch.device(name)
+
+
+def engine_device(name: str = "auto", threads: int = 0) -> torch.device:
+    """The device a run uses (:func:`resolve_device`); on the CPU also this run's torch thread count, fixed
+    (``threads`` > 0) or adapted to the load (0: :mod:`.threads`), set on the calling thread (the one that runs
+    the optimisation: torch's count is per thread)."""
+    device = resolve_device(name)
+    _threads.begin(threads, device.type)
+    return device

@@ -46,10 +46,10 @@ import torch.nn.functional as F
 
 from ..imaging import Picture, load_image
 from ..settings import Settings, SettingsError
-from . import resume, strength, targets
+from . import resume, strength, targets, threads
 from .checkpoint import Checkpoint, EngineState
 from .deliver import deliver, photo_only
-from .device import resolve_device
+from .device import engine_device
 from .eta import RunEstimator, cost_model
 from .objective import stage_objective
 from .pixels import picture_tensor, resize
@@ -99,7 +99,7 @@ def stylize(content: Picture, styles: list[StyleInput], settings: Settings,
     settings = dataclasses.replace(settings, seed=_seed(state, settings))
     if strength.amount(settings.style_strength) == 0.0:     # the photo itself: nothing to optimise
         return photo_only(content, targets.job_names(styles, settings), settings, started)
-    device = resolve_device(settings.device)
+    device = engine_device(settings.device, settings.threads)
     ladder, dims, iters = ladder_dims(settings, content.width, content.height)
     # The photo as each stage sees it (0..1): native -> working size once, then down from there
     # (resampling a 24 MP photo costs seconds; doing it once per stage would cost that many times more).
@@ -220,6 +220,7 @@ def _run_stage(loop: _Loop, j: int, k: int, x: torch.Tensor, start: int, restore
     reporter = Reporter(loop.progress, loop.cancel, loop.counter, loop.settings, stage=k, stages=len(loop.plans),
                         size=loop.ladder[k], job=j, jobs=len(loop.jobs), name=job.name, estimator=loop.estimator,
                         guide=loop.guides[k], resumed=loop.resumed)
+    threads.watch(reporter)          # thread count re-checked now and every few seconds (threads.py)
     regions = targets.stage_regions(loop.vgg, job, k, plan.dims, tuple(loop.settings.style_layers), loop.device)
     objective = stage_objective(loop.vgg, loop.guides[k], loop.content_feats, k, job.grams[k], loop.settings, plan,
                                 loop.device, reporter, regions)
