@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..engine.types import StylizeResult
+from ..engine.types import StyledImage, StylizeResult
 from ..imaging import Picture, convert_depth
 from ..settings import DocumentSettings, Reveal
 from .model import Group, Layer, LayerStack
@@ -200,6 +200,18 @@ def _default_mask(reveal: str, index: int, shape: tuple[int, int], dtype: np.dty
     return np.full(shape, _top(dtype) if white else 0, dtype)
 
 
+def _fused_layer(styled: StyledImage, regions: Mapping[str, np.ndarray], dtype: np.dtype,
+                 run_settings: dict) -> Layer:
+    """The layer "Fused" (every style painted in its region): masked by the union of the regions, so pixels of
+    no region show the photo."""
+    pic = styled.picture
+    union = np.maximum.reduce([np.asarray(r, np.float32) for r in regions.values()])
+    return Layer(name=FUSED_NAME, role="fused", pixels=_with_alpha(pic.rgb, pic.alpha, dtype),
+                 mask=normalize_mask(union, pic.width, pic.height, dtype, "union of the regions"),
+                 meta={"style": styled.name, "regions": sorted(regions), "settings": run_settings,
+                       "losses": dict(styled.losses)})
+
+
 def build_stack(result: StylizeResult, settings: DocumentSettings,
                 masks: Mapping[str, np.ndarray] | np.ndarray | None = None,
                 run_name: str | None = None,
@@ -242,12 +254,7 @@ def build_stack(result: StylizeResult, settings: DocumentSettings,
             raise ValueError(f"style result {styled.name!r} is {pic.width}x{pic.height}, "
                              f"the photo {width}x{height}")
         if id(styled) in fused_ids:
-            union = np.maximum.reduce([np.asarray(r, np.float32) for r in regions.values()])   # type: ignore[union-attr]
-            group.children.append(Layer(
-                name=FUSED_NAME, role="fused", pixels=_with_alpha(pic.rgb, pic.alpha, dtype),
-                mask=normalize_mask(union, width, height, dtype, "union of the regions"),
-                meta={"style": styled.name, "regions": sorted(regions), "settings": run_settings,   # type: ignore[arg-type]
-                      "losses": dict(styled.losses)}))
+            group.children.append(_fused_layer(styled, regions or {}, dtype, run_settings))
             continue
         if masks is None:
             mask = _default_mask(settings.reveal, i, shape, dtype)

@@ -384,15 +384,10 @@ class TiledObjective:
     def blocks(self) -> list[Block]:
         return self.grid.blocks
 
-    def loss_and_grad(self, x: torch.Tensor, grad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, dloss/dx); ``grad``, if given, is overwritten and returned (saves a 288 MB buffer at 24 MP)."""
-        grid = self.grid
-        if tuple(x.shape[-2:]) != (grid.height, grid.width):
-            raise ValueError(f"image is {tuple(x.shape[-2:])}, the objective was built for {(grid.height, grid.width)}")
-        x = x.detach()
-        sets: list[Weights | None] = ([None] if self.grams else []) + [r.weights for r in self.regions]
-        all_sums, kept = _gram_sums(self.vgg, x, self.style_layers, grid, keep_last=self.layers,
-                                    on_block=self.on_block, weights=sets)
+    def _style_multipliers(self, all_sums: list[dict[str, torch.Tensor]]
+                           ) -> tuple[float, dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Pass 1's sums -> the style loss and, per layer, the matrix that turns a block's features into their
+        style gradient (plain Grams, then one set per region)."""
         # dL/dF = 4 w (G - A) F / (C^2 * C H W) for w * mean((G - A)^2), G = F F^T / (C H W)
         style_loss = 0.0
         mult: dict[str, torch.Tensor] = {}
@@ -400,7 +395,7 @@ class TiledObjective:
             sums = all_sums.pop(0)
             for name in self.grams:
                 c = sums[name].shape[0]
-                norm = float(c * grid.sizes[name][0] * grid.sizes[name][1])
+                norm = float(c * self.grid.sizes[name][0] * self.grid.sizes[name][1])
                 diff = sums[name] / norm - self.grams[name]
                 style_loss += self.style_weight * float(diff.pow(2).mean())
                 mult[name] = diff * (4.0 * self.style_weight / (c * c * norm))
@@ -411,12 +406,24 @@ class TiledObjective:
             mults = {}
             for name, target in region.grams.items():
                 c = sums[name].shape[0]
-                positions = float(grid.sizes[name][0] * grid.sizes[name][1])
+                positions = float(self.grid.sizes[name][0] * self.grid.sizes[name][1])
                 mass = float(region.weights[name].sum(dtype=torch.float64))
                 diff = sums[name] / (c * mass) - target
                 style_loss += self.style_weight * (mass / positions) * float(diff.pow(2).mean())
                 mults[name] = diff * (4.0 * self.style_weight / (c * c * c * positions))
             region_mult.append(mults)
+        return style_loss, mult, region_mult
+
+    def loss_and_grad(self, x: torch.Tensor, grad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, dloss/dx); ``grad``, if given, is overwritten and returned (saves a 288 MB buffer at 24 MP)."""
+        grid = self.grid
+        if tuple(x.shape[-2:]) != (grid.height, grid.width):
+            raise ValueError(f"image is {tuple(x.shape[-2:])}, the objective was built for {(grid.height, grid.width)}")
+        x = x.detach()
+        sets: list[Weights | None] = ([None] if self.grams else []) + [r.weights for r in self.regions]
+        all_sums, kept = _gram_sums(self.vgg, x, self.style_layers, grid, keep_last=self.layers,
+                                    on_block=self.on_block, weights=sets)
+        style_loss, mult, region_mult = self._style_multipliers(all_sums)
         del all_sums
         if grad is None:
             grad = torch.zeros_like(x)

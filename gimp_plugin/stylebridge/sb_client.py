@@ -47,9 +47,7 @@ STATES = ("queued", "paused", "running", *TERMINAL)
 ProgressFn = Callable[[dict], Any]
 
 
-# --------------------------------------------------------------------------------------------
-# errors
-# --------------------------------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------------------
 
 class ClientError(Exception):
     """Anything that went wrong talking to the daemon; ``str()`` is a message for the user."""
@@ -138,9 +136,7 @@ class JobCancelled(JobFailed):
     """The job was cancelled (by this client or someone else)."""
 
 
-# --------------------------------------------------------------------------------------------
-# encoding
-# --------------------------------------------------------------------------------------------
+# -- encoding --------------------------------------------------------------------------------------------
 
 def content_type(filename: str) -> str:
     ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
@@ -182,6 +178,19 @@ def as_file(value: Any, default_name: str) -> tuple[str, bytes]:
     return path.name, path.read_bytes()
 
 
+def uploads(content: Any, style_files: Iterable[Any] = (), mask: Any = None,
+            **numbered: tuple[Iterable[Any], str]) -> list[tuple[str, str, bytes]]:
+    """A job's or preview's files for :func:`encode_multipart`: ``content``, the ``style_files``, the ``mask``,
+    then each ``field=(files, stem)`` as numbered uploads (``stem1.png``...) in the order given."""
+    files = [("content", *as_file(content, "content.png"))]
+    numbered = {"style_files": (style_files, "style"), **numbered}
+    for field, (items, stem) in numbered.items():
+        files += [(field, *as_file(f, f"{stem}{i + 1}.png")) for i, f in enumerate(items)]
+        if field == "style_files" and mask is not None:
+            files.append(("mask", *as_file(mask, "mask.png")))
+    return files
+
+
 def error_text(status: int, body: bytes) -> tuple[str, dict]:
     """(message, payload) of an error answer: the daemon's ``error``, FastAPI's ``detail``, else the text."""
     try:
@@ -212,9 +221,7 @@ def _quote(part: str) -> str:
     return urllib.parse.quote(str(part), safe="")
 
 
-# --------------------------------------------------------------------------------------------
-# the client
-# --------------------------------------------------------------------------------------------
+# -- the client ------------------------------------------------------------------------------------------
 
 class Client:
     """One daemon at ``url`` (default ``$STYLEBRIDGE_URL``, else the default port on loopback);
@@ -361,11 +368,7 @@ class Client:
             fields.append(("mask_mode", mask_mode))
         if name is not None:
             fields.append(("name", name))
-        files = [("content", *as_file(content, "content.png"))]
-        files += [("style_files", *as_file(f, f"style{i + 1}.png")) for i, f in enumerate(style_files)]
-        if mask is not None:
-            files.append(("mask", *as_file(mask, "mask.png")))
-        body, ctype = encode_multipart(fields, files)
+        body, ctype = encode_multipart(fields, uploads(content, style_files, mask))
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
 
     def submit_job(self, content: Any, job: dict, *, style_files: Iterable[Any] = (), mask: Any = None,
@@ -379,12 +382,8 @@ class Client:
         self.require_protocol(2)
         job = dict(job)
         job.setdefault("protocol", PROTOCOL_VERSION)
-        files = [("content", *as_file(content, "content.png"))]
-        files += [("style_files", *as_file(f, f"style{i + 1}.png")) for i, f in enumerate(style_files)]
-        if mask is not None:
-            files.append(("mask", *as_file(mask, "mask.png")))
-        files += [("style_mask_files", *as_file(f, f"mask{i + 1}.png")) for i, f in enumerate(style_mask_files)]
-        files += [("region_files", *as_file(f, f"region{i + 1}.png")) for i, f in enumerate(region_files)]
+        files = uploads(content, style_files, mask, style_mask_files=(style_mask_files, "mask"),
+                        region_files=(region_files, "region"))
         body, ctype = encode_multipart([("job", json.dumps(job))], files)
         return self.json("POST", "/v1/jobs", body=body, content_type=ctype)
 
@@ -407,9 +406,7 @@ class Client:
             fields.append(("method", method))
         if settings:
             fields.append(("settings", json.dumps(settings)))
-        files = [("content", *as_file(content, "content.png"))]
-        files += [("style_files", *as_file(f, f"style{i + 1}.png")) for i, f in enumerate(style_files)]
-        body, ctype = encode_multipart(fields, files)
+        body, ctype = encode_multipart(fields, uploads(content, style_files))
         answer = self.json("POST", "/v1/previews", body=body, content_type=ctype, timeout=timeout)
         out = []
         for item in answer.get("previews", []):
@@ -493,9 +490,7 @@ class Client:
         return self.result(job["id"])
 
 
-# --------------------------------------------------------------------------------------------
-# status in words
-# --------------------------------------------------------------------------------------------
+# -- status in words -------------------------------------------------------------------------------------
 
 def progress_fraction(status: dict) -> float:
     """A job status's ``percent`` as 0..1 (0 when missing)."""

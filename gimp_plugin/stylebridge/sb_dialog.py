@@ -46,6 +46,17 @@ def _offer_daemon_presets(config, health):
         pass
 
 
+def _heading(Gtk, text, wrap=False):
+    """A left-aligned line of the dialog: one line cut with an ellipsis (a long layer name), or wrapped."""
+    label = Gtk.Label(label=text)
+    label.set_xalign(0.0)
+    if wrap:
+        label.set_line_wrap(True)
+    else:
+        label.set_ellipsize(3)                              # Pango.EllipsizeMode.END: a long name stays one line
+    return label
+
+
 def show_dialog(procedure, config, layer, target=None):
     """The GimpUi dialog: the layer it paints, your style library as a scrolled grid, style files, quality,
     colours, strength, brush strokes, mask; the connection in its own expander. ``target``: (why this layer,
@@ -75,9 +86,7 @@ def show_dialog(procedure, config, layer, target=None):
 
     expander = _connection_expander(dialog, GimpUi, Gtk)
     panel.expander = expander
-    heading = Gtk.Label(label=sb_desk.target_words(layer.get_name(), why))
-    heading.set_xalign(0.0)
-    heading.set_ellipsize(3)                                # Pango.EllipsizeMode.END: a long name stays one line
+    heading = _heading(Gtk, sb_desk.target_words(layer.get_name(), why))
     content = dialog.get_content_area()
     for i, widget in enumerate((heading, panel.frame, files.frame)):
         content.pack_start(widget, False, False, 0)
@@ -85,9 +94,7 @@ def show_dialog(procedure, config, layer, target=None):
     regions = RegionsFrame(dialog, config, panel, files, layer)
     content.pack_start(regions.frame, False, False, 0)
     content.reorder_child(regions.frame, 3)
-    estimate = Gtk.Label(label="")
-    estimate.set_xalign(0.0)
-    estimate.set_line_wrap(True)
+    estimate = _heading(Gtk, "", wrap=True)
     content.pack_start(estimate, False, False, 0)
     content.pack_start(expander, False, False, 0)
     panel.heading = heading
