@@ -233,3 +233,32 @@ def test_prepare_process_keeps_user_values() -> None:
     env = {"KMP_BLOCKTIME": "200"}
     threads.prepare_process(env)
     assert env == {"KMP_BLOCKTIME": "200", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_with_passive_waits_every_allowed_core_even_while_others_hold_cores(monkeypatch) -> None:
+    """Waits that sleep (OMP_WAIT_POLICY=PASSIVE before torch loaded): the scheduler shares a busy machine per
+    thread, so every allowed core stays the fastest count (bench/README.md); spinning waits follow the load."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "affinity", lambda: [0, 1])
+    monkeypatch.setattr(threads, "cgroup_quota", lambda: None)
+    monkeypatch.setattr(threads, "_passive", True)
+    rig = Fake(others=[1.6] * 20)
+    gov = rig.governor()
+    assert gov.begin(0, "cpu") == 2
+    for _ in range(5):
+        gov.check()
+        gov.tick()
+    assert rig.count == 2 and rig.sets == []
+    monkeypatch.setattr(threads, "_passive", False)          # spinning waits: the load model
+    gov.check()
+    assert rig.count == 1
+
+
+def test_prepare_process_says_whether_waits_are_passive(monkeypatch) -> None:
+    monkeypatch.setattr(threads, "_passive", None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert threads.waits_passive() is False                  # nothing set, prepare_process not run
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert threads.waits_passive() is True                   # the user's own setting, from the start
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert threads.waits_passive() is False

@@ -1,32 +1,30 @@
-"""How many CPU threads the engine's torch uses: as many as the cores it may use that other programs leave free.
+"""How many CPU threads the engine's torch uses, on a machine other programs use too.
 
-Why: on a busy desktop (GIMP, a browser, a build) torch's default of one thread per core made a draft run take
-113 s where one thread took 65 s (issue 23): each OpenMP step waits for its slowest thread, and a thread whose
-core another program holds makes the whole team wait. So the engine
+Why: on a busy desktop (GIMP, a browser, a build) torch's default (one thread per core, OpenMP's spinning waits)
+made a draft run take 113 s where one thread took 65 s (issue 23): a thread whose core another program holds
+makes the team wait, and the waiting threads burn the cores the others want. Measured since
+(bench/README.md "Threads on a busy machine"), the waits were the cost, not the count: with waits that sleep,
+every allowed core is the fastest count under 1 and 2 competing busy processes too (the scheduler shares the
+cores per thread). So the engine
 
+- makes OpenMP's waiting threads sleep: :func:`prepare_process` sets ``OMP_WAIT_POLICY=PASSIVE`` and
+  ``KMP_BLOCKTIME=0`` (unless the user set them) before torch loads OpenMP (the ``stylebridge`` command does it
+  first thing; a program embedding ``bridge.engine`` calls it before ``import torch``);
 - counts the cores it may use: the CPUs of its affinity mask (``os.sched_getaffinity``), capped by a cgroup
   CPU quota (``cpu.max`` / ``cpu.cfs_quota_us``, a container's ``--cpus``);
 - measures what other programs use of them: the busy time of those CPUs in ``/proc/stat`` (and of its cgroup
   under a quota) minus its own process's CPU time, per wall second; without ``/proc`` (macOS) the 1-minute
   load average minus its own recent share;
-- takes ``round(cores - others)`` threads (at least 1), at the start of a run, at each stage and every
-  :data:`RECHECK_S` seconds (``watch``), logging each change once;
-- while others hold cores (more than :data:`CONTENDED`), the load alone does not say which count is fastest (the
-  scheduler shares cores per thread, so more threads get more of a busy machine, but each OpenMP region waits
-  for its slowest thread): it also tries the model's count and one other (half as many more, or fewer) for one
-  re-check window each per stage, measures the engine's speed (evaluations and tiled blocks per second, from
-  the per-iteration check) and keeps the faster one, trying the other again every :data:`PROBE_EVERY_S`. On an
-  idle machine it takes every allowed core without trials.
+- re-checks at the start of a run, at each stage and every :data:`RECHECK_S` seconds (``watch``), logging each
+  change once: with passive waits (:func:`waits_passive`) every allowed core; with spinning waits (torch loaded
+  before the policy could be set) ``round(cores - others)`` threads, and while others hold cores (more than
+  :data:`CONTENDED`) the model's count and one other are each timed for a window per stage (evaluations per
+  second) and the faster kept, tried again every :data:`PROBE_EVERY_S`.
 
 ``Settings.threads = N`` fixes N threads; an ``OMP_NUM_THREADS`` set by the user is respected (torch has read it:
 nothing is changed). On a GPU the CPU threads only feed the device: nothing is changed either.
-
-Waiting threads must not spin: OpenMP (libgomp, Intel's) busy-waits for a while after each parallel region,
-burning a core another program wants. :func:`prepare_process` sets ``OMP_WAIT_POLICY=PASSIVE`` and
-``KMP_BLOCKTIME=0`` (unless the user set them); OpenMP reads them once when torch loads it, so it must run
-before ``import torch`` (the ``stylebridge`` command does it first thing). ``torch.set_num_threads`` then
-changes the team size at run time; it is per OS thread (OpenMP's ``nthreads-var``), so the engine calls it
-from the thread that runs the optimisation.
+``torch.set_num_threads`` changes the team size at run time; it is per OS thread (OpenMP's ``nthreads-var``), so
+the engine calls it from the thread that runs the optimisation.
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +49,35 @@ HYSTERESIS = 0.2         # cores: a count changes only when the free share is th
 CONTENDED = 0.5          # cores others use above which the count is found by trial (see Governor)
 PROBE_EVERY_S = 30.0     # a trial count's measured speed is trusted this long, then tried again
 _USER_THREADS_ENV = ("OMP_NUM_THREADS",)
+_passive: bool | None = None   # what prepare_process found (None: it did not run; the environment says)
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") and "SC_CLK_TCK" in os.sysconf_names else 100
 
 
 def prepare_process(environ: dict[str, str] | None = None) -> bool:
     """Make OpenMP's waiting threads sleep instead of spinning (``PASSIVE_ENV``, values the user set are kept).
     Only useful before torch is imported; returns whether it was in time."""
+    global _passive
     env = os.environ if environ is None else environ
+    user_set = "OMP_WAIT_POLICY" in env
     for key, value in PASSIVE_ENV.items():
         env.setdefault(key, value)
-    return "torch" not in sys.modules
+    in_time = "torch" not in sys.modules
+    if environ is None:
+        _passive = _says_passive(env) and (in_time or user_set)
+    return in_time
+
+
+def _says_passive(env: Mapping[str, str]) -> bool:
+    return env.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def waits_passive() -> bool:
+    """OpenMP's waiting threads sleep (set before torch loaded OpenMP: by :func:`prepare_process`, or by the user
+    from the start). Then every allowed core is the fastest count on a busy machine too: the scheduler shares
+    the cores per thread, and a thread waiting for a descheduled one sleeps instead of burning a core
+    (bench/README.md "Threads on a busy machine": 2 threads beat 1 under 1 and 2 busy processes, 1.16x and
+    2.2x). Spinning waits are what made more threads slower under load: then the count follows the load."""
+    return _passive if _passive is not None else _says_passive(os.environ)
 
 
 def user_fixed() -> bool:
@@ -230,8 +247,9 @@ class Governor:
         if self.last is None or now.wall - self.last.wall > 60.0:     # no recent reading: the load average
             others = max(0.0, (now.load1 or 0.0) - 0.0)
             self.last = now
-            return self._apply(threads_for(self.allowed - others, self.allowed, self._current()), others,
-                               announce=True)
+            count = self.allowed if waits_passive() else threads_for(self.allowed - others, self.allowed,
+                                                                      self._current())
+            return self._apply(count, others, announce=True)
         return self.check(force=True, announce=True)
 
     def check(self, force: bool = False, announce: bool = False) -> int | None:
@@ -250,6 +268,9 @@ class Governor:
         current = self._current()
         others = others_between(self.last, now, current)
         self.last = now
+        if waits_passive():                  # every allowed core: see waits_passive
+            return self._apply(self.allowed, others, f"waits are passive; other programs use {others:.1f} cores",
+                               announce=announce)
         model = threads_for(self.allowed - others, self.allowed, current)
         if not self.explore or others < CONTENDED or self.allowed < 2:
             self.rates.clear()
