@@ -71,7 +71,7 @@ def test_missing_plugin_files_are_reported(tmp_path, monkeypatch, capsys):
                                                 "sb_desk", "sb_layers"}),
     ("gimp_plugin/stylebridge/sb_layers.py", {"gi", "sb_desk", "sb_logic"}),
     ("gimp_plugin/stylebridge/sb_progress.py", {"gi"}),
-    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic", "sb_desk", "sb_widgets",
+    ("gimp_plugin/stylebridge/sb_dialog.py", {"gi", "sb_client", "sb_logic", "sb_desk", "sb_widgets", "sb_layers",
                                               "sb_testhook"}),   # the tests' hook
     ("gimp_plugin/stylebridge/sb_widgets.py", {"gi", "sb_client", "sb_logic", "sb_desk"}),
     ("gimp_plugin/stylebridge/sb_desk.py", {"sb_client"}),
