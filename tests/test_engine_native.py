@@ -151,7 +151,7 @@ def test_a_run_computes_large_style_grams_in_blocks(photo, starry, monkeypatch) 
     monkeypatch.setattr(targets, "STYLE_FACTOR", 1e9)      # as a 50 MP scan at a native stage
     seen = []
     real = tiled.tiled_grams
-    monkeypatch.setattr(tiled, "tiled_grams", lambda *a: (seen.append(a[-1]), real(*a))[1])
+    monkeypatch.setattr(tiled, "tiled_grams", lambda *a, **k: (seen.append(a[-1]), real(*a, **k))[1])
     r = run(photo, [starry], iterations=2, block_memory=300)
     plain = run(photo, [starry], iterations=2)
     assert seen and all(inner >= 16 for inner in seen)
