@@ -21,6 +21,14 @@ from bridge.settings_parse import settings_from_mapping
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _spinning_waits(monkeypatch) -> None:
+    """The load model is what these tests check: pin "OpenMP waits spin" (an in-process CLI run earlier in the
+    session may have called prepare_process, which would make every allowed core the count). Tests of the passive
+    policy set it themselves."""
+    monkeypatch.setattr(threads, "_passive", False)
+
+
 def test_threads_for_rounds_free_cores_within_the_allowed_ones() -> None:
     assert threads_for(2.0, 2) == 2             # idle: every allowed core
     assert threads_for(1.9, 2) == 2             # a little background work: still all
