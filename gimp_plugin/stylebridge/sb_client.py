@@ -1,22 +1,14 @@
 """The daemon's wire protocol (docs/protocol.md) and its one client, standard library only.
 
-This module is the protocol's one home: port, URL and token variables, protocol version, job states,
-progress text, the client and its errors. The front ends and the package's lower floors (settings, job)
-take these from here; nothing here imports the package.
+The protocol's one home: port, URL and token variables, version, job states, progress text, the client and its
+errors. Nothing here imports the package. Standard library only because the GIMP plug-in runs this very code in
+GIMP's own Python: ``stylebridge gimp-install`` writes this file's bytes as ``sb_client.py``, and
+``gimp_plugin/stylebridge/sb_client.py`` is the same copy kept in the source tree (tests/test_protocol.py checks
+the bytes; after an edit: ``cp bridge/protocol.py gimp_plugin/stylebridge/sb_client.py``). Inside the package,
+:class:`bridge.daemon.client.DaemonClient` adds what needs the package (atomic PSD download).
 
-Why standard library only: the GIMP plug-in runs this very code with GIMP's own Python, where neither
-pip packages nor the ``bridge`` package exist. The plug-in gets it as ``sb_client.py``: ``stylebridge
-gimp-install`` writes this file's bytes there, and ``gimp_plugin/stylebridge/sb_client.py`` is the same
-copy kept in the source tree so that folder runs as it stands (tests/test_protocol.py checks the bytes are
-equal; after editing this file run ``cp bridge/protocol.py gimp_plugin/stylebridge/sb_client.py``). Hence:
-no relative imports, nothing outside the standard library (tests/gimp/test_gimp_install.py checks that).
-Inside the package, :class:`bridge.daemon.client.DaemonClient` is this :class:`Client` plus what needs
-the package (atomic PSD download).
-
-Every request raises :class:`DaemonUnreachable` when nothing answers and :class:`DaemonError` (with
-the daemon's own words) for an HTTP error status; :meth:`Client.wait` raises :class:`JobFailed` /
-:class:`JobCancelled` for a job that did not finish.
-
+Every request raises :class:`DaemonUnreachable` when nothing answers and :class:`DaemonError` (the daemon's own
+words) for an HTTP error status; :meth:`Client.wait` raises :class:`JobFailed` / :class:`JobCancelled`.
 """
 
 from __future__ import annotations
@@ -48,7 +40,6 @@ ProgressFn = Callable[[dict], Any]
 
 
 # -- errors ----------------------------------------------------------------------------------------------
-
 class ClientError(Exception):
     """Anything that went wrong talking to the daemon; ``str()`` is a message for the user."""
 
@@ -101,8 +92,7 @@ def not_a_daemon_message(url: str, what: str) -> str:
 
 
 class NotADaemon(DaemonError):
-    """Something answered at ``url``, but not as a stylebridge daemon (no health of ours); ``what`` says
-    what it answered."""
+    """Something answered at ``url``, but not as a stylebridge daemon; ``what`` says what it answered."""
 
     def __init__(self, url: str, status: int, what: str) -> None:
         self.url, self.what = url, what
@@ -135,7 +125,6 @@ class JobFailed(ClientError):
 class JobCancelled(JobFailed):
     """The job was cancelled (by this client or someone else)."""
 
-
 # -- encoding --------------------------------------------------------------------------------------------
 
 def content_type(filename: str) -> str:
@@ -150,11 +139,8 @@ def _q(text: str) -> str:
 
 
 def encode_multipart(fields: Iterable[tuple[str, Any]] = (), files: Iterable[tuple] = ()) -> tuple[bytes, str]:
-    """multipart/form-data body and its Content-Type header.
-
-    ``fields``: (name, text); ``files``: (name, filename, bytes) or (name, filename, bytes, content_type)
-    (the type defaults to one guessed from the file name).
-    """
+    """multipart/form-data body and its Content-Type header. ``fields``: (name, text); ``files``: (name,
+    filename, bytes[, content_type]) (the type defaults to one guessed from the file name)."""
     boundary = "sb-" + uuid.uuid4().hex
     out: list[bytes] = []
     for name, value in fields:
@@ -222,7 +208,6 @@ def _quote(part: str) -> str:
 
 
 # -- the client ------------------------------------------------------------------------------------------
-
 class Client:
     """One daemon at ``url`` (default ``$STYLEBRIDGE_URL``, else the default port on loopback);
     ``token`` defaults to ``$STYLEBRIDGE_TOKEN`` (``""``: none)."""
@@ -292,8 +277,7 @@ class Client:
 
     # -- health and styles ------------------------------------------------------------------------
     def health(self, timeout: float | None = None) -> dict:
-        """The daemon's health; :class:`NotADaemon` when what answers is not a stylebridge daemon (every
-        protocol's health is a JSON object with a ``status``), so no other server is taken for an old one."""
+        """The daemon's health; :class:`NotADaemon` when what answers is not one (not taken for an old one)."""
         try:
             status, headers, data = self.request("GET", "/v1/health", timeout=timeout)
         except DaemonError as exc:
@@ -350,9 +334,8 @@ class Client:
 
     def estimate(self, width: int, height: int, styles: int = 1, settings: dict | None = None,
                  timeout: float | None = None) -> dict:
-        """How long a job with these ``settings`` (a job's names, ``preset`` included) would take on this daemon
-        for a ``width`` x ``height`` photo and ``styles`` styles: ``{"seconds", "working_size", "stages",
-        "device", "measured", ...}`` (``POST /v1/estimate``; a bad setting is a :class:`DaemonError` 422)."""
+        """POST /v1/estimate: how long a job with these ``settings`` (``preset`` included) would take here for
+        a ``width`` x ``height`` photo: ``{"seconds", "working_size", "stages", "device", "measured", ...}``."""
         body = json.dumps({"width": int(width), "height": int(height), "styles": int(styles),
                            "settings": dict(settings or {})}).encode("utf-8")
         return self.json("POST", "/v1/estimate", body=body, content_type="application/json", timeout=timeout)
@@ -373,12 +356,9 @@ class Client:
 
     def submit_job(self, content: Any, job: dict, *, style_files: Iterable[Any] = (), mask: Any = None,
                    style_mask_files: Iterable[Any] = (), region_files: Iterable[Any] = ()) -> dict:
-        """POST /v1/jobs with a job description (``bridge.job.JobSpec.to_json()``): the protocol-2 way.
-
-        ``{"upload": i}`` in the job's styles, ``mask`` and ``style_masks`` refers to the i-th file of
-        ``style_files``, to ``mask`` (0), and to the i-th of ``style_mask_files``. Files are paths, bytes or
-        (filename, bytes). ``region_files``: the i-th is the job's ``"regions": {STYLE: {"upload": i}}`` (where
-        each style is painted, one run: the result "fused"). Returns the job status (queued)."""
+        """POST /v1/jobs with a job description (``JobSpec.to_json()``, protocol 2); returns its status.
+        ``{"upload": i}`` in styles / mask / style_masks / regions names the i-th of ``style_files`` / ``mask``
+        (0) / ``style_mask_files`` / ``region_files``. Files are paths, bytes or (filename, bytes)."""
         self.require_protocol(2)
         job = dict(job)
         job.setdefault("protocol", PROTOCOL_VERSION)
@@ -390,14 +370,10 @@ class Client:
     def previews(self, content: Any, *, styles: Iterable[str] = (), style_files: Iterable[Any] = (),
                  size: int | None = None, timeout: float | None = None, method: str = "instant",
                  settings: dict | None = None) -> list[dict]:
-        """POST /v1/previews: one preview per style (library names first, then the files), in order.
-
-        Never waits behind the daemon's jobs. Each item: ``style``, ``label`` ("<style> (preview)"),
-        ``width``, ``height``, ``method``, ``seconds`` and ``png`` (the PNG bytes); a style the request had no
-        time for: ``skipped`` true, ``reason`` and ``error``. ``size``: long side in pixels (16..1024, default
-        the daemon's 512). ``method`` "instant": a fast impression from another network, not the Gatys result;
-        "faithful": a small real Gatys run (~176 px, seconds per style) with ``settings`` (the job's settings,
-        e.g. ``{"style_strength": 0.5, "original_colors": True}``); its items' ``method`` is "gatys"."""
+        """POST /v1/previews (never waits behind jobs): one item per style (library names, then files) with
+        ``style``, ``label``, ``width``, ``height``, ``method``, ``seconds``, ``png`` bytes, or ``skipped``,
+        ``reason``, ``error``. ``size``: long side (16..1024, default 512). ``method`` "instant": a fast
+        impression from another network; "faithful": a small real Gatys run with the job's ``settings``."""
         self.require_protocol(2)
         fields: list[tuple[str, Any]] = [("styles", s) for s in styles]
         if size is not None:
@@ -449,13 +425,9 @@ class Client:
 
     def wait(self, job_id: str, *, on_progress: ProgressFn | None = None, poll: float = 0.25,
              timeout: float | None = None, sleep: Callable[[float], None] = time.sleep) -> dict:
-        """Poll until the job ends and return its final status if ``done``.
-
-        ``on_progress(status)`` is called on every poll; returning False cancels the job (once), after
-        which the job is followed to its end: :class:`JobCancelled` (or ``done``, if it finished first).
-        A failed job raises :class:`JobFailed`; after ``timeout`` seconds the job is cancelled and
-        :class:`JobFailed` raised. ``sleep`` waits between polls (a GUI passes one that keeps its window live).
-        """
+        """Poll until the job ends; its final status if ``done``, else :class:`JobFailed` / :class:`JobCancelled`.
+        ``on_progress(status)`` on every poll: False cancels the job (once) and follows it to its end. After
+        ``timeout`` s the job is cancelled (JobFailed). ``sleep``: between polls (a GUI keeps its window live)."""
         start = time.monotonic()
         cancelling = False
         while True:
@@ -491,7 +463,6 @@ class Client:
 
 
 # -- status in words -------------------------------------------------------------------------------------
-
 def progress_fraction(status: dict) -> float:
     """A job status's ``percent`` as 0..1 (0 when missing)."""
     try:
