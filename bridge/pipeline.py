@@ -56,7 +56,7 @@ class Rendered:
     """A finished (or, cancelled with its best so far, partial) run and its layer stack."""
 
     result: "StylizeResult"
-    stack: "LayerStack"
+    stack: "LayerStack | None"         # None: asked for images only (``layers=False``)
     engine_s: float
     layers_s: float
 
@@ -64,11 +64,12 @@ class Rendered:
 def render(job: LoadedJob, *, progress: "Callable[[Progress], None] | None" = None,
            cancel: "CancelToken | None" = None, checkpoint: "Checkpoint | None" = None,
            keep: "Callable[[StylizeResult], bool]" = lambda result: bool(result.images),
-           on_layers: Callable[[], None] = lambda: None) -> Rendered | None:
-    """The engine's run (:func:`bridge.engine.stylize`), then the layer stack of the fusion document; None when
-    ``keep(result)`` says the run gave nothing to keep (paused, cancelled without a result). ``on_layers`` is
-    called as the layers begin (the daemon's phase). The stack's ``meta`` carries ``seconds`` (engine and
-    layers: the engine's own ``seconds`` leaves out its set-up) and ``timings``."""
+           on_layers: Callable[[], None] = lambda: None, layers: bool = True) -> Rendered | None:
+    """The engine's run (:func:`bridge.engine.stylize`), then the layer stack of the fusion document (unless
+    ``layers`` is False: the CLI writing images); None when ``keep(result)`` says the run gave nothing to keep
+    (paused, cancelled without a result). ``on_layers`` is called as the layers begin (the daemon's phase). The
+    stack's ``meta`` carries ``seconds`` (engine and layers: the engine's own leaves out its set-up) and
+    ``timings``."""
     from .document.stack import build_stack
     from .engine import stylize
 
@@ -78,6 +79,8 @@ def render(job: LoadedJob, *, progress: "Callable[[Progress], None] | None" = No
     engine_s = time.perf_counter() - started
     if not keep(result):
         return None
+    if not layers:
+        return Rendered(result, None, engine_s, 0.0)
     on_layers()
     layers_started = time.perf_counter()
     stack = build_stack(result, job.document, masks=job.masks, run_name=job.name, regions=job.regions or None)

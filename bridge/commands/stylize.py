@@ -33,7 +33,7 @@ from typing import Any, Callable
 from ..imaging import ImageError, Picture, image_size, load_image, load_mask, save_image
 from ..job import JobSpec, Source, check, load_region, region_names
 from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
-from ..pipeline import FailureKind, classify, with_regions
+from ..pipeline import FailureKind, LoadedJob, Rendered, classify, render
 from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError
 
 DOCUMENT_SUFFIXES = (".psd", ".psb")
@@ -116,37 +116,38 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        job = _prepare(args)
+        request = _prepare(args)
     except (CliError, OutputError, SettingsError, ImageError, ValueError) as exc:
         return _fail(exc)
-    for note in job.spec.notes:
+    for note in request.spec.notes:
         print(f"stylebridge: note: {note}", file=sys.stderr)
     prepared = time.perf_counter()
     try:
-        result = _stylize(job, args)
+        rendered = _stylize(request, args)
     except Exception as exc:     # settings, weights, device, memory, a bug: one line (pipeline.classify)
         failure = classify(exc)
         if failure.exit_code == 2:
             return _fail(failure.message)
         advice = f": {failure.advice}" if failure.kind in (FailureKind.MEMORY, FailureKind.ENGINE) else ""
         return _fail(f"stylisation failed: {failure.message}{advice}", code=failure.exit_code)
-    if not result.images:   # interrupted before the first result existed
+    if rendered is None:   # interrupted before the first result existed
         print("stylebridge: interrupted: nothing written", file=sys.stderr)
         return 130
     stylized = time.perf_counter()
     try:
-        written, problems = _write(job, result)
+        written, problems = _write(request, rendered)
     except (CliError, ValueError) as exc:
         return _fail(exc)
     finished = time.perf_counter()
-    if result.cancelled:
+    cancelled = rendered.result.cancelled
+    if cancelled:
         print("stylebridge: interrupted: wrote the best result so far (optimisation not finished)",
               file=sys.stderr)
     for line in problems:
         print(f"stylebridge: {line}", file=sys.stderr)
     if args.json:
         timings = {"prepare": prepared - started, "stylize": stylized - prepared, "write": finished - stylized}
-        summary = _summary(job, result, written, timings)
+        summary = _summary(request, rendered.result, written, timings)
         if problems:
             summary["errors"] = problems
         print(json.dumps(summary, indent=2))
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 print(path)
     if problems:
         return 1
-    return 130 if result.cancelled else 0
+    return 130 if cancelled else 0
 
 
 def _fail(exc: Exception | str, code: int = 2) -> int:
@@ -165,23 +166,15 @@ def _fail(exc: Exception | str, code: int = 2) -> int:
 
 
 @dataclasses.dataclass
-class _Job:
+class _Request:
+    """What the command line asks for: the job, loaded and checked (what :func:`bridge.pipeline.render` runs),
+    and where its outputs go."""
+
     spec: JobSpec                    # what to do: parsed and checked once (bridge.job)
-    content: Picture
-    styles: list                     # list[StyleInput], named spec.style_names
+    loaded: LoadedJob                # the photo, the styles (named spec.style_names), masks and regions
     output: Path
     kind: str                        # "folder" | "document" | "image"
-    masks: Any = None
     make_parents: bool = False       # folder output given with a trailing /: create missing parents too
-    regions: dict = dataclasses.field(default_factory=dict)   # style name -> H x W float32 0..1 (--region)
-
-    @property
-    def settings(self) -> Settings:
-        return self.spec.settings
-
-    @property
-    def document(self) -> DocumentSettings:
-        return self.spec.document
 
 
 def build_spec(args: argparse.Namespace) -> JobSpec:
@@ -212,7 +205,7 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
     return spec
 
 
-def _prepare(args: argparse.Namespace) -> _Job:
+def _prepare(args: argparse.Namespace) -> _Request:
     """Everything that can be wrong with the input is found here, before any work or any file is written."""
     from ..engine.types import StyleInput
 
@@ -239,13 +232,15 @@ def _prepare(args: argparse.Namespace) -> _Job:
         raise CliError(f"{output}: {len(names)} results need a folder or a .psd/.psb as OUT")
     if kind != "document" and (spec.mask or spec.style_masks):
         raise CliError("--mask and --style-mask apply to .psd/.psb output only")
-    masks = _masks(spec, content, names) if kind == "document" else None
+    mask, style_masks = _masks(spec, content) if kind == "document" else (None, {})
     if kind == "document":
         _import_document()
     files = [f"{_safe(content.name)}_{n}.png" for n in names] if kind == "folder" else [output.name]
     make_parents = kind == "folder" and args.output.endswith(("/", os.sep))
     _check_output(output, kind, files, make_parents)
-    return _Job(spec, content, styles, output, kind, masks, make_parents, regions)
+    loaded = LoadedJob(content, styles, spec.settings, spec.document, mask=mask, style_masks=style_masks,
+                       regions=regions)
+    return _Request(spec, loaded, output, kind, make_parents)
 
 
 def _output_kind(raw: str) -> tuple[Path, str]:
@@ -303,8 +298,9 @@ def _check_output(output: Path, kind: str, files: list[str], make_parents: bool)
                           f"{path_max}: choose a shorter OUT")
 
 
-def _masks(spec: JobSpec, content: Picture, names: list[str]) -> Any:
-    """The mask files, read at the photo's size: one for every layer, and/or one per named style."""
+def _masks(spec: JobSpec, content: Picture) -> tuple[Any, dict[str, Any]]:
+    """The mask files, read at the photo's size: the one for every layer (or None) and those per named style
+    (:attr:`bridge.pipeline.LoadedJob.masks` combines them, as for the daemon's jobs)."""
     def read(src: Source) -> Any:
         path = src.path or ""
         try:
@@ -312,13 +308,7 @@ def _masks(spec: JobSpec, content: Picture, names: list[str]) -> Any:
         except ImageError as exc:
             raise CliError(str(exc) if path in str(exc) else f"{path}: {exc}") from None
 
-    common = read(spec.mask) if spec.mask else None
-    named = {style: read(src) for style, src in spec.style_masks}
-    if not named:
-        return common
-    if common is not None:
-        named = {n: named.get(n, common) for n in names}
-    return named
+    return (read(spec.mask) if spec.mask else None), {style: read(src) for style, src in spec.style_masks}
 
 
 def _import_document() -> Any:
@@ -334,9 +324,10 @@ def _safe(name: str) -> str:
     return cleaned or "style"
 
 
-def _stylize(job: _Job, args: argparse.Namespace) -> Any:
-    """Run the engine with a progress bar and a Ctrl-C that cancels cleanly."""
-    from ..engine import CancelToken, stylize
+def _stylize(request: _Request, args: argparse.Namespace) -> "Rendered | None":
+    """The one run (:func:`bridge.pipeline.render`; the layer stack only for a document) with a progress bar
+    and a Ctrl-C that cancels cleanly. None: interrupted before the first result existed."""
+    from ..engine import CancelToken
 
     cancel = CancelToken()
     bar = _ProgressBar(enabled=not args.quiet)
@@ -348,8 +339,7 @@ def _stylize(job: _Job, args: argparse.Namespace) -> Any:
             cancel.cancel()
         previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        return stylize(job.content, with_regions(job.styles, job.regions), job.settings, progress=bar.update,
-                       cancel=cancel)
+        return render(request.loaded, progress=bar.update, cancel=cancel, layers=request.kind == "document")
     finally:
         bar.close()
         if previous is not None:
@@ -384,20 +374,20 @@ class _ProgressBar:
             self.bar.close()
 
 
-def _outputs(job: _Job, result: Any) -> list[tuple[Path, Callable[[Path], Path]]]:
+def _outputs(request: _Request, rendered: Rendered) -> list[tuple[Path, Callable[[Path], Path]]]:
     """(wanted path, writer) per output file; each writer claims a free name and returns the one it got."""
-    if job.kind == "document":
-        stack_mod, psd_mod = _import_document()
-        stack = stack_mod.build_stack(result, job.document, masks=job.masks, regions=job.regions or None)
-        return [(job.output, lambda p: psd_mod.write_psd(stack, p, unique=True))]
-    if job.kind == "image":
-        return [(job.output, lambda p: save_image(result.images[0].picture, p, unique=True))]
-    stem = _safe(job.content.name)
-    return [(job.output / f"{stem}_{image.name}.png",
+    result = rendered.result
+    if request.kind == "document":
+        _, psd_mod = _import_document()
+        return [(request.output, lambda p: psd_mod.write_psd(rendered.stack, p, unique=True))]
+    if request.kind == "image":
+        return [(request.output, lambda p: save_image(result.images[0].picture, p, unique=True))]
+    stem = _safe(request.loaded.content.name)
+    return [(request.output / f"{stem}_{image.name}.png",
              lambda p, pic=image.picture: save_image(pic, p, unique=True)) for image in result.images]
 
 
-def _write(job: _Job, result: Any) -> tuple[list[Path | None], list[str]]:
+def _write(request: _Request, rendered: Rendered) -> tuple[list[Path | None], list[str]]:
     """Write every output; one that cannot be written where asked goes to a temporary folder instead.
 
     Returns the path written per output (None: lost) and the problems to report (each says where, why,
@@ -406,10 +396,10 @@ def _write(job: _Job, result: Any) -> tuple[list[Path | None], list[str]]:
     written: list[Path | None] = []
     problems: list[str] = []
     rescue: list[Path] = []              # the rescue folder, once made
-    for wanted, write in _outputs(job, result):
+    for wanted, write in _outputs(request, rendered):
         try:
-            folder = job.output if job.kind == "folder" else job.output.parent
-            folder.mkdir(parents=job.make_parents, exist_ok=True)
+            folder = request.output if request.kind == "folder" else request.output.parent
+            folder.mkdir(parents=request.make_parents, exist_ok=True)
             written.append(write(wanted))
             continue
         except (OSError, ImageError) as exc:
@@ -434,7 +424,7 @@ def _why(exc: Exception) -> str:
     return explain(exc) if isinstance(exc, OSError) else str(exc)
 
 
-def _summary(job: _Job, result: Any, written: list[Path | None], timings: dict[str, float]) -> dict[str, Any]:
+def _summary(request: _Request, result: Any, written: list[Path | None], timings: dict[str, float]) -> dict[str, Any]:
     """The ``--json`` summary: what was written, the settings used, where and how long it ran.
 
     ``seconds`` is the whole run (reading, stylising, writing): never less than the sum of ``timings``.
@@ -442,7 +432,7 @@ def _summary(job: _Job, result: Any, written: list[Path | None], timings: dict[s
     ``size``); ``device`` the one used (``auto`` resolved).
     """
     images = [{"name": img.name, "losses": img.losses} for img in result.images]
-    if job.kind == "folder":
+    if request.kind == "folder":
         for entry, path in zip(images, written):
             entry["path"] = str(path) if path is not None else None
     from ..engine.device import resolve_device
@@ -450,12 +440,12 @@ def _summary(job: _Job, result: Any, written: list[Path | None], timings: dict[s
         "outputs": [str(p) for p in written if p is not None],
         "images": images,
         "settings": result.settings.to_dict(),
-        "document_settings": job.document.to_dict() if job.kind == "document" else None,
+        "document_settings": request.loaded.document.to_dict() if request.kind == "document" else None,
         "device": str(resolve_device(result.settings.device)),
         "working_size": list(result.working_size),
-        "native_size": [job.content.width, job.content.height],
+        "native_size": [request.loaded.content.width, request.loaded.content.height],
         "cancelled": result.cancelled,
         "seconds": math.ceil(sum(timings.values()) * 1000) / 1000,     # ms, rounded up; timings down
         "timings": {k: math.floor(v * 1000) / 1000 for k, v in timings.items()},
-        "notes": list(job.spec.notes),
+        "notes": list(request.spec.notes),
     }
