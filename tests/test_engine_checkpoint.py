@@ -20,8 +20,16 @@ from bridge.engine import checkpoint as checkpoint_module
 from bridge.engine import resume
 from bridge.settings import SERVICE, Settings
 
-SETTINGS = Settings(size=96, iterations=12, coarse_to_fine=True, min_size=48, scale_step=2.0, coarse_iterations=4,
+# Two stages (32 px, 64 px: the photo's size), enough iterations to stop mid-stage
+# with an L-BFGS history: the smallest run that shows every resume path.
+SETTINGS = Settings(size=64, iterations=10, coarse_to_fine=True, min_size=32, scale_step=2.0, coarse_iterations=3,
                     seed=11, preview_every=0)
+
+
+@pytest.fixture(scope="module")
+def photo(photo, shrink):
+    """The usual photo at 64 x 48: the working size, so results are the optimised images themselves."""
+    return shrink(photo, 64)
 
 
 def styles_of(*pictures):
@@ -185,8 +193,8 @@ def test_saves_every_interval_and_at_stage_ends(photo, starry) -> None:
     r = stylize(photo, styles_of(starry), SETTINGS, checkpoint=rec)
     positions = [(s.style_index, s.stage, s.iteration) for s in rec.saved]
     # interval 0: after every iteration but a stage's last, then at the stage's end
-    assert positions == [(0, 0, i) for i in range(1, 5)] + [(0, 1, i) for i in range(1, 13)]
-    assert rec.saved[-1].image.shape == (3, 72, 96) and rec.saved[0].image.shape == (3, 36, 48)
+    assert positions == [(0, 0, i) for i in range(1, 4)] + [(0, 1, i) for i in range(1, 11)]
+    assert rec.saved[-1].image.shape == (3, 48, 64) and rec.saved[0].image.shape == (3, 24, 32)
     assert all(s.seed == 11 and s.fingerprint == fingerprint(photo, styles_of(starry), SETTINGS) for s in rec.saved)
     assert not r.resumed and not r.paused
 
@@ -219,7 +227,7 @@ def test_pause_then_resume_finishes_like_an_uninterrupted_run(tmp_path, photo, s
                  checkpoint=FileCheckpoint(path))
     assert r2.resumed and not r2.paused and [i.name for i in r2.images] == ["s0", "s1"]
     assert all(p.resumed and p.style_index == 1 for p in second)             # the finished style is not redone
-    assert [(p.stage, p.iteration) for p in second] == [(2, i) for i in range(6, 13)]   # the rest of the stage
+    assert [(p.stage, p.iteration) for p in second] == [(2, i) for i in range(6, 11)]   # the rest of the stage
     assert second[0].done_iterations == first[-1].done_iterations + 1 and second[-1].percent == 100.0
     assert r2.seconds >= r.seconds
     # the finished style is exactly the uninterrupted run's; so is the resumed one (the checkpoint holds
@@ -254,7 +262,7 @@ def test_killed_mid_stage_resumes_exactly_with_the_optimisers_state(tmp_path, ph
     saved = FileCheckpoint(path).load()
     assert (saved.style_index, saved.stage, saved.iteration) == (0, 1, 5)
     assert saved.optimizer is not None and saved.optimizer["n_iter"] == 5 and len(saved.optimizer["old_dirs"]) >= 1
-    assert saved.current.shape == saved.image.shape == (3, 72, 96) and not np.array_equal(saved.current, saved.image)
+    assert saved.current.shape == saved.image.shape == (3, 48, 64) and not np.array_equal(saved.current, saved.image)
     with caplog.at_level(logging.INFO, logger="bridge.engine.resume"):
         r = stylize(photo, styles_of(starry, scream), SETTINGS, checkpoint=FileCheckpoint(path))
     assert "with the optimiser's state (exact continuation)" in caplog.text
@@ -277,38 +285,61 @@ def test_adam_resumes_exactly_too(tmp_path, photo, starry) -> None:
     assert r.resumed and np.array_equal(r.images[0].picture.rgb, full.images[0].picture.rgb)
 
 
+@pytest.fixture(scope="module")
+def killed_best_image_only(tmp_path_factory, photo, starry, scream):
+    """A run above the size bound (RESUME_STATE_BYTES lowered: this 64 px stage's state is ~15 KB), checkpointing
+    after every iteration, killed in the 6th iteration of the second style's last stage: (the checkpoint's
+    bytes, the engine's log of the run). Shared by the tests that resume or cancel from such a file."""
+    path = tmp_path_factory.mktemp("killed") / "job.npz"
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger("bridge.engine.resume")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(Killed):
+            mp.setattr(resume, "RESUME_STATE_BYTES", 1000)
+            stylize(photo, styles_of(starry, scream), SETTINGS, progress=kill_at(1, 2, 6),
+                    checkpoint=FileCheckpoint(path, interval_s=0.0))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return path.read_bytes(), "\n".join(r.getMessage() for r in records)
+
+
 def test_above_the_size_bound_a_checkpoint_keeps_the_best_image_only(tmp_path, photo, starry, scream,
-                                                                      uninterrupted, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(resume, "RESUME_STATE_BYTES", 1000)     # this 96 px stage's state is ~30 KB
+                                                                      uninterrupted, killed_best_image_only,
+                                                                      caplog) -> None:
     path = tmp_path / "job.npz"
-    with caplog.at_level(logging.INFO, logger="bridge.engine.resume"), pytest.raises(Killed):
-        stylize(photo, styles_of(starry, scream), SETTINGS, progress=kill_at(1, 2, 6),
-                checkpoint=FileCheckpoint(path, interval_s=0.0))
-    assert "above 0 MB (RESUME_STATE_BYTES): the best image only" in caplog.text
+    data, log_text = killed_best_image_only
+    path.write_bytes(data)
+    assert "above 0 MB (RESUME_STATE_BYTES): the best image only" in log_text
     saved = FileCheckpoint(path).load()
     assert (saved.style_index, saved.stage, saved.iteration) == (1, 1, 5)
     assert saved.optimizer is None and saved.current is None and saved.best_loss is not None
-    caplog.clear()
     events: list = []
     with caplog.at_level(logging.INFO, logger="bridge.engine.resume"):
         r = stylize(photo, styles_of(starry, scream), SETTINGS, progress=events.append,
                     checkpoint=FileCheckpoint(path))
     assert "from the best image with a fresh optimiser" in caplog.text
-    assert r.resumed and [(p.stage, p.iteration) for p in events] == [(2, i) for i in range(6, 13)]
+    assert r.resumed and [(p.stage, p.iteration) for p in events] == [(2, i) for i in range(6, 11)]
     assert np.array_equal(r.images[0].picture.rgb, uninterrupted.images[0].picture.rgb)
     # the optimiser restarts its curvature estimate (LBFGS_RESUME_STEP): near the uninterrupted loss, not equal
+    # (at this 64 px stage a restart with 4 iterations left ends 10-20% above it, measured over kill points;
+    # 12% at 96 px with 7 left)
     resumed_loss, full_loss = r.images[1].losses["total"], uninterrupted.images[1].losses["total"]
-    assert abs(resumed_loss - full_loss) <= 0.12 * full_loss
+    assert abs(resumed_loss - full_loss) <= 0.25 * full_loss
 
 
 def test_cancelled_before_it_starts_a_run_returns_what_its_checkpoint_holds(tmp_path, photo, starry, scream,
-                                                                             uninterrupted) -> None:
+                                                                             uninterrupted,
+                                                                             killed_best_image_only) -> None:
     """As a cancel during the run keeps the best so far: the finished styles, then the best image of the style
     reached (here mid-way through the last stage), without optimising."""
     path = tmp_path / "job.npz"
-    with pytest.raises(Killed):
-        stylize(photo, styles_of(starry, scream), SETTINGS, progress=kill_at(1, 2, 6),
-                checkpoint=FileCheckpoint(path, interval_s=0.0))
+    path.write_bytes(killed_best_image_only[0])
     saved = FileCheckpoint(path).load()
     token = CancelToken()
     token.cancel()
@@ -334,15 +365,28 @@ def test_cancelled_before_it_starts_a_run_returns_what_its_checkpoint_holds(tmp_
 
 
 def test_a_changed_setting_starts_afresh(tmp_path, photo, starry) -> None:
+    """A checkpoint mid-way through the run (which the same settings would resume from) is not this run's when
+    a result setting or the seed differs: the run starts at its first iteration (each run is cancelled there)."""
     path = tmp_path / "job.npz"
-    stylize(photo, styles_of(starry), SETTINGS, checkpoint=FileCheckpoint(path))
-    events: list = []
-    r = stylize(photo, styles_of(starry), SETTINGS.replace(style_weight=20.0), progress=events.append,
+    with pytest.raises(Killed):
+        stylize(photo, styles_of(starry), SETTINGS, progress=kill_at(0, 2, 2),
+                checkpoint=FileCheckpoint(path, interval_s=0.0))
+    saved = FileCheckpoint(path).load()
+    assert saved.stage == 1                      # the same settings would resume in the last stage
+
+    def first_iteration_only():
+        token, events = CancelToken(), []
+        return token, events, lambda p: (events.append(p), token.cancel())
+
+    token, events, progress = first_iteration_only()
+    r = stylize(photo, styles_of(starry), SETTINGS.replace(style_weight=20.0), progress=progress, cancel=token,
                 checkpoint=FileCheckpoint(path))
     assert not r.resumed and events[0].stage == 1 and events[0].iteration == 1 and not events[0].resumed
-    other_seed = stylize(photo, styles_of(starry), SETTINGS.replace(style_weight=20.0, seed=12),
-                         checkpoint=Recording(FileCheckpoint(path, fingerprint=None).load()))
-    assert not other_seed.resumed
+    token, events, progress = first_iteration_only()
+    assert saved.fingerprint == fingerprint(photo, styles_of(starry), SETTINGS.replace(seed=12))   # only the seed
+    other_seed = stylize(photo, styles_of(starry), SETTINGS.replace(seed=12), progress=progress, cancel=token,
+                         checkpoint=Recording(saved))
+    assert not other_seed.resumed and events[0].stage == 1 and events[0].iteration == 1
 
 
 def test_pause_before_the_start_and_cancel_keep_their_meanings(photo, starry) -> None:
