@@ -84,14 +84,14 @@ def forced_tiles(monkeypatch):
 
 
 def test_tiled_run_matches_the_whole_image_run(photo, starry, forced_tiles) -> None:
-    settings = dict(size=NATIVE_SIZE, iterations=6, coarse_to_fine=True, min_size=48, scale_step=2.0,
-                    coarse_iterations=3, block_memory=220)
+    settings = dict(size=NATIVE_SIZE, iterations=2, coarse_to_fine=True, min_size=48, scale_step=2.0,
+                    coarse_iterations=2, block_memory=220)
     tiled_result = run(photo, [starry], **settings)
-    assert forced_tiles == [1] * 3 + [4] * 6       # every evaluation tiled: 48 px in one block, 96 px in 4
+    assert forced_tiles == [1] * 2 + [4] * 2       # every evaluation tiled: 48 px in one block, 96 px in 4
     assert tiled_result.working_size == (photo.width, photo.height)                 # native: no upsampling
     plan.WHOLE_FACTOR = 2.0                          # (monkeypatch restores it after the test)
     whole = run(photo, [starry], **settings)
-    assert len(forced_tiles) == 9                                                   # not tiled this time
+    assert len(forced_tiles) == 4                                                   # not tiled this time
     a, b = tiled_result.images[0], whole.images[0]
     assert abs(a.losses["total"] - b.losses["total"]) <= 1e-3 * b.losses["total"]
     diff = np.abs(a.picture.rgb.astype(int) - b.picture.rgb.astype(int))
@@ -139,10 +139,12 @@ def test_budget_too_small_for_a_stage_is_a_clear_error(photo, starry, forced_til
 # --- style images at high resolution -------------------------------------------------------------------------
 
 def test_style_grams_in_blocks_equal_the_whole_image(vgg, sample_pictures) -> None:
-    scan = resize(picture_tensor(sample_pictures["starry_night"]), (150, 190)) * 255.0
+    """2 x 2 blocks of 96 px (the smallest frame cut at relu5_1's receptive field in both directions)."""
+    scan = resize(picture_tensor(sample_pictures["starry_night"]), (132, 140)) * 255.0
     layers = Settings().style_layers
     whole = style_grams(vgg, scan, layers)
-    blocks = tiled.tiled_grams(vgg, scan, tuple(layers), 32)
+    assert tiled.block_count(vgg, tuple(layers), 132, 140, 96) == 4
+    blocks = tiled.tiled_grams(vgg, scan, tuple(layers), 96)
     for k in layers:
         assert float((blocks[k] - whole[k]).norm() / whole[k].norm()) < 1e-5, k
 

@@ -108,20 +108,27 @@ def test_a_region_pulls_nothing_where_it_is_zero(vgg) -> None:
     assert float(grad[..., w // 2:].abs().mean()) > 0.0
 
 
+# The smallest frame that the tiled objective cuts into 2 x 2 blocks of 96 px at relu5_1's receptive field
+# (every block has an interior edge in both directions; as test_engine_tiled.py's mirrored exactness case).
+DIMS, INNER = (132, 140), 96
+
+
 @pytest.fixture(scope="module")
 def case():
-    """Photo, start image and two styles at 150 x 170 px (not multiples of 16), and two soft overlapping
-    regions: a feathered left/right split and a blob, as the run would give them (overlaps normalised)."""
-    photo = _sample255("photo.jpg", (150, 170))
+    """Photo, start image and two styles at 132 x 140 px (not multiples of 16), and two soft overlapping
+    regions: a feathered left/right split and a blob, as the run would give them (overlaps normalised); both
+    cross the blocks' edges (at 80 px, within the mirrored frame)."""
+    h, w = DIMS
+    photo = _sample255("photo.jpg", DIMS)
     gen = torch.Generator().manual_seed(3)
     x = (photo + 40.0 * torch.randn(photo.shape, generator=gen)).clamp(0, 255)
-    ramp = torch.clamp((torch.arange(170.0) - 60.0) / 50.0, 0.0, 1.0)
-    left = (1.0 - ramp).expand(150, 170).numpy()
-    yy, xx = np.mgrid[0:150, 0:170]
-    blob = np.clip(1.5 - np.hypot(yy - 90, xx - 100) / 30.0, 0, 1).astype(np.float32)
+    ramp = torch.clamp((torch.arange(float(w)) - 45.0) / 45.0, 0.0, 1.0)
+    left = (1.0 - ramp).expand(h, w).numpy()
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = np.clip(1.5 - np.hypot(yy - 75, xx - 80) / 25.0, 0, 1).astype(np.float32)
     styles = [StyleInput("a", load_image(SAMPLES / "style_swirls.jpg"), region=left),
               StyleInput("b", load_image(SAMPLES / "style_glass.jpg"), region=blob)]
-    masks = targets.working_masks(styles, (150, 170))
+    masks = targets.working_masks(styles, DIMS)
     return photo, x, masks, [_sample255("style_swirls.jpg", (72, 96)), _sample255("style_glass.jpg", (80, 96))]
 
 
@@ -130,7 +137,7 @@ def test_overlapping_regions_are_normalised(case) -> None:
     total = masks[0] + masks[1]
     assert float(total.max()) <= 1.0 + 1e-6
     assert float(total.max()) == pytest.approx(1.0, abs=1e-6)     # where they overlap, shares that add to 1
-    assert float(masks[1][0, 0, 90, 100]) < 1.0 and float(masks[1][0, 0, 10, 160]) == 0.0
+    assert float(masks[1][0, 0, 75, 80]) < 1.0 and float(masks[1][0, 0, 10, 130]) == 0.0
 
 
 def test_tiled_guided_loss_and_gradient_equal_the_whole_image(case, vgg) -> None:
@@ -141,19 +148,21 @@ def test_tiled_guided_loss_and_gradient_equal_the_whole_image(case, vgg) -> None
     photo, x, masks, styles = case
     regions = [_region(vgg, m, _grams(vgg, s)) for m, s in zip(masks, styles)]
     loss, grad = _whole(vgg, photo, x, regions)
-    obj = tiled.TiledObjective(vgg, photo, {}, SETTINGS, inner=48, regions=regions)
-    assert len(obj.blocks) >= 12
+    obj = tiled.TiledObjective(vgg, photo, {}, SETTINGS, inner=INNER, regions=regions)
+    assert len(obj.blocks) == 4 and any(b.y0 > 0 for b in obj.blocks) and any(b.x0 > 0 for b in obj.blocks)
     tloss, tgrad = obj.loss_and_grad(x)
     assert abs(float(tloss) - loss) / loss < 1e-5
     assert _rel(tgrad, grad) < 1e-4
 
 
 def test_tiled_guided_style_grams_equal_the_whole_image(vgg) -> None:
-    style = _sample255("style_glass.jpg", (120, 150))
-    mask = torch.zeros(1, 1, 120, 150)
-    mask[..., 20:90, 30:140] = 0.7
+    """Guided Grams in 2 x 2 blocks, the region crossing the blocks' edges."""
+    style = _sample255("style_glass.jpg", DIMS)
+    mask = torch.zeros(1, 1, *DIMS)
+    mask[..., 20:90, 30:120] = 0.7
     weights = targets.guidance(vgg, mask, SETTINGS.style_layers)
-    grams = tiled.tiled_grams(vgg, style, SETTINGS.style_layers, 32, weights=weights)
+    assert tiled.block_count(vgg, SETTINGS.style_layers, *DIMS, INNER) == 4
+    grams = tiled.tiled_grams(vgg, style, SETTINGS.style_layers, INNER, weights=weights)
     with torch.no_grad():
         feats = vgg(style, SETTINGS.style_layers)
     for k, f in feats.items():
