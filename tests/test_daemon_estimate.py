@@ -114,22 +114,25 @@ def test_a_finished_job_corrects_the_speed(tmp_path):
     assert abs(after - engine_s) < abs(before - engine_s)   # moved toward what the job really took
 
 
-def test_print_run_percent_and_eta_weight_the_tiled_stages():
+def test_print_run_percent_and_eta_weight_the_tiled_stages(monkeypatch):
     """A tiny "print" run (the photo's own size) with a memory budget that makes its larger stages tiled:
     percent never goes back, every event has an ETA, and the percent at the end of the first (whole) stage
     is that stage's share of the run with tiled stages costing TILED_COST more per pixel, the same stages
-    and weights the daemon's estimate uses."""
-    from bridge.engine import StyleInput, stylize
+    and weights the daemon's estimate uses. At 64 px a stage fits any budget that holds one block, so the
+    whole-image factor is raised (as the switch a large stage makes by itself; plan.WHOLE_FACTOR, read by the
+    engine and the estimate alike) to keep the 32 px stage whole and tile the 64 px one."""
+    from bridge.engine import StyleInput, plan, stylize
     from bridge.imaging import load_image
 
-    photo = load_image(png_of(SAMPLES["coffee"], 128))
-    style = StyleInput("s", load_image(png_of(SAMPLES["starry_night"], 160)))
-    settings, _, _ = settings_from_mapping({"preset": "print", "iterations": 3, "min_size": 48, "base_size": 64,
-                                            "large_iterations": [2], "block_memory": 150, "seed": 1,
+    monkeypatch.setattr(plan, "WHOLE_FACTOR", 8.0)
+    photo = load_image(png_of(SAMPLES["coffee"], 64))
+    style = StyleInput("s", load_image(png_of(SAMPLES["starry_night"], 80)))
+    settings, _, _ = settings_from_mapping({"preset": "print", "iterations": 3, "min_size": 32, "base_size": 32,
+                                            "large_iterations": [2], "block_memory": 200, "seed": 1,
                                             "preview_every": 0})
     est = speed.estimate(settings, photo.width, photo.height, 1, speed.SpeedMeter("cpu"))
-    assert est.working_size == (photo.width, photo.height) and est.stages == [(64, 3), (128, 2)]
-    assert est.tiled == [False, True]       # 64 px whole, the photo's own 128 px in blocks
+    assert est.working_size == (photo.width, photo.height) and est.stages == [(32, 3), (64, 2)]
+    assert est.tiled == [False, True]       # 32 px whole, the photo's own 64 px in blocks
     events = []
     stylize(photo, [style], settings, progress=events.append)
     percents = [e.percent for e in events]
