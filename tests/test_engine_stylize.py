@@ -37,8 +37,8 @@ def as_float(picture: Picture) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stylised(photo, starry):
-    """One proper run (96 px photo, working size 96, 40 L-BFGS iterations) shared by several tests."""
-    return run(photo, [starry], size=96, iterations=40)
+    """One proper run (96 px photo, working size 96, 12 L-BFGS iterations) shared by several tests."""
+    return run(photo, [starry], size=96, iterations=12)
 
 
 def test_result_moves_toward_the_style_and_keeps_the_content(stylised, photo, starry, vgg) -> None:
@@ -81,8 +81,8 @@ def test_original_colors_keep_the_photos_chroma(photo, starry) -> None:
     def uv(pic: Picture) -> torch.Tensor:
         return rgb_to_yuv(picture_tensor(pic))[:, 1:]
 
-    plain = run(photo, [starry])
-    kept = run(photo, [starry], original_colors=True)
+    plain = run(photo, [starry], iterations=6)
+    kept = run(photo, [starry], iterations=6, original_colors=True)
     err_kept = (uv(kept.images[0].picture) - uv(photo)).abs().mean()
     err_plain = (uv(plain.images[0].picture) - uv(photo)).abs().mean()
     assert err_kept < 0.01 < err_plain
@@ -114,8 +114,8 @@ def test_init_file(tmp_path, photo, starry, scream) -> None:
 
 
 def test_avg_pooling_changes_the_result(photo, starry) -> None:
-    a = run(photo, [starry], pooling="max")
-    b = run(photo, [starry], pooling="avg")
+    a = run(photo, [starry], pooling="max", iterations=3)
+    b = run(photo, [starry], pooling="avg", iterations=3)
     assert np.abs(as_float(a.images[0].picture) - as_float(b.images[0].picture)).mean() > 0.005
 
 
@@ -316,7 +316,7 @@ def test_lbfgs_stage_starts_do_not_blow_up(photo, starry, monkeypatch, scaled) -
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        run(photo, [starry], size=96, coarse_to_fine=True, min_size=48, iterations=6, coarse_iterations=6,
+        run(photo, [starry], size=96, coarse_to_fine=True, min_size=48, iterations=4, coarse_iterations=4,
             threads=2, progress=events.append)      # (threads=2: the engine would adapt it to the load)
     finally:
         torch.set_num_threads(threads)
