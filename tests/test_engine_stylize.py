@@ -92,10 +92,10 @@ def test_original_colors_keep_the_photos_chroma(photo, starry) -> None:
 
 
 def test_seed_reproducibility_and_random_init(photo, starry) -> None:
-    a = run(photo, [starry], init="random", seed=3, iterations=3)
-    b = run(photo, [starry], init="random", seed=3, iterations=3)
-    c = run(photo, [starry], init="random", seed=4, iterations=3)
-    content = run(photo, [starry], init="content", seed=3, iterations=3)
+    a = run(photo, [starry], init="random", seed=3, iterations=2)
+    b = run(photo, [starry], init="random", seed=3, iterations=2)
+    c = run(photo, [starry], init="random", seed=4, iterations=2)
+    content = run(photo, [starry], init="content", seed=3, iterations=2)
     pa, pb, pc = (r.images[0].picture.rgb for r in (a, b, c))
     assert np.array_equal(pa, pb)
     assert not np.array_equal(pa, pc)
