@@ -199,7 +199,7 @@ def test_percent_is_stage_weighted_in_a_real_run(vgg) -> None:
 
 # --- the strength knob ---------------------------------------------------------------------------
 
-FAST = dict(size=48, iterations=10, coarse_to_fine=False, seed=5, device="cpu")
+FAST = dict(size=48, iterations=7, coarse_to_fine=False, seed=5, device="cpu")
 
 
 def _distance(a: Picture, b: Picture) -> float:
@@ -234,7 +234,7 @@ def test_strength_is_monotonic_from_the_photo_to_fully_painted(vgg) -> None:
     distances, losses, preview_distances = [], [], []
     for s in (0.0, 0.25, 0.5, 0.75, 1.0):
         previews = []
-        out = stylize(photo, [StyleInput("glass", style)], Settings(style_strength=s, preview_every=10, **FAST),
+        out = stylize(photo, [StyleInput("glass", style)], Settings(style_strength=s, preview_every=7, **FAST),
                       progress=lambda p: previews.append(p.preview) if p.preview is not None else None)
         picture = out.images[0].picture
         distances.append(_distance(picture, photo))
