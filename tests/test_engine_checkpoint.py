@@ -273,7 +273,7 @@ def test_killed_mid_stage_resumes_exactly_with_the_optimisers_state(tmp_path, ph
 
 
 def test_adam_resumes_exactly_too(tmp_path, photo, starry) -> None:
-    settings = SETTINGS.replace(optimizer="adam", coarse_to_fine=False, size=48, iterations=8)
+    settings = SETTINGS.replace(optimizer="adam", coarse_to_fine=False, size=48, iterations=6)
     full = stylize(photo, styles_of(starry), settings)
     path = tmp_path / "job.npz"
     with pytest.raises(Killed):
