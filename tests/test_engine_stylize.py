@@ -37,8 +37,8 @@ def as_float(picture: Picture) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stylised(photo, starry):
-    """One proper run (96 px photo, working size 96, 12 L-BFGS iterations) shared by several tests."""
-    return run(photo, [starry], size=96, iterations=12)
+    """One proper run (96 px photo, working size 96, 8 L-BFGS iterations) shared by several tests."""
+    return run(photo, [starry], size=96, iterations=8)
 
 
 def test_result_moves_toward_the_style_and_keeps_the_content(stylised, photo, starry, vgg) -> None:
@@ -121,7 +121,7 @@ def test_avg_pooling_changes_the_result(photo, starry) -> None:
 
 def test_adam_lowers_the_loss(photo, starry) -> None:
     losses: list[float] = []
-    run(photo, [starry], optimizer="adam", learning_rate=5.0, iterations=12,
+    run(photo, [starry], optimizer="adam", learning_rate=5.0, iterations=4,
         progress=lambda p: losses.append(p.loss))
     assert losses[-1] < 0.8 * losses[0]
 
