@@ -107,9 +107,10 @@ def gimp() -> Gimp:
     return Gimp(runner=runner, root=Path(root), provision_s=time.monotonic() - t0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def xvfb(gimp: Gimp):
-    """A virtual X display GIMP's plug-ins can open (Xvfb from GIMP's own system); yields DISPLAY."""
+    """A virtual X display GIMP's plug-ins can open (Xvfb from GIMP's own system), one per session (each test's
+    GIMP closes its windows when it quits); yields DISPLAY."""
     if not (gimp.root / "usr" / "bin" / "Xvfb").exists():
         why = "Xvfb is not installed beside GIMP 3 (.ci/gimp3.sh installs it as root): dialog not tested"
         if os.environ.get("STYLEBRIDGE_REQUIRE_GIMP") == "1":
@@ -193,16 +194,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: L-BFGS iterations of the test daemons' faithful previews (``serve --faithful-iterations``): the dialog tests check
+#: that a faithful preview (a real Gatys run, method "gatys") replaces the instant one, not how it looks; at the
+#: default 40 iterations each ticked style cost ~20 s of CPU at 176 px, at 1 about 1 s.
+FAITHFUL_ITERATIONS = 1
+
+
 class Daemon:
     """A real ``stylebridge serve`` on loopback, in its own state folder."""
 
     def __init__(self, home: Path, token: str | None = None, preset: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, faithful_iterations: int | None = FAITHFUL_ITERATIONS) -> None:
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.preset = preset
+        self.faithful_iterations = faithful_iterations
         self.proc: subprocess.Popen | None = None
         self.log_path = home / "daemon.log"
 
@@ -221,6 +229,8 @@ class Daemon:
                                        "--data-dir", str(self.home / "data")]
         if self.preset:
             cmd += ["--preset", self.preset]
+        if self.faithful_iterations:
+            cmd += ["--faithful-iterations", str(self.faithful_iterations)]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.home,
                                      start_new_session=True)
@@ -238,6 +248,14 @@ class Daemon:
                     raise RuntimeError(f"stylebridge serve did not answer in {timeout} s:\n{self.log_text()}")
                 time.sleep(0.2)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the daemon's process has used so far (user + system, from /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
@@ -248,6 +266,7 @@ class Daemon:
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            print(f"daemon on port {self.port}: {self.cpu_seconds():.1f} s CPU")
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
@@ -263,6 +282,44 @@ def daemon(tmp_path: Path):
     d = Daemon(tmp_path / "daemon").start()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="session")
+def _session_daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("gimp-daemon") / "daemon", preset="draft").start()
+    yield d
+    d.stop()
+
+
+def empty_daemon(d: Daemon) -> None:
+    """No job and no library style left on ``d`` (running ones cancelled first)."""
+    client = load_sb_client().Client(d.url, d.token, timeout=30)
+    for job in client.jobs():
+        if job["status"] in ("queued", "running"):
+            client.cancel(job["id"])
+            deadline = time.monotonic() + 60
+            while client.job(job["id"])["status"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        client.delete(job["id"])
+    for style in client.styles():
+        client.remove_style(style["name"])
+    assert client.jobs() == [] and client.styles() == [], "the shared daemon could not be emptied"
+
+
+@pytest.fixture
+def shared_daemon(_session_daemon: Daemon):
+    """The GIMP tests' one real ``stylebridge serve --preset draft`` (a real process on loopback, started once per
+    session: a start costs ~4 s of CPU), handed to each test empty: no library style, no job (one left running is
+    cancelled), so a test sees only what it adds. Its ``--preset draft`` applies to jobs that name no preset (the
+    dialog's Quality "daemon default"); a test that compares with the CLI names its preset. Tests that need a
+    daemon of their own keep one: a token, a daemon that is down, started by the plug-in, or killed."""
+    d = _session_daemon
+    assert d.proc is not None and d.proc.poll() is None, f"the shared daemon died:\n{d.log_text()}"
+    empty_daemon(d)
+    before = d.cpu_seconds()
+    yield d
+    print(f"shared daemon: {d.cpu_seconds() - before:.1f} s CPU in this test")
+    empty_daemon(d)
 
 
 def read_json(path: Path) -> dict:
