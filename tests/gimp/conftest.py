@@ -7,6 +7,7 @@ which makes that a failure.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +322,53 @@ def shared_daemon(_session_daemon: Daemon):
     yield d
     print(f"shared daemon: {d.cpu_seconds() - before:.1f} s CPU in this test")
     empty_daemon(d)
+
+
+@contextlib.contextmanager
+def relay(port: int, target_port: int):
+    """``127.0.0.1:port`` opened onto the daemon at ``target_port`` (a byte relay, both ways, one connection per
+    client connection) until the block ends: "a daemon starts listening on this port" without starting one."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+    server.settimeout(0.1)
+    stop = threading.Event()
+    opened: list[socket.socket] = []
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            opened.extend((client, upstream))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+        for sock in opened:
+            sock.close()
 
 
 def read_json(path: Path) -> dict:

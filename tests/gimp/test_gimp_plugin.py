@@ -4,10 +4,10 @@
    procedure runs non-interactively with a library style and a style file; the image is saved as XCF.
    A second call with an unknown style checks that a daemon error comes back as the daemon's message with the
    image unchanged.
-2. GIMP run 2 reloads the XCF and checks the stack (group, one masked layer per style whose mask is the
-   selection, detail/colour/refine layers, offsets, sizes, parasites) survived the file, then runs the
-   procedure against a daemon that is down (a loopback port where none answers): a clear message, nothing
-   changed.
+2. Then (the same GIMP batch, the image closed) the XCF is loaded again from the file, and the stack (group, one
+   masked layer per style whose mask is the selection, detail/colour/refine layers, offsets, sizes, parasites)
+   must have survived it; the procedure then runs against a daemon that is down (a loopback port where none
+   answers): a clear message, nothing changed.
 3. Cancelling: GIMP kills a plug-in whose progress the user cancels; its watchdog must cancel the job.
 """
 
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json  # noqa: I001
+from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json, relay  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
-TINY = {"size": 64, "iterations": 20, "coarse_to_fine": False, "preview_every": 0}
+TINY = {"size": 64, "iterations": 8, "coarse_to_fine": False, "preview_every": 0}
 
 # Python run inside GIMP (python-fu-eval): helpers to describe an image's layers as JSON.
 HELPERS = r'''
@@ -157,7 +157,7 @@ report["daemon_error_run"] = run_stylebridge(img, photo, **bad)
 report["after_daemon_error"] = describe(img)
 report["images_open"] = len(Gimp.get_images())
 img.delete()
-save_report(report)
+run1 = report
 '''
 
 RUN2 = r'''
@@ -165,12 +165,12 @@ report = {}
 img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["xcf"]))
 report["from_xcf"] = describe(img)
 photo = [l for l in img.get_layers() if l.get_name() == "photo"][0]
-report["down_run"] = run_stylebridge(img, photo, **P["args"])
+report["down_run"] = run_stylebridge(img, photo, **P["args_down"])
 report["after_down"] = describe(img)
 report["old_daemon_run"] = run_stylebridge(img, photo, **dict(P["args"], **{"daemon-url": P["old_url"]}))
 report["after_old_daemon"] = describe(img)
 img.delete()
-save_report(report)
+save_report({"run1": run1, "run2": report})
 '''
 
 RUN_CANCEL = r'''
@@ -256,11 +256,17 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, shared_daemon, sb
     args = {"styles": "starry", "style-files": gimp.inside(gimp_workdir / "the_scream.jpg"),
             "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "selection",
             "daemon-url": daemon.url, "extra-settings": json.dumps(TINY)}
-    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "xcf": gimp.inside(xcf), "args": args}
+    # run 2 (in the same batch): no daemon at its URL; and a daemon of protocol 1 (its health has no "protocol")
+    down_port = free_port()
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "xcf": gimp.inside(xcf), "args": args,
+              "args_down": dict(args, **{"daemon-url": f"http://127.0.0.1:{down_port}"})}
     try:
-        r1, out1, timings["gimp_run1_s"] = batch(gimp, RUN1, gimp_workdir, gimp_profile, params)
+        with old_daemon() as (old_url, requests):
+            params["old_url"] = old_url
+            both, out1, timings["gimp_runs_s"] = batch(gimp, RUN1 + RUN2, gimp_workdir, gimp_profile, params)
     finally:
         daemon_log = daemon.log_text()
+    r1, r2, out2 = both["run1"], both["run2"], out1
     timings["plugin_call_s"] = r1["run"]["seconds"]
     # docs/gimp.md's snippet (run_stylebridge reads index 1 only on failure): no CRITICAL on success
     assert "gimp_value_array_index" not in out1, out1[-3000:]
@@ -332,11 +338,6 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, shared_daemon, sb
 
     # --- run 2 (no daemon at its URL): the XCF kept everything; a clear message, nothing changed ----
     # ... and a daemon of protocol 1 (its health has no "protocol"): told to upgrade it, nothing sent
-    down_port = free_port()
-    params["args"] = dict(args, **{"daemon-url": f"http://127.0.0.1:{down_port}"})
-    with old_daemon() as (old_url, requests):
-        params["old_url"] = old_url
-        r2, out2, timings["gimp_run2_s"] = batch(gimp, RUN2, gimp_workdir, gimp_profile, params)
     old = r2["old_daemon_run"]
     assert old["status"] == "execution-error", old
     assert "speaks protocol 1" in old["error"] and "pip install -U stylebridge" in old["error"], old["error"]
@@ -647,7 +648,8 @@ save_report(report)
 @contextlib.contextmanager
 def recorded_stylebridge(gimp, profile, workdir):
     """The install record (sb_install.json) names a stand-in for ``stylebridge`` that GIMP's root can run: it
-    writes its arguments to ``serve-request`` and waits for ``serve-up``; the test starts the real daemon."""
+    writes its arguments to ``serve-request`` and waits for ``serve-up``; the test then opens that port onto a
+    real daemon."""
     fake = workdir / "fake-stylebridge"
     fake.write_text("#!/bin/sh\n"
                     f'echo "$@" > {gimp.inside(workdir / "serve-request")}\n'
@@ -664,12 +666,12 @@ def recorded_stylebridge(gimp, profile, workdir):
         record.write_bytes(saved)
 
 
-def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
+def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, shared_daemon):
     """No daemon answers on this machine: the plug-in starts the stylebridge gimp-install recorded
-    (``serve --host --port`` of its URL), waits until /v1/health answers, then runs the job."""
+    (``serve --host --port`` of its URL), waits until /v1/health answers, then runs the job.
+    (The stand-in for ``stylebridge serve`` is answered by opening that port onto the shared real daemon.)"""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     port = free_port()
-    daemon = None
     with recorded_stylebridge(gimp, gimp_profile, gimp_workdir) as (request, up):
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"),
@@ -698,15 +700,13 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
             time.sleep(0.3)
             assert request.read_text().split() == ["serve", "--host", "127.0.0.1", "--port", str(port),
                                                    "--idle-exit", "1200"]      # it stops when idle
-            daemon = Daemon(tmp_path / "daemon", port=port).start()
-            up.touch()
-            out, _ = proc.communicate(timeout=240)
+            with relay(port, shared_daemon.port):           # the daemon "started" there answers
+                up.touch()
+                out, _ = proc.communicate(timeout=240)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            if daemon is not None:
-                daemon.stop()
     assert report_path.exists(), out[-5000:]
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-4000:])
