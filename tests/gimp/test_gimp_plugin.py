@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json, relay  # noqa: I001
+from .conftest import GIMP_BATCH, SAMPLES, Daemon, forget_last_values, free_port, read_json, relay  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
@@ -586,8 +586,7 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, shared_daemon, sb_cl
         script = gimp_workdir / "cancel.py"
         script.write_text(code)
         with open(script) as stdin:
-            gimp_proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
-                                          "--quit"], stdin=stdin, stdout=subprocess.PIPE,
+            gimp_proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, env=env)
 
         plugin_marker = gimp.inside(gimp_profile / "plug-ins" / "stylebridge" / "stylebridge.py")
@@ -690,9 +689,8 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, shared_daemo
                "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
         try:
             with open(script) as stdin:
-                proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
-                                         "--quit"], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env)
+                proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env)
             deadline = time.monotonic() + 120
             while not request.exists() and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.2)
@@ -974,8 +972,7 @@ def test_preview_layer_gone_after_an_error(gimp, gimp_workdir, gimp_profile, tmp
                "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
                "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)}
         with open(script) as stdin:
-            gimp_proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
-                                          "--quit"], stdin=stdin, stdout=subprocess.PIPE,
+            gimp_proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, env=env)
         deadline = time.monotonic() + 180
         while not hook.exists() and time.monotonic() < deadline:          # the preview layer is on the canvas
