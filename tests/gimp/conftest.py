@@ -67,7 +67,7 @@ def stylebridge_command() -> list[str]:
 # GIMP
 # ------------------------------------------------------------------------------------------------
 
-#: How the tests start GIMP 3: headless (-i), no new instance check (-n), and no brushes, gradients or patterns
+#: How the tests start GIMP 3: headless (-i), a new instance (-n), and no brushes, gradients or patterns
 #: loaded (-d: nothing here paints with them; ~0.3 s of CPU each start); the Python given on stdin runs in the
 #: python-fu-eval batch interpreter, then GIMP quits.
 GIMP_BATCH = ["-i", "-n", "-d", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"]
