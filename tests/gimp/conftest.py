@@ -115,10 +115,10 @@ def gimp() -> Gimp:
     return Gimp(runner=runner, root=Path(root), provision_s=time.monotonic() - t0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def xvfb(gimp: Gimp):
-    """A virtual X display GIMP's plug-ins can open (Xvfb from GIMP's own system), one per session (each test's
-    GIMP closes its windows when it quits); yields DISPLAY."""
+    """A virtual X display GIMP's plug-ins can open (Xvfb from GIMP's own system), one for tests/gimp (each
+    test's GIMP closes its windows when it quits); yields DISPLAY."""
     if not (gimp.root / "usr" / "bin" / "Xvfb").exists():
         why = "Xvfb is not installed beside GIMP 3 (.ci/gimp3.sh installs it as root): dialog not tested"
         if os.environ.get("STYLEBRIDGE_REQUIRE_GIMP") == "1":
@@ -316,8 +316,8 @@ def daemon(tmp_path: Path):
     d.stop()
 
 
-@pytest.fixture(scope="session")
-def _session_daemon(tmp_path_factory):
+@pytest.fixture(scope="package")       # stopped after tests/gimp, not kept idle for the rest of the suite
+def _package_daemon(tmp_path_factory):
     d = Daemon(tmp_path_factory.mktemp("gimp-daemon") / "daemon", preset="draft").start()
     yield d
     d.stop()
@@ -339,13 +339,13 @@ def empty_daemon(d: Daemon) -> None:
 
 
 @pytest.fixture
-def shared_daemon(_session_daemon: Daemon):
-    """The GIMP tests' one real ``stylebridge serve --preset draft`` (a real process on loopback, started once per
-    session: a start costs ~4 s of CPU), handed to each test empty: no library style, no job (one left running is
+def shared_daemon(_package_daemon: Daemon):
+    """The GIMP tests' one real ``stylebridge serve --preset draft`` (a real process on loopback, started once for
+    tests/gimp: a start costs ~4 s of CPU), handed to each test empty: no library style, no job (one left running is
     cancelled), so a test sees only what it adds. Its ``--preset draft`` applies to jobs that name no preset (the
     dialog's Quality "daemon default"); a test that compares with the CLI names its preset. Tests that need a
     daemon of their own keep one: a token, a daemon that is down, started by the plug-in, or killed."""
-    d = _session_daemon
+    d = _package_daemon
     assert d.proc is not None and d.proc.poll() is None, f"the shared daemon died:\n{d.log_text()}"
     empty_daemon(d)
     before = d.cpu_seconds()
