@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..preview.faithful import faithful_preview
 from ..settings_parse import settings_from_mapping
 from .context import Daemon, DaemonConfig
 from .jobqueue import JobManager
@@ -57,7 +59,9 @@ def create_app(config: DaemonConfig, runner: Runner = run_engine, preview_servic
                            memory_budget=config.limits.memory_budget, checkpoint_s=config.checkpoint_s,
                            fixed={"device": config.resolved_device, "weights": config.weights},
                            slots=getattr(runner, "slots", None), workers=getattr(runner, "max_parallel", 1)),
-        previews=preview_service or PreviewService(threads=preview_threads(config.resolved_device)))
+        previews=preview_service or PreviewService(threads=preview_threads(config.resolved_device),
+                                                   faithful=partial(faithful_preview,
+                                                                    iterations=config.faithful_iterations)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..settings import DEFAULTS, LIMITS, PRESETS, SERVICE, Settings
+from ..settings import DEFAULTS, LIMITS, PRESETS, PREVIEW, SERVICE, Settings
 from ..protocol import URL_ENV
 from .security import TOKEN_ENV, StartupError, check_bind, check_token, token_from_env
 
@@ -63,6 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             f"(default {LIMITS.max_queued_jobs})")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                        help="another Host name clients may use (besides loopback names and the bind address)")
+    serve.add_argument("--faithful-iterations", type=int, default=PREVIEW.faithful_iterations, metavar="N",
+                       help=f"L-BFGS iterations of a faithful preview (the GIMP dialog's small real run per style): "
+                            f"fewer answer sooner and look rougher, e.g. on a slow CPU "
+                            f"(default {PREVIEW.faithful_iterations})")
     serve.add_argument("--png-level", type=int, default=None, choices=range(10), metavar="0-9",
                        help="zlib level of the layer PNGs (default: per layer, stored for photo-like layers and "
                             "level 1 for masks and empty layers: fastest on loopback; 1-9 for slow networks)")
@@ -122,6 +126,7 @@ def _check_options(args: argparse.Namespace) -> None:
         (args.memory_budget_mb < 0, "--memory-budget-mb must be >= 0"),
         (args.max_job_memory_mb is not None and args.max_job_memory_mb < 1, "--max-job-memory-mb must be >= 1"),
         (not args.idle_exit >= 0, "--idle-exit must be >= 0 seconds (0 = never)"),
+        (args.faithful_iterations < 1, "--faithful-iterations must be >= 1"),
     )
     for wrong, message in problems:
         if wrong:
@@ -199,7 +204,8 @@ def _config(args: argparse.Namespace, data_dir: Path, port: int, token: str | No
         data_dir=data_dir, host=args.host, port=port, token=token, resolved_device=str(device),
         weights=args.weights, weights_path=weights_path, preset=args.preset,
         retention_s=args.keep_results * 60.0, checkpoint_s=args.checkpoint_seconds, limits=limits,
-        extra_hosts=tuple(args.allow_host), png_level=args.png_level)
+        extra_hosts=tuple(args.allow_host), png_level=args.png_level,
+        faithful_iterations=args.faithful_iterations)
 
 
 def serve_command(args: argparse.Namespace) -> int:

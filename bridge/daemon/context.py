@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from ..settings import DEFAULTS, LIMITS, SERVICE, Limits, Settings
+from ..settings import DEFAULTS, LIMITS, PREVIEW, SERVICE, Limits, Settings
 from .jobqueue import JobManager
 from .library import StyleLibrary
 from .results import JobResult
@@ -45,6 +45,8 @@ class DaemonConfig:
     limits: Limits = field(default_factory=lambda: LIMITS)
     extra_hosts: tuple[str, ...] = ()
     png_level: int | None = None           # zlib level of layer PNGs; None = per layer (0 or 1)
+    # L-BFGS iterations of one faithful preview (POST /v1/previews method "faithful"; serve --faithful-iterations)
+    faithful_iterations: int = PREVIEW.faithful_iterations
 
     @property
     def url(self) -> str:

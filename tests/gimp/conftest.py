@@ -7,6 +7,7 @@ which makes that a failure.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +67,12 @@ def stylebridge_command() -> list[str]:
 # GIMP
 # ------------------------------------------------------------------------------------------------
 
+#: How the tests start GIMP 3: headless (-i), a new instance (-n), and no brushes, gradients or patterns
+#: loaded (-d: nothing here paints with them; ~0.3 s of CPU each start); the Python given on stdin runs in the
+#: python-fu-eval batch interpreter, then GIMP quits.
+GIMP_BATCH = ["-i", "-n", "-d", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"]
+
+
 @dataclass
 class Gimp:
     runner: str          # runs gimp-console-3.0 (natively or chrooted)
@@ -84,7 +92,7 @@ class Gimp:
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": self.inside(workdir),
                     "GIMP3_DIRECTORY": self.inside(profile), "HOME": self.inside(home)}
         full_env.update(env or {})
-        return subprocess.run([self.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"],
+        return subprocess.run([self.runner, *GIMP_BATCH],
                               input=script, text=True, capture_output=True, timeout=timeout, env=full_env)
 
 
@@ -107,9 +115,10 @@ def gimp() -> Gimp:
     return Gimp(runner=runner, root=Path(root), provision_s=time.monotonic() - t0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="package")
 def xvfb(gimp: Gimp):
-    """A virtual X display GIMP's plug-ins can open (Xvfb from GIMP's own system); yields DISPLAY."""
+    """A virtual X display GIMP's plug-ins can open (Xvfb from GIMP's own system), one for tests/gimp (each
+    test's GIMP closes its windows when it quits); yields DISPLAY."""
     if not (gimp.root / "usr" / "bin" / "Xvfb").exists():
         why = "Xvfb is not installed beside GIMP 3 (.ci/gimp3.sh installs it as root): dialog not tested"
         if os.environ.get("STYLEBRIDGE_REQUIRE_GIMP") == "1":
@@ -159,9 +168,33 @@ def gimp_workdir(gimp: Gimp):
 @pytest.fixture(scope="session")
 def gimp_profile(gimp: Gimp) -> Path:
     """A fresh GIMP 3 profile (one per test session: GIMP's first start in a profile queries every plug-in)
-    with the plug-in installed by ``stylebridge gimp-install``."""
+    with the plug-in installed by ``stylebridge gimp-install``, and of GIMP's own plug-ins only those the tests
+    use (:func:`_only_plug_ins_used`)."""
     for base in _scratch(gimp, "stylebridge-gimp-profile-"):
-        yield _install_profile(base / "profile")
+        profile = _install_profile(base / "profile")
+        _only_plug_ins_used(gimp, profile)
+        yield profile
+
+
+#: GIMP's own plug-ins the tests use: the batch interpreter, and the loaders of the photos (JPEG) and of the
+#: daemon's layers (PNG). XCF is GIMP's core.
+SYSTEM_PLUG_INS = ("python-eval", "file-jpeg", "file-png")
+
+
+def _only_plug_ins_used(gimp: Gimp, profile: Path) -> None:
+    """The profile's plug-in path: its own plug-ins (stylebridge) and links to :data:`SYSTEM_PLUG_INS`, instead of
+    GIMP's ~120: a profile's first start queries each one (~4 s of CPU) and every start registers them all
+    (~0.2 s). Where GIMP's plug-in folder is not found the profile keeps GIMP's default path."""
+    found = sorted(gimp.root.glob("usr/lib/*/gimp/3.0/plug-ins"))
+    if not found:
+        return
+    links = profile / "system-plug-ins"
+    links.mkdir()
+    for name in SYSTEM_PLUG_INS:
+        assert (found[0] / name).is_dir(), f"GIMP 3 has no {name} plug-in in {found[0]}"
+        (links / name).symlink_to(gimp.inside(found[0] / name))
+    with open(profile / "gimprc", "a") as fh:
+        fh.write('(plug-in-path "${gimp_dir}/plug-ins:${gimp_dir}/system-plug-ins")\n')
 
 
 def forget_last_values(profile: Path) -> None:
@@ -193,16 +226,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: L-BFGS iterations of the test daemons' faithful previews (``serve --faithful-iterations``): the dialog tests check
+#: that a faithful preview (a real Gatys run, method "gatys") replaces the instant one, not how it looks; at the
+#: default 40 iterations each ticked style cost ~20 s of CPU at 176 px, at 1 about 1 s.
+FAITHFUL_ITERATIONS = 1
+
+
 class Daemon:
     """A real ``stylebridge serve`` on loopback, in its own state folder."""
 
     def __init__(self, home: Path, token: str | None = None, preset: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, faithful_iterations: int | None = FAITHFUL_ITERATIONS) -> None:
         self.home = home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token
         self.preset = preset
+        self.faithful_iterations = faithful_iterations
         self.proc: subprocess.Popen | None = None
         self.log_path = home / "daemon.log"
 
@@ -221,6 +261,8 @@ class Daemon:
                                        "--data-dir", str(self.home / "data")]
         if self.preset:
             cmd += ["--preset", self.preset]
+        if self.faithful_iterations:
+            cmd += ["--faithful-iterations", str(self.faithful_iterations)]
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.home,
                                      start_new_session=True)
@@ -238,6 +280,14 @@ class Daemon:
                     raise RuntimeError(f"stylebridge serve did not answer in {timeout} s:\n{self.log_text()}")
                 time.sleep(0.2)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the daemon's process has used so far (user + system, from /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]
@@ -248,6 +298,7 @@ class Daemon:
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            print(f"daemon on port {self.port}: {self.cpu_seconds():.1f} s CPU")
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
@@ -263,6 +314,91 @@ def daemon(tmp_path: Path):
     d = Daemon(tmp_path / "daemon").start()
     yield d
     d.stop()
+
+
+@pytest.fixture(scope="package")       # stopped after tests/gimp, not kept idle for the rest of the suite
+def _package_daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("gimp-daemon") / "daemon", preset="draft").start()
+    yield d
+    d.stop()
+
+
+def empty_daemon(d: Daemon) -> None:
+    """No job and no library style left on ``d`` (running ones cancelled first)."""
+    client = load_sb_client().Client(d.url, d.token, timeout=30)
+    for job in client.jobs():
+        if job["status"] in ("queued", "running"):
+            client.cancel(job["id"])
+            deadline = time.monotonic() + 60
+            while client.job(job["id"])["status"] in ("queued", "running") and time.monotonic() < deadline:
+                time.sleep(0.1)
+        client.delete(job["id"])
+    for style in client.styles():
+        client.remove_style(style["name"])
+    assert client.jobs() == [] and client.styles() == [], "the shared daemon could not be emptied"
+
+
+@pytest.fixture
+def shared_daemon(_package_daemon: Daemon):
+    """The GIMP tests' one real ``stylebridge serve --preset draft`` (a real process on loopback, started once for
+    tests/gimp: a start costs ~4 s of CPU), handed to each test empty: no library style, no job (one left running is
+    cancelled), so a test sees only what it adds. Its ``--preset draft`` applies to jobs that name no preset (the
+    dialog's Quality "daemon default"); a test that compares with the CLI names its preset. Tests that need a
+    daemon of their own keep one: a token, a daemon that is down, started by the plug-in, or killed."""
+    d = _package_daemon
+    assert d.proc is not None and d.proc.poll() is None, f"the shared daemon died:\n{d.log_text()}"
+    empty_daemon(d)
+    before = d.cpu_seconds()
+    yield d
+    print(f"shared daemon: {d.cpu_seconds() - before:.1f} s CPU in this test")
+    empty_daemon(d)
+
+
+@contextlib.contextmanager
+def relay(port: int, target_port: int):
+    """``127.0.0.1:port`` opened onto the daemon at ``target_port`` (a byte relay, both ways, one connection per
+    client connection) until the block ends: "a daemon starts listening on this port" without starting one."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+    server.settimeout(0.1)
+    stop = threading.Event()
+    opened: list[socket.socket] = []
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            opened.extend((client, upstream))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+        for sock in opened:
+            sock.close()
 
 
 def read_json(path: Path) -> dict:

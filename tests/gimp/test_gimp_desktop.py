@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, forget_last_values, read_json
+from .conftest import SAMPLES, forget_last_values, read_json
 from .test_gimp_plugin import HELPERS, by_role
 
 pytestmark = pytest.mark.gimp
@@ -41,32 +41,29 @@ save_report(report)
 '''
 
 
-def test_dialog_fits_with_12_styles_and_works_on_a_mask(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path,
+def test_dialog_fits_with_12_styles_and_works_on_a_mask(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon,
                                                          sb_client):
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
+    daemon = shared_daemon
     paintings = ["starry_night", "the_scream", "shipwreck"]
-    try:
-        client = sb_client.Client(daemon.url)
-        for i in range(12):
-            client.add_style(SAMPLES[paintings[i % 3]], f"{paintings[i % 3]}_{i:02d}")
-        hook = gimp_workdir / "dialog.json"
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
-                  "args": {"daemon-url": daemon.url,
-                           "extra-settings": json.dumps({"size": 32, "iterations": 2, "coarse_to_fine": False})}}
-        params_path = gimp_workdir / "params-mask.json"
-        report_path = gimp_workdir / "params-mask-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_ON_MASK
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok1"})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    finally:
-        daemon.stop()
+    client = sb_client.Client(daemon.url)
+    for i in range(12):
+        client.add_style(SAMPLES[paintings[i % 3]], f"{paintings[i % 3]}_{i:02d}")
+    hook = gimp_workdir / "dialog.json"
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+              "args": {"daemon-url": daemon.url,
+                       "extra-settings": json.dumps({"size": 32, "iterations": 2, "coarse_to_fine": False})}}
+    params_path = gimp_workdir / "params-mask.json"
+    report_path = gimp_workdir / "params-mask-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    forget_last_values(gimp_profile)
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_ON_MASK
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     look = json.loads(hook.read_text().splitlines()[0])
     assert len(look["library"]) == 12 and look["library_error"] is None, look
     geo = look["geometry"]
@@ -112,30 +109,27 @@ def _top(tree):
     return [(d["name"], (d["parasite"] or {}).get("job")) for d in tree if d["depth"] == 0]
 
 
-def test_rerun_lands_on_top(gimp, gimp_workdir, gimp_profile, tmp_path):
+def test_rerun_lands_on_top(gimp, gimp_workdir, gimp_profile, shared_daemon):
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     shutil.copy(SAMPLES["starry_night"], gimp_workdir / "style.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        hook = gimp_workdir / "previews.jsonl"
-        tiny = {"size": 32, "iterations": 2, "coarse_to_fine": False}
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "mark": gimp.inside(gimp_workdir / "mark"),
-                  "args": {"style-files": gimp.inside(gimp_workdir / "style.jpg"), "daemon-url": daemon.url,
-                           "extra-settings": json.dumps(tiny)},
-                  "args2": {"style-files": gimp.inside(gimp_workdir / "style.jpg"), "daemon-url": daemon.url,
-                            "extra-settings": json.dumps({"size": 48, "iterations": 80, "coarse_to_fine": False,
-                                                          "preview_every": 5})}}
-        params_path = gimp_workdir / "params-rerun.json"
-        report_path = gimp_workdir / "params-rerun-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_RERUN
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=300,
-                          env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    finally:
-        daemon.stop()
+    daemon = shared_daemon
+    hook = gimp_workdir / "previews.jsonl"
+    tiny = {"size": 32, "iterations": 2, "coarse_to_fine": False}
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "mark": gimp.inside(gimp_workdir / "mark"),
+              "args": {"style-files": gimp.inside(gimp_workdir / "style.jpg"), "daemon-url": daemon.url,
+                       "extra-settings": json.dumps(tiny)},
+              "args2": {"style-files": gimp.inside(gimp_workdir / "style.jpg"), "daemon-url": daemon.url,
+                        "extra-settings": json.dumps({"size": 48, "iterations": 30, "coarse_to_fine": False,
+                                                      "preview_every": 2})}}
+    params_path = gimp_workdir / "params-rerun.json"
+    report_path = gimp_workdir / "params-rerun-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_RERUN
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=300,
+                      env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     report = read_json(report_path)
     for run in ("first", "second", "replace", "add"):
         assert report[run]["status"] == "success", (run, report[run], out[-3000:])

@@ -4,9 +4,10 @@
    procedure runs non-interactively with a library style and a style file; the image is saved as XCF.
    A second call with an unknown style checks that a daemon error comes back as the daemon's message with the
    image unchanged.
-2. The daemon is stopped. GIMP run 2 reloads the XCF and checks the stack (group, one masked layer per style
-   whose mask is the selection, detail/colour/refine layers, offsets, sizes, parasites) survived the file,
-   then runs the procedure against the stopped daemon: a clear message, nothing changed.
+2. Then (the same GIMP batch, the image closed) the XCF is loaded again from the file, and the stack (group, one
+   masked layer per style whose mask is the selection, detail/colour/refine layers, offsets, sizes, parasites)
+   must have survived it; the procedure then runs against a daemon that is down (a loopback port where none
+   answers): a clear message, nothing changed.
 3. Cancelling: GIMP kills a plug-in whose progress the user cancels; its watchdog must cancel the job.
 """
 
@@ -26,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json  # noqa: I001
+from .conftest import GIMP_BATCH, SAMPLES, Daemon, forget_last_values, free_port, read_json, relay  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
-TINY = {"size": 64, "iterations": 20, "coarse_to_fine": False, "preview_every": 0}
+TINY = {"size": 64, "iterations": 8, "coarse_to_fine": False, "preview_every": 0}
 
 # Python run inside GIMP (python-fu-eval): helpers to describe an image's layers as JSON.
 HELPERS = r'''
@@ -156,7 +157,7 @@ report["daemon_error_run"] = run_stylebridge(img, photo, **bad)
 report["after_daemon_error"] = describe(img)
 report["images_open"] = len(Gimp.get_images())
 img.delete()
-save_report(report)
+run1 = report
 '''
 
 RUN2 = r'''
@@ -164,12 +165,12 @@ report = {}
 img = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(P["xcf"]))
 report["from_xcf"] = describe(img)
 photo = [l for l in img.get_layers() if l.get_name() == "photo"][0]
-report["down_run"] = run_stylebridge(img, photo, **P["args"])
+report["down_run"] = run_stylebridge(img, photo, **P["args_down"])
 report["after_down"] = describe(img)
 report["old_daemon_run"] = run_stylebridge(img, photo, **dict(P["args"], **{"daemon-url": P["old_url"]}))
 report["after_old_daemon"] = describe(img)
 img.delete()
-save_report(report)
+save_report({"run1": run1, "run2": report})
 '''
 
 RUN_CANCEL = r'''
@@ -242,27 +243,30 @@ def tree_diff(a, b):
             for x, y in zip(a, b) for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
 
 
-def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, shared_daemon, sb_client):
     timings = {"provision_s": round(gimp.provision_s, 1)}
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     shutil.copy(SAMPLES["the_scream"], gimp_workdir / "the_scream.jpg")
     xcf = gimp_workdir / "out.xcf"
 
-    t0 = time.monotonic()
-    daemon = Daemon(tmp_path / "daemon").start()
-    timings["daemon_start_s"] = round(time.monotonic() - t0, 1)
+    daemon = shared_daemon
+    client = sb_client.Client(daemon.url)
+    client.add_style(SAMPLES["starry_night"], "starry")
+    assert "starry" in [s["name"] for s in client.styles()]
+    args = {"styles": "starry", "style-files": gimp.inside(gimp_workdir / "the_scream.jpg"),
+            "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "selection",
+            "daemon-url": daemon.url, "extra-settings": json.dumps(TINY)}
+    # run 2 (in the same batch): no daemon at its URL; and a daemon of protocol 1 (its health has no "protocol")
+    down_port = free_port()
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "xcf": gimp.inside(xcf), "args": args,
+              "args_down": dict(args, **{"daemon-url": f"http://127.0.0.1:{down_port}"})}
     try:
-        client = sb_client.Client(daemon.url)
-        client.add_style(SAMPLES["starry_night"], "starry")
-        assert "starry" in [s["name"] for s in client.styles()]
-        args = {"styles": "starry", "style-files": gimp.inside(gimp_workdir / "the_scream.jpg"),
-                "preset": "draft", "preserve-colors": False, "style-strength": 1.0, "mask-mode": "selection",
-                "daemon-url": daemon.url, "extra-settings": json.dumps(TINY)}
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "xcf": gimp.inside(xcf), "args": args}
-        r1, out1, timings["gimp_run1_s"] = batch(gimp, RUN1, gimp_workdir, gimp_profile, params)
+        with old_daemon() as (old_url, requests):
+            params["old_url"] = old_url
+            both, out1, timings["gimp_runs_s"] = batch(gimp, RUN1 + RUN2, gimp_workdir, gimp_profile, params)
     finally:
         daemon_log = daemon.log_text()
-        daemon.stop()
+    r1, r2, out2 = both["run1"], both["run2"], out1
     timings["plugin_call_s"] = r1["run"]["seconds"]
     # docs/gimp.md's snippet (run_stylebridge reads index 1 only on failure): no CRITICAL on success
     assert "gimp_value_array_index" not in out1, out1[-3000:]
@@ -332,11 +336,8 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     assert not tree_diff(r1["after_daemon_error"], after), "a daemon error must leave the image unchanged"
     assert r1["images_open"] == 1, "the plug-in left an image behind"
 
-    # --- run 2 (daemon stopped): the XCF kept everything; a clear message, nothing changed --------
+    # --- run 2 (no daemon at its URL): the XCF kept everything; a clear message, nothing changed ----
     # ... and a daemon of protocol 1 (its health has no "protocol"): told to upgrade it, nothing sent
-    with old_daemon() as (old_url, requests):
-        params["old_url"] = old_url
-        r2, out2, timings["gimp_run2_s"] = batch(gimp, RUN2, gimp_workdir, gimp_profile, params)
     old = r2["old_daemon_run"]
     assert old["status"] == "execution-error", old
     assert "speaks protocol 1" in old["error"] and "pip install -U stylebridge" in old["error"], old["error"]
@@ -348,11 +349,11 @@ def test_stylebridge_in_gimp(gimp, gimp_workdir, gimp_profile, tmp_path, sb_clie
     diff = [line for line in tree_diff(r2["from_xcf"], after) if not line.split(":")[0].endswith(selection_keys)]
     assert not diff, diff
     down = r2["down_run"]
-    expected = f"Stylebridge daemon not reachable at {daemon.url}. Start it with: stylebridge serve"
+    expected = f"Stylebridge daemon not reachable at http://127.0.0.1:{down_port}. Start it with: stylebridge serve"
     assert down["status"] == "execution-error", down
     # gimp-install recorded this machine's stylebridge, which GIMP's root cannot run: said, with what to do
     assert down["error"].startswith(expected + " (the plug-in tried to start it with `"), down["error"]
-    assert f"serve --host 127.0.0.1 --port {daemon.port} --idle-exit 1200`: No such file or directory)." \
+    assert f"serve --host 127.0.0.1 --port {down_port} --idle-exit 1200`: No such file or directory)." \
         in down["error"]
     assert down["error"] in out2, "the message must be shown (Gimp.message)"
     assert not tree_diff(r2["after_down"], r2["from_xcf"]), "the image must not change"
@@ -386,31 +387,28 @@ save_report(report)
 '''
 
 
-def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon, sb_client):
     """The interactive path: the GimpUi dialog lists the daemon's library; OK runs the job."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon", preset="draft").start()
-    try:
-        client = sb_client.Client(daemon.url)
-        for name in ("starry_night", "the_scream"):
-            client.add_style(SAMPLES[name], name)
-        hook = gimp_workdir / "dialog.json"
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
-                  "args": {"daemon-url": daemon.url,
-                           "extra-settings": json.dumps(dict(TINY, iterations=3))}}
-        params_path = gimp_workdir / "params-dialog.json"
-        report_path = gimp_workdir / "params-dialog-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "tick,ok,cancel"})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    finally:
-        daemon.stop()
+    daemon = shared_daemon                  # started with --preset draft
+    client = sb_client.Client(daemon.url)
+    for name in ("starry_night", "the_scream"):
+        client.add_style(SAMPLES[name], name)
+    hook = gimp_workdir / "dialog.json"
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+              "args": {"daemon-url": daemon.url,
+                       "extra-settings": json.dumps(dict(TINY, iterations=3))}}
+    params_path = gimp_workdir / "params-dialog.json"
+    report_path = gimp_workdir / "params-dialog-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    forget_last_values(gimp_profile)
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
+                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "tick,ok,cancel"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     dialog, ticked, again = [json.loads(line) for line in hook.read_text().splitlines()]
     # previews: the photo in each style appears under its check box as it is ticked (POST /v1/previews)
     assert dialog["previews_shown"] == [] and dialog["checked"] == []
@@ -528,17 +526,13 @@ save_report(report)
 '''
 
 
-def test_precisions_and_grayscale(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_precisions_and_grayscale(gimp, gimp_workdir, gimp_profile, shared_daemon):
     """16-bit and float images travel as 16-bit PNG (masks come back 16-bit), grayscale images work too."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
-                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
-                           "mask-mode": "selection", "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
-        report, out, _ = batch(gimp, RUN_PRECISIONS, gimp_workdir, gimp_profile, params)
-    finally:
-        daemon.stop()
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+              "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": shared_daemon.url,
+                       "mask-mode": "selection", "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+    report, out, _ = batch(gimp, RUN_PRECISIONS, gimp_workdir, gimp_profile, params)
     for key, expected in (("u16", ("u16-non-linear", "rgb")), ("gray8", ("u8-non-linear", "gray")),
                           ("float", ("float-linear", "rgb"))):
         r = report[key]
@@ -564,15 +558,15 @@ def _find_pids(pattern: str) -> list[int]:
     return pids
 
 
-def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, shared_daemon, sb_client):
     """GIMP kills a plug-in whose progress bar is cancelled: the job must be cancelled on the daemon."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
+    daemon = shared_daemon
     gimp_proc = None
     try:
         client = sb_client.Client(daemon.url)
         client.add_style(SAMPLES["starry_night"], "starry")
-        long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False}
+        long_run = {"size": 48, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"styles": "starry", "preset": "draft", "daemon-url": daemon.url,
                            "extra-settings": json.dumps(long_run)},
@@ -592,8 +586,7 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         script = gimp_workdir / "cancel.py"
         script.write_text(code)
         with open(script) as stdin:
-            gimp_proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
-                                          "--quit"], stdin=stdin, stdout=subprocess.PIPE,
+            gimp_proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, env=env)
 
         plugin_marker = gimp.inside(gimp_profile / "plug-ins" / "stylebridge" / "stylebridge.py")
@@ -639,7 +632,6 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client)
         if gimp_proc is not None and gimp_proc.poll() is None:
             gimp_proc.kill()
             gimp_proc.wait()
-        daemon.stop()
 
 
 RUN_START = r"""
@@ -655,7 +647,8 @@ save_report(report)
 @contextlib.contextmanager
 def recorded_stylebridge(gimp, profile, workdir):
     """The install record (sb_install.json) names a stand-in for ``stylebridge`` that GIMP's root can run: it
-    writes its arguments to ``serve-request`` and waits for ``serve-up``; the test starts the real daemon."""
+    writes its arguments to ``serve-request`` and waits for ``serve-up``; the test then opens that port onto a
+    real daemon."""
     fake = workdir / "fake-stylebridge"
     fake.write_text("#!/bin/sh\n"
                     f'echo "$@" > {gimp.inside(workdir / "serve-request")}\n'
@@ -672,12 +665,12 @@ def recorded_stylebridge(gimp, profile, workdir):
         record.write_bytes(saved)
 
 
-def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
+def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, shared_daemon):
     """No daemon answers on this machine: the plug-in starts the stylebridge gimp-install recorded
-    (``serve --host --port`` of its URL), waits until /v1/health answers, then runs the job."""
+    (``serve --host --port`` of its URL), waits until /v1/health answers, then runs the job.
+    (The stand-in for ``stylebridge serve`` is answered by opening that port onto the shared real daemon.)"""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
     port = free_port()
-    daemon = None
     with recorded_stylebridge(gimp, gimp_profile, gimp_workdir) as (request, up):
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"),
@@ -696,9 +689,8 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
                "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
         try:
             with open(script) as stdin:
-                proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
-                                         "--quit"], stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=env)
+                proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, env=env)
             deadline = time.monotonic() + 120
             while not request.exists() and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.2)
@@ -706,45 +698,40 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, tmp_path):
             time.sleep(0.3)
             assert request.read_text().split() == ["serve", "--host", "127.0.0.1", "--port", str(port),
                                                    "--idle-exit", "1200"]      # it stops when idle
-            daemon = Daemon(tmp_path / "daemon", port=port).start()
-            up.touch()
-            out, _ = proc.communicate(timeout=240)
+            with relay(port, shared_daemon.port):           # the daemon "started" there answers
+                up.touch()
+                out, _ = proc.communicate(timeout=240)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            if daemon is not None:
-                daemon.stop()
     assert report_path.exists(), out[-5000:]
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-4000:])
     assert len(by_role(report["after"], "style")) == 1
 
 
-def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon, sb_client):
     """No daemon (and none that can be started): the dialog says so with a Retry button, OK insensitive and the
     connection settings open; typing another URL reloads the library and makes OK usable."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
+    daemon = shared_daemon
     down_url = f"http://127.0.0.1:{free_port()}"
-    try:
-        sb_client.Client(daemon.url).add_style(SAMPLES["starry_night"], "starry")
-        hook = gimp_workdir / "dialog-down.json"
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "args": {"daemon-url": down_url}}
-        params_path = gimp_workdir / "params-down.json"
-        report_path = gimp_workdir / "params-down-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "seturl,cancel",
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_URL": daemon.url})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    finally:
-        daemon.stop()
+    sb_client.Client(daemon.url).add_style(SAMPLES["starry_night"], "starry")
+    hook = gimp_workdir / "dialog-down.json"
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "args": {"daemon-url": down_url}}
+    params_path = gimp_workdir / "params-down.json"
+    report_path = gimp_workdir / "params-down-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    forget_last_values(gimp_profile)
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
+                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "seturl,cancel",
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_URL": daemon.url})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     down, fixed = [json.loads(line) for line in hook.read_text().splitlines()]
     assert down["state"] == "down" and not down["ok_sensitive"] and down["retry_visible"], down
     assert down["connection_expanded"] and down["library"] == []
@@ -777,7 +764,7 @@ save_report(report)
 """
 
 
-def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon, sb_client):
     """From the dialog: add images to the daemon's library (ticked at once), remove one, add style files for
     the job, each shown with a quick preview of the photo in its style (a file that cannot be read shows why);
     thumbnails have one height, so the check boxes line up; OK runs with all of it."""
@@ -786,34 +773,31 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, 
     shutil.copy(SAMPLES["the_scream"], gimp_workdir / "scream-file.jpg")     # (the runner passes no spaces)
     (gimp_workdir / "broken.jpg").write_bytes(b"not a picture")              # the daemon cannot read it
     missing = gimp_workdir / "missing.jpg"                                    # gone since it was chosen
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        client = sb_client.Client(daemon.url)
-        for name in ("starry_night", "the_scream"):
-            client.add_style(SAMPLES[name], name)
-        hook = gimp_workdir / "dialog-lib.json"
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
-                  "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
-        params_path = gimp_workdir / "params-lib.json"
-        report_path = gimp_workdir / "params-lib-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE.replace(
-            'report["run"] = {"status": res.index(0).value_nick}',
-            'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=int(os.environ.get("T_LIB", 240)),
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,dropfiles,ok",
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_FILES": gimp.inside(gimp_workdir / "shipwreck.jpg")
-                               + ";" + gimp.inside(gimp_workdir / "scream-file.jpg"),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_BAD_FILES": gimp.inside(missing) + ";"
-                               + gimp.inside(gimp_workdir / "broken.jpg")})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-        library_after = [s["name"] for s in client.styles()]
-    finally:
-        daemon.stop()
+    daemon = shared_daemon
+    client = sb_client.Client(daemon.url)
+    for name in ("starry_night", "the_scream"):
+        client.add_style(SAMPLES[name], name)
+    hook = gimp_workdir / "dialog-lib.json"
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+              "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
+    params_path = gimp_workdir / "params-lib.json"
+    report_path = gimp_workdir / "params-lib-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    forget_last_values(gimp_profile)
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE.replace(
+        'report["run"] = {"status": res.index(0).value_nick}',
+        'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=int(os.environ.get("T_LIB", 240)),
+                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,dropfiles,ok",
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_FILES": gimp.inside(gimp_workdir / "shipwreck.jpg")
+                           + ";" + gimp.inside(gimp_workdir / "scream-file.jpg"),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_BAD_FILES": gimp.inside(missing) + ";"
+                           + gimp.inside(gimp_workdir / "broken.jpg")})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    library_after = [s["name"] for s in client.styles()]
     first, added, removed, with_files, dropped = [json.loads(line) for line in hook.read_text().splitlines()]
     assert first["library"] == ["starry_night", "the_scream"] and first["files"] == []
     assert {h for _, h in first["thumbs"].values()} == {96}, first["thumbs"]          # one height...
@@ -867,28 +851,25 @@ save_report(report)
 """
 
 
-def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, tmp_path):
+def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, shared_daemon):
     """While the job runs, a temporary layer above the source shows its current result (GET /v1/jobs/{id}/preview),
     at the source's size and place, with undo frozen; the final layers replace it."""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        hook = gimp_workdir / "previews.jsonl"
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
-                  "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
-                           "extra-settings": json.dumps({"size": 48, "iterations": 120, "coarse_to_fine": False,
-                                                         "preview_every": 5})}}
-        params_path = gimp_workdir / "params-preview.json"
-        report_path = gimp_workdir / "params-preview-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                          env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    finally:
-        daemon.stop()
+    daemon = shared_daemon
+    hook = gimp_workdir / "previews.jsonl"
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
+              "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
+                       "extra-settings": json.dumps({"size": 48, "iterations": 30, "coarse_to_fine": False,
+                                                     "preview_every": 2})}}
+    params_path = gimp_workdir / "params-preview.json"
+    report_path = gimp_workdir / "params-preview-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                      env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-3000:])
     shown = [json.loads(line) for line in hook.read_text().splitlines()]
@@ -905,44 +886,41 @@ def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, tmp_path
     print("preview layer updates:", len(shown))
 
 
-def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path, sb_client):
+def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon, sb_client):
     """An interactive run shows the plug-in's own progress window; its Cancel (clicked once the canvas shows the
     temporary preview layer) cancels the job on the daemon and leaves the image's layers as they were: no preview
     layer, undo enabled. (GIMP's own progress Cancel would kill the plug-in.)"""
     shutil.copy(SAMPLES["coffee"], gimp_workdir / "photo.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        client = sb_client.Client(daemon.url)
-        client.add_style(SAMPLES["starry_night"], "starry")
-        window_hook = gimp_workdir / "window.jsonl"
-        preview_hook = gimp_workdir / "previews.jsonl"
-        long_run = {"size": 96, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
-        params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "photo_size": [96, 72],
-                  "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(long_run)}}
-        params_path = gimp_workdir / "params-window.json"
-        report_path = gimp_workdir / "params-window-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(gimp_workdir / "d.json"),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok",
-                               "STYLEBRIDGE_GIMP_RUN_TEST": gimp.inside(window_hook),
-                               "STYLEBRIDGE_GIMP_RUN_TEST_CANCEL": "after-preview",
-                               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-        looks = [json.loads(line) for line in window_hook.read_text().splitlines()]
-        assert looks, "the progress window was never shown"
-        job_id = looks[-1]["job_id"]
-        deadline = time.monotonic() + 60
+    daemon = shared_daemon
+    client = sb_client.Client(daemon.url)
+    client.add_style(SAMPLES["starry_night"], "starry")
+    window_hook = gimp_workdir / "window.jsonl"
+    preview_hook = gimp_workdir / "previews.jsonl"
+    long_run = {"size": 48, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
+    params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "photo_size": [96, 72],
+              "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(long_run)}}
+    params_path = gimp_workdir / "params-window.json"
+    report_path = gimp_workdir / "params-window-report.json"
+    params["report"] = gimp.inside(report_path)
+    params_path.write_text(json.dumps(params))
+    forget_last_values(gimp_profile)
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(gimp_workdir / "d.json"),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok",
+                           "STYLEBRIDGE_GIMP_RUN_TEST": gimp.inside(window_hook),
+                           "STYLEBRIDGE_GIMP_RUN_TEST_CANCEL": "after-preview",
+                           "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    looks = [json.loads(line) for line in window_hook.read_text().splitlines()]
+    assert looks, "the progress window was never shown"
+    job_id = looks[-1]["job_id"]
+    deadline = time.monotonic() + 60
+    status = client.job(job_id)["status"]
+    while status not in ("cancelled", "failed", "done") and time.monotonic() < deadline:
+        time.sleep(0.2)
         status = client.job(job_id)["status"]
-        while status not in ("cancelled", "failed", "done") and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = client.job(job_id)["status"]
-    finally:
-        daemon.stop()
     report = read_json(report_path)
     # the window: the job's progress, then Cancel once the canvas showed the preview layer
     assert all(look["title"] == "Stylebridge" and look["visible"] for look in looks), looks[-1]
@@ -978,7 +956,7 @@ def test_preview_layer_gone_after_an_error(gimp, gimp_workdir, gimp_profile, tmp
     gimp_proc = None
     try:
         hook = gimp_workdir / "previews.jsonl"
-        long_run = {"size": 64, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
+        long_run = {"size": 48, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
                            "extra-settings": json.dumps(long_run)}}
@@ -994,8 +972,7 @@ def test_preview_layer_gone_after_an_error(gimp, gimp_workdir, gimp_profile, tmp
                "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
                "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)}
         with open(script) as stdin:
-            gimp_proc = subprocess.Popen([gimp.runner, "-i", "-n", "--batch-interpreter=python-fu-eval", "-b", "-",
-                                          "--quit"], stdin=stdin, stdout=subprocess.PIPE,
+            gimp_proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True, env=env)
         deadline = time.monotonic() + 180
         while not hook.exists() and time.monotonic() < deadline:          # the preview layer is on the canvas

@@ -20,7 +20,6 @@ from PIL import Image
 from .conftest import (
     REPO,
     SAMPLES,
-    Daemon,
     forget_last_values,
     load_sb_client,
     read_json,
@@ -69,7 +68,7 @@ save_report(report)
 '''
 
 
-def test_regions_from_channels_paint_what_the_cli_paints(gimp, gimp_workdir, gimp_profile, tmp_path):
+def test_regions_from_channels_paint_what_the_cli_paints(gimp, gimp_workdir, gimp_profile, shared_daemon, tmp_path):
     t0 = time.monotonic()
     photo = gimp_workdir / "photo.png"
     Image.open(SAMPLES["coffee"]).convert("RGB").resize((W, H), Image.LANCZOS).save(photo)
@@ -83,16 +82,16 @@ def test_regions_from_channels_paint_what_the_cli_paints(gimp, gimp_workdir, gim
     left.save(tmp_path / "left.png")
     right.save(tmp_path / "right.png")
 
-    daemon = Daemon(tmp_path / "daemon").start()
+    daemon = shared_daemon
     try:
         args = {"styles": "", "style-files": ";".join(gimp.inside(gimp_workdir / f"{s}.jpg") for s in stems),
-                "mask-mode": "first", "daemon-url": daemon.url, "extra-settings": json.dumps(TINY)}
+                "mask-mode": "first", "daemon-url": daemon.url, "extra-settings": json.dumps(TINY),
+                "preset": "normal"}      # the settings' own defaults, as the CLI's (not the daemon's --preset)
         params = {"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems, "args": args,
                   "fused_raw": gimp.inside(gimp_workdir / "fused.raw")}
         report, out, _ = batch(gimp, RUN, gimp_workdir, gimp_profile, params)
     finally:
         daemon_log = daemon.log_text()
-        daemon.stop()
     assert sorted(report["channels"]) == stems
     assert report["run"]["status"] == "success", f"{report['run']}\n{out[-4000:]}\n--- daemon:\n{daemon_log}"
 
@@ -163,7 +162,7 @@ save_report(report)
 '''
 
 
-def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp_profile, tmp_path):
+def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon):
     """The dialog's Regions frame: a channel named after one style, the selection chosen for the other, each
     said in words with its share of the photo and shown as a thumbnail; Cancel sends nothing."""
     photo = gimp_workdir / "photo.png"
@@ -171,26 +170,23 @@ def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp
     stems = ["starry_night", "the_scream"]
     for stem in stems:
         shutil.copy(SAMPLES[stem], gimp_workdir / f"{stem}.jpg")
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        hook = gimp_workdir / "dialog.json"
-        args = {"styles": "", "style-files": ";".join(gimp.inside(gimp_workdir / f"{s}.jpg") for s in stems),
-                "daemon-url": daemon.url, "region-selection": "the_scream"}
-        params_path = gimp_workdir / "params-dialog.json"
-        report_path = gimp_workdir / "params-dialog-report.json"
-        params_path.write_text(json.dumps({"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems,
-                                           "args": args, "report": gimp.inside(report_path),
-                                           "plugin_dir": gimp.inside(gimp_profile / "plug-ins" / "stylebridge")}))
-        forget_last_values(gimp_profile)
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + DIALOG
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                          env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                               "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "cancel"})
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-        jobs = load_sb_client().Client(daemon.url).jobs()
-    finally:
-        daemon.stop()
+    daemon = shared_daemon
+    hook = gimp_workdir / "dialog.json"
+    args = {"styles": "", "style-files": ";".join(gimp.inside(gimp_workdir / f"{s}.jpg") for s in stems),
+            "daemon-url": daemon.url, "region-selection": "the_scream"}
+    params_path = gimp_workdir / "params-dialog.json"
+    report_path = gimp_workdir / "params-dialog-report.json"
+    params_path.write_text(json.dumps({"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems,
+                                       "args": args, "report": gimp.inside(report_path),
+                                       "plugin_dir": gimp.inside(gimp_profile / "plug-ins" / "stylebridge")}))
+    forget_last_values(gimp_profile)
+    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + DIALOG
+    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
+                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "cancel"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    jobs = load_sb_client().Client(daemon.url).jobs()
     look = json.loads(hook.read_text().splitlines()[0])
     assert look["regions"] == ["starry_night: channel 'starry_night' (50 % of the photo)",
                                "the_scream: the selection (25 % of the photo)"], look.get("regions")

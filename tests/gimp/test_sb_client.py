@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from .conftest import PLUGIN_DIR, SAMPLES, Daemon, _load, free_port
+from .conftest import PLUGIN_DIR, SAMPLES, _load, free_port
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,33 +283,30 @@ def test_previews_and_submit_job_need_protocol_2(sb_client, recorder):
 # the real daemon
 # ------------------------------------------------------------------------------------------------
 
-def test_client_against_real_daemon(sb_client, sb_png, tmp_path):
-    daemon = Daemon(tmp_path / "daemon").start()
-    try:
-        client = sb_client.Client(daemon.url)
-        assert client.health()["status"] == "ok"
-        client.add_style(("starry_night.jpg", (SAMPLES["starry_night"]).read_bytes()), "starry")
-        assert [s["name"] for s in client.styles()] == ["starry"]
-        w, h = 40, 30
-        raw = bytes((x * 6 + c * 80) % 256 if c < 3 else 255 for y in range(h) for x in range(w) for c in range(4))
-        mask = bytes(255 if x < w // 2 else 0 for y in range(h) for x in range(w))
-        job = client.submit(("layer.png", sb_png.png_encode(w, h, raw, 4)), styles=["starry"],
-                            settings={"preset": "draft", "size": 32, "iterations": 3, "coarse_to_fine": False},
-                            mask=sb_png.png_encode(w, h, mask, 1), mask_mode="mask", name="unit run")
-        seen = []
-        final = client.wait(job["id"], on_progress=lambda s: seen.append(s["status"]), poll=0.1, timeout=120)
-        assert final["status"] == "done" and seen
-        result = client.result(job["id"])
-        assert (result["width"], result["height"]) == (w, h)
-        roles = [(item.get("meta") or {}).get("role") for item in result["layers"]]
-        assert "original" in roles and "style" in roles
-        style = next(item for item in result["layers"] if (item.get("meta") or {}).get("role") == "style")
-        import imagecodecs
-        got = imagecodecs.png_decode(client.get_bytes(style["mask_url"]))
-        assert got.shape[:2] == (h, w) and got.tobytes() == mask
-        assert sb_png.png_size(client.get_bytes(style["image_url"])) == (w, h)
-        with pytest.raises(sb_client.DaemonError) as info:
-            client.submit(sb_png.png_encode(w, h, raw, 4), styles=["no-such-style"])
-        assert info.value.status == 422 and "no-such-style" in str(info.value)
-    finally:
-        daemon.stop()
+def test_client_against_real_daemon(sb_client, sb_png, shared_daemon):
+    daemon = shared_daemon
+    client = sb_client.Client(daemon.url)
+    assert client.health()["status"] == "ok"
+    client.add_style(("starry_night.jpg", (SAMPLES["starry_night"]).read_bytes()), "starry")
+    assert [s["name"] for s in client.styles()] == ["starry"]
+    w, h = 40, 30
+    raw = bytes((x * 6 + c * 80) % 256 if c < 3 else 255 for y in range(h) for x in range(w) for c in range(4))
+    mask = bytes(255 if x < w // 2 else 0 for y in range(h) for x in range(w))
+    job = client.submit(("layer.png", sb_png.png_encode(w, h, raw, 4)), styles=["starry"],
+                        settings={"preset": "draft", "size": 32, "iterations": 3, "coarse_to_fine": False},
+                        mask=sb_png.png_encode(w, h, mask, 1), mask_mode="mask", name="unit run")
+    seen = []
+    final = client.wait(job["id"], on_progress=lambda s: seen.append(s["status"]), poll=0.1, timeout=120)
+    assert final["status"] == "done" and seen
+    result = client.result(job["id"])
+    assert (result["width"], result["height"]) == (w, h)
+    roles = [(item.get("meta") or {}).get("role") for item in result["layers"]]
+    assert "original" in roles and "style" in roles
+    style = next(item for item in result["layers"] if (item.get("meta") or {}).get("role") == "style")
+    import imagecodecs
+    got = imagecodecs.png_decode(client.get_bytes(style["mask_url"]))
+    assert got.shape[:2] == (h, w) and got.tobytes() == mask
+    assert sb_png.png_size(client.get_bytes(style["image_url"])) == (w, h)
+    with pytest.raises(sb_client.DaemonError) as info:
+        client.submit(sb_png.png_encode(w, h, raw, 4), styles=["no-such-style"])
+    assert info.value.status == 422 and "no-such-style" in str(info.value)
