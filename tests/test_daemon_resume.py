@@ -25,6 +25,7 @@ from test_daemon_api import SAMPLES, free_port, png_of, start_daemon, stop_daemo
 CHECKPOINT = ("--checkpoint-seconds", "0.3")
 STYLE = [("starry.png", png_of(SAMPLES["starry_night"], 48))]
 CONTENT = png_of(SAMPLES["coffee"], 48)
+ITERATIONS = 40                  # the kill -9 test: long enough to be killed mid-run (iteration >= 8)
 
 
 def job_json(iterations: int, priority: str = "interactive", name: str = "photo") -> dict:
@@ -51,11 +52,15 @@ def checkpoint_of(data: Path) -> Path | None:
 
 
 @pytest.mark.e2e
-def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
+def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path, caplog):
+    """A real ``stylebridge serve`` killed with -9 mid-job; the next daemon on the same data folder (the real app
+    in this process: the take-over is the app's, tests/inprocess.py) lists the job under its id and resumes it."""
+    import logging
+
     proc, url = start_daemon(tmp_path, *CHECKPOINT)
     try:
         client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(60), style_files=STYLE)
+        job = client.submit_job(("photo.png", CONTENT), job_json(ITERATIONS), style_files=STYLE)
         wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 8)
         deadline = time.monotonic() + 30
         while checkpoint_of(tmp_path) is None:
@@ -71,8 +76,8 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
     folder = checkpoint_of(tmp_path).parent
     assert (folder / "job.json").is_file()
 
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)         # same data folder
-    try:
+    caplog.set_level(logging.INFO)
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:      # same data folder
         client = DaemonClient(url, token="", timeout=30)
         listed = client.json("GET", "/v1/jobs")["jobs"]
         assert [j["id"] for j in listed] == [job["id"]]          # the same id: clients can follow it again
@@ -80,12 +85,11 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
         assert first["resumed"] is True
         assert first["iteration"] >= saved.iteration, (first, saved.iteration)   # not from zero
         done = client.wait(job["id"], timeout=180)
-        assert done["status"] == "done" and done["iteration"] == 60
+        assert done["status"] == "done" and done["iteration"] == ITERATIONS
         result = client.result(job["id"])
         assert [layer["name"] for layer in result["layers"] if layer["meta"].get("role") == "style"] == ["starry"]
         assert not folder.exists() and checkpoint_of(tmp_path) is None   # gone with the finished job
-    finally:
-        out = stop_daemon(proc)
+    out = caplog.text
     assert "Traceback" not in out, out
     assert "taken over" in out
 
@@ -143,7 +147,7 @@ def test_a_stopping_daemon_keeps_its_unfinished_job_for_the_next_one(tmp_path, c
     ``daemon_in_thread`` does) pauses its job at a checkpoint; the next daemon on the same data folder goes on."""
     with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(40), style_files=STYLE)
+        job = client.submit_job(("photo.png", CONTENT), job_json(20), style_files=STYLE)
         wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 3)
     out = capsys.readouterr().err
     assert "Traceback" not in out, out

@@ -64,7 +64,7 @@ def token_daemon(tmp_path_factory):
         yield {"url": url, "data": data}
 
 
-def test_token_rules_and_status(token_daemon):
+def test_token_rules_and_status(token_daemon, capsys, monkeypatch):
     url = token_daemon["url"]
     r = httpx.get(url + "/v1/health")
     assert r.status_code == 401 and "token" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
@@ -73,10 +73,18 @@ def test_token_rules_and_status(token_daemon):
     assert httpx.post(url + "/v1/jobs", files={"content": ("c.png", b"x")}).status_code == 401
     ok = httpx.get(url + "/v1/health", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["token_required"] is True
-    with_token = cli("status", "--url", url, env={"STYLEBRIDGE_TOKEN": TOKEN})
-    assert with_token.returncode == 0 and "running" in with_token.stdout
-    without = cli("status", "--url", url, env={"STYLEBRIDGE_TOKEN": ""})
-    assert without.returncode == 0 and "refused" in without.stdout
+    from bridge.cli import main
+
+    def status(token: str) -> tuple[int, str]:
+        """``stylebridge status --url URL`` with STYLEBRIDGE_TOKEN set, by the command line's ``main`` here."""
+        monkeypatch.setenv("STYLEBRIDGE_TOKEN", token)
+        capsys.readouterr()
+        code = main(["status", "--url", url])
+        return code, capsys.readouterr().out
+    code, out = status(TOKEN)
+    assert code == 0 and "running" in out
+    code, out = status("")
+    assert code == 0 and "refused" in out
 
 
 def test_port_in_use_is_refused(token_daemon, tmp_path):

@@ -20,7 +20,7 @@ from bridge.hotfolder.process import DaemonEngine, InProcessEngine
 from bridge.hotfolder.report import Reporter
 from bridge.hotfolder.watcher import Watcher
 
-from inprocess import WatcherThread, watch_once
+from inprocess import WatcherThread, daemon_in_thread, watch_once
 from test_hotfolder_watch import (REPO, STABLE, _free_port, _Lines, _watch_cmd, events, files, make_hot, make_photo,
                                   start_serve)
 
@@ -113,8 +113,9 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_line_and_the_job_finis
 
 @pytest.mark.e2e
 def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Path) -> None:
-    """`watch --daemon`: the daemon is killed mid-job and started again on the same data folder; it takes
-    the job over (same id, from its checkpoint) and the watcher follows it on instead of sending it again."""
+    """`watch --daemon`: the daemon (a real ``stylebridge serve``) is killed mid-job and started again on the same
+    data folder (the real app, in this process: tests/inprocess.py); it takes the job over (same id, from its
+    checkpoint) and the watcher follows it on instead of sending it again."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     data = tmp_path / "daemon"
@@ -138,15 +139,18 @@ def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Pat
         assert job["priority"] == "batch"                       # the hot folder never makes an artist wait
         serve.kill()                                            # SIGKILL
         serve.wait(timeout=30)
-        serve = start_serve(port, data, *FAST)                  # same port, same data folder
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not (root / "done" / "photo.jpg").exists():
-            time.sleep(0.2)
+        with daemon_in_thread(data, port=port, checkpoint_s=FAST_S):     # same port, same data folder
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not (root / "done" / "photo.jpg").exists():
+                time.sleep(0.2)
+            watcher.stop()
+            runner.join(timeout=60)
     finally:
         watcher.stop()
         runner.join(timeout=60)
-        serve.terminate()
-        serve.wait(timeout=30)
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=30)
     text = stream.getvalue()
     assert files(root / "out") == ["photo.psd"] and files(root / "error") == [], text
     assert text.count("sent to ") == 1, text                    # followed on, never sent again

@@ -25,7 +25,7 @@ from PIL import Image
 from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.process import InProcessEngine
 from bridge.hotfolder.watcher import Watcher
-from inprocess import daemon_in_thread, watch_once
+from inprocess import WatcherThread, daemon_in_thread, watch_once
 from psdreaders import check_psd as psdcheck
 from testdata import PSD_DIR, SAMPLES
 
@@ -340,17 +340,11 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
     root = make_hot(tmp_path, iterations=300, size=48)          # slow enough to be killed mid-run
     src = make_photo(root / "in" / "photo.jpg")
     original = src.read_bytes()
-    # First a polite stop (SIGTERM): the engine stops at its next iteration, the file stays in working/.
-    proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    out = _Lines(proc)
-    try:
-        assert out.wait_for("stage 1/1", timeout=120), "".join(out.lines)
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0, "".join(out.lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # First a polite stop (what SIGTERM calls, bridge/hotfolder/command.py; in this process: the signal itself is
+    # test_hardening_hotfolder.py's): the engine stops at its next iteration, the file stays in working/.
+    with WatcherThread(root, stable_seconds=STABLE) as w:
+        assert w.wait_for("stage 1/1", timeout=120), w.output
+        assert w.stop() == 0, w.output
     assert ("interrupted", "photo.jpg") in events(root)
     assert files(root / "out") == [] and len(files(root / "working")) == 1
     # Then kill -9 of a restarted watcher in the middle of the resumed job.
