@@ -10,6 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
 from inprocess import daemon_in_thread
 
-from test_daemon_api import SAMPLES, free_port, png_of, start_daemon, stop_daemon
+from test_daemon_api import SAMPLES, free_port, png_of, start_daemon
 
 CHECKPOINT = ("--checkpoint-seconds", "0.3")
 STYLE = [("starry.png", png_of(SAMPLES["starry_night"], 48))]
@@ -170,36 +171,6 @@ def _small_files() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
 
 
-@pytest.mark.e2e
-def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir",
-                             str(tmp_path), *CHECKPOINT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_small_files)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline
-            try:
-                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(12), style_files=STYLE)
-        warned = wait_status(client, job["id"], lambda s: s["warnings"] or s["status"] in ("done", "failed"))
-        [warning] = warned["warnings"]
-        assert "checkpoint could not be saved" in warning and "free some disk space" in warning
-        done = client.wait(job["id"], timeout=120)
-        assert done["status"] == "done" and done["warnings"] == [warning]
-        leftovers = [p.name for p in (tmp_path / "jobs").rglob("*") if p.name.endswith(".tmp")]
-        assert leftovers == []                                   # no half-written checkpoint
-    finally:
-        out = stop_daemon(proc)
-    assert "Traceback" not in out, out
-
-
 def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
     """The take-over itself, without the engine: a dead daemon's folder (its lock free) with a complete job, a
     job whose description is damaged and an upload that never finished arriving; the new manager queues the
@@ -287,33 +258,95 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_job_starts_afresh(tmp_path, c
                for r in caplog.records), caplog.text
 
 
+class _Output:
+    """A process's output lines, read in a thread (a pipe: the file-size limit does not apply to it)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def small_files_daemon(tmp_path_factory):
+    """One real ``stylebridge serve --checkpoint-seconds 0.3`` whose files may not grow past 16 KB (_small_files:
+    a full disk for a checkpoint, not for the uploads), started on a data folder where a dead daemon left a good
+    job and one whose job.json has a width of "96" (text): the two tests about the real process, its start and a
+    full disk, share it. At the end it must stop without a traceback."""
+    from test_daemon_persist import _set, dead_daemon, stored_job
+
+    data = tmp_path_factory.mktemp("small-files-daemon")
+    dead = dead_daemon(data / "jobs")
+    good_id, _ = stored_job(dead)
+    _, bad = stored_job(dead, _set("content_shape.width", "96"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir",
+                             str(data), *CHECKPOINT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_small_files)   # today's main: exits with a TypeError traceback (the orphan)
+    output = _Output(proc)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, output.text
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield {"url": url, "data": data, "good_id": good_id, "bad": bad, "output": output}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        output.thread.join(timeout=10)
+    assert "Traceback" not in output.text, output.text
+
+
 @pytest.mark.e2e
-def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(tmp_path, caplog):
+def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(small_files_daemon, caplog):
     """The real ``serve``: a dead daemon left a good job and one whose job.json has a width of "96" (text); the
     start succeeds, the bad one is set aside in jobs/quarantine/ (uploads kept) with one warning line, the
     good one resumes to done; a second start does not trip on the quarantined folder."""
     from bridge.daemon import persist
 
-    from test_daemon_persist import PNG, _set, dead_daemon, stored_job
+    from test_daemon_persist import PNG
 
-    dead = dead_daemon(tmp_path / "jobs")
-    good_id, _ = stored_job(dead)
-    _, bad = stored_job(dead, _set("content_shape.width", "96"))
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)           # today's main: exits with a TypeError traceback
-    try:
-        client = DaemonClient(url, token="", timeout=30)
-        assert [j["id"] for j in client.json("GET", "/v1/jobs")["jobs"]] == [good_id]
-        assert client.wait(good_id, timeout=180)["status"] == "done"
-    finally:
-        out = stop_daemon(proc)
+    data, good_id, bad = small_files_daemon["data"], small_files_daemon["good_id"], small_files_daemon["bad"]
+    client = DaemonClient(small_files_daemon["url"], token="", timeout=30)
+    assert [j["id"] for j in client.json("GET", "/v1/jobs")["jobs"]] == [good_id]
+    assert client.wait(good_id, timeout=180)["status"] == "done"
+    out = small_files_daemon["output"].text
     assert "Traceback" not in out, out
-    aside = tmp_path / "jobs" / persist.QUARANTINE / bad.name
+    aside = data / "jobs" / persist.QUARANTINE / bad.name
     assert (aside / "content.png").read_bytes() == PNG and (aside / persist.JOB_FILE).is_file()
     lines = [line for line in out.splitlines() if "cannot be resumed" in line]
     assert len(lines) == 1 and "content_shape.width" in lines[0] and str(aside) in lines[0], out
     caplog.clear()
-    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:           # the second start, in this process
+    with daemon_in_thread(data, checkpoint_s=0.3) as url:           # the second start, in this process
         assert DaemonClient(url, token="", timeout=30).json("GET", "/v1/jobs")["jobs"] == []
     out = caplog.text
     assert "Traceback" not in out and "cannot be resumed" not in out, out
     assert (aside / "content.png").read_bytes() == PNG
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(small_files_daemon):
+    data = small_files_daemon["data"]
+    client = DaemonClient(small_files_daemon["url"], token="", timeout=30)
+    job = client.submit_job(("photo.png", CONTENT), job_json(12, name="full-disk"), style_files=STYLE)
+    warned = wait_status(client, job["id"], lambda s: s["warnings"] or s["status"] in ("done", "failed"))
+    [warning] = warned["warnings"]
+    assert "checkpoint could not be saved" in warning and "free some disk space" in warning
+    done = client.wait(job["id"], timeout=120)
+    assert done["status"] == "done" and done["warnings"] == [warning]
+    leftovers = [p.name for p in (data / "jobs").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []                                   # no half-written checkpoint
+    assert "Traceback" not in small_files_daemon["output"].text
