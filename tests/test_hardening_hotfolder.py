@@ -14,6 +14,7 @@ never fit), plus atomic no-replace outputs and odd names.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -496,15 +497,11 @@ def test_item7_output_larger_than_the_whole_disk_goes_to_error(tmp_path: Path, t
 # ==================================================== atomic, no-replace outputs (claim.place)
 
 
-_PLACER = """
-import sys, time
-from pathlib import Path
-from bridge.hotfolder.settle import place
-src, wanted, go = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-while time.time() < go:
-    time.sleep(0.001)
-print(place(src, wanted, keep_source=True).name)
-"""
+def _place_at(src: str, wanted: str, go: float, answer) -> None:
+    """In a placer process: wait for the common instant ``go``, then place ``src`` at ``wanted``; send the name."""
+    while time.time() < go:
+        time.sleep(0.001)
+    answer.send(place(Path(src), Path(wanted), keep_source=True).name)
 
 
 @pytest.mark.parametrize("where", ["same-disk", "other-disk"])
@@ -521,11 +518,19 @@ def test_outputs_are_claimed_atomically_by_concurrent_writers(tmp_path: Path, tm
         src.parent.mkdir(exist_ok=True)
         src.write_bytes(f"content {i}".encode() * 1000)
         srcs.append(src)
+    # Real processes, forked from this one (no Python start-up each; joined here, so their CPU time is counted).
+    context = multiprocessing.get_context("fork")
     go = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, "-c", _PLACER, str(s), str(out / "x.psd"), str(go)], cwd=REPO,
-                              env=ENV, stdout=subprocess.PIPE, text=True) for s in srcs]
-    names = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    pipes = [context.Pipe(duplex=False) for _ in srcs]
+    procs = [context.Process(target=_place_at, args=(str(s), str(out / "x.psd"), go, sender))
+             for s, (_, sender) in zip(srcs, pipes)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    assert len({p.pid for p in procs} | {os.getpid()}) == 9                     # eight processes besides this one
+    names = [receiver.recv() for receiver, _ in pipes]
     assert len(set(names)) == 8 and "x.psd" not in names
     assert (out / "x.psd").read_bytes() == b"the user's own"
     for src, name in zip(srcs, names):
