@@ -9,7 +9,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +18,9 @@ import pytest
 
 from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
-from inprocess import daemon_in_thread
+from inprocess import Forked, daemon_in_thread, forked_serve
 
-from test_daemon_api import SAMPLES, free_port, png_of, start_daemon
+from test_daemon_api import SAMPLES, free_port, png_of
 
 CHECKPOINT = ("--checkpoint-seconds", "0.3")
 STYLE = [("starry.png", png_of(SAMPLES["starry_night"], 48))]
@@ -58,7 +57,7 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path, 
     in this process: the take-over is the app's, tests/inprocess.py) lists the job under its id and resumes it."""
     import logging
 
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+    proc, url = forked_serve(tmp_path, *CHECKPOINT)
     try:
         client = DaemonClient(url, token="", timeout=30)
         job = client.submit_job(("photo.png", CONTENT), job_json(ITERATIONS), style_files=STYLE)
@@ -284,9 +283,8 @@ def small_files_daemon(tmp_path_factory):
     good_id, _ = stored_job(dead)
     _, bad = stored_job(dead, _set("content_shape.width", "96"))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir",
-                             str(data), *CHECKPOINT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_small_files)   # today's main: exits with a TypeError traceback (the orphan)
+    proc = Forked(["serve", "--port", str(port), "--data-dir", str(data), *CHECKPOINT],
+                  preexec_fn=_small_files)   # today's main: exits with a TypeError traceback (the orphan)
     output = _Output(proc)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -297,7 +295,7 @@ def small_files_daemon(tmp_path_factory):
                 if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.2)
+                time.sleep(0.1)
         yield {"url": url, "data": data, "good_id": good_id, "bad": bad, "output": output}
     finally:
         proc.terminate()
