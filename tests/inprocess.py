@@ -182,11 +182,13 @@ class Forked:
     the process's. Only Python's start-up and the imports are not paid again (torch, the cached VGG weights come
     with the fork). For real signals, kill -9 and per-process limits; the child never returns into the test.
 
-    Enough of :class:`subprocess.Popen` for the tests: ``pid``, ``stdout`` (text lines), ``poll``, ``wait``,
+    Enough of :class:`subprocess.Popen` for the tests: ``pid``, ``stdout`` (text lines; stderr too unless
+    ``separate_stderr``: then ``stderr``), ``poll``, ``wait``,
     ``send_signal``, ``terminate``, ``kill``, ``communicate`` and ``returncode`` (``-N`` when killed by signal N).
     """
 
-    def __init__(self, argv: list[str], preexec_fn: Callable[[], None] | None = None) -> None:
+    def __init__(self, argv: list[str], preexec_fn: Callable[[], None] | None = None, *,
+                 separate_stderr: bool = False) -> None:
         import os
         import sys
 
@@ -194,6 +196,7 @@ class Forked:
         from bridge.settings import DEFAULTS
         load_vgg(DEFAULTS.weights, DEFAULTS.pooling, "cpu")
         read, write = os.pipe()
+        err_read, err_write = os.pipe() if separate_stderr else (None, None)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -202,8 +205,11 @@ class Forked:
             try:
                 os.close(read)
                 os.dup2(write, 1)
-                os.dup2(write, 2)
+                os.dup2(write if err_write is None else err_write, 2)
                 os.close(write)
+                if err_write is not None:
+                    os.close(err_read)
+                    os.close(err_write)
                 devnull = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(devnull, 0)
                 sys.stdin = open(0, closefd=False)
@@ -226,10 +232,13 @@ class Forked:
                 finally:
                     os._exit(code & 0xFF if isinstance(code, int) else 1)
         os.close(write)
+        if err_write is not None:
+            os.close(err_write)
         self.pid = pid
         self.args = argv
         self.returncode: int | None = None
         self.stdout = open(read, "r", errors="replace")
+        self.stderr = open(err_read, "r", errors="replace") if err_read is not None else None
 
     def _reap(self, flags: int) -> int | None:
         import os
@@ -264,17 +273,21 @@ class Forked:
         import signal
         self.send_signal(signal.SIGKILL)
 
-    def communicate(self, timeout: float | None = None) -> tuple[str, None]:
-        """The rest of its output once it has ended (``wait``'s timeout; the output is read meanwhile)."""
+    def communicate(self, timeout: float | None = None) -> tuple[str, str | None]:
+        """The rest of its output (and of its stderr, when separate) once it has ended."""
         import subprocess
-        chunks: list[str] = []
-        reader = threading.Thread(target=lambda: chunks.append(self.stdout.read()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        if reader.is_alive():
-            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        streams = [self.stdout] + ([self.stderr] if self.stderr is not None else [])
+        texts: dict[int, str] = {}
+        readers = [threading.Thread(target=lambda i=i, f=f: texts.__setitem__(i, f.read()), daemon=True)
+                   for i, f in enumerate(streams)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout)
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
         self.wait(timeout)
-        return "".join(chunks), None
+        return texts[0], texts.get(1)
 
 
 def forked_serve(data_dir: Path, *extra: str, port: int | None = None,

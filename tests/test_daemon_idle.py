@@ -1,6 +1,7 @@
 """Issue #23 items 7-8 on the daemon: the estimate learns from a job the client deletes at once (as the GIMP
 plug-in does) and keeps it in the data folder for the next daemon; ``serve --idle-exit`` stops an idle daemon;
-``serve --stop`` stops one. Real ``stylebridge serve`` processes (two starts; ``serve --stop`` itself runs in this process), tiny jobs."""
+``serve --stop`` stops one. Real ``stylebridge serve`` processes (two starts, forked from this one: tests/inprocess.py Forked; ``serve --stop``
+itself runs in this process), tiny jobs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from bridge.cli import main
 from bridge.daemon import idle, speed
 from bridge.daemon.client import DaemonClient
-from test_daemon_api import png_of, start_daemon, stop_daemon
+from inprocess import forked_serve
+from test_daemon_api import png_of, stop_daemon
 from testdata import SAMPLES
 
 TINY = {"size": 48, "iterations": 3, "coarse_to_fine": False}
@@ -60,7 +62,7 @@ def test_learns_from_a_deleted_job_keeps_it_and_stops_when_idle(tmp_path, capsys
         return subprocess.CompletedProcess(args, code, out, err)
 
     data = tmp_path / "data"
-    proc, url = start_daemon(data, "--idle-exit", "6")
+    proc, url = forked_serve(data, "--idle-exit", "6")
     port = int(url.rsplit(":", 1)[1])
     try:
         client = DaemonClient(url, token="", timeout=60)
@@ -84,7 +86,7 @@ def test_learns_from_a_deleted_job_keeps_it_and_stops_when_idle(tmp_path, capsys
         if proc.poll() is None:
             stop_daemon(proc)
     # the next daemon in this folder starts from what the first learnt; `serve --stop` stops it
-    proc, url = start_daemon(data)
+    proc, url = forked_serve(data)
     port = int(url.rsplit(":", 1)[1])
     try:
         restarted = DaemonClient(url, token="", timeout=60).estimate(64, 43, 1, TINY)["seconds"]

@@ -1,7 +1,8 @@
 """Issue 15, the hot-folder part: no file, name or full disk stops or hangs the watcher.
 
 The real watcher on real folders, in this process (tests/inprocess.py), with the real engine; real
-``stylebridge watch`` processes (``e2e``) where signals are the point. Inputs generated from ``samples/`` (never
+``stylebridge watch`` processes (``e2e``, forked from this one: tests/inprocess.py Forked) where signals are
+the point. Inputs generated from ``samples/`` (never
 ../shared).  A full disk is a real small tmpfs (``mount -t tmpfs``): as root (CI) mounting must work,
 elsewhere those tests skip with the reason.  tmpfs is also another file system than the work tree, so
 an ``out/`` mounted there exercises the no-hard-link (copy) path.
@@ -34,13 +35,12 @@ from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.settle import place
 from bridge.outputs import fit_name, name_bytes, rename_noreplace
 from bridge.hotfolder.command import STOP_GRACE_SECONDS
-from inprocess import StubEngine, WatcherThread, watch_once
+from inprocess import Forked, StubEngine, WatcherThread, watch_once
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 TINY = {"size": 40, "iterations": 3, "coarse_to_fine": False, "device": "cpu", "seed": 1}
 STABLE = 0.2
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
 JAPANESE_79 = "写真" * 39 + "景"           # 79 characters, 237 bytes in UTF-8
 
 
@@ -65,8 +65,8 @@ def make_hot(root: Path, styles_dir: Path | None = None, **preset: object) -> Pa
     return root
 
 
-def watch_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bridge.cli", "watch", str(root), "--stable-seconds", str(STABLE), *extra]
+def watch_args(root: Path, *extra: str) -> list[str]:
+    return ["watch", str(root), "--stable-seconds", str(STABLE), *extra]
 
 
 class Once:
@@ -95,11 +95,11 @@ def records(root: Path) -> list[dict]:
 
 
 class Watch:
-    """A running ``stylebridge watch`` whose output lines are collected in the background."""
+    """A running ``stylebridge watch`` process (forked from this one: its own signals, no Python start-up)
+    whose output lines are collected in the background."""
 
     def __init__(self, root: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(watch_cmd(root, *extra), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+        self.proc = Forked(watch_args(root, *extra))            # a real process (tests/inprocess.py Forked)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
