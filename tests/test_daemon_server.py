@@ -1,13 +1,13 @@
 """Starting and running the daemon: refusals at start-up, the token, result retention and spilling
 to disk, and a crashing job that fails alone. Real ``stylebridge serve`` processes on loopback for what
-happens at start-up; the real app served in this process (tests/inprocess.py) for what happens after."""
+happens at start-up (forked from this one: tests/inprocess.py Forked); the real app served in this process for
+what happens after."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,15 +22,18 @@ from bridge.daemon.runner import run_engine
 from bridge.imaging import load_image
 from bridge.settings import LIMITS
 
-from inprocess import daemon_in_thread
+from inprocess import Forked, daemon_in_thread
 from test_daemon_api import SAMPLES, TINY, free_port, png_of
 
 TOKEN = "s3cret-token"
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    """``stylebridge ARGS`` as a real process (forked from this one, tests/inprocess.py Forked) with ``env`` added
+    to its environment: its exit code, stdout and stderr."""
+    proc = Forked(list(args), preexec_fn=lambda: os.environ.update(env or {}), separate_stderr=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def test_non_loopback_bind_needs_a_token(tmp_path):
