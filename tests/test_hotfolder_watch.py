@@ -381,26 +381,15 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
 
 @pytest.mark.e2e
 def test_two_watchers_on_one_folder_process_each_file_once(tmp_path: Path) -> None:
-    """Two watchers in two processes: a real ``stylebridge watch --once`` and this process's (watch_once in a
-    thread: the same Watcher) race for the same six photos; each is claimed, rendered and moved exactly once."""
+    """Two ``stylebridge watch --once`` processes (forked from this one at the same instant, tests/inprocess.py
+    Forked) race for the same six photos; each is claimed, rendered and moved exactly once."""
     root = make_hot(tmp_path)
     names = [f"p{i}.jpg" for i in range(6)]
     for i, name in enumerate(names):
         make_photo(root / "in" / name, 64 + 8 * i)
-    proc = subprocess.Popen(_watch_cmd(root, "--once"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    deadline = time.monotonic() + 120      # this one starts once the process has claimed a photo: both then race
-    while time.monotonic() < deadline and proc.poll() is None and not any(e == "claim" for e, _ in events(root)):
-        time.sleep(0.02)
-    here: list[tuple[int, str]] = []
-    runner = threading.Thread(target=lambda: here.append(watch_once(root, stable_seconds=STABLE)))
-    runner.start()
-    outputs = [proc.communicate(timeout=300)[0]]
-    runner.join(timeout=300)
-    assert not runner.is_alive()
-    [(rc, text)] = here
-    outputs.append(text)
-    assert [proc.returncode, rc] == [0, 0], outputs
+    procs = [Forked(_watch_args(root, "--once")) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
     assert files(root / "out") == sorted(n.replace(".jpg", ".psd") for n in names)
     assert files(root / "done") == sorted(names)
     assert files(root / "working") == [] and files(root / "error") == []
