@@ -97,7 +97,7 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path, 
 def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path, capsys):
     with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
-        batch = client.submit_job(("batch.png", CONTENT), job_json(40, "batch", "batch"), style_files=STYLE)
+        batch = client.submit_job(("batch.png", CONTENT), job_json(25, "batch", "batch"), style_files=STYLE)
         other = client.submit_job(("other.png", CONTENT), job_json(5, "batch", "other"), style_files=STYLE)
         wait_status(client, batch["id"], lambda s: (s.get("iteration") or 0) >= 3)
         assert client.job(other["id"])["status"] == "queued"     # a batch job never pauses for another one
@@ -117,7 +117,7 @@ def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path, capsys):
         at_pause = paused["iteration"]
         resumed = wait_status(client, batch["id"], lambda s: s["status"] == "running" and s.get("iteration"))
         assert resumed["resumed"] is True and resumed["iteration"] >= at_pause - 1
-        assert client.wait(batch["id"], timeout=180)["iteration"] == 40
+        assert client.wait(batch["id"], timeout=180)["iteration"] == 25
         assert client.wait(other["id"], timeout=120)["status"] == "done"
     out = capsys.readouterr().err
     assert "Traceback" not in out, out
