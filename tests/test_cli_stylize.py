@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -219,18 +217,18 @@ def test_psd_output_with_masks(tmp_path, inputs, photo, capsys) -> None:
 
 @pytest.mark.e2e
 def test_ctrl_c_writes_best_so_far_and_exits_130(tmp_path, inputs) -> None:
-    """A real SIGINT to a real process: the optimisation stops, the partial result is written, exit 130."""
+    """A real SIGINT to a real process (forked from this one: tests/inprocess.py Forked, the command line's own
+    ``main`` in it): the optimisation stops, the partial result is written, exit 130."""
+    from inprocess import Forked
+
     out = tmp_path / "o"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "stylize", str(inputs["photo"]), "-s",
-                             str(inputs["starry"]), "-o", str(out), "--size", "48", "--iterations", "5000",
-                             "--no-coarse-to-fine"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    proc = Forked(["stylize", str(inputs["photo"]), "-s", str(inputs["starry"]), "-o", str(out), "--size", "48",
+                   "--iterations", "5000", "--no-coarse-to-fine"], separate_stderr=True)
     seen = threading.Event()
     chunks: list[bytes] = []
 
     def reader() -> None:
-        while chunk := proc.stderr.read1(4096):   # type: ignore[union-attr]
+        while chunk := os.read(proc.stderr.fileno(), 4096):   # type: ignore[union-attr]
             chunks.append(chunk)
             if b"it" in chunk and b"loss" in chunk:
                 seen.set()
@@ -243,7 +241,7 @@ def test_ctrl_c_writes_best_so_far_and_exits_130(tmp_path, inputs) -> None:
         code = proc.wait(60)
     finally:
         proc.kill()
-    stdout = proc.stdout.read().decode()   # type: ignore[union-attr]
+    stdout = proc.stdout.read()
     err = b"".join(chunks).decode(errors="replace")
     assert code == 130, err
     assert "interrupted" in err

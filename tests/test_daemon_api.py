@@ -144,7 +144,7 @@ def test_job_progress_layers_and_psd(daemon, client, content_png, style_pngs, tm
     client.add_style(("starry.png", style_pngs["starry"]), name="starry", replace=True)
     job = client.submit(("tubingen.png", content_png), styles=["starry"],
                         style_files=[("The Scream.png", style_pngs["scream"])],
-                        settings={**TINY, "iterations": 12, "preview_every": 2}, name="Run 1")
+                        settings={**TINY, "iterations": 6, "preview_every": 2}, name="Run 1")
     assert job["status"] in ("queued", "running")
     seen = []
     while True:
@@ -154,7 +154,7 @@ def test_job_progress_layers_and_psd(daemon, client, content_png, style_pngs, tm
             break
         time.sleep(0.05)
     assert status["status"] == "done", status
-    assert status["percent"] == 100 and status["iteration"] == status["iterations"] == 24   # 2 styles x 12
+    assert status["percent"] == 100 and status["iteration"] == status["iterations"] == 12   # 2 styles x 6
     iterations = [s["iteration"] for s in seen]
     assert iterations == sorted(iterations)
     assert all(0 <= s["percent"] <= 100 for s in seen)
@@ -163,7 +163,7 @@ def test_job_progress_layers_and_psd(daemon, client, content_png, style_pngs, tm
 
     result = client.result(job["id"])
     assert (result["width"], result["height"]) == Image.open(io.BytesIO(content_png)).size
-    assert result["settings"]["iterations"] == 12 and result["settings"]["size"] == 48
+    assert result["settings"]["iterations"] == 6 and result["settings"]["size"] == 48
     layers = result["layers"]
     roles = [layer["meta"]["role"] for layer in layers]
     assert roles == ["original", "group", "style", "style", "detail", "colors", "refine"]
@@ -320,9 +320,9 @@ def test_protocol_1_fields_still_work_with_a_note(client, content_png, style_png
 def test_two_clients_fifo(daemon, content_png, style_pngs):
     a, b = DaemonClient(daemon["url"], token=""), DaemonClient(daemon["url"], token="")
     ja = a.submit(("a.png", content_png), style_files=[("starry.png", style_pngs["starry"])],
-                  settings={**TINY, "iterations": 15}, name="A")
+                  settings={**TINY, "iterations": 8}, name="A")
     jb = b.submit(("b.png", content_png), style_files=[("scream.png", style_pngs["scream"])],
-                  settings={**TINY, "iterations": 15}, name="B")
+                  settings={**TINY, "iterations": 8}, name="B")
     assert jb["queue_position"] in (1, 2) or jb["status"] != "queued"     # 2 if A was not picked up yet
     finals = {}
 

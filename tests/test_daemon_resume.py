@@ -9,7 +9,7 @@ import os
 import resource
 import signal
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,13 +18,14 @@ import pytest
 
 from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
-from inprocess import daemon_in_thread
+from inprocess import Forked, daemon_in_thread, forked_serve
 
-from test_daemon_api import SAMPLES, free_port, png_of, start_daemon, stop_daemon
+from test_daemon_api import SAMPLES, free_port, png_of
 
 CHECKPOINT = ("--checkpoint-seconds", "0.3")
 STYLE = [("starry.png", png_of(SAMPLES["starry_night"], 48))]
 CONTENT = png_of(SAMPLES["coffee"], 48)
+ITERATIONS = 40                  # the kill -9 test: long enough to be killed mid-run (iteration >= 8)
 
 
 def job_json(iterations: int, priority: str = "interactive", name: str = "photo") -> dict:
@@ -51,11 +52,15 @@ def checkpoint_of(data: Path) -> Path | None:
 
 
 @pytest.mark.e2e
-def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)
+def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path, caplog):
+    """A real ``stylebridge serve`` killed with -9 mid-job; the next daemon on the same data folder (the real app
+    in this process: the take-over is the app's, tests/inprocess.py) lists the job under its id and resumes it."""
+    import logging
+
+    proc, url = forked_serve(tmp_path, *CHECKPOINT)
     try:
         client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(60), style_files=STYLE)
+        job = client.submit_job(("photo.png", CONTENT), job_json(ITERATIONS), style_files=STYLE)
         wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 8)
         deadline = time.monotonic() + 30
         while checkpoint_of(tmp_path) is None:
@@ -71,8 +76,8 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
     folder = checkpoint_of(tmp_path).parent
     assert (folder / "job.json").is_file()
 
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)         # same data folder
-    try:
+    caplog.set_level(logging.INFO)
+    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:      # same data folder
         client = DaemonClient(url, token="", timeout=30)
         listed = client.json("GET", "/v1/jobs")["jobs"]
         assert [j["id"] for j in listed] == [job["id"]]          # the same id: clients can follow it again
@@ -80,12 +85,11 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
         assert first["resumed"] is True
         assert first["iteration"] >= saved.iteration, (first, saved.iteration)   # not from zero
         done = client.wait(job["id"], timeout=180)
-        assert done["status"] == "done" and done["iteration"] == 60
+        assert done["status"] == "done" and done["iteration"] == ITERATIONS
         result = client.result(job["id"])
         assert [layer["name"] for layer in result["layers"] if layer["meta"].get("role") == "style"] == ["starry"]
         assert not folder.exists() and checkpoint_of(tmp_path) is None   # gone with the finished job
-    finally:
-        out = stop_daemon(proc)
+    out = caplog.text
     assert "Traceback" not in out, out
     assert "taken over" in out
 
@@ -93,7 +97,7 @@ def test_kill_9_then_a_new_daemon_resumes_the_job_from_its_checkpoint(tmp_path):
 def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path, capsys):
     with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
-        batch = client.submit_job(("batch.png", CONTENT), job_json(40, "batch", "batch"), style_files=STYLE)
+        batch = client.submit_job(("batch.png", CONTENT), job_json(25, "batch", "batch"), style_files=STYLE)
         other = client.submit_job(("other.png", CONTENT), job_json(5, "batch", "other"), style_files=STYLE)
         wait_status(client, batch["id"], lambda s: (s.get("iteration") or 0) >= 3)
         assert client.job(other["id"])["status"] == "queued"     # a batch job never pauses for another one
@@ -113,7 +117,7 @@ def test_an_interactive_job_overtakes_a_running_batch_job(tmp_path, capsys):
         at_pause = paused["iteration"]
         resumed = wait_status(client, batch["id"], lambda s: s["status"] == "running" and s.get("iteration"))
         assert resumed["resumed"] is True and resumed["iteration"] >= at_pause - 1
-        assert client.wait(batch["id"], timeout=180)["iteration"] == 40
+        assert client.wait(batch["id"], timeout=180)["iteration"] == 25
         assert client.wait(other["id"], timeout=120)["status"] == "done"
     out = capsys.readouterr().err
     assert "Traceback" not in out, out
@@ -143,7 +147,7 @@ def test_a_stopping_daemon_keeps_its_unfinished_job_for_the_next_one(tmp_path, c
     ``daemon_in_thread`` does) pauses its job at a checkpoint; the next daemon on the same data folder goes on."""
     with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:
         client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(40), style_files=STYLE)
+        job = client.submit_job(("photo.png", CONTENT), job_json(20), style_files=STYLE)
         wait_status(client, job["id"], lambda s: (s.get("iteration") or 0) >= 3)
     out = capsys.readouterr().err
     assert "Traceback" not in out, out
@@ -164,36 +168,6 @@ def _small_files() -> None:
     uploads (a few KB) fit, the checkpoint (3 x 48 x 36 float32, ~21 KB) does not."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)             # EFBIG instead of being killed
     resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
-
-
-@pytest.mark.e2e
-def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir",
-                             str(tmp_path), *CHECKPOINT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=_small_files)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline
-            try:
-                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        client = DaemonClient(url, token="", timeout=30)
-        job = client.submit_job(("photo.png", CONTENT), job_json(12), style_files=STYLE)
-        warned = wait_status(client, job["id"], lambda s: s["warnings"] or s["status"] in ("done", "failed"))
-        [warning] = warned["warnings"]
-        assert "checkpoint could not be saved" in warning and "free some disk space" in warning
-        done = client.wait(job["id"], timeout=120)
-        assert done["status"] == "done" and done["warnings"] == [warning]
-        leftovers = [p.name for p in (tmp_path / "jobs").rglob("*") if p.name.endswith(".tmp")]
-        assert leftovers == []                                   # no half-written checkpoint
-    finally:
-        out = stop_daemon(proc)
-    assert "Traceback" not in out, out
 
 
 def test_a_new_daemon_takes_over_only_usable_job_folders(tmp_path):
@@ -283,33 +257,94 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_job_starts_afresh(tmp_path, c
                for r in caplog.records), caplog.text
 
 
+class _Output:
+    """A process's output lines, read in a thread (a pipe: the file-size limit does not apply to it)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture(scope="module")
+def small_files_daemon(tmp_path_factory):
+    """One real ``stylebridge serve --checkpoint-seconds 0.3`` whose files may not grow past 16 KB (_small_files:
+    a full disk for a checkpoint, not for the uploads), started on a data folder where a dead daemon left a good
+    job and one whose job.json has a width of "96" (text): the two tests about the real process, its start and a
+    full disk, share it. At the end it must stop without a traceback."""
+    from test_daemon_persist import _set, dead_daemon, stored_job
+
+    data = tmp_path_factory.mktemp("small-files-daemon")
+    dead = dead_daemon(data / "jobs")
+    good_id, _ = stored_job(dead)
+    _, bad = stored_job(dead, _set("content_shape.width", "96"))
+    port = free_port()
+    proc = Forked(["serve", "--port", str(port), "--data-dir", str(data), *CHECKPOINT],
+                  preexec_fn=_small_files)   # today's main: exits with a TypeError traceback (the orphan)
+    output = _Output(proc)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, output.text
+            try:
+                if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield {"url": url, "data": data, "good_id": good_id, "bad": bad, "output": output}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        output.thread.join(timeout=10)
+    assert "Traceback" not in output.text, output.text
+
+
 @pytest.mark.e2e
-def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(tmp_path, caplog):
+def test_serve_starts_with_a_bad_orphan_quarantined_and_resumes_the_good_one(small_files_daemon, caplog):
     """The real ``serve``: a dead daemon left a good job and one whose job.json has a width of "96" (text); the
     start succeeds, the bad one is set aside in jobs/quarantine/ (uploads kept) with one warning line, the
     good one resumes to done; a second start does not trip on the quarantined folder."""
     from bridge.daemon import persist
 
-    from test_daemon_persist import PNG, _set, dead_daemon, stored_job
+    from test_daemon_persist import PNG
 
-    dead = dead_daemon(tmp_path / "jobs")
-    good_id, _ = stored_job(dead)
-    _, bad = stored_job(dead, _set("content_shape.width", "96"))
-    proc, url = start_daemon(tmp_path, *CHECKPOINT)           # today's main: exits with a TypeError traceback
-    try:
-        client = DaemonClient(url, token="", timeout=30)
-        assert [j["id"] for j in client.json("GET", "/v1/jobs")["jobs"]] == [good_id]
-        assert client.wait(good_id, timeout=180)["status"] == "done"
-    finally:
-        out = stop_daemon(proc)
+    data, good_id, bad = small_files_daemon["data"], small_files_daemon["good_id"], small_files_daemon["bad"]
+    client = DaemonClient(small_files_daemon["url"], token="", timeout=30)
+    assert [j["id"] for j in client.json("GET", "/v1/jobs")["jobs"]] == [good_id]
+    assert client.wait(good_id, timeout=180)["status"] == "done"
+    out = small_files_daemon["output"].text
     assert "Traceback" not in out, out
-    aside = tmp_path / "jobs" / persist.QUARANTINE / bad.name
+    aside = data / "jobs" / persist.QUARANTINE / bad.name
     assert (aside / "content.png").read_bytes() == PNG and (aside / persist.JOB_FILE).is_file()
     lines = [line for line in out.splitlines() if "cannot be resumed" in line]
     assert len(lines) == 1 and "content_shape.width" in lines[0] and str(aside) in lines[0], out
     caplog.clear()
-    with daemon_in_thread(tmp_path, checkpoint_s=0.3) as url:           # the second start, in this process
+    with daemon_in_thread(data, checkpoint_s=0.3) as url:           # the second start, in this process
         assert DaemonClient(url, token="", timeout=30).json("GET", "/v1/jobs")["jobs"] == []
     out = caplog.text
     assert "Traceback" not in out and "cannot be resumed" not in out, out
     assert (aside / "content.png").read_bytes() == PNG
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_on_a_full_disk_is_a_clear_warning_and_the_job_finishes(small_files_daemon):
+    data = small_files_daemon["data"]
+    client = DaemonClient(small_files_daemon["url"], token="", timeout=30)
+    job = client.submit_job(("photo.png", CONTENT), job_json(12, name="full-disk"), style_files=STYLE)
+    warned = wait_status(client, job["id"], lambda s: s["warnings"] or s["status"] in ("done", "failed"))
+    [warning] = warned["warnings"]
+    assert "checkpoint could not be saved" in warning and "free some disk space" in warning
+    done = client.wait(job["id"], timeout=120)
+    assert done["status"] == "done" and done["warnings"] == [warning]
+    leftovers = [p.name for p in (data / "jobs").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []                                   # no half-written checkpoint
+    assert "Traceback" not in small_files_daemon["output"].text

@@ -1,13 +1,13 @@
 """Starting and running the daemon: refusals at start-up, the token, result retention and spilling
 to disk, and a crashing job that fails alone. Real ``stylebridge serve`` processes on loopback for what
-happens at start-up; the real app served in this process (tests/inprocess.py) for what happens after."""
+happens at start-up (forked from this one: tests/inprocess.py Forked); the real app served in this process for
+what happens after."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,15 +22,18 @@ from bridge.daemon.runner import run_engine
 from bridge.imaging import load_image
 from bridge.settings import LIMITS
 
-from inprocess import daemon_in_thread
+from inprocess import Forked, daemon_in_thread
 from test_daemon_api import SAMPLES, TINY, free_port, png_of
 
 TOKEN = "s3cret-token"
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    """``stylebridge ARGS`` as a real process (forked from this one, tests/inprocess.py Forked) with ``env`` added
+    to its environment: its exit code, stdout and stderr."""
+    proc = Forked(list(args), preexec_fn=lambda: os.environ.update(env or {}), separate_stderr=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
 
 
 def test_non_loopback_bind_needs_a_token(tmp_path):
@@ -64,7 +67,7 @@ def token_daemon(tmp_path_factory):
         yield {"url": url, "data": data}
 
 
-def test_token_rules_and_status(token_daemon):
+def test_token_rules_and_status(token_daemon, capsys, monkeypatch):
     url = token_daemon["url"]
     r = httpx.get(url + "/v1/health")
     assert r.status_code == 401 and "token" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
@@ -73,10 +76,18 @@ def test_token_rules_and_status(token_daemon):
     assert httpx.post(url + "/v1/jobs", files={"content": ("c.png", b"x")}).status_code == 401
     ok = httpx.get(url + "/v1/health", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["token_required"] is True
-    with_token = cli("status", "--url", url, env={"STYLEBRIDGE_TOKEN": TOKEN})
-    assert with_token.returncode == 0 and "running" in with_token.stdout
-    without = cli("status", "--url", url, env={"STYLEBRIDGE_TOKEN": ""})
-    assert without.returncode == 0 and "refused" in without.stdout
+    from bridge.cli import main
+
+    def status(token: str) -> tuple[int, str]:
+        """``stylebridge status --url URL`` with STYLEBRIDGE_TOKEN set, by the command line's ``main`` here."""
+        monkeypatch.setenv("STYLEBRIDGE_TOKEN", token)
+        capsys.readouterr()
+        code = main(["status", "--url", url])
+        return code, capsys.readouterr().out
+    code, out = status(TOKEN)
+    assert code == 0 and "running" in out
+    code, out = status("")
+    assert code == 0 and "refused" in out
 
 
 def test_port_in_use_is_refused(token_daemon, tmp_path):

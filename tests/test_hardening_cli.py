@@ -223,16 +223,18 @@ def test_probe_sees_a_read_only_folder_even_as_root(read_only_folder) -> None:
 
 @pytest.mark.e2e
 def test_two_runs_with_the_same_output_both_keep_their_file(tmp_path, pics) -> None:
+    """Two ``stylebridge stylize`` processes at once (forked from this one, tests/inprocess.py Forked: both start
+    at the same instant) write the same output name: one gets NAME, the other NAME-2, both say which."""
+    from inprocess import Forked
+
     target = tmp_path / "same.png"
-    args = [sys.executable, "-m", "bridge.cli", "stylize", str(pics["photo"]), "-s", str(pics["style"]),
-            "-o", str(target), "--size", "32", "--iterations", "1", "--no-coarse-to-fine", "--seed", "1"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-             for _ in range(2)]
-    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
-    for out, err, code in results:
-        assert code == 0, err
-    reported = sorted(Path(out.strip()) for out, _, _ in results)
+    args = ["stylize", str(pics["photo"]), "-s", str(pics["style"]), "-o", str(target), "--size", "32",
+            "--iterations", "1", "--no-coarse-to-fine", "--seed", "1"]
+    procs = [Forked(args, separate_stderr=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    reported = sorted(Path(out.strip()) for out, _ in results)
     assert reported == [tmp_path / "same-2.png", tmp_path / "same.png"]
     for path in reported:
         assert load_image(path).width == 160

@@ -1,7 +1,8 @@
 """Issue 15, the daemon's part: bounded memory, bad settings as 4xx, limit messages that state the limit.
 
-A real ``stylebridge serve`` on a free loopback port (real VGG-19 weights, real HTTP), generated
-images only. Queued uploads must wait on disk, undecoded: the daemon's RSS is measured while
+The real daemon app served in this process on a free loopback port (tests/inprocess.py: real HTTP, the real
+engine and VGG-19 weights), generated images only. Queued uploads must wait on disk, undecoded: the daemon's
+process's RSS (this one's) is measured while
 several 14000 x 14000 PNG uploads (571 KB each, 196 MP: 588 MB each once decoded) wait behind a
 running job. Settings parsing is also checked property-based (``hypothesis``): any JSON value is
 either valid settings or a :class:`SettingsError`, and over HTTP never a 500.
@@ -9,6 +10,7 @@ either valid settings or a :class:`SettingsError`, and over HTTP never a 500.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -29,6 +31,7 @@ from PIL import Image
 
 from bridge.settings import LIMITS, DocumentSettings, Settings, SettingsError
 from bridge.settings_parse import load_settings_json, settings_from_json, settings_from_mapping
+from inprocess import daemon_in_thread
 
 BIG = 14000                                  # 196 MP: under the 200 MP max_pixels
 QUEUED = 6                                   # big uploads queued in the memory test
@@ -57,8 +60,10 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
 
+@functools.lru_cache(maxsize=2)
 def flat_png(width: int, height: int) -> bytes:
-    """A complete, valid 8-bit RGB PNG of one grey, streamed through zlib (a 196 MP one is ~0.6 MB)."""
+    """A complete, valid 8-bit RGB PNG of one grey, streamed through zlib (a 196 MP one is ~0.6 MB; made once:
+    compressing its 588 MB of rows costs ~2 s)."""
     row = b"\x00" + b"\x80" * (3 * width)
     comp = zlib.compressobj(9)
     parts = [comp.compress(row * 500) for _ in range(height // 500)]
@@ -96,39 +101,20 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
+    """``serve --max-upload-mb 8 --max-job-memory-mb 16384 --max-queued-jobs 8``: the real app and engine in this
+    process (tests/inprocess.py), so the daemon's memory is this process's; started on a data folder where a dead
+    daemon and one whose process id now belongs to another process left uploads."""
     data = tmp_path_factory.mktemp("hardening-daemon")
     orphan = data / "jobs" / str(dead_pid()) / "uploads" / "0123abcd"   # left by a daemon killed with -9
     orphan.mkdir(parents=True)
     (orphan / "content").write_bytes(b"x" * 1000)
-    reused = data / "jobs" / str(os.getpid()) / "uploads" / "4567ef"     # its pid now belongs to someone else
+    reused = data / "jobs" / str(os.getppid()) / "uploads" / "4567ef"    # its pid now belongs to someone else
     reused.mkdir(parents=True)
     (reused.parent.parent / ".lock").write_bytes(b"")                   # ... but nobody holds its lock
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port), "--data-dir", str(data),
-                             "--max-upload-mb", str(UPLOAD_MB), "--max-job-memory-mb", str(JOB_MEMORY_MB),
-                             "--max-queued-jobs", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "daemon did not answer within 120 s"
-        time.sleep(0.2)
-    yield {"url": url, "data": data, "proc": proc, "orphans": [orphan, reused],
-           "jobs": data / "jobs" / str(proc.pid)}
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    assert "Traceback" not in out, out
+    with daemon_in_thread(data, max_upload_bytes=UPLOAD_MB * 2 ** 20, max_job_memory=JOB_MEMORY_MB * 2 ** 20,
+                          max_queued_jobs=8) as url:
+        yield {"url": url, "data": data, "pid": os.getpid(), "orphans": [orphan, reused],
+               "jobs": data / "jobs" / str(os.getpid())}
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +157,7 @@ def test_orphaned_uploads_are_removed_at_start_up(daemon):
 def test_queued_uploads_wait_on_disk_not_in_memory(daemon, small):
     """Six 196 MP PNGs queued behind a running job: each waits as its 0.6 MB file, not as 588 MB of
     pixels (before this fix the daemon's RSS grew by ~0.6 GB per queued job)."""
-    url, pid = daemon["url"], daemon["proc"].pid
+    url, pid = daemon["url"], daemon["pid"]
     big = flat_png(BIG, BIG)
     assert len(big) < 1_000_000
     blocker = submit(url, ("busy.png", small["content"]), [("s.png", small["style"])], LONG)
@@ -332,11 +318,11 @@ def test_too_many_pixels_quotes_the_documented_limit(daemon, small):
 
 
 def test_a_huge_preview_is_refused_at_once_and_the_daemon_stays_small(daemon, small):
-    """Issue 20, item 6, against the real process: style files of 14000 x 14000 px (571 KB each) used to keep
+    """Issue 20, item 6, measured on the daemon's process: style files of 14000 x 14000 px (571 KB each) used to keep
     the preview worker busy for minutes and leave the daemon ~1 GB larger. Now 413 from the headers, at once."""
     from bridge.settings import PREVIEW
     big = flat_png(BIG, BIG)
-    pid = daemon["proc"].pid
+    pid = daemon["pid"]
     before, _ = rss_mb(pid)
     files = [("content", ("c.png", small["content"], "image/png"))]
     files += [("style_files", (f"s{i}.png", big, "image/png")) for i in range(12)]     # 7 MB: under UPLOAD_MB

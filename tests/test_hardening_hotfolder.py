@@ -1,7 +1,8 @@
 """Issue 15, the hot-folder part: no file, name or full disk stops or hangs the watcher.
 
 The real watcher on real folders, in this process (tests/inprocess.py), with the real engine; real
-``stylebridge watch`` processes (``e2e``) where signals are the point. Inputs generated from ``samples/`` (never
+``stylebridge watch`` processes (``e2e``, forked from this one: tests/inprocess.py Forked) where signals are
+the point. Inputs generated from ``samples/`` (never
 ../shared).  A full disk is a real small tmpfs (``mount -t tmpfs``): as root (CI) mounting must work,
 elsewhere those tests skip with the reason.  tmpfs is also another file system than the work tree, so
 an ``out/`` mounted there exercises the no-hard-link (copy) path.
@@ -14,6 +15,7 @@ never fit), plus atomic no-replace outputs and odd names.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -33,13 +35,12 @@ from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.settle import place
 from bridge.outputs import fit_name, name_bytes, rename_noreplace
 from bridge.hotfolder.command import STOP_GRACE_SECONDS
-from inprocess import StubEngine, WatcherThread, watch_once
+from inprocess import Forked, StubEngine, WatcherThread, watch_once
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 TINY = {"size": 40, "iterations": 3, "coarse_to_fine": False, "device": "cpu", "seed": 1}
 STABLE = 0.2
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
 JAPANESE_79 = "写真" * 39 + "景"           # 79 characters, 237 bytes in UTF-8
 
 
@@ -64,8 +65,8 @@ def make_hot(root: Path, styles_dir: Path | None = None, **preset: object) -> Pa
     return root
 
 
-def watch_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bridge.cli", "watch", str(root), "--stable-seconds", str(STABLE), *extra]
+def watch_args(root: Path, *extra: str) -> list[str]:
+    return ["watch", str(root), "--stable-seconds", str(STABLE), *extra]
 
 
 class Once:
@@ -94,11 +95,11 @@ def records(root: Path) -> list[dict]:
 
 
 class Watch:
-    """A running ``stylebridge watch`` whose output lines are collected in the background."""
+    """A running ``stylebridge watch`` process (forked from this one: its own signals, no Python start-up)
+    whose output lines are collected in the background."""
 
     def __init__(self, root: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen(watch_cmd(root, *extra), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+        self.proc = Forked(watch_args(root, *extra))            # a real process (tests/inprocess.py Forked)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -362,7 +363,7 @@ def test_item4_signals_stop_the_watcher_within_seconds_in_every_state(tmp_path: 
     elif state == "daemon-hung":
         hole, port = _black_hole()
         extra = ["--daemon", f"http://127.0.0.1:{port}"]
-    if state != "idle":
+    if state not in ("idle", "after-fifo"):      # (a photo beside the FIFO would only add an engine run first)
         make_photo(root / "in" / "photo.jpg")
     if state == "after-fifo":
         os.mkfifo(root / "in" / "pipe.jpg")
@@ -496,15 +497,11 @@ def test_item7_output_larger_than_the_whole_disk_goes_to_error(tmp_path: Path, t
 # ==================================================== atomic, no-replace outputs (claim.place)
 
 
-_PLACER = """
-import sys, time
-from pathlib import Path
-from bridge.hotfolder.settle import place
-src, wanted, go = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-while time.time() < go:
-    time.sleep(0.001)
-print(place(src, wanted, keep_source=True).name)
-"""
+def _place_at(src: str, wanted: str, go: float, answer) -> None:
+    """In a placer process: wait for the common instant ``go``, then place ``src`` at ``wanted``; send the name."""
+    while time.time() < go:
+        time.sleep(0.001)
+    answer.send(place(Path(src), Path(wanted), keep_source=True).name)
 
 
 @pytest.mark.parametrize("where", ["same-disk", "other-disk"])
@@ -521,11 +518,19 @@ def test_outputs_are_claimed_atomically_by_concurrent_writers(tmp_path: Path, tm
         src.parent.mkdir(exist_ok=True)
         src.write_bytes(f"content {i}".encode() * 1000)
         srcs.append(src)
+    # Real processes, forked from this one (no Python start-up each; joined here, so their CPU time is counted).
+    context = multiprocessing.get_context("fork")
     go = time.time() + 1.5
-    procs = [subprocess.Popen([sys.executable, "-c", _PLACER, str(s), str(out / "x.psd"), str(go)], cwd=REPO,
-                              env=ENV, stdout=subprocess.PIPE, text=True) for s in srcs]
-    names = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    pipes = [context.Pipe(duplex=False) for _ in srcs]
+    procs = [context.Process(target=_place_at, args=(str(s), str(out / "x.psd"), go, sender))
+             for s, (_, sender) in zip(srcs, pipes)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    assert len({p.pid for p in procs} | {os.getpid()}) == 9                     # eight processes besides this one
+    names = [receiver.recv() for receiver, _ in pipes]
     assert len(set(names)) == 8 and "x.psd" not in names
     assert (out / "x.psd").read_bytes() == b"the user's own"
     for src, name in zip(srcs, names):

@@ -1,13 +1,12 @@
 """Hours-long hot-folder jobs: the engine's checkpoint per job, resume after kill -9 and after a polite
 stop, a checkpoint that cannot be written. The real watcher in this process (tests/inprocess.py), the real
 engine on tiny images (64 px photo, size 48, one stage); kill -9 of a real ``stylebridge watch`` and of a real
-``stylebridge serve`` in the tests marked ``e2e``."""
+``stylebridge serve`` process in the tests marked ``e2e`` (forked from this one: tests/inprocess.py Forked)."""
 
 from __future__ import annotations
 
 import io
 import re
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ from bridge.hotfolder.process import DaemonEngine, InProcessEngine
 from bridge.hotfolder.report import Reporter
 from bridge.hotfolder.watcher import Watcher
 
-from inprocess import WatcherThread, watch_once
-from test_hotfolder_watch import (REPO, STABLE, _free_port, _Lines, _watch_cmd, events, files, make_hot, make_photo,
-                                  start_serve)
+from inprocess import Forked, WatcherThread, daemon_in_thread, forked_serve, watch_once
+from test_hotfolder_watch import STABLE, _free_port, _Lines, _watch_args, events, files, make_hot, make_photo
 
 ITERATIONS = 30
 FAST = ("--checkpoint-seconds", "0.3")
@@ -58,8 +56,7 @@ def rerun_resumes(root: Path, saved: int) -> str:
 def test_kill_9_mid_job_then_restart_resumes_from_the_checkpoint(tmp_path: Path) -> None:
     root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
     make_photo(root / "in" / "photo.jpg", 64)
-    proc = subprocess.Popen(_watch_cmd(root, *FAST), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = Forked(_watch_args(root, *FAST))                      # a real process (tests/inprocess.py)
     out = _Lines(proc)
     try:
         deadline = time.monotonic() + 120
@@ -113,14 +110,16 @@ def test_a_checkpoint_that_cannot_be_written_is_one_clear_line_and_the_job_finis
 
 @pytest.mark.e2e
 def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Path) -> None:
-    """`watch --daemon`: the daemon is killed mid-job and started again on the same data folder; it takes
-    the job over (same id, from its checkpoint) and the watcher follows it on instead of sending it again."""
+    """`watch --daemon`: the daemon (a real ``stylebridge serve``) is killed mid-job and started again on the same
+    data folder (the real app, in this process: tests/inprocess.py); it takes the job over (same id, from its
+    checkpoint) and the watcher follows it on instead of sending it again."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     data = tmp_path / "daemon"
     root = make_hot(tmp_path, iterations=ITERATIONS, size=48)
     make_photo(root / "in" / "photo.jpg", 64)
-    serve = start_serve(port, data, *FAST)
+    serve, _ = forked_serve(data, "--device", "cpu", *FAST, port=port)    # a real process (tests/inprocess.py)
+    threading.Thread(target=lambda: [None for _ in serve.stdout], daemon=True).start()
     stream = io.StringIO()
     watcher = Watcher(root, DaemonEngine(url, ""), stable_seconds=STABLE, reporter=Reporter(stream))
     runner = threading.Thread(target=watcher.run)
@@ -138,15 +137,18 @@ def test_daemon_mode_follows_its_job_across_a_kill_9_of_the_daemon(tmp_path: Pat
         assert job["priority"] == "batch"                       # the hot folder never makes an artist wait
         serve.kill()                                            # SIGKILL
         serve.wait(timeout=30)
-        serve = start_serve(port, data, *FAST)                  # same port, same data folder
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not (root / "done" / "photo.jpg").exists():
-            time.sleep(0.2)
+        with daemon_in_thread(data, port=port, checkpoint_s=FAST_S):     # same port, same data folder
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and not (root / "done" / "photo.jpg").exists():
+                time.sleep(0.2)
+            watcher.stop()
+            runner.join(timeout=60)
     finally:
         watcher.stop()
         runner.join(timeout=60)
-        serve.terminate()
-        serve.wait(timeout=30)
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=30)
     text = stream.getvalue()
     assert files(root / "out") == ["photo.psd"] and files(root / "error") == [], text
     assert text.count("sent to ") == 1, text                    # followed on, never sent again

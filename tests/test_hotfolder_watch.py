@@ -4,7 +4,8 @@ Each test builds ``DIR`` in tmp_path with a tiny preset (size 40, 3 iterations, 
 small inputs made from the repository's samples (tests/testdata.py); PSD outputs are checked with the
 independent readers (tests/psdreaders) and read back with psd-tools. Daemon mode talks real HTTP to the
 daemon app served in this process (tests/inprocess.py); the tests marked ``e2e`` run real
-``stylebridge watch`` processes (SIGTERM, kill -9, two watchers, a write limit, the --daemon command line).
+``stylebridge watch`` processes (kill -9, two watchers, a write limit, the --daemon command line), forked from
+this one where only the process matters (tests/inprocess.py :class:`Forked`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 from bridge.hotfolder.journal import Journal
 from bridge.hotfolder.process import InProcessEngine
 from bridge.hotfolder.watcher import Watcher
-from inprocess import daemon_in_thread, watch_once
+from inprocess import Forked, WatcherThread, daemon_in_thread, watch_once
 from psdreaders import check_psd as psdcheck
 from testdata import PSD_DIR, SAMPLES
 
@@ -311,8 +312,12 @@ def test_every_photoshop_file_gives_a_valid_psd_or_a_reasoned_error(tmp_path: Pa
 # Real `stylebridge watch` processes
 
 
+def _watch_args(root: Path, *extra: str) -> list[str]:
+    return ["watch", str(root), "--stable-seconds", str(STABLE), *extra]
+
+
 def _watch_cmd(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bridge.cli", "watch", str(root), "--stable-seconds", str(STABLE), *extra]
+    return [sys.executable, "-m", "bridge.cli", *_watch_args(root, *extra)]
 
 
 class _Lines:
@@ -340,22 +345,15 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
     root = make_hot(tmp_path, iterations=300, size=48)          # slow enough to be killed mid-run
     src = make_photo(root / "in" / "photo.jpg")
     original = src.read_bytes()
-    # First a polite stop (SIGTERM): the engine stops at its next iteration, the file stays in working/.
-    proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    out = _Lines(proc)
-    try:
-        assert out.wait_for("stage 1/1", timeout=120), "".join(out.lines)
-        proc.terminate()
-        assert proc.wait(timeout=60) == 0, "".join(out.lines)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # First a polite stop (what SIGTERM calls, bridge/hotfolder/command.py; in this process: the signal itself is
+    # test_hardening_hotfolder.py's): the engine stops at its next iteration, the file stays in working/.
+    with WatcherThread(root, stable_seconds=STABLE) as w:
+        assert w.wait_for("stage 1/1", timeout=120), w.output
+        assert w.stop() == 0, w.output
     assert ("interrupted", "photo.jpg") in events(root)
     assert files(root / "out") == [] and len(files(root / "working")) == 1
-    # Then kill -9 of a restarted watcher in the middle of the resumed job.
-    proc = subprocess.Popen(_watch_cmd(root), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    # Then kill -9 of a restarted watcher (a real process: tests/inprocess.py Forked) in the middle of the resumed job.
+    proc = Forked(_watch_args(root))
     out = _Lines(proc)
     try:
         assert out.wait_for("stage 1/1", timeout=120), "".join(out.lines)   # the engine is iterating
@@ -383,12 +381,13 @@ def test_kill_9_mid_job_then_restart_finishes_it_exactly_once(tmp_path: Path) ->
 
 @pytest.mark.e2e
 def test_two_watchers_on_one_folder_process_each_file_once(tmp_path: Path) -> None:
+    """Two ``stylebridge watch --once`` processes (forked from this one at the same instant, tests/inprocess.py
+    Forked) race for the same six photos; each is claimed, rendered and moved exactly once."""
     root = make_hot(tmp_path)
     names = [f"p{i}.jpg" for i in range(6)]
     for i, name in enumerate(names):
         make_photo(root / "in" / name, 64 + 8 * i)
-    procs = [subprocess.Popen(_watch_cmd(root, "--once"), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [Forked(_watch_args(root, "--once")) for _ in range(2)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert files(root / "out") == sorted(n.replace(".jpg", ".psd") for n in names)
@@ -579,9 +578,9 @@ def test_write_error_on_output_sends_input_to_error_and_leaves_no_partial_file(t
     root = make_hot(tmp_path)
     src = make_photo(root / "in" / "photo.jpg")
     original = src.read_bytes()
-    run = subprocess.run(_watch_cmd(root, "--once"), cwd=REPO, capture_output=True, text=True, timeout=300,
-                         preexec_fn=small_files, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    assert run.returncode == 1, run.stdout + run.stderr
+    proc = Forked(_watch_args(root, "--once"), preexec_fn=small_files)          # a real process: the limit is its own
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
     assert files(root / "out") == []
     assert (root / "error" / "photo.jpg").read_bytes() == original
     note = (root / "error" / "photo.jpg.txt").read_text()

@@ -348,6 +348,8 @@ GIMP_SCRIPT = r"""
       (if (= 1 (car (gimp-item-is-group id)))
           (sb-names (vector->list (cadr (gimp-item-get-children id))) port (+ depth 1))))
     ids))
+"""
+GIMP_LOAD = r"""
 (let* ((img (car (gimp-file-load RUN-NONINTERACTIVE "%(psd)s" "%(psd)s")))
        (port (open-output-file "%(out)s")))
   (display "size\t" port) (display (car (gimp-image-width img)) port) (display "\t" port)
@@ -359,26 +361,44 @@ GIMP_SCRIPT = r"""
 """
 
 
-def gimp_read(psd: Path, tmp_path: Path) -> tuple[list[list[str]], np.ndarray]:
-    """Load in GIMP 2.10 (batch exits 0 even on failure: results go to files we check)."""
-    out, png = tmp_path / "gimp.out", tmp_path / "gimp.png"
-    script = GIMP_SCRIPT % {"psd": psd, "out": out, "png": png}
+def gimp_read_all(psds: dict[str, Path], tmp_path: Path) -> dict[str, tuple[list[list[str]], np.ndarray]]:
+    """Load every PSD in one GIMP 2.10 batch run (batch exits 0 even on failure: results go to files we check):
+    by name, its layer rows and its flattened pixels."""
+    script = GIMP_SCRIPT + "".join(GIMP_LOAD % {"psd": psd, "out": tmp_path / f"{name}.out",
+                                                 "png": tmp_path / f"{name}.png"} for name, psd in psds.items())
     env = dict(os.environ, HOME=str(tmp_path), GIMP2_DIRECTORY=str(tmp_path / "gimp2"))
     res = subprocess.run([GIMP, "-i", "-d", "-f", "-n", "-b", script, "-b", "(gimp-quit 0)"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert out.exists() and png.exists(), res.stdout[-2000:] + res.stderr[-2000:]
-    rows = [ln.split("\t") for ln in out.read_text(encoding="utf-8").splitlines()]
-    return rows, np.asarray(Image.open(png))
+                         capture_output=True, text=True, env=env, timeout=180)
+    read = {}
+    for name in psds:
+        out, png = tmp_path / f"{name}.out", tmp_path / f"{name}.png"
+        assert out.exists() and png.exists(), f"{name}: " + res.stdout[-2000:] + res.stderr[-2000:]
+        read[name] = ([ln.split("\t") for ln in out.read_text(encoding="utf-8").splitlines()],
+                      np.asarray(Image.open(png)))
+    return read
 
 
-def test_gimp_opens_layers_masks_and_flattens_to_our_composite(tmp_path):
-    need_gimp()
+def _layers_and_masks_stack() -> LayerStack:
     stack = make_stack(36, 22, styles=("starry", UNICODE_NAME), smooth=True, run_name="Run ★")
     stack.items[1].mask = np.full((22, 36), 255, np.uint8)
     stack.items[1].mask[:, :9] = 0                      # group mask
     stack.items[1].children[0].mask[:11] = 128          # partial style mask
-    path = write_psd(stack, tmp_path / "g.psd")
-    rows, flat = gimp_read(path, tmp_path)
+    return stack
+
+
+@pytest.fixture(scope="module")
+def gimp_reads(tmp_path_factory) -> dict[str, tuple[LayerStack, list[list[str]], np.ndarray]]:
+    """The three documents GIMP 2.10 reads below, written and read in one GIMP start: by name, (stack, rows, flat)."""
+    need_gimp()
+    folder = tmp_path_factory.mktemp("gimp")
+    stacks = {"g": _layers_and_masks_stack(), "g16": make_stack(20, 12, depth=16, styles=("a",), smooth=True),
+              "a": make_stack(20, 12, alpha=True, smooth=True)}
+    read = gimp_read_all({name: write_psd(stack, folder / f"{name}.psd") for name, stack in stacks.items()}, folder)
+    return {name: (stack, *read[name]) for name, stack in stacks.items()}
+
+
+def test_gimp_opens_layers_masks_and_flattens_to_our_composite(gimp_reads):
+    stack, rows, flat = gimp_reads["g"]
     assert rows[0] == ["size", "36", "22"]
     # GIMP lists top to bottom; depth 1 = inside the group
     names = [(int(r[0]), r[1], r[4], r[5]) for r in rows[1:]]
@@ -392,20 +412,15 @@ def test_gimp_opens_layers_masks_and_flattens_to_our_composite(tmp_path):
     assert np.abs(flat[:, :, :3].astype(int) - rgb.astype(int)).max() <= 2
 
 
-def test_gimp_opens_16_bit(tmp_path):
-    need_gimp()
-    stack = make_stack(20, 12, depth=16, styles=("a",), smooth=True)
-    path = write_psd(stack, tmp_path / "g16.psd")
-    rows, flat = gimp_read(path, tmp_path)
+def test_gimp_opens_16_bit(gimp_reads):
+    stack, rows, flat = gimp_reads["g16"]
     assert [r[1] for r in rows[1:]] == ["Refine", "Original colours", "Detail", "Styles", "a", "Original"]
     rgb, _ = blend.composite(stack)
     assert np.abs(flat[:, :, :3].astype(float) / np.iinfo(flat.dtype).max - as_float(rgb)).max() < 2.5 / 255
 
 
-def test_gimp_flattens_transparent_photo_like_our_composite_over_white(tmp_path):
-    need_gimp()
-    stack = make_stack(20, 12, alpha=True, smooth=True)
-    rows, flat = gimp_read(write_psd(stack, tmp_path / "a.psd"), tmp_path)
+def test_gimp_flattens_transparent_photo_like_our_composite_over_white(gimp_reads):
+    stack, rows, flat = gimp_reads["a"]
     assert [r[1] for r in rows[1:]][-1] == "Original"
     rgb, a = blend.composite(stack)
     over_white = as_float(rgb) * as_float(a)[..., None] + (1 - as_float(a)[..., None])
