@@ -21,6 +21,7 @@ def _serve(capsys, *options: str) -> tuple[int, str]:
     (("--checkpoint-seconds", "nan"), "--checkpoint-seconds must be > 0"),
     (("--memory-budget-mb", "-1"), "--memory-budget-mb must be >= 0"),
     (("--max-job-memory-mb", "0"), "--max-job-memory-mb must be >= 1"),
+    (("--faithful-iterations", "0"), "--faithful-iterations must be >= 1"),
 ])
 def test_an_option_out_of_range_is_one_line_and_exit_1(capsys, tmp_path, options, message):
     code, err = _serve(capsys, "--data-dir", str(tmp_path / "data"), "--port", "0", *options)

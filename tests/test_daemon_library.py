@@ -212,13 +212,21 @@ def _make(folder: Path, outside: Path, name: str, kind: str, data: st.DataObject
 
 
 def _style_file(folder: Path, name: str) -> bytes | None:
-    """What the library should serve for ``name``, judged independently: the first regular file NAME.EXT."""
+    """What the library should serve for ``name``, judged independently (Pillow decodes it): the first regular
+    file NAME.EXT, in EXTENSIONS' order, that holds a whole PNG/JPEG/TIFF/WebP image; an empty or broken NAME.png
+    does not hide a good NAME.jpg (hypothesis found that case: the oracle used to stop at the empty file)."""
     for ext in EXTENSIONS.values():
         path = folder / f"{name}{ext}"
         try:
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                return path.read_bytes()
-        except OSError:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+            data = path.read_bytes()
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in EXTENSIONS:
+                    continue
+                image.load()
+            return data
+        except Exception:  # noqa: BLE001 - no image Pillow reads whole: not a style
             continue
     return None
 
