@@ -25,6 +25,7 @@ from bridge.imaging import (ImageError, Picture, encode_array_png, encode_png, e
                             png_chunks, save_image, to_dtype)
 from bridge.imaging.png import PNG_SIGNATURE
 from bridge.outputs import atomic_write, unique_path
+from psdreaders import reader_missing
 
 SRGB_ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 H, W = 6, 10   # not square, so a wrong rotation shows
@@ -477,10 +478,11 @@ def test_atomic_write_into_unwritable_place_even_as_root():
     assert not list(Path("/proc").glob(".stylebridge-test*"))
 
 
-@pytest.mark.skipif(shutil.which("identify") is None, reason="ImageMagick's identify not installed")
 @pytest.mark.parametrize("ext", ["png", "tif"])
 def test_imagemagick_reads_16bit_alpha_icc_dpi(tmp_path, ext):
     """An independent reader (ImageMagick on libpng/libtiff) sees what we claim to write."""
+    if shutil.which("identify") is None:
+        reader_missing("ImageMagick's identify not installed (run .ci/apt.sh)")
     path = save_image(_picture(16, True), tmp_path / f"a.{ext}")
     out = subprocess.run(["identify", "-verbose", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -14,6 +14,7 @@ from bridge.document import blend
 from bridge.document.model import Group, Layer, LayerStack
 from bridge.document.psd import read_psd, style_name, write_psd
 from bridge.imaging import ImageError
+from psdreaders import reader_missing
 from testdata import PSD_DIR
 
 CONVERT = "/usr/bin/convert"
@@ -73,7 +74,7 @@ def test_composite_is_photoshops_merged_image(name):
     pic = read_psd(path).composite
     theirs = im_composite(path, pic.width, pic.height)
     if theirs is None:
-        pytest.skip("ImageMagick not installed (run .ci/apt.sh)")
+        reader_missing("ImageMagick not installed (run .ci/apt.sh)")
     ours = f(pic.rgb)
     if pic.alpha is not None:                 # ImageMagick flattens nothing here: compare opaque pixels
         opaque = pic.alpha == np.iinfo(pic.alpha.dtype).max

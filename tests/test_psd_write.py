@@ -27,7 +27,7 @@ from bridge.document.stack import build_stack
 from bridge.engine.types import StyledImage, StylizeResult
 from bridge.imaging import Picture
 from bridge.settings import DocumentSettings, Settings
-from psdreaders import psdcheck
+from psdreaders import psdcheck, reader_missing
 
 IDENTIFY = "/usr/bin/identify"
 CONVERT = "/usr/bin/convert"
@@ -40,12 +40,12 @@ UNICODE_NAME = "Ünïcødé 星 — style"
 
 def need_imagemagick() -> None:
     if not os.access(IDENTIFY, os.X_OK):
-        pytest.skip("ImageMagick not installed (run .ci/apt.sh)")
+        reader_missing("ImageMagick not installed (run .ci/apt.sh)")
 
 
 def need_gimp() -> None:
     if GIMP is None:
-        pytest.skip("GIMP 2.10 (gimp-console-2.10) not installed (run .ci/apt.sh)")
+        reader_missing("GIMP 2.10 (gimp-console-2.10) not installed (run .ci/apt.sh)")
 
 
 def im_composite(path: Path, w: int, h: int, *extra: str) -> np.ndarray:

@@ -590,14 +590,6 @@ def test_same_regions_from_cli_hot_folder_and_daemon_give_the_same_arrays_and_pi
 
 # ------------------------------------------------------------------------------------------ the real engine
 
-def _engine_has_regions() -> bool:
-    import dataclasses
-
-    from bridge.engine.types import StyleInput
-    return "region" in {f.name for f in dataclasses.fields(StyleInput)}
-
-
-@pytest.mark.skipif(not _engine_has_regions(), reason="the engine's regions (branch reng) are not merged yet")
 def test_real_engine_cli_and_hot_folder_paint_the_same_fused_pixels(tmp_path, files, hot, capsys) -> None:
     """One tiny real run: the CLI writes PHOTO_fused.png; the hot folder's in-process run of a PSD whose channels
     are the same regions, and the daemon given them as region_files, paint the same pixels for the same seed."""

@@ -45,6 +45,15 @@ def require_readers() -> bool:
     return os.environ.get("STYLEBRIDGE_REQUIRE_READERS") == "1"
 
 
+def reader_missing(why: str) -> None:
+    """An independent reader is not installed: skip with ``why`` on a user's machine, fail in CI
+    (``STYLEBRIDGE_REQUIRE_READERS=1``, set by ``.ci/test``), where every check must run."""
+    import pytest
+    if require_readers():
+        pytest.fail(f"{why}; STYLEBRIDGE_REQUIRE_READERS=1 needs it")
+    pytest.skip(why)
+
+
 def shared_dir() -> Path | None:
     """``$STYLEBRIDGE_SHARED`` when set explicitly (``.ci/run``); never a guessed ``../shared``."""
     value = os.environ.get("STYLEBRIDGE_SHARED")
