@@ -23,6 +23,29 @@ LBFGS_FIRST_STEP = 32.0
 LBFGS_RESUME_STEP = 8.0
 
 
+def _optimisers_without_dynamo() -> None:
+    """Spare every L-BFGS run the import of ``torch._dynamo`` (~1.2 s of CPU: a third of a small CLI run).
+
+    torch wraps ``Optimizer.add_param_group`` (called by ``__init__``), ``zero_grad``, ``state_dict`` and
+    ``load_state_dict`` in ``torch._disable_dynamo``, whose first call imports the compiler only to mark them
+    "never compile", and caches that mark on the function as ``__dynamo_disable``. The engine never compiles, so
+    the mark is set here to the function itself. Nothing changes where torch wraps them otherwise (the mark is then
+    unused). Adam's ``step`` imports the compiler itself (torch's ``_use_grad_for_differentiable``): with
+    ``optimizer = "adam"`` the import stays. tests/test_engine_step.py checks that L-BFGS runs without it."""
+    disable = getattr(torch, "_disable_dynamo", None)
+    inner = getattr(disable(lambda: None), "__code__", None) if callable(disable) else None
+    if inner is None:
+        return
+    for cls in (torch.optim.Optimizer, torch.optim.LBFGS):
+        for attr in vars(cls).values():
+            fn = getattr(attr, "__wrapped__", None)
+            if getattr(attr, "__code__", None) is inner and fn is not None and not hasattr(fn, "__dynamo_disable"):
+                setattr(fn, "__dynamo_disable", fn)
+
+
+_optimisers_without_dynamo()
+
+
 def optimise_stage(x0: torch.Tensor, objective: Objective, settings: Settings, iterations: int,
                    reporter: Reporter, *, start: int = 0, history: int = 100, saver: Saver | None = None,
                    restore: Restore | None = None) -> tuple[torch.Tensor, dict[str, float], str | None]:
