@@ -71,14 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         row = {"preset": preset, "stages": est.stages, "estimate_s": round(est.seconds, 1),
                "probe_only_s": round(probe_only, 1), "actual_s": round(actual, 1),
                "ratio": round(est.seconds / actual, 2), "eta_error_pct": eta_err, "percent_monotonic": monotonic,
-               "load_before": before, "load_after": load_avg(), "factor_before": round(meter.factor, 2)}
+               "load_before": before, "load_after": load_avg(), "factor_before": _factor(meter)}
         speed.record_finished(meter, settings, photo.width, photo.height, 1, actual)
-        row["factor_after"] = round(meter.factor, 2)
+        row["factor_after"] = _factor(meter)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _factor(meter) -> float:
+    """Finished jobs' speed over the probe's (1.0 before any)."""
+    return 1.0 if meter.learnt_spp is None else round(meter.learnt_spp / meter.probe_spp, 2)
 
 
 if __name__ == "__main__":

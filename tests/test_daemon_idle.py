@@ -14,6 +14,7 @@ import pytest
 from bridge.cli import main
 from bridge.daemon import idle, speed
 from bridge.daemon.client import DaemonClient
+from bridge.engine.eta import cost_model
 from inprocess import forked_serve
 from test_daemon_api import png_of, start_daemon, stop_daemon
 from testdata import SAMPLES
@@ -42,15 +43,33 @@ def test_idle_watch_counts_requests_and_jobs():
 
 def test_speed_file_round_trip(tmp_path):
     meter = speed.SpeedMeter("cpu", probe_spp=2e-6, path=tmp_path / "speed.json")
-    meter.record(10.0, 30.0)                       # jobs took three times the probe's estimate
+    meter.record(1e6, 6.0)                         # a job took three times the probe's speed: 6e-6 s per unit
     meter.save()
-    again = speed.SpeedMeter("cpu", probe_spp=4e-6, path=tmp_path / "speed.json")   # a slower probe this start
+    probed = []
+    again = speed.SpeedMeter("cpu", path=tmp_path / "speed.json", probe=lambda: probed.append(1) or 4e-6)
     assert again.load() and again.jobs == 1
-    assert again.model().seconds_per_pixel == pytest.approx(6e-6)                  # the learnt speed wins
+    assert again.model().seconds_per_pixel == pytest.approx(6e-6)                  # the learnt speed wins ...
+    assert probed == [] and again.measured                                          # ... and needs no probe
+    assert again.model(corrected=False).seconds_per_pixel == pytest.approx(4e-6) and probed == [1]
     other = speed.SpeedMeter("cuda", probe_spp=1e-8, path=tmp_path / "speed.json")
-    assert not other.load() and other.factor == 1.0                                 # per device
+    assert not other.load() and other.learnt_spp is None                            # per device
     (tmp_path / "speed.json").write_text("not json")
     assert not speed.SpeedMeter("cpu", path=tmp_path / "speed.json").load()
+
+
+def test_the_probe_runs_once_when_first_needed_and_jobs_count_within_a_factor():
+    calls = []
+    meter = speed.SpeedMeter("cpu", probe=lambda: calls.append(1) or 2e-6)
+    assert not meter.measured and calls == []                                       # nothing measured at start
+    meter.record(1e6, 1.0)                          # a finished job before any estimate: no probe for it
+    assert calls == [] and meter.learnt_spp == pytest.approx(1e-6) and meter.measured
+    meter.record(1e6, 1000.0)                       # a stray outlier: 10x the speed known before at most
+    assert meter.learnt_spp == pytest.approx(0.5 * 1e-5 + 0.5 * 1e-6)
+    assert meter.model(corrected=False).seconds_per_pixel == pytest.approx(2e-6) and calls == [1]
+    meter.model(corrected=False)
+    assert calls == [1]                                                             # measured once
+    failed = speed.SpeedMeter("cpu", probe=lambda: None)                            # a probe that failed
+    assert failed.model().seconds_per_pixel == cost_model("cpu").seconds_per_pixel and not failed.measured
 
 
 def test_learns_from_a_deleted_job_keeps_it_and_stops_when_idle(tmp_path, capsys):

@@ -176,14 +176,19 @@ def _warm_up(args: argparse.Namespace) -> tuple[Any, str | None, Any]:
 
 
 def _speed_meter(vgg: Any, device: Any, logger: logging.Logger, data_dir: Path | None = None) -> Any:
-    """Time one small forward+backward: this daemon's speed for POST /v1/estimate (bridge/daemon/speed.py),
-    then what earlier daemons in this data folder learnt from their finished jobs."""
+    """This daemon's speed for POST /v1/estimate (bridge/daemon/speed.py): what earlier daemons in this data folder
+    learnt from their finished jobs, and a probe (one small forward+backward) timed when an estimate first needs it."""
     from . import speed
-    meter = speed.SpeedMeter(str(device))
-    try:
-        meter.probe_spp = speed.measure(vgg, device, DEFAULTS)
-    except Exception as exc:  # noqa: BLE001 - estimates fall back to the device's prior speed
-        logger.warning("could not measure this device's speed (%s: %s); estimates use a guess", type(exc).__name__, exc)
+
+    def probe() -> float | None:
+        try:
+            return speed.measure(vgg, device, DEFAULTS)
+        except Exception as exc:  # noqa: BLE001 - estimates fall back to the device's prior speed
+            logger.warning("could not measure this device's speed (%s: %s); estimates use a guess",
+                           type(exc).__name__, exc)
+            return None
+
+    meter = speed.SpeedMeter(str(device), probe=probe)
     if data_dir is not None:
         meter.path = speed.speed_file(data_dir)
         meter.load()

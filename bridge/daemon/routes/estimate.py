@@ -49,7 +49,8 @@ class EstimateAnswer(BaseModel):
 
 
 def speed_meter(request: Request, d: Any) -> speed.SpeedMeter:
-    """The daemon's meter (``stylebridge serve`` measures it at start); an unmeasured one otherwise."""
+    """The daemon's meter (``stylebridge serve`` gives it a probe and what earlier daemons learnt); an unmeasured
+    one otherwise."""
     meter = getattr(request.app.state, "speed", None)
     if meter is None:
         meter = request.app.state.speed = speed.SpeedMeter(d.config.resolved_device)
