@@ -84,16 +84,29 @@ class Gimp:
         rel = Path(host_path).resolve().relative_to(self.root.resolve())
         return "/" + str(rel)
 
-    def batch(self, script: str, workdir: Path, profile: Path, timeout: float = 300,
-              env: dict | None = None) -> subprocess.CompletedProcess:
-        """Run Python ``script`` in GIMP's python-fu-eval batch interpreter, headless."""
+    def env(self, workdir: Path, profile: Path, extra: dict | None = None) -> dict[str, str]:
+        """GIMP's whole environment for a test: its profile, a home and a TMPDIR in ``workdir``, and ``extra``."""
         home = workdir / "home"
         home.mkdir(exist_ok=True)
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": self.inside(workdir),
                     "GIMP3_DIRECTORY": self.inside(profile), "HOME": self.inside(home)}
-        full_env.update(env or {})
-        return subprocess.run([self.runner, *GIMP_BATCH],
-                              input=script, text=True, capture_output=True, timeout=timeout, env=full_env)
+        full_env.update(extra or {})
+        return full_env
+
+    def batch(self, script: str, workdir: Path, profile: Path, timeout: float = 300,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+        """Run Python ``script`` in GIMP's python-fu-eval batch interpreter, headless."""
+        return subprocess.run([self.runner, *GIMP_BATCH], input=script, text=True, capture_output=True,
+                              timeout=timeout, env=self.env(workdir, profile, env))
+
+    def start(self, script: str, workdir: Path, profile: Path, env: dict | None = None) -> subprocess.Popen:
+        """:meth:`batch` without waiting (a test that acts while the plug-in runs): GIMP's output, stdout and
+        stderr together, on the process's ``stdout``."""
+        path = Path(tempfile.mkstemp(suffix=".py", prefix="script-", dir=workdir)[1])
+        path.write_text(script)
+        with open(path) as stdin:
+            return subprocess.Popen([self.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, env=self.env(workdir, profile, env))
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import shutil
 
 import pytest
 
-from .conftest import SAMPLES, forget_last_values, read_json
-from .test_gimp_plugin import HELPERS, by_role
+from .conftest import SAMPLES, forget_last_values
+from .test_gimp_plugin import batch, by_role
 
 pytestmark = pytest.mark.gimp
 
@@ -53,17 +53,10 @@ def test_dialog_fits_with_12_styles_and_works_on_a_mask(gimp, xvfb, gimp_workdir
     params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
               "args": {"daemon-url": daemon.url,
                        "extra-settings": json.dumps({"size": 32, "iterations": 2, "coarse_to_fine": False})}}
-    params_path = gimp_workdir / "params-mask.json"
-    report_path = gimp_workdir / "params-mask-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
     forget_last_values(gimp_profile)
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_ON_MASK
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    report, out, _ = batch(gimp, RUN_ON_MASK, gimp_workdir, gimp_profile, params, timeout=240, name="mask",
+                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                                "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok1"})
     look = json.loads(hook.read_text().splitlines()[0])
     assert len(look["library"]) == 12 and look["library_error"] is None, look
     geo = look["geometry"]
@@ -77,7 +70,6 @@ def test_dialog_fits_with_12_styles_and_works_on_a_mask(gimp, xvfb, gimp_workdir
     assert look["heading"] == "Painting the layer \u201cphoto\u201d (the layer of the selected mask)", look["heading"]
     labels = " ".join(look["labels"])
     assert "Your style library" in labels and "daemon" not in labels.lower(), look["labels"]
-    report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-3000:])
     styles = by_role(report["after"], "style")
     assert [d["parasite"]["style"] for d in styles] == [look["library"][0]]      # "ok1": the first one only
@@ -121,16 +113,8 @@ def test_rerun_lands_on_top(gimp, gimp_workdir, gimp_profile, shared_daemon):
               "args2": {"style-files": gimp.inside(gimp_workdir / "style.jpg"), "daemon-url": daemon.url,
                         "extra-settings": json.dumps({"size": 48, "iterations": 30, "coarse_to_fine": False,
                                                       "preview_every": 2})}}
-    params_path = gimp_workdir / "params-rerun.json"
-    report_path = gimp_workdir / "params-rerun-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_RERUN
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=300,
-                      env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    report = read_json(report_path)
+    report, out, _ = batch(gimp, RUN_RERUN, gimp_workdir, gimp_profile, params, timeout=300, name="rerun",
+                           env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
     for run in ("first", "second", "replace", "add"):
         assert report[run]["status"] == "success", (run, report[run], out[-3000:])
     first_job = by_role(report["after_first"], "group")[0]["parasite"]["job"]

@@ -20,14 +20,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import GIMP_BATCH, SAMPLES, Daemon, forget_last_values, free_port, read_json, relay  # noqa: I001
+from .conftest import SAMPLES, Daemon, forget_last_values, free_port, read_json, relay  # noqa: I001
 
 pytestmark = pytest.mark.gimp
 
@@ -217,16 +216,23 @@ def old_daemon():
         server.server_close()
 
 
-def batch(gimp, script, workdir, profile, params, timeout=240):
-    params_path = workdir / f"params-{len(list(workdir.glob('params-*.json')))}.json"
-    params["report"] = gimp.inside(workdir / (params_path.stem + "-report.json"))
+def gimp_script(gimp, workdir: Path, name: str, params: dict, script: str) -> tuple[str, Path]:
+    """The Python a test has GIMP run: ``PARAMS`` (the path of params-NAME.json, which also says where to write
+    the report), :data:`HELPERS`, then ``script``; and the path of the report it writes."""
+    params_path, report_path = workdir / f"params-{name}.json", workdir / f"params-{name}-report.json"
+    params["report"] = gimp.inside(report_path)
     params_path.write_text(json.dumps(params))
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + script
+    return f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + script, report_path
+
+
+def batch(gimp, script, workdir, profile, params, timeout=240, *, name: str | None = None, env: dict | None = None):
+    """Run a test's ``script`` in GIMP (:func:`gimp_script`) and wait: (its report, GIMP's output, seconds)."""
+    name = name or str(len(list(workdir.glob("params-*.json"))))
+    code, report_path = gimp_script(gimp, workdir, name, params, script)
     t0 = time.monotonic()
-    proc = gimp.batch(code, workdir, profile, timeout=timeout)
+    proc = gimp.batch(code, workdir, profile, timeout=timeout, env=env)
     took = time.monotonic() - t0
     out = proc.stdout + proc.stderr
-    report_path = workdir / (params_path.stem + "-report.json")
     assert proc.returncode == 0 and report_path.exists(), f"GIMP batch failed (exit {proc.returncode}):\n{out[-6000:]}"
     return read_json(report_path), out, took
 
@@ -398,17 +404,10 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon, s
     params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
               "args": {"daemon-url": daemon.url,
                        "extra-settings": json.dumps(dict(TINY, iterations=3))}}
-    params_path = gimp_workdir / "params-dialog.json"
-    report_path = gimp_workdir / "params-dialog-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
     forget_last_values(gimp_profile)
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
-                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "tick,ok,cancel"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    report, out, _ = batch(gimp, RUN_DIALOG, gimp_workdir, gimp_profile, params, timeout=180, name="dialog",
+                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                                "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "tick,ok,cancel"})
     dialog, ticked, again = [json.loads(line) for line in hook.read_text().splitlines()]
     # previews: the photo in each style appears under its check box as it is ticked (POST /v1/previews)
     assert dialog["previews_shown"] == [] and dialog["checked"] == []
@@ -430,7 +429,6 @@ def test_dialog_in_gimp(gimp, xvfb, gimp_workdir, gimp_profile, shared_daemon, s
     # style strength: 0..1 (the old meaning above 1 only in Extra settings or a script)
     assert dialog["strength_widget"] == {"range": [0.0, 1.0], "slider": [0.0, 1.0], "value": 1.0}, \
         dialog["strength_widget"]
-    report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-4000:])
     styles = sorted(d["parasite"]["style"] for d in by_role(report["after"], "style"))
     assert styles == ["starry_night", "the_scream"]          # both ticked in the dialog
@@ -484,16 +482,10 @@ def test_token(gimp, gimp_workdir, gimp_profile, tmp_path, sb_client):
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "preset": "draft",
                            "mask-mode": "none", "daemon-url": daemon.url,
                            "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
-        params_path = gimp_workdir / "params-token.json"
-        report_path = gimp_workdir / "params-token-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_TOKEN
-        proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180, env={"STYLEBRIDGE_TOKEN": "tok-3141"})
-        assert proc.returncode == 0 and report_path.exists(), (proc.stdout + proc.stderr)[-5000:]
+        report, _, _ = batch(gimp, RUN_TOKEN, gimp_workdir, gimp_profile, params, timeout=180, name="token",
+                             env={"STYLEBRIDGE_TOKEN": "tok-3141"})
     finally:
         daemon.stop()
-    report = read_json(report_path)
     wrong = report["wrong_token"]
     assert wrong["status"] == "execution-error" and "token" in wrong["error"], wrong
     assert [d["name"] for d in report["after_wrong"]] == ["photo"]
@@ -572,22 +564,10 @@ def test_cancel_kills_job(gimp, gimp_workdir, gimp_profile, shared_daemon, sb_cl
                            "extra-settings": json.dumps(long_run)},
                   "args2": {"styles": "starry", "daemon-url": daemon.url,
                             "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
-        params_path = gimp_workdir / "params-cancel.json"
-        report_path = gimp_workdir / "params-cancel-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_CANCEL
-        home = gimp_workdir / "home"
-        home.mkdir(exist_ok=True)
+        code, report_path = gimp_script(gimp, gimp_workdir, "cancel", params, RUN_CANCEL)
         preview_hook = gimp_workdir / "previews.jsonl"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
-               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)}
-        script = gimp_workdir / "cancel.py"
-        script.write_text(code)
-        with open(script) as stdin:
-            gimp_proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, env=env)
+        gimp_proc = gimp.start(code, gimp_workdir, gimp_profile,
+                               env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)})
 
         plugin_marker = gimp.inside(gimp_profile / "plug-ins" / "stylebridge" / "stylebridge.py")
         deadline = time.monotonic() + 120
@@ -676,21 +656,9 @@ def test_plugin_starts_the_daemon(gimp, gimp_workdir, gimp_profile, shared_daemo
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"),
                            "daemon-url": f"http://127.0.0.1:{port}",
                            "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
-        params_path = gimp_workdir / "params-start.json"
-        report_path = gimp_workdir / "params-start-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_START
-        script = gimp_workdir / "start.py"
-        script.write_text(code)
-        home = gimp_workdir / "home"
-        home.mkdir(exist_ok=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir)}
+        code, report_path = gimp_script(gimp, gimp_workdir, "start", params, RUN_START)
+        proc = gimp.start(code, gimp_workdir, gimp_profile)
         try:
-            with open(script) as stdin:
-                proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env)
             deadline = time.monotonic() + 120
             while not request.exists() and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.2)
@@ -720,18 +688,11 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
     sb_client.Client(daemon.url).add_style(SAMPLES["starry_night"], "starry")
     hook = gimp_workdir / "dialog-down.json"
     params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "args": {"daemon-url": down_url}}
-    params_path = gimp_workdir / "params-down.json"
-    report_path = gimp_workdir / "params-down-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
     forget_last_values(gimp_profile)
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=180,
-                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "seturl,cancel",
-                           "STYLEBRIDGE_GIMP_DIALOG_TEST_URL": daemon.url})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    report, _, _ = batch(gimp, RUN_DIALOG_ONCE, gimp_workdir, gimp_profile, params, timeout=180, name="down",
+                         env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                              "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "seturl,cancel",
+                              "STYLEBRIDGE_GIMP_DIALOG_TEST_URL": daemon.url})
     down, fixed = [json.loads(line) for line in hook.read_text().splitlines()]
     assert down["state"] == "down" and not down["ok_sensitive"] and down["retry_visible"], down
     assert down["connection_expanded"] and down["library"] == []
@@ -740,7 +701,7 @@ def test_dialog_when_the_daemon_is_down(gimp, xvfb, gimp_workdir, gimp_profile, 
     assert "Retr_y" in down["labels"] and "Conn_ection to the stylebridge service" in down["labels"]
     assert fixed["state"] == "ready" and fixed["ok_sensitive"] and not fixed["retry_visible"], fixed
     assert fixed["library"] == ["starry"] and fixed["config"]["daemon-url"] == daemon.url
-    assert read_json(report_path)["run"]["status"] == "cancel"
+    assert report["run"]["status"] == "cancel"
 
 
 RUN_DIALOG_ONCE = r"""
@@ -780,23 +741,16 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, shared_dae
     hook = gimp_workdir / "dialog-lib.json"
     params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
               "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(dict(TINY, size=32, iterations=2))}}
-    params_path = gimp_workdir / "params-lib.json"
-    report_path = gimp_workdir / "params-lib-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
     forget_last_values(gimp_profile)
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE.replace(
-        'report["run"] = {"status": res.index(0).value_nick}',
-        'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=int(os.environ.get("T_LIB", 240)),
-                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+    script = RUN_DIALOG_ONCE.replace('report["run"] = {"status": res.index(0).value_nick}',
+                                     'report["run"] = {"status": res.index(0).value_nick}\nreport["after"] = describe(img)')
+    report, out, _ = batch(gimp, script, gimp_workdir, gimp_profile, params, timeout=int(os.environ.get("T_LIB", 240)),
+                           name="lib", env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
                            "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "addlib,remove,addfiles,dropfiles,ok",
                            "STYLEBRIDGE_GIMP_DIALOG_TEST_FILES": gimp.inside(gimp_workdir / "shipwreck.jpg")
                            + ";" + gimp.inside(gimp_workdir / "scream-file.jpg"),
                            "STYLEBRIDGE_GIMP_DIALOG_TEST_BAD_FILES": gimp.inside(missing) + ";"
                            + gimp.inside(gimp_workdir / "broken.jpg")})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
     library_after = [s["name"] for s in client.styles()]
     first, added, removed, with_files, dropped = [json.loads(line) for line in hook.read_text().splitlines()]
     assert first["library"] == ["starry_night", "the_scream"] and first["files"] == []
@@ -829,7 +783,6 @@ def test_dialog_library_edits(gimp, xvfb, gimp_workdir, gimp_profile, shared_dae
     assert set(dropped["file_previews"]) == {"shipwreck.jpg", "scream-file.jpg"}, dropped["file_previews"]
     assert dropped["file_previews"]["scream-file.jpg"]["shown"] == [128, 96], dropped["file_previews"]
     assert dropped["preview_requests"] == with_files["preview_requests"], (dropped, with_files)
-    report = read_json(report_path)
     assert report["run"]["status"] == "success", (report["run"], out[-3000:])
     styles = by_role(report["after"], "style")
     assert len(styles) == 5, [d["name"] for d in styles]          # 3 from the library (OK ticks all), 2 files
@@ -861,16 +814,8 @@ def test_preview_layer_during_the_run(gimp, gimp_workdir, gimp_profile, shared_d
               "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
                        "extra-settings": json.dumps({"size": 48, "iterations": 30, "coarse_to_fine": False,
                                                      "preview_every": 2})}}
-    params_path = gimp_workdir / "params-preview.json"
-    report_path = gimp_workdir / "params-preview-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                      env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
-    report = read_json(report_path)
+    report, out, _ = batch(gimp, RUN_PREVIEW, gimp_workdir, gimp_profile, params, timeout=240, name="preview",
+                           env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
     assert report["run"]["status"] == "success", (report["run"], out[-3000:])
     shown = [json.loads(line) for line in hook.read_text().splitlines()]
     assert shown, "no preview layer was shown"
@@ -899,20 +844,13 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, shared_d
     long_run = {"size": 48, "iterations": 5000, "coarse_to_fine": False, "preview_every": 2}
     params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"), "photo_size": [96, 72],
               "args": {"daemon-url": daemon.url, "extra-settings": json.dumps(long_run)}}
-    params_path = gimp_workdir / "params-window.json"
-    report_path = gimp_workdir / "params-window-report.json"
-    params["report"] = gimp.inside(report_path)
-    params_path.write_text(json.dumps(params))
     forget_last_values(gimp_profile)
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_DIALOG_ONCE
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(gimp_workdir / "d.json"),
-                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok",
-                           "STYLEBRIDGE_GIMP_RUN_TEST": gimp.inside(window_hook),
-                           "STYLEBRIDGE_GIMP_RUN_TEST_CANCEL": "after-preview",
-                           "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    report, out, _ = batch(gimp, RUN_DIALOG_ONCE, gimp_workdir, gimp_profile, params, timeout=240, name="window",
+                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(gimp_workdir / "d.json"),
+                                "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "ok",
+                                "STYLEBRIDGE_GIMP_RUN_TEST": gimp.inside(window_hook),
+                                "STYLEBRIDGE_GIMP_RUN_TEST_CANCEL": "after-preview",
+                                "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(preview_hook)})
     looks = [json.loads(line) for line in window_hook.read_text().splitlines()]
     assert looks, "the progress window was never shown"
     job_id = looks[-1]["job_id"]
@@ -921,7 +859,6 @@ def test_progress_window_cancel(gimp, xvfb, gimp_workdir, gimp_profile, shared_d
     while status not in ("cancelled", "failed", "done") and time.monotonic() < deadline:
         time.sleep(0.2)
         status = client.job(job_id)["status"]
-    report = read_json(report_path)
     # the window: the job's progress, then Cancel once the canvas showed the preview layer
     assert all(look["title"] == "Stylebridge" and look["visible"] for look in looks), looks[-1]
     assert all(look["cancel_label"] == "_Cancel" for look in looks)
@@ -960,20 +897,8 @@ def test_preview_layer_gone_after_an_error(gimp, gimp_workdir, gimp_profile, tmp
         params = {"photo": gimp.inside(gimp_workdir / "photo.jpg"),
                   "args": {"style-files": gimp.inside(gimp_workdir / "photo.jpg"), "daemon-url": daemon.url,
                            "extra-settings": json.dumps(long_run)}}
-        params_path = gimp_workdir / "params-error.json"
-        report_path = gimp_workdir / "params-error-report.json"
-        params["report"] = gimp.inside(report_path)
-        params_path.write_text(json.dumps(params))
-        script = gimp_workdir / "error.py"
-        script.write_text(f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + RUN_PREVIEW)
-        home = gimp_workdir / "home"
-        home.mkdir(exist_ok=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIMP3_DIRECTORY": gimp.inside(gimp_profile),
-               "HOME": gimp.inside(home), "TMPDIR": gimp.inside(gimp_workdir),
-               "STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)}
-        with open(script) as stdin:
-            gimp_proc = subprocess.Popen([gimp.runner, *GIMP_BATCH], stdin=stdin, stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, env=env)
+        code, report_path = gimp_script(gimp, gimp_workdir, "error", params, RUN_PREVIEW)
+        gimp_proc = gimp.start(code, gimp_workdir, gimp_profile, env={"STYLEBRIDGE_GIMP_PREVIEW_TEST": gimp.inside(hook)})
         deadline = time.monotonic() + 180
         while not hook.exists() and time.monotonic() < deadline:          # the preview layer is on the canvas
             assert gimp_proc.poll() is None, gimp_proc.stdout.read()[-4000:]

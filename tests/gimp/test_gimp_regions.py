@@ -22,10 +22,9 @@ from .conftest import (
     SAMPLES,
     forget_last_values,
     load_sb_client,
-    read_json,
     stylebridge_command,
 )
-from .test_gimp_plugin import HELPERS, batch, by_role
+from .test_gimp_plugin import batch, by_role
 
 pytestmark = pytest.mark.gimp
 
@@ -174,18 +173,12 @@ def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp
     hook = gimp_workdir / "dialog.json"
     args = {"styles": "", "style-files": ";".join(gimp.inside(gimp_workdir / f"{s}.jpg") for s in stems),
             "daemon-url": daemon.url, "region-selection": "the_scream"}
-    params_path = gimp_workdir / "params-dialog.json"
-    report_path = gimp_workdir / "params-dialog-report.json"
-    params_path.write_text(json.dumps({"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems,
-                                       "args": args, "report": gimp.inside(report_path),
-                                       "plugin_dir": gimp.inside(gimp_profile / "plug-ins" / "stylebridge")}))
+    params = {"photo": gimp.inside(photo), "w": W, "h": H, "styles": stems, "args": args,
+              "plugin_dir": gimp.inside(gimp_profile / "plug-ins" / "stylebridge")}
     forget_last_values(gimp_profile)
-    code = f"PARAMS = {gimp.inside(params_path)!r}\n" + HELPERS + DIALOG
-    proc = gimp.batch(code, gimp_workdir, gimp_profile, timeout=240,
-                      env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
-                           "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "cancel"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and report_path.exists(), out[-5000:]
+    report, out, _ = batch(gimp, DIALOG, gimp_workdir, gimp_profile, params, timeout=240, name="dialog",
+                           env={"DISPLAY": xvfb, "STYLEBRIDGE_GIMP_DIALOG_TEST": gimp.inside(hook),
+                                "STYLEBRIDGE_GIMP_DIALOG_TEST_RESPONSES": "cancel"})
     jobs = load_sb_client().Client(daemon.url).jobs()
     look = json.loads(hook.read_text().splitlines()[0])
     assert look["regions"] == ["starry_night: channel 'starry_night' (50 % of the photo)",
@@ -193,7 +186,6 @@ def test_dialog_says_which_region_each_style_gets(gimp, xvfb, gimp_workdir, gimp
     assert look["region_thumbs"] == [[48, 36], [48, 36]], look.get("region_thumbs")
     assert "Use the selection as the region of:" in look["labels"]
     assert "for 2 styles in one run (regions)" in (look["estimate"] or ""), look["estimate"]   # one fused run
-    report = read_json(report_path)
     assert report["run"]["status"] == "cancel"
     assert report["mask_regions"] == ["starry_night: channel 'starry_night' (50 % of the photo)",
                                       "the_scream: layer mask of 'the_scream' (25 % of the photo)"]
