@@ -18,16 +18,13 @@ from pathlib import Path
 from ..imaging import ImageError, Picture, load_image, save_image
 from ..outputs import OutputError, explain, nearest_existing, probe_writable
 from ..settings import DEFAULTS, LIMITS, PREVIEW, Settings, SettingsError
+from . import CliError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 #: Engine settings a faithful preview takes from the command line: all but the schedule (the preview's own),
 #: the blend (one preview per style), progress images and the init file.
 SCHEDULE = ("size", "iterations", "coarse_to_fine", "min_size", "scale_step", "coarse_iterations", "base_size",
             "large_iterations", "style_blend_weights", "preview_every", "init_image")
-
-
-class CliError(Exception):
-    """A user mistake: printed as one line ``stylebridge: error: ...``, exit code 2."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -34,15 +34,20 @@ from ..imaging import ImageError, Picture, image_size, load_image, load_mask, sa
 from ..job import JobSpec, Source, check, load_region, region_names
 from ..outputs import OutputError, check_name, explain, nearest_existing, probe_writable
 from ..pipeline import FailureKind, LoadedJob, Rendered, classify, render
-from ..settings import DOCUMENT_DEFAULTS, DEFAULTS, LIMITS, PRESETS, DocumentSettings, Settings, SettingsError
+from ..settings import (
+    DEFAULTS,
+    DOCUMENT_DEFAULTS,
+    LIMITS,
+    PRESETS,
+    DocumentSettings,
+    Settings,
+    SettingsError,
+)
+from . import CliError
 
 DOCUMENT_SUFFIXES = (".psd", ".psb")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 _DEST = "setting__"
-
-
-class CliError(Exception):
-    """A user mistake: printed as one line ``stylebridge: error: ...``, exit code 2."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
