@@ -110,8 +110,9 @@ def test_a_finished_job_corrects_the_speed(tmp_path):
         after = client.estimate(64, 43, 1, TINY)["seconds"]
     finally:
         stop_daemon(proc)
-    assert after != before
-    assert abs(after - engine_s) < abs(before - engine_s)   # moved toward what the job really took
+    # one job taught the speed: the same job is now estimated at what it took (the answer is in 0.1 s steps)
+    assert abs(after - engine_s) <= 0.06, (before, after, engine_s)
+    assert abs(after - engine_s) <= abs(before - engine_s)
 
 
 def test_print_run_percent_and_eta_weight_the_tiled_stages(monkeypatch):

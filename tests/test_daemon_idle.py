@@ -95,7 +95,8 @@ def test_learns_from_a_deleted_job_keeps_it_and_stops_when_idle(tmp_path, capsys
         engine_s = client.result(job["id"])["timings"]["engine_s"]
         client.delete(job["id"])                   # as the plug-in does once it has the layers
         after = client.estimate(64, 43, 1, TINY)["seconds"]
-        assert abs(after - engine_s) < abs(before - engine_s), (before, after, engine_s)
+        assert abs(after - engine_s) <= 0.06, (before, after, engine_s)   # learnt: the job's own time (0.1 s steps)
+        assert abs(after - engine_s) <= abs(before - engine_s), (before, after, engine_s)
         kept = json.loads((data / "speed.json").read_text())
         assert kept["cpu"]["jobs"] == 1 and kept["cpu"]["seconds_per_unit"] > 0
         assert idle.pid_path(port).read_text().strip() == str(proc.pid)
