@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -414,17 +415,39 @@ def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.bin"]
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores folder permissions")
-def test_atomic_write_into_read_only_folder(tmp_path):
-    ro = tmp_path / "ro"
+@pytest.mark.skipif(os.name != "posix", reason="folder permissions as POSIX systems have them")
+def test_atomic_write_into_read_only_folder():
+    """A folder the user may not write to: PermissionError, nothing left in it. Root ignores folder permissions, so
+    as root (CI) the write is tried by a forked child that dropped to the unprivileged user 65534 (nobody)."""
+    base = Path(tempfile.mkdtemp(prefix="stylebridge-ro-"))     # pytest's tmp_path is root's alone: nobody can't enter
+    base.chmod(0o755)
+    ro = base / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        with pytest.raises(PermissionError):
-            atomic_write(ro / "a.bin", b"data")
+        if os.geteuid() != 0:
+            with pytest.raises(PermissionError):
+                atomic_write(ro / "a.bin", b"data")
+        else:
+            pid = os.fork()
+            if pid == 0:                                             # the child never returns into pytest
+                code = 2
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    try:
+                        atomic_write(ro / "a.bin", b"data")
+                        code = 1                                     # written: the permission was not enforced
+                    except PermissionError:
+                        code = 0
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, "as user 65534, atomic_write did not raise PermissionError"
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+        shutil.rmtree(base)
 
 
 def test_non_rgb_icc_is_not_carried_onto_rgb(tmp_path):
