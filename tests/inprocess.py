@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -29,6 +30,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: "subprocess.Popen", timeout: float = 20) -> None:
+    """SIGTERM ``proc`` and wait ``timeout`` s for it to end (a graceful stop), then SIGKILL it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 60, step: float = 0.05) -> bool:

@@ -20,6 +20,7 @@ import pytest
 
 from bridge.daemon.client import DaemonClient
 
+from inprocess import stop_process
 from test_daemon_api import SAMPLES, free_port, png_of
 
 REQUIRE = os.environ.get("STYLEBRIDGE_REQUIRE_RAY") == "1"
@@ -64,12 +65,7 @@ def _serve(data: Path, *extra: str, env: dict | None = None) -> tuple[subprocess
 
 
 def _stop(proc: subprocess.Popen, data: Path) -> str:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, timeout=30)
     return (data / "serve.log").read_text()
 
 

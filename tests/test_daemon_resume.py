@@ -18,7 +18,7 @@ import pytest
 
 from bridge.daemon.client import DaemonClient
 from bridge.engine.checkpoint import FileCheckpoint
-from inprocess import Forked, daemon_in_thread, forked_serve
+from inprocess import Forked, daemon_in_thread, forked_serve, stop_process
 
 from test_daemon_api import SAMPLES, free_port, png_of
 
@@ -298,12 +298,7 @@ def small_files_daemon(tmp_path_factory):
                 time.sleep(0.1)
         yield {"url": url, "data": data, "good_id": good_id, "bad": bad, "output": output}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         output.thread.join(timeout=10)
     assert "Traceback" not in output.text, output.text
 

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from inprocess import stop_process
 from testdata import SAMPLES  # noqa: F401  the pictures by name, all in the repository (tests/data/README.md)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,12 +154,7 @@ def xvfb(gimp: Gimp):
         yield f":{number.strip().decode()}"
     finally:
         os.close(read_fd)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def _scratch(gimp: Gimp, prefix: str):
@@ -312,12 +307,7 @@ class Daemon:
             return
         if self.proc.poll() is None:
             print(f"daemon on port {self.port}: {self.cpu_seconds():.1f} s CPU")
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+            stop_process(self.proc, timeout=15)
         self.log.close()
         self.proc = None
 
