@@ -36,7 +36,7 @@ from ..settings_parse import settings_from_mapping
 PROBE_SIDE = 128           # px: the start-up probe's image (square); ~0.1 s per evaluation on a quiet 2-core CPU
 PROBE_REPEATS = 3          # timed evaluations after one untimed (the first pays allocation); the fastest counts
 PROBE_SECONDS = 1.0        # ... fewer once the timed ones took this long (a busy machine: seconds each)
-SMOOTHING = 0.5            # weight of the newest finished job in the correction factor
+SMOOTHING = 0.5            # weight of the newest finished job in the learnt speed
 FACTOR_RANGE = (0.1, 10.0) # a finished job's speed counts within this factor of the one known before (an outlier)
 SPEED_FILE = "speed.json"  # in the daemon's data folder: what finished jobs taught, per device
 

@@ -31,7 +31,9 @@ def _optimisers_without_dynamo() -> None:
     "never compile", and caches that mark on the function as ``__dynamo_disable``. The engine never compiles, so
     the mark is set here to the function itself. Nothing changes where torch wraps them otherwise (the mark is then
     unused). Adam's ``step`` imports the compiler itself (torch's ``_use_grad_for_differentiable``): with
-    ``optimizer = "adam"`` the import stays. tests/test_engine_step.py checks that L-BFGS runs without it."""
+    ``optimizer = "adam"`` the import stays. tests/test_engine_step.py checks that L-BFGS runs without it. (A program
+    that imports the engine and also compiles its own code with ``torch.compile`` would see these methods traced
+    instead of skipped: nothing in stylebridge does.)"""
     disable = getattr(torch, "_disable_dynamo", None)
     inner = getattr(disable(lambda: None), "__code__", None) if callable(disable) else None
     if inner is None:
